@@ -1,0 +1,193 @@
+"""Id maps: raw user/item ids (as in the ratings file) <-> dense indices.
+
+Torch-free: the runtime uses this module to translate ids before a graph runs.
+Raw ids are either all integers (``kind == "int"``) or all strings (``kind == "str"``);
+a map is stored in index order, so ``raw_ids[i]`` is the raw id of index ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from recsys_export.errors import BundleError, UnknownIdError
+
+_MAX_SHOWN = 5
+
+
+def _preview(values: Iterable[Any]) -> str:
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:_MAX_SHOWN])
+    more = f" and {len(values) - _MAX_SHOWN} more" if len(values) > _MAX_SHOWN else ""
+    return f"{shown}{more}"
+
+
+class IdMap:
+    """Bijection between raw ids and dense indices ``0 .. n-1``.
+
+    Parameters
+    ----------
+    raw_ids : array-like
+        Unique raw ids in index order: integers or strings.
+    name : str
+        ``"user"`` or ``"item"``; used in error messages.
+    """
+
+    def __init__(self, raw_ids: Iterable[Any], name: str) -> None:
+        arr = np.asarray(list(raw_ids) if not isinstance(raw_ids, np.ndarray) else raw_ids)
+        if arr.ndim != 1:
+            raise ValueError("raw_ids must be one-dimensional")
+        if arr.size and np.issubdtype(arr.dtype, np.integer):
+            self.kind = "int"
+            self.raw_ids = arr.astype(np.int64)
+        elif arr.size and np.issubdtype(arr.dtype, np.bool_):
+            raise ValueError("raw ids cannot be booleans")
+        else:
+            self.kind = "str" if arr.size else "int"
+            self.raw_ids = arr.astype(object) if arr.size else arr.astype(np.int64)
+            if self.kind == "str":
+                self.raw_ids = np.array([str(v) for v in self.raw_ids], dtype=object)
+        self.name = name
+        self._lookup: dict[Any, int] = {v: i for i, v in enumerate(self.raw_ids.tolist())}
+        if len(self._lookup) != len(self.raw_ids):
+            raise ValueError(f"{name} ids are not unique")
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, values: np.ndarray, name: str) -> tuple[IdMap, np.ndarray]:
+        """Build a map from a column of raw ids (sorted unique) and encode the column.
+
+        Returns
+        -------
+        (IdMap, codes)
+            ``codes`` is an int64 array of dense indices, one per value.
+        """
+        values = np.asarray(values)
+        if values.dtype == object or values.dtype.kind in "US":
+            values = values.astype(str)
+        uniques, codes = np.unique(values, return_inverse=True)
+        return cls(uniques, name), codes.astype(np.int64).reshape(-1)
+
+    def __len__(self) -> int:
+        return len(self.raw_ids)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, IdMap)
+            and self.kind == other.kind
+            and len(self) == len(other)
+            and bool(np.all(self.raw_ids == other.raw_ids))
+        )
+
+    def __repr__(self) -> str:
+        return f"IdMap({self.name}, n={len(self)}, kind={self.kind})"
+
+    # ------------------------------------------------------------------ lookups
+    def coerce(self, raw: Any) -> Any:
+        """Convert a raw id given as text (e.g. on the command line) to this map's kind."""
+        if self.kind == "int":
+            if isinstance(raw, (int, np.integer)) and not isinstance(raw, bool):
+                return int(raw)
+            try:
+                return int(str(raw).strip())
+            except ValueError:
+                return raw  # stays unknown; to_index reports it
+        return str(raw)
+
+    def to_index(self, raw_ids: Iterable[Any] | Any, *, missing: int | None = None) -> np.ndarray:
+        """Translate raw ids to indices.
+
+        Parameters
+        ----------
+        raw_ids : raw id or iterable of raw ids
+        missing : int, optional
+            Index to use for unknown ids. By default unknown ids raise.
+
+        Raises
+        ------
+        UnknownIdError
+            If any id is unknown and ``missing`` is None; the message lists them.
+        """
+        if isinstance(raw_ids, (str, bytes)) or np.ndim(raw_ids) == 0:
+            raw_ids = [raw_ids]
+        values = [self.coerce(v) for v in np.asarray(raw_ids, dtype=object).reshape(-1)]
+        out = np.fromiter(
+            (self._lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values)
+        )
+        bad = out < 0
+        if bad.any():
+            if missing is None:
+                unknown = [values[i] for i in np.flatnonzero(bad)]
+                raise UnknownIdError(
+                    f"unknown {self.name} id(s): {_preview(unknown)}; "
+                    f"the model knows {len(self)} {self.name}s "
+                    f"(e.g. {_preview(self.raw_ids[:3].tolist())})"
+                )
+            out[bad] = missing
+        return out
+
+    def to_raw(self, indices: np.ndarray) -> np.ndarray:
+        """Translate indices (checked to be in range) back to raw ids."""
+        idx = self.check_indices(indices)
+        return self.raw_ids[idx]
+
+    def check_indices(self, indices: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Validate dense indices and return them as int64.
+
+        Raises
+        ------
+        UnknownIdError
+            If any index is negative or >= ``len(self)`` (onnxruntime would silently wrap
+            negative indices), or the values are not integers.
+        """
+        arr = np.asarray(indices)
+        if arr.size == 0:
+            return arr.astype(np.int64).reshape(arr.shape)
+        if not np.issubdtype(arr.dtype, np.integer):
+            if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
+                arr = arr.astype(np.int64)
+            else:
+                raise UnknownIdError(
+                    f"{self.name} indices must be integers, got dtype {arr.dtype}"
+                )
+        arr = arr.astype(np.int64, copy=False)
+        bad = (arr < 0) | (arr >= len(self))
+        if bad.any():
+            raise UnknownIdError(
+                f"{self.name} index out of range: {_preview(arr[bad].tolist())}; "
+                f"valid indices are 0..{len(self) - 1}"
+            )
+        return arr
+
+    # ------------------------------------------------------------------ storage
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict ``{"name", "kind", "ids"}``."""
+        return {"name": self.name, "kind": self.kind, "ids": self.raw_ids.tolist()}
+
+    @classmethod
+    def from_json(cls, obj: Any, name: str | None = None) -> IdMap:
+        """Inverse of :meth:`to_json`; raises :class:`BundleError` on malformed input."""
+        try:
+            kind = obj["kind"]
+            ids = obj["ids"]
+            nm = name or obj.get("name", "id")
+        except (TypeError, KeyError) as exc:
+            raise BundleError(f"malformed id map: missing {exc}") from None
+        if kind not in ("int", "str") or not isinstance(ids, list):
+            raise BundleError(f"malformed {nm} id map: kind must be 'int' or 'str'")
+        if kind == "int":
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
+                raise BundleError(f"malformed {nm} id map: non-integer id in an int map")
+            arr = np.asarray(ids, dtype=np.int64)
+        else:
+            if not all(isinstance(v, str) for v in ids):
+                raise BundleError(f"malformed {nm} id map: non-string id in a str map")
+            arr = np.asarray(ids, dtype=object)
+        try:
+            m = cls(arr, nm)
+        except ValueError as exc:
+            raise BundleError(f"malformed {nm} id map: {exc}") from None
+        m.kind = kind
+        return m
