@@ -149,9 +149,7 @@ class IdMap:
             if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
                 arr = arr.astype(np.int64)
             else:
-                raise UnknownIdError(
-                    f"{self.name} indices must be integers, got dtype {arr.dtype}"
-                )
+                raise UnknownIdError(f"{self.name} indices must be integers, got dtype {arr.dtype}")
         arr = arr.astype(np.int64, copy=False)
         bad = (arr < 0) | (arr >= len(self))
         if bad.any():

@@ -1,0 +1,176 @@
+"""Checkpoints: weights, hyperparameters, id maps, seen items and metrics in one file.
+
+A checkpoint is a ``torch.save`` of plain containers and tensors only, so it loads with
+``torch.load(..., weights_only=True)``: no pickle of arbitrary objects is ever
+executed. It is written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys_export.errors import CheckpointError
+from recsys_export.ids import IdMap
+from recsys_export.models import BaseModel, build_model
+
+CHECKPOINT_FORMAT = "recsys-export-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A trained model with everything needed to export and serve it.
+
+    Attributes
+    ----------
+    model : BaseModel
+        The trained model, in eval mode.
+    user_map, item_map : IdMap
+        Raw ids in index order.
+    seen_users, seen_items : np.ndarray
+        int64 COO pairs of every rating the model was given (train and validation), so
+        ``recommend`` can leave out what a user already rated.
+    config : dict
+        The training configuration.
+    metrics : dict
+        Validation metrics (RMSE, MAE, ranking metrics) and timings.
+    data : dict
+        Where the ratings came from (source, counts, split).
+    """
+
+    model: BaseModel
+    user_map: IdMap
+    item_map: IdMap
+    seen_users: np.ndarray
+    seen_items: np.ndarray
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (temporary file, then rename)."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: directory {path.parent} does not exist"
+            )
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "model_kind": self.model.kind,
+            "hyperparameters": self.model.hyperparameters(),
+            "state_dict": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "user_ids": self.user_map.to_json(),
+            "item_ids": self.item_map.to_json(),
+            "seen_users": torch.from_numpy(np.ascontiguousarray(self.seen_users, np.int64)),
+            "seen_items": torch.from_numpy(np.ascontiguousarray(self.seen_items, np.int64)),
+            "config": self.config,
+            "metrics": self.metrics,
+            "data": self.data,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except PermissionError as exc:
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def _require(payload: dict[str, Any], key: str, kind: type, path: Path) -> Any:
+    if key not in payload or not isinstance(payload[key], kind):
+        raise CheckpointError(f"{path} is not a recsys-export checkpoint: '{key}' is missing")
+    return payload[key]
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and validate a checkpoint written by :meth:`Checkpoint.save`.
+
+    Only tensors and plain containers are unpickled (``weights_only=True``).
+
+    Raises
+    ------
+    CheckpointError
+        Missing file, not a checkpoint of ours, a newer format, a corrupted file, a
+        pickle that tries to run code, or non-finite weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train one with `recsys-export train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects that are not plain weights "
+            f"({first[:160]}); only load checkpoints written by recsys-export"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {msg[:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a recsys-export checkpoint (no '{CHECKPOINT_FORMAT}' header)"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer recsys-export (checkpoint format {version}); "
+            "upgrade recsys-export to load it"
+        )
+    kind = _require(payload, "model_kind", str, path)
+    hp = _require(payload, "hyperparameters", dict, path)
+    state = _require(payload, "state_dict", dict, path)
+    model = build_model(kind, **hp)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model: {exc}") from None
+    model.eval()
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(
+                    f"{path}: weight {name} holds NaN or infinite values (training diverged); "
+                    "retrain with a lower learning rate"
+                )
+    user_map = IdMap.from_json(_require(payload, "user_ids", dict, path), "user")
+    item_map = IdMap.from_json(_require(payload, "item_ids", dict, path), "item")
+    if len(user_map) != model.n_users or len(item_map) != model.n_items:
+        raise CheckpointError(f"{path}: id maps do not match the model's sizes")
+    seen_u = _require(payload, "seen_users", torch.Tensor, path).numpy().astype(np.int64)
+    seen_i = _require(payload, "seen_items", torch.Tensor, path).numpy().astype(np.int64)
+    metrics = payload.get("metrics", {}) or {}
+    for key, value in list(metrics.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            metrics[key] = None
+    return Checkpoint(
+        model=model,
+        user_map=user_map,
+        item_map=item_map,
+        seen_users=seen_u,
+        seen_items=seen_i,
+        config=payload.get("config", {}) or {},
+        metrics=metrics,
+        data=payload.get("data", {}) or {},
+    )

@@ -1,0 +1,1117 @@
+"""Rating data: reading rating files, the seed's toy matrix, synthetic data and splits.
+
+Everything here is numpy-first. pandas (and pyarrow, for Parquet) are imported lazily
+inside the functions that read files, so importing this module stays cheap.
+
+A :class:`Ratings` holds one rating per row as dense user/item indices plus the
+:class:`~recsys_export.ids.IdMap` objects that translate them back to the raw ids of the
+file. Every problem caused by bad input raises :class:`~recsys_export.errors.DataError`
+with a message that names the file, the line (where there is one) and how to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_export.errors import DataError
+from recsys_export.ids import IdMap
+
+__all__ = [
+    "DUPLICATE_POLICIES",
+    "TOY_MATRIX",
+    "Ratings",
+    "default_dataset_path",
+    "from_matrix",
+    "random_split",
+    "read_ratings",
+    "split",
+    "synthetic_ratings",
+    "time_split",
+    "toy_ratings",
+]
+
+#: Largest matrix :meth:`Ratings.to_matrix` builds (cells).
+MAX_DENSE_CELLS = 50_000_000
+
+#: Accepted values of ``read_ratings(duplicates=...)``.
+DUPLICATE_POLICIES = ("last", "first", "mean", "error")
+
+# ---------------------------------------------------------------------------- Ratings
+
+
+@dataclass
+class Ratings:
+    """Explicit ratings as parallel arrays of dense indices.
+
+    Attributes
+    ----------
+    users, items : np.ndarray
+        int64 dense indices, shape ``[n]``; ``user_map.raw_ids[users[j]]`` is the raw id.
+    ratings : np.ndarray
+        float32, shape ``[n]``.
+    timestamps : np.ndarray or None
+        int64 (seconds since the epoch for dates), or None when the source has none.
+    user_map, item_map : IdMap
+        Raw id <-> dense index maps; they may cover users/items without ratings.
+    source : str
+        File path or a description, used in messages.
+    n_duplicates : int
+        Duplicate (user, item) rows dropped by the reader.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray | None
+    user_map: IdMap
+    item_map: IdMap
+    source: str = "<memory>"
+    n_duplicates: int = 0
+
+    def __post_init__(self) -> None:
+        self.users = np.ascontiguousarray(self.users, dtype=np.int64).reshape(-1)
+        self.items = np.ascontiguousarray(self.items, dtype=np.int64).reshape(-1)
+        self.ratings = np.ascontiguousarray(self.ratings, dtype=np.float32).reshape(-1)
+        n = len(self.users)
+        arrays = {"items": self.items, "ratings": self.ratings}
+        if self.timestamps is not None:
+            self.timestamps = np.ascontiguousarray(self.timestamps, dtype=np.int64).reshape(-1)
+            arrays["timestamps"] = self.timestamps
+        for name, arr in arrays.items():
+            if len(arr) != n:
+                raise DataError(
+                    f"{self.source}: {name} has {len(arr)} entries but users has {n}; "
+                    "all rating arrays must have the same length"
+                )
+        for name, idx, m in (
+            ("user", self.users, self.user_map),
+            ("item", self.items, self.item_map),
+        ):
+            if n and (idx.min() < 0 or idx.max() >= len(m)):
+                raise DataError(
+                    f"{self.source}: {name} index out of range "
+                    f"(min {idx.min()}, max {idx.max()}) for a map of {len(m)} {name}s"
+                )
+
+    @property
+    def n_users(self) -> int:
+        """Number of users in the id map (including users without ratings)."""
+        return len(self.user_map)
+
+    @property
+    def n_items(self) -> int:
+        """Number of items in the id map (including items without ratings)."""
+        return len(self.item_map)
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    def __repr__(self) -> str:
+        ts = "yes" if self.timestamps is not None else "no"
+        return (
+            f"Ratings(n={len(self)}, n_users={self.n_users}, n_items={self.n_items}, "
+            f"timestamps={ts}, source={self.source!r})"
+        )
+
+    def subset(self, index: np.ndarray) -> Ratings:
+        """Rows selected by an integer index array or a boolean mask, with the same id maps.
+
+        Parameters
+        ----------
+        index : np.ndarray
+            Integer row numbers (any order, repeats allowed) or a boolean mask of length
+            ``len(self)``.
+
+        Returns
+        -------
+        Ratings
+            A new object sharing ``user_map``/``item_map``, ``source`` and ``n_duplicates``.
+        """
+        idx = np.asarray(index)
+        if idx.dtype == np.bool_:
+            if idx.shape != (len(self),):
+                raise DataError(
+                    f"{self.source}: boolean mask has shape {idx.shape}, expected ({len(self)},)"
+                )
+        elif idx.size == 0:
+            idx = idx.astype(np.int64)
+        elif not np.issubdtype(idx.dtype, np.integer):
+            raise DataError(f"{self.source}: subset index must be integers or a boolean mask")
+        elif idx.min() < -len(self) or idx.max() >= len(self):
+            raise DataError(f"{self.source}: subset index out of range for {len(self)} ratings")
+        return Ratings(
+            users=self.users[idx],
+            items=self.items[idx],
+            ratings=self.ratings[idx],
+            timestamps=None if self.timestamps is None else self.timestamps[idx],
+            user_map=self.user_map,
+            item_map=self.item_map,
+            source=self.source,
+            n_duplicates=self.n_duplicates,
+        )
+
+    def to_matrix(self) -> np.ndarray:
+        """Dense float32 matrix ``[n_users, n_items]``; 0 marks an unobserved cell.
+
+        Meant for small data (tests, the toy matrix). If a pair occurs more than once,
+        the last row wins.
+
+        Raises
+        ------
+        DataError
+            If the matrix would exceed 50 million cells.
+        """
+        cells = self.n_users * self.n_items
+        if cells > MAX_DENSE_CELLS:
+            raise DataError(
+                f"{self.source}: a dense {self.n_users} x {self.n_items} matrix has {cells:,} "
+                f"cells, above the limit of {MAX_DENSE_CELLS:,}; use the sparse arrays "
+                "(users, items, ratings) instead"
+            )
+        out = np.zeros((self.n_users, self.n_items), dtype=np.float32)
+        out[self.users, self.items] = self.ratings
+        return out
+
+
+# ---------------------------------------------------------------------------- toy data
+
+#: The 5 x 4 rating matrix of the seed notebook (0 = unobserved).
+TOY_MATRIX: np.ndarray = np.array(
+    [[5, 3, 0, 1], [4, 0, 0, 1], [1, 1, 0, 5], [1, 0, 0, 4], [0, 1, 5, 4]], dtype=np.float64
+)
+TOY_MATRIX.flags.writeable = False
+
+
+def from_matrix(matrix: Any, source: str = "<matrix>") -> Ratings:
+    """Ratings from a dense matrix whose nonzero cells are the observed ratings.
+
+    Rows are users and columns items; the raw ids are the row/column numbers
+    ``0 .. n-1`` and the id maps cover every row and column, even empty ones. The
+    ratings come in row-major order, exactly the order of ``zip(*matrix.nonzero())``
+    (the seed notebook's training loop). There are no timestamps.
+
+    Parameters
+    ----------
+    matrix : array-like
+        Two-dimensional numeric array.
+    source : str
+        Description used in messages.
+
+    Raises
+    ------
+    DataError
+        If the matrix is not 2-D and numeric, is empty, or holds NaN/inf.
+    """
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{source}: the rating matrix must be numeric ({exc})") from None
+    if m.ndim != 2:
+        raise DataError(f"{source}: the rating matrix must be 2-D, got shape {m.shape}")
+    if m.size == 0:
+        raise DataError(f"{source}: the rating matrix is empty (shape {m.shape})")
+    if not np.isfinite(m).all():
+        r, c = np.argwhere(~np.isfinite(m))[0]
+        raise DataError(
+            f"{source}: the rating matrix holds NaN or infinite values (first at row {r}, "
+            f"column {c}); use 0 for unobserved cells"
+        )
+    users, items = m.nonzero()
+    return Ratings(
+        users=users.astype(np.int64),
+        items=items.astype(np.int64),
+        ratings=m[users, items].astype(np.float32),
+        timestamps=None,
+        user_map=IdMap(np.arange(m.shape[0], dtype=np.int64), "user"),
+        item_map=IdMap(np.arange(m.shape[1], dtype=np.int64), "item"),
+        source=source,
+    )
+
+
+def toy_ratings() -> Ratings:
+    """The seed notebook's 5 x 4 toy matrix as :class:`Ratings` (``from_matrix(TOY_MATRIX)``)."""
+    return from_matrix(TOY_MATRIX, source="<toy matrix>")
+
+
+def default_dataset_path() -> Path:
+    """Path of the MovieLens ``ml-latest-small`` ratings shipped with the package."""
+    return Path(__file__).resolve().parent / "datasets" / "ml-latest-small" / "ratings.csv"
+
+
+# ---------------------------------------------------------------------------- reading
+
+_COLUMN_NAMES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "user_id", "userid", "uid", "user id", "customer_id", "customer"),
+    "item": (
+        "item", "item_id", "itemid", "movie", "movie_id", "movieid", "product_id",
+        "productid", "product", "iid",
+    ),
+    "rating": ("rating", "ratings", "score", "stars", "value"),
+    "timestamp": ("timestamp", "time", "ts", "date", "rating_timestamp", "datetime"),
+}  # fmt: skip
+_ROLES = ("user", "item", "rating", "timestamp")
+_FLAGS = {r: f"--{r}-col" for r in _ROLES}
+_SEP_ALIASES = {"tab": "\t", "\\t": "\t", "space": r"\s+", "whitespace": r"\s+"}
+_POW10 = np.array([10**k for k in range(1, 20)], dtype=np.uint64)
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_MAX_SHOWN_CHARS = 40
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", str(name).strip().lower())
+
+
+_KNOWN = {role: {_norm_name(n) for n in names} for role, names in _COLUMN_NAMES.items()}
+
+
+def _show(value: Any) -> str:
+    s = str(value)
+    if len(s) > _MAX_SHOWN_CHARS:
+        s = s[:_MAX_SHOWN_CHARS] + "..."
+    return repr(s)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+class _Source:
+    """A parsed table plus the means to turn a data-row number into 'line N'."""
+
+    def __init__(
+        self,
+        path: str,
+        columns: list[Any],
+        header: list[str] | None,
+        locate: Callable[[int], str],
+    ) -> None:
+        self.path = path
+        self.columns = columns  # one numpy/pandas column per field
+        self.header = header
+        self.locate = locate
+
+    def fail(self, row: int | None, problem: str) -> DataError:
+        where = f"{self.path}: {self.locate(row)}: " if row is not None else f"{self.path}: "
+        return DataError(where + problem)
+
+
+def read_ratings(
+    path: str | Path,
+    *,
+    user_col: str | int | None = None,
+    item_col: str | int | None = None,
+    rating_col: str | int | None = None,
+    timestamp_col: str | int | None = None,
+    sep: str | None = None,
+    duplicates: str = "last",
+) -> Ratings:
+    """Read a ratings file into :class:`Ratings`.
+
+    Formats
+        CSV (``,`` ``;`` or ``|``, sniffed), TSV, ``::``-separated files (MovieLens
+        ``.dat``, MovieTweetings), MovieLens 100k ``u.data`` (tab-separated, no header),
+        whitespace-separated text, gzip-compressed text, and Parquet (``.parquet`` /
+        ``.pq``). ``sep`` overrides the detection (``"tab"`` and ``"\\t"`` mean a tab,
+        ``"space"`` any run of whitespace; multi-character separators are allowed).
+
+    Header
+        The first row is a header when one of its fields is not a number and either a
+        field is a known column name, the field in the rating position is not a number,
+        or a ``*_col`` argument names a column. Columns are found case-insensitively by
+        common names (user: ``user``, ``user_id``, ``userId``, ``uid``, ``customer_id``
+        ...; item: ``item``, ``item_id``, ``movieId``, ``product_id``, ``iid`` ...;
+        rating: ``rating``, ``score``, ``stars``, ``value``; timestamp: ``timestamp``,
+        ``time``, ``ts``, ``date``, ``datetime``). Without a header the columns are
+        user, item, rating and optionally timestamp, in that order. ``user_col``,
+        ``item_col``, ``rating_col`` and ``timestamp_col`` name a column by header name
+        or by 0-based position (int or digit string) and override the detection.
+
+    Values
+        Ids are read as text with surrounding whitespace stripped. A column whose ids
+        are all canonical integers (no leading zeros or ``+``, fitting int64) gets int
+        raw ids; otherwise the ids stay strings (``"0104257"`` stays a string). Ratings
+        must be finite numbers; negative or out-of-scale ratings (e.g. MovieTweetings'
+        0-10) are accepted as they are: the scale is a training concern. Timestamps are
+        integers, used as they are, or dates, converted to int64 seconds since the
+        epoch (UTC).
+
+    Duplicates
+        A (user, item) pair that occurs more than once is resolved by ``duplicates``:
+        ``"last"`` (default) keeps the last row in file order, ``"first"`` the first,
+        ``"mean"`` keeps the last row's position and timestamp with the mean of the
+        pair's ratings, and ``"error"`` raises. The number of rows dropped is stored in
+        ``Ratings.n_duplicates``. Kept rows stay in file order.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ratings file.
+    user_col, item_col, rating_col, timestamp_col : str or int, optional
+        Column overrides, by header name or 0-based position.
+    sep : str, optional
+        Field separator; detected when omitted.
+    duplicates : {"last", "first", "mean", "error"}
+        Policy for repeated (user, item) pairs.
+
+    Returns
+    -------
+    Ratings
+        Ids encoded with :meth:`IdMap.build` (sorted unique raw ids).
+
+    Raises
+    ------
+    DataError
+        Missing, empty, binary or header-only file; fewer than 3 columns (wrong
+        delimiter); a missing column; an empty id; a rating that is not a finite number;
+        an unparseable timestamp; a duplicate pair under ``duplicates="error"``; a file
+        with a single user or a single item. Messages name the file, the 1-based line
+        where there is one, and how to fix the problem.
+    """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise DataError(
+            f"duplicates={duplicates!r} is not a policy; use one of "
+            + ", ".join(repr(p) for p in DUPLICATE_POLICIES)
+        )
+    p = Path(path)
+    name = str(path)
+    if not p.exists():
+        raise DataError(f"{name}: file not found; check the path (cwd-relative paths allowed)")
+    if p.is_dir():
+        raise DataError(f"{name}: is a directory, not a ratings file; give the file inside it")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
+    if not raw:
+        raise DataError(f"{name}: the file is empty (0 bytes); expected rating rows")
+    if p.suffix.lower() in _PARQUET_SUFFIXES or raw[:4] == b"PAR1":
+        src = _parquet_source(name, raw)
+    else:
+        src = _text_source(name, raw, sep, (user_col, item_col, rating_col, timestamp_col))
+    return _build(src, (user_col, item_col, rating_col, timestamp_col), duplicates)
+
+
+# .................................................................... text parsing
+
+
+def _decode(name: str, raw: bytes) -> str:
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(
+                f"{name}: looks gzip-compressed but cannot be unpacked ({exc})"
+            ) from None
+        if not raw:
+            raise DataError(f"{name}: the file is empty (0 bytes once unpacked)")
+    head = raw[:1024]
+    binary_hint = (
+        "it looks binary, not a text ratings file; give a CSV/TSV/'::' text file or a .parquet file"
+    )
+    if b"\x00" in head:
+        raise DataError(f"{name}: {binary_hint} (NUL bytes in the first KB)")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a multi-byte character cut at the 1 KB boundary is fine
+        if not (len(raw) > len(head) and exc.start >= len(head) - 3):
+            raise DataError(f"{name}: {binary_hint} (not UTF-8 in the first KB)") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{name}: line {line}: not valid UTF-8 (byte {raw[exc.start]:#04x}); "
+            "re-save the file as UTF-8"
+        ) from None
+    if b"\x00" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise DataError(f"{name}: line {line}: NUL byte in a text file; is the file corrupted?")
+    return text
+
+
+def _sniff_sep(name: str, text: str) -> str:
+    lines = []
+    for line in text.split("\n"):
+        if line.strip():
+            lines.append(line.rstrip("\r"))
+            if len(lines) >= 20:
+                break
+    if not lines:
+        raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
+    if all(line.count("::") >= 2 for line in lines):
+        return "::"
+    best, best_min = None, 0
+    for cand in ("\t", ",", ";", "|"):
+        m = min(line.count(cand) for line in lines)
+        if m > best_min:
+            best, best_min = cand, m
+    if best is not None:
+        return best
+    if all(len(line.split()) >= 3 for line in lines):
+        return r"\s+"
+    raise DataError(
+        f"{name}: line 1: cannot find a field separator (no ',', ';', '|', tab or '::' "
+        f"separating 3 or more columns in {_show(lines[0])}); a ratings file needs at least "
+        "3 columns (user, item, rating): pass the separator with --sep"
+    )
+
+
+def _sep_name(sep: str) -> str:
+    return {"\t": "tab", r"\s+": "whitespace"}.get(sep, repr(sep))
+
+
+def _text_source(
+    name: str, raw: bytes, sep: str | None, col_args: Sequence[str | int | None]
+) -> _Source:
+    import pandas as pd
+
+    text = _decode(name, raw)
+    if not text.strip():
+        raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
+    if sep is not None:
+        if not isinstance(sep, str) or sep == "":
+            raise DataError(f"sep must be a non-empty string, got {sep!r}")
+        sep = _SEP_ALIASES.get(sep.lower(), sep)
+    else:
+        sep = _sniff_sep(name, text)
+    quoting = csv.QUOTE_MINIMAL
+    if len(sep) > 1 and sep != r"\s+":
+        # the C parser takes one-character separators only: swap in a control character
+        repl = next((c for c in "\x1f\x1e\x1d\x1c\x01\x02" if c not in text), None)
+        if repl is None:
+            raise DataError(f"{name}: cannot split on {sep!r}; the file holds control characters")
+        text = text.replace(sep, repl)
+        used_sep, quoting = repl, csv.QUOTE_NONE
+    else:
+        used_sep = sep
+    try:
+        df = pd.read_csv(
+            io.StringIO(text),
+            sep=used_sep,
+            header=None,
+            dtype=object,
+            na_filter=False,
+            keep_default_na=False,
+            skip_blank_lines=True,
+            engine="c",
+            quoting=quoting,
+        )
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{name}: the file is empty; expected rating rows") from None
+    except pd.errors.ParserError as exc:
+        msg = str(exc).replace("Error tokenizing data. C error: ", "").strip()
+        quote = re.search(r"EOF inside string starting at row (\d+)", msg)
+        if quote:
+            raise DataError(
+                f'{name}: line {int(quote.group(1)) + 1}: unbalanced double quote (") runs '
+                "to the end of the file; close or remove the quote"
+            ) from None
+        raise DataError(
+            f"{name}: {msg}; every row needs the same number of fields separated by "
+            f"{_sep_name(sep)} (pass --sep if the separator is wrong)"
+        ) from None
+
+    # map data-row numbers to 1-based file lines, lazily (only for messages)
+    cache: dict[str, np.ndarray] = {}
+
+    def line_of(row: int) -> int:
+        if "lines" not in cache:
+            nonblank = [
+                i + 1 for i, line in enumerate(text.split("\n")) if line.strip(" \r\x0b\x0c") != ""
+            ]
+            cache["lines"] = np.asarray(nonblank, dtype=np.int64)
+        lines = cache["lines"]
+        return int(lines[row]) if row < len(lines) else row + 1
+
+    columns = [df[c].to_numpy(dtype=object) for c in df.columns]
+    ncols = len(columns)
+    first = [str(v).strip() for v in (c[0] for c in columns)]
+    header = first if _looks_like_header(first, col_args) else None
+    offset = 1 if header is not None else 0
+    if header is not None:
+        columns = [c[1:] for c in columns]
+    if ncols < 3:
+        raise DataError(
+            f"{name}: line {line_of(0)}: found {ncols} column(s) when splitting on "
+            f"{_sep_name(sep)}; a ratings file needs at least 3 (user, item, rating). "
+            "Is the separator wrong? Pass it with --sep"
+        )
+    if len(columns[0]) == 0:
+        raise DataError(
+            f"{name}: has a header ({', '.join(header or [])}) but no data rows; "
+            "add ratings below the header"
+        )
+    return _Source(name, columns, header, lambda row: f"line {line_of(row + offset)}")
+
+
+def _looks_like_header(first: list[str], col_args: Sequence[str | int | None]) -> bool:
+    if all(_is_number(f) for f in first):
+        return False
+    if any(_norm_name(f) in known for f in first for known in _KNOWN.values()):
+        return True
+    named = [a for a in col_args if isinstance(a, str) and not a.strip().isdigit()]
+    if named:
+        return True
+    rating_pos = col_args[2] if col_args[2] is not None else 2
+    if isinstance(rating_pos, str):
+        rating_pos = int(rating_pos)
+    if isinstance(rating_pos, int) and 0 <= rating_pos < len(first):
+        return not _is_number(first[rating_pos])
+    return True
+
+
+# .................................................................... parquet
+
+
+def _parquet_source(name: str, raw: bytes) -> _Source:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is a declared extra
+        raise DataError(
+            f"{name}: reading Parquet needs pyarrow; pip install 'recsys-export[parquet]'"
+        ) from None
+    try:
+        table = pq.read_table(io.BytesIO(raw))
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+        raise DataError(f"{name}: not a readable Parquet file ({exc})") from None
+    if table.num_rows == 0:
+        if table.num_columns:
+            cols = ", ".join(table.column_names)
+            raise DataError(f"{name}: has columns ({cols}) but no data rows")
+        raise DataError(f"{name}: the Parquet file is empty; expected rating rows")
+    if table.num_columns < 3:
+        raise DataError(
+            f"{name}: has {table.num_columns} column(s) ({', '.join(table.column_names)}); "
+            "a ratings file needs at least 3 (user, item, rating)"
+        )
+    df = table.to_pandas()
+    columns = [df.iloc[:, j] for j in range(df.shape[1])]
+    header = [str(c) for c in table.column_names]
+    return _Source(name, columns, header, lambda row: f"row {row + 1}")
+
+
+# .................................................................... columns
+
+
+def _resolve_columns(src: _Source, col_args: Sequence[str | int | None]) -> dict[str, int | None]:
+    ncols = len(src.columns)
+    found = ", ".join(src.header) if src.header is not None else f"{ncols} unnamed columns"
+    out: dict[str, int | None] = {}
+    for role, arg in zip(_ROLES, col_args, strict=True):
+        if arg is None:
+            continue
+        if isinstance(arg, bool) or not isinstance(arg, (int, str, np.integer)):
+            raise DataError(f"{_FLAGS[role]} must be a column name or number, got {arg!r}")
+        if isinstance(arg, (int, np.integer)) or arg.strip().isdigit():
+            pos = int(arg)
+            if not 0 <= pos < ncols:
+                raise DataError(
+                    f"{src.path}: {_FLAGS[role]} {pos} is out of range; the file has "
+                    f"{ncols} columns ({found}), numbered from 0"
+                )
+            out[role] = pos
+            continue
+        if src.header is None:
+            raise DataError(
+                f"{src.path}: {_FLAGS[role]} {arg!r} names a column but the file has no "
+                f"header; give the 0-based column number instead (0..{ncols - 1})"
+            )
+        exact = [j for j, h in enumerate(src.header) if h.strip().lower() == arg.strip().lower()]
+        loose = [j for j, h in enumerate(src.header) if _norm_name(h) == _norm_name(arg)]
+        hits = exact or loose
+        if not hits:
+            raise DataError(
+                f"{src.path}: {_FLAGS[role]} {arg!r} is not a column; columns found: {found}"
+            )
+        out[role] = hits[0]
+    if src.header is None:
+        for j, role in enumerate(_ROLES):
+            if role not in out and j < ncols and j not in out.values():
+                out[role] = j
+    else:
+        for role in _ROLES:
+            if role in out:
+                continue
+            for j, h in enumerate(src.header):
+                if _norm_name(h) in _KNOWN[role] and j not in out.values():
+                    out[role] = j
+                    break
+    for role in ("user", "item", "rating"):
+        if role not in out:
+            raise DataError(
+                f"{src.path}: no {role} column; columns found: {found}. Name it with "
+                f"{_FLAGS[role]} (header name or 0-based number), or rename the column to "
+                f"one of: {', '.join(_COLUMN_NAMES[role][:5])}"
+            )
+    used = [out[r] for r in ("user", "item", "rating")]
+    if len(set(used)) != 3:
+        raise DataError(
+            f"{src.path}: the user, item and rating columns must differ (got columns "
+            f"{used[0]}, {used[1]}, {used[2]}); check the --*-col options"
+        )
+    out.setdefault("timestamp", None)
+    return out
+
+
+def _as_text(col: Any) -> np.ndarray:
+    """Object array of str; missing values (None, NaN) become ''.
+
+    Columns from the text reader already are object arrays of str and pass unchanged.
+    """
+    if isinstance(col, np.ndarray) and col.dtype == object:
+        return col
+    return np.array(
+        ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in col],
+        dtype=object,
+    )
+
+
+def _canonical_ints(text: np.ndarray) -> np.ndarray | None:
+    """int64 values if every string is a canonical integer (``str(int(s)) == s``)."""
+    try:
+        ints = text.astype(np.int64)
+    except (ValueError, OverflowError):
+        return None
+    # int() also accepts whitespace, '+', leading zeros, '_' and non-ASCII digits, each of
+    # which makes the text longer than str(value) or non-ASCII; '-0' would merge with '0'
+    strings = text.tolist()
+    if not "".join(strings).isascii():
+        return None
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    magnitude = np.abs(ints).view(np.uint64)  # |int64 min| wraps to 2**63, right as uint64
+    digits = 1 + np.searchsorted(_POW10, magnitude, side="right")
+    if not np.array_equal(lengths, digits + (ints < 0)):
+        return None
+    return ints
+
+
+def _parse_ids(src: _Source, col: Any, role: str) -> np.ndarray:
+    """Raw id column -> int64 array (all canonical integers) or object array of str."""
+    arr = np.asarray(col)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise src.fail(j, f"{role} id {arr[j]!r} is not an integer or a string id")
+        return arr.astype(np.int64)
+    text = _as_text(col)
+    ints = _canonical_ints(text)
+    if ints is not None:
+        return ints
+    values = np.array([v.strip() for v in text.tolist()], dtype=object)
+    empty = values == ""
+    if empty.any():
+        j = int(np.flatnonzero(empty)[0])
+        raise src.fail(
+            j,
+            f"empty {role} id; every row needs a {role} id (check the separator and "
+            "that no field is missing)",
+        )
+    ints = _canonical_ints(values)
+    return values if ints is None else ints
+
+
+def _parse_ratings(src: _Source, col: Any) -> np.ndarray:
+    arr = np.asarray(col)
+    if arr.dtype == np.bool_:
+        raise src.fail(None, "the rating column holds booleans; ratings must be numbers")
+    text = None
+    if np.issubdtype(arr.dtype, np.number):
+        vals = arr.astype(np.float64)
+    else:
+        text = _as_text(col)
+        try:
+            vals = text.astype(np.float64)
+        except ValueError:
+            import pandas as pd
+
+            vals = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        value = arr[j] if text is None else text[j].strip()
+        if text is not None and value == "":
+            problem = "empty rating; every row needs a rating (is a field missing?)"
+        elif text is None or _is_number(value):
+            n_bad = int(bad.sum())
+            problem = (
+                f"rating {_show(value)} is NaN or infinite ({n_bad} such row(s)); "
+                "ratings must be finite numbers: drop or fix those rows"
+            )
+        else:
+            problem = (
+                f"rating {_show(value)} is not a number; ratings must be numeric "
+                "(e.g. 4 or 3.5). Fix the row, or point --rating-col at the rating column"
+            )
+        raise src.fail(j, problem)
+    return vals
+
+
+def _parse_timestamps(src: _Source, col: Any) -> np.ndarray:
+    import pandas as pd
+
+    arr = np.asarray(col)
+    if arr.dtype == np.bool_:
+        raise src.fail(None, "the timestamp column holds booleans; expected integers or dates")
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise src.fail(j, f"timestamp {arr[j]!r} is not an integer or a date")
+        return arr.astype(np.int64)
+    if isinstance(col, pd.Series) and (
+        isinstance(col.dtype, pd.DatetimeTZDtype) or np.issubdtype(arr.dtype, np.datetime64)
+    ):
+        dt = pd.to_datetime(col, utc=True)
+        shown = col
+    else:
+        text = _as_text(col)
+        try:
+            return text.astype(np.int64)
+        except (ValueError, OverflowError):
+            pass
+        stripped = pd.Series([v.strip() for v in text.tolist()], dtype=object)
+        empty = (stripped == "").to_numpy()
+        if empty.any():
+            j = int(np.flatnonzero(empty)[0])
+            raise src.fail(
+                j, "empty timestamp; fill it in, or choose another column with --timestamp-col"
+            )
+        num = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        ok = np.isfinite(num)
+        ok[ok] = (np.mod(num[ok], 1) == 0) & (np.abs(num[ok]) < 2**62)
+        if ok.any():  # a numeric column: every value must be an integer
+            if ok.all():
+                return num.astype(np.int64)
+            j = int(np.flatnonzero(~ok)[0])
+            raise src.fail(
+                j,
+                f"timestamp {_show(stripped.iloc[j])} is not an integer like the others; "
+                "fix it, or choose another column with --timestamp-col",
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dt = pd.to_datetime(stripped, utc=True, errors="coerce", format="mixed")
+        shown = stripped
+    nat = dt.isna().to_numpy()
+    if nat.any():
+        j = int(np.flatnonzero(nat)[0])
+        raise src.fail(
+            j,
+            f"timestamp {_show(shown.iloc[j])} is neither an integer nor a date; "
+            "fix it, or choose another column with --timestamp-col",
+        )
+    secs = (dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return secs.to_numpy(dtype=np.int64)
+
+
+# .................................................................... assembling
+
+
+def _build(src: _Source, col_args: Sequence[str | int | None], duplicates: str) -> Ratings:
+    import pandas as pd
+
+    cols = _resolve_columns(src, col_args)
+    users_raw = _parse_ids(src, src.columns[cols["user"]], "user")  # type: ignore[index]
+    items_raw = _parse_ids(src, src.columns[cols["item"]], "item")  # type: ignore[index]
+    ratings = _parse_ratings(src, src.columns[cols["rating"]])  # type: ignore[index]
+    ts_col = cols["timestamp"]
+    timestamps = None if ts_col is None else _parse_timestamps(src, src.columns[ts_col])
+
+    user_map, users = IdMap.build(users_raw, "user")
+    item_map, items = IdMap.build(items_raw, "item")
+
+    n = len(ratings)
+    key = users * np.int64(len(item_map)) + items
+    n_dup = 0
+    dup_first = pd.Series(key).duplicated(keep="first").to_numpy()
+    if dup_first.any():
+        if duplicates == "error":
+            j = int(np.flatnonzero(dup_first)[0])
+            i = int(np.flatnonzero(key[:j] == key[j])[0])
+            u, it = user_map.raw_ids[users[j]], item_map.raw_ids[items[j]]
+            raise DataError(
+                f"{src.path}: duplicate (user, item) pair ({u!r}, {it!r}) on "
+                f"{src.locate(i)} and {src.locate(j)}; remove the repeats or choose a policy "
+                "with --duplicates last|first|mean"
+            )
+        if duplicates == "first":
+            keep = ~dup_first
+        else:
+            keep = ~pd.Series(key).duplicated(keep="last").to_numpy()
+            if duplicates == "mean":
+                _, inverse = np.unique(key, return_inverse=True)
+                inverse = inverse.reshape(-1)
+                sums = np.bincount(inverse, weights=ratings)
+                counts = np.bincount(inverse)
+                ratings = sums[inverse] / counts[inverse]
+        n_dup = int(n - keep.sum())
+        users, items, ratings = users[keep], items[keep], ratings[keep]
+        if timestamps is not None:
+            timestamps = timestamps[keep]
+
+    for role, m in (("user", user_map), ("item", item_map)):
+        if len(m) < 2:
+            raise DataError(
+                f"{src.path}: the whole file has a single {role} ({m.raw_ids[0]!r}); a model "
+                f"cannot be trained or evaluated on it. Check --{role}-col and --sep, or "
+                f"use a file with ratings from several {role}s"
+            )
+    return Ratings(
+        users=users,
+        items=items,
+        ratings=ratings.astype(np.float32),
+        timestamps=timestamps,
+        user_map=user_map,
+        item_map=item_map,
+        source=src.path,
+        n_duplicates=n_dup,
+    )
+
+
+# ---------------------------------------------------------------------------- synthetic
+
+
+def synthetic_ratings(
+    n_users: int,
+    n_items: int,
+    *,
+    n_ratings: int | None = None,
+    density: float = 0.05,
+    n_factors: int = 8,
+    popularity_skew: float = 1.0,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> Ratings:
+    """Random ratings generated by a known low-rank model.
+
+    True factors are drawn as ``N(0, 1) / sqrt(n_factors)`` for every user and item; a
+    rating is ``3 + dot(p_u, q_i) + noise * N(0, 1)`` clipped to ``[1, 5]`` (float32).
+    Users are drawn uniformly and items with probability proportional to
+    ``1 / (rank + 1) ** popularity_skew``, the ranks being a random permutation of the
+    items. No (user, item) pair occurs twice. Raw ids are the integers ``0 .. n-1`` and
+    the maps cover all users and items (some may have no rating). Timestamps increase
+    with the row number. The same arguments always give the same arrays.
+
+    Parameters
+    ----------
+    n_users, n_items : int
+        Sizes (>= 1).
+    n_ratings : int, optional
+        Number of ratings; defaults to ``round(density * n_users * n_items)`` (at least 1).
+    density : float
+        Fraction of observed cells, used when ``n_ratings`` is None; in (0, 1].
+    n_factors : int
+        Rank of the true model.
+    popularity_skew : float
+        Zipf exponent of item popularity (0 = uniform).
+    noise : float
+        Standard deviation of the Gaussian noise.
+    seed : int
+        Seed of the numpy Generator.
+
+    Raises
+    ------
+    DataError
+        On invalid sizes or parameters.
+    """
+    for nm, v in (("n_users", n_users), ("n_items", n_items), ("n_factors", n_factors)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise DataError(f"{nm} must be a positive integer, got {v!r}")
+    n_users, n_items, n_factors = int(n_users), int(n_items), int(n_factors)
+    cells = n_users * n_items
+    if n_ratings is None:
+        if not (isinstance(density, (int, float)) and 0 < density <= 1):
+            raise DataError(f"density must be in (0, 1], got {density!r}")
+        n_ratings = max(1, round(density * cells))
+    if isinstance(n_ratings, bool) or not isinstance(n_ratings, (int, np.integer)):
+        raise DataError(f"n_ratings must be an integer, got {n_ratings!r}")
+    n_ratings = int(n_ratings)
+    if not 1 <= n_ratings <= cells:
+        raise DataError(
+            f"n_ratings must be between 1 and n_users * n_items = {cells}, got {n_ratings}"
+        )
+    if not (math.isfinite(popularity_skew) and popularity_skew >= 0):
+        raise DataError(f"popularity_skew must be >= 0, got {popularity_skew!r}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise DataError(f"noise must be >= 0, got {noise!r}")
+
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / math.sqrt(n_factors)
+    user_f = rng.standard_normal((n_users, n_factors)) * scale
+    item_f = rng.standard_normal((n_items, n_factors)) * scale
+    rank = rng.permutation(n_items)
+    weight = np.exp(-popularity_skew * np.log1p(rank.astype(np.float64)))  # 1/(rank+1)^skew
+    prob = weight / weight.sum()
+
+    keys = np.empty(0, dtype=np.int64)
+    if cells <= 4_000_000 or (n_ratings > 0.3 * cells and cells <= 4 * MAX_DENSE_CELLS):
+        rounds = 0  # small or dense grid: sample all cells directly below
+    else:
+        rounds = 50
+    for _ in range(rounds):
+        need = n_ratings - len(keys)
+        if need <= 0:
+            break
+        draw = max(2 * need, 1024)
+        u = rng.integers(0, n_users, size=draw, dtype=np.int64)
+        i = rng.choice(n_items, size=draw, p=prob)
+        before = len(keys)
+        keys = _unique_in_order(np.concatenate([keys, u * n_items + i]))
+        if len(keys) - before < 0.02 * draw and cells <= 4 * MAX_DENSE_CELLS:
+            break  # popular items are saturated: rejection sampling stalls
+    keys = keys[:n_ratings]
+    if len(keys) < n_ratings:
+        # draw the rest from the unobserved cells, still weighted by popularity
+        if cells > 4 * MAX_DENSE_CELLS:
+            raise DataError(
+                f"cannot draw {n_ratings} distinct ratings with popularity_skew="
+                f"{popularity_skew}; lower popularity_skew or n_ratings"
+            )
+        taken = np.zeros(cells, dtype=bool)
+        taken[keys] = True
+        free = np.flatnonzero(~taken)
+        w = prob[free % n_items]
+        # weighted sampling without replacement (Efraimidis-Spirakis: smallest Exp(1)/w)
+        with np.errstate(over="ignore", divide="ignore"):
+            key_ = rng.standard_exponential(len(free)) / w
+        m = n_ratings - len(keys)
+        extra = free[np.argpartition(key_, m - 1)[:m]] if m < len(free) else free
+        keys = rng.permutation(np.concatenate([keys, extra.astype(np.int64)]))
+    keys = keys[:n_ratings]
+    users, items = keys // n_items, keys % n_items
+    dots = np.einsum("ij,ij->i", user_f[users], item_f[items])
+    ratings = np.clip(3.0 + dots + noise * rng.standard_normal(n_ratings), 1.0, 5.0)
+    return Ratings(
+        users=users,
+        items=items,
+        ratings=ratings.astype(np.float32),
+        timestamps=1_500_000_000 + 60 * np.arange(n_ratings, dtype=np.int64),
+        user_map=IdMap(np.arange(n_users, dtype=np.int64), "user"),
+        item_map=IdMap(np.arange(n_items, dtype=np.int64), "item"),
+        source=f"<synthetic {n_users}x{n_items} seed={seed}>",
+    )
+
+
+def _unique_in_order(values: np.ndarray) -> np.ndarray:
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
+
+
+# ---------------------------------------------------------------------------- splits
+
+
+def _check_fraction(test_fraction: float) -> float:
+    try:
+        f = float(test_fraction)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"test_fraction must be a number in (0, 1), got {test_fraction!r}"
+        ) from None
+    if not 0.0 < f < 1.0:
+        raise DataError(f"test_fraction must be in (0, 1) (exclusive), got {test_fraction!r}")
+    return f
+
+
+def random_split(r: Ratings, test_fraction: float = 0.2, seed: int = 0) -> tuple[Ratings, Ratings]:
+    """Split ratings at random into (train, test).
+
+    ``round(test_fraction * n)`` ratings (at least 1, at most ``n - 1``) chosen with
+    ``np.random.default_rng(seed)`` go to test. Both parts keep the id maps and the
+    original row order.
+
+    Raises
+    ------
+    DataError
+        If ``test_fraction`` is not in (0, 1) or there are fewer than 2 ratings.
+    """
+    f = _check_fraction(test_fraction)
+    n = len(r)
+    if n < 2:
+        raise DataError(f"{r.source}: {n} rating(s) cannot be split into train and test; need >= 2")
+    n_test = min(max(round(f * n), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    test = np.zeros(n, dtype=bool)
+    test[perm[:n_test]] = True
+    return r.subset(~test), r.subset(test)
+
+
+def time_split(r: Ratings, test_fraction: float = 0.2) -> tuple[Ratings, Ratings]:
+    """Hold out each user's latest ratings: returns (train, test).
+
+    For every user with ``c >= 2`` ratings, the last ``ceil(test_fraction * c)`` by
+    timestamp (ties broken by row order; at most ``c - 1``, so each user keeps a
+    training rating) go to test. Users with one rating stay in train. Both parts keep
+    the id maps and the original row order.
+
+    Raises
+    ------
+    DataError
+        If there are no timestamps, ``test_fraction`` is not in (0, 1), or no user has
+        two ratings.
+    """
+    f = _check_fraction(test_fraction)
+    if r.timestamps is None:
+        raise DataError(
+            f"{r.source}: has no timestamps, so it cannot be split by time; use a random "
+            "split or a file with a timestamp column (--timestamp-col)"
+        )
+    n = len(r)
+    order = np.lexsort((np.arange(n), r.timestamps, r.users))
+    su = r.users[order]
+    counts = np.bincount(r.users, minlength=r.n_users)
+    if not (counts >= 2).any():
+        raise DataError(
+            f"{r.source}: no user has 2 or more ratings, so a time split leaves nothing "
+            "to test on; use a random split"
+        )
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(n) - starts[su]
+    n_hold = np.ceil(np.round(f * counts, 9)).astype(np.int64)
+    n_hold = np.where(counts >= 2, np.minimum(n_hold, counts - 1), 0)
+    held = pos >= counts[su] - n_hold[su]
+    test = np.zeros(n, dtype=bool)
+    test[order[held]] = True
+    return r.subset(~test), r.subset(test)
+
+
+def split(
+    r: Ratings, method: str = "random", test_fraction: float = 0.2, seed: int = 0
+) -> tuple[Ratings, Ratings]:
+    """Split into (train, test) with ``method`` ``"random"`` or ``"time"``.
+
+    ``seed`` is used by the random split only. See :func:`random_split` and
+    :func:`time_split`.
+
+    Raises
+    ------
+    DataError
+        On an unknown method, or ``"time"`` on ratings without timestamps.
+    """
+    if method == "random":
+        return random_split(r, test_fraction, seed)
+    if method == "time":
+        return time_split(r, test_fraction)
+    raise DataError(f"unknown split method {method!r}; use 'random' or 'time'")

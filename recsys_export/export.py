@@ -1,0 +1,384 @@
+"""Export a checkpoint to a bundle: TorchScript, ONNX and torch.export (``.pt2``).
+
+One function per format, all fed by the same frozen inference module
+(:func:`recsys_export.inference.inference_module`) and all producing files for the same
+bundle contract (:mod:`recsys_export.bundle`). :func:`export_bundle` writes them
+atomically, then (by default) verifies parity and records the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys_export import __version__
+from recsys_export.bundle import FORMAT_VERSION, BundleWriter
+from recsys_export.checkpoint import Checkpoint
+from recsys_export.errors import CheckpointError, ConfigError
+from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, inference_module
+from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
+
+ONNX_OPSET = 20
+REFERENCE_FILE = "reference/state_dict.pt"
+#: Protobuf's hard limit: larger ONNX models must keep weights in an external file.
+ONNX_SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """Silence the exporters' progress prints, warnings and log lines.
+
+    ``torch.onnx.export(dynamo=True)`` prints progress to stdout and logs warnings;
+    TorchScript emits DeprecationWarnings. None of that belongs in our users' output.
+    """
+    loggers = [
+        logging.getLogger(n)
+        for n in (
+            "torch.onnx",
+            "torch.export",
+            "torch._export",
+            "onnxscript",
+            "torch._dynamo",
+            "torch.fx",
+        )
+    ]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _example_inputs(n_users: int, n_items: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    # Batches of 2+ (torch.export specialises a batch of 1 to a constant).
+    users = torch.tensor([0, n_users - 1, 0], dtype=torch.int64)
+    items = torch.tensor([0, n_items - 1, 0], dtype=torch.int64)
+    return {
+        "score": (users, items),
+        "score_all": (users,),
+        "recommend": (
+            users,
+            torch.tensor(min(2, n_items), dtype=torch.int64),
+            torch.tensor([0, 1], dtype=torch.int64),
+            torch.tensor([0, n_items - 1], dtype=torch.int64),
+        ),
+    }
+
+
+def _entry_modules(module: torch.nn.Module, n_items: int) -> dict[str, torch.nn.Module]:
+    return {
+        "score": ScoreEntry(module),
+        "score_all": ScoreAllEntry(module),
+        "recommend": RecommendEntry(module, n_items),
+    }
+
+
+def _dynamic_shapes(entry: str) -> tuple[Any, ...]:
+    batch = torch.export.Dim("batch")
+    if entry == "score":
+        n = torch.export.Dim("n")
+        return ({0: n}, {0: n})
+    if entry == "score_all":
+        return ({0: batch},)
+    excluded = torch.export.Dim("n_excluded")
+    return ({0: batch}, None, {0: excluded}, {0: excluded})
+
+
+def export_programs(module: torch.nn.Module, n_users: int, n_items: int) -> dict[str, Any]:
+    """``torch.export.export`` of each entry point with dynamic batch sizes."""
+    examples = _example_inputs(n_users, n_items)
+    programs = {}
+    with quiet_exporters():
+        for entry, mod in _entry_modules(module, n_items).items():
+            programs[entry] = torch.export.export(
+                mod, examples[entry], dynamic_shapes=_dynamic_shapes(entry), strict=False
+            )
+    return programs
+
+
+def write_torchscript(module: torch.nn.Module, path: Path) -> None:
+    """Script the inference module (methods ``score``, ``score_all``, ``recommend``).
+
+    TorchScript is deprecated in PyTorch; it is kept for libtorch (C++) users and its
+    deprecation warnings are silenced here.
+    """
+    with quiet_exporters():
+        scripted = torch.jit.script(module)
+        torch.jit.save(scripted, str(path))
+
+
+def write_pt2(program: Any, path: Path) -> None:
+    """Save one entry point's ``ExportedProgram`` with ``torch.export.save``."""
+    with quiet_exporters():
+        torch.export.save(program, str(path))
+
+
+def write_onnx(
+    program: Any,
+    entry: str,
+    path: Path,
+    *,
+    model_kind: str,
+    external_data: bool | None = None,
+) -> list[Path]:
+    """Convert an ``ExportedProgram`` to ONNX (opset 20) and check it.
+
+    Parameters
+    ----------
+    external_data : bool, optional
+        Keep weights in ``<file>.data`` beside the graph. None decides by size: models
+        over protobuf's 2 GB limit need it; smaller ones are one self-contained file.
+
+    Returns
+    -------
+    list of Path
+        The files written (the graph, plus the external data file if any).
+    """
+    import onnx
+
+    spec = ENTRY_POINTS[entry]
+    in_names = [i["name"] for i in spec["inputs"]]
+    out_names = [o["name"] for o in spec["outputs"]]
+    with quiet_exporters():
+        onnx_program = torch.onnx.export(
+            program,
+            input_names=in_names,
+            output_names=out_names,
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            optimize=True,
+            verify=False,
+        )
+    weight_bytes = sum(int(t.numel()) * t.element_size() for t in program.state_dict.values())
+    weight_bytes += sum(
+        int(t.numel()) * t.element_size()
+        for t in program.constants.values()
+        if isinstance(t, torch.Tensor)
+    )
+    if external_data is None:
+        external_data = weight_bytes > ONNX_SINGLE_FILE_LIMIT
+    onnx_program.model.metadata_props.update(
+        {
+            "recsys_export.model_kind": model_kind,
+            "recsys_export.entry_point": entry,
+            "recsys_export.bundle_format_version": str(FORMAT_VERSION),
+            "recsys_export.version": __version__,
+        }
+    )
+    with quiet_exporters():
+        onnx_program.save(str(path), external_data=external_data)
+    written = [path]
+    data_file = path.with_name(path.name + ".data")
+    if data_file.exists():
+        written.append(data_file)
+    # Full check (shape inference included); on the path so external data is found.
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    got_in = [i.name for i in graph.input]
+    got_out = [o.name for o in graph.output]
+    if got_in != in_names or got_out != out_names:  # pragma: no cover - exporter regression
+        raise RuntimeError(
+            f"ONNX {entry}: names {got_in}->{got_out}, expected {in_names}->{out_names}"
+        )
+    return written
+
+
+def _seen_csr(ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((ckpt.seen_items, ckpt.seen_users))
+    users, items = ckpt.seen_users[order], ckpt.seen_items[order]
+    indptr = np.zeros(ckpt.model.n_users + 1, dtype=np.int64)
+    np.add.at(indptr, users + 1, 1)
+    return np.cumsum(indptr), items.astype(np.int64)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_finite(ckpt: Checkpoint) -> None:
+    for name, tensor in ckpt.model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"refusing to export: weight {name} holds NaN or infinite values; retrain"
+            )
+
+
+def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
+    """Validate a format list (``"onnx,torchscript,pt2"`` or a sequence)."""
+    if formats is None:
+        return list(FORMATS)
+    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    items = [f for f in items if f]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items:
+        raise ConfigError(
+            f"unknown export format(s) {unknown or items}; choose from {', '.join(FORMATS)}"
+        )
+    return [f for f in FORMATS if f in items]
+
+
+def export_bundle(
+    ckpt: Checkpoint,
+    out: str | Path,
+    *,
+    formats: str | Sequence[str] | None = None,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    verify: bool = True,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Export a checkpoint to a bundle directory, atomically, and verify it.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        The trained model with its id maps and seen items.
+    out : path
+        Bundle directory to create (written to a temporary sibling, then renamed).
+    formats : str or sequence, optional
+        Subset of ``onnx``, ``torchscript``, ``pt2`` (default: all).
+    overwrite : bool
+        Replace an existing bundle at ``out``.
+    external_data : bool, optional
+        Force (True) or forbid (False) ONNX external weight files; None decides by size.
+    verify : bool
+        Run the parity checks (:mod:`recsys_export.parity`) on the written bundle and
+        record ``parity.json``. A failing bundle is removed and :class:`ParityError`
+        raised; nothing that fails parity is left behind silently.
+
+    Returns
+    -------
+    dict
+        The manifest, with ``export_seconds`` per format under ``timings``.
+    """
+    fmts = parse_formats(formats)
+    _check_finite(ckpt)
+    model = ckpt.model.eval()
+    module = inference_module(model)
+    n_users, n_items = model.n_users, model.n_items
+    timings: dict[str, float] = {}
+    files: dict[str, dict[str, Any]] = {}
+    with BundleWriter(out, overwrite=overwrite) as writer:
+        writer.write_id_maps(ckpt.user_map, ckpt.item_map)
+        indptr, seen = _seen_csr(ckpt)
+        writer.write_bytes("ids/seen_indptr.npy", _npy_bytes(indptr), "seen:indptr")
+        writer.write_bytes("ids/seen_items.npy", _npy_bytes(seen), "seen:items")
+        # The eager reference (weights only) makes `verify` work from the bundle alone.
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save(state, writer.path(REFERENCE_FILE))
+        writer.add(REFERENCE_FILE, "reference:state_dict")
+        programs = None
+        if "pt2" in fmts or "onnx" in fmts:
+            t0 = time.perf_counter()
+            programs = export_programs(module, n_users, n_items)
+            timings["torch.export"] = time.perf_counter() - t0
+        if "torchscript" in fmts:
+            t0 = time.perf_counter()
+            rel = "torchscript/model.pt"
+            write_torchscript(module, writer.path(rel))
+            writer.add(rel, "torchscript:module")
+            files["torchscript"] = {"module": rel, "methods": list(ENTRY_POINTS)}
+            timings["torchscript"] = time.perf_counter() - t0
+        if "pt2" in fmts:
+            assert programs is not None
+            t0 = time.perf_counter()
+            files["pt2"] = {}
+            for entry, program in programs.items():
+                rel = f"pt2/{entry}.pt2"
+                write_pt2(program, writer.path(rel))
+                writer.add(rel, f"pt2:{entry}")
+                files["pt2"][entry] = rel
+            timings["pt2"] = time.perf_counter() - t0
+        if "onnx" in fmts:
+            assert programs is not None
+            t0 = time.perf_counter()
+            files["onnx"] = {}
+            for entry, program in programs.items():
+                rel = f"onnx/{entry}.onnx"
+                written = write_onnx(
+                    program,
+                    entry,
+                    writer.path(rel),
+                    model_kind=model.kind,
+                    external_data=external_data,
+                )
+                writer.add(rel, f"onnx:{entry}")
+                for extra in written[1:]:
+                    writer.add(f"onnx/{extra.name}", f"onnx-data:{entry}")
+                files["onnx"][entry] = rel
+            timings["onnx"] = time.perf_counter() - t0
+        manifest = build_manifest(ckpt, files, timings)
+        if verify:
+            from recsys_export.parity import verify_staged_bundle
+
+            report = verify_staged_bundle(
+                writer, manifest, ckpt, atol=atol, rtol=rtol, progress=progress
+            )
+            manifest["parity"] = report.summary()
+            writer.write_json("parity.json", report.to_dict(), "parity:report")
+            if not report.passed:
+                report.raise_failure()
+        writer.commit(manifest)
+    return manifest
+
+
+def build_manifest(
+    ckpt: Checkpoint, files: dict[str, Any], timings: dict[str, float]
+) -> dict[str, Any]:
+    """Manifest keys owned by the exporter (the bundle writer adds files and checksums)."""
+    import onnx
+    import onnxruntime
+
+    model = ckpt.model
+    formats: dict[str, Any] = {}
+    if "onnx" in files:
+        formats["onnx"] = {"opset": ONNX_OPSET, "graphs": files["onnx"]}
+    if "torchscript" in files:
+        formats["torchscript"] = files["torchscript"]
+    if "pt2" in files:
+        formats["pt2"] = {"programs": files["pt2"]}
+    return {
+        "model": {
+            "kind": model.kind,
+            "hyperparameters": model.hyperparameters(),
+            "n_users": model.n_users,
+            "n_items": model.n_items,
+        },
+        "entry_points": entry_point_spec(model.n_items),
+        "formats": formats,
+        "seen": {"indptr": "ids/seen_indptr.npy", "items": "ids/seen_items.npy"},
+        "reference": {"state_dict": REFERENCE_FILE},
+        "versions": {
+            "recsys_export": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+        },
+        "training": {"config": ckpt.config, "metrics": ckpt.metrics, "data": ckpt.data},
+        "timings": {"export_seconds": {k: round(v, 3) for k, v in timings.items()}},
+        "parity": None,
+    }

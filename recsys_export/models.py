@@ -1,0 +1,304 @@
+"""The two networks of "PyTorch for recommenders 101" and their entry points.
+
+Both models share one base class, :class:`BaseModel`, with three entry points that
+mean the same in every export format (see ``design.md``):
+
+``forward(users, items) -> float32[N]``
+    The post's pairwise score.
+``score_all(users) -> float32[B, n_items]``
+    One row of the full user x item matrix per user.
+``recommend(users, k, exclude_rows, exclude_items) -> (float32[B, k], int64[B, k])``
+    The best ``k`` items per user, sorted by descending score, with excluded items
+    removed. Excluded items are given in COO form: ``exclude_rows[j]`` is a position in
+    ``users`` (0..B-1) and ``exclude_items[j]`` an item index to drop for that user.
+    When fewer than ``k`` items remain for a user, the missing slots are filled with
+    item ``-1`` and score ``-inf``.
+
+Top-k lives in one place, :func:`topk_excluding`, used by every model and export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recsys_export.errors import ConfigError
+
+MODEL_KINDS = ("mf", "densenet")
+
+
+def topk_excluding(
+    scores: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` items per row of ``scores`` after removing excluded (row, item) pairs.
+
+    Parameters
+    ----------
+    scores : Tensor
+        ``float32[B, n_items]``.
+    k : int
+        Number of items to return, ``1 <= k <= n_items``.
+    exclude_rows, exclude_items : Tensor
+        ``int64[M]`` each: row positions and item indices to exclude (COO pairs).
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        Scores ``float32[B, k]`` sorted descending and item indices ``int64[B, k]``;
+        slots that no admissible item can fill hold ``-inf`` and ``-1``.
+    """
+    neg_inf = torch.full_like(exclude_items, 0, dtype=scores.dtype) - float("inf")
+    masked = scores.index_put((exclude_rows, exclude_items), neg_inf)
+    values, items = torch.topk(masked, k, dim=1, largest=True, sorted=True)
+    items = torch.where(torch.isneginf(values), torch.full_like(items, -1), items)
+    return values, items
+
+
+class BaseModel(nn.Module):
+    """Base class: user/item embeddings plus the three entry points.
+
+    Subclasses implement :meth:`forward` and :meth:`score_all`; :meth:`recommend` is
+    shared. ``kind`` names the model in checkpoints and bundle manifests.
+    """
+
+    kind: str = ""
+
+    def __init__(self, n_users: int, n_items: int, n_factors: int) -> None:
+        super().__init__()
+        for name, value in (("n_users", n_users), ("n_items", n_items), ("n_factors", n_factors)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.n_users = n_users
+        self.n_items = n_items
+        self.n_factors = n_factors
+
+    def score_all(self, users: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Scores of every item for each user: ``float32[B, n_items]``."""
+        raise NotImplementedError
+
+    def recommend(
+        self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Best ``k`` items per user with excluded (row, item) pairs removed.
+
+        See :func:`topk_excluding` for the encoding and the fill rule.
+        """
+        return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
+
+    def hyperparameters(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        """Constructor arguments, JSON-serialisable, so ``type(self)(**hp)`` rebuilds it."""
+        raise NotImplementedError
+
+    def _init_embeddings(self, init_std: float | None) -> None:
+        # None keeps torch's default N(0, 1), as in the post.
+        if init_std is None:
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=init_std)
+
+
+class MatrixFactorization(BaseModel):
+    """The post's matrix factorization: ``score(u, i) = p_u . q_i``.
+
+    Parameters
+    ----------
+    n_users, n_items : int
+        Sizes of the id maps.
+    n_factors : int
+        Embedding dimension (the post uses 3).
+    biased : bool
+        Add a global mean and user/item biases (off in the post's recipe).
+    global_mean : float
+        Constant added to every score when ``biased`` (usually the mean training rating).
+    sparse : bool
+        Sparse embedding gradients (the post uses ``sparse=True``; needs SGD or
+        SparseAdam).
+    init_std : float, optional
+        Standard deviation of the embedding initialisation; None keeps torch's N(0, 1).
+    """
+
+    kind = "mf"
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        n_factors: int = 3,
+        *,
+        biased: bool = False,
+        global_mean: float = 0.0,
+        sparse: bool = True,
+        init_std: float | None = None,
+    ) -> None:
+        super().__init__(n_users, n_items, n_factors)
+        self.biased = bool(biased)
+        self.sparse = bool(sparse)
+        self.init_std = init_std
+        self.user_factors = nn.Embedding(n_users, n_factors, sparse=sparse)
+        self.item_factors = nn.Embedding(n_items, n_factors, sparse=sparse)
+        if self.biased:
+            self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
+            self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
+        self.register_buffer("global_mean", torch.tensor(float(global_mean if biased else 0.0)))
+        self._init_embeddings(init_std)
+        if self.biased:
+            nn.init.zeros_(self.user_bias.weight)
+            nn.init.zeros_(self.item_bias.weight)
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        """Pairwise scores ``float32[N]`` for ``users[n], items[n]``."""
+        out = (self.user_factors(users) * self.item_factors(items)).sum(1)
+        if self.biased:
+            out = (
+                out
+                + self.user_bias(users).squeeze(1)
+                + self.item_bias(items).squeeze(1)
+                + self.global_mean
+            )
+        return out
+
+    def predict(self, users: Tensor, items: Tensor) -> Tensor:
+        """Alias of :meth:`forward`, as in the post."""
+        return self.forward(users, items)
+
+    def score_all(self, users: Tensor) -> Tensor:
+        """Scores of every item for each user: ``P[users] @ Q.T`` (+ biases)."""
+        out = self.user_factors(users) @ self.item_factors.weight.t()
+        if self.biased:
+            out = out + self.user_bias(users) + self.item_bias.weight.t() + self.global_mean
+        return out
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_factors": self.n_factors,
+            "biased": self.biased,
+            "global_mean": float(self.global_mean),
+            "sparse": self.sparse,
+            "init_std": self.init_std,
+        }
+
+
+class DenseNet(BaseModel):
+    """The post's dense feed-forward net: ``Linear(ReLU(Linear([p_u, q_i])))``.
+
+    Parameters
+    ----------
+    n_users, n_items : int
+        Sizes of the id maps.
+    n_factors : int
+        Embedding dimension of users and items (the post uses 3).
+    hidden : int
+        Width of the hidden layer (the post's ``H1 = 16``).
+    dropout : float
+        Dropout on the hidden layer during training (0 in the post).
+    global_mean : float
+        Constant added to the output (0 in the post), so the net learns residuals.
+    init_std : float, optional
+        Standard deviation of the embedding initialisation; None keeps torch's N(0, 1).
+    """
+
+    kind = "densenet"
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        n_factors: int = 3,
+        hidden: int = 16,
+        *,
+        dropout: float = 0.0,
+        global_mean: float = 0.0,
+        init_std: float | None = None,
+    ) -> None:
+        super().__init__(n_users, n_items, n_factors)
+        if not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"hidden must be a positive integer, got {hidden!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.hidden = hidden
+        self.dropout = float(dropout)
+        self.init_std = init_std
+        self.user_factors = nn.Embedding(n_users, n_factors)
+        self.item_factors = nn.Embedding(n_items, n_factors)
+        self.linear1 = nn.Linear(n_factors * 2, hidden)
+        self.linear2 = nn.Linear(hidden, 1)
+        self.register_buffer("global_mean", torch.tensor(float(global_mean)))
+        self._init_embeddings(init_std)
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        """Pairwise scores ``float32[N]``: the post's forward with the unit output squeezed."""
+        x = torch.cat([self.user_factors(users), self.item_factors(items)], 1)
+        h = F.relu(self.linear1(x))
+        if self.dropout > 0.0:
+            h = F.dropout(h, self.dropout, self.training)
+        return self.linear2(h).squeeze(1) + self.global_mean
+
+    def predict(self, users: Tensor, items: Tensor) -> Tensor:
+        """Alias of :meth:`forward`, as in the post."""
+        return self.forward(users, items)
+
+    def split_first_layer(self) -> tuple[Tensor, Tensor]:
+        """Per-user and per-item halves of the first layer.
+
+        Returns
+        -------
+        (Tensor, Tensor)
+            ``A = P Wu^T`` ``[n_users, H]`` and ``C = Q Wi^T + b1`` ``[n_items, H]``, so
+            that ``linear1([p_u, q_i]) = A[u] + C[i]``.
+        """
+        w = self.linear1.weight
+        k = self.n_factors
+        a = self.user_factors.weight @ w[:, :k].t()
+        c = self.item_factors.weight @ w[:, k:].t() + self.linear1.bias
+        return a, c
+
+    def score_all(self, users: Tensor) -> Tensor:
+        """Scores of every item for each user, via the split first layer.
+
+        The item half of the first layer is computed once per call, never the pairwise
+        concatenation; the ``[B, n_items, H]`` hidden activations are the only large
+        intermediate, so callers bound ``B`` (the runtime chunks users).
+        """
+        w = self.linear1.weight
+        k = self.n_factors
+        a = self.user_factors(users) @ w[:, :k].t()  # [B, H]
+        c = self.item_factors.weight @ w[:, k:].t() + self.linear1.bias  # [n_items, H]
+        h = F.relu(a.unsqueeze(1) + c.unsqueeze(0))  # [B, n_items, H]
+        out = h @ self.linear2.weight.t()  # [B, n_items, 1]
+        return out.squeeze(2) + self.linear2.bias + self.global_mean
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_factors": self.n_factors,
+            "hidden": self.hidden,
+            "dropout": self.dropout,
+            "global_mean": float(self.global_mean),
+            "init_std": self.init_std,
+        }
+
+
+_CLASSES: dict[str, type[BaseModel]] = {"mf": MatrixFactorization, "densenet": DenseNet}
+
+
+def build_model(kind: str, **hyperparameters: Any) -> BaseModel:
+    """Build a model by kind (``"mf"`` or ``"densenet"``) from its hyperparameters.
+
+    Raises
+    ------
+    ConfigError
+        Unknown kind or invalid hyperparameters.
+    """
+    if kind not in _CLASSES:
+        raise ConfigError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    try:
+        return _CLASSES[kind](**hyperparameters)
+    except TypeError as exc:
+        raise ConfigError(f"invalid hyperparameters for {kind}: {exc}") from None

@@ -1,0 +1,425 @@
+"""Tests of the torch-free runtime (recsys_export.runtime) against the eager models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_export.checkpoint import Checkpoint
+from recsys_export.errors import BundleError, ConfigError, UnknownIdError
+from recsys_export.export import export_bundle
+from recsys_export.ids import IdMap
+from recsys_export.models import DenseNet, MatrixFactorization
+from recsys_export.runtime import Recommender
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPERS = Path(__file__).resolve().parent / "helpers"
+N_USERS, N_ITEMS = 50, 40
+ATOL = RTOL = 1e-5
+USER_IDS = np.arange(100, 100 + N_USERS)
+ITEM_IDS = [f"item {i}" for i in range(N_ITEMS)]
+HEAVY_USER = 3  # has seen all but 2 items
+
+
+def _seen() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    users, items = [], []
+    for u in range(N_USERS):
+        n = N_ITEMS - 2 if u == HEAVY_USER else int(rng.integers(0, 8))
+        chosen = rng.choice(N_ITEMS, n, replace=False)
+        users.append(np.full(n, u))
+        items.append(chosen)
+    return np.concatenate(users).astype(np.int64), np.concatenate(items).astype(np.int64)
+
+
+def _make(kind: str, path: Path) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0 if kind == "mf" else 1)
+    if kind == "mf":
+        model = MatrixFactorization(N_USERS, N_ITEMS, 8, biased=True, sparse=False, init_std=0.3)
+        with torch.no_grad():
+            model.user_bias.weight.normal_(0, 0.1)
+            model.item_bias.weight.normal_(0, 0.1)
+    else:
+        model = DenseNet(N_USERS, N_ITEMS, 8, 16, init_std=0.3)
+    model.eval()
+    su, si = _seen()
+    ck = Checkpoint(
+        model, IdMap(USER_IDS, "user"), IdMap(ITEM_IDS, "item"), seen_users=su, seen_items=si
+    )
+    export_bundle(ck, path, formats="onnx", verify=False)
+    return model, path
+
+
+@pytest.fixture(scope="module", params=["mf", "densenet"])
+def case(request, tmp_path_factory):
+    model, path = _make(request.param, tmp_path_factory.mktemp(request.param) / "bundle")
+    return model, path, Recommender.load(path)
+
+
+@pytest.fixture(scope="module")
+def mf(tmp_path_factory):
+    model, path = _make("mf", tmp_path_factory.mktemp("mf_only") / "bundle")
+    return model, path, Recommender.load(path)
+
+
+def _seen_coo(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    su, si = _seen()
+    rows, items = [], []
+    for pos, u in enumerate(users):
+        its = si[su == u]
+        rows.append(np.full(its.size, pos))
+        items.append(its)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(items).astype(np.int64)
+
+
+def _eager_all(model, users: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.score_all(torch.tensor(users, dtype=torch.int64)).numpy()
+
+
+def _eager_recommend(model, users, k, rows, items):
+    with torch.no_grad():
+        s, i = model.recommend(
+            torch.tensor(users, dtype=torch.int64), k, torch.tensor(rows), torch.tensor(items)
+        )
+    return s.numpy(), i.numpy()
+
+
+def _assert_topk(model, users, got_s, got_i, exp_s, exp_i):
+    """Equal lists, except that items tied within tolerance are interchangeable."""
+    np.testing.assert_allclose(got_s, exp_s, atol=ATOL, rtol=RTOL)
+    full = _eager_all(model, users)
+    diff = got_i != exp_i
+    for r, c in zip(*np.nonzero(diff), strict=True):
+        assert got_i[r, c] >= 0, (r, c)
+        true = full[r, got_i[r, c]]
+        assert abs(true - exp_s[r, c]) <= ATOL + RTOL * abs(exp_s[r, c]), (r, c)
+    for r in range(got_i.shape[0]):
+        valid = got_i[r][got_i[r] >= 0]
+        assert len(set(valid.tolist())) == valid.size
+
+
+BATCHES = [[0], [5, 9], [0, 3, 7, 11, 13, 2, 49], list(range(N_USERS))]
+
+
+# ---------------------------------------------------------------------- parity
+@pytest.mark.parametrize("idx", BATCHES, ids=["1", "2", "7", "all"])
+def test_score_and_score_all_match_eager(case, idx):
+    model, _, rec = case
+    idx = np.asarray(idx, dtype=np.int64)
+    raw = USER_IDS[idx]
+    items = (idx * 7 + 3) % N_ITEMS
+    with torch.no_grad():
+        exp = model(torch.tensor(idx), torch.tensor(items)).numpy()
+    got = rec.score(raw, [ITEM_IDS[i] for i in items])
+    assert got.dtype == np.float32 and got.shape == (idx.size,)
+    np.testing.assert_allclose(got, exp, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(rec.score(idx, items, by_index=True), exp, atol=ATOL, rtol=RTOL)
+    full = rec.score_all(raw)
+    assert full.dtype == np.float32 and full.shape == (idx.size, N_ITEMS)
+    np.testing.assert_allclose(full, _eager_all(model, idx), atol=ATOL, rtol=RTOL)
+    np.testing.assert_array_equal(rec.score_all(idx, by_index=True), full)
+
+
+@pytest.mark.parametrize("idx", BATCHES, ids=["1", "2", "7", "all"])
+@pytest.mark.parametrize("k", [1, 5, N_ITEMS])
+def test_recommend_matches_eager(case, idx, k):
+    model, _, rec = case
+    idx = np.asarray(idx, dtype=np.int64)
+    rows, items = _seen_coo(idx)
+    exp_s, exp_i = _eager_recommend(model, idx, k, rows, items)
+    res = rec.recommend(idx, k, by_index=True)
+    assert res.scores.dtype == np.float32 and res.scores.shape == (idx.size, k)
+    assert res.items.dtype == np.int64
+    _assert_topk(model, idx, res.scores, res.items, exp_s, exp_i)
+    # the same through raw ids
+    raw = rec.recommend(USER_IDS[idx], k)
+    np.testing.assert_array_equal(raw.scores, res.scores)
+    np.testing.assert_array_equal(raw.users, USER_IDS[idx])
+    for r in range(idx.size):
+        for c in range(k):
+            j = res.items[r, c]
+            assert raw.items[r, c] == (ITEM_IDS[j] if j >= 0 else None)
+    # without seen exclusion
+    exp_s, exp_i = _eager_recommend(model, idx, k, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    res = rec.recommend(idx, k, by_index=True, exclude_seen=False)
+    _assert_topk(model, idx, res.scores, res.items, exp_s, exp_i)
+
+
+def test_exclude_seen_and_empty_slots(mf):
+    model, _, rec = mf
+    su, si = _seen()
+    res = rec.recommend(np.arange(N_USERS), 5, by_index=True)
+    for u in range(N_USERS):
+        assert not set(res.items[u][res.items[u] >= 0].tolist()) & set(si[su == u].tolist())
+    heavy = rec.recommend(USER_IDS[HEAVY_USER], 5)
+    assert heavy.items.dtype == object
+    assert heavy.items[0, 2:].tolist() == [None, None, None]
+    assert np.isneginf(heavy.scores[0, 2:]).all() and np.isfinite(heavy.scores[0, :2]).all()
+    idx = rec.recommend(HEAVY_USER, 5, by_index=True)
+    assert idx.items[0, 2:].tolist() == [-1, -1, -1]
+
+
+def test_exclude_and_include(mf):
+    model, _, rec = mf
+    users = np.array([0, 1, 2])
+    full = _eager_all(model, users)
+    # exclude for every user
+    drop = ["item 0", "item 1", "item 2"]
+    res = rec.recommend(USER_IDS[users], N_ITEMS, exclude_seen=False, exclude=drop)
+    for r in range(3):
+        got = [x for x in res.items[r].tolist() if x is not None]
+        assert not set(got) & set(drop) and len(got) == N_ITEMS - 3
+    # per-user dict
+    res = rec.recommend(
+        USER_IDS[users], N_ITEMS, exclude_seen=False, exclude={int(USER_IDS[1]): ["item 5"]}
+    )
+    assert "item 5" in res.items[0].tolist() and "item 5" not in res.items[1].tolist()
+    # include restricts the candidates (seen items still removed)
+    su, si = _seen()
+    inc = [3, 4, 10, 20, 30]
+    res = rec.recommend(users, 3, include=inc, by_index=True, exclude_seen=False)
+    for r in range(3):
+        order = sorted(inc, key=lambda j: -full[r, j])[:3]
+        assert res.items[r].tolist() == order
+        np.testing.assert_allclose(res.scores[r], full[r, order], atol=ATOL, rtol=RTOL)
+    res = rec.recommend(users, 5, include=inc, by_index=True)
+    for r in range(3):
+        allowed = [j for j in inc if j not in set(si[su == r].tolist())]
+        got = res.items[r][res.items[r] >= 0].tolist()
+        assert got == sorted(allowed, key=lambda j: -full[r, j])
+        assert np.isneginf(res.scores[r, len(got) :]).all()
+
+
+# ---------------------------------------------------------------------- bad input
+def test_unknown_ids_and_bad_indices(mf):
+    _, _, rec = mf
+    with pytest.raises(UnknownIdError, match="99999"):
+        rec.recommend([100, 99999])
+    with pytest.raises(UnknownIdError, match="no such item"):
+        rec.score([100], ["no such item"])
+    with pytest.raises(UnknownIdError, match="99999"):
+        rec.score_all([99999])
+    for bad in (-1, N_USERS):
+        with pytest.raises(UnknownIdError, match="out of range"):
+            rec.score_all([0, bad], by_index=True)
+        with pytest.raises(UnknownIdError, match="out of range"):
+            rec.recommend([bad], by_index=True)
+        with pytest.raises(UnknownIdError, match="out of range"):
+            rec.score([bad], [0], by_index=True)
+    for bad in (-1, N_ITEMS):
+        with pytest.raises(UnknownIdError, match="out of range"):
+            rec.score([0], [bad], by_index=True)
+        with pytest.raises(UnknownIdError, match="out of range"):
+            rec.recommend([0], include=[bad], by_index=True)
+    with pytest.raises(ConfigError, match="k=0"):
+        rec.recommend([100], k=0)
+    with pytest.raises(ConfigError, match=f"k={N_ITEMS + 1}"):
+        rec.recommend([100], k=N_ITEMS + 1)
+    with pytest.raises(ConfigError):
+        rec.recommend([100], unknown="ignore")
+    with pytest.raises(ConfigError, match="as many users as items"):
+        rec.score([100, 101], ["item 1"])
+
+
+def test_unknown_skip_and_popular(mf):
+    _, _, rec = mf
+    res = rec.recommend([100, "nope", 102, 555], 3, unknown="skip")
+    assert res.users.tolist() == [100, 102] and res.skipped == ["nope", 555]
+    exp = rec.recommend([100, 102], 3)
+    np.testing.assert_array_equal(res.scores, exp.scores)
+    assert res.items.tolist() == exp.items.tolist()
+    su, si = _seen()
+    counts = np.bincount(si, minlength=N_ITEMS)
+    res = rec.recommend([555, 101], 4, unknown="popular")
+    assert res.fallback.tolist() == [True, False]
+    top = [ITEM_IDS[j] for j in np.argsort(-counts, kind="stable")[:4]]
+    got = res.items[0].tolist()
+    assert sorted(counts[[ITEM_IDS.index(x) for x in got]].tolist(), reverse=True) == sorted(
+        counts[[ITEM_IDS.index(x) for x in top]].tolist(), reverse=True
+    )
+    assert np.isnan(res.scores[0]).all()
+    assert res.items[1].tolist() == rec.recommend(101, 4).items[0].tolist()
+
+
+def test_bundle_without_onnx(mf, tmp_path):
+    _, path, _ = mf
+    copy = tmp_path / "b"
+    shutil.copytree(path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["formats"].pop("onnx")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="--formats onnx"):
+        Recommender.load(copy)
+
+
+def test_bad_output_paths(mf, tmp_path):
+    _, _, rec = mf
+    with pytest.raises(ConfigError, match="missing"):
+        rec.write_score_matrix(tmp_path / "missing" / "m.npy", progress=False)
+    with pytest.raises(ConfigError, match="missing"):
+        rec.write_topk(tmp_path / "missing" / "t.csv", progress=False)
+    with pytest.raises(ConfigError, match="extension"):
+        rec.write_topk(tmp_path / "t.txt", progress=False)
+    with pytest.raises(ConfigError, match="k=0"):
+        rec.write_topk(tmp_path / "t.csv", 0, progress=False)
+
+
+# ---------------------------------------------------------------------- bulk output
+def test_iter_and_write_score_matrix(case, tmp_path):
+    _, _, rec = case
+    expected = rec.score_all(np.arange(N_USERS), by_index=True)
+    chunks = list(rec.iter_score_all(chunk_size=7, progress=False))
+    assert len(chunks) == 8 and [c[0].size for c in chunks][-1] == 1
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), expected)
+    budget_mb = 3 * rec._bytes_per_user / 2**20  # three users per chunk
+    assert len(list(rec.iter_score_all(memory_budget_mb=budget_mb, progress=False))) == 17
+    out = rec.write_score_matrix(tmp_path / "m.npy", memory_budget_mb=budget_mb, progress=False)
+    got = np.load(out, mmap_mode="r")
+    assert got.dtype == np.float32 and got.shape == (N_USERS, N_ITEMS)
+    np.testing.assert_array_equal(got, expected)
+    sub = rec.write_score_matrix(tmp_path / "s.npy", user_indices=[4, 1], progress=False)
+    np.testing.assert_array_equal(np.load(sub), expected[[4, 1]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npy", "s.npy"]
+
+
+def test_write_topk_csv_and_parquet(mf, tmp_path):
+    _, _, rec = mf
+    k = 4
+    res = rec.recommend(USER_IDS, k)
+    expected = [
+        (int(u), r + 1, res.items[i, r], float(res.scores[i, r]))
+        for i, u in enumerate(USER_IDS)
+        for r in range(k)
+        if res.items[i, r] is not None
+    ]
+    out = rec.write_topk(tmp_path / "t.csv", k, memory_budget_mb=0.001, progress=False)
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["user", "rank", "item", "score"]
+    got = [(int(a), int(b), c, float(d)) for a, b, c, d in rows[1:]]
+    assert [g[:3] for g in got] == [e[:3] for e in expected]
+    np.testing.assert_array_equal(
+        np.float32([g[3] for g in got]), np.float32([e[3] for e in expected])
+    )
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = rec.write_topk(tmp_path / "t.parquet", k, progress=False)
+    table = pq.read_table(out).to_pydict()
+    assert list(table) == ["user", "rank", "item", "score"]
+    assert list(zip(table["user"], table["rank"], table["item"], strict=True)) == [
+        e[:3] for e in expected
+    ]
+    np.testing.assert_array_equal(np.float32(table["score"]), np.float32([e[3] for e in expected]))
+
+
+# ---------------------------------------------------------------------- processes
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_runtime_without_torch(mf, tmp_path):
+    _, path, rec = mf
+    exp = tmp_path / "expected"
+    out = tmp_path / "out"
+    exp.mkdir()
+    out.mkdir()
+    users = np.array([0, 3, 7, 49, 12], dtype=np.int64)
+    items = np.array([1, 39, 0, 5, 6], dtype=np.int64)
+    res = rec.recommend(users, 5, by_index=True)
+    arrays = {
+        "users": users,
+        "items": items,
+        "score": rec.score(users, items, by_index=True),
+        "score_all": rec.score_all(users, by_index=True),
+        "rec_scores": res.scores,
+        "rec_items": res.items,
+        "matrix": rec.score_all(np.arange(N_USERS), by_index=True),
+        "topk_rows": np.array(int((rec.recommend(USER_IDS, 3).scores > -np.inf).sum())),
+    }
+    for name, arr in arrays.items():
+        np.save(exp / f"{name}.npy", arr, allow_pickle=False)
+    proc = subprocess.run(
+        [sys.executable, str(HELPERS / "runtime_notorch.py"), str(path), str(exp), str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "OK"
+
+
+def test_killed_write_leaves_no_file(mf, tmp_path):
+    _, path, _ = mf
+    out = tmp_path / "m.npy"
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPERS / "runtime_slow_writer.py"), str(path), str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "WRITING", proc.stderr.read() if not line else line
+        partial = [p.name for p in tmp_path.iterdir()]
+        assert len(partial) == 1 and partial[0].startswith(".m.npy.partial-")
+        assert not out.exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for fh in (proc.stdin, proc.stdout, proc.stderr):
+            fh.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".npy")]
+
+
+# ---------------------------------------------------------------------- threads
+def test_thread_safety(case):
+    _, _, rec = case
+    rng = np.random.default_rng(1234)
+    calls = []
+    for _ in range(10_000):
+        kind = int(rng.integers(0, 3))
+        n = int(rng.integers(1, 9))
+        users = rng.integers(0, N_USERS, n)
+        if kind == 0:
+            calls.append(("score", users, rng.integers(0, N_ITEMS, n)))
+        elif kind == 1:
+            calls.append(("score_all", users, None))
+        else:
+            calls.append(("recommend", users, int(rng.integers(1, N_ITEMS + 1))))
+
+    def run(call):
+        name, users, arg = call
+        if name == "score":
+            return (rec.score(users, arg, by_index=True),)
+        if name == "score_all":
+            return (rec.score_all(users, by_index=True),)
+        res = rec.recommend(users, arg, by_index=True)
+        return res.scores, res.items
+
+    sequential = [run(c) for c in calls]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        threaded = list(pool.map(run, calls, chunksize=25))
+    for a, b in zip(sequential, threaded, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x, y)
