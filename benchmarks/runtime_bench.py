@@ -96,9 +96,7 @@ def bare_matmul_session(q: np.ndarray, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def run_bare(sess, p: np.ndarray, n_items: int, block: int) -> None:
@@ -268,7 +266,7 @@ def main() -> int:
         return 0
     report = main_rss(args) if args.rss else main_bench(args)
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 

@@ -60,6 +60,15 @@ class MFInference(nn.Module):
     def recommend(
         self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
     ) -> tuple[Tensor, Tensor]:
+        if torch.jit.is_scripting():  # TorchScript callers get a clear message
+            n_items = self.item_factors.shape[0]
+            if k < 1 or k > n_items:
+                raise ValueError(
+                    "k must be between 1 and "
+                    + str(n_items)
+                    + " (the number of items), got "
+                    + str(k)
+                )
         return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
 
 
@@ -108,6 +117,15 @@ class DenseNetInference(nn.Module):
     def recommend(
         self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
     ) -> tuple[Tensor, Tensor]:
+        if torch.jit.is_scripting():  # TorchScript callers get a clear message
+            n_items = self.item_factors.shape[0]
+            if k < 1 or k > n_items:
+                raise ValueError(
+                    "k must be between 1 and "
+                    + str(n_items)
+                    + " (the number of items), got "
+                    + str(k)
+                )
         return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
 
 

@@ -57,6 +57,12 @@ def topk_excluding(
     return values, items
 
 
+def check_k(k: int, n_items: int) -> None:
+    """Raise :class:`ConfigError` unless ``1 <= k <= n_items``."""
+    if not 1 <= int(k) <= n_items:
+        raise ConfigError(f"k must be between 1 and {n_items} (the number of items), got {k}")
+
+
 class BaseModel(nn.Module):
     """Base class: user/item embeddings plus the three entry points.
 
@@ -86,6 +92,7 @@ class BaseModel(nn.Module):
 
         See :func:`topk_excluding` for the encoding and the fill rule.
         """
+        check_k(k, self.n_items)
         return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
 
     def hyperparameters(self) -> dict[str, Any]:  # pragma: no cover - abstract

@@ -61,16 +61,28 @@ def _make(kind: str, path: Path) -> tuple[torch.nn.Module, Path]:
     return model, path
 
 
-@pytest.fixture(scope="module", params=["mf", "densenet"])
-def case(request, tmp_path_factory):
-    model, path = _make(request.param, tmp_path_factory.mktemp(request.param) / "bundle")
-    return model, path, Recommender.load(path)
-
-
 @pytest.fixture(scope="module")
-def mf(tmp_path_factory):
-    model, path = _make("mf", tmp_path_factory.mktemp("mf_only") / "bundle")
-    return model, path, Recommender.load(path)
+def bundles(tmp_path_factory):
+    """Bundles built on first use, once per module (an export takes seconds)."""
+    cache: dict[str, tuple] = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            model, path = _make(kind, tmp_path_factory.mktemp(kind) / "bundle")
+            cache[kind] = (model, path, Recommender.load(path))
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(params=["mf", "densenet"])
+def case(request, bundles):
+    return bundles(request.param)
+
+
+@pytest.fixture
+def mf(bundles):
+    return bundles("mf")
 
 
 def _seen_coo(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -393,8 +405,8 @@ def test_killed_write_leaves_no_file(mf, tmp_path):
 
 
 # ---------------------------------------------------------------------- threads
-def test_thread_safety(case):
-    _, _, rec = case
+def test_thread_safety(mf):
+    _, _, rec = mf
     rng = np.random.default_rng(1234)
     calls = []
     for _ in range(10_000):

@@ -1,0 +1,93 @@
+"""The two networks: entry points agree with each other and recommend's contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys_export.errors import ConfigError
+from recsys_export.models import DenseNet, MatrixFactorization, build_model, topk_excluding
+
+
+def _models():
+    torch.manual_seed(0)
+    return [
+        MatrixFactorization(13, 17, 5),
+        MatrixFactorization(13, 17, 5, biased=True, global_mean=3.5, init_std=0.3),
+        DenseNet(13, 17, 5, 7),
+        DenseNet(13, 17, 5, 7, global_mean=3.0, dropout=0.1),
+    ]
+
+
+@pytest.mark.parametrize("model", _models(), ids=["mf", "mf-biased", "densenet", "densenet-mean"])
+def test_score_all_equals_pairwise(model):
+    model.eval()
+    if isinstance(model, MatrixFactorization) and model.biased:
+        with torch.no_grad():
+            model.user_bias.weight.normal_()
+            model.item_bias.weight.normal_()
+    users = torch.arange(model.n_users)
+    with torch.no_grad():
+        full = model.score_all(users)
+        pu = users.repeat_interleave(model.n_items)
+        pi = torch.arange(model.n_items).repeat(model.n_users)
+        pairs = model(pu, pi).reshape(model.n_users, model.n_items)
+    assert full.shape == (model.n_users, model.n_items)
+    torch.testing.assert_close(full, pairs, atol=1e-5, rtol=1e-5)
+
+
+def test_recommend_excludes_sorts_and_fills():
+    torch.manual_seed(0)
+    model = MatrixFactorization(4, 6, 3).eval()
+    users = torch.tensor([0, 1, 3])
+    rows = torch.tensor([0, 0, 0, 0, 0, 2])
+    items = torch.tensor([0, 1, 2, 3, 3, 5])  # user 0 keeps only items 4 and 5
+    with torch.no_grad():
+        scores, top = model.recommend(users, 4, rows, items)
+        full = model.score_all(users)
+    assert top.dtype == torch.int64 and scores.shape == (3, 4)
+    assert set(top[0, :2].tolist()) == {4, 5}
+    assert top[0, 2:].tolist() == [-1, -1]
+    assert torch.isneginf(scores[0, 2:]).all()
+    assert 5 not in top[2].tolist()
+    for r in range(3):
+        valid = scores[r][top[r] >= 0]
+        assert torch.all(valid[:-1] >= valid[1:])
+        for s, i in zip(scores[r], top[r]):
+            if i >= 0:
+                assert s == full[r, i]
+
+
+def test_topk_excluding_empty_exclusion():
+    scores = torch.tensor([[1.0, 3.0, 2.0]])
+    empty = torch.zeros(0, dtype=torch.int64)
+    values, items = topk_excluding(scores, 3, empty, empty)
+    assert items.tolist() == [[1, 2, 0]]
+    assert values.tolist() == [[3.0, 2.0, 1.0]]
+
+
+@pytest.mark.parametrize("k", [0, 7])
+def test_recommend_rejects_bad_k(k):
+    model = MatrixFactorization(2, 6, 2).eval()
+    empty = torch.zeros(0, dtype=torch.int64)
+    with pytest.raises(ConfigError, match="k must be between 1 and 6"):
+        model.recommend(torch.tensor([0]), k, empty, empty)
+
+
+def test_build_model_errors():
+    with pytest.raises(ConfigError, match="unknown model kind"):
+        build_model("svd", n_users=2, n_items=2)
+    with pytest.raises(ConfigError, match="n_users must be a positive integer"):
+        build_model("mf", n_users=0, n_items=2)
+    with pytest.raises(ConfigError, match="invalid hyperparameters"):
+        build_model("mf", n_users=2, n_items=2, colour="red")
+    with pytest.raises(ConfigError, match="dropout"):
+        DenseNet(2, 2, 2, 2, dropout=1.5)
+
+
+def test_densenet_split_first_layer_matches_linear():
+    torch.manual_seed(1)
+    model = DenseNet(5, 4, 3, 6).eval()
+    a, c = model.split_first_layer()
+    x = torch.cat([model.user_factors.weight[2], model.item_factors.weight[3]])
+    torch.testing.assert_close(a[2] + c[3], model.linear1(x))
