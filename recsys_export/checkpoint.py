@@ -125,8 +125,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"({first[:160]}); only load checkpoints written by recsys-export"
         ) from None
     except Exception as exc:  # any other failure: not a readable torch file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {msg[:200]}") from None
+        # torch's own messages for such files are cryptic ("101", "[Errno 22] Invalid
+        # argument"): say what is wrong first, keep torch's detail in parentheses
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: the file is corrupted, truncated or not "
+            f"a checkpoint written by `recsys-export train` ({detail[:200]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a recsys-export checkpoint (no '{CHECKPOINT_FORMAT}' header)"

@@ -235,7 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("--user", action="append", required=True, help="raw user id (repeatable)")
-    p.add_argument("-k", "--k", type=int, default=10, help="number of items (default 10)")
+    p.add_argument(
+        "-k",
+        "--k",
+        type=int,
+        default=None,
+        help="number of items (default 10, or every item if the model knows fewer)",
+    )
     p.add_argument("--include-seen", action="store_true", help="do not remove already-rated items")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
@@ -363,6 +369,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"kept the {args.duplicates} occurrence",
             file=sys.stderr,
         )
+    _warn_rating_scale(ratings, args.threshold)
     train, valid = _split(ratings, args)
     if not args.quiet:
         print(
@@ -405,6 +412,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(_format_metrics(metrics, history))
     print(f"checkpoint: {out}")
     return 0
+
+
+def _warn_rating_scale(ratings: Any, threshold: float) -> None:
+    """Warn (stderr) about ratings that train fine but make the metrics misleading.
+
+    Negative or unusually scaled ratings are accepted: the model is a regression on
+    whatever scale the file uses. But the ranking metrics count held-out ratings >=
+    ``--threshold`` (default 4.0) as relevant, so a file on another scale (all ratings
+    below the threshold, or e.g. -1/+1 votes) gets undefined or meaningless ones.
+    """
+    if not len(ratings):
+        return
+    lo, hi = float(ratings.ratings.min()), float(ratings.ratings.max())
+    notes = []
+    if lo < 0:
+        notes.append(f"ratings range from {lo:g} to {hi:g} (some are negative)")
+    if hi < threshold:
+        notes.append(
+            f"no rating reaches --threshold {threshold:g} (max {hi:g}), so precision/recall/"
+            "NDCG will be undefined; pass --threshold on your scale"
+        )
+    if notes:
+        print(
+            "warning: " + "; ".join(notes) + "; training continues on the ratings as given",
+            file=sys.stderr,
+        )
 
 
 def _format_metrics(metrics: dict[str, Any], history: Any = None) -> str:
@@ -558,17 +591,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from recsys_export.runtime import Recommender
 
     rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
-    result = rec.recommend(args.user, k=args.k, exclude_seen=not args.include_seen)
+    k = args.k if args.k is not None else min(10, rec.n_items)
+    result = rec.recommend(args.user, k=k, exclude_seen=not args.include_seen)
     rows = []
     for user, items, scores in zip(args.user, result.items, result.scores):
+        # slots no admissible item can fill (the user rated nearly everything) hold
+        # item None and score -inf: leave them out rather than print "None -inf"
+        filled = [(i, s) for i, s in zip(items, scores) if i is not None and s != -np.inf]
         rows.append(
             {
                 "user": user,
-                "items": [_jsonable(i) for i in items],
-                "scores": [float(s) for s in scores],
+                "items": [_jsonable(i) for i, _ in filled],
+                "scores": [float(s) for _, s in filled],
             }
         )
     if args.json:

@@ -282,6 +282,11 @@ def _show(value: Any) -> str:
     return repr(s)
 
 
+def _py(value: Any) -> Any:
+    """A numpy scalar as the Python value (for messages: 7, not np.int64(7))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -851,7 +856,9 @@ def _build(src: _Source, col_args: Sequence[str | int | None], duplicates: str) 
         if duplicates == "error":
             j = int(np.flatnonzero(dup_first)[0])
             i = int(np.flatnonzero(key[:j] == key[j])[0])
-            u, it = user_map.raw_ids[users[j]], item_map.raw_ids[items[j]]
+            # .item(): numpy scalars would print as np.int64(7) in the message
+            u = _py(user_map.raw_ids[users[j]])
+            it = _py(item_map.raw_ids[items[j]])
             raise DataError(
                 f"{src.path}: duplicate (user, item) pair ({u!r}, {it!r}) on "
                 f"{src.locate(i)} and {src.locate(j)}; remove the repeats or choose a policy "
@@ -874,8 +881,9 @@ def _build(src: _Source, col_args: Sequence[str | int | None], duplicates: str) 
 
     for role, m in (("user", user_map), ("item", item_map)):
         if len(m) < 2:
+            only = _py(m.raw_ids[0])
             raise DataError(
-                f"{src.path}: the whole file has a single {role} ({m.raw_ids[0]!r}); a model "
+                f"{src.path}: the whole file has a single {role} ({only!r}); a model "
                 f"cannot be trained or evaluated on it. Check --{role}-col and --sep, or "
                 f"use a file with ratings from several {role}s"
             )

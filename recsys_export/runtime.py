@@ -106,6 +106,11 @@ def _check_out_path(out_path: str | os.PathLike[str], suffixes: tuple[str, ...])
             f"use one of {', '.join(suffixes)}"
         )
     parent = path.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(
+            f"cannot write {path}: {blocker} is a file, not a directory; choose another path"
+        )
     if not parent.is_dir():
         raise ConfigError(
             f"cannot write {path}: directory {parent} does not exist; create it first"

@@ -398,7 +398,7 @@ def test_python_references_agree(bundle):
             assert_matches(refs["onnxruntime"], {"eager": refs["eager"]}, f"python/{name}")
 
 
-def test_cpp_matches_python(bundle, cpp_example, tmp_path):
+def test_cpp_matches_python(cpp_example, bundle, tmp_path):
     if "torchscript" not in bundle.formats:
         pytest.skip("bundle has no TorchScript module")
     for name in bundle.cases:
@@ -406,7 +406,7 @@ def test_cpp_matches_python(bundle, cpp_example, tmp_path):
         assert_matches(got, bundle.expected[name], f"C++/{name}")
 
 
-def test_node_matches_python(bundle, node_example, tmp_path):
+def test_node_matches_python(node_example, bundle, tmp_path):
     if "onnx" not in bundle.formats:
         pytest.skip("bundle has no ONNX graphs")
     for name in bundle.cases:
@@ -414,7 +414,7 @@ def test_node_matches_python(bundle, node_example, tmp_path):
         assert_matches(got, bundle.expected[name], f"Node/{name}")
 
 
-def test_cpp_accepts_module_path(bundle, cpp_example, tmp_path):
+def test_cpp_accepts_module_path(cpp_example, bundle, tmp_path):
     """A path to the .pt file works in place of the bundle directory."""
     if "torchscript" not in bundle.formats:
         pytest.skip("bundle has no TorchScript module")
@@ -446,7 +446,7 @@ const manifest = JSON.parse(fs.readFileSync(`${bundle}/manifest.json`, 'utf8'));
 """
 
 
-def test_doc_node_snippet(bundle, node_example):
+def test_doc_node_snippet(node_example, bundle):
     """The doc's JS snippet runs as shown and gives Python's recommend for the doc inputs."""
     if bundle.cases["doc"] != doc_blocks()["inputs"] + "\n":
         pytest.skip("the doc's example inputs do not fit this bundle")

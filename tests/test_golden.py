@@ -1,0 +1,69 @@
+"""Golden tests: the committed bundles in artifacts/ still load and reproduce their outputs.
+
+The bundles and expected outputs were written by ``scripts/make_artifacts.py`` from the
+post's toy matrix. If a change to the bundle format, the loader or the runtime breaks
+old bundles, these tests fail: fix the change, do not regenerate the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys_export.bundle import Bundle
+from recsys_export.parity import load_backends
+from recsys_export.runtime import Recommender
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+EXPECTED = sorted((ARTIFACTS / "expected").glob("*.json"))
+
+
+def test_reference_bundles_are_committed():
+    names = {p.stem for p in EXPECTED}
+    assert {"toy-mf", "toy-densenet"} <= names
+
+
+@pytest.mark.parametrize("expected_file", EXPECTED, ids=[p.stem for p in EXPECTED])
+def test_committed_bundle_reproduces_expected_outputs(expected_file):
+    expected = json.loads(expected_file.read_text())
+    root = ARTIFACTS / expected["bundle"]
+    bundle = Bundle.load(root)  # format version and checksums
+    assert bundle.manifest["parity"]["passed"]
+    inp, out = expected["inputs"], expected["outputs"]
+    arr = {k: {n: np.asarray(v, dtype=np.int64) for n, v in d.items()} for k, d in inp.items()}
+    backends = load_backends(root, bundle.manifest)
+    assert set(backends) == {"onnx", "torchscript", "pt2"}
+    for name, be in backends.items():
+        np.testing.assert_allclose(
+            be.score(arr["score"]["users"], arr["score"]["items"]),
+            out["score"]["scores"],
+            atol=1e-5,
+            rtol=1e-5,
+            err_msg=name,
+        )
+        np.testing.assert_allclose(
+            be.score_all(arr["score_all"]["users"]),
+            out["score_all"]["scores"],
+            atol=1e-5,
+            rtol=1e-5,
+            err_msg=name,
+        )
+        r = arr["recommend"]
+        s, i = be.recommend(
+            r["users"], inp["recommend"]["k"], r["exclude_rows"], r["exclude_items"]
+        )
+        np.testing.assert_allclose(
+            s, out["recommend"]["scores"], atol=1e-5, rtol=1e-5, err_msg=name
+        )
+        np.testing.assert_array_equal(i, out["recommend"]["items"], err_msg=name)
+    # the torch-free runtime, by index
+    rec = Recommender.load(root)
+    np.testing.assert_allclose(
+        rec.score_all(arr["score_all"]["users"], by_index=True),
+        out["score_all"]["scores"],
+        atol=1e-5,
+        rtol=1e-5,
+    )
