@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,15 @@ def _require(payload: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     return payload[key]
 
 
+def _unpickling_detail(exc: Exception) -> str:
+    """The informative line of torch's weights-only error, without its boilerplate."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    useful = [ln for ln in lines if not ln.startswith(boilerplate)]
+    text = useful[0] if useful else (lines[0] if lines else "unsafe content")
+    return text[:160]
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint written by :meth:`Checkpoint.save`.
 
@@ -117,12 +127,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: train one with `recsys-export train`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": would add lines to the CLI's one-line error
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise CheckpointError(
             f"refusing to load {path}: it holds objects that are not plain weights "
-            f"({first[:160]}); only load checkpoints written by recsys-export"
+            f"({_unpickling_detail(exc)}); only load checkpoints written by recsys-export"
         ) from None
     except Exception as exc:  # any other failure: not a readable torch file
         # torch's own messages for such files are cryptic ("101", "[Errno 22] Invalid

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_export import __version__
-from recsys_export.errors import RecsysExportError
+from recsys_export.errors import ParityError, RecsysExportError
 
 DATA_HELP = (
     "ratings file (CSV, TSV, '::'-separated .dat, MovieLens u.data, Parquet); "
@@ -524,10 +524,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     print("export seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
     parity = manifest.get("parity")
     if parity:
-        print(
-            f"parity: {'PASS' if parity['passed'] else 'FAIL'} max abs diff "
-            f"{parity['max_abs_diff']:.2e}, max rel diff {parity['max_rel_diff']:.2e}"
-        )
+        print(f"parity vs eager (atol {parity['atol']:g}, rtol {parity['rtol']:g}):")
+        for row in parity["rows"]:
+            print(
+                f"  {row['format']:<12} {row['entry_point']:<10} max abs {row['max_abs_diff']:.2e}"
+                f"  max rel {row['max_rel_diff']:.2e}  {'PASS' if row['passed'] else 'FAIL'}"
+            )
+        print(f"parity: {'PASS' if parity['passed'] else 'FAIL'} (details: {args.out}/parity.json)")
     else:
         print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
     print(f"total {time.perf_counter() - t0:.1f}s")
@@ -683,12 +686,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
+    except ParityError as exc:  # the export is wrong, not the user's input: exit 1
+        print(f"recsys-export {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except RecsysExportError as exc:
-        message = " ".join(str(exc).split("\n")[0].split())
+        message = " ".join(str(exc).split())
         print(f"recsys-export {args.command}: error: {message}", file=sys.stderr)
-        tail = str(exc).split("\n", 1)
-        if len(tail) > 1 and args.command in ("export", "verify"):
-            print(tail[1], file=sys.stderr)  # the parity table after the one-line message
         return 2
     except KeyboardInterrupt:
         print(f"recsys-export {args.command}: interrupted; nothing was written", file=sys.stderr)

@@ -132,6 +132,42 @@ def write_pt2(program: Any, path: Path) -> None:
         torch.export.save(program, str(path))
 
 
+_REGISTRY: list[Any] = []
+
+
+def _onnx_export(program: Any, in_names: list[str], out_names: list[str]) -> Any:
+    """``torch.onnx.export(dynamo=True)`` of an ExportedProgram, reusing one op registry.
+
+    The public API rebuilds the torchlib registry on every call (~2-4 s here, most of an
+    export). We build it once and call the exporter core with it; if that private entry
+    point is missing or changed in the installed torch, we use the public API instead.
+    """
+    try:
+        from torch.onnx._internal.exporter import _core, _registration
+
+        if not _REGISTRY:
+            _REGISTRY.append(_registration.ONNXRegistry.from_torchlib(opset_version=ONNX_OPSET))
+        return _core.export(
+            program,
+            registry=_REGISTRY[0],
+            input_names=in_names,
+            output_names=out_names,
+            optimize=True,
+            verify=False,
+            opset_version=ONNX_OPSET,
+        )
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other torch versions
+        return torch.onnx.export(
+            program,
+            input_names=in_names,
+            output_names=out_names,
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            optimize=True,
+            verify=False,
+        )
+
+
 def write_onnx(
     program: Any,
     entry: str,
@@ -159,15 +195,7 @@ def write_onnx(
     in_names = [i["name"] for i in spec["inputs"]]
     out_names = [o["name"] for o in spec["outputs"]]
     with quiet_exporters():
-        onnx_program = torch.onnx.export(
-            program,
-            input_names=in_names,
-            output_names=out_names,
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            optimize=True,
-            verify=False,
-        )
+        onnx_program = _onnx_export(program, in_names, out_names)
     weight_bytes = sum(int(t.numel()) * t.element_size() for t in program.state_dict.values())
     weight_bytes += sum(
         int(t.numel()) * t.element_size()

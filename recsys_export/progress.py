@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
+
+#: Environment variable overriding the non-terminal print interval (seconds, >= 0).
+INTERVAL_ENV = "RECSYS_EXPORT_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL = 5.0
+
+
+def _env_interval() -> float:
+    """The interval from ``RECSYS_EXPORT_PROGRESS_INTERVAL``; 5 s when unset or invalid."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_INTERVAL
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value >= 0 and value == value and value != float("inf") else DEFAULT_INTERVAL
 
 
 class Progress:
@@ -24,6 +39,9 @@ class Progress:
         Prefix of the line.
     enabled : bool
         Whether to print anything.
+    interval : float, optional
+        Seconds between lines when the stream is not a terminal; default: the
+        ``RECSYS_EXPORT_PROGRESS_INTERVAL`` environment variable, else 5.
     """
 
     def __init__(
@@ -34,7 +52,7 @@ class Progress:
         desc: str = "",
         enabled: bool = True,
         stream: TextIO | None = None,
-        interval: float = 5.0,
+        interval: float | None = None,
     ) -> None:
         self.total = max(int(total), 0)
         self.unit = unit
@@ -42,6 +60,8 @@ class Progress:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        if interval is None:
+            interval = _env_interval()
         self.interval = 0.1 if self.tty else interval
         self.done = 0
         self.start = time.perf_counter()

@@ -1,0 +1,592 @@
+"""A catalogue of bad inputs and what the user sees on the command line.
+
+Every case of :data:`CASES` runs one ``recsys-export`` command on a bad input and
+asserts the CLI contract of ``recsys_export.cli.main``: exit status 2, exactly one line
+on stderr of the form ``recsys-export CMD: error: ...`` with words naming the problem,
+no traceback anywhere, and nothing left at the ``--out`` path (no file, no half bundle,
+no ``.partial`` leftover). Most cases run in-process (fast); the ones marked
+``subprocess`` run ``python -m recsys_export.cli`` to prove that the real process
+prints no traceback or stray warnings either.
+
+Decisions documented here:
+
+* Negative or out-of-scale ratings are accepted (the model is a regression on the
+  file's scale); ``train`` prints one ``warning:`` line on stderr when ratings are
+  negative or none reaches ``--threshold`` (ranking metrics would be undefined), and
+  training continues (:func:`test_negative_ratings_warn_and_train`).
+* Duplicate (user, item) rows are resolved by the default policy (keep the last) with
+  a ``note:`` on stderr giving the count; ``--duplicates error`` is a user error.
+* ``recommend`` without ``-k`` asks for ``min(10, n_items)`` items; an explicit ``-k``
+  outside ``1..n_items`` is a user error. Slots no admissible item can fill are left
+  out of the output.
+
+All cases share one small bundle, built once by the CLI itself (train + export) from
+a CSV whose ids hold unicode, spaces and a quoted comma: that is also the positive
+end-to-end case (:func:`test_unicode_ids_end_to_end`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys_export.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ids with non-ASCII letters, emoji, inner spaces and (for one user) a quoted comma
+USERS = ["Zoë Ünïcode", "Doe, Jane ☕", "Łukasz Żółć", "用户 三", "ana maría", "O'Brien 7"]
+ITEMS = ["🎬 film ü", "Amélie (2001)", "Ärger im Paradies", "電影 二", "plain item"]
+N_ITEMS = len(ITEMS)
+
+
+def _csv_field(value: str) -> str:
+    return f'"{value}"' if "," in value or '"' in value else value
+
+
+def _unicode_csv() -> str:
+    rows = ["user,item,rating"]
+    for u, user in enumerate(USERS):
+        for i, item in enumerate(ITEMS):
+            if (u + i) % 3:  # every user leaves some items unrated
+                rows.append(f"{_csv_field(user)},{_csv_field(item)},{(u * i) % 5 + 1}")
+    return "\n".join(rows) + "\n"
+
+
+def _run_inprocess(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def _run_subprocess(argv: list[str]) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys_export.cli", *argv],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=_env(),
+        timeout=180,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@dataclass
+class World:
+    """What the cases build on: the shared checkpoint and bundle, and a scratch dir."""
+
+    tmp: Path
+    checkpoint: Path
+    bundle: Path
+
+    def write(self, name: str, content: str | bytes) -> Path:
+        path = self.tmp / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    def bundle_copy(self, name: str = "bundle_copy") -> Path:
+        dest = self.tmp / name
+        shutil.copytree(self.bundle, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Train and export through the CLI (in-process) on the unicode-id CSV."""
+    root = tmp_path_factory.mktemp("catalogue")
+    csv_path = root / "unicode ratings.csv"
+    csv_path.write_text(_unicode_csv(), encoding="utf-8")
+    ckpt = root / "model ü.pt"
+    rc, out, err = _run_inprocess(
+        ["train", str(csv_path), "--out", str(ckpt), "--preset", "tiny", "--epochs", "30", "-q"]
+    )
+    assert rc == 0, err
+    bundle = root / "bundle ü"
+    rc, out, err = _run_inprocess(["export", str(ckpt), "--out", str(bundle), "--formats", "onnx"])
+    assert rc == 0, err
+    assert "parity: PASS" in out
+    return {"csv": csv_path, "checkpoint": ckpt, "bundle": bundle}
+
+
+@pytest.fixture
+def world(trained: dict[str, Path], tmp_path: Path) -> World:
+    return World(tmp=tmp_path, checkpoint=trained["checkpoint"], bundle=trained["bundle"])
+
+
+# ------------------------------------------------------------------------- the catalogue
+
+GOOD = "user,item,rating\n" + "".join(
+    f"u{u},i{i},{(u * i) % 5 + 1}\n" for u in range(6) for i in range(5) if (u + i) % 3
+)
+
+
+@dataclass
+class Case:
+    """One bad input.
+
+    ``build(world)`` creates the input and returns ``(argv, out)``: the command line
+    and the path the command was asked to write (None if it writes nothing), which
+    must not exist afterwards. ``words`` must all occur (case-insensitively) in the
+    one-line error message.
+    """
+
+    id: str
+    build: Callable[[World], tuple[list[str], Path | None]]
+    words: list[str]
+    subprocess: bool = False
+    forbidden: list[str] = field(default_factory=list)
+
+
+def _train(world: World, name: str, content: str | bytes, *extra: str):
+    data = world.write(name, content)
+    out = world.tmp / "model.pt"
+    return ["train", str(data), "--out", str(out), "--preset", "tiny", "-q", *extra], out
+
+
+def _export(world: World, checkpoint: Path, out: Path | None = None):
+    out = out or world.tmp / "exported"
+    return ["export", str(checkpoint), "--out", str(out), "--formats", "onnx", "-q"], out
+
+
+def _edit_manifest(bundle: Path, edit: Callable[[dict], None]) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    edit(manifest)
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _truncated_onnx(world: World):
+    b = world.bundle_copy()
+    f = b / "onnx" / "score_all.onnx"
+    f.write_bytes(f.read_bytes()[:100])
+    return ["recommend", str(b), "--user", USERS[0]], None
+
+
+def _truncated_onnx_consistent_manifest(world: World):
+    # truncated AND the manifest updated to match: only onnxruntime can tell
+    b = world.bundle_copy()
+    f = b / "onnx" / "recommend.onnx"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+
+    def edit(m: dict) -> None:
+        entry = m["files"]["onnx/recommend.onnx"]
+        entry["bytes"] = f.stat().st_size
+        entry["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+
+    _edit_manifest(b, edit)
+    return ["recommend", str(b), "--user", USERS[0]], None
+
+
+def _wrong_checksum(world: World):
+    b = world.bundle_copy()
+    _edit_manifest(b, lambda m: m["files"]["onnx/score.onnx"].update(sha256="0" * 64))
+    return ["recommend", str(b), "--user", USERS[0]], None
+
+
+def _path_leaving_bundle(world: World):
+    b = world.bundle_copy()
+    (world.tmp / "x").write_bytes((b / "onnx" / "score.onnx").read_bytes())
+
+    def edit(m: dict) -> None:
+        m["files"]["../x"] = m["files"].pop("onnx/score.onnx")
+        m["formats"]["onnx"]["graphs"]["score"] = "../x"
+
+    _edit_manifest(b, edit)
+    return ["score", str(b), "--user", USERS[0], "--item", ITEMS[0]], None
+
+
+def _newer_format(world: World):
+    b = world.bundle_copy()
+    _edit_manifest(b, lambda m: m.update(format_version=m["format_version"] + 1))
+    return ["recommend", str(b), "--user", USERS[0]], None
+
+
+def _missing_manifest(world: World):
+    b = world.bundle_copy()
+    (b / "manifest.json").unlink()
+    return ["inspect", str(b)], None
+
+
+def _not_our_checkpoint(world: World):
+    import torch
+
+    path = world.tmp / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 7}, path)
+    return _export(world, path)
+
+
+def _truncated_checkpoint(world: World):
+    raw = world.checkpoint.read_bytes()
+    return _export(world, world.write("truncated.pt", raw[: len(raw) // 2]))
+
+
+class _RunsCode:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (print, ("this pickle ran code",))
+
+
+def _pickle_checkpoint(world: World, obj: object, name: str):
+    import pickle
+
+    path = world.tmp / name
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=4)  # protocol 4 makes torch.load warn on stderr
+    return _export(world, path)
+
+
+def _text_checkpoint(world: World):
+    return _export(world, world.write("notes.pt", "this is not a checkpoint\n"))
+
+
+def _unwritable_dir(world: World):
+    ro = world.tmp / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):
+        pytest.skip("running as root: permissions do not stop writes (see 'under-a-file')")
+    out = ro / "scores.npy"
+    return ["score", str(world.bundle), "--all", "--out", str(out), "-q"], out
+
+
+def _score_all(world: World, out: Path, *extra: str):
+    return ["score", str(world.bundle), "--all", "--out", str(out), "-q", *extra], out
+
+
+CASES = [
+    # ---- ratings files (train)
+    Case("empty-file", lambda w: _train(w, "empty.csv", ""), ["empty"], subprocess=True),
+    Case(
+        "header-only",
+        lambda w: _train(w, "header.csv", "user,item,rating\n"),
+        ["header", "no data rows"],
+    ),
+    Case(
+        "blank-lines-only",
+        lambda w: _train(w, "blank.csv", "\n \n\r\n"),
+        ["empty"],
+    ),
+    Case(
+        "wrong-delimiter",
+        lambda w: _train(w, "tabs.tsv", GOOD.replace(",", "\t"), "--sep", ","),
+        ["1 column", "separator", "--sep"],
+    ),
+    Case(
+        "missing-rating-column",
+        lambda w: _train(w, "norating.csv", "user,item,timestamp\n1,2,3\n2,3,4\n3,1,5\n"),
+        ["no rating column", "user, item, timestamp"],
+    ),
+    Case(
+        "ratings-as-text",
+        lambda w: _train(w, "text.csv", "user,item,rating\n1,2,good\n2,3,bad\n"),
+        ["line 2", "'good'", "not a number"],
+    ),
+    Case(
+        "nan-rating",
+        lambda w: _train(w, "nan.csv", "user,item,rating\n1,2,4\n2,3,NaN\n"),
+        ["line 3", "NaN", "finite"],
+    ),
+    Case(
+        "inf-rating",
+        lambda w: _train(w, "inf.csv", "user,item,rating\n1,2,4\n2,3,-inf\n"),
+        ["line 3", "infinite"],
+    ),
+    Case(
+        "binary-file",
+        lambda w: _train(w, "ratings.csv", bytes(range(256)) * 16),
+        ["binary", "not a text ratings file"],
+    ),
+    Case(
+        "binary-file-without-nul",
+        lambda w: _train(w, "ratings.csv", bytes(range(128, 256)) * 16),
+        ["binary", "UTF-8"],
+    ),
+    Case(
+        "duplicates-error",
+        lambda w: _train(w, "dup.csv", GOOD + "u1,i1,3\n", "--duplicates", "error"),
+        ["duplicate", "'u1', 'i1'", "line 6 and line 22", "--duplicates"],
+    ),
+    Case(
+        "single-user",
+        lambda w: _train(w, "single.csv", "user,item,rating\n7,1,4\n7,2,3\n7,3,5\n"),
+        ["single user", "(7)"],
+        forbidden=["np.int64"],
+    ),
+    Case(
+        "train-out-missing-dir",
+        lambda w: (
+            ["train", "toy", "--preset", "tiny", "-q", "--out", str(w.tmp / "no" / "m.pt")],
+            w.tmp / "no" / "m.pt",
+        ),
+        ["does not exist"],
+    ),
+    Case(
+        "train-bad-hyperparameter",
+        lambda w: _train(w, "good.csv", GOOD, "--factors", "0"),
+        ["n_factors", ">= 1"],
+    ),
+    # ---- checkpoints (export)
+    Case("checkpoint-not-ours", _not_our_checkpoint, ["not a recsys-export checkpoint"]),
+    Case(
+        "checkpoint-truncated",
+        _truncated_checkpoint,
+        ["not a readable checkpoint", "truncated"],
+        subprocess=True,
+    ),
+    Case(
+        "checkpoint-is-a-plain-pickle",
+        lambda w: _pickle_checkpoint(w, {"weights": [1.0, 2.0]}, "plain.pt"),
+        ["refusing to load", "not plain weights", "Unsupported operand"],
+        subprocess=True,
+    ),
+    Case(
+        "checkpoint-pickle-runs-code",
+        lambda w: _pickle_checkpoint(w, _RunsCode(), "evil.pt"),
+        ["refusing to load", "builtins.print"],
+        forbidden=["this pickle ran code"],
+    ),
+    Case("checkpoint-is-text", _text_checkpoint, ["not a readable checkpoint", "corrupted"]),
+    Case(
+        "checkpoint-missing",
+        lambda w: _export(w, w.tmp / "nowhere.pt"),
+        ["no checkpoint", "nowhere.pt"],
+    ),
+    Case(
+        "export-out-missing-dir",
+        lambda w: _export(w, w.checkpoint, w.tmp / "missing" / "bundle"),
+        ["parent directory", "does not exist"],
+    ),
+    Case(
+        "export-bad-formats",
+        lambda w: (
+            ["export", str(w.checkpoint), "--out", str(w.tmp / "b"), "--formats", "onnx,tflite"],
+            w.tmp / "b",
+        ),
+        ["tflite"],
+    ),
+    # ---- bundles (recommend / score / inspect)
+    Case("bundle-truncated-onnx", _truncated_onnx, ["score_all.onnx", "truncated"]),
+    Case(
+        "bundle-truncated-onnx-consistent-manifest",
+        _truncated_onnx_consistent_manifest,
+        ["onnxruntime cannot load", "recommend graph", "export the bundle again"],
+    ),
+    Case(
+        "bundle-wrong-checksum",
+        _wrong_checksum,
+        ["score.onnx", "checksum mismatch"],
+        subprocess=True,
+    ),
+    Case("bundle-path-leaves-bundle", _path_leaving_bundle, ["unsafe file name", "'../x'"]),
+    Case("bundle-newer-format", _newer_format, ["newer recsys-export", "upgrade"]),
+    Case("bundle-without-manifest", _missing_manifest, ["no manifest.json"]),
+    Case(
+        "bundle-is-a-checkpoint-file",
+        lambda w: (["recommend", str(w.checkpoint), "--user", USERS[0]], None),
+        ["no bundle", "is a file"],
+    ),
+    # ---- requests
+    Case(
+        "recommend-unknown-user",
+        lambda w: (["recommend", str(w.bundle), "--user", "nobody at all"], None),
+        ["unknown user", "'nobody at all'"],
+    ),
+    Case(
+        "recommend-k-zero",
+        lambda w: (["recommend", str(w.bundle), "--user", USERS[0], "-k", "0"], None),
+        ["k=0", "out of range"],
+    ),
+    Case(
+        "recommend-k-above-n-items",
+        lambda w: (["recommend", str(w.bundle), "--user", USERS[0], "-k", "99"], None),
+        ["k=99", "out of range", f"({N_ITEMS})"],
+    ),
+    Case(
+        "score-user-item-count-mismatch",
+        lambda w: (
+            ["score", str(w.bundle), "--user", USERS[0], "--user", USERS[1], "--item", ITEMS[0]],
+            None,
+        ),
+        ["--user", "--item", "same number"],
+    ),
+    Case(
+        "score-unknown-item",
+        lambda w: (["score", str(w.bundle), "--user", USERS[0], "--item", "no such film"], None),
+        ["unknown item", "'no such film'"],
+    ),
+    Case(
+        "score-all-out-missing-dir",
+        lambda w: _score_all(w, w.tmp / "missing" / "scores.npy"),
+        ["missing", "does not exist"],
+    ),
+    Case(
+        "score-all-out-under-a-file",
+        lambda w: _score_all(w, w.write("somefile", "x") / "scores.npy"),
+        ["somefile", "is a file, not a directory"],
+        subprocess=True,
+    ),
+    Case("score-all-out-unwritable-dir", _unwritable_dir, ["not writable"]),
+    Case(
+        "score-all-out-not-npy",
+        lambda w: _score_all(w, w.tmp / "scores.txt"),
+        [".npy", "--top-k"],
+    ),
+    Case(
+        "score-all-top-k-zero",
+        lambda w: _score_all(w, w.tmp / "top.csv", "--top-k", "0"),
+        ["k=0", "out of range"],
+    ),
+    Case(
+        "score-all-without-out",
+        lambda w: (["score", str(w.bundle), "--all"], None),
+        ["--all needs --out"],
+    ),
+]
+
+
+def _leftovers(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if ".partial" in p.name or ".old-" in p.name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, world: World) -> None:
+    argv, out = case.build(world)
+    runner = _run_subprocess if case.subprocess else _run_inprocess
+    rc, stdout, stderr = runner(argv)
+
+    assert rc == 2, f"exit {rc}; stderr: {stderr!r}"
+    assert "Traceback" not in stdout + stderr
+    lines = stderr.strip("\n").split("\n")
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    line = lines[0]
+    assert line.startswith(f"recsys-export {argv[0]}: error: "), line
+    for word in case.words:
+        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
+    for word in case.forbidden:
+        assert word not in line, f"{word!r} in {line!r}"
+    if out is not None:
+        assert not out.exists(), f"{out} was written"
+        assert _leftovers(out.parent) == []
+    assert _leftovers(world.tmp) == []
+    assert _leftovers(world.bundle.parent) == []
+
+
+# ------------------------------------------------------------------------- positive cases
+
+
+def test_unicode_ids_end_to_end(trained: dict[str, Path]) -> None:
+    """Ids with unicode, spaces and a quoted comma survive train -> export -> recommend."""
+    from recsys_export.runtime import Recommender
+
+    rec = Recommender.load(trained["bundle"])
+    assert sorted(rec.user_map.raw_ids.tolist()) == sorted(USERS)
+    assert sorted(rec.item_map.raw_ids.tolist()) == sorted(ITEMS)
+    user = "Doe, Jane ☕"
+    rc, stdout, stderr = _run_subprocess(
+        ["recommend", str(trained["bundle"]), "--user", user, "-k", "3", "--json"]
+    )
+    assert rc == 0, stderr
+    assert stderr == ""
+    (row,) = json.loads(stdout)
+    assert row["user"] == user
+    # the user rated every item with (u + i) % 3 != 0; only the others are recommended
+    u = USERS.index(user)
+    unseen = [item for i, item in enumerate(ITEMS) if (u + i) % 3 == 0]
+    assert sorted(row["items"]) == sorted(unseen)  # fewer than k: empty slots left out
+    expected = rec.recommend([user], k=len(unseen))
+    assert row["items"] == expected.items[0].tolist()
+    np.testing.assert_allclose(row["scores"], expected.scores[0], rtol=0, atol=0)
+
+    # the human-readable output and score with unicode ids (in-process)
+    rc, stdout, _ = _run_inprocess(["recommend", str(trained["bundle"]), "--user", user])
+    assert rc == 0
+    assert "None" not in stdout and "-inf" not in stdout
+    assert all(item in stdout for item in unseen)
+    rc, stdout, _ = _run_inprocess(
+        ["score", str(trained["bundle"]), "--user", "用户 三", "--item", "🎬 film ü"]
+    )
+    assert rc == 0
+    u3, item, score = stdout.rstrip("\n").split("\t")
+    assert (u3, item) == ("用户 三", "🎬 film ü")
+    assert float(score) == pytest.approx(float(rec.score(["用户 三"], ["🎬 film ü"])[0]), abs=1e-6)
+
+
+def test_duplicates_default_policy_reports_count(tmp_path: Path) -> None:
+    data = tmp_path / "dup.csv"
+    data.write_text(GOOD + "u1,i1,3\nu2,i2,1\n", encoding="utf-8")
+    out = tmp_path / "m.pt"
+    rc, stdout, stderr = _run_inprocess(
+        ["train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "5", "-q"]
+    )
+    assert rc == 0, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip() == (
+        f"note: 2 duplicate (user, item) rows in {data}; kept the last occurrence"
+    )
+    assert out.is_file()
+    from recsys_export.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out).data["n_duplicates"] == 2
+
+
+def test_negative_ratings_warn_and_train(tmp_path: Path) -> None:
+    """Negative / out-of-scale ratings: one warning line on stderr, training continues."""
+    data = tmp_path / "votes.csv"
+    data.write_text(
+        "user,item,rating\n"
+        + "".join(f"u{u},i{i},{1 if (u + i) % 2 else -1}\n" for u in range(6) for i in range(5)),
+        encoding="utf-8",
+    )
+    out = tmp_path / "m.pt"
+    rc, stdout, stderr = _run_inprocess(
+        ["train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "5", "-q"]
+    )
+    assert rc == 0, stderr
+    (line,) = stderr.strip().split("\n")
+    assert line.startswith("warning: ")
+    assert "negative" in line and "--threshold" in line and "training continues" in line
+    assert out.is_file()
+
+
+def test_runtime_rejects_negative_indices(trained: dict[str, Path]) -> None:
+    """onnxruntime would wrap -1 to the last row: the runtime refuses it first."""
+    from recsys_export.errors import UnknownIdError
+    from recsys_export.runtime import Recommender
+
+    rec = Recommender.load(trained["bundle"])
+    with pytest.raises(UnknownIdError, match="-1"):
+        rec.recommend([-1], by_index=True, k=1)
+    with pytest.raises(UnknownIdError):
+        rec.recommend([0, -1], by_index=True, k=1)
+    with pytest.raises(UnknownIdError):
+        rec.score([-1], [0], by_index=True)
+    with pytest.raises(UnknownIdError):
+        rec.score([0], [-1], by_index=True)
+    with pytest.raises(UnknownIdError):
+        rec.score_all([-1], by_index=True)
+    with pytest.raises(UnknownIdError):
+        rec.recommend([rec.n_users], by_index=True, k=1)
