@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -104,12 +105,23 @@ def _require(payload: dict[str, Any], key: str, kind: type, path: Path) -> Any:
 
 
 def _unpickling_detail(exc: Exception) -> str:
-    """The informative line of torch's weights-only error, without its boilerplate."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    useful = [ln for ln in lines if not ln.startswith(boilerplate)]
-    text = useful[0] if useful else (lines[0] if lines else "unsafe content")
-    return text[:160]
+    """The informative part of torch's weights-only error, without its boilerplate."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds a sentence with ANSI codes
+    found = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    if found:
+        detail = found.group(1)
+    else:
+        boilerplate = (
+            "Weights only load failed",
+            "Please file an issue",
+            "Check the documentation",
+            "(1)",
+            "(2)",
+        )
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        useful = [ln for ln in lines if not ln.startswith(boilerplate)]
+        detail = useful[0] if useful else "unsafe content"
+    return detail.split(". Please")[0].strip()[:160]
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -1,0 +1,125 @@
+"""The CLI end to end on the toy matrix, and --help on every command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recsys_export.cli import build_parser, main
+
+COMMANDS = ["train", "evaluate", "export", "verify", "inspect", "recommend", "score"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings} has no help text"
+            assert action.option_strings[-1] in out
+
+
+def test_top_level_help_lists_commands(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    ckpt = root / "mf.pt"
+    assert (
+        main(["train", "toy", "--preset", "tiny", "--out", str(ckpt), "-q", "--split", "none"]) == 0
+    )
+    bundle = root / "bundle"
+    assert main(["export", str(ckpt), "--out", str(bundle), "-q"]) == 0
+    return root, ckpt, bundle
+
+
+def test_train_reports_metrics_and_writes_checkpoint(tmp_path, capsys):
+    out = tmp_path / "d.pt"
+    assert (
+        main(
+            [
+                "train",
+                "toy",
+                "--model",
+                "densenet",
+                "--preset",
+                "tiny",
+                "--out",
+                str(out),
+                "--test-fraction",
+                "0.25",
+                "-q",
+                "-k",
+                "2",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "metrics: rmse" in text and f"checkpoint: {out}" in text
+    assert out.exists()
+    assert main(["evaluate", str(out), "--json", "-k", "2"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"rmse", "mae", "precision@2", "recall@2", "ndcg@2"} <= set(metrics)
+
+
+def test_train_refuses_to_overwrite(toy_run, capsys):
+    _, ckpt, _ = toy_run
+    assert main(["train", "toy", "--preset", "tiny", "--out", str(ckpt), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_verify_recommend_score(toy_run, capsys, tmp_path):
+    _, ckpt, bundle = toy_run
+    assert main(["inspect", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "mf" in out and "score_all(users:int64" in out and "parity: PASS" in out
+    assert main(["verify", str(bundle), "--checkpoint", str(ckpt), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "onnx" in out and "torchscript" in out and "pt2" in out
+    assert main(["recommend", str(bundle), "--user", "0", "--user", "3", "-k", "2", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [r["user"] for r in recs] == ["0", "3"]
+    # user 0 rated items 0, 1, 3 of the toy matrix: only item 2 is left to recommend
+    assert recs[0]["items"] == [2] and len(recs[1]["items"]) == 2
+    assert main(["score", str(bundle), "--user", "0", "--item", "0"]) == 0
+    line = capsys.readouterr().out.strip().split("\t")
+    assert line[:2] == ["0", "0"] and abs(float(line[2]) - 5.0) < 0.1
+    npy = tmp_path / "all.npy"
+    assert main(["score", str(bundle), "--all", "--out", str(npy), "-q"]) == 0
+    full = np.load(npy)
+    assert full.shape == (5, 4)
+    observed = np.array([[5, 3, 0, 1], [4, 0, 0, 1], [1, 1, 0, 5], [1, 0, 0, 4], [0, 1, 5, 4]])
+    mask = observed > 0
+    assert np.mean((full[mask] - observed[mask]) ** 2) < 0.01
+    csv = tmp_path / "top.csv"
+    capsys.readouterr()
+    assert main(["score", str(bundle), "--all", "--top-k", "2", "--out", str(csv), "-q"]) == 0
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "user,rank,item,score"
+
+
+def test_console_script_runs_without_traceback(toy_run):
+    _, _, bundle = toy_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys_export.cli", "recommend", str(bundle), "--user", "nobody"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "nobody" in proc.stderr
