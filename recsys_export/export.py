@@ -357,6 +357,9 @@ def export_bundle(
                 for extra in written[1:]:
                     writer.add(f"onnx/{extra.name}", f"onnx-data:{entry}")
                 files["onnx"][entry] = rel
+            files["onnx_kernels"] = write_kernels(
+                module, model.kind, writer, external_data=external_data
+            )
             timings["onnx"] = time.perf_counter() - t0
         manifest = build_manifest(ckpt, files, timings)
         if verify:
@@ -384,6 +387,9 @@ def build_manifest(
     formats: dict[str, Any] = {}
     if "onnx" in files:
         formats["onnx"] = {"opset": ONNX_OPSET, "graphs": files["onnx"]}
+        if files.get("onnx_kernels"):
+            # optional fast paths for the runtime (older bundles lack them)
+            formats["onnx"]["kernels"] = files["onnx_kernels"]
     if "torchscript" in files:
         formats["torchscript"] = files["torchscript"]
     if "pt2" in files:
@@ -410,3 +416,214 @@ def build_manifest(
         "timings": {"export_seconds": {k: round(v, 3) for k, v in timings.items()}},
         "parity": None,
     }
+
+
+# --------------------------------------------------------------------------- kernels
+#: Version of the optional fast-path graphs under ``formats.onnx.kernels``.
+KERNELS_VERSION = 1
+KERNELS_DIR = "onnx/kernels"
+
+
+def _kernel_model(
+    nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any], inits: list[Any], kind: str
+) -> Any:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="recsys_export"
+    )
+    model.ir_version = min(model.ir_version, 10)
+    helper.set_model_props(
+        model,
+        {
+            "recsys_export.model_kind": kind,
+            "recsys_export.kernel": name,
+            "recsys_export.version": __version__,
+        },
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
+    """Internal fast-path graphs (and item-side arrays) for the runtime.
+
+    They are not entry points: the runtime uses them when the manifest lists them under
+    ``formats.onnx.kernels`` and falls back to the contract graphs otherwise.
+
+    * ``topk``: ``scores float32[B, N], k int64[1] -> values float32[B, k], indices int64``
+      (the runtime writes ``-inf`` at excluded positions before calling it).
+    * ``recommend_one``: ``users int64[1], k int64[1], exclude_items int64[M] ->
+      scores float32[1, k], items int64[1, k]`` (one user, one call; ``-1`` in empty slots).
+    * MF ``score_all``: ``users int64[B] -> scores float32[B, N]``, one MatMul of augmented
+      factors ``[P, bu, 1] x [Q, 1, bi + mu]^T``.
+    * DenseNet ``user_vectors``: ``users -> a float32[B, H]`` (``a = P[u] Wu^T``) and
+      ``tile``: ``a[B, H], neg_c_t float32[H, T], item_offset float32[T] -> scores[B, T]``
+      (``Max`` then ``MatMul`` with the ``w2`` row in ``[B, H, T]`` layout), plus the
+      arrays ``neg_c_t`` ``[H, N]`` and ``item_offset`` ``[N]`` the runtime tiles.
+
+    Returns
+    -------
+    dict
+        name -> ``onnx.ModelProto`` or ``np.ndarray``.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    vi = helper.make_tensor_value_info
+    node = helper.make_node
+
+    def init(arr: np.ndarray, name: str) -> Any:
+        return numpy_helper.from_array(np.ascontiguousarray(arr), name)
+
+    def buf(name: str) -> np.ndarray:
+        return getattr(module, name).detach().cpu().numpy().astype(np.float32)
+
+    out: dict[str, Any] = {}
+    neg_inf = np.array([-np.inf], dtype=np.float32)
+    minus_one = np.array([-1], dtype=np.int64)
+    topk_tail = [
+        node("TopK", ["masked", "k"], ["scores", "idx"], axis=1, largest=1, sorted=1),
+        node("IsInf", ["scores"], ["empty"], detect_positive=0),
+        node("Where", ["empty", "minus_one", "idx"], ["items"]),
+    ]
+    out["topk"] = _kernel_model(
+        [node("TopK", ["scores", "k"], ["values", "indices"], axis=1, largest=1, sorted=1)],
+        "topk",
+        [vi("scores", f32, ["batch", "n"]), vi("k", i64, [1])],
+        [vi("values", f32, ["batch", "k"]), vi("indices", i64, ["batch", "k"])],
+        [],
+        kind,
+    )
+    one_inputs = [vi("users", i64, [1]), vi("k", i64, [1]), vi("exclude_items", i64, ["m"])]
+    one_outputs = [vi("scores", f32, [1, "k"]), vi("items", i64, [1, "k"])]
+    scatter = [
+        node("Unsqueeze", ["exclude_items", "axis0"], ["ex2"]),
+        node("Shape", ["ex2"], ["ex_shape"]),
+        node("Expand", ["neg_inf", "ex_shape"], ["ex_vals"]),
+        node("ScatterElements", ["row", "ex2", "ex_vals"], ["masked"], axis=1),
+    ]
+    common = [
+        init(neg_inf, "neg_inf"),
+        init(minus_one, "minus_one"),
+        init(np.array([0], dtype=np.int64), "axis0"),
+    ]
+    if kind == "mf":
+        p, q = buf("user_factors"), buf("item_factors")
+        bu, bi = buf("user_bias"), buf("item_bias")
+        pa = np.concatenate([p, bu[:, None], np.ones((p.shape[0], 1), np.float32)], axis=1)
+        qa_t = np.concatenate([q, np.ones((q.shape[0], 1), np.float32), bi[:, None]], axis=1).T
+        gather = node("Gather", ["user_aug", "users"], ["x"], axis=0)
+        weights = [init(pa, "user_aug"), init(qa_t, "item_aug_t")]
+        out["score_all"] = _kernel_model(
+            [gather, node("MatMul", ["x", "item_aug_t"], ["scores"])],
+            "mf_score_all",
+            [vi("users", i64, ["batch"])],
+            [vi("scores", f32, ["batch", q.shape[0]])],
+            weights,
+            kind,
+        )
+        out["recommend_one"] = _kernel_model(
+            [gather, node("MatMul", ["x", "item_aug_t"], ["row"]), *scatter, *topk_tail],
+            "mf_recommend_one",
+            one_inputs,
+            one_outputs,
+            [*weights, *common],
+            kind,
+        )
+    else:
+        p, w1u_t, w2_row = buf("user_factors"), buf("w1_user_t"), buf("w2_row")
+        neg_c_t, offset = buf("neg_c_t"), buf("item_offset")
+        hidden = w1u_t.shape[1]
+        out["user_vectors"] = _kernel_model(
+            [
+                node("Gather", ["user_factors", "users"], ["p"], axis=0),
+                node("MatMul", ["p", "w1_user_t"], ["a"]),
+            ],
+            "densenet_user_vectors",
+            [vi("users", i64, ["batch"])],
+            [vi("a", f32, ["batch", hidden])],
+            [init(p, "user_factors"), init(w1u_t, "w1_user_t")],
+            kind,
+        )
+        ax = [
+            init(np.array([2], dtype=np.int64), "axis2"),
+            init(np.array([1], dtype=np.int64), "axis1"),
+        ]
+        tile_nodes = [
+            node("Unsqueeze", ["a", "axis2"], ["a3"]),
+            node("Max", ["a3", "neg_c_t"], ["m"]),  # [B, H, T]
+            node("MatMul", ["w2_row", "m"], ["y3"]),  # [B, 1, T]
+            node("Squeeze", ["y3", "axis1"], ["y"]),
+        ]
+        out["tile"] = _kernel_model(
+            [*tile_nodes, node("Add", ["y", "item_offset"], ["scores"])],
+            "densenet_tile",
+            [
+                vi("a", f32, ["batch", hidden]),
+                vi("neg_c_t", f32, [hidden, "t"]),
+                vi("item_offset", f32, ["t"]),
+            ],
+            [vi("scores", f32, ["batch", "t"])],
+            [init(w2_row, "w2_row"), *ax],
+            kind,
+        )
+        one_nodes = [
+            node("Gather", ["user_factors", "users"], ["p"], axis=0),
+            node("MatMul", ["p", "w1_user_t"], ["a"]),
+            *tile_nodes,
+            node("Add", ["y", "item_offset"], ["row"]),
+        ]
+        out["recommend_one"] = _kernel_model(
+            [*one_nodes, *scatter, *topk_tail],
+            "densenet_recommend_one",
+            one_inputs,
+            one_outputs,
+            [
+                init(p, "user_factors"),
+                init(w1u_t, "w1_user_t"),
+                init(w2_row, "w2_row"),
+                init(neg_c_t, "neg_c_t"),
+                init(offset, "item_offset"),
+                *ax,
+                *common,
+            ],
+            kind,
+        )
+        out["neg_c_t"] = np.ascontiguousarray(neg_c_t)
+        out["item_offset"] = np.ascontiguousarray(offset)
+    return out
+
+
+def write_kernels(
+    module: torch.nn.Module, kind: str, writer: BundleWriter, *, external_data: bool | None
+) -> dict[str, Any]:
+    """Write :func:`build_kernels` into ``onnx/kernels/`` and return the manifest entry."""
+    import onnx
+
+    entry: dict[str, Any] = {"version": KERNELS_VERSION}
+    for name, obj in build_kernels(module, kind).items():
+        if isinstance(obj, np.ndarray):
+            rel = f"{KERNELS_DIR}/{name}.npy"
+            writer.write_bytes(rel, _npy_bytes(obj), f"onnx-kernel:{name}")
+            entry[name] = rel
+            continue
+        rel = f"{KERNELS_DIR}/{name}.onnx"
+        path = writer.add(rel, f"onnx-kernel:{name}")
+        size = sum(len(t.raw_data) for t in obj.graph.initializer)
+        ext = external_data if external_data is not None else size > ONNX_SINGLE_FILE_LIMIT
+        if ext:
+            onnx.save_model(
+                obj,
+                str(path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=f"{name}.onnx.data",
+            )
+            writer.add(f"{KERNELS_DIR}/{name}.onnx.data", f"onnx-kernel-data:{name}")
+        else:
+            onnx.save_model(obj, str(path))
+        entry[name] = rel
+    return entry

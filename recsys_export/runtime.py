@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,17 @@ _UNKNOWN_POLICIES = ("raise", "skip", "popular")
 _BLOCK_BYTES = 4 << 20
 _MAX_BLOCK = 1024
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
+#: Optional fast-path graphs (``formats.onnx.kernels``, see ``export.build_kernels``) the
+#: runtime needs per model kind; bundles without them use the entry-point graphs.
+_KERNELS_VERSION = 1
+_KERNEL_NAMES = {
+    "mf": ("score_all", "topk", "recommend_one"),
+    "densenet": ("user_vectors", "tile", "neg_c_t", "item_offset", "topk", "recommend_one"),
+}
+#: DenseNet tiles: users per tile call and bytes of the [users, hidden, items] intermediate
+#: (16 x 128 x 512 floats = 4 MB: stays in cache; 16 MB or more measured slower).
+_DN_TILE_USERS = 16
+_DN_TILE_BYTES = 4 << 20
 
 
 @dataclass
@@ -167,6 +179,7 @@ class Recommender:
         *,
         intra_op_threads: int | None = None,
         graph_optimization: str = "all",
+        fast_paths: bool = True,
     ) -> None:
         if intra_op_threads is not None and (
             not isinstance(intra_op_threads, int)
@@ -215,13 +228,28 @@ class Recommender:
         self._seen: tuple[np.ndarray, np.ndarray] | None = None
         self._popular_counts: np.ndarray | None = None
         self._k_cache = {k: np.array(k, dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
+        self._k1_cache = {k: np.array([k], dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
+        self._kernels = self._find_kernels() if fast_paths else {}
+        self._dn_tiles: list[tuple[np.ndarray, np.ndarray, int]] | None = None
+        self._dn_tile_users = _DN_TILE_USERS
+        #: DenseNet tiles: True = one intra-op thread per session call, driven by
+        #: ``intra_op_threads`` Python threads on alternating user blocks (measured steadier
+        #: on 2 shared cores); False = one caller thread, onnxruntime's intra-op threads.
+        self._dn_python_threads = True
+        self._pool: ThreadPoolExecutor | None = None
         # Bytes of intermediates per user in one score_all call (x2 margin for MF).
-        if self._kind == "densenet":
+        if self._kind == "densenet" and self._kernels:
+            # tiled: the [B, H, T] intermediate is bounded by the tile, not by B
+            self._bytes_per_user = self._n_items * 4 * 2
+        elif self._kind == "densenet":
             hidden = int(self._hp.get("hidden", 1))
             self._bytes_per_user = self._n_items * (hidden + 2) * 4
         else:
             self._bytes_per_user = self._n_items * 4 * 2
         self._block = int(min(_MAX_BLOCK, max(1, _BLOCK_BYTES // self._bytes_per_user)))
+        if self._kind == "densenet" and self._kernels:
+            # whole tiles for every Python thread, twice over (load balance)
+            self._block = _DN_TILE_USERS * 2 * max(1, self._threads)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -232,6 +260,7 @@ class Recommender:
         intra_op_threads: int | None = None,
         graph_optimization: str = "all",
         verify: bool = True,
+        fast_paths: bool = True,
     ) -> Recommender:
         """Load a bundle (checksums verified unless ``verify=False``).
 
@@ -245,6 +274,9 @@ class Recommender:
             onnxruntime graph optimisation level.
         verify : bool
             Check every file's sha256 (sizes and names are always checked).
+        fast_paths : bool
+            Use the bundle's optional fast-path graphs (``formats.onnx.kernels``) when it
+            has them; False (or an older bundle) runs the entry-point graphs only.
 
         Raises
         ------
@@ -254,11 +286,48 @@ class Recommender:
             Invalid options.
         """
         bundle = Bundle.load(bundle_path, verify=verify)
-        rec = cls(bundle, intra_op_threads=intra_op_threads, graph_optimization=graph_optimization)
+        rec = cls(
+            bundle,
+            intra_op_threads=intra_op_threads,
+            graph_optimization=graph_optimization,
+            fast_paths=fast_paths,
+        )
         rec._session("recommend")  # fail early on a graph onnxruntime cannot load
         return rec
 
-    def _session(self, name: str) -> ort.InferenceSession:
+    def _find_kernels(self) -> dict[str, Path]:
+        """Paths of the optional fast-path graphs, or {} (older bundle, or incomplete)."""
+        onnx_fmt = (self.bundle.manifest.get("formats") or {}).get("onnx") or {}
+        kernels = onnx_fmt.get("kernels")
+        names = _KERNEL_NAMES.get(self._kind)
+        if not isinstance(kernels, dict) or names is None:
+            return {}
+        if kernels.get("version") != _KERNELS_VERSION:
+            return {}
+        listed = self.bundle.files
+        paths = {}
+        for name in names:
+            rel = kernels.get(name)
+            if not isinstance(rel, str) or rel not in listed:
+                return {}
+            paths[name] = self.bundle.file(rel)
+        return paths
+
+    @property
+    def fast_paths(self) -> bool:
+        """Whether the bundle's fast-path graphs are in use."""
+        return bool(self._kernels)
+
+    def _kernel(self, name: str, threads: int | None = None) -> ort.InferenceSession:
+        key = f"kernel:{name}" if threads is None else f"kernel:{name}:{threads}"
+        sess = self._sessions.get(key)
+        if sess is not None:
+            return sess
+        return self._session(key, self._kernels[name], threads)
+
+    def _session(
+        self, name: str, path: Path | None = None, threads: int | None = None
+    ) -> ort.InferenceSession:
         sess = self._sessions.get(name)
         if sess is not None:
             return sess
@@ -266,13 +335,15 @@ class Recommender:
             sess = self._sessions.get(name)
             if sess is None:
                 opts = ort.SessionOptions()
-                opts.intra_op_num_threads = self._threads
+                opts.intra_op_num_threads = threads or self._threads
                 opts.inter_op_num_threads = 1
                 opts.graph_optimization_level = self._opt
                 opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
                 try:
                     sess = ort.InferenceSession(
-                        str(self._graph_paths[name]), opts, providers=["CPUExecutionProvider"]
+                        str(path if path is not None else self._graph_paths[name]),
+                        opts,
+                        providers=["CPUExecutionProvider"],
                     )
                 except Exception as exc:  # onnxruntime raises its own exception types
                     raise BundleError(
@@ -406,7 +477,10 @@ class Recommender:
 
     def _score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
         """Fill ``out[len(users), n_items]`` (C-contiguous) with validated users' scores."""
-        sess = self._session("score_all")
+        if self._kernels and self._kind == "densenet":
+            self._densenet_into(users, out)
+            return
+        sess = self._kernel("score_all") if self._kernels else self._session("score_all")
         n_items = self._n_items
         block = self._block
         for start in range(0, users.size, block):
@@ -416,6 +490,75 @@ class Recommender:
             binding.bind_cpu_input("users", u)
             binding.bind_output("scores", "cpu", 0, np.float32, [u.size, n_items], dst.ctypes.data)
             sess.run_with_iobinding(binding)
+
+    def _densenet_tiles(self) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Item tiles ``(-C^T[:, t0:t1], d[t0:t1], t0)``, contiguous, built once."""
+        if self._dn_tiles is None:
+            with self._lock:
+                if self._dn_tiles is None:
+                    self._dn_tiles = self._load_densenet_tiles()
+        return self._dn_tiles
+
+    def _load_densenet_tiles(self) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        try:
+            neg = np.load(self._kernels["neg_c_t"], allow_pickle=False)
+            off = np.load(self._kernels["item_offset"], allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(
+                f"bundle {self.bundle.root}: cannot read kernel arrays ({exc})"
+            ) from None
+        n = self._n_items
+        if neg.ndim != 2 or neg.shape[1] != n or off.shape != (n,):
+            raise BundleError(
+                f"bundle {self.bundle.root}: kernel arrays have shapes {neg.shape} and "
+                f"{off.shape}, expected [hidden, {n}] and [{n}]; export it again"
+            )
+        neg = neg.astype(np.float32, copy=False)
+        off = off.astype(np.float32, copy=False)
+        width = max(64, _DN_TILE_BYTES // (4 * neg.shape[0] * _DN_TILE_USERS))
+        return [
+            (np.ascontiguousarray(neg[:, t0 : t0 + width]), off[t0 : t0 + width].copy(), t0)
+            for t0 in range(0, n, width)
+        ]
+
+    def _densenet_into(self, users: np.ndarray, out: np.ndarray) -> None:
+        """DenseNet scores in cache-sized tiles of users x items (``tile`` kernel)."""
+        tiles = self._densenet_tiles()
+        bu = self._dn_tile_users
+        starts = list(range(0, users.size, bu))
+        n_threads = min(self._threads, len(starts)) if self._dn_python_threads else 1
+        tile_threads = 1 if self._dn_python_threads else self._threads
+        sess_u = self._kernel("user_vectors")
+        sess_t = self._kernel("tile", tile_threads)
+
+        def work(my_starts: list[int]) -> None:
+            for s in my_starts:
+                u = users[s : s + bu]
+                a = sess_u.run(None, {"users": u})[0]
+                dst = out[s : s + u.size]
+                for neg, off, t0 in tiles:
+                    y = sess_t.run(None, {"a": a, "neg_c_t": neg, "item_offset": off})[0]
+                    dst[:, t0 : t0 + off.size] = y
+
+        if n_threads <= 1:
+            work(starts)
+            return
+        pool = self._thread_pool()
+        futures = [pool.submit(work, starts[i::n_threads]) for i in range(1, n_threads)]
+        try:
+            work(starts[0::n_threads])  # the caller is one of the workers
+        finally:
+            for fut in futures:
+                fut.result()
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=max(1, self._threads - 1), thread_name_prefix="recsys-rt"
+                    )
+        return self._pool
 
     def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float) -> int:
         if chunk_size is not None:
@@ -555,9 +698,20 @@ class Recommender:
         if exclude_seen:
             indptr, seen = self.seen_csr()
             ex_items = seen[indptr[user] : indptr[user + 1]]
-            ex_rows = np.zeros(ex_items.size, dtype=np.int64)
         else:
-            ex_items = ex_rows = _EMPTY_I64
+            ex_items = _EMPTY_I64
+        if self._kernels:
+            k1 = self._k1_cache.get(k)
+            res = self._kernel("recommend_one").run(
+                None,
+                {
+                    "users": np.array([user], dtype=np.int64),
+                    "k": k1 if k1 is not None else np.array([k], dtype=np.int64),
+                    "exclude_items": ex_items,
+                },
+            )
+            return res[0], res[1]
+        ex_rows = np.zeros(ex_items.size, dtype=np.int64)
         res = self._session("recommend").run(
             None,
             {
@@ -682,7 +836,14 @@ class Recommender:
             order = np.argsort(rows, kind="stable")
             rows, ex_items = rows[order], ex_items[order]
         bounds = np.searchsorted(rows, np.arange(0, b + block, block)) if b > block else None
-        sess = self._session("recommend")
+        fast = cols is None and bool(self._kernels)
+        if fast:
+            topk = self._kernel("topk")
+            k1 = self._k1_cache.get(k)
+            k1 = k1 if k1 is not None else np.array([k], dtype=np.int64)
+            buf = np.empty((min(b, block), self._n_items), dtype=np.float32)
+        else:
+            sess = self._session("recommend")
         k_arr = self._k_array(k)
         for j, start in enumerate(range(0, b, block)):
             stop = min(start + block, b)
@@ -692,7 +853,15 @@ class Recommender:
                 lo, hi = bounds[j], bounds[j + 1]
                 r, e = rows[lo:hi] - start, ex_items[lo:hi]
             u = users[start:stop]
-            if cols is None:
+            if fast:
+                # scores into a cache-sized block, -inf at the exclusions, then TopK
+                dst = buf[: u.size]
+                self._score_all_into(u, dst)
+                if r.size:
+                    dst[r, e] = -np.inf
+                s, it = topk.run(None, {"scores": dst, "k": k1})
+                it[np.isneginf(s)] = -1
+            elif cols is None:
                 s, it = sess.run(
                     None, {"users": u, "k": k_arr, "exclude_rows": r, "exclude_items": e}
                 )

@@ -353,7 +353,6 @@ CASES = [
         "checkpoint-truncated",
         _truncated_checkpoint,
         ["not a readable checkpoint", "truncated"],
-        subprocess=True,
     ),
     Case(
         "checkpoint-is-a-plain-pickle",

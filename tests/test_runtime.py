@@ -435,3 +435,75 @@ def test_thread_safety(mf):
     for a, b in zip(sequential, threaded, strict=True):
         for x, y in zip(a, b, strict=True):
             assert np.array_equal(x, y)
+
+
+# ---------------------------------------------------------------------- fast paths
+def test_fast_paths_match_eager_and_fallback(case):
+    """The optional kernels (tiled DenseNet, augmented MF MatMul, TopK) keep parity."""
+    model, path, rec = case
+    assert rec.fast_paths
+    kernels = rec.manifest["formats"]["onnx"]["kernels"]
+    assert kernels["version"] == 1 and "recommend_one" in kernels
+    slow = Recommender.load(path, fast_paths=False)
+    assert not slow.fast_paths
+    users = np.arange(N_USERS, dtype=np.int64)
+    exp = _eager_all(model, users)
+    for r in (rec, slow):
+        np.testing.assert_allclose(r.score_all(users, by_index=True), exp, atol=ATOL, rtol=RTOL)
+    rows, items = _seen_coo(users)
+    for k in (1, 10, N_ITEMS):
+        exp_s, exp_i = _eager_recommend(model, users, k, rows, items)
+        for r in (rec, slow):
+            res = r.recommend(users, k, by_index=True)
+            _assert_topk(model, users, res.scores, res.items, exp_s, exp_i)
+        for u in (0, HEAVY_USER, N_USERS - 1):  # the single-user kernel
+            one = rec.recommend(int(u), k, by_index=True)
+            ref = slow.recommend(int(u), k, by_index=True)
+            np.testing.assert_allclose(one.scores, ref.scores, atol=ATOL, rtol=RTOL)
+            _assert_topk(model, users[[u]], one.scores, one.items, exp_s[[u]], exp_i[[u]])
+
+
+def test_fast_path_tiling_and_threads(bundles):
+    """DenseNet tiles: odd tile sizes, both threading modes, many blocks."""
+    model, path, _ = bundles("densenet")
+    users = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3])
+    exp = _eager_all(model, users)
+    for py_threads in (True, False):
+        rec = Recommender.load(path, intra_op_threads=2)
+        rec._dn_python_threads = py_threads
+        rec._dn_tile_users = 3
+        np.testing.assert_allclose(rec.score_all(users, by_index=True), exp, atol=ATOL, rtol=RTOL)
+
+
+def test_bundle_without_kernels_falls_back(case, tmp_path):
+    """Older bundles (no formats.onnx.kernels) keep working on the entry-point graphs."""
+    model, path, rec = case
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["formats"]["onnx"]["kernels"]
+    for rel in [r for r in manifest["files"] if r.startswith("onnx/kernels/")]:
+        del manifest["files"][rel]
+        (old / rel).unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    legacy = Recommender.load(old)
+    assert not legacy.fast_paths
+    users = np.arange(N_USERS, dtype=np.int64)
+    np.testing.assert_allclose(
+        legacy.score_all(users, by_index=True), _eager_all(model, users), atol=ATOL, rtol=RTOL
+    )
+    np.testing.assert_array_equal(
+        legacy.recommend(users, 5, by_index=True).items,
+        Recommender.load(path, fast_paths=False).recommend(users, 5, by_index=True).items,
+    )
+
+
+@pytest.mark.parametrize("name", ["toy-mf", "toy-densenet"])
+def test_committed_artifacts_load(name):
+    """Committed bundles predate the kernels: they load and answer via the fallback."""
+    rec = Recommender.load(ROOT / "artifacts" / name)
+    users = np.arange(rec.n_users, dtype=np.int64)
+    assert rec.score_all(users, by_index=True).shape == (rec.n_users, rec.n_items)
+    res = rec.recommend(users, min(3, rec.n_items), by_index=True)
+    assert res.items.shape == (rec.n_users, min(3, rec.n_items))
+    rec.recommend(int(users[0]), 1, by_index=True)

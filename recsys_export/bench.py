@@ -1,0 +1,718 @@
+"""Side-by-side benchmark of every way to serve the models, in one process.
+
+``recsys-export bench`` (or ``python benchmarks/bench.py``) builds a synthetic MF and a
+synthetic DenseNet of the chosen size (``--users --items --factors --hidden``, or
+``--preset full`` = 100k users x 20k items, 64 factors, 128 hidden), exports each to a
+temporary bundle (all formats, parity check off) and times, for each model:
+
+* ``score_all`` of every user (rows below), in blocks, outputs preallocated where the
+  API allows:
+
+  - ``ceiling``: a bare onnxruntime graph of the same math built with ``onnx.helper``
+    (MF: ``MatMul`` of ``[B, f] x [f, N]``, best of a few block sizes; DenseNet: the
+    ``Max`` + ``MatMul`` tile graph on precomputed user/item halves, 16 x ~500 tiles,
+    driven by one Python thread per core). Ratios are to this row.
+  - ``numpy``: MF ``P @ Q^T + bu + bi`` into a preallocated block; DenseNet the same
+    max-rewrite tiles in numpy.
+  - ``torch_eager``: the trained model's ``score_all``; ``torchscript`` and ``pt2``:
+    the bundle's TorchScript module and ``torch.export`` program.
+  - ``runtime``: :class:`recsys_export.runtime.Recommender` (fast-path kernels), and
+    ``runtime_fallback``: the same bundle on its entry-point graphs only (what older
+    bundles get).
+
+* ``recommend_all``: top-``k`` (default 10) of every user with ``--seen`` (default 50)
+  random seen items excluded: ``runtime``, ``runtime_fallback`` and ``numpy`` (score,
+  mask, ``argpartition``). Ratios are to the score_all ceiling.
+* ``single_user``: ``recommend(user, k)`` latency, p50/p99 over ``--calls`` (>= 2000)
+  random users: ``runtime`` by index and by raw id, ``runtime_fallback``, ``torch_eager``.
+* export time per format, process peak RSS (``ru_maxrss``, torch included), and with
+  ``--train DATA`` the training time and validation RMSE of both models (80/20 split).
+
+Slow rows can be measured on the first ``--slow-users`` users only (the row records how
+many users it covered; per-pair numbers stay comparable): DenseNet's numpy, torch and
+fallback rows (the eager model builds a ``[B, N, H]`` intermediate) and the numpy
+recommend-all row of both models. ``--skip torch,torchscript,pt2,numpy,fallback`` drops rows.
+Every row is run ``--repeat`` times (median reported, min/max kept). The machine may be
+shared: the JSON records the load average before and after.
+
+FLOPs per (user, item) pair: MF ``2 * (factors + 2)`` (the augmented dot product);
+DenseNet ``3 * hidden`` (max, multiply, add of the rewritten second layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: JSON output schema (``--json``); ``ROW`` is the per-row record of ``score_all`` and
+#: ``recommend_all``.
+SCHEMA: dict[str, Any] = {
+    "schema_version": "int, 1",
+    "created": "str, UTC ISO time",
+    "machine": {
+        "nproc": "int",
+        "loadavg_start": "[1, 5, 15 min] at start",
+        "loadavg_end": "[1, 5, 15 min] at end",
+        "python": "str",
+        "versions": "{numpy, onnxruntime, torch, onnx}",
+    },
+    "config": "the command-line options (users, items, factors, hidden, seen, k, repeat, ...)",
+    "models": {
+        "<mf|densenet>": {
+            "sizes": "{users, items, factors, hidden (densenet), pairs}",
+            "flops_per_pair": "int",
+            "export_seconds": "{torch.export, torchscript, pt2, onnx: float}",
+            "export_total_seconds": "float",
+            "train": "null, or {seconds, rmse, epochs, data} with --train",
+            "peak_rss_mib": "float, process ru_maxrss after the model's section",
+            "score_all": {"<row>": "ROW"},
+            "recommend_all": {"<row>": "ROW"},
+            "single_user": {"<row>": "{p50_us, p99_us, mean_us, calls} or {skipped}"},
+            "notes": "[str]",
+        }
+    },
+    "ROW": {
+        "users": "int, users covered by one run",
+        "runs_s": "[float], seconds of each run",
+        "median_s": "float",
+        "min_s": "float",
+        "max_s": "float",
+        "pairs_per_s": "float (median)",
+        "ns_per_pair": "float (median)",
+        "gflops": "float (median; flops_per_pair * pairs / s)",
+        "ratio_to_ceiling": "float, ns_per_pair / ceiling's score_all ns_per_pair",
+        "skipped": "str, present instead of the numbers when the row was skipped",
+    },
+}
+
+PRESETS = {
+    "tiny": {"users": 300, "items": 400, "factors": 16, "hidden": 32},
+    "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
+}
+ROW_GROUPS = ("torch", "torchscript", "pt2", "numpy", "fallback")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``recsys-export bench``."""
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="tiny",
+        help="sizes: tiny (seconds) or full (100k x 20k, 64 factors, 128 hidden)",
+    )
+    parser.add_argument("--users", type=int, default=None, help="override the preset")
+    parser.add_argument("--items", type=int, default=None, help="override the preset")
+    parser.add_argument("--factors", type=int, default=None, help="override the preset")
+    parser.add_argument("--hidden", type=int, default=None, help="DenseNet hidden units")
+    parser.add_argument("--models", default="mf,densenet", help="comma list: mf,densenet")
+    parser.add_argument("--seen", type=int, default=50, help="excluded items per user")
+    parser.add_argument("--k", type=int, default=10, help="top-k size")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row (median)")
+    parser.add_argument("--calls", type=int, default=2000, help="single-user calls")
+    parser.add_argument(
+        "--slow-users",
+        type=int,
+        default=None,
+        help="measure torch/numpy/fallback DenseNet rows on this many users (default: "
+        "all for tiny, 2000 for full)",
+    )
+    parser.add_argument(
+        "--skip", default="", help=f"comma list of row groups to skip: {','.join(ROW_GROUPS)}"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="threads (default: nproc)")
+    parser.add_argument("--train", default=None, metavar="DATA", help="also train on DATA")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs with --train")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="JSON report (default .bench/bench-<preset>.json)"
+    )
+    parser.add_argument("--plot", type=Path, default=None, help="PNG chart (needs matplotlib)")
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        return []
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> list[float]:
+    fn_runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        fn_runs.append(time.perf_counter() - t0)
+    return fn_runs
+
+
+def _row(runs: list[float], users: int, n_items: int, flops: int) -> dict[str, Any]:
+    med = float(np.median(runs))
+    pairs = users * n_items
+    return {
+        "users": users,
+        "runs_s": [round(r, 6) for r in runs],
+        "median_s": med,
+        "min_s": float(min(runs)),
+        "max_s": float(max(runs)),
+        "pairs_per_s": pairs / med,
+        "ns_per_pair": med / pairs * 1e9,
+        "gflops": flops * pairs / med / 1e9,
+    }
+
+
+# --------------------------------------------------------------------------- models
+def _synthetic(kind: str, cfg: dict[str, Any], seen: int, work: Path) -> dict[str, Any]:
+    """Build a synthetic model and export it (all formats, no parity pass)."""
+    import torch
+
+    from recsys_export.checkpoint import Checkpoint
+    from recsys_export.export import export_bundle
+    from recsys_export.ids import IdMap
+    from recsys_export.models import DenseNet, MatrixFactorization
+
+    n_users, n_items = cfg["users"], cfg["items"]
+    torch.manual_seed(0)
+    if kind == "mf":
+        model = MatrixFactorization(
+            n_users, n_items, cfg["factors"], biased=True, sparse=False, init_std=0.1
+        )
+        with torch.no_grad():
+            model.user_bias.weight.normal_(0, 0.1)
+            model.item_bias.weight.normal_(0, 0.1)
+    else:
+        model = DenseNet(n_users, n_items, cfg["factors"], cfg["hidden"], init_std=0.1)
+    model.eval()
+    rng = np.random.default_rng(0)
+    per_user = min(seen, max(0, n_items - cfg["k"]))
+    seen_users = np.repeat(np.arange(n_users, dtype=np.int64), per_user)
+    seen_items = rng.integers(0, n_items, seen_users.size, dtype=np.int64)
+    ck = Checkpoint(
+        model,
+        IdMap(np.arange(n_users), "user"),
+        IdMap(np.arange(n_items), "item"),
+        seen_users=seen_users,
+        seen_items=seen_items,
+    )
+    dest = work / kind
+    t0 = time.perf_counter()
+    manifest = export_bundle(ck, dest, verify=False)
+    total = time.perf_counter() - t0
+    return {
+        "model": model,
+        "bundle": dest,
+        "export_seconds": manifest["timings"]["export_seconds"],
+        "export_total_seconds": total,
+    }
+
+
+def _train(path: str, epochs: int, factors: int, hidden: int) -> dict[str, Any]:
+    from recsys_export import data
+    from recsys_export.train import TrainConfig, fit
+
+    ratings = data.read_ratings(path)
+    train, valid = data.random_split(ratings, 0.2, seed=0)
+    out = {}
+    for kind in ("mf", "densenet"):
+        cfg = TrainConfig(model=kind, n_factors=factors, hidden=hidden, epochs=epochs)
+        t0 = time.perf_counter()
+        _, history = fit(train, valid, cfg, progress=False)
+        out[kind] = {
+            "seconds": time.perf_counter() - t0,
+            "rmse": float(min(history.valid_rmse)) if history.valid_rmse else None,
+            "epochs": len(history.valid_rmse),
+            "data": str(path),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- ceilings
+def _session(model: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _mf_bare(q: np.ndarray, threads: int) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    f, n = q.shape[1], q.shape[0]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "qt"], ["y"])],
+        "bare",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", f])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", n])],
+        [numpy_helper.from_array(np.ascontiguousarray(q.T), "qt")],
+    )
+    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), threads)
+
+
+def _dn_bare(w2_row: np.ndarray, hidden: int) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32 = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Unsqueeze", ["a", "ax2"], ["a3"]),
+        helper.make_node("Max", ["a3", "negct"], ["m"]),
+        helper.make_node("MatMul", ["w2", "m"], ["y3"]),
+        helper.make_node("Squeeze", ["y3", "ax1"], ["y"]),
+        helper.make_node("Add", ["y", "d"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bare_tile",
+        [
+            helper.make_tensor_value_info("a", f32, ["b", hidden]),
+            helper.make_tensor_value_info("negct", f32, [hidden, "t"]),
+            helper.make_tensor_value_info("d", f32, ["t"]),
+        ],
+        [helper.make_tensor_value_info("out", f32, ["b", "t"])],
+        [
+            numpy_helper.from_array(w2_row, "w2"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "ax2"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1"),
+        ],
+    )
+    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), 1)
+
+
+def _parallel(starts: list[int], threads: int, work: Callable[[list[int]], None]) -> None:
+    if threads <= 1:
+        work(starts)
+        return
+    pool = [threading.Thread(target=work, args=(starts[i::threads],)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+# --------------------------------------------------------------------------- one model
+def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    from recsys_export.inference import inference_module
+    from recsys_export.runtime import Recommender
+
+    threads = cfg["threads"]
+    torch.set_num_threads(threads)
+    skip = set(cfg["skip"])
+    built = _synthetic(kind, cfg, args.seen, work)
+    model, bundle = built["model"], built["bundle"]
+    module = inference_module(model)
+    n_users, n_items, k, repeat = cfg["users"], cfg["items"], cfg["k"], cfg["repeat"]
+    hidden = cfg["hidden"]
+    flops = 2 * (cfg["factors"] + 2) if kind == "mf" else 3 * hidden
+    slow_users = n_users
+    if kind == "densenet" and cfg["slow_users"]:
+        slow_users = min(n_users, cfg["slow_users"])
+    rec = Recommender.load(bundle, intra_op_threads=threads)
+    fallback = Recommender.load(bundle, intra_op_threads=threads, fast_paths=False)
+    notes: list[str] = []
+    all_users = np.arange(n_users, dtype=np.int64)
+    score: dict[str, Any] = {}
+
+    def add(table: dict, name: str, fn: Callable[[], Any], users: int, reps: int = repeat):
+        # the first run warms up sessions and caches; a long one (> 2 s) counts as a run
+        first = _timed(fn, 1)
+        long = first[0] > 2.0
+        runs = (first if long else []) + _timed(fn, max(1, reps) - long)
+        table[name] = _row(runs, users, n_items, flops)
+
+    # ---- ceiling
+    if kind == "mf":
+        p = model.user_factors.weight.detach().numpy().copy()
+        q = model.item_factors.weight.detach().numpy().copy()
+        bare = _mf_bare(q, threads)
+        bbuf = np.empty((1024, n_items), dtype=np.float32)
+
+        def run_bare(block: int) -> None:
+            for s in range(0, n_users, block):
+                x = p[s : s + block]
+                b = bare.io_binding()
+                b.bind_cpu_input("x", x)
+                b.bind_output("y", "cpu", 0, np.float32, [x.shape[0], n_items], bbuf.ctypes.data)
+                bare.run_with_iobinding(b)
+
+        tries = {b: _timed(lambda b=b: run_bare(b), 1)[0] for b in (16, 64, 256, 1024)}
+        best_block = min(tries, key=tries.get)
+        notes.append(f"ceiling block {best_block} (tried {sorted(tries)})")
+        add(score, "ceiling", lambda: run_bare(best_block), n_users)
+    else:
+        a_all = module.user_factors.numpy() @ module.w1_user_t.numpy()  # precomputed user half
+        neg = module.neg_c_t.numpy()
+        off = module.item_offset.numpy()
+        w2_row = module.w2_row.numpy()
+        width = max(64, (4 << 20) // (4 * hidden * 16))
+        tiles = [
+            (np.ascontiguousarray(neg[:, t : t + width]), off[t : t + width].copy(), t)
+            for t in range(0, n_items, width)
+        ]
+        bare = _dn_bare(w2_row, hidden)
+        tbuf = np.empty((16, n_items), dtype=np.float32)
+
+        def run_bare_dn() -> None:
+            def work_(starts: list[int]) -> None:
+                out = np.empty((16, n_items), dtype=np.float32)
+                for s in starts:
+                    a = a_all[s : s + 16]
+                    for nc, dd, t0 in tiles:
+                        y = bare.run(None, {"a": a, "negct": nc, "d": dd})[0]
+                        out[: a.shape[0], t0 : t0 + dd.size] = y
+
+            _parallel(list(range(0, n_users, 16)), threads, work_)
+
+        add(score, "ceiling", run_bare_dn, n_users)
+        del tbuf
+
+    # ---- numpy
+    if "numpy" in skip:
+        score["numpy"] = {"skipped": "--skip numpy"}
+    elif kind == "mf":
+        bu = model.user_bias.weight.detach().numpy().reshape(-1)
+        bi = (model.item_bias.weight.detach().reshape(-1) + model.global_mean).numpy()
+        qt = np.ascontiguousarray(q.T)
+        nbuf = np.empty((1024, n_items), dtype=np.float32)
+
+        def numpy_mf() -> None:
+            for s in range(0, n_users, 1024):
+                x = p[s : s + 1024]
+                o = nbuf[: x.shape[0]]
+                np.matmul(x, qt, out=o)
+                o += bu[s : s + 1024, None]
+                o += bi
+
+        add(score, "numpy", numpy_mf, n_users)
+    else:
+        mbuf = np.empty((16, hidden, width), dtype=np.float32)
+        nbuf = np.empty((16, n_items), dtype=np.float32)
+
+        def numpy_dn() -> None:
+            for s in range(0, slow_users, 16):
+                a = a_all[s : min(s + 16, slow_users)]
+                b = a.shape[0]
+                for nc, dd, t0 in tiles:
+                    m = mbuf[:b, :, : dd.size]
+                    np.maximum(a[:, :, None], nc[None], out=m)
+                    y = np.matmul(w2_row, m)[:, 0, :]
+                    np.add(y, dd, out=nbuf[:b, t0 : t0 + dd.size])
+
+        add(score, "numpy", numpy_dn, slow_users)
+
+    # ---- torch rows
+    t_block = 1024 if kind == "mf" else max(1, (32 << 20) // (n_items * hidden * 4))
+    t_users = n_users if kind == "mf" else slow_users
+
+    def torch_rows(fn: Callable[[Any], Any]) -> Callable[[], None]:
+        def run_() -> None:
+            with torch.no_grad():
+                for s in range(0, t_users, t_block):
+                    fn(torch.arange(s, min(s + t_block, t_users), dtype=torch.int64))
+
+        return run_
+
+    if "torch" in skip:
+        score["torch_eager"] = {"skipped": "--skip torch"}
+    else:
+        add(score, "torch_eager", torch_rows(model.score_all), t_users)
+    if "torchscript" in skip:
+        score["torchscript"] = {"skipped": "--skip torchscript"}
+    else:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        scripted = torch.jit.load(str(bundle / "torchscript" / "model.pt"))
+        add(score, "torchscript", torch_rows(scripted.score_all), t_users)
+    if "pt2" in skip:
+        score["pt2"] = {"skipped": "--skip pt2"}
+    else:
+        prog = torch.export.load(str(bundle / "pt2" / "score_all.pt2")).module()
+        add(score, "pt2", torch_rows(lambda u: prog(u)), t_users)
+
+    # ---- runtime
+    def runtime_all(r: Any, users: int) -> Callable[[], None]:
+        idx = all_users[:users]
+
+        def run_() -> None:
+            for _ in r.iter_score_all(idx, chunk_size=1024, progress=False):
+                pass
+
+        return run_
+
+    add(score, "runtime", runtime_all(rec, n_users), n_users)
+    if "fallback" in skip:
+        score["runtime_fallback"] = {"skipped": "--skip fallback"}
+    else:
+        add(score, "runtime_fallback", runtime_all(fallback, slow_users), slow_users)
+    ceiling = score["ceiling"]["ns_per_pair"]
+    for row in score.values():
+        if "ns_per_pair" in row:
+            row["ratio_to_ceiling"] = row["ns_per_pair"] / ceiling
+
+    # ---- recommend all
+    recs: dict[str, Any] = {}
+    rec.seen_csr()
+    fallback.seen_csr()
+    add(recs, "runtime", lambda: rec.recommend(all_users, k, by_index=True), n_users)
+    if "fallback" in skip:
+        recs["runtime_fallback"] = {"skipped": "--skip fallback"}
+    else:
+        fu = all_users[:slow_users]
+        add(recs, "runtime_fallback", lambda: fallback.recommend(fu, k, by_index=True), slow_users)
+    if "numpy" in skip:
+        recs["numpy"] = {"skipped": "--skip numpy"}
+    else:
+        indptr, seen = rec.seen_csr()
+        nu = min(n_users, cfg["slow_users"]) if cfg["slow_users"] else n_users
+
+        def numpy_topk() -> None:
+            for idx, sc in rec.iter_score_all(all_users[:nu], chunk_size=256, progress=False):
+                lo, hi = indptr[idx[0]], indptr[idx[-1] + 1]
+                rows = np.repeat(np.arange(idx.size), np.diff(indptr[idx[0] : idx[-1] + 2]))
+                sc[rows, seen[lo:hi]] = -np.inf
+                part = np.argpartition(sc, n_items - k, axis=1)[:, n_items - k :]
+                vals = np.take_along_axis(sc, part, axis=1)
+                np.take_along_axis(part, np.argsort(-vals, axis=1), axis=1)
+
+        add(recs, "numpy", numpy_topk, nu)
+        notes.append("recommend_all numpy = runtime score_all + numpy mask + argpartition")
+    for row in recs.values():
+        if "ns_per_pair" in row:
+            row["ratio_to_ceiling"] = row["ns_per_pair"] / ceiling
+
+    # ---- single user
+    single: dict[str, Any] = {}
+    rng = np.random.default_rng(1)
+    picks = rng.integers(0, n_users, max(2000, cfg["calls"])).tolist()
+
+    def latency(fn: Callable[[int], Any], n: int | None = None) -> dict[str, Any]:
+        calls = picks if n is None else picks[:n]
+        for u in calls[:50]:
+            fn(u)
+        lat = np.empty(len(calls))
+        for j, u in enumerate(calls):
+            t0 = time.perf_counter()
+            fn(u)
+            lat[j] = time.perf_counter() - t0
+        return {
+            "p50_us": float(np.percentile(lat, 50) * 1e6),
+            "p99_us": float(np.percentile(lat, 99) * 1e6),
+            "mean_us": float(lat.mean() * 1e6),
+            "calls": len(calls),
+        }
+
+    single["runtime"] = latency(lambda u: rec.recommend(u, k, by_index=True))
+    raw = rec.user_map.raw_ids
+    single["runtime_raw_ids"] = latency(lambda u: rec.recommend(raw[u], k))
+    if "fallback" in skip:
+        single["runtime_fallback"] = {"skipped": "--skip fallback"}
+    else:
+        single["runtime_fallback"] = latency(lambda u: fallback.recommend(u, k, by_index=True))
+    if "torch" in skip:
+        single["torch_eager"] = {"skipped": "--skip torch"}
+    else:
+        indptr, seen = rec.seen_csr()
+
+        def eager_one(u: int) -> None:
+            ex = torch.from_numpy(seen[indptr[u] : indptr[u + 1]])
+            with torch.no_grad():
+                model.recommend(
+                    torch.tensor([u]), k, torch.zeros(ex.numel(), dtype=torch.int64), ex
+                )
+
+        single["torch_eager"] = latency(eager_one)
+
+    return {
+        "sizes": {
+            "users": n_users,
+            "items": n_items,
+            "factors": cfg["factors"],
+            **({"hidden": hidden} if kind == "densenet" else {}),
+            "pairs": n_users * n_items,
+        },
+        "flops_per_pair": flops,
+        "export_seconds": built["export_seconds"],
+        "export_total_seconds": built["export_total_seconds"],
+        "train": None,
+        "peak_rss_mib": _rss_mib(),
+        "score_all": score,
+        "recommend_all": recs,
+        "single_user": single,
+        "notes": notes,
+    }
+
+
+# --------------------------------------------------------------------------- output
+def format_table(report: dict[str, Any]) -> str:
+    """The human-readable table of a report."""
+    lines = []
+    m = report["machine"]
+    lines.append(
+        f"nproc {m['nproc']}, load average start {m['loadavg_start']} end {m['loadavg_end']}"
+    )
+    for kind, res in report["models"].items():
+        sz = res["sizes"]
+        lines.append("")
+        lines.append(
+            f"== {kind}: {sz['users']} users x {sz['items']} items, {sz['factors']} factors"
+            + (f", {sz['hidden']} hidden" if "hidden" in sz else "")
+            + f"; export {res['export_total_seconds']:.1f} s "
+            + f"({', '.join(f'{k} {v:.2f}' for k, v in res['export_seconds'].items())}); "
+            + f"peak RSS {res['peak_rss_mib']:.0f} MiB"
+        )
+        if res.get("train"):
+            t = res["train"]
+            lines.append(f"   train: {t['seconds']:.1f} s, {t['epochs']} epochs, RMSE {t['rmse']}")
+        head = (
+            f"{'section':14s} {'row':17s} {'users':>7s} {'median s':>9s} {'min-max s':>17s}"
+            f" {'Mpairs/s':>9s} {'ns/pair':>8s} {'GFLOP/s':>8s} {'x ceil':>7s}"
+        )
+        lines.append(head)
+        lines.append("-" * len(head))
+        for section in ("score_all", "recommend_all"):
+            for name, row in res[section].items():
+                if "skipped" in row:
+                    lines.append(f"{section:14s} {name:17s} skipped ({row['skipped']})")
+                    continue
+                lines.append(
+                    f"{section:14s} {name:17s} {row['users']:7d} {row['median_s']:9.3f}"
+                    f" {row['min_s']:8.3f}-{row['max_s']:<8.3f} {row['pairs_per_s'] / 1e6:9.1f}"
+                    f" {row['ns_per_pair']:8.2f} {row['gflops']:8.1f}"
+                    f" {row.get('ratio_to_ceiling', float('nan')):7.2f}"
+                )
+        for name, row in res["single_user"].items():
+            if "skipped" in row:
+                lines.append(f"{'single_user':14s} {name:17s} skipped ({row['skipped']})")
+                continue
+            lines.append(
+                f"{'single_user':14s} {name:17s} p50 {row['p50_us']:9.1f} us"
+                f"  p99 {row['p99_us']:9.1f} us  ({row['calls']} calls)"
+            )
+        for note in res["notes"]:
+            lines.append(f"   note: {note}")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> str:
+    """Bar chart of ns/pair per row (score_all, recommend_all); returns a note."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"no chart: matplotlib is not installed (pip install matplotlib) for {path}"
+    kinds = list(report["models"])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        res = report["models"][kind]
+        labels, values = [], []
+        for section in ("score_all", "recommend_all"):
+            for name, row in res[section].items():
+                if "ns_per_pair" in row:
+                    labels.append(f"{section}\n{name}")
+                    values.append(row["ns_per_pair"])
+        ax.barh(labels, values)
+        ax.set_xscale("log")
+        ax.set_xlabel("ns per (user, item) pair (lower is better)")
+        ax.set_title(kind)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"chart written to {path}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by ``args`` (see :func:`add_arguments`)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    sizes = dict(PRESETS[args.preset])
+    for key in ("users", "items", "factors", "hidden"):
+        if getattr(args, key) is not None:
+            sizes[key] = int(getattr(args, key))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    bad = [m for m in models if m not in ("mf", "densenet")] + [
+        s for s in skip if s not in ROW_GROUPS
+    ]
+    if bad or not models or min(sizes.values()) < 1 or args.k < 1 or args.k > sizes["items"]:
+        print(f"recsys-export bench: bad options {bad or sizes}", file=sys.stderr)
+        return 2
+    slow = args.slow_users
+    if slow is None:
+        slow = 2000 if args.preset == "full" else 0
+    cfg = {
+        **sizes,
+        "k": args.k,
+        "repeat": max(1, args.repeat),
+        "calls": args.calls,
+        "skip": skip,
+        "slow_users": slow,
+        "threads": args.threads or os.cpu_count() or 1,
+    }
+    report: dict[str, Any] = {
+        "schema_version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "loadavg_start": _loadavg(),
+            "python": platform.python_version(),
+            "versions": {
+                "numpy": np.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+            },
+        },
+        "config": {**cfg, "preset": args.preset, "seen": args.seen, "train": args.train},
+        "models": {},
+    }
+    trained = (
+        _train(args.train, args.epochs, sizes["factors"], sizes["hidden"]) if args.train else {}
+    )
+    with tempfile.TemporaryDirectory(prefix="recsys_bench_") as tmp:
+        for kind in models:
+            res = _bench_model(kind, cfg, args, Path(tmp))
+            res["train"] = trained.get(kind)
+            report["models"][kind] = res
+    report["machine"]["loadavg_end"] = _loadavg()
+    print(format_table(report))
+    json_path = args.json or Path(".bench") / f"bench-{args.preset}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2))
+    print(f"\nJSON written to {json_path}")
+    if args.plot is not None:
+        print(plot(report, args.plot))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recsys_export.bench``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Smoke test of the side-by-side benchmark at a tiny size (no timing asserts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from recsys_export import bench
+
+
+def test_bench_tiny(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(
+        ["--users", "40", "--items", "60", "--factors", "4", "--hidden", "8", "--seen", "5"]
+        + ["--repeat", "1", "--calls", "20", "--json", str(out), "--plot", str(tmp_path / "b.png")]
+    )
+    assert bench.run(args) == 0
+    text = capsys.readouterr().out
+    assert "score_all" in text and "single_user" in text and "ceiling" in text
+    report = json.loads(out.read_text())
+    assert report["schema_version"] == 1
+    assert set(report["models"]) == {"mf", "densenet"}
+    for res in report["models"].values():
+        assert set(res["score_all"]) == {
+            "ceiling",
+            "numpy",
+            "torch_eager",
+            "torchscript",
+            "pt2",
+            "runtime",
+            "runtime_fallback",
+        }
+        assert set(res["recommend_all"]) == {"runtime", "runtime_fallback", "numpy"}
+        assert set(res["single_user"]) == {
+            "runtime",
+            "runtime_raw_ids",
+            "runtime_fallback",
+            "torch_eager",
+        }
+        for section in ("score_all", "recommend_all"):
+            for row in res[section].values():
+                assert {"median_s", "min_s", "max_s", "ns_per_pair", "gflops"} <= set(row)
+                assert row["ratio_to_ceiling"] > 0
+        for row in res["single_user"].values():
+            assert row["p50_us"] > 0 and row["calls"] == 2000
+        assert res["export_seconds"] and res["peak_rss_mib"] > 0
+    assert set(bench.SCHEMA["ROW"]) >= {"median_s", "ns_per_pair", "ratio_to_ceiling"}
+
+
+def test_bench_skip_and_bad_options(tmp_path):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "b.json"
+    args = parser.parse_args(
+        ["--users", "20", "--items", "30", "--factors", "4", "--hidden", "4", "--seen", "3"]
+        + ["--models", "mf", "--repeat", "1", "--calls", "10", "--json", str(out)]
+        + ["--skip", "torch,torchscript,pt2,numpy,fallback"]
+    )
+    assert bench.run(args) == 0
+    res = json.loads(out.read_text())["models"]["mf"]
+    assert "skipped" in res["score_all"]["torch_eager"]
+    assert "ns_per_pair" in res["score_all"]["runtime"]
+    assert bench.run(parser.parse_args(["--models", "nope"])) == 2
