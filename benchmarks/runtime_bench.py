@@ -14,6 +14,8 @@ the runtime's ``score_all`` of every user (chunked, no file), recommend-all top-
 the seen items excluded (the recommend graph per block, as the runtime does, and the
 score_all + numpy argpartition alternative), and single-user top-k latency.
 Times are the best of ``--repeat`` runs. The machine may be shared: numbers are noisy.
+``benchmarks/bench.py`` (``recsys-export bench``) is the side-by-side benchmark of every
+format for both models; this script stays as the MF runtime deep-dive (block sizes, RSS).
 
 ``--rss`` exports in a child process (so torch's memory is not counted), then runs
 ``write_score_matrix`` to a temporary ``.npy`` in this torch-free process and prints the

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--l2", type=float, help="L2 on each batch's embeddings")
     h.add_argument("--weight-decay", type=float, help="weight decay of dense layers")
     h.add_argument("--init-std", type=float, help="embedding init std")
+    h.add_argument("--threads", type=int, help="torch CPU threads while training (default 1)")
     h.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     m = p.add_argument_group("metrics")
     m.add_argument(
@@ -339,6 +340,7 @@ def train_config(args: argparse.Namespace) -> Any:
         "optimizer": args.optimizer,
         "l2": args.l2,
         "weight_decay": args.weight_decay,
+        "threads": args.threads,
         "init_std": args.init_std,
         "patience": args.patience,
     }

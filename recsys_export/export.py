@@ -622,7 +622,8 @@ def write_kernels(
                 all_tensors_to_one_file=True,
                 location=f"{name}.onnx.data",
             )
-            writer.add(f"{KERNELS_DIR}/{name}.onnx.data", f"onnx-kernel-data:{name}")
+            if path.with_name(f"{name}.onnx.data").exists():  # small graphs stay inline
+                writer.add(f"{KERNELS_DIR}/{name}.onnx.data", f"onnx-kernel-data:{name}")
         else:
             onnx.save_model(obj, str(path))
         entry[name] = rel

@@ -11,8 +11,13 @@ per ONNX graph and answers the three entry points with raw ids or dense indices:
     rec.write_topk("topk.parquet", k=10)             # or .csv
 
 Every index is validated before a graph runs (onnxruntime silently wraps negative
-indices). Sessions are created once (lazily, under a lock) and shared: one
-``Recommender`` may be used from many threads at once.
+indices). Bundles exported by this version also carry optional fast-path graphs
+(``formats.onnx.kernels``: MF score_all as one MatMul of augmented factors, DenseNet
+score_all in cache-sized user x item tiles driven by one Python thread per core, a
+TopK graph fed with scores masked in numpy, a one-call single-user recommend); older
+bundles, or ``fast_paths=False``, run the entry-point graphs.
+Sessions are created once (lazily, under a lock) and shared: one ``Recommender`` may be
+used from many threads at once.
 
 This module imports only the standard library, numpy, onnxruntime and the torch-free
 parts of ``recsys_export`` (``bundle``, ``ids``, ``errors``, ``manifest``, ``progress``);
@@ -587,8 +592,9 @@ class Recommender:
         """Yield ``(user_index_chunk, float32[len(chunk), n_items])`` over many users.
 
         The chunk size (users) comes from ``memory_budget_mb`` unless given: MF needs
-        ``n_items * 4`` bytes per user (x2 margin), DenseNet ``n_items * (hidden + 2) * 4``;
-        at least one user. Indices are validated before anything runs.
+        ``n_items * 4`` bytes per user (x2 margin), as does DenseNet with the bundle's tiled
+        kernels; DenseNet without them ``n_items * (hidden + 2) * 4``; at least one user.
+        Indices are validated before anything runs.
         """
         users = self._user_indices(user_indices)
         size = self._chunk_size(chunk_size, memory_budget_mb)
@@ -701,8 +707,12 @@ class Recommender:
         else:
             ex_items = _EMPTY_I64
         if self._kernels:
+            # MF: one intra-op thread (a memory-bound GEMV; more threads only added
+            # wake-up tails on 2 shared cores); DenseNet: the element-wise Max over
+            # [H, n_items] is compute-bound and splits across threads.
             k1 = self._k1_cache.get(k)
-            res = self._kernel("recommend_one").run(
+            threads = 1 if self._kind == "mf" else None
+            res = self._kernel("recommend_one", threads).run(
                 None,
                 {
                     "users": np.array([user], dtype=np.int64),
@@ -832,7 +842,7 @@ class Recommender:
         items = np.empty((b, k), dtype=np.int64)
         block = self._block
         # rows are sorted by construction only for the seen part; sort to slice by block
-        if rows.size and b > block:
+        if rows.size and b > block and bool(np.any(rows[1:] < rows[:-1])):
             order = np.argsort(rows, kind="stable")
             rows, ex_items = rows[order], ex_items[order]
         bounds = np.searchsorted(rows, np.arange(0, b + block, block)) if b > block else None
