@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k. Works in bounded memory (users in chunks).",
         epilog="examples:\n  recsys-export score artifacts/mf --user 42 --item 318\n"
         "  recsys-export score artifacts/mf --all --out scores.npy\n"
-        "  recsys-export score artifacts/mf --all --top-k 10 --out top10.parquet",
+        "  recsys-export score artifacts/mf --all --top-k 10 --out top10.parquet\n"
+        "  recsys-export score artifacts/mf --all --top-k 10 --engine ray --out top10/",
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("--user", action="append", help="raw user id (repeatable, with --item)")
@@ -265,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="with --all: write top-k per user instead of scores")
     p.add_argument("--include-seen", action="store_true", help="with --top-k: keep rated items")
     p.add_argument("--out", type=Path, help="output file (.npy, or .parquet/.csv with --top-k)")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="with --all --top-k: 'ray' scores user blocks on a Ray cluster and writes a "
+        "directory of Parquet parts to --out",
+    )
+    p.add_argument("--address", help="Ray cluster address (HEAD:6379); default: a local Ray")
+    p.add_argument("--workers", type=int, help="Ray workers (default: one per cluster CPU)")
+    p.add_argument(
+        "--force", action="store_true", help="with --engine ray: replace a previous output dir"
+    )
     p.add_argument(
         "--memory-mb", type=int, default=256, help="memory budget per chunk (default 256)"
     )
@@ -640,6 +653,23 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.all:
         if args.out is None:
             raise ConfigError("--all needs --out FILE (.npy, or .parquet/.csv with --top-k)")
+        if args.engine == "ray":
+            if args.top_k is None:
+                raise ConfigError("--engine ray needs --top-k K (it writes top-k Parquet parts)")
+            from recsys_export.scale import score_topk_ray
+
+            score_topk_ray(
+                args.bundle,
+                args.out,
+                k=args.top_k,
+                exclude_seen=not args.include_seen,
+                address=args.address,
+                workers=args.workers,
+                progress=not args.quiet,
+                overwrite=args.force,
+            )
+            print(args.out)
+            return 0
         rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
         if args.top_k is not None:
             path = rec.write_topk(

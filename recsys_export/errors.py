@@ -42,3 +42,8 @@ class TrainingDiverged(RecsysExportError):
 
 class ParityError(RecsysExportError):
     """An export does not reproduce the eager model within tolerance."""
+
+
+class WorkerError(RecsysExportError):
+    """A Ray worker failed a block for good (died more than ``max_retries`` times, or
+    raised): the message names the block and the cause."""

@@ -54,7 +54,7 @@ import numpy as np
 
 from recsys_export import errors as _errors
 from recsys_export.bundle import MANIFEST_NAME, Bundle
-from recsys_export.errors import BundleError, ConfigError, RecsysExportError
+from recsys_export.errors import BundleError, ConfigError, RecsysExportError, WorkerError
 from recsys_export.progress import Progress
 
 __all__ = [
@@ -76,11 +76,6 @@ _MAX_BLOCK = 100_000
 _BLOCKS_PER_WORKER = 4
 #: Users per ``recommend`` call inside a block (bounds the Arrow buffers of one write).
 _SUB_CHUNK = 16_384
-
-
-class WorkerError(RecsysExportError):
-    """A Ray worker failed a block for good (died more than ``max_retries`` times, or
-    raised): the message names the block and the cause."""
 
 
 # ---------------------------------------------------------------------- sizing

@@ -123,3 +123,11 @@ def test_console_script_runs_without_traceback(toy_run):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "nobody" in proc.stderr
+
+
+def test_ray_engine_needs_top_k(toy_run, tmp_path, capsys):
+    _, _, bundle = toy_run
+    code = main(["score", str(bundle), "--all", "--engine", "ray", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "--engine ray needs --top-k" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
