@@ -283,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark every format and the runtime side by side",
+        formatter_class=fmt,
+        description="Score-all, recommend-all and single-user latency for MF and DenseNet: a "
+        "bare onnxruntime graph of the same math (the ceiling), numpy, eager torch, "
+        "TorchScript, torch.export and our runtime, in one process. Prints a table, writes "
+        "JSON (schema in the README) and, with matplotlib installed, a PNG chart.",
+        epilog="examples:\n  recsys-export bench                 # tiny size, seconds\n"
+        "  recsys-export bench --preset full   # 100k users x 20k items x 64 factors, 128 hidden",
+    )
+    from recsys_export.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
     return parser
 
 
@@ -698,6 +712,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from recsys_export.bench import run
+
+    return run(args)
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -706,6 +726,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "recommend": cmd_recommend,
     "score": cmd_score,
+    "bench": cmd_bench,
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from recsys_export.cli import build_parser, main
 
-COMMANDS = ["train", "evaluate", "export", "verify", "inspect", "recommend", "score"]
+COMMANDS = ["train", "evaluate", "export", "verify", "inspect", "recommend", "score", "bench"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

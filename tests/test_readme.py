@@ -29,7 +29,7 @@ def test_runtime_section_is_the_tested_doc():
 
 def test_readme_commands_exist():
     for command in re.findall(r"recsys-export ([a-z]\w*)", README):
-        assert command in COMMANDS or command in ("bench",), command
+        assert command in COMMANDS, command
 
 
 def test_readme_two_commands_match_makefile_and_ci():
