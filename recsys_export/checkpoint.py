@@ -89,6 +89,9 @@ class Checkpoint:
                 torch.save(payload, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from other users
             os.replace(tmp, path)
         except PermissionError as exc:
             raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from None
