@@ -203,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="compare with this checkpoint instead of the bundle's reference weights",
     )
-    p.add_argument("--formats", help="subset of formats to check (default: all in the bundle)")
+    p.add_argument(
+        "--formats",
+        help="subset of onnx,torchscript,pt2,runtime to check (default: all; 'runtime' is "
+        "the Python onnxruntime runtime with its fast-path graphs)",
+    )
     p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
     p.add_argument("--quick", action="store_true", help="random batches only, no full matrix")
@@ -566,14 +570,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _verify_formats(text: str | None) -> list[str] | None:
+    """--formats of verify: export formats plus ``runtime`` (the Python runtime)."""
+    if not text:
+        return None
     from recsys_export.export import parse_formats
+
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    rest = [f for f in names if f != "runtime"]
+    return (parse_formats(rest) if rest else []) + (["runtime"] if "runtime" in names else [])
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
     from recsys_export.parity import verify_bundle
 
     report = verify_bundle(
         args.bundle,
         checkpoint=args.checkpoint,
-        formats=parse_formats(args.formats) if args.formats else None,
+        formats=_verify_formats(args.formats),
         atol=args.atol,
         rtol=args.rtol,
         full_matrix=not args.quick,

@@ -164,6 +164,46 @@ class OnnxBackend(Backend):
         return s, i
 
 
+class NotApplicable(Exception):
+    """A backend cannot express this case (e.g. arbitrary exclusions); the case is skipped."""
+
+
+class RuntimeBackend(Backend):
+    """The torch-free :class:`~recsys_export.runtime.Recommender` (with its fast paths).
+
+    ``score`` and ``score_all`` take any indices. ``recommend`` runs the runtime's own
+    ``exclude_seen`` path, so it applies where the exclusions are exactly the users' seen
+    items (the full-matrix pass); other cases raise :class:`NotApplicable`.
+    """
+
+    name = "runtime"
+
+    def __init__(self, path: Path) -> None:
+        from recsys_export.runtime import Recommender
+
+        self.rec = Recommender.load(path, verify=False)  # checksums: verified by the caller
+
+    def score(self, users, items):
+        return self.rec.score(users, items, by_index=True)
+
+    def score_all(self, users):
+        return self.rec.score_all(users, by_index=True)
+
+    def recommend(self, users, k, rows, items):
+        if len(np.unique(users)) != len(users):
+            raise NotApplicable("repeated users")
+        want_rows, want_items = _seen_for(users, *self.rec.seen_csr())
+        got = np.lexsort((items, rows))
+        want = np.lexsort((want_items, want_rows))
+        if not (
+            np.array_equal(rows[got], want_rows[want])
+            and np.array_equal(items[got], want_items[want])
+        ):
+            raise NotApplicable("exclusions other than the seen items")
+        result = self.rec.recommend(users, int(k), exclude_seen=True, by_index=True)
+        return result.scores, result.items
+
+
 def load_backends(
     root: Path, manifest: dict[str, Any], formats: Iterable[str] | None = None
 ) -> dict[str, Backend]:
@@ -177,6 +217,8 @@ def load_backends(
         out["pt2"] = Pt2Backend({e: root / p for e, p in fm["pt2"]["programs"].items()})
     if "onnx" in fm and "onnx" in wanted:
         out["onnx"] = OnnxBackend({e: root / p for e, p in fm["onnx"]["graphs"].items()})
+    if "onnx" in fm and "runtime" in wanted and (root / "manifest.json").exists():
+        out["runtime"] = RuntimeBackend(root)
     return out
 
 
@@ -475,6 +517,8 @@ def run_parity(
     def guarded(fmt: str, entry: str, case: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
+        except NotApplicable:
+            return None
         except Exception as exc:  # a backend crash is a parity failure, reported
             comp(fmt, entry, case).problems.append(f"{type(exc).__name__}: {str(exc)[:300]}")
             return None
@@ -573,7 +617,7 @@ def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
     return model.eval()
 
 
-def _bundle_seen(root: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+def bundle_seen(root: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     seen = manifest.get("seen")
     if not seen:
         return None
@@ -600,7 +644,7 @@ def verify_staged_bundle(
         backends,
         m.n_users,
         m.n_items,
-        seen=_bundle_seen(root, manifest),
+        seen=bundle_seen(root, manifest),
         atol=atol,
         rtol=rtol,
         progress=progress,
@@ -652,7 +696,8 @@ def verify_bundle(
     else:
         model = reference_model(bundle.root, manifest)
         ref_name = "eager (bundle reference weights)"
-    backends = load_backends(bundle.root, manifest, formats)
+    wanted = list(formats) if formats is not None else [*FORMATS, "runtime"]
+    backends = load_backends(bundle.root, manifest, wanted)
     if not backends:
         raise BundleError(
             f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)}"
@@ -662,7 +707,7 @@ def verify_bundle(
         backends,
         model.n_users,
         model.n_items,
-        seen=_bundle_seen(bundle.root, manifest),
+        seen=bundle_seen(bundle.root, manifest),
         atol=atol,
         rtol=rtol,
         full_matrix=full_matrix,

@@ -59,6 +59,11 @@ def test_movielens_bundle_passes_parity_on_every_format_entry_and_batch(ml_bundl
             assert (fmt, "recommend", f"batch={b} k=10") in seen
         assert (fmt, "score_all", "full matrix") in seen
         assert (fmt, "score", "full matrix") in seen
+    # the torch-free runtime, fast-path graphs included, is checked on the written bundle
+    for entry in ("score", "score_all"):
+        assert ("runtime", entry, "full matrix") in seen
+    for k in (1, 10, man["model"]["n_items"]):
+        assert ("runtime", "recommend", f"all users k={k} excluded") in seen
     full = [
         c
         for c in report["comparisons"]
