@@ -27,6 +27,11 @@ def test_runtime_section_is_the_tested_doc():
     assert _section("docs/runtimes.md") == doc, "copy docs/runtimes.md into the README block"
 
 
+def test_scaling_section_is_the_doc():
+    doc = (ROOT / "docs" / "scaling.md").read_text().rstrip("\n")
+    assert _section("docs/scaling.md") == doc, "copy docs/scaling.md into the README block"
+
+
 def test_readme_commands_exist():
     for command in re.findall(r"recsys-export ([a-z]\w*)", README):
         assert command in COMMANDS, command
