@@ -21,7 +21,27 @@ from torch import Tensor, nn
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, topk_excluding
 
 
-class MFInference(nn.Module):
+class _FrozenRecommender(nn.Module):
+    """Shared ``recommend`` of the frozen modules (subclasses define ``score_all`` and an
+    ``item_factors`` buffer); top-k itself lives in :func:`topk_excluding`."""
+
+    @torch.jit.export
+    def recommend(
+        self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        if torch.jit.is_scripting():  # TorchScript callers get a clear message
+            n_items = self.item_factors.shape[0]
+            if k < 1 or k > n_items:
+                raise ValueError(
+                    "k must be between 1 and "
+                    + str(n_items)
+                    + " (the number of items), got "
+                    + str(k)
+                )
+        return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
+
+
+class MFInference(_FrozenRecommender):
     """Frozen matrix factorization: ``P[u] . Q[i] + bu[u] + bi[i] + mu``."""
 
     def __init__(self, model: MatrixFactorization) -> None:
@@ -56,23 +76,8 @@ class MFInference(nn.Module):
         bu = torch.index_select(self.user_bias, 0, users)
         return torch.matmul(p, self.item_factors.t()) + bu.unsqueeze(1) + self.item_bias
 
-    @torch.jit.export
-    def recommend(
-        self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        if torch.jit.is_scripting():  # TorchScript callers get a clear message
-            n_items = self.item_factors.shape[0]
-            if k < 1 or k > n_items:
-                raise ValueError(
-                    "k must be between 1 and "
-                    + str(n_items)
-                    + " (the number of items), got "
-                    + str(k)
-                )
-        return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
 
-
-class DenseNetInference(nn.Module):
+class DenseNetInference(_FrozenRecommender):
     """Frozen DenseNet with the split first layer and the max rewrite for ``score_all``."""
 
     def __init__(self, model: DenseNet) -> None:
@@ -112,21 +117,6 @@ class DenseNetInference(nn.Module):
         a = torch.matmul(torch.index_select(self.user_factors, 0, users), self.w1_user_t)  # [B, H]
         m = torch.maximum(a.unsqueeze(2), self.neg_c_t.unsqueeze(0))  # [B, H, n_items]
         return torch.matmul(self.w2_row, m).squeeze(1) + self.item_offset  # [B, n_items]
-
-    @torch.jit.export
-    def recommend(
-        self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        if torch.jit.is_scripting():  # TorchScript callers get a clear message
-            n_items = self.item_factors.shape[0]
-            if k < 1 or k > n_items:
-                raise ValueError(
-                    "k must be between 1 and "
-                    + str(n_items)
-                    + " (the number of items), got "
-                    + str(k)
-                )
-        return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
 
 
 def inference_module(model: BaseModel) -> nn.Module:
