@@ -953,6 +953,57 @@ class Recommender:
             raise
         return path
 
+    def topk_rows(
+        self, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` lists of ``user_indices`` as flat rows ``(user, rank, item, score)``.
+
+        Users and items are raw ids, ranks start at 1, and slots no admissible item can
+        fill are left out. This is the one row builder behind :meth:`write_topk` and the
+        Ray engine's Parquet parts.
+        """
+        users = np.asarray(user_indices, dtype=np.int64)
+        res = self.recommend(users, k, exclude_seen=exclude_seen, by_index=True)
+        k = res.items.shape[1]
+        valid = res.items >= 0
+        urow = np.repeat(users, k).reshape(-1, k)[valid]
+        ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), (users.size, k))[valid]
+        return (
+            self._user_map.raw_ids[urow],
+            ranks,
+            self._item_map.raw_ids[res.items[valid]],
+            res.scores[valid],
+        )
+
+    def topk_schema(self) -> Any:
+        """The Arrow schema of top-k tables: ``user, rank, item, score`` (needs pyarrow)."""
+        import pyarrow as pa
+
+        return pa.schema(
+            [
+                ("user", pa.int64() if self._user_map.kind == "int" else pa.string()),
+                ("rank", pa.int32()),
+                ("item", pa.int64() if self._item_map.kind == "int" else pa.string()),
+                ("score", pa.float32()),
+            ]
+        )
+
+    def topk_table(self, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True) -> Any:
+        """:meth:`topk_rows` as a ``pyarrow.Table`` with :meth:`topk_schema`."""
+        import pyarrow as pa
+
+        schema = self.topk_schema()
+        u_raw, ranks, i_raw, scores = self.topk_rows(user_indices, k, exclude_seen=exclude_seen)
+        return pa.table(
+            {
+                "user": pa.array(u_raw.tolist(), type=schema.field("user").type),
+                "rank": pa.array(ranks, type=pa.int32()),
+                "item": pa.array(i_raw.tolist(), type=schema.field("item").type),
+                "score": pa.array(scores, type=pa.float32()),
+            },
+            schema=schema,
+        )
+
     def write_topk(
         self,
         out_path: str | os.PathLike[str],
@@ -979,7 +1030,6 @@ class Recommender:
         parquet = path.suffix.lower() == ".parquet"
         if parquet:
             try:
-                import pyarrow as pa
                 import pyarrow.parquet as pq
             except ImportError:
                 raise ConfigError(
@@ -993,42 +1043,18 @@ class Recommender:
         fh: Any = None
         try:
             if parquet:
-                schema = pa.schema(
-                    [
-                        ("user", pa.int64() if self._user_map.kind == "int" else pa.string()),
-                        ("rank", pa.int32()),
-                        ("item", pa.int64() if self._item_map.kind == "int" else pa.string()),
-                        ("score", pa.float32()),
-                    ]
-                )
-                writer = pq.ParquetWriter(str(tmp), schema)
+                writer = pq.ParquetWriter(str(tmp), self.topk_schema())
             else:
                 fh = open(tmp, "w", newline="", encoding="utf-8")
                 out = csv.writer(fh)
                 out.writerow(["user", "rank", "item", "score"])
-            ranks = np.arange(1, k + 1, dtype=np.int32)
             with Progress(users_all.size, unit="users", desc="top-k ", enabled=progress) as bar:
                 for start in range(0, users_all.size, size):
                     chunk = users_all[start : start + size]
-                    res = self.recommend(chunk, k, exclude_seen=exclude_seen, by_index=True)
-                    valid = res.items >= 0
-                    urow = np.repeat(chunk, k).reshape(-1, k)[valid]
-                    u_raw = self._user_map.raw_ids[urow]
-                    i_raw = self._item_map.raw_ids[res.items[valid]]
-                    r = np.broadcast_to(ranks, (chunk.size, k))[valid]
-                    s = res.scores[valid]
                     if writer is not None:
-                        table = pa.table(
-                            {
-                                "user": pa.array(u_raw.tolist(), type=schema.field("user").type),
-                                "rank": pa.array(r, type=pa.int32()),
-                                "item": pa.array(i_raw.tolist(), type=schema.field("item").type),
-                                "score": pa.array(s, type=pa.float32()),
-                            },
-                            schema=schema,
-                        )
-                        writer.write_table(table)
+                        writer.write_table(self.topk_table(chunk, k, exclude_seen=exclude_seen))
                     else:
+                        u_raw, r, i_raw, s = self.topk_rows(chunk, k, exclude_seen=exclude_seen)
                         out.writerows(
                             zip(u_raw.tolist(), r.tolist(), i_raw.tolist(), s.tolist(), strict=True)
                         )

@@ -97,46 +97,6 @@ def default_block_users(
 
 
 # ---------------------------------------------------------------------- worker side
-def _schema(user_kind: str, item_kind: str) -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("user", pa.int64() if user_kind == "int" else pa.string()),
-            ("rank", pa.int32()),
-            ("item", pa.int64() if item_kind == "int" else pa.string()),
-            ("score", pa.float32()),
-        ]
-    )
-
-
-def topk_table(rec: Any, users: np.ndarray, k: int, exclude_seen: bool, schema: Any) -> Any:
-    """Top-``k`` rows of ``users`` (indices) as an Arrow table, like ``write_topk`` writes.
-
-    Columns ``user, rank, item, score`` with raw ids, rank from 1; slots no admissible
-    item can fill are left out. Uses ``Recommender.recommend(..., by_index=True)``.
-    """
-    import pyarrow as pa
-
-    res = rec.recommend(users, k, exclude_seen=exclude_seen, by_index=True)
-    ranks = np.arange(1, k + 1, dtype=np.int32)
-    valid = res.items >= 0
-    urow = np.repeat(users, k).reshape(-1, k)[valid]
-    u_raw = rec.user_map.raw_ids[urow]
-    i_raw = rec.item_map.raw_ids[res.items[valid]]
-    r = np.broadcast_to(ranks, (users.size, k))[valid]
-    s = res.scores[valid]
-    return pa.table(
-        {
-            "user": pa.array(u_raw.tolist(), type=schema.field("user").type),
-            "rank": pa.array(r, type=pa.int32()),
-            "item": pa.array(i_raw.tolist(), type=schema.field("item").type),
-            "score": pa.array(s, type=pa.float32()),
-        },
-        schema=schema,
-    )
-
-
 def _materialize(payload: dict[str, bytes], job: str) -> Path:
     """Write a shipped bundle (rel name -> bytes) into a temporary directory of this node.
 
@@ -211,7 +171,7 @@ class BlockScorer:
                 self.shipped = _materialize(ray.get(payload[0]), payload[1])
                 root = str(self.shipped)
             self.rec = Recommender.load(root, intra_op_threads=threads)
-            self.schema = _schema(self.rec.user_map.kind, self.rec.item_map.kind)
+            self.schema = self.rec.topk_schema()
             if not self.out_dir.is_dir():
                 raise ConfigError(
                     f"output directory {self.out_dir} does not exist on this worker (pid "
@@ -246,8 +206,8 @@ class BlockScorer:
         writer = pq.ParquetWriter(str(tmp), self.schema)
         try:
             for s in range(0, users.size, _SUB_CHUNK):
-                table = topk_table(
-                    self.rec, users[s : s + _SUB_CHUNK], self.k, self.exclude_seen, self.schema
+                table = self.rec.topk_table(
+                    users[s : s + _SUB_CHUNK], self.k, exclude_seen=self.exclude_seen
                 )
                 writer.write_table(table)
                 rows += table.num_rows
