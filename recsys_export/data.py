@@ -706,17 +706,22 @@ def _canonical_ints(text: np.ndarray) -> np.ndarray | None:
     return ints
 
 
+def _whole_floats(src: _Source, arr: np.ndarray, what: str, expected: str) -> np.ndarray:
+    """A float column (e.g. Parquet) of whole numbers -> int64; the first other value fails."""
+    bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise src.fail(j, f"{what} {arr[j]!r} is not {expected}")
+    return arr.astype(np.int64)
+
+
 def _parse_ids(src: _Source, col: Any, role: str) -> np.ndarray:
     """Raw id column -> int64 array (all canonical integers) or object array of str."""
     arr = np.asarray(col)
     if np.issubdtype(arr.dtype, np.integer):
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0)
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            raise src.fail(j, f"{role} id {arr[j]!r} is not an integer or a string id")
-        return arr.astype(np.int64)
+        return _whole_floats(src, arr, f"{role} id", "an integer or a string id")
     text = _as_text(col)
     ints = _canonical_ints(text)
     if ints is not None:
@@ -781,11 +786,7 @@ def _parse_timestamps(src: _Source, col: Any) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0)
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            raise src.fail(j, f"timestamp {arr[j]!r} is not an integer or a date")
-        return arr.astype(np.int64)
+        return _whole_floats(src, arr, "timestamp", "an integer or a date")
     if isinstance(col, pd.Series) and (
         isinstance(col.dtype, pd.DatetimeTZDtype) or np.issubdtype(arr.dtype, np.datetime64)
     ):
