@@ -13,9 +13,10 @@ per ONNX graph and answers the three entry points with raw ids or dense indices:
 Every index is validated before a graph runs (onnxruntime silently wraps negative
 indices). Bundles exported by this version also carry optional fast-path graphs
 (``formats.onnx.kernels``: MF score_all as one MatMul of augmented factors, DenseNet
-score_all in cache-sized user x item tiles driven by one Python thread per core, a
-TopK graph fed with scores masked in numpy, a one-call single-user recommend); older
-bundles, or ``fast_paths=False``, run the entry-point graphs.
+score_all over cache-sized item tiles inside one graph, one call per 8 users, driven by
+one Python thread per core, a TopK graph fed with scores masked in numpy, a one-call
+single-user recommend); older bundles, or ``fast_paths=False``, run the entry-point
+graphs.
 Sessions are created once (lazily, under a lock) and shared: one ``Recommender`` may be
 used from many threads at once.
 
@@ -63,15 +64,13 @@ _MAX_BLOCK = 1024
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 #: Optional fast-path graphs (``formats.onnx.kernels``, see ``export.build_kernels``) the
 #: runtime needs per model kind; bundles without them use the entry-point graphs.
-_KERNELS_VERSION = 1
-_KERNEL_NAMES = {
-    "mf": ("score_all", "topk", "recommend_one"),
-    "densenet": ("user_vectors", "tile", "neg_c_t", "item_offset", "topk", "recommend_one"),
-}
-#: DenseNet tiles: users per tile call and bytes of the [users, hidden, items] intermediate
-#: (16 x 128 x 512 floats = 4 MB: stays in cache; 16 MB or more measured slower).
-_DN_TILE_USERS = 16
-_DN_TILE_BYTES = 4 << 20
+#: Kernel versions this runtime reads, per model kind (MF's graphs did not change in 2;
+#: DenseNet's version-1 tiles were driven one session call per tile and are not read).
+_KERNELS_VERSIONS = {"mf": (1, 2), "densenet": (2,)}
+_KERNEL_NAMES = ("score_all", "topk", "recommend_one")
+#: DenseNet score_all: users per kernel call (the kernel's item tiles are sized for it:
+#: ``export.DN_BLOCK_USERS``), handed out to one Python thread per core.
+_DN_BLOCK_USERS = 8
 
 
 @dataclass
@@ -235,11 +234,10 @@ class Recommender:
         self._k_cache = {k: np.array(k, dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
         self._k1_cache = {k: np.array([k], dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
         self._kernels = self._find_kernels() if fast_paths else {}
-        self._dn_tiles: list[tuple[np.ndarray, np.ndarray, int]] | None = None
-        self._dn_tile_users = _DN_TILE_USERS
-        #: DenseNet tiles: True = one intra-op thread per session call, driven by
-        #: ``intra_op_threads`` Python threads on alternating user blocks (measured steadier
-        #: on 2 shared cores); False = one caller thread, onnxruntime's intra-op threads.
+        #: DenseNet kernel: True = single-threaded session calls of ``_DN_BLOCK_USERS``
+        #: users, driven by ``intra_op_threads`` Python threads on alternating blocks (each
+        #: core keeps its own tile in cache); False = one caller thread and onnxruntime's
+        #: intra-op threads. Both are measured by ``recsys-export bench``.
         self._dn_python_threads = True
         self._pool: ThreadPoolExecutor | None = None
         # Bytes of intermediates per user in one score_all call (x2 margin for MF).
@@ -253,8 +251,7 @@ class Recommender:
             self._bytes_per_user = self._n_items * 4 * 2
         self._block = int(min(_MAX_BLOCK, max(1, _BLOCK_BYTES // self._bytes_per_user)))
         if self._kind == "densenet" and self._kernels:
-            # whole tiles for every Python thread, twice over (load balance)
-            self._block = _DN_TILE_USERS * 2 * max(1, self._threads)
+            self._block = _DN_BLOCK_USERS
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -304,14 +301,13 @@ class Recommender:
         """Paths of the optional fast-path graphs, or {} (older bundle, or incomplete)."""
         onnx_fmt = (self.bundle.manifest.get("formats") or {}).get("onnx") or {}
         kernels = onnx_fmt.get("kernels")
-        names = _KERNEL_NAMES.get(self._kind)
-        if not isinstance(kernels, dict) or names is None:
+        if not isinstance(kernels, dict):
             return {}
-        if kernels.get("version") != _KERNELS_VERSION:
+        if kernels.get("version") not in _KERNELS_VERSIONS.get(self._kind, ()):
             return {}
         listed = self.bundle.files
         paths = {}
-        for name in names:
+        for name in _KERNEL_NAMES:
             rel = kernels.get(name)
             if not isinstance(rel, str) or rel not in listed:
                 return {}
@@ -481,77 +477,43 @@ class Recommender:
         return out
 
     def _score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
-        """Fill ``out[len(users), n_items]`` (C-contiguous) with validated users' scores."""
-        if self._kernels and self._kind == "densenet":
-            self._densenet_into(users, out)
-            return
-        sess = self._kernel("score_all") if self._kernels else self._session("score_all")
-        n_items = self._n_items
-        block = self._block
-        for start in range(0, users.size, block):
-            u = np.ascontiguousarray(users[start : start + block])
-            dst = out[start : start + u.size]
-            binding = sess.io_binding()
-            binding.bind_cpu_input("users", u)
-            binding.bind_output("scores", "cpu", 0, np.float32, [u.size, n_items], dst.ctypes.data)
-            sess.run_with_iobinding(binding)
+        """Fill ``out[len(users), n_items]`` (C-contiguous) with validated users' scores.
 
-    def _densenet_tiles(self) -> list[tuple[np.ndarray, np.ndarray, int]]:
-        """Item tiles ``(-C^T[:, t0:t1], d[t0:t1], t0)``, contiguous, built once."""
-        if self._dn_tiles is None:
-            with self._lock:
-                if self._dn_tiles is None:
-                    self._dn_tiles = self._load_densenet_tiles()
-        return self._dn_tiles
-
-    def _load_densenet_tiles(self) -> list[tuple[np.ndarray, np.ndarray, int]]:
-        try:
-            neg = np.load(self._kernels["neg_c_t"], allow_pickle=False)
-            off = np.load(self._kernels["item_offset"], allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BundleError(
-                f"bundle {self.bundle.root}: cannot read kernel arrays ({exc})"
-            ) from None
-        n = self._n_items
-        if neg.ndim != 2 or neg.shape[1] != n or off.shape != (n,):
-            raise BundleError(
-                f"bundle {self.bundle.root}: kernel arrays have shapes {neg.shape} and "
-                f"{off.shape}, expected [hidden, {n}] and [{n}]; export it again"
-            )
-        neg = neg.astype(np.float32, copy=False)
-        off = off.astype(np.float32, copy=False)
-        width = max(64, _DN_TILE_BYTES // (4 * neg.shape[0] * _DN_TILE_USERS))
-        return [
-            (np.ascontiguousarray(neg[:, t0 : t0 + width]), off[t0 : t0 + width].copy(), t0)
-            for t0 in range(0, n, width)
-        ]
-
-    def _densenet_into(self, users: np.ndarray, out: np.ndarray) -> None:
-        """DenseNet scores in cache-sized tiles of users x items (``tile`` kernel)."""
-        tiles = self._densenet_tiles()
-        bu = self._dn_tile_users
-        starts = list(range(0, users.size, bu))
-        n_threads = min(self._threads, len(starts)) if self._dn_python_threads else 1
-        tile_threads = 1 if self._dn_python_threads else self._threads
-        sess_u = self._kernel("user_vectors")
-        sess_t = self._kernel("tile", tile_threads)
+        One session call per block of users writes straight into ``out``. The DenseNet
+        kernel is run by one Python thread per core, each on its own blocks with a
+        single-threaded session call; everything else by the caller with onnxruntime's
+        intra-op threads.
+        """
+        threads = 1
+        if not self._kernels:
+            sess = self._session("score_all")
+        elif self._kind == "densenet" and self._dn_python_threads:
+            sess = self._kernel("score_all", 1)
+            threads = self._threads
+        else:
+            sess = self._kernel("score_all")
+        n_items, block = self._n_items, self._block
+        starts = list(range(0, users.size, block))
 
         def work(my_starts: list[int]) -> None:
-            for s in my_starts:
-                u = users[s : s + bu]
-                a = sess_u.run(None, {"users": u})[0]
-                dst = out[s : s + u.size]
-                for neg, off, t0 in tiles:
-                    y = sess_t.run(None, {"a": a, "neg_c_t": neg, "item_offset": off})[0]
-                    dst[:, t0 : t0 + off.size] = y
+            for start in my_starts:
+                u = np.ascontiguousarray(users[start : start + block])
+                dst = out[start : start + u.size]
+                binding = sess.io_binding()
+                binding.bind_cpu_input("users", u)
+                binding.bind_output(
+                    "scores", "cpu", 0, np.float32, [u.size, n_items], dst.ctypes.data
+                )
+                sess.run_with_iobinding(binding)
 
-        if n_threads <= 1:
+        threads = min(threads, len(starts))
+        if threads <= 1:
             work(starts)
             return
         pool = self._thread_pool()
-        futures = [pool.submit(work, starts[i::n_threads]) for i in range(1, n_threads)]
+        futures = [pool.submit(work, starts[i::threads]) for i in range(1, threads)]
         try:
-            work(starts[0::n_threads])  # the caller is one of the workers
+            work(starts[0::threads])  # the caller is one of the workers
         finally:
             for fut in futures:
                 fut.result()

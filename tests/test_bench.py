@@ -22,7 +22,8 @@ def test_bench_tiny(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["schema_version"] == 1
     assert set(report["models"]) == {"mf", "densenet"}
-    for res in report["models"].values():
+    for kind, res in report["models"].items():
+        intra = {"runtime_intra_op"} if kind == "densenet" else set()
         assert set(res["score_all"]) == {
             "ceiling",
             "numpy",
@@ -31,6 +32,7 @@ def test_bench_tiny(tmp_path, capsys):
             "pt2",
             "runtime",
             "runtime_fallback",
+            *intra,
         }
         assert set(res["recommend_all"]) == {"runtime", "runtime_fallback", "numpy"}
         assert set(res["single_user"]) == {

@@ -443,7 +443,7 @@ def test_fast_paths_match_eager_and_fallback(case):
     model, path, rec = case
     assert rec.fast_paths
     kernels = rec.manifest["formats"]["onnx"]["kernels"]
-    assert kernels["version"] == 1 and "recommend_one" in kernels
+    assert kernels["version"] == 2 and "recommend_one" in kernels
     slow = Recommender.load(path, fast_paths=False)
     assert not slow.fast_paths
     users = np.arange(N_USERS, dtype=np.int64)
@@ -463,16 +463,29 @@ def test_fast_paths_match_eager_and_fallback(case):
             _assert_topk(model, users[[u]], one.scores, one.items, exp_s[[u]], exp_i[[u]])
 
 
-def test_fast_path_tiling_and_threads(bundles):
-    """DenseNet tiles: odd tile sizes, both threading modes, many blocks."""
-    model, path, _ = bundles("densenet")
+@pytest.mark.parametrize("width", [7, N_ITEMS - 1, N_ITEMS])
+def test_fast_path_tiling_and_threads(width, tmp_path, monkeypatch):
+    """DenseNet item tiles: ragged and single tiles, both threading modes, odd blocks."""
+    from recsys_export import export
+
+    monkeypatch.setattr(export, "dn_tile_width", lambda hidden, n_items, users: width)
+    model, path = _make("densenet", tmp_path / "b")
+    import onnx
+
+    graph = onnx.load(str(path / "onnx" / "kernels" / "score_all.onnx")).graph
+    assert sum(n.op_type == "Max" for n in graph.node) == -(-N_ITEMS // width)
     users = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3])
     exp = _eager_all(model, users)
     for py_threads in (True, False):
         rec = Recommender.load(path, intra_op_threads=2)
+        assert rec.fast_paths
         rec._dn_python_threads = py_threads
-        rec._dn_tile_users = 3
+        rec._block = 3
         np.testing.assert_allclose(rec.score_all(users, by_index=True), exp, atol=ATOL, rtol=RTOL)
+    rows, items = _seen_coo(users[:1])
+    exp_s, exp_i = _eager_recommend(model, users[:1], 10, rows, items)
+    one = rec.recommend(int(users[0]), 10, by_index=True)  # the single-user kernel
+    _assert_topk(model, users[:1], one.scores, one.items, exp_s, exp_i)
 
 
 def test_bundle_without_kernels_falls_back(case, tmp_path):
