@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from recsys_export.errors import ConfigError
+from recsys_export.ids import runs_to_coo
 from recsys_export.models import BaseModel
 from recsys_export.train import predict
 
@@ -114,8 +115,7 @@ def evaluate(
         users = rel_users[start : start + user_batch]
         lo = np.searchsorted(t_users, users, side="left")
         hi = np.searchsorted(t_users, users, side="right")
-        rows = np.repeat(np.arange(len(users)), hi - lo)
-        items = np.concatenate([t_items[a:b] for a, b in zip(lo, hi)]) if len(users) else rows
+        rows, items = runs_to_coo(lo, hi, t_items)
         _, top = model.recommend(
             torch.from_numpy(users), k, torch.from_numpy(rows), torch.from_numpy(items)
         )

@@ -189,3 +189,33 @@ class IdMap:
             raise BundleError(f"malformed {nm} id map: {exc}") from None
         m.kind = kind
         return m
+
+
+def runs_to_coo(
+    starts: np.ndarray, ends: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gather the runs ``values[starts[r]:ends[r]]`` as COO pairs ``(rows, values)``.
+
+    The form every ``recommend`` takes exclusions in: ``rows`` holds the position ``r``
+    of each run once per element (a user's seen items from a CSR, for instance).
+
+    Parameters
+    ----------
+    starts, ends : array of int
+        Run bounds into ``values``, one pair per row (``ends >= starts``).
+    values : np.ndarray
+        The concatenated runs, e.g. the CSR's ``seen_items``.
+
+    Returns
+    -------
+    rows, items : np.ndarray
+        int64 arrays of equal length, ``sum(ends - starts)``.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    counts = np.asarray(ends, dtype=np.int64) - starts
+    rows = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    if rows.size == 0:
+        return rows, np.zeros(0, dtype=np.int64)
+    # position inside values: start of each row's run + offset within it
+    offsets = np.arange(rows.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows, np.asarray(values)[np.repeat(starts, counts) + offsets].astype(np.int64)

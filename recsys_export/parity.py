@@ -30,6 +30,7 @@ from recsys_export.bundle import Bundle, BundleWriter, update_bundle
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, ParityError
 from recsys_export.export import quiet_exporters
+from recsys_export.ids import runs_to_coo
 from recsys_export.manifest import ENTRY_POINTS, FORMATS
 from recsys_export.models import BaseModel, build_model
 from recsys_export.progress import Progress
@@ -461,10 +462,7 @@ def _exclusion_mask(b: int, n_items: int, rows: np.ndarray, items: np.ndarray) -
 def _seen_for(
     users: np.ndarray, indptr: np.ndarray, seen: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = indptr[users], indptr[users + 1]
-    rows = np.repeat(np.arange(len(users), dtype=np.int64), hi - lo)
-    items = np.concatenate([seen[a:b] for a, b in zip(lo, hi)]) if len(users) else rows
-    return rows, items.astype(np.int64)
+    return runs_to_coo(indptr[users], indptr[users + 1], seen)
 
 
 def run_parity(

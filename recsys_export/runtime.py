@@ -43,7 +43,7 @@ import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
 from recsys_export.errors import BundleError, ConfigError
-from recsys_export.ids import IdMap
+from recsys_export.ids import IdMap, runs_to_coo
 from recsys_export.manifest import ENTRY_POINTS
 from recsys_export.progress import Progress
 
@@ -249,9 +249,14 @@ class Recommender:
             self._bytes_per_user = self._n_items * (hidden + 2) * 4
         else:
             self._bytes_per_user = self._n_items * 4 * 2
+        #: users per top-k block, and per score_all session call
         self._block = int(min(_MAX_BLOCK, max(1, _BLOCK_BYTES // self._bytes_per_user)))
+        self._call_users = self._block
         if self._kind == "densenet" and self._kernels:
-            self._block = _DN_BLOCK_USERS
+            # the kernel's tiles are sized for _DN_BLOCK_USERS per call; a top-k block
+            # gives every Python thread several calls
+            self._call_users = _DN_BLOCK_USERS
+            self._block = _DN_BLOCK_USERS * 4 * max(1, self._threads)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -492,7 +497,7 @@ class Recommender:
             threads = self._threads
         else:
             sess = self._kernel("score_all")
-        n_items, block = self._n_items, self._block
+        n_items, block = self._n_items, self._call_users
         starts = list(range(0, users.size, block))
 
         def work(my_starts: list[int]) -> None:
@@ -706,17 +711,11 @@ class Recommender:
         if exclude_seen and b:
             indptr, seen = self.seen_csr()
             u = np.where(known, users, 0)
-            starts, ends = indptr[u], indptr[u + 1]
-            counts = np.where(known, ends - starts, 0)
-            total = int(counts.sum())
-            if total:
-                rows = np.repeat(np.arange(b, dtype=np.int64), counts)
-                # positions inside seen: start of each row's run + offset within it
-                offsets = np.arange(total, dtype=np.int64) - np.repeat(
-                    np.cumsum(counts) - counts, counts
-                )
+            starts = indptr[u]
+            rows, items = runs_to_coo(starts, np.where(known, indptr[u + 1], starts), seen)
+            if rows.size:
                 rows_parts.append(rows)
-                items_parts.append(seen[np.repeat(starts, counts) + offsets])
+                items_parts.append(items)
         if exclude is not None:
             if isinstance(exclude, Mapping):
                 if exclude:
@@ -809,7 +808,7 @@ class Recommender:
         # 20k, while score kernel + numpy mask + TopK graph measured 2.6x.
         fast = cols is None and bool(self._kernels) and self._kind == "densenet"
         if fast:
-            topk = self._kernel("topk")
+            topk = self._kernel("topk", 1)  # intra-op threads would spin against ours
             k1 = self._k1_cache.get(k)
             k1 = k1 if k1 is not None else np.array([k], dtype=np.int64)
             buf = np.empty((min(b, block), self._n_items), dtype=np.float32)

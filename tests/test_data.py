@@ -24,7 +24,7 @@ from recsys_export.data import (
     toy_ratings,
 )
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
+from recsys_export.ids import IdMap, runs_to_coo
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -624,3 +624,19 @@ def test_movietweetings() -> None:
     assert 0.0 <= r.ratings.min() and r.ratings.max() <= 10.0
     assert np.all(np.isfinite(r.ratings))
     assert math.isclose(float(r.ratings.max()), 10.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=0, max_size=6), st.randoms(use_true_random=False))
+def test_runs_to_coo_matches_a_loop(lengths, rnd):
+    """Exclusion COO from CSR runs: runs in any order, empty runs, repeated runs."""
+    values = np.arange(100, 100 + sum(lengths) + 3, dtype=np.int32)
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    order = list(range(len(lengths))) * 2
+    rnd.shuffle(order)
+    starts, ends = bounds[order], bounds[np.array(order, dtype=np.int64) + 1]
+    rows, items = runs_to_coo(starts, ends, values)
+    want_rows = [r for r, (a, b) in enumerate(zip(starts, ends)) for _ in range(a, b)]
+    want_items = [v for a, b in zip(starts, ends) for v in values[a:b]]
+    assert rows.dtype == items.dtype == np.int64
+    assert rows.tolist() == want_rows and items.tolist() == want_items

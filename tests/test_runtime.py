@@ -480,8 +480,12 @@ def test_fast_path_tiling_and_threads(width, tmp_path, monkeypatch):
         rec = Recommender.load(path, intra_op_threads=2)
         assert rec.fast_paths
         rec._dn_python_threads = py_threads
-        rec._block = 3
+        rec._call_users, rec._block = 3, 7
         np.testing.assert_allclose(rec.score_all(users, by_index=True), exp, atol=ATOL, rtol=RTOL)
+        rows, items = _seen_coo(users)
+        exp_s, exp_i = _eager_recommend(model, users, 5, rows, items)
+        res = rec.recommend(users, 5, by_index=True)  # top-k blocks of 7, calls of 3
+        _assert_topk(model, users, res.scores, res.items, exp_s, exp_i)
     rows, items = _seen_coo(users[:1])
     exp_s, exp_i = _eager_recommend(model, users[:1], 10, rows, items)
     one = rec.recommend(int(users[0]), 10, by_index=True)  # the single-user kernel
