@@ -469,7 +469,7 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
         idx = all_users[:users]
 
         def run_() -> None:
-            for _ in r.iter_score_all(idx, chunk_size=1024, progress=False):
+            for _ in r.iter_score_all(idx, progress=False):  # default chunks, as users get
                 pass
 
         return run_

@@ -57,9 +57,10 @@ _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
 _UNKNOWN_POLICIES = ("raise", "skip", "popular")
-#: Target size of the [block, n_items] score matrix one graph call produces: small enough
-#: to stay in the last-level cache (measured fastest on 2 cores; see the benchmark).
-_BLOCK_BYTES = 4 << 20
+#: Target size (x2 margin) of the [block, n_items] score matrix one graph call produces.
+#: MF at 20k items: blocks of 26 users ran at 2.55 ns/pair, 128-256 users at 2.0 (the
+#: GEMM needs rows to amortise streaming the item factors), so ~200 users per call.
+_BLOCK_BYTES = 32 << 20
 _MAX_BLOCK = 1024
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 #: Optional fast-path graphs (``formats.onnx.kernels``, see ``export.build_kernels``) the
@@ -345,6 +346,10 @@ class Recommender:
                 opts.inter_op_num_threads = 1
                 opts.graph_optimization_level = self._opt
                 opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                if name.startswith(("kernel:topk", "kernel:score_all")):
+                    # recommend alternates these two: a pool spinning after its call
+                    # takes the cores from the other (measured 1.5x slower recommend)
+                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
                     sess = ort.InferenceSession(
                         str(path if path is not None else self._graph_paths[name]),
@@ -553,7 +558,7 @@ class Recommender:
         user_indices: Any = None,
         *,
         chunk_size: int | None = None,
-        memory_budget_mb: float = 256,
+        memory_budget_mb: float = 32,
         progress: bool = True,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(user_index_chunk, float32[len(chunk), n_items])`` over many users.
@@ -561,7 +566,10 @@ class Recommender:
         The chunk size (users) comes from ``memory_budget_mb`` unless given: MF needs
         ``n_items * 4`` bytes per user (x2 margin), as does DenseNet with the bundle's tiled
         kernels; DenseNet without them ``n_items * (hidden + 2) * 4``; at least one user.
-        Indices are validated before anything runs.
+        Indices are validated before anything runs. The default keeps each chunk under
+        about 16 MB: the allocator then reuses a dropped chunk's memory for the next one,
+        where larger chunks are fresh pages each time (measured 25% slower for MF at 20k
+        items).
         """
         users = self._user_indices(user_indices)
         size = self._chunk_size(chunk_size, memory_budget_mb)
@@ -803,12 +811,12 @@ class Recommender:
             order = np.argsort(rows, kind="stable")
             rows, ex_items = rows[order], ex_items[order]
         bounds = np.searchsorted(rows, np.arange(0, b + block, block)) if b > block else None
-        # DenseNet: tiled scores, -inf in numpy, TopK graph (its recommend graph is untiled).
-        # MF keeps the recommend graph per block: measured 1.28x the bare MatMul at 100k x
-        # 20k, while score kernel + numpy mask + TopK graph measured 2.6x.
-        fast = cols is None and bool(self._kernels) and self._kind == "densenet"
+        # With kernels: score kernel, -inf in numpy, TopK graph. At 20k x 20k this measured
+        # 3.7 ns/pair for MF against 5.3 for its recommend graph, and DenseNet's recommend
+        # graph is untiled.
+        fast = cols is None and bool(self._kernels)
         if fast:
-            topk = self._kernel("topk", 1)  # intra-op threads would spin against ours
+            topk = self._kernel("topk")
             k1 = self._k1_cache.get(k)
             k1 = k1 if k1 is not None else np.array([k], dtype=np.int64)
             buf = np.empty((min(b, block), self._n_items), dtype=np.float32)
