@@ -11,7 +11,7 @@ import math
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,15 +83,18 @@ class Checkpoint:
             "metrics": self.metrics,
             "data": self.data,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.partial"
+        try:
+            # 0o666 less the umask, like any new file (mkstemp's 0600 would hide it from
+            # other users), without reading the process-wide umask
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 torch.save(payload, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from other users
             os.replace(tmp, path)
         except PermissionError as exc:
             raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from None

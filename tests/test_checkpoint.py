@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 
@@ -119,3 +120,16 @@ def test_checkpoint_is_a_zip_of_tensors_only(tmp_path):
     _ckpt().save(path)
     assert zipfile.is_zipfile(path)
     assert isinstance(torch.load(path, weights_only=True), dict)
+
+
+def test_saved_checkpoint_gets_umask_permissions(tmp_path):
+    """A checkpoint is readable as any new file is (0o666 less the umask), not 0600."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = _ckpt().save(tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary left
