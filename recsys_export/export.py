@@ -668,6 +668,8 @@ def write_kernels(
     import onnx
 
     entry: dict[str, Any] = {"version": KERNELS_VERSION}
+    if kind == "densenet":
+        entry["block_users"] = DN_BLOCK_USERS  # what the score_all tiles are sized for
     for name, obj in build_kernels(module, kind).items():
         rel = f"{KERNELS_DIR}/{name}.onnx"
         path = writer.add(rel, f"onnx-kernel:{name}")

@@ -69,8 +69,8 @@ _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 #: DenseNet's version-1 tiles were driven one session call per tile and are not read).
 _KERNELS_VERSIONS = {"mf": (1, 2), "densenet": (2,)}
 _KERNEL_NAMES = ("score_all", "topk", "recommend_one")
-#: DenseNet score_all: users per kernel call (the kernel's item tiles are sized for it:
-#: ``export.DN_BLOCK_USERS``), handed out to one Python thread per core.
+#: DenseNet score_all: users per kernel call when the manifest does not say
+#: (``formats.onnx.kernels.block_users``: what the kernel's item tiles are sized for).
 _DN_BLOCK_USERS = 8
 
 
@@ -235,10 +235,10 @@ class Recommender:
         self._k_cache = {k: np.array(k, dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
         self._k1_cache = {k: np.array([k], dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
         self._kernels = self._find_kernels() if fast_paths else {}
-        #: DenseNet kernel: True = single-threaded session calls of ``_DN_BLOCK_USERS``
-        #: users, driven by ``intra_op_threads`` Python threads on alternating blocks (each
-        #: core keeps its own tile in cache); False = one caller thread and onnxruntime's
-        #: intra-op threads. Both are measured by ``recsys-export bench``.
+        #: DenseNet kernel: True = single-threaded session calls of the manifest's
+        #: ``block_users`` users, driven by ``intra_op_threads`` Python threads on
+        #: alternating blocks (each core keeps its own tile in cache); False = one caller
+        #: thread and onnxruntime's intra-op threads. ``recsys-export bench`` measures both.
         self._dn_python_threads = True
         self._pool: ThreadPoolExecutor | None = None
         # Bytes of intermediates per user in one score_all call (x2 margin for MF).
@@ -256,8 +256,9 @@ class Recommender:
         if self._kind == "densenet" and self._kernels:
             # the kernel's tiles are sized for _DN_BLOCK_USERS per call; a top-k block
             # gives every Python thread several calls
-            self._call_users = _DN_BLOCK_USERS
-            self._block = _DN_BLOCK_USERS * 4 * max(1, self._threads)
+            entry = self.bundle.manifest["formats"]["onnx"]["kernels"]
+            self._call_users = int(entry.get("block_users", _DN_BLOCK_USERS))
+            self._block = self._call_users * 4 * max(1, self._threads)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -310,6 +311,9 @@ class Recommender:
         if not isinstance(kernels, dict):
             return {}
         if kernels.get("version") not in _KERNELS_VERSIONS.get(self._kind, ()):
+            return {}
+        block_users = kernels.get("block_users", _DN_BLOCK_USERS)
+        if isinstance(block_users, bool) or not isinstance(block_users, int) or block_users < 1:
             return {}
         listed = self.bundle.files
         paths = {}

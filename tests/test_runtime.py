@@ -492,6 +492,28 @@ def test_fast_path_tiling_and_threads(width, tmp_path, monkeypatch):
     _assert_topk(model, users[:1], one.scores, one.items, exp_s, exp_i)
 
 
+@pytest.mark.parametrize("bad", [0, -3, "8", 2.5, True, None])
+def test_densenet_kernel_block_users(bundles, tmp_path, bad):
+    """The manifest says how many users the DenseNet tiles are sized for; nonsense there
+    means the kernels are not used (entry-point graphs instead), not a crash."""
+    from recsys_export import export
+
+    model, path, rec = bundles("densenet")
+    entry = rec.manifest["formats"]["onnx"]["kernels"]
+    assert entry["block_users"] == export.DN_BLOCK_USERS == rec._call_users
+    odd = tmp_path / "odd"
+    shutil.copytree(path, odd)
+    manifest = json.loads((odd / "manifest.json").read_text())
+    manifest["formats"]["onnx"]["kernels"]["block_users"] = bad
+    (odd / "manifest.json").write_text(json.dumps(manifest))
+    other = Recommender.load(odd)
+    assert not other.fast_paths
+    users = np.arange(N_USERS, dtype=np.int64)
+    np.testing.assert_allclose(
+        other.score_all(users, by_index=True), _eager_all(model, users), atol=ATOL, rtol=RTOL
+    )
+
+
 def test_bundle_without_kernels_falls_back(case, tmp_path):
     """Older bundles (no formats.onnx.kernels) keep working on the entry-point graphs."""
     model, path, rec = case
