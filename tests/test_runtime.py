@@ -100,6 +100,15 @@ def _eager_all(model, users: np.ndarray) -> np.ndarray:
         return model.score_all(torch.tensor(users, dtype=torch.int64)).numpy()
 
 
+def _edited_copy(path: Path, dest: Path, edit) -> Path:
+    """Copy a bundle to ``dest`` and apply ``edit(manifest)`` to its manifest."""
+    shutil.copytree(path, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    edit(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
 def _eager_recommend(model, users, k, rows, items):
     with torch.no_grad():
         s, i = model.recommend(
@@ -267,11 +276,7 @@ def test_unknown_skip_and_popular(mf):
 
 def test_bundle_without_onnx(mf, tmp_path):
     _, path, _ = mf
-    copy = tmp_path / "b"
-    shutil.copytree(path, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["formats"].pop("onnx")
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    copy = _edited_copy(path, tmp_path / "b", lambda m: m["formats"].pop("onnx"))
     with pytest.raises(BundleError, match="--formats onnx"):
         Recommender.load(copy)
 
@@ -501,12 +506,11 @@ def test_densenet_kernel_block_users(bundles, tmp_path, bad):
     model, path, rec = bundles("densenet")
     entry = rec.manifest["formats"]["onnx"]["kernels"]
     assert entry["block_users"] == export.DN_BLOCK_USERS == rec._call_users
-    odd = tmp_path / "odd"
-    shutil.copytree(path, odd)
-    manifest = json.loads((odd / "manifest.json").read_text())
-    manifest["formats"]["onnx"]["kernels"]["block_users"] = bad
-    (odd / "manifest.json").write_text(json.dumps(manifest))
-    other = Recommender.load(odd)
+
+    def edit(manifest: dict) -> None:
+        manifest["formats"]["onnx"]["kernels"]["block_users"] = bad
+
+    other = Recommender.load(_edited_copy(path, tmp_path / "odd", edit))
     assert not other.fast_paths
     users = np.arange(N_USERS, dtype=np.int64)
     np.testing.assert_allclose(
@@ -518,14 +522,14 @@ def test_bundle_without_kernels_falls_back(case, tmp_path):
     """Older bundles (no formats.onnx.kernels) keep working on the entry-point graphs."""
     model, path, rec = case
     old = tmp_path / "old"
-    shutil.copytree(path, old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["formats"]["onnx"]["kernels"]
-    for rel in [r for r in manifest["files"] if r.startswith("onnx/kernels/")]:
-        del manifest["files"][rel]
-        (old / rel).unlink()
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    legacy = Recommender.load(old)
+
+    def edit(manifest: dict) -> None:
+        del manifest["formats"]["onnx"]["kernels"]
+        for rel in [r for r in manifest["files"] if r.startswith("onnx/kernels/")]:
+            del manifest["files"][rel]
+            (old / rel).unlink()
+
+    legacy = Recommender.load(_edited_copy(path, old, edit))
     assert not legacy.fast_paths
     users = np.arange(N_USERS, dtype=np.int64)
     np.testing.assert_allclose(
