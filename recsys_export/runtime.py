@@ -234,7 +234,7 @@ class Recommender:
         self._popular_counts: np.ndarray | None = None
         self._k_cache = {k: np.array(k, dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
         self._k1_cache = {k: np.array([k], dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
-        self._kernels = self._find_kernels() if fast_paths else {}
+        self._kernels, dn_block_users = self._find_kernels() if fast_paths else ({}, 0)
         #: DenseNet kernel: True = single-threaded session calls of the manifest's
         #: ``block_users`` users, driven by ``intra_op_threads`` Python threads on
         #: alternating blocks (each core keeps its own tile in cache); False = one caller
@@ -254,10 +254,9 @@ class Recommender:
         self._block = int(min(_MAX_BLOCK, max(1, _BLOCK_BYTES // self._bytes_per_user)))
         self._call_users = self._block
         if self._kind == "densenet" and self._kernels:
-            # the kernel's tiles are sized for _DN_BLOCK_USERS per call; a top-k block
-            # gives every Python thread several calls
-            entry = self.bundle.manifest["formats"]["onnx"]["kernels"]
-            self._call_users = int(entry.get("block_users", _DN_BLOCK_USERS))
+            # the kernel's tiles are sized for the manifest's block_users per call; a
+            # top-k block gives every Python thread several calls
+            self._call_users = dn_block_users
             self._block = self._call_users * 4 * max(1, self._threads)
 
     # ------------------------------------------------------------------ loading
@@ -304,25 +303,27 @@ class Recommender:
         rec._session("recommend")  # fail early on a graph onnxruntime cannot load
         return rec
 
-    def _find_kernels(self) -> dict[str, Path]:
-        """Paths of the optional fast-path graphs, or {} (older bundle, or incomplete)."""
+    def _find_kernels(self) -> tuple[dict[str, Path], int]:
+        """Paths of the optional fast-path graphs and the DenseNet users per kernel call
+        (manifest ``block_users``), or ``({}, 0)`` (older bundle, or incomplete)."""
+        none: tuple[dict[str, Path], int] = ({}, 0)
         onnx_fmt = (self.bundle.manifest.get("formats") or {}).get("onnx") or {}
         kernels = onnx_fmt.get("kernels")
         if not isinstance(kernels, dict):
-            return {}
+            return none
         if kernels.get("version") not in _KERNELS_VERSIONS.get(self._kind, ()):
-            return {}
+            return none
         block_users = kernels.get("block_users", _DN_BLOCK_USERS)
         if isinstance(block_users, bool) or not isinstance(block_users, int) or block_users < 1:
-            return {}
+            return none
         listed = self.bundle.files
         paths = {}
         for name in _KERNEL_NAMES:
             rel = kernels.get(name)
             if not isinstance(rel, str) or rel not in listed:
-                return {}
+                return none
             paths[name] = self.bundle.file(rel)
-        return paths
+        return paths, block_users
 
     @property
     def fast_paths(self) -> bool:
