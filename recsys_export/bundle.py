@@ -453,28 +453,24 @@ class BundleWriter:
         self._id_maps = dict(_ID_MAP_FILES)
 
     # ------------------------------------------------------------------ commit
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Finish the bundle: write ``manifest.json`` last and move it into place atomically.
+    def stage(self, manifest: dict[str, Any]) -> Path:
+        """Write ``manifest.json`` into the temporary directory without moving it.
 
-        Parameters
-        ----------
-        manifest : dict
-            Top-level keys to store (``model``, ``entry_points``, ...). The generic keys
-            ``format``, ``format_version``, ``created``, ``id_maps`` and ``files`` are
-            filled here (``id_maps`` is taken from ``manifest`` if :meth:`write_id_maps`
-            was not called).
+        The staged directory is then a complete bundle that :meth:`Bundle.load` and the
+        runtime can open, so checks that need a whole bundle run *before* :meth:`commit`:
+        when they fail, leaving the ``with`` block deletes it and ``dest`` (a previous
+        bundle included) is untouched. :meth:`commit` rewrites the manifest, so files
+        written after staging are checksummed too.
 
         Returns
         -------
         Path
-            ``dest``.
-
-        Raises
-        ------
-        BundleError
-            If a registered file does not exist, an unregistered file was written, the
-            manifest is not JSON-serialisable, or ``dest`` cannot be replaced.
+            The temporary directory holding the staged bundle.
         """
+        return self._write_manifest(manifest)
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """Checksum every registered file and write ``manifest.json`` into the temp dir."""
         tmp = self._require_open()
         if not isinstance(manifest, dict):
             raise BundleError(f"manifest must be a dict, got {type(manifest).__name__}")
@@ -509,7 +505,9 @@ class BundleWriter:
         unregistered = sorted(
             p.relative_to(tmp).as_posix()
             for p in tmp.rglob("*")
-            if not p.is_dir() and p.relative_to(tmp).as_posix() not in self._files
+            if not p.is_dir()
+            and p.relative_to(tmp).as_posix() not in self._files
+            and p.relative_to(tmp).as_posix() != MANIFEST_NAME
         )
         if unregistered:
             raise BundleError(
@@ -533,6 +531,31 @@ class BundleWriter:
         for dirpath, _dirs, _files in os.walk(tmp, topdown=False):
             _fsync_dir(Path(dirpath))
 
+        return tmp
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Finish the bundle: write ``manifest.json`` last and move it into place atomically.
+
+        Parameters
+        ----------
+        manifest : dict
+            Top-level keys to store (``model``, ``entry_points``, ...). The generic keys
+            ``format``, ``format_version``, ``created``, ``id_maps`` and ``files`` are
+            filled here (``id_maps`` is taken from ``manifest`` if :meth:`write_id_maps`
+            was not called).
+
+        Returns
+        -------
+        Path
+            ``dest``.
+
+        Raises
+        ------
+        BundleError
+            If a registered file does not exist, an unregistered file was written, the
+            manifest is not JSON-serialisable, or ``dest`` cannot be replaced.
+        """
+        tmp = self._write_manifest(manifest)
         self._move_into_place(tmp)
         self._committed = True
         self._tmp = None

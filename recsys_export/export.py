@@ -371,53 +371,9 @@ def export_bundle(
             manifest["parity"] = report.summary()
             writer.write_json("parity.json", report.to_dict(), "parity:report")
             if not report.passed:
-                report.raise_failure()
+                report.raise_failure()  # leaving the block deletes the staged bundle
         writer.commit(manifest)
-    if verify and "onnx" in fmts:
-        manifest = _verify_runtime(Path(out), ckpt, report, atol=atol, rtol=rtol, progress=progress)
     return manifest
-
-
-def _verify_runtime(
-    out: Path, ckpt: Checkpoint, report: Any, *, atol: float, rtol: float, progress: bool
-) -> dict[str, Any]:
-    """Check the torch-free runtime (with its fast-path graphs) on the written bundle.
-
-    The runtime needs a complete bundle, so this runs after the commit; a failure removes
-    the bundle (nothing that fails parity is left behind) and raises ParityError.
-    Otherwise its rows join ``parity.json`` and the manifest's summary (atomic rewrite).
-    """
-    import json
-    import shutil
-
-    from recsys_export.bundle import update_bundle
-    from recsys_export.parity import EagerBackend, RuntimeBackend, bundle_seen, run_parity
-
-    m = ckpt.model
-    bundle_manifest = json.loads((out / "manifest.json").read_text())
-    rt = run_parity(
-        EagerBackend(m),
-        {"runtime": RuntimeBackend(out)},
-        m.n_users,
-        m.n_items,
-        seen=bundle_seen(out, bundle_manifest),
-        atol=atol,
-        rtol=rtol,
-        progress=progress,
-    )
-    report.comparisons.extend(rt.comparisons)
-    report.seconds += rt.seconds
-    if not rt.passed:
-        shutil.rmtree(out, ignore_errors=True)
-        report.raise_failure()
-    updated = update_bundle(
-        out,
-        manifest_updates={"parity": report.summary()},
-        new_files={
-            "parity.json": (json.dumps(report.to_dict(), indent=2).encode(), "parity:report")
-        },
-    )
-    return updated.manifest
 
 
 def build_manifest(

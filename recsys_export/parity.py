@@ -633,9 +633,15 @@ def verify_staged_bundle(
     rtol: float = 1e-5,
     progress: bool = False,
 ) -> ParityReport:
-    """Parity of a bundle still being written (files in the writer's temp dir)."""
-    root = writer.tmp_dir
-    backends = load_backends(root, manifest)
+    """Parity of a bundle still being written, before it replaces anything.
+
+    The manifest is staged into the writer's temporary directory
+    (:meth:`~recsys_export.bundle.BundleWriter.stage`), so the torch-free runtime, fast
+    paths included, is checked on the complete bundle too. A failure therefore never
+    touches ``dest``: a previous bundle there stays as it was.
+    """
+    root = writer.stage(manifest)
+    backends = load_backends(root, manifest, [*FORMATS, "runtime"])
     m = ckpt.model
     return run_parity(
         EagerBackend(m),

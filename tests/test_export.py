@@ -17,7 +17,7 @@ import torch
 from recsys_export import data
 from recsys_export.bundle import Bundle
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
-from recsys_export.errors import BundleError, CheckpointError, ConfigError
+from recsys_export.errors import BundleError, CheckpointError, ConfigError, ParityError
 from recsys_export.export import ONNX_OPSET, export_bundle, parse_formats
 from recsys_export.parity import EagerBackend, OnnxBackend, TorchScriptBackend, load_backends
 from recsys_export.train import TrainConfig, fit
@@ -204,6 +204,29 @@ def test_export_refuses_existing_bundle_without_overwrite(small_bundles):
     root, ckpt_path = small_bundles["mf"]
     with pytest.raises(BundleError, match="exists"):
         export_bundle(load_checkpoint(ckpt_path), root, formats="onnx")
+
+
+@pytest.mark.parametrize("backend", ["runtime", "onnx"])
+def test_export_failing_parity_leaves_previous_bundle(
+    small_bundles, tmp_path, monkeypatch, backend
+):
+    """Parity runs on the staged bundle: a failure replaces nothing and leaves nothing."""
+    from recsys_export import parity
+
+    _, ckpt_path = small_bundles["mf"]
+    ck = load_checkpoint(ckpt_path)
+    dest = tmp_path / "bundle"
+    export_bundle(ck, dest, formats="onnx")
+    before = json.loads((dest / "manifest.json").read_text())
+    cls = parity.RuntimeBackend if backend == "runtime" else parity.OnnxBackend
+    real = cls.score_all
+    monkeypatch.setattr(cls, "score_all", lambda self, users: real(self, users) + 1e-3)
+    with pytest.raises(ParityError, match=f"{backend}:score_all"):
+        export_bundle(ck, dest, formats="onnx", overwrite=True)
+    assert Bundle.load(dest).manifest == before
+    with pytest.raises(ParityError):
+        export_bundle(ck, tmp_path / "fresh", formats="onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
 def test_parse_formats():
