@@ -754,3 +754,27 @@ def test_sigkill_during_overwrite_keeps_previous_bundle(tmp_path: Path) -> None:
 def test_tempfile_dir_is_not_a_bundle() -> None:
     with tempfile.TemporaryDirectory() as d, pytest.raises(BundleError, match="no manifest"):
         Bundle.load(d)
+
+
+def test_staged_bundle_loads_before_commit_and_abort_keeps_dest(tmp_path: Path) -> None:
+    dest = make_bundle(tmp_path / "b")
+    before = Bundle.load(dest).manifest
+    with pytest.raises(RuntimeError, match="check failed"):
+        with BundleWriter(dest, overwrite=True) as w:
+            w.write_id_maps(IdMap([1, 2], "user"), IdMap(["x"], "item"))
+            w.write_bytes("onnx/score.onnx", b"new graph", role="onnx:score")
+            staged = Bundle.load(w.stage(dict(EXTRA)))
+            assert staged.root != dest and len(staged.user_map) == 2
+            raise RuntimeError("check failed")
+    assert Bundle.load(dest).manifest == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_files_written_after_stage_are_checksummed_at_commit(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "b") as w:
+        w.write_id_maps(IdMap([1], "user"), IdMap(["x"], "item"))
+        w.stage(dict(EXTRA))
+        w.write_bytes("parity.json", b"{}", role="parity:report")
+        w.commit(dict(EXTRA))
+    loaded = Bundle.load(tmp_path / "b")
+    assert loaded.role("parity.json") == "parity:report"
