@@ -764,7 +764,7 @@ def test_staged_bundle_loads_before_commit_and_abort_keeps_dest(tmp_path: Path) 
             w.write_id_maps(IdMap([1, 2], "user"), IdMap(["x"], "item"))
             w.write_bytes("onnx/score.onnx", b"new graph", role="onnx:score")
             staged = Bundle.load(w.stage(dict(EXTRA)))
-            assert staged.root != dest and len(staged.user_map) == 2
+            assert staged.root != dest and len(staged.user_map()) == 2
             raise RuntimeError("check failed")
     assert Bundle.load(dest).manifest == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
