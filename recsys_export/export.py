@@ -293,9 +293,10 @@ def export_bundle(
     external_data : bool, optional
         Force (True) or forbid (False) ONNX external weight files; None decides by size.
     verify : bool
-        Run the parity checks (:mod:`recsys_export.parity`) on the written bundle and
-        record ``parity.json``. A failing bundle is removed and :class:`ParityError`
-        raised; nothing that fails parity is left behind silently.
+        Run the parity checks (:mod:`recsys_export.parity`, the torch-free runtime
+        included) on the staged bundle and record ``parity.json``. On a failure
+        :class:`ParityError` is raised before the bundle is moved into place: nothing
+        that fails parity is left behind, and an existing bundle at ``out`` is kept.
 
     Returns
     -------
