@@ -65,3 +65,33 @@ def test_bench_skip_and_bad_options(tmp_path):
     assert "skipped" in res["score_all"]["torch_eager"]
     assert "ns_per_pair" in res["score_all"]["runtime"]
     assert bench.run(parser.parse_args(["--models", "nope"])) == 2
+
+
+def test_densenet_recipe_script_tiny(tmp_path, capsys):
+    """The calibration script (design-note probe recipes next to the runtime) runs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "densenet_recipe.py"
+    spec = importlib.util.spec_from_file_location("densenet_recipe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "recipe.json"
+    argv = ["--users", "40", "--items", "1100", "--factors", "4", "--hidden", "8", "--seen", "3"]
+    assert mod.main([*argv, "--calls", "20", "--repeat", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert set(rows) == {
+        "recipe_score_all",
+        "runtime_score_all",
+        "recipe_single_user",
+        "runtime_single_user",
+    }
+    # 40 users -> two whole blocks of 16; 1100 items -> two whole tiles of 500
+    assert rows["recipe_score_all"]["pairs"] == 32 * 1000
+    assert rows["runtime_score_all"]["pairs"] == 40 * 1100
+    assert rows["runtime_single_user"]["calls"] == 20
+    assert "scaled_target" not in rows["runtime_score_all"]  # not the recorded sizes
+    for name in rows:
+        assert name in text
