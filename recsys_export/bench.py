@@ -34,7 +34,9 @@ Slow rows can be measured on the first ``--slow-users`` users only (the row reco
 many users it covered; per-pair numbers stay comparable): DenseNet's numpy, torch and
 fallback rows (the eager model builds a ``[B, N, H]`` intermediate) and the numpy
 recommend-all row of both models. ``--skip torch,torchscript,pt2,numpy,fallback`` drops rows.
-Every row is run ``--repeat`` times (median reported, min/max kept). The machine may be
+Every row is run ``--repeat`` times (median reported, min/max kept), in rounds: after a
+warm-up, each round runs every row of a section once, so a slow drift of the machine's
+speed affects the rows and the ceiling alike. The machine may be
 shared: the JSON records the load average before and after.
 
 FLOPs per (user, item) pair: MF ``2 * (factors + 2)`` (the augmented dot product);
@@ -331,12 +333,27 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
     all_users = np.arange(n_users, dtype=np.int64)
     score: dict[str, Any] = {}
 
-    def add(table: dict, name: str, fn: Callable[[], Any], users: int, reps: int = repeat):
-        # the first run warms up sessions and caches; a long one (> 2 s) counts as a run
-        first = _timed(fn, 1)
-        long = first[0] > 2.0
-        runs = (first if long else []) + _timed(fn, max(1, reps) - long)
-        table[name] = _row(runs, users, n_items, flops)
+    pending: list[tuple[dict, str, Callable[[], Any], int]] = []
+
+    def add(table: dict, name: str, fn: Callable[[], Any], users: int) -> None:
+        table[name] = {}  # keeps the row order; filled by flush()
+        pending.append((table, name, fn, users))
+
+    def flush() -> None:
+        # One warm-up round (sessions, caches; a long first run, > 2 s, counts as a run),
+        # then rounds in which every pending row runs once: a drift of the machine's
+        # speed over minutes hits every row of the section alike, not the later ones.
+        runs = []
+        for _table, _name, fn, _users in pending:
+            first = _timed(fn, 1)
+            runs.append(first if first[0] > 2.0 else [])
+        for _ in range(max(1, repeat)):
+            for (_table, _name, fn, _users), got in zip(pending, runs):
+                if len(got) < max(1, repeat):
+                    got.extend(_timed(fn, 1))
+        for (table, name, _fn, users), got in zip(pending, runs):
+            table[name] = _row(got, users, n_items, flops)
+        pending.clear()
 
     # ---- ceiling
     if kind == "mf":
@@ -484,6 +501,7 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
         score["runtime_fallback"] = {"skipped": "--skip fallback"}
     else:
         add(score, "runtime_fallback", runtime_all(fallback, slow_users), slow_users)
+    flush()
     ceiling = score["ceiling"]["ns_per_pair"]
     for row in score.values():
         if "ns_per_pair" in row:
@@ -516,6 +534,7 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
 
         add(recs, "numpy", numpy_topk, nu)
         notes.append("recommend_all numpy = runtime score_all + numpy mask + argpartition")
+    flush()
     for row in recs.values():
         if "ns_per_pair" in row:
             row["ratio_to_ceiling"] = row["ns_per_pair"] / ceiling
