@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from recsys_export import __version__
-from recsys_export.bundle import FORMAT_VERSION, BundleWriter
+from recsys_export.bundle import FORMAT_VERSION, Bundle, BundleWriter
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import CheckpointError, ConfigError
 from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, inference_module
@@ -301,7 +301,9 @@ def export_bundle(
     Returns
     -------
     dict
-        The manifest, with ``export_seconds`` per format under ``timings``.
+        The manifest as written (``files`` with checksums included), with
+        ``export_seconds`` per format under ``timings`` and, when verified, the ``parity``
+        summary.
     """
     fmts = parse_formats(formats)
     _check_finite(ckpt)
@@ -373,8 +375,8 @@ def export_bundle(
             writer.write_json("parity.json", report.to_dict(), "parity:report")
             if not report.passed:
                 report.raise_failure()  # leaving the block deletes the staged bundle
-        writer.commit(manifest)
-    return manifest
+        dest = writer.commit(manifest)
+    return Bundle.load(dest, verify=False).manifest
 
 
 def build_manifest(

@@ -216,8 +216,9 @@ def test_export_failing_parity_leaves_previous_bundle(
     _, ckpt_path = small_bundles["mf"]
     ck = load_checkpoint(ckpt_path)
     dest = tmp_path / "bundle"
-    export_bundle(ck, dest, formats="onnx")
+    written = export_bundle(ck, dest, formats="onnx")
     before = json.loads((dest / "manifest.json").read_text())
+    assert written == before  # the manifest as written, checksums and parity included
     cls = parity.RuntimeBackend if backend == "runtime" else parity.OnnxBackend
     real = cls.score_all
     monkeypatch.setattr(cls, "score_all", lambda self, users: real(self, users) + 1e-3)
