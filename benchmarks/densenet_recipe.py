@@ -52,15 +52,6 @@ RECORDED_SIZES = {"items": 20_000, "factors": 64, "hidden": 128}
 RECIPE_USERS, RECIPE_ITEMS = 16, 500
 
 
-def _session(model: Any, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> Any:
     from onnx import helper
 
@@ -153,41 +144,21 @@ def _median_ns(fn: Any, repeat: int, pairs: int) -> dict[str, Any]:
     }
 
 
-def _build(args: argparse.Namespace, work: Path) -> tuple[Any, Path]:
-    import torch
-
-    from recsys_export.checkpoint import Checkpoint
-    from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
-    from recsys_export.models import DenseNet
-
-    torch.manual_seed(0)
-    model = DenseNet(args.users, args.items, args.factors, args.hidden, init_std=0.1).eval()
-    rng = np.random.default_rng(0)
-    per_user = min(args.seen, max(0, args.items - 10))
-    seen_users = np.repeat(np.arange(args.users, dtype=np.int64), per_user)
-    ck = Checkpoint(
-        model,
-        IdMap(np.arange(args.users), "user"),
-        IdMap(np.arange(args.items), "item"),
-        seen_users=seen_users,
-        seen_items=rng.integers(0, args.items, seen_users.size, dtype=np.int64),
-    )
-    export_bundle(ck, work / "densenet", formats="onnx", verify=False)
-    return model, work / "densenet"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure the recipes and the runtime; return the report (see the module docstring)."""
     import onnxruntime as ort
 
+    from recsys_export.bench import _session, _synthetic
     from recsys_export.inference import inference_module
     from recsys_export.runtime import Recommender
 
     cores = os.cpu_count() or 1
     load_start = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="recipe-") as tmp:
-        model, bundle = _build(args, Path(tmp))
+        # the bench's synthetic DenseNet (init_std 0.1, --seen random seen items per user)
+        sizes = {k: getattr(args, k) for k in ("users", "items", "factors", "hidden")}
+        built = _synthetic("densenet", {**sizes, "k": 10}, args.seen, Path(tmp))
+        model, bundle = built["model"], built["bundle"]
         mod = inference_module(model)
         a_all = (mod.user_factors.numpy() @ mod.w1_user_t.numpy()).astype(np.float32)
         neg, off, w2 = mod.neg_c_t.numpy(), mod.item_offset.numpy(), mod.w2_row.numpy()
