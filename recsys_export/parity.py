@@ -44,6 +44,10 @@ REL_EPS = 1e-7
 # --------------------------------------------------------------------------- backends
 
 
+#: What export and ``verify`` check by default: every format, and the torch-free runtime.
+CHECKED_BACKENDS = (*FORMATS, "runtime")
+
+
 class Backend:
     """The three entry points on dense indices, returning numpy arrays."""
 
@@ -641,7 +645,7 @@ def verify_staged_bundle(
     touches ``dest``: a previous bundle there stays as it was.
     """
     root = writer.stage(manifest)
-    backends = load_backends(root, manifest, [*FORMATS, "runtime"])
+    backends = load_backends(root, manifest, CHECKED_BACKENDS)
     m = ckpt.model
     return run_parity(
         EagerBackend(m),
@@ -700,7 +704,7 @@ def verify_bundle(
     else:
         model = reference_model(bundle.root, manifest)
         ref_name = "eager (bundle reference weights)"
-    wanted = list(formats) if formats is not None else [*FORMATS, "runtime"]
+    wanted = list(formats) if formats is not None else list(CHECKED_BACKENDS)
     backends = load_backends(bundle.root, manifest, wanted)
     if not backends:
         raise BundleError(
