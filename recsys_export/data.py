@@ -31,12 +31,14 @@ __all__ = [
     "DUPLICATE_POLICIES",
     "TOY_MATRIX",
     "Ratings",
+    "align",
     "default_dataset_path",
     "from_matrix",
     "random_split",
     "read_ratings",
     "split",
     "synthetic_ratings",
+    "three_way_split",
     "time_split",
     "toy_ratings",
 ]
@@ -68,6 +70,9 @@ class Ratings:
         File path or a description, used in messages.
     n_duplicates : int
         Duplicate (user, item) rows dropped by the reader.
+    implicit : bool
+        True when the source had no rating column (every rating is 1.0): the rows are
+        interactions, and only the ranking objective can learn from them.
     """
 
     users: np.ndarray
@@ -78,6 +83,7 @@ class Ratings:
     item_map: IdMap
     source: str = "<memory>"
     n_duplicates: int = 0
+    implicit: bool = False
 
     def __post_init__(self) -> None:
         self.users = np.ascontiguousarray(self.users, dtype=np.int64).reshape(-1)
@@ -136,7 +142,8 @@ class Ratings:
         Returns
         -------
         Ratings
-            A new object sharing ``user_map``/``item_map``, ``source`` and ``n_duplicates``.
+            A new object sharing ``user_map``/``item_map``, ``source``, ``n_duplicates``
+            and ``implicit``.
         """
         idx = np.asarray(index)
         if idx.dtype == np.bool_:
@@ -159,6 +166,7 @@ class Ratings:
             item_map=self.item_map,
             source=self.source,
             n_duplicates=self.n_duplicates,
+            implicit=self.implicit,
         )
 
     def to_matrix(self) -> np.ndarray:
@@ -459,7 +467,7 @@ def _sniff_sep(name: str, text: str) -> str:
                 break
     if not lines:
         raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
-    if all(line.count("::") >= 2 for line in lines):
+    if all(line.count("::") >= 1 for line in lines):
         return "::"
     best, best_min = None, 0
     for cand in ("\t", ",", ";", "|"):
@@ -472,8 +480,8 @@ def _sniff_sep(name: str, text: str) -> str:
         return r"\s+"
     raise DataError(
         f"{name}: line 1: cannot find a field separator (no ',', ';', '|', tab or '::' "
-        f"separating 3 or more columns in {_show(lines[0])}); a ratings file needs at least "
-        "3 columns (user, item, rating): pass the separator with --sep"
+        f"separating 2 or more columns in {_show(lines[0])}); a ratings file needs at least "
+        "2 columns (user, item), usually 3 (user, item, rating): pass the separator with --sep"
     )
 
 
@@ -551,11 +559,11 @@ def _text_source(
     offset = 1 if header is not None else 0
     if header is not None:
         columns = [c[1:] for c in columns]
-    if ncols < 3:
+    if ncols < 2:
         raise DataError(
             f"{name}: line {line_of(0)}: found {ncols} column(s) when splitting on "
-            f"{_sep_name(sep)}; a ratings file needs at least 3 (user, item, rating). "
-            "Is the separator wrong? Pass it with --sep"
+            f"{_sep_name(sep)}; a ratings file needs at least 2 (user, item), usually 3 "
+            "(user, item, rating). Is the separator wrong? Pass it with --sep"
         )
     if len(columns[0]) == 0:
         raise DataError(
@@ -600,10 +608,10 @@ def _parquet_source(name: str, raw: bytes) -> _Source:
             cols = ", ".join(table.column_names)
             raise DataError(f"{name}: has columns ({cols}) but no data rows")
         raise DataError(f"{name}: the Parquet file is empty; expected rating rows")
-    if table.num_columns < 3:
+    if table.num_columns < 2:
         raise DataError(
             f"{name}: has {table.num_columns} column(s) ({', '.join(table.column_names)}); "
-            "a ratings file needs at least 3 (user, item, rating)"
+            "a ratings file needs at least 2 (user, item), usually 3 (user, item, rating)"
         )
     df = table.to_pandas()
     columns = [df.iloc[:, j] for j in range(df.shape[1])]
@@ -657,6 +665,9 @@ def _resolve_columns(src: _Source, col_args: Sequence[str | int | None]) -> dict
                 if _norm_name(h) in _KNOWN[role] and j not in out.values():
                     out[role] = j
                     break
+    if "rating" not in out and col_args[2] is None and len(set(out.values())) == ncols:
+        # every column is a user, item or timestamp: interactions without ratings
+        out["rating"] = None
     for role in ("user", "item", "rating"):
         if role not in out:
             raise DataError(
@@ -664,8 +675,8 @@ def _resolve_columns(src: _Source, col_args: Sequence[str | int | None]) -> dict
                 f"{_FLAGS[role]} (header name or 0-based number), or rename the column to "
                 f"one of: {', '.join(_COLUMN_NAMES[role][:5])}"
             )
-    used = [out[r] for r in ("user", "item", "rating")]
-    if len(set(used)) != 3:
+    used = [out[r] for r in ("user", "item", "rating") if out[r] is not None]
+    if len(set(used)) != len(used):
         raise DataError(
             f"{src.path}: the user, item and rating columns must differ (got columns "
             f"{used[0]}, {used[1]}, {used[2]}); check the --*-col options"
@@ -842,7 +853,11 @@ def _build(src: _Source, col_args: Sequence[str | int | None], duplicates: str) 
     cols = _resolve_columns(src, col_args)
     users_raw = _parse_ids(src, src.columns[cols["user"]], "user")  # type: ignore[index]
     items_raw = _parse_ids(src, src.columns[cols["item"]], "item")  # type: ignore[index]
-    ratings = _parse_ratings(src, src.columns[cols["rating"]])  # type: ignore[index]
+    implicit = cols["rating"] is None
+    if implicit:
+        ratings = np.ones(len(users_raw), dtype=np.float64)
+    else:
+        ratings = _parse_ratings(src, src.columns[cols["rating"]])  # type: ignore[index]
     ts_col = cols["timestamp"]
     timestamps = None if ts_col is None else _parse_timestamps(src, src.columns[ts_col])
 
@@ -897,6 +912,7 @@ def _build(src: _Source, col_args: Sequence[str | int | None], duplicates: str) 
         item_map=item_map,
         source=src.path,
         n_duplicates=n_dup,
+        implicit=implicit,
     )
 
 
@@ -1044,6 +1060,14 @@ def _check_fraction(test_fraction: float) -> float:
     return f
 
 
+def _random_mask(n: int, f: float, seed: int) -> np.ndarray:
+    n_test = min(max(round(f * n), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    test = np.zeros(n, dtype=bool)
+    test[perm[:n_test]] = True
+    return test
+
+
 def random_split(r: Ratings, test_fraction: float = 0.2, seed: int = 0) -> tuple[Ratings, Ratings]:
     """Split ratings at random into (train, test).
 
@@ -1056,32 +1080,11 @@ def random_split(r: Ratings, test_fraction: float = 0.2, seed: int = 0) -> tuple
     DataError
         If ``test_fraction`` is not in (0, 1) or there are fewer than 2 ratings.
     """
-    f = _check_fraction(test_fraction)
-    n = len(r)
-    if n < 2:
-        raise DataError(f"{r.source}: {n} rating(s) cannot be split into train and test; need >= 2")
-    n_test = min(max(round(f * n), 1), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    test = np.zeros(n, dtype=bool)
-    test[perm[:n_test]] = True
+    test = _holdout_mask(r, "random", test_fraction, seed)
     return r.subset(~test), r.subset(test)
 
 
-def time_split(r: Ratings, test_fraction: float = 0.2) -> tuple[Ratings, Ratings]:
-    """Hold out each user's latest ratings: returns (train, test).
-
-    For every user with ``c >= 2`` ratings, the last ``ceil(test_fraction * c)`` by
-    timestamp (ties broken by row order; at most ``c - 1``, so each user keeps a
-    training rating) go to test. Users with one rating stay in train. Both parts keep
-    the id maps and the original row order.
-
-    Raises
-    ------
-    DataError
-        If there are no timestamps, ``test_fraction`` is not in (0, 1), or no user has
-        two ratings.
-    """
-    f = _check_fraction(test_fraction)
+def _time_mask(r: Ratings, f: float) -> np.ndarray:
     if r.timestamps is None:
         raise DataError(
             f"{r.source}: has no timestamps, so it cannot be split by time; use a random "
@@ -1103,7 +1106,136 @@ def time_split(r: Ratings, test_fraction: float = 0.2) -> tuple[Ratings, Ratings
     held = pos >= counts[su] - n_hold[su]
     test = np.zeros(n, dtype=bool)
     test[order[held]] = True
+    return test
+
+
+def time_split(r: Ratings, test_fraction: float = 0.2) -> tuple[Ratings, Ratings]:
+    """Hold out each user's latest ratings: returns (train, test).
+
+    For every user with ``c >= 2`` ratings, the last ``ceil(test_fraction * c)`` by
+    timestamp (ties broken by row order; at most ``c - 1``, so each user keeps a
+    training rating) go to test. Users with one rating stay in train. Both parts keep
+    the id maps and the original row order.
+
+    Raises
+    ------
+    DataError
+        If there are no timestamps, ``test_fraction`` is not in (0, 1), or no user has
+        two ratings.
+    """
+    test = _holdout_mask(r, "time", test_fraction, 0)
     return r.subset(~test), r.subset(test)
+
+
+def _holdout_mask(r: Ratings, method: str, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the held-out rows of ``split(r, method, test_fraction, seed)``."""
+    f = _check_fraction(test_fraction)
+    if method == "random":
+        if len(r) < 2:
+            raise DataError(
+                f"{r.source}: {len(r)} rating(s) cannot be split into train and test; need >= 2"
+            )
+        return _random_mask(len(r), f, seed)
+    if method == "time":
+        return _time_mask(r, f)
+    raise DataError(f"unknown split method {method!r}; use 'random' or 'time'")
+
+
+#: Values of the ``parts`` array of :func:`three_way_split`.
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+def three_way_split(
+    r: Ratings,
+    method: str = "random",
+    test_fraction: float = 0.2,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+) -> np.ndarray:
+    """Assign every row to train, validation or test: an ``int8[n]`` array of parts.
+
+    The test rows are exactly those of ``split(r, method, test_fraction, seed)``; the
+    validation rows are then carved from the remaining (training) rows by the same
+    method with ``valid_fraction`` and ``seed + 1``. Model selection (early stopping)
+    may look at validation rows only; test rows are for the reported metrics.
+
+    Parameters
+    ----------
+    r : Ratings
+    method : {"random", "time", "none"}
+        ``"none"`` holds out no test rows (all rows train or validate).
+    test_fraction : float
+        Share of all rows held out for test, in (0, 1).
+    valid_fraction : float
+        Share of the training rows held out for validation, in [0, 1); 0 disables
+        validation (and so early stopping).
+    seed : int
+        Seed of the random method.
+
+    Returns
+    -------
+    np.ndarray
+        ``int8[n]`` with :data:`TRAIN` (0), :data:`VALID` (1) or :data:`TEST` (2).
+
+    Raises
+    ------
+    DataError
+        Invalid fractions or method, or ratings that cannot be split.
+    """
+    parts = np.full(len(r), TRAIN, dtype=np.int8)
+    if method != "none":
+        parts[_holdout_mask(r, method, test_fraction, seed)] = TEST
+    try:
+        vf = float(valid_fraction)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"valid_fraction must be a number in [0, 1), got {valid_fraction!r}"
+        ) from None
+    if not 0.0 <= vf < 1.0:
+        raise DataError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    if vf > 0:
+        rest = np.flatnonzero(parts == TRAIN)
+        if len(rest) >= 2:
+            sub = r.subset(rest)
+            mask = _holdout_mask(sub, "random" if method == "none" else method, vf, seed + 1)
+            parts[rest[mask]] = VALID
+    return parts
+
+
+def align(r: Ratings, user_map: IdMap, item_map: IdMap) -> tuple[Ratings, dict[str, int]]:
+    """Map ``r`` onto other id maps (e.g. a test file onto a checkpoint's maps).
+
+    Rows whose user or item the maps do not know are dropped and counted.
+
+    Returns
+    -------
+    (Ratings, dict)
+        The kept rows with ``user_map``/``item_map`` as their maps, and the counts
+        ``rows``, ``kept``, ``dropped``, ``unknown_users`` and ``unknown_items``
+        (distinct ids).
+    """
+    u = user_map.to_index(r.user_map.raw_ids, missing=-1)[r.users]
+    i = item_map.to_index(r.item_map.raw_ids, missing=-1)[r.items]
+    keep = (u >= 0) & (i >= 0)
+    stats = {
+        "rows": len(r),
+        "kept": int(keep.sum()),
+        "dropped": int((~keep).sum()),
+        "unknown_users": int(len(np.unique(r.users[u < 0]))),
+        "unknown_items": int(len(np.unique(r.items[i < 0]))),
+    }
+    out = Ratings(
+        users=u[keep],
+        items=i[keep],
+        ratings=r.ratings[keep],
+        timestamps=None if r.timestamps is None else r.timestamps[keep],
+        user_map=user_map,
+        item_map=item_map,
+        source=r.source,
+        n_duplicates=r.n_duplicates,
+        implicit=r.implicit,
+    )
+    return out, stats
 
 
 def split(
@@ -1119,8 +1251,5 @@ def split(
     DataError
         On an unknown method, or ``"time"`` on ratings without timestamps.
     """
-    if method == "random":
-        return random_split(r, test_fraction, seed)
-    if method == "time":
-        return time_split(r, test_fraction)
-    raise DataError(f"unknown split method {method!r}; use 'random' or 'time'")
+    test = _holdout_mask(r, method, test_fraction, seed)
+    return r.subset(~test), r.subset(test)

@@ -328,7 +328,7 @@ def test_file_not_found(tmp_path: Path) -> None:
         ("userId,movieId,rating,timestamp\n", ["no data rows"]),
         (b"\x00\x01\x02PK\x00\x00binary", ["binary"]),
         (b"\xff\xfe\xfa\xfb" * 64, ["binary"]),
-        ("1,2\n3,4\n", ["line 1", "2 column", "at least 3", "--sep"]),
+        ("12\n34\n", ["line 1", "separator", "at least 2", "--sep"]),
         ("1 2\n3 4\n", ["separator", "--sep"]),
         ("user,item,stars_x\n1,2,3\n", ["no rating column", "stars_x", "--rating-col"]),
         ("u,i,r\n1,2,3\n", ["no user column", "u, i, r", "--user-col"]),
