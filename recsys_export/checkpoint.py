@@ -39,14 +39,19 @@ class Checkpoint:
     user_map, item_map : IdMap
         Raw ids in index order.
     seen_users, seen_items : np.ndarray
-        int64 COO pairs of every rating the model was given (train and validation), so
-        ``recommend`` can leave out what a user already rated.
+        int64 COO pairs of every row of the training file (train, validation and test
+        parts), so ``recommend`` can leave out what a user already rated.
     config : dict
         The training configuration.
     metrics : dict
         Validation metrics (RMSE, MAE, ranking metrics) and timings.
     data : dict
         Where the ratings came from (source, counts, split).
+    seen_ratings : np.ndarray, optional
+        float32 rating of each seen pair (1.0 for implicit data).
+    seen_parts : np.ndarray, optional
+        int8 part of each seen pair: 0 train, 1 validation (model selection), 2 test
+        (reported metrics only); see :func:`recsys_export.data.three_way_split`.
     """
 
     model: BaseModel
@@ -57,6 +62,8 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    seen_ratings: np.ndarray | None = None
+    seen_parts: np.ndarray | None = None
 
     @property
     def kind(self) -> str:
@@ -83,6 +90,12 @@ class Checkpoint:
             "metrics": self.metrics,
             "data": self.data,
         }
+        for key, arr, dtype in (
+            ("seen_ratings", self.seen_ratings, np.float32),
+            ("seen_parts", self.seen_parts, np.int8),
+        ):
+            if arr is not None:
+                payload[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype))
         tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.partial"
         try:
             # 0o666 less the umask, like any new file (mkstemp's 0600 would hide it from
@@ -195,6 +208,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: id maps do not match the model's sizes")
     seen_u = _require(payload, "seen_users", torch.Tensor, path).numpy().astype(np.int64)
     seen_i = _require(payload, "seen_items", torch.Tensor, path).numpy().astype(np.int64)
+    optional = {}
+    for key, dtype in (("seen_ratings", np.float32), ("seen_parts", np.int8)):
+        value = payload.get(key)
+        if value is None:
+            optional[key] = None
+            continue
+        if not isinstance(value, torch.Tensor) or value.numel() != len(seen_u):
+            raise CheckpointError(f"{path}: '{key}' does not match the seen pairs")
+        optional[key] = value.numpy().astype(dtype)
     metrics = payload.get("metrics", {}) or {}
     for key, value in list(metrics.items()):
         if isinstance(value, float) and not math.isfinite(value):
@@ -208,4 +230,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         config=payload.get("config", {}) or {},
         metrics=metrics,
         data=payload.get("data", {}) or {},
+        seen_ratings=optional["seen_ratings"],
+        seen_parts=optional["seen_parts"],
     )

@@ -25,15 +25,25 @@ DATA_HELP = (
 
 EPILOG_TRAIN = """\
 examples:
-  recsys-export train                                  # biased MF on the bundled MovieLens sample
+  recsys-export train                                  # MF ranking recipe on the bundled MovieLens
   recsys-export train ratings.csv --model densenet --out runs/dense.pt
-  recsys-export train ratings.dat --split time --epochs 20
+  recsys-export train ratings.csv --objective rating   # regression on the ratings (RMSE)
+  recsys-export train clicks.csv                       # no rating column: implicit feedback
+  recsys-export train ratings.csv --implicit --min-rating 4   # ratings >= 4 as interactions
+  recsys-export train u1.base --test u1.test           # a canonical train/test pair
   recsys-export train toy --preset post --model mf     # the post's exact recipe on its 5x4 matrix
 
-Defaults per model (override any flag):
-  mf:       --factors 32 --batch-size 2048 --lr 5e-3 --l2 0.15 --biased
-  densenet: --factors 32 --hidden 64 --batch-size 2048 --lr 5e-3 --l2 0.05
-            --dropout 0.2 --weight-decay 1e-4 --biased
+How rows are used: test rows (--split, or --test FILE) are held out for the reported
+metrics only; a validation slice (--valid-fraction of the remaining rows) drives early
+stopping; the model trains on the rest. The model is printed beside a popularity
+baseline and a damped user+item bias baseline on the same test rows.
+
+Recipes (--objective; override any flag):
+  mf ranking:       --factors 64 --loss softmax --batch-size 64 (users) --lr 1e-2 --l2 1e-2
+  mf rating:        --factors 32 --batch-size 2048 --lr 5e-3 --l2 0.15 --biased
+  densenet ranking: --factors 32 --hidden 32 --loss softmax --batch-size 32 --lr 2e-2
+  densenet rating:  --factors 32 --hidden 64 --batch-size 2048 --lr 5e-3 --l2 0.05
+                    --dropout 0.2 --weight-decay 1e-4 --biased
 Presets: 'post' = the post's loop (per-rating SGD, lr 1e-3, 500 epochs, 3 factors,
 no biases); 'tiny' = full-batch Adam for tiny data such as the toy matrix.
 Duplicate (user, item) rows keep the last occurrence (--duplicates to change).
@@ -63,7 +73,22 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
         default="random",
         help="random holdout, per-user latest ratings (needs timestamps), or none",
     )
-    s.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
+    s.add_argument(
+        "--test-fraction", type=float, default=0.2, help="test share of all rows (default 0.2)"
+    )
+    s.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="validation share of the remaining training rows, for early stopping "
+        "(default 0.1; 0 = no validation)",
+    )
+    s.add_argument(
+        "--test",
+        type=Path,
+        help="a separate test file (same columns as the data): mapped onto the training "
+        "file's ids, unknown users/items counted and dropped; replaces --split",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
 
 
@@ -111,7 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="hyperparameter preset (see below)",
     )
-    h = p.add_argument_group("hyperparameters (defaults depend on --model and --preset)")
+    o = p.add_argument_group("objective")
+    o.add_argument(
+        "--objective",
+        choices=["ranking", "rating"],
+        help="'ranking' (default): learn top-k lists; 'rating': regression on the ratings",
+    )
+    o.add_argument(
+        "--loss", choices=["softmax", "bpr"], help="ranking loss (default softmax)"
+    )
+    o.add_argument(
+        "--implicit",
+        action="store_true",
+        help="treat the rows as interactions: ratings >= --min-rating become positives of "
+        "weight 1, the rest are dropped (a file without rating column is implicit anyway)",
+    )
+    o.add_argument(
+        "--min-rating",
+        type=float,
+        help="ranking: rows rated below this are not positives (default: every row)",
+    )
+    h = p.add_argument_group("hyperparameters (defaults depend on --model and --objective)")
     h.add_argument("--factors", type=int, help="embedding size")
     h.add_argument("--hidden", type=int, help="DenseNet hidden width")
     h.add_argument(
@@ -122,10 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument("--dropout", type=float, help="DenseNet hidden-layer dropout")
     h.add_argument("--epochs", type=int, help="maximum epochs")
-    h.add_argument("--batch-size", type=int, help="ratings per step (0 = full batch)")
+    h.add_argument(
+        "--batch-size",
+        type=int,
+        help="ratings per step (users per step for --loss softmax; 0 = full batch)",
+    )
     h.add_argument("--lr", type=float, help="learning rate")
     h.add_argument("--optimizer", choices=["adam", "sparse_adam", "sgd"], help="optimizer")
-    h.add_argument("--l2", type=float, help="L2 on each batch's embeddings")
+    h.add_argument(
+        "--l2",
+        type=float,
+        help="L2 on embeddings (rating: on each batch's rows; ranking: weight decay)",
+    )
     h.add_argument("--weight-decay", type=float, help="weight decay of dense layers")
     h.add_argument("--init-std", type=float, help="embedding init std")
     h.add_argument("--threads", type=int, help="torch CPU threads while training (default 1)")
@@ -137,22 +190,42 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--threshold",
         type=float,
-        default=4.0,
-        help="held-out ratings >= this are relevant (default 4.0)",
+        help="held-out ratings >= this are relevant (default: 80%% of the highest rating, "
+        "e.g. 4 on a 1-5 scale; every row for implicit data)",
     )
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
         "evaluate",
-        help="RMSE, MAE and ranking metrics of a checkpoint",
+        help="metrics of a checkpoint beside the baselines",
         formatter_class=fmt,
-        description="Re-split the checkpoint's data (same seed and split unless "
-        "given) and report RMSE, MAE, precision@k, recall@k and NDCG@k.",
+        description="Report RMSE, MAE, precision@k, recall@k, NDCG@k, MAP@k, coverage and "
+        "the median training count of recommended items for the model, a popularity "
+        "baseline and a damped bias baseline, on the test rows recorded in the checkpoint "
+        "or on a separate --test file.",
+        epilog="examples:\n  recsys-export evaluate runs/mf.pt\n"
+        "  recsys-export evaluate runs/mf.pt --test u1.test --json",
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint written by 'train'")
-    _add_data_args(p)
+    p.add_argument(
+        "--test",
+        type=Path,
+        help="test file in raw ids (mapped onto the checkpoint's ids; unknown ones dropped)",
+    )
+    g = p.add_argument_group("reading the --test file")
+    for flag, what in (("user", "user id"), ("item", "item id"), ("rating", "rating")):
+        g.add_argument(f"--{flag}-col", help=f"{what} column (name or 0-based position)")
+    g.add_argument("--timestamp-col", help="timestamp column (name or position)")
+    g.add_argument("--sep", help="field separator (default: detected)")
+    g.add_argument(
+        "--duplicates", choices=["last", "first", "mean", "error"], default="last",
+        help="policy for duplicate (user, item) rows (default: keep the last)",
+    )
     p.add_argument("-k", "--k", type=int, default=10, help="cut-off (default 10)")
-    p.add_argument("--threshold", type=float, default=4.0, help="relevance threshold (default 4.0)")
+    p.add_argument(
+        "--threshold", type=float, help="relevance threshold (default: the one of training)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser(
@@ -326,66 +399,56 @@ def _load_data(args: argparse.Namespace, default: str | None = None) -> Any:
     )
 
 
-def _split(ratings: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+def train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig of ``train``'s flags: preset or recipe, then the flags."""
+    from recsys_export.train import default_config
+
+    objective = args.objective
+    if objective is None and getattr(args, "_implicit_data", False):
+        objective = "ranking"
+    return default_config(
+        args.model,
+        objective,
+        args.preset,
+        seed=args.seed,
+        n_factors=args.factors,
+        hidden=args.hidden,
+        biased=args.biased,
+        dropout=args.dropout,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        l2=args.l2,
+        weight_decay=args.weight_decay,
+        threads=args.threads,
+        init_std=args.init_std,
+        patience=args.patience,
+        loss=args.loss,
+        min_rating=None if args.implicit else args.min_rating,
+        weighting="binary" if args.implicit else None,
+        threshold=args.threshold,
+        k=args.k,
+    )
+
+
+def _read_test_file(args: argparse.Namespace) -> Any:
     from recsys_export import data
 
-    if args.split == "none":
-        return ratings, None
-    return data.split(ratings, args.split, args.test_fraction, args.seed)
-
-
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mf": dict(n_factors=32, batch_size=2048, lr=5e-3, l2=0.15, biased=True),
-    "densenet": dict(
-        n_factors=32,
-        hidden=64,
-        batch_size=2048,
-        lr=5e-3,
-        l2=0.05,
-        dropout=0.2,
-        weight_decay=1e-4,
-        biased=True,
-    ),
-}
-
-
-def train_config(args: argparse.Namespace) -> Any:
-    """The TrainConfig of ``train``'s flags: preset, then model defaults, then flags."""
-    from recsys_export.train import POST_PRESET, TINY_DATA_PRESET, TrainConfig
-
-    base: dict[str, Any] = {"model": args.model, "seed": args.seed}
-    if args.preset == "post":
-        base.update(POST_PRESET)
-    elif args.preset == "tiny":
-        base.update(TINY_DATA_PRESET)
-    else:
-        base.update(MODEL_DEFAULTS[args.model])
-    flags = {
-        "n_factors": args.factors,
-        "hidden": args.hidden,
-        "biased": args.biased,
-        "dropout": args.dropout,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "optimizer": args.optimizer,
-        "l2": args.l2,
-        "weight_decay": args.weight_decay,
-        "threads": args.threads,
-        "init_std": args.init_std,
-        "patience": args.patience,
-    }
-    base.update({k: v for k, v in flags.items() if v is not None})
-    cfg = TrainConfig.from_dict(base)
-    cfg.validate()
-    return cfg
+    return data.read_ratings(
+        args.test,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        rating_col=args.rating_col,
+        timestamp_col=args.timestamp_col,
+        sep=args.sep,
+        duplicates=args.duplicates,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recsys_export.checkpoint import Checkpoint
     from recsys_export.errors import ConfigError
-    from recsys_export.evaluate import evaluate
-    from recsys_export.train import fit
+    from recsys_export.experiment import as_implicit, train_checkpoint
 
     out = args.out or Path("runs") / f"{args.model}.pt"
     if out.exists() and not args.force:
@@ -394,43 +457,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out is not None:
             raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist")
         out.parent.mkdir(parents=True)
-    cfg = train_config(args)
     ratings = _load_data(args)
+    args._implicit_data = ratings.implicit
+    cfg = train_config(args)
     if ratings.n_duplicates:
         print(
             f"note: {ratings.n_duplicates} duplicate (user, item) rows in {ratings.source}; "
             f"kept the {args.duplicates} occurrence",
             file=sys.stderr,
         )
-    _warn_rating_scale(ratings, args.threshold)
-    train, valid = _split(ratings, args)
+    if args.implicit:
+        ratings = as_implicit(ratings, args.min_rating)
+    elif not ratings.implicit:
+        _warn_rating_scale(ratings)
+    test = _read_test_file(args) if args.test is not None else None
+    if test is not None and args.implicit:
+        test = as_implicit(test, args.min_rating)
     if not args.quiet:
+        kind = "interactions" if ratings.implicit else "ratings"
         print(
-            f"data: {len(ratings):,} ratings, {ratings.n_users:,} users, {ratings.n_items:,} "
-            f"items from {ratings.source}; train {len(train):,} / valid "
-            f"{len(valid) if valid is not None else 0:,}",
+            f"data: {len(ratings):,} {kind}, {ratings.n_users:,} users, {ratings.n_items:,} "
+            f"items from {ratings.source}; objective {cfg.objective} ({cfg.model})",
             file=sys.stderr,
         )
-    model, history = fit(train, valid, cfg, progress=not args.quiet)
-    metrics: dict[str, Any] = {"train_seconds": round(history.seconds, 3)}
-    if valid is not None and len(valid):
-        k = min(args.k, ratings.n_items)
-        metrics.update(evaluate(model, train, valid, k=k, threshold=args.threshold))
-    ckpt = Checkpoint(
-        model=model,
-        user_map=ratings.user_map,
-        item_map=ratings.item_map,
-        seen_users=ratings.users,
-        seen_items=ratings.items,
-        config={**cfg.__dict__, "history": history.to_dict()},
-        metrics=metrics,
-        data={
-            "source": ratings.source,
-            "n_ratings": len(ratings),
-            "split": args.split,
-            "test_fraction": args.test_fraction,
-            "seed": args.seed,
-            "n_duplicates": ratings.n_duplicates,
+    ckpt, results = train_checkpoint(
+        ratings,
+        cfg,
+        split=args.split,
+        test_fraction=args.test_fraction,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        test=test,
+        progress=not args.quiet,
+        data_info={
             "duplicates": args.duplicates,
             "columns": {
                 "user": args.user_col,
@@ -442,89 +501,88 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
     )
     ckpt.save(out)
-    print(_format_metrics(metrics, history))
+    if args.json:
+        print(json.dumps({"checkpoint": str(out), "metrics": ckpt.metrics}, indent=2))
+        return 0
+    _print_results(results, ckpt.metrics, cfg.k, ckpt.config.get("history"))
     print(f"checkpoint: {out}")
     return 0
 
 
-def _warn_rating_scale(ratings: Any, threshold: float) -> None:
-    """Warn (stderr) about ratings that train fine but make the metrics misleading.
+def _print_results(
+    results: dict[str, Any], metrics: dict[str, Any], k: int, history: dict | None = None
+) -> None:
+    from recsys_export.evaluate import format_comparison
 
-    Negative or unusually scaled ratings are accepted: the model is a regression on
-    whatever scale the file uses. But the ranking metrics count held-out ratings >=
-    ``--threshold`` (default 4.0) as relevant, so a file on another scale (all ratings
-    below the threshold, or e.g. -1/+1 votes) gets undefined or meaningless ones.
-    """
-    if not len(ratings):
-        return
-    lo, hi = float(ratings.ratings.min()), float(ratings.ratings.max())
-    notes = []
-    if lo < 0:
-        notes.append(f"ratings range from {lo:g} to {hi:g} (some are negative)")
-    if hi < threshold:
-        notes.append(
-            f"no rating reaches --threshold {threshold:g} (max {hi:g}), so precision/recall/"
-            "NDCG will be undefined; pass --threshold on your scale"
-        )
-    if notes:
+    parts = metrics.get("parts")
+    if parts:
         print(
-            "warning: " + "; ".join(notes) + "; training continues on the ratings as given",
+            f"rows: train {parts['train']:,}, validation {parts['valid']:,} (early stopping), "
+            f"test {parts['test']:,} (reported below)"
+        )
+    mapping = metrics.get("test_mapping") or results.get("test_mapping")
+    if mapping:
+        print(
+            f"test file: {mapping['kept']:,} of {mapping['rows']:,} rows kept; dropped "
+            f"{mapping['dropped']:,} ({mapping['unknown_users']} unknown users, "
+            f"{mapping['unknown_items']} unknown items)"
+        )
+    if history:
+        print(
+            f"training: {len(history['train_loss'])} epochs, best {history['best_epoch']} by "
+            f"validation {history.get('valid_metric') or 'loss'}, "
+            f"{metrics.get('train_seconds', 0):.1f} s"
+        )
+    table = {name: m for name, m in results.items() if name != "test_mapping"}
+    if not table:
+        print("metrics: no test rows (--split none); pass --test FILE to measure")
+        return
+    first = table["model"]
+    k = first.get("k", k)
+    print(
+        f"test metrics (k={k}, relevant: rating >= {first.get('threshold', 0):g}, "
+        f"{first.get('ranked_users', 0)} users ranked):"
+    )
+    print(format_comparison(table, k))
+
+
+def _warn_rating_scale(ratings: Any) -> None:
+    """Warn (stderr) about negative ratings: accepted, but rarely what a user meant.
+
+    The rating objective regresses on whatever scale the file uses, and the ranking
+    objective then weighs every positive alike (binary weights).
+    """
+    if len(ratings) and float(ratings.ratings.min()) < 0:
+        lo, hi = float(ratings.ratings.min()), float(ratings.ratings.max())
+        print(
+            f"warning: ratings range from {lo:g} to {hi:g} (some are negative); training "
+            "continues on the ratings as given",
             file=sys.stderr,
         )
 
 
-def _format_metrics(metrics: dict[str, Any], history: Any = None) -> str:
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    """One line of the main metrics (``inspect``)."""
     parts = []
-    for key in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10"):
+    for key in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10"):
         if metrics.get(key) is not None:
             parts.append(f"{key} {metrics[key]:.4f}")
-    for key, value in metrics.items():
-        if key.startswith(("precision@", "recall@", "ndcg@")) and not key.endswith("@10"):
-            parts.append(f"{key} {value:.4f}")
-    if history is not None:
-        parts.append(f"epochs {len(history.train_loss)} (best {history.best_epoch})")
     if "train_seconds" in metrics:
         parts.append(f"train {metrics['train_seconds']:.1f}s")
-    return "metrics: " + ", ".join(parts) if parts else "metrics: (no validation data)"
+    return "metrics: " + ", ".join(parts) if parts else "metrics: (no test data)"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys_export.checkpoint import load_checkpoint
-    from recsys_export.errors import DataError
-    from recsys_export.evaluate import evaluate
+    from recsys_export.experiment import evaluate_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
-    info = ckpt.data
-    if args.data is None:
-        args.data = info.get("source")
-        cols = info.get("columns", {})
-        for flag in ("user", "item", "rating", "timestamp"):
-            if getattr(args, f"{flag}_col") is None:
-                setattr(args, f"{flag}_col", cols.get(flag))
-        args.sep = args.sep or info.get("sep")
-        if info.get("split") and args.split == "random":
-            args.split = info["split"]
-        args.seed = info.get("seed", args.seed)
-        args.test_fraction = info.get("test_fraction", args.test_fraction)
-    if args.data and args.data.startswith("<"):
-        args.data = "toy"
-    ratings = _load_data(args)
-    if ratings.user_map != ckpt.user_map or ratings.item_map != ckpt.item_map:
-        raise DataError(
-            f"{ratings.source} has other users/items than the checkpoint was trained on; "
-            "evaluate on the training file"
-        )
-    if args.split == "none":
-        raise DataError("evaluate needs held-out ratings: use --split random or time")
-    train, valid = _split(ratings, args)
-    metrics = evaluate(
-        ckpt.model, train, valid, k=min(args.k, ratings.n_items), threshold=args.threshold
-    )
+    test = _read_test_file(args) if args.test is not None else None
+    results = evaluate_checkpoint(ckpt, test=test, k=args.k, threshold=args.threshold)
     if args.json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(results, indent=2))
     else:
-        print(_format_metrics(metrics))
-        print(f"({metrics.get('ranked_users', 0)} users ranked, {len(valid)} held-out ratings)")
+        _print_results(results, {}, args.k)
     return 0
 
 

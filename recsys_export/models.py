@@ -85,6 +85,10 @@ class BaseModel(nn.Module):
         """Scores of every item for each user: ``float32[B, n_items]``."""
         raise NotImplementedError
 
+    def score_items(self, users: Tensor, items: Tensor) -> Tensor:  # pragma: no cover
+        """Scores of the given items for each user: ``float32[B, S]`` (training helper)."""
+        raise NotImplementedError
+
     def recommend(
         self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -177,6 +181,13 @@ class MatrixFactorization(BaseModel):
         out = self.user_factors(users) @ self.item_factors.weight.t()
         if self.biased:
             out = out + self.user_bias(users) + self.item_bias.weight.t() + self.global_mean
+        return out
+
+    def score_items(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of ``items`` for each user: ``P[users] @ Q[items].T`` (+ biases)."""
+        out = self.user_factors(users) @ self.item_factors(items).t()
+        if self.biased:
+            out = out + self.user_bias(users) + self.item_bias(items).t() + self.global_mean
         return out
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -278,6 +289,18 @@ class DenseNet(BaseModel):
         c = self.item_factors.weight @ w[:, k:].t() + self.linear1.bias  # [n_items, H]
         h = F.relu(a.unsqueeze(1) + c.unsqueeze(0))  # [B, n_items, H]
         out = h @ self.linear2.weight.t()  # [B, n_items, 1]
+        return out.squeeze(2) + self.linear2.bias + self.global_mean
+
+    def score_items(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of ``items`` for each user via the split first layer: ``[B, S]``."""
+        w = self.linear1.weight
+        k = self.n_factors
+        a = self.user_factors(users) @ w[:, :k].t()  # [B, H]
+        c = self.item_factors(items) @ w[:, k:].t() + self.linear1.bias  # [S, H]
+        h = F.relu(a.unsqueeze(1) + c.unsqueeze(0))  # [B, S, H]
+        if self.dropout > 0.0:
+            h = F.dropout(h, self.dropout, self.training)
+        out = h @ self.linear2.weight.t()
         return out.squeeze(2) + self.linear2.bias + self.global_mean
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -1,4 +1,13 @@
-"""Training: vectorized minibatches, the post's per-rating loop, early stopping.
+"""Training: ranking and rating objectives, the post's per-rating loop, early stopping.
+
+Two objectives train the same architectures (so the same bundles):
+
+``objective="ranking"`` (the default recipe, :func:`default_config`)
+    Learns to rank each user's items above the rest of the catalogue (a sampled or full
+    softmax, or BPR: :mod:`recsys_export.objectives`); early stopping on validation
+    NDCG@k. What the runtime serves is a top-k list, so this is what serves well.
+``objective="rating"``
+    Regression on the ratings (MSE), early stopping on validation RMSE.
 
 Two modes share one entry point, :func:`fit`:
 
@@ -29,12 +38,14 @@ import torch.nn.functional as F
 
 from recsys_export.errors import ConfigError, TrainingDiverged
 from recsys_export.models import MODEL_KINDS, BaseModel, DenseNet, MatrixFactorization
+from recsys_export.objectives import LOSSES, WEIGHTINGS, Positives, bpr_loss, softmax_loss
 from recsys_export.progress import Progress
 
 if TYPE_CHECKING:
     from recsys_export.data import Ratings
 
 OPTIMIZERS = ("adam", "sparse_adam", "sgd")
+OBJECTIVES = ("ranking", "rating")
 
 
 @dataclass
@@ -44,6 +55,29 @@ class TrainConfig:
     Attributes
     ----------
     model : {"mf", "densenet"}
+    objective : {"rating", "ranking"}
+        ``"rating"``: MSE on the ratings; ``"ranking"``: learn top-k lists (see
+        :mod:`recsys_export.objectives`). The dataclass default is ``"rating"`` (the
+        plain regression); :func:`default_config` gives the recommended recipes, ranking
+        first.
+    loss : {"softmax", "bpr"}
+        Ranking loss.
+    negatives : int
+        Sampled-softmax candidates per step when the catalogue has more than
+        ``full_softmax_items`` items.
+    full_softmax_items : int
+        Up to this many items, the softmax runs over the whole catalogue.
+    min_rating : float or None
+        Ranking: rows rated below this are not positives (None: every row is one).
+    weighting : {"rating", "binary"}
+        Ranking: weight of a positive (``rating / max rating``, or 1).
+    threshold : float or None
+        Relevance threshold of the ranking metrics (validation and reports); None: 80%
+        of the highest rating (see :func:`recsys_export.evaluate.default_threshold`).
+    k : int
+        Cut-off of the validation metric (NDCG@k) of the ranking objective.
+    valid_users : int
+        Ranking: validation NDCG is computed on at most this many users per epoch.
     n_factors : int
         Embedding size.
     hidden : int
@@ -56,18 +90,20 @@ class TrainConfig:
     epochs : int
         Maximum number of passes over the training ratings.
     batch_size : int
-        Ratings per step; 0 means the whole training set per step (full batch).
+        Ratings per step (users per step for the softmax loss); 0 means everything in
+        one step (full batch).
     lr : float
     optimizer : {"adam", "sparse_adam", "sgd"}
     l2 : float
-        Weight of ``mean over the batch of (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2)``.
+        Rating objective: weight of ``mean over the batch of (|p_u|^2 + |q_i|^2 + b_u^2 +
+        b_i^2)``. Ranking objective: the optimizer's weight decay on the embeddings.
     weight_decay : float
         Adam/SGD weight decay on the dense layers (DenseNet's linear layers).
     init_std : float or None
         Embedding init std; None keeps torch's N(0, 1) as in the post.
     patience : int
-        Early stopping: epochs without validation RMSE improvement before stopping;
-        0 disables early stopping.
+        Early stopping: epochs without improvement of the validation metric (RMSE, or
+        NDCG@k for ranking) before stopping; 0 disables early stopping.
     seed : int
         Seeds initialisation and shuffling: same seed, same data -> identical weights.
     threads : int
@@ -77,6 +113,15 @@ class TrainConfig:
     """
 
     model: str = "mf"
+    objective: str = "rating"
+    loss: str = "softmax"
+    negatives: int = 2048
+    full_softmax_items: int = 50_000
+    min_rating: float | None = None
+    weighting: str = "rating"
+    threshold: float | None = None
+    k: int = 10
+    valid_users: int = 2000
     n_factors: int = 32
     hidden: int = 64
     biased: bool = True
@@ -97,6 +142,25 @@ class TrainConfig:
         """Raise :class:`ConfigError` for any invalid setting."""
         if self.model not in MODEL_KINDS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {MODEL_KINDS}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}"
+            )
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(
+                f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}"
+            )
+        if self.objective == "ranking" and self.mode == "post":
+            raise ConfigError("the post's loop trains the rating objective; use --objective rating")
+        for name in ("negatives", "full_softmax_items", "k", "valid_users"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise ConfigError(f"min_rating must be a finite number, got {self.min_rating}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ConfigError(f"threshold must be a finite number, got {self.threshold}")
         if self.mode not in ("minibatch", "post"):
             raise ConfigError(f"unknown mode {self.mode!r}; choose 'minibatch' or 'post'")
         if self.optimizer not in OPTIMIZERS:
@@ -159,12 +223,80 @@ TINY_DATA_PRESET = dict(
 )
 
 
+#: Recommended recipes per (model, objective); measured in the README ("Ranking").
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    # full softmax over the catalogue, positives weighted by rating; strong weight decay
+    ("mf", "ranking"): dict(
+        n_factors=64, biased=True, loss="softmax", batch_size=64, lr=1e-2, l2=1e-2,
+        epochs=60, patience=5,
+    ),
+    ("mf", "rating"): dict(n_factors=32, biased=True, batch_size=2048, lr=5e-3, l2=0.15),
+    ("densenet", "ranking"): dict(
+        n_factors=32, hidden=32, biased=True, loss="softmax", batch_size=32, lr=2e-2,
+        l2=3e-3, weight_decay=3e-3, epochs=12, patience=3,
+    ),
+    ("densenet", "rating"): dict(
+        n_factors=32, hidden=64, biased=True, batch_size=2048, lr=5e-3, l2=0.05,
+        dropout=0.2, weight_decay=1e-4,
+    ),
+}  # fmt: skip
+
+PRESETS = {"post": POST_PRESET, "tiny": TINY_DATA_PRESET}
+
+
+def default_config(
+    model: str = "mf", objective: str | None = None, preset: str = "default", **overrides: Any
+) -> TrainConfig:
+    """The recommended :class:`TrainConfig` (what ``recsys-export train`` uses).
+
+    Parameters
+    ----------
+    model : {"mf", "densenet"}
+    objective : {"ranking", "rating"}, optional
+        Default ``"ranking"``; the ``post`` and ``tiny`` presets are rating recipes.
+    preset : {"default", "post", "tiny"}
+        ``"post"``: the post's per-rating SGD loop exactly; ``"tiny"``: full-batch Adam
+        for tiny data such as the toy matrix; ``"default"``: :data:`RECIPES`.
+    **overrides
+        Any :class:`TrainConfig` field; ``None`` values are ignored.
+
+    Raises
+    ------
+    ConfigError
+        Unknown model, objective or preset, or invalid settings.
+    """
+    if model not in MODEL_KINDS:
+        raise ConfigError(f"unknown model {model!r}; choose one of {MODEL_KINDS}")
+    if preset not in ("default", *PRESETS):
+        raise ConfigError(f"unknown preset {preset!r}; choose default, post or tiny")
+    if objective is None:
+        objective = "ranking" if preset == "default" else "rating"
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    base: dict[str, Any] = {"model": model, "objective": objective}
+    if preset == "default":
+        base.update(RECIPES[(model, objective)])
+    else:
+        base.update(PRESETS[preset])
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig.from_dict(base)
+    cfg.validate()
+    return cfg
+
+
 @dataclass
 class History:
-    """Per-epoch training record and final metrics."""
+    """Per-epoch training record and final metrics.
+
+    ``valid_metric`` names what early stopping watched (``rmse`` or ``ndcg@k``) and
+    ``valid_scores`` holds it per epoch; ``valid_rmse`` keeps the RMSE series of the
+    rating objective.
+    """
 
     train_loss: list[float] = field(default_factory=list)
     valid_rmse: list[float] = field(default_factory=list)
+    valid_metric: str = ""
+    valid_scores: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
@@ -319,6 +451,8 @@ def _fit_minibatch(
         if valid is not None and len(valid):
             score = rmse(model, valid)
             history.valid_rmse.append(score)
+            history.valid_metric = "rmse"
+            history.valid_scores.append(score)
             postfix += f" val_rmse {score:.4f}"
             if score < best_rmse - 1e-6:
                 best_rmse, since_best = score, 0
@@ -328,6 +462,99 @@ def _fit_minibatch(
                 since_best += 1
         bar.update(1, postfix)
         if cfg.patience and valid is not None and since_best >= cfg.patience:
+            history.stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        history.best_epoch = len(history.train_loss)
+    return history
+
+
+def _ranking_optimizer(model: BaseModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    emb = [p for n, p in model.named_parameters() if n.split(".")[0].endswith(("factors", "bias"))]
+    dense = [
+        p for n, p in model.named_parameters() if not n.split(".")[0].endswith(("factors", "bias"))
+    ]
+    groups: list[dict[str, Any]] = [{"params": emb, "weight_decay": cfg.l2}]
+    if dense:
+        groups.append({"params": dense, "weight_decay": cfg.weight_decay})
+    return _adam(groups, cfg.lr)
+
+
+def _fit_ranking(
+    model: BaseModel, train: Ratings, valid: Ratings | None, cfg: TrainConfig, bar: Progress
+) -> History:
+    from recsys_export.evaluate import default_threshold, evaluate
+
+    history = History()
+    opt = _ranking_optimizer(model, cfg)
+    pos = Positives(train, cfg.min_rating, cfg.weighting)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampled = cfg.negatives if train.n_items > cfg.full_softmax_items else None
+    threshold = default_threshold(train) if cfg.threshold is None else cfg.threshold
+    k = min(cfg.k, train.n_items)
+    history.valid_metric = f"ndcg@{k}"
+    watch = valid is not None and bool((valid.ratings >= threshold).any())
+    best, best_state, since_best = -math.inf, None, 0
+    pair_users = torch.from_numpy(pos.users)
+    pair_items = torch.from_numpy(pos.items)
+    for epoch in range(cfg.epochs):
+        model.train()
+        total, steps = 0.0, 0
+        if cfg.loss == "softmax":
+            n = len(pos.user_ids)
+            bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
+            order = torch.randperm(n, generator=gen).numpy()
+            for start in range(0, n, bs):
+                at = order[start : start + bs]
+                rows, items, weights = pos.rows(at)
+                loss = softmax_loss(
+                    model,
+                    torch.from_numpy(pos.user_ids[at]),
+                    torch.from_numpy(rows),
+                    torch.from_numpy(items),
+                    torch.from_numpy(weights),
+                    negatives=sampled,
+                    generator=gen,
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                steps += 1
+        else:
+            n = len(pos)
+            bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, bs):
+                idx = order[start : start + bs]
+                loss = bpr_loss(model, pair_users[idx], pair_items[idx], gen)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                steps += 1
+        history.train_loss.append(total / max(steps, 1))
+        _check_finite(history.train_loss[-1], epoch, cfg)
+        postfix = f"loss {history.train_loss[-1]:.4f}"
+        if watch:
+            assert valid is not None
+            m = evaluate(
+                model, train, valid, k=k, threshold=threshold, max_users=cfg.valid_users,
+                seed=cfg.seed, rating_error=False,
+            )
+            score = float(m[f"ndcg@{k}"])
+            history.valid_scores.append(score)
+            postfix += f" val_ndcg@{k} {score:.4f}"
+            if score > best + 1e-6:
+                best, since_best = score, 0
+                best_state = copy.deepcopy(model.state_dict())
+                history.best_epoch = epoch + 1
+            else:
+                since_best += 1
+        bar.update(1, postfix)
+        if cfg.patience and watch and since_best >= cfg.patience:
             history.stopped_early = True
             break
     if best_state is not None:
@@ -352,9 +579,10 @@ def fit(
     train : Ratings
         Training ratings; its id maps define the model's sizes.
     valid : Ratings, optional
-        Validation ratings (same id maps) for early stopping and metrics.
+        Validation rows (same id maps, carved from the training rows: never the rows you
+        report) for early stopping.
     cfg : TrainConfig, optional
-        Hyperparameters (defaults: biased MF, Adam, minibatches).
+        Hyperparameters; default ``default_config("mf")`` (MF, ranking objective).
     model : BaseModel, optional
         Start from this model instead of a fresh one (e.g. to reproduce given weights).
     progress : bool
@@ -372,10 +600,15 @@ def fit(
     TrainingDiverged
         The loss became NaN or infinite (lower the learning rate).
     """
-    cfg = cfg or TrainConfig()
+    cfg = cfg or default_config("mf")
     cfg.validate()
     if len(train) == 0:
         raise ConfigError("no training ratings")
+    if cfg.objective == "rating" and train.implicit:
+        raise ConfigError(
+            f"{train.source} has no rating column (implicit feedback), so there is nothing "
+            "to regress on; use --objective ranking"
+        )
     torch.manual_seed(cfg.seed)
     if model is None:
         model = build_from_config(cfg, train)
@@ -388,6 +621,8 @@ def fit(
         ) as bar:
             if cfg.mode == "post":
                 history = _fit_post(model, train, cfg, bar)
+            elif cfg.objective == "ranking":
+                history = _fit_ranking(model, train, valid, cfg, bar)
             else:
                 history = _fit_minibatch(model, train, valid, cfg, bar)
     finally:

@@ -1,0 +1,246 @@
+"""Train and evaluate honestly: the library functions behind ``train`` and ``evaluate``.
+
+:func:`train_checkpoint` splits the rows three ways (train, validation carved from the
+training rows, test), trains with early stopping on validation only, then reports the
+model and both baselines on the test rows — or on a separate test file mapped onto the
+model's id maps. The checkpoint records which part each row was in, so
+:func:`evaluate_checkpoint` re-computes the same numbers without re-reading the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from recsys_export import data
+from recsys_export.checkpoint import Checkpoint
+from recsys_export.data import TEST, TRAIN, VALID, Ratings
+from recsys_export.errors import DataError
+from recsys_export.evaluate import check_threshold, compare_with_baselines, default_threshold
+from recsys_export.train import TrainConfig, fit
+
+
+def as_implicit(ratings: Ratings, min_rating: float | None) -> Ratings:
+    """Interactions from ratings: rows rated ``>= min_rating`` (all when None), value 1.
+
+    Raises
+    ------
+    DataError
+        If no row reaches ``min_rating``.
+    """
+    keep = np.ones(len(ratings), dtype=bool)
+    if min_rating is not None:
+        keep = ratings.ratings >= min_rating
+        if not keep.any():
+            raise DataError(
+                f"{ratings.source}: no rating reaches --min-rating {min_rating:g} (highest "
+                f"{float(ratings.ratings.max()):g}); lower it"
+            )
+    out = ratings.subset(keep)
+    out.ratings = np.ones(len(out), dtype=np.float32)
+    out.implicit = True
+    return out
+
+
+def map_test_file(test: Ratings, ckpt_or_ratings: Checkpoint | Ratings) -> tuple[Ratings, dict]:
+    """Map a separate test file onto the model's id maps; unknown ids are dropped.
+
+    Returns
+    -------
+    (Ratings, dict)
+        The mapped rows and the counts of :func:`recsys_export.data.align`.
+
+    Raises
+    ------
+    DataError
+        If no row of the test file has a known user and a known item.
+    """
+    mapped, stats = data.align(test, ckpt_or_ratings.user_map, ckpt_or_ratings.item_map)
+    if stats["kept"] == 0:
+        raise DataError(
+            f"{test.source}: none of its {stats['rows']} rows has a user and an item the model "
+            f"knows ({stats['unknown_users']} unknown users, {stats['unknown_items']} unknown "
+            "items); is it the test file of the same data set?"
+        )
+    return mapped, stats
+
+
+def train_checkpoint(
+    ratings: Ratings,
+    cfg: TrainConfig,
+    *,
+    split: str = "random",
+    test_fraction: float = 0.2,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    test: Ratings | None = None,
+    progress: bool = True,
+    data_info: dict[str, Any] | None = None,
+) -> tuple[Checkpoint, dict[str, dict[str, Any]]]:
+    """Split, train, evaluate against the baselines, and build the checkpoint.
+
+    Parameters
+    ----------
+    ratings : Ratings
+        The training file's rows.
+    cfg : TrainConfig
+        Hyperparameters (see :func:`recsys_export.train.default_config`).
+    split : {"random", "time", "none"}
+        How test rows are held out of ``ratings`` (ignored with ``test``).
+    test_fraction, valid_fraction : float
+        Test share of all rows; validation share of the remaining training rows.
+    seed : int
+        Seed of the split.
+    test : Ratings, optional
+        A separate test file (any id maps): mapped onto ``ratings``' maps, unknown users
+        and items dropped and counted in the results (``test_mapping``).
+    progress : bool
+        Show the training progress line.
+    data_info : dict, optional
+        Extra provenance stored in the checkpoint's ``data``.
+
+    Returns
+    -------
+    (Checkpoint, dict)
+        The checkpoint (metrics included) and :func:`compare_with_baselines`' results
+        on the test rows (empty without test rows).
+    """
+    threshold = cfg.threshold if cfg.threshold is not None else default_threshold(ratings)
+    cfg.threshold = check_threshold(threshold, ratings)
+    mapping = None
+    if test is not None:
+        test_rows, mapping = map_test_file(test, ratings)
+        parts = data.three_way_split(ratings, "none", valid_fraction=valid_fraction, seed=seed)
+    else:
+        parts = data.three_way_split(ratings, split, test_fraction, valid_fraction, seed)
+        test_rows = ratings.subset(parts == TEST)
+    train, valid = ratings.subset(parts == TRAIN), ratings.subset(parts == VALID)
+    model, history = fit(train, valid if len(valid) else None, cfg, progress=progress)
+    results: dict[str, dict[str, Any]] = {}
+    if len(test_rows):
+        results = compare_with_baselines(
+            model,
+            train,
+            valid,
+            test_rows,
+            k=min(cfg.k, ratings.n_items),
+            threshold=threshold,
+            rating_error=cfg.objective == "rating",
+        )
+    metrics: dict[str, Any] = {
+        "train_seconds": round(history.seconds, 3),
+        **results.get("model", {}),
+        "baselines": {name: m for name, m in results.items() if name != "model"},
+        "parts": {"train": len(train), "valid": len(valid), "test": len(test_rows)},
+    }
+    if mapping is not None:
+        metrics["test_mapping"] = mapping
+    info = {
+        "source": ratings.source,
+        "n_ratings": len(ratings),
+        "implicit": ratings.implicit,
+        "split": "file" if test is not None else split,
+        "test_fraction": test_fraction,
+        "valid_fraction": valid_fraction,
+        "seed": seed,
+        "n_duplicates": ratings.n_duplicates,
+        "test_source": test.source if test is not None else None,
+        **(data_info or {}),
+    }
+    ckpt = Checkpoint(
+        model=model,
+        user_map=ratings.user_map,
+        item_map=ratings.item_map,
+        seen_users=ratings.users,
+        seen_items=ratings.items,
+        config={**asdict(cfg), "history": history.to_dict()},
+        metrics=metrics,
+        data=info,
+        seen_ratings=ratings.ratings,
+        seen_parts=parts,
+    )
+    return ckpt, results
+
+
+def checkpoint_ratings(ckpt: Checkpoint) -> Ratings:
+    """The training file's rows as recorded in a checkpoint (needs ``seen_ratings``)."""
+    if ckpt.seen_ratings is None:
+        raise DataError("the checkpoint records no ratings; it predates three-way splits")
+    return Ratings(
+        users=ckpt.seen_users,
+        items=ckpt.seen_items,
+        ratings=ckpt.seen_ratings,
+        timestamps=None,
+        user_map=ckpt.user_map,
+        item_map=ckpt.item_map,
+        source=str(ckpt.data.get("source", "<checkpoint>")),
+        implicit=bool(ckpt.data.get("implicit", False)),
+    )
+
+
+def evaluate_checkpoint(
+    ckpt: Checkpoint,
+    *,
+    test: Ratings | None = None,
+    k: int = 10,
+    threshold: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Model and baselines on the checkpoint's test rows, or on a separate test file.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        Written by :func:`train_checkpoint` (it records the parts of every row).
+    test : Ratings, optional
+        A test file in raw ids, mapped onto the checkpoint's maps (unknown ids dropped
+        and counted under ``"test_mapping"``); every recorded row is then "known".
+    k : int
+        Cut-off.
+    threshold : float, optional
+        Relevance threshold; default: the one the model was trained with.
+
+    Returns
+    -------
+    dict
+        :func:`compare_with_baselines`' results, plus ``"test_mapping"`` with ``test``.
+
+    Raises
+    ------
+    DataError
+        A checkpoint without recorded parts (train it again), or no test rows.
+    """
+    if ckpt.seen_parts is None:
+        raise DataError(
+            "the checkpoint does not record its train/validation/test parts (it was written "
+            "by an older recsys-export); train it again, or pass --test FILE"
+        )
+    rows = checkpoint_ratings(ckpt)
+    parts = ckpt.seen_parts
+    if threshold is None:
+        threshold = ckpt.config.get("threshold")
+    train, valid = rows.subset(parts == TRAIN), rows.subset(parts == VALID)
+    mapping = None
+    if test is not None:
+        test_rows, mapping = map_test_file(test, ckpt)
+        train = rows.subset(parts != VALID)  # every recorded row is known
+    else:
+        test_rows = rows.subset(parts == TEST)
+    if len(test_rows) == 0:
+        raise DataError(
+            "the checkpoint has no test rows (trained with --split none or --test FILE); "
+            "pass --test FILE"
+        )
+    results = compare_with_baselines(
+        ckpt.model,
+        train,
+        valid,
+        test_rows,
+        k=min(k, ckpt.model.n_items),
+        threshold=threshold,
+        rating_error=ckpt.config.get("objective", "rating") == "rating",
+    )
+    if mapping is not None:
+        results["test_mapping"] = mapping
+    return results
