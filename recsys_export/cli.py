@@ -81,7 +81,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
         type=float,
         default=0.1,
         help="validation share of the remaining training rows, for early stopping "
-        "(default 0.1; 0 = no validation)",
+        "(default 0.1; 0 = no validation; none is carved when --patience is 0)",
     )
     s.add_argument(
         "--test",

@@ -90,7 +90,9 @@ def train_checkpoint(
     split : {"random", "time", "none"}
         How test rows are held out of ``ratings`` (ignored with ``test``).
     test_fraction, valid_fraction : float
-        Test share of all rows; validation share of the remaining training rows.
+        Test share of all rows; validation share of the remaining training rows (no
+        validation rows when ``cfg.patience == 0`` or ``cfg.mode == "post"``: nothing
+        is selected on them).
     seed : int
         Seed of the split.
     test : Ratings, optional
@@ -110,6 +112,8 @@ def train_checkpoint(
     threshold = cfg.threshold if cfg.threshold is not None else default_threshold(ratings)
     cfg.threshold = check_threshold(threshold, ratings)
     mapping = None
+    if cfg.patience == 0 or cfg.mode == "post":
+        valid_fraction = 0.0
     if test is not None:
         test_rows, mapping = map_test_file(test, ratings)
         parts = data.three_way_split(ratings, "none", valid_fraction=valid_fraction, seed=seed)

@@ -69,11 +69,15 @@ def test_train_reports_metrics_and_writes_checkpoint(tmp_path, capsys):
         == 0
     )
     text = capsys.readouterr().out
-    assert "metrics: rmse" in text and f"checkpoint: {out}" in text
+    assert "test metrics" in text and f"checkpoint: {out}" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert {"model", "popularity", "bias"} <= set(lines)
     assert out.exists()
     assert main(["evaluate", str(out), "--json", "-k", "2"]) == 0
-    metrics = json.loads(capsys.readouterr().out)
-    assert {"rmse", "mae", "precision@2", "recall@2", "ndcg@2"} <= set(metrics)
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {"model", "popularity", "bias"}
+    wanted = {"rmse", "mae", "precision@2", "recall@2", "ndcg@2", "map@2", "coverage@2"}
+    assert wanted <= set(results["model"])
 
 
 def test_train_refuses_to_overwrite(toy_run, capsys):
