@@ -37,6 +37,7 @@ __all__ = [
     "random_split",
     "read_ratings",
     "split",
+    "synthetic_interactions",
     "synthetic_ratings",
     "three_way_split",
     "time_split",
@@ -1037,6 +1038,62 @@ def synthetic_ratings(
         user_map=IdMap(np.arange(n_users, dtype=np.int64), "user"),
         item_map=IdMap(np.arange(n_items, dtype=np.int64), "item"),
         source=f"<synthetic {n_users}x{n_items} seed={seed}>",
+    )
+
+
+def synthetic_interactions(
+    n_users: int,
+    n_items: int,
+    *,
+    n_groups: int = 5,
+    per_user: int = 20,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> Ratings:
+    """Implicit feedback with planted taste groups: a ranking model must find them.
+
+    Users and items are split into ``n_groups`` groups (user ``u`` in group
+    ``u % n_groups``, item ``i`` in ``i % n_groups``). Each user interacts with
+    ``per_user`` distinct items, a share ``1 - noise`` of them drawn from the user's
+    group and the rest from the whole catalogue. Every item gets about the same number
+    of interactions, so popularity carries no signal: only the groups do. Ratings are
+    all 1.0 (``implicit=True``); raw ids are ``0 .. n-1``.
+
+    Raises
+    ------
+    DataError
+        On sizes that cannot hold ``per_user`` items of a group.
+    """
+    for nm, v in (("n_users", n_users), ("n_items", n_items), ("n_groups", n_groups)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise DataError(f"{nm} must be a positive integer, got {v!r}")
+    group_size = n_items // n_groups
+    if not 1 <= per_user <= group_size:
+        raise DataError(
+            f"per_user must be between 1 and the items per group ({group_size}), got {per_user}"
+        )
+    if not 0.0 <= noise <= 1.0:
+        raise DataError(f"noise must be in [0, 1], got {noise!r}")
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        in_group = np.arange(u % n_groups, n_items, n_groups)
+        n_in = int(round(per_user * (1.0 - noise)))
+        chosen = set(rng.choice(in_group, n_in, replace=False).tolist())
+        while len(chosen) < per_user:
+            chosen.add(int(rng.integers(n_items)))
+        users.extend([u] * per_user)
+        items.extend(sorted(chosen))
+    n = len(users)
+    return Ratings(
+        users=np.asarray(users, dtype=np.int64),
+        items=np.asarray(items, dtype=np.int64),
+        ratings=np.ones(n, dtype=np.float32),
+        timestamps=1_500_000_000 + 60 * np.arange(n, dtype=np.int64),
+        user_map=IdMap(np.arange(n_users, dtype=np.int64), "user"),
+        item_map=IdMap(np.arange(n_items, dtype=np.int64), "item"),
+        source=f"<synthetic interactions {n_users}x{n_items} groups={n_groups} seed={seed}>",
+        implicit=True,
     )
 
 
