@@ -22,6 +22,7 @@ import torch
 
 from recsys_export.errors import CheckpointError
 from recsys_export.ids import IdMap
+from recsys_export.items import check_item_names
 from recsys_export.models import BaseModel, build_model
 
 CHECKPOINT_FORMAT = "recsys-export-checkpoint"
@@ -47,6 +48,9 @@ class Checkpoint:
         Validation metrics (RMSE, MAE, ranking metrics) and timings.
     data : dict
         Where the ratings came from (source, counts, split).
+    item_names : list of str or None, optional
+        Display names (titles) in item-index order, None for unnamed items
+        (:func:`recsys_export.items.read_item_names`); exported to the bundle.
     """
 
     model: BaseModel
@@ -57,6 +61,7 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    item_names: list[str | None] | None = None
 
     @property
     def kind(self) -> str:
@@ -69,6 +74,12 @@ class Checkpoint:
             raise CheckpointError(
                 f"cannot write checkpoint {path}: directory {path.parent} does not exist"
             )
+        names = self.item_names
+        if names is not None:  # plain str: weights_only loading refuses numpy strings
+            try:
+                names = check_item_names(names, self.model.n_items)
+            except ValueError as exc:
+                raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from None
         payload = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -82,6 +93,7 @@ class Checkpoint:
             "config": self.config,
             "metrics": self.metrics,
             "data": self.data,
+            "item_names": names,
         }
         tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.partial"
         try:
@@ -199,6 +211,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for key, value in list(metrics.items()):
         if isinstance(value, float) and not math.isfinite(value):
             metrics[key] = None
+    item_names = payload.get("item_names")
+    if item_names is not None:
+        try:
+            item_names = check_item_names(item_names, model.n_items)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}; the checkpoint is corrupted") from None
     return Checkpoint(
         model=model,
         user_map=user_map,
@@ -208,4 +226,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         config=payload.get("config", {}) or {},
         metrics=metrics,
         data=payload.get("data", {}) or {},
+        item_names=item_names,
     )

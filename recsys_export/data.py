@@ -414,7 +414,12 @@ def read_ratings(
 # .................................................................... text parsing
 
 
-def _decode(name: str, raw: bytes) -> str:
+def _decode(name: str, raw: bytes, *, fallback: str | None = None) -> str:
+    """Text of a (possibly gzip-compressed) UTF-8 file; DataError for binary or bad bytes.
+
+    ``fallback`` (e.g. ``"latin-1"``) decodes a file that is not UTF-8 with that codec
+    instead of failing (item-name files of older MovieLens releases are Latin-1).
+    """
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -430,6 +435,11 @@ def _decode(name: str, raw: bytes) -> str:
     )
     if b"\x00" in head:
         raise DataError(f"{name}: {binary_hint} (NUL bytes in the first KB)")
+    if fallback is not None and b"\x00" not in raw:
+        try:
+            return raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return raw.decode(fallback)
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -481,20 +491,30 @@ def _sep_name(sep: str) -> str:
     return {"\t": "tab", r"\s+": "whitespace"}.get(sep, repr(sep))
 
 
-def _text_source(
-    name: str, raw: bytes, sep: str | None, col_args: Sequence[str | int | None]
-) -> _Source:
+def _normalize_sep(sep: str) -> str:
+    """A ``--sep`` value with its aliases resolved (``tab``, ``space``, ...)."""
+    if not isinstance(sep, str) or sep == "":
+        raise DataError(f"sep must be a non-empty string, got {sep!r}")
+    return _SEP_ALIASES.get(sep.lower(), sep)
+
+
+def _split_table(name: str, text: str, sep: str) -> tuple[list[np.ndarray], Callable[[int], int]]:
+    """Split decoded text on ``sep`` into columns of str (no header handling).
+
+    Returns
+    -------
+    columns : list of np.ndarray
+        One object array of str per field; blank lines are skipped.
+    line_of : callable
+        Maps a 0-based table row to its 1-based line in the file (for messages).
+
+    Raises
+    ------
+    DataError
+        An unbalanced quote, rows with differing field counts, or an empty table.
+    """
     import pandas as pd
 
-    text = _decode(name, raw)
-    if not text.strip():
-        raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
-    if sep is not None:
-        if not isinstance(sep, str) or sep == "":
-            raise DataError(f"sep must be a non-empty string, got {sep!r}")
-        sep = _SEP_ALIASES.get(sep.lower(), sep)
-    else:
-        sep = _sniff_sep(name, text)
     quoting = csv.QUOTE_MINIMAL
     if len(sep) > 1 and sep != r"\s+":
         # the C parser takes one-character separators only: swap in a control character
@@ -544,7 +564,17 @@ def _text_source(
         lines = cache["lines"]
         return int(lines[row]) if row < len(lines) else row + 1
 
-    columns = [df[c].to_numpy(dtype=object) for c in df.columns]
+    return [df[c].to_numpy(dtype=object) for c in df.columns], line_of
+
+
+def _text_source(
+    name: str, raw: bytes, sep: str | None, col_args: Sequence[str | int | None]
+) -> _Source:
+    text = _decode(name, raw)
+    if not text.strip():
+        raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
+    sep = _normalize_sep(sep) if sep is not None else _sniff_sep(name, text)
+    columns, line_of = _split_table(name, text, sep)
     ncols = len(columns)
     first = [str(v).strip() for v in (c[0] for c in columns)]
     header = first if _looks_like_header(first, col_args) else None
