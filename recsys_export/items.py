@@ -102,7 +102,7 @@ class ItemNames:
 
 
 def default_item_names_path() -> Path:
-    """Path of the MovieLens ``ml-latest-small`` titles (``movies.csv``) shipped with the package."""
+    """Path of the MovieLens ``ml-latest-small`` titles (``movies.csv``) in the package."""
     return default_dataset_path().with_name("movies.csv")
 
 
@@ -194,7 +194,7 @@ def _column(
 
 
 def _detect(
-    role: str, known: frozenset[str], taken: int | None, header: list[str] | None, ncols: int
+    known: frozenset[str], taken: int | None, header: list[str] | None, ncols: int
 ) -> int | None:
     """Default position of a column: by header name, else the first free column."""
     if header is not None:
@@ -289,10 +289,10 @@ def read_item_names(
     id_pos = _column("id", id_col, header, ncols, name)
     name_pos = _column("name", name_col, header, ncols, name)
     if id_pos is None:
-        id_pos = _detect("id", _ID_COLUMNS, name_pos, header, ncols)
+        id_pos = _detect(_ID_COLUMNS, name_pos, header, ncols)
     if name_pos is None:
-        name_pos = _detect("name", _NAME_COLUMNS, id_pos, header, ncols)
-    for role, pos, known in (("id", id_pos, _ID_COLUMNS), ("name", name_pos, _NAME_COLUMNS)):
+        name_pos = _detect(_NAME_COLUMNS, id_pos, header, ncols)
+    for role, pos in (("id", id_pos), ("name", name_pos)):
         if pos is None:
             raise DataError(
                 f"{name}: no item {role} column; columns found: {', '.join(header or [])}. "
