@@ -2,10 +2,11 @@
 
 A names file holds an id column and a name column, for example MovieLens ``movies.csv``
 (``movieId,title,genres``), MovieTweetings' ``movies.dat`` (``id::Title (year)::genres``,
-no header) or MovieLens 100k's ``u.item`` (``id|title|...``, Latin-1). :func:`read_item_names`
-maps the file's raw ids through the model's item :class:`~recsys_export.ids.IdMap`, so
-``names[i]`` is the name of item index ``i``; items the file does not name get None, and
-rows whose id the model does not know are ignored and counted.
+no header) or a ``|``-separated Latin-1 file like MovieLens 100k's ``u.item``.
+:func:`read_item_names` maps the file's raw ids through the model's item
+:class:`~recsys_export.ids.IdMap`, so ``names[i]`` is the name of item index ``i``; items
+the file does not name get None, and rows whose id the model does not know are ignored
+and counted.
 
 The names travel in the checkpoint (``Checkpoint.item_names``) and in the bundle
 (:data:`ITEM_NAMES_FILE`, a JSON list in item-index order, checksummed and listed in the
