@@ -644,37 +644,45 @@ def _parquet_source(name: str, raw: bytes) -> _Source:
 # .................................................................... columns
 
 
+def _column_arg(path: str, flag: str, arg: Any, header: list[str] | None, ncols: int) -> int:
+    """0-based position of the column a ``--*-col`` value names (header name or number).
+
+    Raises
+    ------
+    DataError
+        Not a name or number, out of range, a name without a header, or no such column.
+    """
+    found = ", ".join(header) if header is not None else f"{ncols} unnamed columns"
+    if isinstance(arg, bool) or not isinstance(arg, (int, str, np.integer)):
+        raise DataError(f"{flag} must be a column name or number, got {arg!r}")
+    if isinstance(arg, (int, np.integer)) or arg.strip().isdigit():
+        pos = int(arg)
+        if not 0 <= pos < ncols:
+            raise DataError(
+                f"{path}: {flag} {pos} is out of range; the file has "
+                f"{ncols} columns ({found}), numbered from 0"
+            )
+        return pos
+    if header is None:
+        raise DataError(
+            f"{path}: {flag} {arg!r} names a column but the file has no "
+            f"header; give the 0-based column number instead (0..{ncols - 1})"
+        )
+    exact = [j for j, h in enumerate(header) if h.strip().lower() == arg.strip().lower()]
+    loose = [j for j, h in enumerate(header) if _norm_name(h) == _norm_name(arg)]
+    hits = exact or loose
+    if not hits:
+        raise DataError(f"{path}: {flag} {arg!r} is not a column; columns found: {found}")
+    return hits[0]
+
+
 def _resolve_columns(src: _Source, col_args: Sequence[str | int | None]) -> dict[str, int | None]:
     ncols = len(src.columns)
     found = ", ".join(src.header) if src.header is not None else f"{ncols} unnamed columns"
     out: dict[str, int | None] = {}
     for role, arg in zip(_ROLES, col_args, strict=True):
-        if arg is None:
-            continue
-        if isinstance(arg, bool) or not isinstance(arg, (int, str, np.integer)):
-            raise DataError(f"{_FLAGS[role]} must be a column name or number, got {arg!r}")
-        if isinstance(arg, (int, np.integer)) or arg.strip().isdigit():
-            pos = int(arg)
-            if not 0 <= pos < ncols:
-                raise DataError(
-                    f"{src.path}: {_FLAGS[role]} {pos} is out of range; the file has "
-                    f"{ncols} columns ({found}), numbered from 0"
-                )
-            out[role] = pos
-            continue
-        if src.header is None:
-            raise DataError(
-                f"{src.path}: {_FLAGS[role]} {arg!r} names a column but the file has no "
-                f"header; give the 0-based column number instead (0..{ncols - 1})"
-            )
-        exact = [j for j, h in enumerate(src.header) if h.strip().lower() == arg.strip().lower()]
-        loose = [j for j, h in enumerate(src.header) if _norm_name(h) == _norm_name(arg)]
-        hits = exact or loose
-        if not hits:
-            raise DataError(
-                f"{src.path}: {_FLAGS[role]} {arg!r} is not a column; columns found: {found}"
-            )
-        out[role] = hits[0]
+        if arg is not None:
+            out[role] = _column_arg(src.path, _FLAGS[role], arg, src.header, ncols)
     if src.header is None:
         for j, role in enumerate(_ROLES):
             if role not in out and j < ncols and j not in out.values():

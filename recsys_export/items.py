@@ -26,6 +26,7 @@ import numpy as np
 from recsys_export.data import (
     _COLUMN_NAMES,
     _as_text,
+    _column_arg,
     _decode,
     _norm_name,
     _normalize_sep,
@@ -167,33 +168,6 @@ def _looks_like_header(first: list[str], second: list[str] | None, args: list[An
     return not first[pos].lstrip("-").isdigit() and second[pos].lstrip("-").isdigit()
 
 
-def _column(
-    role: str, arg: str | int | None, header: list[str] | None, ncols: int, path: str
-) -> int | None:
-    """Position of the ``role`` column named by ``arg``, or None when ``arg`` is None."""
-    if arg is None:
-        return None
-    found = ", ".join(header) if header is not None else f"{ncols} unnamed columns"
-    if isinstance(arg, bool) or not isinstance(arg, (int, str, np.integer)):
-        raise DataError(f"{_FLAGS[role]} must be a column name or number, got {arg!r}")
-    if isinstance(arg, (int, np.integer)) or arg.strip().isdigit():
-        pos = int(arg)
-        if not 0 <= pos < ncols:
-            raise DataError(
-                f"{path}: {_FLAGS[role]} {pos} is out of range; the file has {ncols} columns "
-                f"({found}), numbered from 0"
-            )
-        return pos
-    assert header is not None  # a column name makes the first row a header
-    want = arg.strip().lower()
-    hits = [j for j, h in enumerate(header) if h.lower() == want] or [
-        j for j, h in enumerate(header) if _norm_name(h) == _norm_name(arg)
-    ]
-    if not hits:
-        raise DataError(f"{path}: {_FLAGS[role]} {arg!r} is not a column; columns found: {found}")
-    return hits[0]
-
-
 def _detect(
     known: frozenset[str], taken: int | None, header: list[str] | None, ncols: int
 ) -> int | None:
@@ -287,8 +261,10 @@ def read_item_names(
         columns = [c[1:] for c in columns]
         if len(columns[0]) == 0:
             raise DataError(f"{name}: has a header ({', '.join(header)}) but no rows")
-    id_pos = _column("id", id_col, header, ncols, name)
-    name_pos = _column("name", name_col, header, ncols, name)
+    id_pos, name_pos = (
+        None if arg is None else _column_arg(name, _FLAGS[role], arg, header, ncols)
+        for role, arg in (("id", id_col), ("name", name_col))
+    )
     if id_pos is None:
         id_pos = _detect(_ID_COLUMNS, name_pos, header, ncols)
     if name_pos is None:
