@@ -22,6 +22,7 @@ import torch
 
 from recsys_export.errors import CheckpointError
 from recsys_export.ids import IdMap
+from recsys_export.items import check_item_names
 from recsys_export.models import BaseModel, build_model
 
 CHECKPOINT_FORMAT = "recsys-export-checkpoint"
@@ -52,6 +53,9 @@ class Checkpoint:
     seen_parts : np.ndarray, optional
         int8 part of each seen pair: 0 train, 1 validation (model selection), 2 test
         (reported metrics only); see :func:`recsys_export.data.three_way_split`.
+    item_names : list of str or None, optional
+        Display names (titles) in item-index order, None for unnamed items
+        (:func:`recsys_export.items.read_item_names`); exported to the bundle.
     """
 
     model: BaseModel
@@ -64,6 +68,7 @@ class Checkpoint:
     data: dict[str, Any] = field(default_factory=dict)
     seen_ratings: np.ndarray | None = None
     seen_parts: np.ndarray | None = None
+    item_names: list[str | None] | None = None
 
     @property
     def kind(self) -> str:
@@ -76,6 +81,12 @@ class Checkpoint:
             raise CheckpointError(
                 f"cannot write checkpoint {path}: directory {path.parent} does not exist"
             )
+        names = self.item_names
+        if names is not None:  # plain str: weights_only loading refuses numpy strings
+            try:
+                names = check_item_names(names, self.model.n_items)
+            except ValueError as exc:
+                raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from None
         payload = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -89,6 +100,7 @@ class Checkpoint:
             "config": self.config,
             "metrics": self.metrics,
             "data": self.data,
+            "item_names": names,
         }
         for key, arr, dtype in (
             ("seen_ratings", self.seen_ratings, np.float32),
@@ -221,6 +233,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for key, value in list(metrics.items()):
         if isinstance(value, float) and not math.isfinite(value):
             metrics[key] = None
+    item_names = payload.get("item_names")
+    if item_names is not None:
+        try:
+            item_names = check_item_names(item_names, model.n_items)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}; the checkpoint is corrupted") from None
     return Checkpoint(
         model=model,
         user_map=user_map,
@@ -232,4 +250,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         data=payload.get("data", {}) or {},
         seen_ratings=optional["seen_ratings"],
         seen_parts=optional["seen_parts"],
+        item_names=item_names,
     )

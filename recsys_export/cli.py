@@ -92,6 +92,22 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
     s.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
 
 
+def _add_items_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("item names (shown by 'recommend')")
+    g.add_argument(
+        "--items",
+        type=Path,
+        metavar="FILE",
+        help="file of item ids and names (e.g. MovieLens movies.csv, MovieTweetings "
+        "movies.dat): stored in the checkpoint and the bundle; the bundled MovieLens "
+        "sample gets its titles without it",
+    )
+    g.add_argument(
+        "--item-id-col", help="id column of --items (name or 0-based position); detected"
+    )
+    g.add_argument("--item-name-col", help="name column of --items (name or position); detected")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -183,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--init-std", type=float, help="embedding init std")
     h.add_argument("--threads", type=int, help="torch CPU threads while training (default 1)")
     h.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
+    _add_items_args(p)
     m = p.add_argument_group("metrics")
     m.add_argument(
         "-k", "--k", type=int, default=10, help="cut-off of ranking metrics (default 10)"
@@ -433,6 +450,23 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def _read_test_file(args: argparse.Namespace) -> Any:
+def _load_item_names(args: argparse.Namespace, ratings: Any) -> list[str | None] | None:
+    """Names from ``--items``, or the bundled titles for the bundled ratings; else None."""
+    from recsys_export.items import default_item_names_path, read_item_names
+
+    path = args.items
+    if path is None and args.data in (None, "movielens-small"):
+        path = default_item_names_path()
+    if path is None:
+        return None
+    names = read_item_names(
+        path, item_map=ratings.item_map, id_col=args.item_id_col, name_col=args.item_name_col
+    )
+    if not args.quiet:
+        print(f"items: {names.summary()}", file=sys.stderr)
+    return names.names
+
+
     from recsys_export import data
 
     return data.read_ratings(
@@ -460,6 +494,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ratings = _load_data(args)
     args._implicit_data = ratings.implicit
     cfg = train_config(args)
+    item_names = _load_item_names(args, ratings)
     if ratings.n_duplicates:
         print(
             f"note: {ratings.n_duplicates} duplicate (user, item) rows in {ratings.source}; "
@@ -499,6 +534,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             },
             "sep": args.sep,
         },
+        item_names=item_names,
     )
     ckpt.save(out)
     if args.json:
@@ -702,25 +738,34 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
     k = args.k if args.k is not None else min(10, rec.n_items)
     result = rec.recommend(args.user, k=k, exclude_seen=not args.include_seen)
+    names = result.names if result.names is not None else np.full(result.items.shape, None)
     rows = []
-    for user, items, scores in zip(args.user, result.items, result.scores):
+    for user, items, scores, titles in zip(args.user, result.items, result.scores, names):
         # slots no admissible item can fill (the user rated nearly everything) hold
         # item None and score -inf: leave them out rather than print "None -inf"
-        filled = [(i, s) for i, s in zip(items, scores) if i is not None and s != -np.inf]
-        rows.append(
-            {
-                "user": user,
-                "items": [_jsonable(i) for i, _ in filled],
-                "scores": [float(s) for _, s in filled],
-            }
-        )
+        filled = [
+            (i, s, t) for i, s, t in zip(items, scores, titles) if i is not None and s != -np.inf
+        ]
+        row = {
+            "user": user,
+            "items": [_jsonable(i) for i, _, _ in filled],
+            "scores": [float(s) for _, s, _ in filled],
+        }
+        if result.names is not None:
+            row["names"] = [t for _, _, t in filled]
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
             print(f"user {row['user']}:")
-            for rank, (item, score) in enumerate(zip(row["items"], row["scores"]), 1):
-                print(f"  {rank:>3}. {item}  {score:.4f}")
+            # rank. item  title  score, in columns (titles where the bundle has them)
+            ids = [str(i) for i in row["items"]]
+            titles = [t or "" for t in row.get("names", [])] or [""] * len(ids)
+            wid, wt = max(map(len, ids), default=0), max(map(len, titles), default=0)
+            for rank, (item, title, score) in enumerate(zip(ids, titles, row["scores"]), 1):
+                named = f"{title:<{wt}}  " if wt else ""
+                print(f"  {rank:>3}. {item:<{wid}}  {named}{score:.4f}")
     return 0
 
 

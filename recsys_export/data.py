@@ -423,7 +423,12 @@ def read_ratings(
 # .................................................................... text parsing
 
 
-def _decode(name: str, raw: bytes) -> str:
+def _decode(name: str, raw: bytes, *, fallback: str | None = None) -> str:
+    """Text of a (possibly gzip-compressed) UTF-8 file; DataError for binary or bad bytes.
+
+    ``fallback`` (e.g. ``"latin-1"``) decodes a file that is not UTF-8 with that codec
+    instead of failing (item-name files of older MovieLens releases are Latin-1).
+    """
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -439,6 +444,11 @@ def _decode(name: str, raw: bytes) -> str:
     )
     if b"\x00" in head:
         raise DataError(f"{name}: {binary_hint} (NUL bytes in the first KB)")
+    if fallback is not None and b"\x00" not in raw:
+        try:
+            return raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return raw.decode(fallback)
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -490,20 +500,30 @@ def _sep_name(sep: str) -> str:
     return {"\t": "tab", r"\s+": "whitespace"}.get(sep, repr(sep))
 
 
-def _text_source(
-    name: str, raw: bytes, sep: str | None, col_args: Sequence[str | int | None]
-) -> _Source:
+def _normalize_sep(sep: str) -> str:
+    """A ``--sep`` value with its aliases resolved (``tab``, ``space``, ...)."""
+    if not isinstance(sep, str) or sep == "":
+        raise DataError(f"sep must be a non-empty string, got {sep!r}")
+    return _SEP_ALIASES.get(sep.lower(), sep)
+
+
+def _split_table(name: str, text: str, sep: str) -> tuple[list[np.ndarray], Callable[[int], int]]:
+    """Split decoded text on ``sep`` into columns of str (no header handling).
+
+    Returns
+    -------
+    columns : list of np.ndarray
+        One object array of str per field; blank lines are skipped.
+    line_of : callable
+        Maps a 0-based table row to its 1-based line in the file (for messages).
+
+    Raises
+    ------
+    DataError
+        An unbalanced quote, rows with differing field counts, or an empty table.
+    """
     import pandas as pd
 
-    text = _decode(name, raw)
-    if not text.strip():
-        raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
-    if sep is not None:
-        if not isinstance(sep, str) or sep == "":
-            raise DataError(f"sep must be a non-empty string, got {sep!r}")
-        sep = _SEP_ALIASES.get(sep.lower(), sep)
-    else:
-        sep = _sniff_sep(name, text)
     quoting = csv.QUOTE_MINIMAL
     if len(sep) > 1 and sep != r"\s+":
         # the C parser takes one-character separators only: swap in a control character
@@ -553,7 +573,17 @@ def _text_source(
         lines = cache["lines"]
         return int(lines[row]) if row < len(lines) else row + 1
 
-    columns = [df[c].to_numpy(dtype=object) for c in df.columns]
+    return [df[c].to_numpy(dtype=object) for c in df.columns], line_of
+
+
+def _text_source(
+    name: str, raw: bytes, sep: str | None, col_args: Sequence[str | int | None]
+) -> _Source:
+    text = _decode(name, raw)
+    if not text.strip():
+        raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
+    sep = _normalize_sep(sep) if sep is not None else _sniff_sep(name, text)
+    columns, line_of = _split_table(name, text, sep)
     ncols = len(columns)
     first = [str(v).strip() for v in (c[0] for c in columns)]
     header = first if _looks_like_header(first, col_args) else None
@@ -623,37 +653,45 @@ def _parquet_source(name: str, raw: bytes) -> _Source:
 # .................................................................... columns
 
 
+def _column_arg(path: str, flag: str, arg: Any, header: list[str] | None, ncols: int) -> int:
+    """0-based position of the column a ``--*-col`` value names (header name or number).
+
+    Raises
+    ------
+    DataError
+        Not a name or number, out of range, a name without a header, or no such column.
+    """
+    found = ", ".join(header) if header is not None else f"{ncols} unnamed columns"
+    if isinstance(arg, bool) or not isinstance(arg, (int, str, np.integer)):
+        raise DataError(f"{flag} must be a column name or number, got {arg!r}")
+    if isinstance(arg, (int, np.integer)) or arg.strip().isdigit():
+        pos = int(arg)
+        if not 0 <= pos < ncols:
+            raise DataError(
+                f"{path}: {flag} {pos} is out of range; the file has "
+                f"{ncols} columns ({found}), numbered from 0"
+            )
+        return pos
+    if header is None:
+        raise DataError(
+            f"{path}: {flag} {arg!r} names a column but the file has no "
+            f"header; give the 0-based column number instead (0..{ncols - 1})"
+        )
+    exact = [j for j, h in enumerate(header) if h.strip().lower() == arg.strip().lower()]
+    loose = [j for j, h in enumerate(header) if _norm_name(h) == _norm_name(arg)]
+    hits = exact or loose
+    if not hits:
+        raise DataError(f"{path}: {flag} {arg!r} is not a column; columns found: {found}")
+    return hits[0]
+
+
 def _resolve_columns(src: _Source, col_args: Sequence[str | int | None]) -> dict[str, int | None]:
     ncols = len(src.columns)
     found = ", ".join(src.header) if src.header is not None else f"{ncols} unnamed columns"
     out: dict[str, int | None] = {}
     for role, arg in zip(_ROLES, col_args, strict=True):
-        if arg is None:
-            continue
-        if isinstance(arg, bool) or not isinstance(arg, (int, str, np.integer)):
-            raise DataError(f"{_FLAGS[role]} must be a column name or number, got {arg!r}")
-        if isinstance(arg, (int, np.integer)) or arg.strip().isdigit():
-            pos = int(arg)
-            if not 0 <= pos < ncols:
-                raise DataError(
-                    f"{src.path}: {_FLAGS[role]} {pos} is out of range; the file has "
-                    f"{ncols} columns ({found}), numbered from 0"
-                )
-            out[role] = pos
-            continue
-        if src.header is None:
-            raise DataError(
-                f"{src.path}: {_FLAGS[role]} {arg!r} names a column but the file has no "
-                f"header; give the 0-based column number instead (0..{ncols - 1})"
-            )
-        exact = [j for j, h in enumerate(src.header) if h.strip().lower() == arg.strip().lower()]
-        loose = [j for j, h in enumerate(src.header) if _norm_name(h) == _norm_name(arg)]
-        hits = exact or loose
-        if not hits:
-            raise DataError(
-                f"{src.path}: {_FLAGS[role]} {arg!r} is not a column; columns found: {found}"
-            )
-        out[role] = hits[0]
+        if arg is not None:
+            out[role] = _column_arg(src.path, _FLAGS[role], arg, src.header, ncols)
     if src.header is None:
         for j, role in enumerate(_ROLES):
             if role not in out and j < ncols and j not in out.values():

@@ -3,7 +3,8 @@
 Trains MF and DenseNet on the bundled MovieLens latest-small sample, exports each to a
 verified bundle (TorchScript, ONNX, torch.export; export runs the parity check and
 prints its table), and shows a
-few recommendations computed by the torch-free onnxruntime runtime. Each step is the
+few recommendations computed by the torch-free onnxruntime runtime, with the movie titles
+that ``train`` stores for the bundled sample (its ``movies.csv``). Each step is the
 CLI command printed before it runs, so the demo doubles as a tutorial.
 """
 

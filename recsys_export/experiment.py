@@ -78,6 +78,7 @@ def train_checkpoint(
     test: Ratings | None = None,
     progress: bool = True,
     data_info: dict[str, Any] | None = None,
+    item_names: list[str | None] | None = None,
 ) -> tuple[Checkpoint, dict[str, dict[str, Any]]]:
     """Split, train, evaluate against the baselines, and build the checkpoint.
 
@@ -102,6 +103,8 @@ def train_checkpoint(
         Show the training progress line.
     data_info : dict, optional
         Extra provenance stored in the checkpoint's ``data``.
+    item_names : list, optional
+        Display names in item-index order (:func:`recsys_export.items.read_item_names`).
 
     Returns
     -------
@@ -164,6 +167,7 @@ def train_checkpoint(
         data=info,
         seen_ratings=ratings.ratings,
         seen_parts=parts,
+        item_names=item_names,
     )
     return ckpt, results
 

@@ -25,6 +25,7 @@ from recsys_export.bundle import FORMAT_VERSION, Bundle, BundleWriter
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import CheckpointError, ConfigError
 from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, inference_module
+from recsys_export.items import ITEM_NAMES_FILE, check_item_names
 from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
 
 ONNX_OPSET = 20
@@ -252,6 +253,16 @@ def _check_finite(ckpt: Checkpoint) -> None:
             )
 
 
+def _item_names(ckpt: Checkpoint) -> list[str | None] | None:
+    """The checkpoint's item names, validated against the model's item count."""
+    if ckpt.item_names is None:
+        return None
+    try:
+        return check_item_names(ckpt.item_names, ckpt.model.n_items)
+    except ValueError as exc:
+        raise CheckpointError(f"refusing to export: {exc}") from None
+
+
 def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
     """Validate a format list (``"onnx,torchscript,pt2"`` or a sequence)."""
     if formats is None:
@@ -314,6 +325,9 @@ def export_bundle(
     files: dict[str, dict[str, Any]] = {}
     with BundleWriter(out, overwrite=overwrite) as writer:
         writer.write_id_maps(ckpt.user_map, ckpt.item_map)
+        names = _item_names(ckpt)
+        if names is not None:
+            writer.write_json(ITEM_NAMES_FILE, names, "item_names")
         indptr, seen = _seen_csr(ckpt)
         writer.write_bytes("ids/seen_indptr.npy", _npy_bytes(indptr), "seen:indptr")
         writer.write_bytes("ids/seen_items.npy", _npy_bytes(seen), "seen:items")
@@ -407,6 +421,7 @@ def build_manifest(
         "entry_points": entry_point_spec(model.n_items),
         "formats": formats,
         "seen": {"indptr": "ids/seen_indptr.npy", "items": "ids/seen_items.npy"},
+        "item_names": ITEM_NAMES_FILE if ckpt.item_names is not None else None,
         "reference": {"state_dict": REFERENCE_FILE},
         "versions": {
             "recsys_export": __version__,

@@ -9,6 +9,7 @@ per ONNX graph and answers the three entry points with raw ids or dense indices:
     res = rec.recommend([1, 2], k=10)                # res.items, res.scores: [2, 10]
     rec.write_score_matrix("scores.npy")             # chunked, constant memory
     rec.write_topk("topk.parquet", k=10)             # or .csv
+    res.names                                        # item names (titles), if exported
 
 Every index is validated before a graph runs (onnxruntime silently wraps negative
 indices). Bundles exported by this version also carry optional fast-path graphs
@@ -21,7 +22,8 @@ Sessions are created once (lazily, under a lock) and shared: one ``Recommender``
 used from many threads at once.
 
 This module imports only the standard library, numpy, onnxruntime and the torch-free
-parts of ``recsys_export`` (``bundle``, ``ids``, ``errors``, ``manifest``, ``progress``);
+parts of ``recsys_export`` (``bundle``, ``ids``, ``items``, ``errors``, ``manifest``,
+``progress``);
 pyarrow is imported lazily, only to write Parquet.
 """
 
@@ -44,6 +46,7 @@ import onnxruntime as ort
 from recsys_export.bundle import Bundle
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.ids import IdMap, runs_to_coo
+from recsys_export.items import check_item_names
 from recsys_export.manifest import ENTRY_POINTS
 from recsys_export.progress import Progress
 
@@ -95,6 +98,10 @@ class RecommendResult:
         Unknown users dropped with ``unknown="skip"`` (as given).
     fallback : np.ndarray
         ``bool[B]``: rows filled with the most popular items (``unknown="popular"``).
+    names : np.ndarray or None
+        ``object[B, k]``: the items' names (titles) when the bundle has them
+        (``train --items``), None in empty slots and for unnamed items; None when the
+        bundle has no names.
     """
 
     users: np.ndarray
@@ -102,6 +109,7 @@ class RecommendResult:
     scores: np.ndarray
     skipped: list[Any] = field(default_factory=list)
     fallback: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    names: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -231,6 +239,7 @@ class Recommender:
         self._lock = threading.Lock()
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._seen: tuple[np.ndarray, np.ndarray] | None = None
+        self._names: tuple[np.ndarray | None] | None = None  # (None,): bundle has none
         self._popular_counts: np.ndarray | None = None
         self._k_cache = {k: np.array(k, dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
         self._k1_cache = {k: np.array([k], dtype=np.int64) for k in (1, 5, 10, 20, 50, 100)}
@@ -462,6 +471,48 @@ class Recommender:
             raise BundleError(f"{where}: the seen-items CSR is malformed; export it again")
         return indptr, items
 
+    def _name_table(self) -> np.ndarray | None:
+        """``object[n_items + 1]`` of names, None last (index -1: an empty slot)."""
+        if self._names is None:
+            with self._lock:
+                if self._names is None:
+                    self._names = (self._load_names(),)
+        return self._names[0]
+
+    def _load_names(self) -> np.ndarray | None:
+        rel = self.manifest.get("item_names")
+        if rel is None:
+            return None
+        where = f"bundle {self.bundle.root}"
+        if not isinstance(rel, str):
+            raise BundleError(f"{where}: 'item_names' in the manifest must name a file")
+        try:
+            names = check_item_names(self.bundle.read_json(rel), self._n_items)
+        except ValueError as exc:
+            raise BundleError(f"{where}: {rel!r}: {exc}; export it again") from None
+        table = np.empty(self._n_items + 1, dtype=object)
+        table[: self._n_items] = names
+        return table
+
+    @property
+    def item_names(self) -> list[str | None] | None:
+        """Item names (titles) in index order, None for unnamed items; None when the
+        bundle has none (exported from a checkpoint trained without ``--items``)."""
+        table = self._name_table()
+        return None if table is None else table[: self._n_items].tolist()
+
+    def names_of(self, item_ids: Any, *, by_index: bool = False) -> list[str | None]:
+        """Names of items (raw ids, or indices with ``by_index``); None where unnamed.
+
+        Raises
+        ------
+        UnknownIdError
+            If an id is unknown or an index out of range.
+        """
+        items = self._items(item_ids, by_index)
+        table = self._name_table()
+        return [None] * len(items) if table is None else table[items].tolist()
+
     # ------------------------------------------------------------------ score
     def score(self, user_ids: Any, item_ids: Any, *, by_index: bool = False) -> np.ndarray:
         """Pairwise scores ``float32[n]`` of ``(user_ids[j], item_ids[j])``.
@@ -669,7 +720,9 @@ class Recommender:
                 out_users = np.asarray(given, dtype=object).copy()
                 out_users[known] = self._user_map.raw_ids[users[known]]
             out_items = self._items_to_raw(items)
-        return RecommendResult(out_users, out_items, scores, skipped, fallback)
+        table = self._name_table()
+        names = None if table is None else table[items]
+        return RecommendResult(out_users, out_items, scores, skipped, fallback, names)
 
     def _items_to_raw(self, items: np.ndarray) -> np.ndarray:
         raw = self._item_map.raw_ids

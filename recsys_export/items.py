@@ -1,0 +1,298 @@
+"""Item names (titles), read from a file and aligned with a model's item index.
+
+A names file holds an id column and a name column, for example MovieLens ``movies.csv``
+(``movieId,title,genres``), MovieTweetings' ``movies.dat`` (``id::Title (year)::genres``,
+no header) or a ``|``-separated Latin-1 file like MovieLens 100k's ``u.item``.
+:func:`read_item_names` maps the file's raw ids through the model's item
+:class:`~recsys_export.ids.IdMap`, so ``names[i]`` is the name of item index ``i``; items
+the file does not name get None, and rows whose id the model does not know are ignored
+and counted.
+
+The names travel in the checkpoint (``Checkpoint.item_names``) and in the bundle
+(:data:`ITEM_NAMES_FILE`, a JSON list in item-index order, checksummed and listed in the
+manifest under ``item_names``); the runtime returns them with recommendations.
+
+Torch-free: the runtime imports :func:`check_item_names` from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_export.data import (
+    _COLUMN_NAMES,
+    _as_text,
+    _column_arg,
+    _decode,
+    _norm_name,
+    _normalize_sep,
+    _parse_ids,
+    _py,
+    _sep_name,
+    _show,
+    _sniff_sep,
+    _Source,
+    _split_table,
+    default_dataset_path,
+)
+from recsys_export.errors import DataError
+from recsys_export.ids import IdMap
+
+__all__ = [
+    "ITEM_NAMES_FILE",
+    "ItemNames",
+    "check_item_names",
+    "default_item_names_path",
+    "read_item_names",
+]
+
+#: Bundle-relative file of the item names (a JSON list in item-index order).
+ITEM_NAMES_FILE = "ids/item_names.json"
+
+_ID_COLUMNS = frozenset(_norm_name(n) for n in (*_COLUMN_NAMES["item"], "id"))
+_NAME_COLUMNS = frozenset(
+    _norm_name(n)
+    for n in (
+        "title", "name", "item_name", "item_title", "movie_title", "product_name",
+        "product_title", "label",
+    )
+)  # fmt: skip
+_FLAGS = {"id": "--item-id-col", "name": "--item-name-col"}
+_MAX_EXAMPLES = 5
+
+
+@dataclass
+class ItemNames:
+    """Names read by :func:`read_item_names`, aligned with an item id map.
+
+    Attributes
+    ----------
+    names : list of str or None
+        ``names[i]`` is the name of item index ``i``; None where the file has none.
+    source : str
+        The file read.
+    n_rows : int
+        Data rows in the file (header excluded).
+    n_unknown : int
+        Rows whose id is not in the item map (ignored).
+    unknown_examples : list
+        Up to five of those ids, as read.
+    """
+
+    names: list[str | None]
+    source: str
+    n_rows: int
+    n_unknown: int = 0
+    unknown_examples: list[Any] = field(default_factory=list)
+
+    @property
+    def n_named(self) -> int:
+        """Items that got a name."""
+        return sum(n is not None for n in self.names)
+
+    def summary(self) -> str:
+        """One line for the user: how many items are named, what was ignored."""
+        text = f"{self.n_named:,} of {len(self.names):,} items named from {self.source}"
+        if self.n_unknown:
+            shown = ", ".join(repr(v) for v in self.unknown_examples)
+            text += f"; ignored {self.n_unknown:,} ids not in the ratings (e.g. {shown})"
+        return text
+
+
+def default_item_names_path() -> Path:
+    """Path of the MovieLens ``ml-latest-small`` titles (``movies.csv``) in the package."""
+    return default_dataset_path().with_name("movies.csv")
+
+
+def check_item_names(obj: Any, n_items: int) -> list[str | None]:
+    """Validate stored names: a list of ``n_items`` entries, each a string or None.
+
+    Parameters
+    ----------
+    obj : Any
+        What a checkpoint or bundle holds.
+    n_items : int
+        Number of items of the model.
+
+    Returns
+    -------
+    list of str or None
+        A new list of plain ``str`` (numpy strings converted) and None.
+
+    Raises
+    ------
+    ValueError
+        Saying what is wrong; callers wrap it in their own error with the file name.
+    """
+    if not isinstance(obj, list):
+        raise ValueError(f"item names must be a list, got {type(obj).__name__}")
+    if len(obj) != n_items:
+        raise ValueError(f"{len(obj)} item names for a model of {n_items} items")
+    bad = next((v for v in obj if v is not None and not isinstance(v, str)), None)
+    if bad is not None:
+        raise ValueError(f"item names must be strings or null, found {type(bad).__name__}")
+    return [None if v is None else str(v) for v in obj]
+
+
+def _sniff(name: str, text: str) -> str:
+    """``::`` when every one of the first lines has it, else ``_sniff_sep``'s choice."""
+    lines = [ln for ln in text.split("\n", 40)[:40] if ln.strip()][:20]
+    if lines and all("::" in ln for ln in lines):
+        return "::"
+    try:
+        sep = _sniff_sep(name, text)
+    except DataError:
+        sep = r"\s+"
+    if sep == r"\s+":  # titles hold spaces: whitespace cannot separate id and name
+        raise DataError(
+            f"{name}: line 1: cannot find the separator between the item id and its name "
+            f"(no ',', ';', '|', tab or '::' in {_show(lines[0] if lines else '')}); a names "
+            "file needs an id column and a name column, e.g. 'movieId,title'"
+        )
+    return sep
+
+
+def _looks_like_header(first: list[str], second: list[str] | None, args: list[Any]) -> bool:
+    if any(isinstance(a, str) and not a.strip().isdigit() for a in args):
+        return True
+    if any(_norm_name(f) in _ID_COLUMNS | _NAME_COLUMNS for f in first):
+        return True
+    # an id column of integers whose first field is not one: that field is a title
+    pos = int(args[0]) if args[0] is not None else 0
+    if second is None or pos >= len(first):
+        return False
+    return not first[pos].lstrip("-").isdigit() and second[pos].lstrip("-").isdigit()
+
+
+def _detect(
+    known: frozenset[str], taken: int | None, header: list[str] | None, ncols: int
+) -> int | None:
+    """Default position of a column: by header name, else the first free column."""
+    if header is not None:
+        hit = next((j for j, h in enumerate(header) if _norm_name(h) in known and j != taken), None)
+        if hit is not None or ncols > 2:
+            return hit
+    return next(j for j in range(ncols) if j != taken)
+
+
+def read_item_names(
+    path: str | Path,
+    *,
+    item_map: IdMap,
+    id_col: str | int | None = None,
+    name_col: str | int | None = None,
+    sep: str | None = None,
+) -> ItemNames:
+    """Read item names from a file and align them with ``item_map``.
+
+    Format
+        Text (plain or gzip-compressed; UTF-8, or Latin-1 when it is not UTF-8) with
+        fields separated by ``::`` (detected when every line has it), a tab, ``,``,
+        ``;`` or ``|`` (sniffed as for ratings files; CSV quoting is honoured, so titles
+        may hold commas). ``sep`` overrides the detection.
+
+    Columns
+        The first row is a header when a field is a known column name (id: ``movieId``,
+        ``item_id``, ``item``, ``id`` ...; name: ``title``, ``name``, ``item_name``,
+        ``movie_title``, ``product_name`` ...), when ``id_col``/``name_col`` names a
+        column, or when its id field is not an integer while the next row's is. With a
+        header the columns are found by those names (a two-column file needs none);
+        without one the id is the first column and the name the second.
+        ``id_col``/``name_col`` name a column by header name or 0-based position.
+
+    Ids
+        Read as text, like the ratings' ids, and looked up in ``item_map``: an integer
+        map also matches zero-padded ids (``"0114709"`` is item 114709), a string map
+        matches the text exactly. Rows with ids the map lacks are ignored and counted; a
+        later row for the same id replaces an earlier one. Names are stripped; an empty
+        name counts as none.
+
+    Parameters
+    ----------
+    path : str or Path
+        The names file.
+    item_map : IdMap
+        The model's item ids (``Ratings.item_map`` or ``Checkpoint.item_map``).
+    id_col, name_col : str or int, optional
+        The id and name columns (header name or 0-based position).
+    sep : str, optional
+        Field separator (``"tab"``/``"\\t"`` for a tab; multi-character allowed).
+
+    Returns
+    -------
+    ItemNames
+        ``names`` (one per item index, None where missing) and the counts.
+
+    Raises
+    ------
+    DataError
+        Missing, empty or binary file; no separator; fewer than two columns; a column
+        that is not found or out of range; the same column for id and name; an empty id.
+    """
+    p = Path(path)
+    name = str(path)
+    if not p.is_file():
+        what = "is a directory, not a names file" if p.is_dir() else "file not found"
+        raise DataError(f"{name}: {what}; give a file of item ids and names, e.g. movies.csv")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
+    text = _decode(name, raw, fallback="latin-1") if raw else ""
+    if not text.strip():
+        raise DataError(f"{name}: the file is empty; expected rows of item id and name")
+    sep = _normalize_sep(sep) if sep is not None else _sniff(name, text)
+    columns, line_of = _split_table(name, text, sep)
+    ncols = len(columns)
+    if ncols < 2:
+        raise DataError(
+            f"{name}: line {line_of(0)}: found 1 column when splitting on {_sep_name(sep)}; "
+            "a names file needs an id column and a name column (e.g. 'movieId,title')"
+        )
+    first = [str(c[0]).strip() for c in columns]
+    second = [str(c[1]).strip() for c in columns] if len(columns[0]) > 1 else None
+    header = first if _looks_like_header(first, second, [id_col, name_col]) else None
+    offset = 1 if header is not None else 0
+    if header is not None:
+        columns = [c[1:] for c in columns]
+        if len(columns[0]) == 0:
+            raise DataError(f"{name}: has a header ({', '.join(header)}) but no rows")
+    id_pos, name_pos = (
+        None if arg is None else _column_arg(name, _FLAGS[role], arg, header, ncols)
+        for role, arg in (("id", id_col), ("name", name_col))
+    )
+    if id_pos is None:
+        id_pos = _detect(_ID_COLUMNS, name_pos, header, ncols)
+    if name_pos is None:
+        name_pos = _detect(_NAME_COLUMNS, id_pos, header, ncols)
+    for role, pos in (("id", id_pos), ("name", name_pos)):
+        if pos is None:
+            raise DataError(
+                f"{name}: no item {role} column; columns found: {', '.join(header or [])}. "
+                f"Name it with {_FLAGS[role]} (header name or 0-based number)"
+            )
+    if id_pos == name_pos:
+        raise DataError(
+            f"{name}: the item id and name columns must differ (both are column {id_pos}); "
+            "check --item-id-col and --item-name-col"
+        )
+    src = _Source(name, columns, header, lambda row: f"line {line_of(row + offset)}")
+    ids = _parse_ids(src, columns[id_pos], "item")
+    texts = [t.strip() for t in _as_text(columns[name_pos]).tolist()]
+    index = item_map.to_index(ids, missing=-1)
+    names: list[str | None] = [None] * len(item_map)
+    for i, title in zip(index.tolist(), texts):
+        if i >= 0:
+            names[i] = title or None
+    unknown = np.flatnonzero(index < 0)
+    return ItemNames(
+        names=names,
+        source=name,
+        n_rows=len(ids),
+        n_unknown=int(unknown.size),
+        unknown_examples=[_py(ids[j]) for j in unknown[:_MAX_EXAMPLES]],
+    )
