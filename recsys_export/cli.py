@@ -449,7 +449,6 @@ def train_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _read_test_file(args: argparse.Namespace) -> Any:
 def _load_item_names(args: argparse.Namespace, ratings: Any) -> list[str | None] | None:
     """Names from ``--items``, or the bundled titles for the bundled ratings; else None."""
     from recsys_export.items import default_item_names_path, read_item_names
@@ -467,6 +466,7 @@ def _load_item_names(args: argparse.Namespace, ratings: Any) -> list[str | None]
     return names.names
 
 
+def _read_test_file(args: argparse.Namespace) -> Any:
     from recsys_export import data
 
     return data.read_ratings(
