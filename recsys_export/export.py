@@ -28,6 +28,9 @@ from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, i
 from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
 
 ONNX_OPSET = 20
+#: IR version written into every graph: 9 is what opset 20 needs and what onnxruntime
+#: 1.17 reads (the exporter stamps 10, which onnxruntime < 1.18 refuses).
+ONNX_IR_VERSION = 9
 REFERENCE_FILE = "reference/state_dict.pt"
 #: Protobuf's hard limit: larger ONNX models must keep weights in an external file.
 ONNX_SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2
@@ -204,6 +207,7 @@ def write_onnx(
     )
     if external_data is None:
         external_data = weight_bytes > ONNX_SINGLE_FILE_LIMIT
+    onnx_program.model.ir_version = ONNX_IR_VERSION
     onnx_program.model.metadata_props.update(
         {
             "recsys_export.model_kind": model_kind,
@@ -476,7 +480,7 @@ def _kernel_model(
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="recsys_export"
     )
-    model.ir_version = min(model.ir_version, 10)
+    model.ir_version = ONNX_IR_VERSION
     helper.set_model_props(
         model,
         {
