@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (HEAD:6379); default: a local Ray")
     p.add_argument("--workers", type=int, help="Ray workers (default: one per cluster CPU)")
     p.add_argument(
-        "--force", action="store_true", help="with --engine ray: replace a previous output dir"
+        "--force",
+        action="store_true",
+        help="replace an existing --out file (with --engine ray: a previous output dir)",
     )
     p.add_argument(
         "--memory-mb", type=int, default=256, help="memory budget per chunk (default 256)"
@@ -706,6 +710,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 exclude_seen=not args.include_seen,
                 memory_budget_mb=args.memory_mb,
                 progress=not args.quiet,
+                overwrite=args.force,
             )
         else:
             if args.out.suffix != ".npy":
@@ -713,7 +718,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                     f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)"
                 )
             path = rec.write_score_matrix(
-                args.out, memory_budget_mb=args.memory_mb, progress=not args.quiet
+                args.out,
+                memory_budget_mb=args.memory_mb,
+                progress=not args.quiet,
+                overwrite=args.force,
             )
         print(path)
         return 0
@@ -744,6 +752,18 @@ COMMANDS = {
 }
 
 
+#: Modules only the ``train`` extra installs: a runtime-only install lacks them.
+TRAIN_EXTRA_MODULES = frozenset({"torch", "onnx", "onnxscript", "pandas"})
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that partial outputs are removed."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recsys-export`` console script."""
     parser = build_parser()
@@ -751,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
     except ParityError as exc:  # the export is wrong, not the user's input: exit 1
@@ -760,9 +783,25 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"recsys-export {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(
+            f"recsys-export {args.command}: error: {args.command} needs the 'train' extra "
+            f"({exc.name} is not installed): pip install 'recsys-export[train]'; this "
+            "runtime-only install can run recommend, score and inspect",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"recsys-export {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"recsys-export {args.command}: terminated; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
