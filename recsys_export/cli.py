@@ -398,6 +398,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out is not None:
             raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist")
         out.parent.mkdir(parents=True)
+    _check_checkpoint_out(out)
     cfg = train_config(args)
     ratings = _load_data(args)
     if ratings.n_duplicates:
@@ -449,6 +450,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(_format_metrics(metrics, history))
     print(f"checkpoint: {out}")
     return 0
+
+
+def _check_checkpoint_out(out: Path) -> None:
+    """Fail before training when the checkpoint cannot be written at ``out``.
+
+    Raises
+    ------
+    ConfigError
+        ``out`` is a directory, or its directory does not let us create files (checked
+        by creating and removing a hidden probe file, which also catches read-only
+        filesystems and root on immutable directories).
+    """
+    import os
+
+    from recsys_export.errors import ConfigError
+
+    if out.is_dir():
+        raise ConfigError(
+            f"cannot write checkpoint {out}: it is a directory; give a file path such as "
+            f"{out / 'model.pt'}"
+        )
+    probe = out.parent / f".{out.name}.probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write checkpoint {out}: directory {out.parent} is not writable "
+            f"({exc.strerror}); choose another --out"
+        ) from None
+    os.unlink(probe)
 
 
 def _warn_rating_scale(ratings: Any, threshold: float) -> None:
@@ -586,18 +617,27 @@ def _verify_formats(text: str | None) -> list[str] | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from recsys_export.errors import BundleError
     from recsys_export.parity import verify_bundle
 
-    report = verify_bundle(
-        args.bundle,
-        checkpoint=args.checkpoint,
-        formats=_verify_formats(args.formats),
-        atol=args.atol,
-        rtol=args.rtol,
-        full_matrix=not args.quick,
-        record=args.record,
-        progress=not args.quiet,
-    )
+    try:
+        report = verify_bundle(
+            args.bundle,
+            checkpoint=args.checkpoint,
+            formats=_verify_formats(args.formats),
+            atol=args.atol,
+            rtol=args.rtol,
+            full_matrix=not args.quick,
+            record=args.record,
+            progress=not args.quiet,
+        )
+    except BundleError as exc:  # checked, but not recorded (a read-only bundle): show it
+        report = getattr(exc, "report", None)
+        if report is not None:
+            print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+        raise
+    for reason in report.skipped.values():
+        print(f"recsys-export verify: warning: {reason}", file=sys.stderr)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0 if report.passed else 1
 
