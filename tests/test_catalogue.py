@@ -35,7 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,8 +96,9 @@ class World:
     """What the cases build on: the shared checkpoint and bundle, and a scratch dir."""
 
     tmp: Path
-    checkpoint: Path
+    checkpoint: Path | None
     bundle: Path
+    saved: dict = field(default_factory=dict)
 
     def write(self, name: str, content: str | bytes) -> Path:
         path = self.tmp / name
@@ -150,7 +151,8 @@ class Case:
     ``build(world)`` creates the input and returns ``(argv, out)``: the command line
     and the path the command was asked to write (None if it writes nothing), which
     must not exist afterwards. ``words`` must all occur (case-insensitively) in the
-    one-line error message.
+    one-line error message. ``check(world)``, if given, then asserts that nothing the
+    user had was lost.
     """
 
     id: str
@@ -158,6 +160,8 @@ class Case:
     words: list[str]
     subprocess: bool = False
     forbidden: list[str] = field(default_factory=list)
+    #: runs after the command: checks that nothing was lost (an existing file, a bundle)
+    check: Callable[[World], None] | None = None
 
 
 def _train(world: World, name: str, content: str | bytes, *extra: str):
@@ -166,9 +170,9 @@ def _train(world: World, name: str, content: str | bytes, *extra: str):
     return ["train", str(data), "--out", str(out), "--preset", "tiny", "-q", *extra], out
 
 
-def _export(world: World, checkpoint: Path, out: Path | None = None):
+def _export(world: World, checkpoint: Path, out: Path | None = None, *extra: str):
     out = out or world.tmp / "exported"
-    return ["export", str(checkpoint), "--out", str(out), "--formats", "onnx", "-q"], out
+    return ["export", str(checkpoint), "--out", str(out), "--formats", "onnx", "-q", *extra], out
 
 
 def _edit_manifest(bundle: Path, edit: Callable[[dict], None]) -> None:
@@ -273,6 +277,60 @@ def _unwritable_dir(world: World):
 
 def _score_all(world: World, out: Path, *extra: str):
     return ["score", str(world.bundle), "--all", "--out", str(out), "-q", *extra], out
+
+
+def _resign(bundle: Path, rel: str) -> None:
+    """Record a changed file's size and sha256 in the manifest (a 're-signed' bundle)."""
+    f = bundle / rel
+
+    def edit(m: dict) -> None:
+        m["files"][rel].update(
+            bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest()
+        )
+
+    _edit_manifest(bundle, edit)
+
+
+def _score_all_over(world: World, name: str, content: bytes, *extra: str):
+    """``score --all`` asked to write over an existing file (saved for ``check``)."""
+    path = world.write(name, content)
+    world.saved[str(path)] = content
+    return _score_all(world, path, *extra)[0], None  # `out` exists: `check` covers it
+
+
+def _saved_unchanged(world: World) -> None:
+    """A ``check``: every file a builder saved still holds what it held."""
+    for name, content in world.saved.items():
+        assert Path(name).read_bytes() == content, f"{name} was changed"
+
+
+def _bundle_loads(world: World) -> None:
+    from recsys_export.runtime import Recommender
+
+    Recommender.load(world.saved["bundle"])  # every checksum still matches
+
+
+def _out_inside_bundle(world: World):
+    b = world.bundle_copy()
+    world.saved["bundle"] = b
+    out = b / "ids" / "seen_items.npy"
+    return ["score", str(b), "--all", "--out", str(out), "--force", "-q"], None
+
+
+def _no_model_entry(world: World):
+    b = world.bundle_copy()
+    _edit_manifest(b, lambda m: m.pop("model"))
+    return ["verify", str(b), "--quick", "-q"], None
+
+
+def _seen_out_of_range(world: World):
+    b = world.bundle_copy()
+    f = b / "ids" / "seen_items.npy"
+    seen = np.load(f)
+    seen[-1] = N_ITEMS  # one past the last item, in a re-signed file
+    np.save(f, seen)
+    _resign(b, "ids/seen_items.npy")
+    return ["verify", str(b), "--quick", "-q"], None
 
 
 CASES = [
@@ -463,6 +521,51 @@ CASES = [
         lambda w: (["score", str(w.bundle), "--all"], None),
         ["--all needs --out"],
     ),
+    Case(
+        "latin-1-file",
+        lambda w: _train(
+            w, "latin1.csv", "user,item,rating\nJosé,Amélie,4\nZoë,Ärger,3\n".encode("latin-1")
+        ),
+        ["line 2", "Latin-1", "UTF-8"],
+        forbidden=["binary"],
+    ),
+    # ---- verify
+    Case("verify-manifest-without-model", _no_model_entry, ["no valid 'model'", "manifest"]),
+    Case("verify-seen-out-of-range", _seen_out_of_range, ["seen-items CSR", "malformed"]),
+    Case(
+        "verify-negative-atol",
+        lambda w: (["verify", str(w.bundle), "--atol", "-1", "-q"], None),
+        ["atol", "finite number >= 0", "-1"],
+    ),
+    Case(
+        "verify-nan-rtol",
+        lambda w: (["verify", str(w.bundle), "--rtol", "nan", "-q"], None),
+        ["rtol", "finite number >= 0", "nan"],
+    ),
+    Case(
+        "export-nan-atol",
+        lambda w: _export(w, w.checkpoint, None, "--atol", "nan"),
+        ["atol", "finite number >= 0"],
+    ),
+    # ---- score --all never loses a file
+    Case(
+        "score-all-out-existing-csv",
+        lambda w: _score_all_over(w, "ratings.csv", GOOD.encode(), "--top-k", "2"),
+        ["already exists", "--force"],
+        check=_saved_unchanged,
+    ),
+    Case(
+        "score-all-out-existing-npy",
+        lambda w: _score_all_over(w, "old.npy", b"\x93NUMPY an older result"),
+        ["already exists", "--force"],
+        check=_saved_unchanged,
+    ),
+    Case(
+        "score-all-out-inside-bundle",
+        _out_inside_bundle,
+        ["inside the bundle", "write outside it"],
+        check=_bundle_loads,
+    ),
 ]
 
 
@@ -472,27 +575,45 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if ".partial" in p.name or ".old-" in p.name)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, world: World) -> None:
-    argv, out = case.build(world)
+def _assert_contract(case: Case, world: World, argv: list[str], out: Path | None) -> None:
     runner = _run_subprocess if case.subprocess else _run_inprocess
     rc, stdout, stderr = runner(argv)
-
-    assert rc == 2, f"exit {rc}; stderr: {stderr!r}"
-    assert "Traceback" not in stdout + stderr
-    lines = stderr.strip("\n").split("\n")
-    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
-    line = lines[0]
-    assert line.startswith(f"recsys-export {argv[0]}: error: "), line
-    for word in case.words:
-        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
-    for word in case.forbidden:
-        assert word not in line, f"{word!r} in {line!r}"
+    _assert_one_line_error(rc, stdout, stderr, argv[0], case.words, case.forbidden)
     if out is not None:
         assert not out.exists(), f"{out} was written"
         assert _leftovers(out.parent) == []
     assert _leftovers(world.tmp) == []
     assert _leftovers(world.bundle.parent) == []
+    if case.check is not None:
+        case.check(world)
+
+
+def _assert_one_line_error(
+    rc: int,
+    stdout: str,
+    stderr: str,
+    command: str,
+    words: list[str],
+    forbidden: Sequence[str] = (),
+) -> str:
+    """Exit 2, exactly one ``recsys-export CMD: error: ...`` line naming ``words``."""
+    assert rc == 2, f"exit {rc}; stderr: {stderr!r}"
+    assert "Traceback" not in stdout + stderr
+    lines = stderr.strip("\n").split("\n")
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    line = lines[0]
+    assert line.startswith(f"recsys-export {command}: error: "), line
+    for word in words:
+        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
+    for word in forbidden:
+        assert word not in line, f"{word!r} in {line!r}"
+    return line
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, world: World) -> None:
+    argv, out = case.build(world)
+    _assert_contract(case, world, argv, out)
 
 
 # ------------------------------------------------------------------------- positive cases
