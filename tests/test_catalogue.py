@@ -711,3 +711,263 @@ def test_runtime_rejects_negative_indices(trained: dict[str, Path]) -> None:
         rec.score_all([-1], by_index=True)
     with pytest.raises(UnknownIdError):
         rec.recommend([rec.n_users], by_index=True, k=1)
+
+
+# ------------------------------------------------------------- runtime only (no torch)
+# These need numpy and onnxruntime only: they run on copies of the committed golden
+# bundles (int ids 0..4), and CI's runtime-floor job runs them in a venv without torch
+# (``pytest --noconftest -m runtime_only``).
+
+GOLDEN = ROOT / "artifacts"
+BIG = 2**53  # float64 (and JavaScript's Number) holds every integer only up to here
+
+
+@pytest.fixture
+def rt_world(tmp_path: Path) -> World:
+    bundle = tmp_path / "golden-mf"
+    shutil.copytree(GOLDEN / "toy-mf", bundle)
+    return World(tmp=tmp_path, checkpoint=None, bundle=bundle)
+
+
+def _onnx_too_new(world: World):
+    """A graph stamped with IR version 99: what an old onnxruntime sees in a new graph."""
+    b = world.bundle_copy()
+    f = b / "onnx" / "recommend.onnx"
+    raw = f.read_bytes()
+    assert raw[0] == 0x08  # field 1 (ir_version), varint
+    f.write_bytes(b"\x08\x63" + raw[2:])  # was one byte (10 at most); 0x63 = 99
+    _resign(b, "onnx/recommend.onnx")
+    return ["recommend", str(b), "--user", "1"], None
+
+
+RUNTIME_CASES = [
+    Case(
+        "recommend-id-with-underscore",
+        lambda w: (["recommend", str(w.bundle), "--user", "1_0"], None),
+        ["unknown user", "'1_0'"],
+    ),
+    Case(
+        "recommend-float-id-beyond-2^53",
+        lambda w: (["recommend", str(w.bundle), "--user", "9007199254740995.0"], None),
+        ["unknown user", "9007199254740995.0"],
+    ),
+    Case(
+        "bundle-graph-newer-than-onnxruntime",
+        _onnx_too_new,
+        ["installed onnxruntime", "too old", "IR version", "upgrade onnxruntime"],
+    ),
+]
+
+
+@pytest.mark.runtime_only
+@pytest.mark.parametrize("case", RUNTIME_CASES, ids=[c.id for c in RUNTIME_CASES])
+def test_bad_runtime_input(case: Case, rt_world: World) -> None:
+    argv, out = case.build(rt_world)
+    _assert_contract(case, rt_world, argv, out)
+
+
+@pytest.mark.runtime_only
+def test_too_old_onnxruntime_names_both_versions(rt_world: World) -> None:
+    import onnxruntime
+
+    argv, _ = _onnx_too_new(rt_world)
+    rc, _, stderr = _run_inprocess(argv)
+    assert rc == 2
+    assert f"onnxruntime {onnxruntime.__version__} is too old" in stderr
+    assert "verified with onnxruntime 1.32.0" in stderr  # the golden bundle's
+
+
+@pytest.mark.runtime_only
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "verify"])
+def test_runtime_only_install_names_the_extra(command: str, rt_world: World) -> None:
+    """Without the train extra (torch, onnx, onnxscript, pandas): one line naming it."""
+    args = {
+        "train": ["toy", "--out", str(rt_world.tmp / "m.pt")],
+        "evaluate": [str(rt_world.tmp / "m.pt")],
+        "export": [str(rt_world.tmp / "m.pt"), "--out", str(rt_world.tmp / "b")],
+        "verify": [str(rt_world.bundle)],
+    }[command]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "cli_without_train_extra.py"), command]
+        + args,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=_env(),
+        timeout=180,
+    )
+    line = _assert_one_line_error(
+        proc.returncode, proc.stdout, proc.stderr, command, ["'train' extra", "pip install"]
+    )
+    assert "recsys-export[train]" in line
+    assert sorted(p.name for p in rt_world.tmp.iterdir()) == ["golden-mf"]
+
+
+@pytest.mark.runtime_only
+@pytest.mark.parametrize(
+    "bad",
+    [True, np.True_, 1.5, float("nan"), float("inf"), float(BIG + 2), "1_0", "0x1", "1 2", "+-1"],
+    ids=repr,
+)
+def test_ids_must_be_exact(rt_world: World, bad: object) -> None:
+    """Bools, inexact floats and text that is not a plain integer are refused, never
+    served as another user (``True`` was user 1, ``"1_96"`` user 196)."""
+    from recsys_export.errors import UnknownIdError
+    from recsys_export.runtime import Recommender
+
+    rec = Recommender.load(rt_world.bundle)
+    with pytest.raises(UnknownIdError):
+        rec.recommend([bad], k=1)
+    with pytest.raises(UnknownIdError):
+        rec.score([bad], [0])
+
+
+@pytest.mark.runtime_only
+def test_exact_ids_in_any_form_are_accepted(rt_world: World) -> None:
+    from recsys_export.runtime import Recommender
+
+    rec = Recommender.load(rt_world.bundle)
+    want = rec.score_all([3])
+    for same in (3, np.int64(3), np.uint8(3), 3.0, np.float32(3.0), "3", " 3 ", b"3"):
+        np.testing.assert_array_equal(rec.score_all([same]), want, err_msg=repr(same))
+
+
+@pytest.mark.runtime_only
+def test_include_empty_and_load_none(rt_world: World) -> None:
+    """``include=[]`` leaves every slot empty; ``load(None)`` is a BundleError."""
+    from recsys_export.errors import BundleError
+    from recsys_export.runtime import Recommender
+
+    rec = Recommender.load(rt_world.bundle)
+    res = rec.recommend([0, 1], k=2, include=[])
+    assert res.items.tolist() == [[None, None], [None, None]]
+    assert np.isneginf(res.scores).all()
+    res = rec.recommend([0, 1], k=2, include=[], by_index=True)
+    assert (res.items == -1).all()
+    for bad in (None, 3, ["a"]):
+        with pytest.raises(BundleError, match="directory path"):
+            Recommender.load(bad)  # type: ignore[arg-type]
+
+
+def _big_id_bundle(world: World) -> tuple[Path, list[int]]:
+    """The golden MF bundle with user ids just above 2^53, written by the bundle module."""
+    from recsys_export.bundle import update_bundle
+    from recsys_export.ids import IdMap
+
+    ids = [BIG + 1, BIG, BIG + 3, BIG + 4, -(BIG + 1)]  # pairs a float64 merges
+    text = json.dumps(IdMap(np.array(ids, dtype=np.int64), "user").to_json())
+    update_bundle(
+        world.bundle,
+        manifest_updates={},
+        new_files={"ids/users.json": (text.encode(), "id_map:users")},
+    )
+    return world.bundle, ids
+
+
+@pytest.mark.runtime_only
+def test_int_ids_beyond_2_53_read_back_exactly(rt_world: World) -> None:
+    from recsys_export.runtime import Recommender
+
+    bundle, ids = _big_id_bundle(rt_world)
+    stored = json.loads((bundle / "ids" / "users.json").read_text(encoding="utf-8"))
+    assert stored["encoding"] == "decimal-strings"
+    assert stored["ids"] == [str(i) for i in ids]
+    rec = Recommender.load(bundle)
+    assert rec.user_map.raw_ids.tolist() == ids
+    golden = Recommender.load(GOLDEN / "toy-mf")
+    for index, raw in enumerate(ids):
+        res = rec.recommend([raw], k=2)
+        assert res.users.tolist() == [raw]
+        np.testing.assert_array_equal(res.scores, golden.recommend([index], k=2).scores)
+    with pytest.raises(Exception, match="not an exact integer"):
+        rec.recommend([float(BIG + 3)], k=1)  # would have been BIG + 4 as a float
+
+
+@pytest.mark.runtime_only
+def test_node_reads_big_ids_exactly(rt_world: World) -> None:
+    """The Node example's id reader gets every id; plain JSON numbers would merge them."""
+    if shutil.which("node") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("node is missing on CI")
+        pytest.skip("node is not installed")
+    bundle, ids = _big_id_bundle(rt_world)
+    script = ROOT / "examples" / "node" / "ids.js"
+    got = subprocess.run(
+        ["node", str(script), str(bundle), "users"], capture_output=True, text=True, timeout=60
+    )
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == [str(i) for i in ids]
+    # why: JSON.parse reads numbers as float64
+    naive = subprocess.run(
+        ["node", "-e", f"console.log(new Set(JSON.parse('{json.dumps(ids)}')).size)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert int(naive.stdout) < len(ids)
+    items = subprocess.run(
+        ["node", str(script), str(bundle), "items"], capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(items.stdout) == ["0", "1", "2", "3"]
+
+
+def _swap_on_first_call(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, a: Path, b: Path
+):
+    """Make ``owner.name`` exchange directories ``a`` and ``b`` (as ``export --force``
+    does) the first time it is called, then behave as before."""
+    from recsys_export import bundle as bundle_mod
+
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def swapping(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            try:
+                bundle_mod._renameat2(a, b, bundle_mod._RENAME_EXCHANGE)
+            except OSError as exc:
+                pytest.skip(f"renameat2(RENAME_EXCHANGE) unavailable here: {exc}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, swapping)
+    return calls
+
+
+@pytest.mark.runtime_only
+def test_bundle_swapped_during_checksums_loads_the_new_one(
+    rt_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap lands after the manifest was read: the loader sees one bundle, whole."""
+    from recsys_export import bundle as bundle_mod
+
+    other = rt_world.tmp / "golden-densenet"
+    shutil.copytree(GOLDEN / "toy-densenet", other)
+    calls = _swap_on_first_call(monkeypatch, bundle_mod, "sha256_file", rt_world.bundle, other)
+    loaded = bundle_mod.Bundle.load(rt_world.bundle)
+    assert calls["n"] > 1
+    assert loaded.manifest["model"]["kind"] == "densenet"
+    assert not loaded.swapped()
+
+
+@pytest.mark.runtime_only
+def test_recommender_swapped_while_loading_is_the_new_one(
+    rt_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swapped after the checksums, before the graphs are read: the new bundle, whole."""
+    from recsys_export import bundle as bundle_mod
+    from recsys_export.runtime import Recommender
+
+    other = rt_world.tmp / "golden-densenet"
+    shutil.copytree(GOLDEN / "toy-densenet", other)
+    _swap_on_first_call(monkeypatch, bundle_mod.Bundle, "user_map", rt_world.bundle, other)
+    rec = Recommender.load(rt_world.bundle)
+    assert rec.kind == "densenet"
+    expected = json.loads((GOLDEN / "expected" / "toy-densenet.json").read_text())
+    users = np.asarray(expected["inputs"]["score_all"]["users"], dtype=np.int64)
+    np.testing.assert_allclose(
+        rec.score_all(users, by_index=True),
+        expected["outputs"]["score_all"]["scores"],
+        atol=1e-5,
+        rtol=1e-5,
+    )
