@@ -743,8 +743,8 @@ def _onnx_too_new(world: World):
 RUNTIME_CASES = [
     Case(
         "recommend-id-with-underscore",
-        lambda w: (["recommend", str(w.bundle), "--user", "1_0"], None),
-        ["unknown user", "'1_0'"],
+        lambda w: (["recommend", str(w.bundle), "--user", "0_1"], None),
+        ["unknown user", "'0_1'"],
     ),
     Case(
         "recommend-float-id-beyond-2^53",
@@ -971,3 +971,212 @@ def test_recommender_swapped_while_loading_is_the_new_one(
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+# ------------------------------------------------------------------- train, export, verify
+
+
+@contextlib.contextmanager
+def _unwritable(directory: Path):  # type: ignore[no-untyped-def]
+    """Make ``directory`` refuse new files: chmod, or ``chattr +i`` as root; else skip."""
+    directory.chmod(0o555)
+    immutable = False
+    probe = directory / ".probe"
+    try:
+        try:
+            probe.touch()
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            immutable = (
+                shutil.which("chattr") is not None
+                and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode
+                == 0
+            )
+            if not immutable:
+                pytest.skip("cannot make a directory unwritable here (root without chattr +i)")
+        yield directory
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["existing-directory", "unwritable-directory"])
+def test_train_out_is_checked_before_training(
+    world: World, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out`` naming a directory (even with --force) or an unwritable place fails
+    before any training, and the directory keeps what it held."""
+    from recsys_export import train
+
+    def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    target = world.tmp / "runs"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine", encoding="utf-8")
+    argv = ["train", "toy", "--preset", "tiny", "-q", "--force", "--out"]
+    if where == "existing-directory":
+        rc, stdout, stderr = _run_inprocess([*argv, str(target)])
+        words = ["is a directory", "model.pt"]
+    else:
+        with _unwritable(target):
+            rc, stdout, stderr = _run_inprocess([*argv, str(target / "m.pt")])
+        words = ["not writable", "--out"]
+    _assert_one_line_error(rc, stdout, stderr, "train", words)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+
+
+def test_utf16_ratings_are_read(tmp_path: Path) -> None:
+    """UTF-16 (what some Windows tools save) is read as text, with or without a BOM."""
+    from recsys_export.checkpoint import load_checkpoint
+
+    text = _unicode_csv()
+    for encoding in ("utf-16", "utf-16-le"):
+        data = tmp_path / f"{encoding}.csv"
+        data.write_bytes(text.encode(encoding))
+        out = tmp_path / f"{encoding}.pt"
+        rc, _, stderr = _run_inprocess(
+            ["train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "2", "-q"]
+        )
+        assert rc == 0, stderr
+        assert sorted(load_checkpoint(out).user_map.raw_ids.tolist()) == sorted(USERS)
+
+
+@pytest.fixture(scope="module")
+def full_bundle(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The catalogue checkpoint exported in every format."""
+    out = tmp_path_factory.mktemp("full") / "bundle"
+    rc, _, err = _run_inprocess(["export", str(trained["checkpoint"]), "--out", str(out), "-q"])
+    assert rc == 0, err
+    return out
+
+
+def test_export_disk_full_is_a_user_error(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while a graph is written: one line, no partial bundle, no temporary."""
+    import errno
+
+    from recsys_export import export
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[2]))
+
+    monkeypatch.setattr(export, "write_onnx", full)
+    argv, out = _export(world, world.checkpoint)
+    rc, stdout, stderr = _run_inprocess(argv)
+    _assert_one_line_error(rc, stdout, stderr, "export", ["No space left on device", "nothing"])
+    assert not out.exists() and _leftovers(world.tmp) == []
+
+
+@pytest.mark.parametrize("limit", ["2048", "torchscript/model.pt", "pt2/score.pt2", "largest-file"])
+def test_export_hitting_a_file_size_limit(world: World, full_bundle: Path, limit: str) -> None:
+    """A real failed write (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) in every
+    writer, torch's archive writers included: exit 2 and one line, not an abort (134).
+    The limit is one byte below the size of the named file of a good export."""
+    import resource
+
+    sizes = {
+        p.relative_to(full_bundle).as_posix(): p.stat().st_size for p in full_bundle.rglob("*")
+    }
+    if limit == "2048":
+        cap = 2048
+    elif limit == "largest-file":
+        cap = max(sizes.values()) - 1
+    else:
+        cap = sizes[limit] - 1
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+
+    out = world.tmp / "exported"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys_export.cli",
+            "export",
+            str(world.checkpoint),
+            "--out",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=_env(),
+        timeout=300,
+        preexec_fn=limited,
+    )
+    _assert_one_line_error(
+        proc.returncode, proc.stdout, proc.stderr, "export", ["cannot write", "File too large"]
+    )
+    assert not out.exists() and _leftovers(world.tmp) == []
+
+
+def test_verify_skips_pt2_the_installed_torch_cannot_read(
+    full_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .pt2 written by a newer torch: one warning line naming both versions, and the
+    other formats are still verified (torch 2.6 reading 2.13's files raised this)."""
+    import torch
+
+    bundle = tmp_path / "b"
+    shutil.copytree(full_bundle, bundle)
+    _edit_manifest(bundle, lambda m: m["versions"].update(torch="9.9.0"))
+
+    def old_torch_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyError("There is no item named 'version' in the archive")
+
+    monkeypatch.setattr(torch.export, "load", old_torch_load)
+    rc, stdout, stderr = _run_inprocess(["verify", str(bundle), "--quick", "-q", "--no-record"])
+    assert rc == 0, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("recsys-export verify: warning: pt2 not checked")
+    assert f"torch {torch.__version__}" in line and "torch 9.9.0" in line
+    assert "PASS" in stdout and "torchscript" in stdout and "onnx" in stdout
+    assert "pt2 " not in stdout
+
+
+def test_verify_on_a_read_only_bundle_prints_the_table_first(world: World, tmp_path: Path) -> None:
+    """The check runs; recording it fails: the table is printed, then one error line."""
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    bundle = parent / "bundle"
+    shutil.copytree(world.bundle, bundle)
+    before = (bundle / "manifest.json").read_bytes()
+    with _unwritable(parent):
+        rc, stdout, stderr = _run_inprocess(["verify", str(bundle), "--quick", "-q"])
+    _assert_one_line_error(rc, stdout, stderr, "verify", ["cannot", str(parent)])
+    assert "PASS: atol=1e-05" in stdout and "onnx" in stdout
+    assert (bundle / "manifest.json").read_bytes() == before
+
+
+def test_int_ids_beyond_2_53_survive_train_and_export(tmp_path: Path) -> None:
+    """Ids from a ratings file above 2^53 are written so that every reader gets them."""
+    from recsys_export.runtime import Recommender
+
+    users = [BIG + 1, BIG, BIG + 3, 12]
+    data = tmp_path / "big.csv"
+    data.write_text(
+        "user,item,rating\n"
+        + "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in users for i in range(4) if (u + i) % 3),
+        encoding="utf-8",
+    )
+    ckpt, bundle = tmp_path / "m.pt", tmp_path / "bundle"
+    for argv in (
+        ["train", str(data), "--out", str(ckpt), "--preset", "tiny", "--epochs", "2", "-q"],
+        ["export", str(ckpt), "--out", str(bundle), "--formats", "onnx", "-q"],
+    ):
+        rc, _, stderr = _run_inprocess(argv)
+        assert rc == 0, stderr
+    stored = json.loads((bundle / "ids" / "users.json").read_text(encoding="utf-8"))
+    assert stored["encoding"] == "decimal-strings"
+    assert sorted(Recommender.load(bundle).user_map.raw_ids.tolist()) == sorted(users)
+    rc, stdout, stderr = _run_inprocess(
+        ["recommend", str(bundle), "--user", str(BIG + 1), "--json"]
+    )
+    assert rc == 0, stderr
+    assert json.loads(stdout)[0]["user"] == str(BIG + 1)
