@@ -431,14 +431,22 @@ def _utf16_encoding(head: bytes) -> str | None:
     return None
 
 
+def _printable(text: str) -> bool:
+    """Printable characters, tabs and line breaks only (a leading BOM allowed)."""
+    return all(c.isprintable() or c in "\r\n\t" for c in text.removeprefix("\ufeff"))
+
+
 def _looks_latin1(data: bytes) -> bool:
-    """Whether bytes that are not UTF-8 read as Latin-1 / Windows-1252 text: they
-    decode as Windows-1252 into printable characters and line breaks only."""
+    """Whether bytes that are not UTF-8 read as Latin-1 / Windows-1252 text: mostly
+    ASCII, with a line break or a field separator, and decoding as Windows-1252 into
+    printable characters and line breaks only."""
+    if sum(b < 0x80 for b in data) < 0.7 * len(data) or not any(c in data for c in b"\n,\t;"):
+        return False
     try:
         text = data.decode("cp1252")
     except UnicodeDecodeError:
         return False
-    return all(c.isprintable() or c in "\r\n\t" for c in text)
+    return _printable(text)
 
 
 def _latin1_message(name: str, raw: bytes, pos: int) -> str:
@@ -465,7 +473,8 @@ def _decode(name: str, raw: bytes) -> str:
         "it looks binary, not a text ratings file; give a CSV/TSV/'::' text file or a .parquet file"
     )
     utf16 = _utf16_encoding(head)
-    if utf16 is not None:  # UTF-16 text (Windows tools write it): read it as such
+    if utf16 is not None and _printable(head[: len(head) // 2 * 2].decode(utf16, "replace")):
+        # UTF-16 text (some Windows tools save it): read it as such
         try:
             text = raw.decode(utf16)
         except UnicodeDecodeError as exc:
@@ -490,7 +499,7 @@ def _decode(name: str, raw: bytes) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        if _looks_latin1(raw):
+        if _looks_latin1(raw[max(0, exc.start - 4096) : exc.start + 4096]):
             raise DataError(_latin1_message(name, raw, exc.start)) from None
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(
