@@ -935,34 +935,25 @@ def _swap_on_first_call(
 
 
 @pytest.mark.runtime_only
-def test_bundle_swapped_during_checksums_loads_the_new_one(
-    rt_world: World, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stage", ["checksums", "graphs"])
+def test_bundle_swapped_while_loading_is_the_new_one_whole(
+    rt_world: World, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
-    """The swap lands after the manifest was read: the loader sees one bundle, whole."""
-    from recsys_export import bundle as bundle_mod
-
-    other = rt_world.tmp / "golden-densenet"
-    shutil.copytree(GOLDEN / "toy-densenet", other)
-    calls = _swap_on_first_call(monkeypatch, bundle_mod, "sha256_file", rt_world.bundle, other)
-    loaded = bundle_mod.Bundle.load(rt_world.bundle)
-    assert calls["n"] > 1
-    assert loaded.manifest["model"]["kind"] == "densenet"
-    assert not loaded.swapped()
-
-
-@pytest.mark.runtime_only
-def test_recommender_swapped_while_loading_is_the_new_one(
-    rt_world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Swapped after the checksums, before the graphs are read: the new bundle, whole."""
+    """``export --force`` swaps the DenseNet bundle in while the MF one loads: after the
+    manifest was read (``checksums``), or after the checksums, before the id maps and
+    graphs are read (``graphs``). The loader returns the new bundle, whole."""
     from recsys_export import bundle as bundle_mod
     from recsys_export.runtime import Recommender
 
     other = rt_world.tmp / "golden-densenet"
     shutil.copytree(GOLDEN / "toy-densenet", other)
-    _swap_on_first_call(monkeypatch, bundle_mod.Bundle, "user_map", rt_world.bundle, other)
+    owner, name = (
+        (bundle_mod, "sha256_file") if stage == "checksums" else (bundle_mod.Bundle, "user_map")
+    )
+    calls = _swap_on_first_call(monkeypatch, owner, name, rt_world.bundle, other)
     rec = Recommender.load(rt_world.bundle)
-    assert rec.kind == "densenet"
+    assert calls["n"] > 1
+    assert rec.kind == "densenet" and not rec.bundle.swapped()
     expected = json.loads((GOLDEN / "expected" / "toy-densenet.json").read_text())
     users = np.asarray(expected["inputs"]["score_all"]["users"], dtype=np.int64)
     np.testing.assert_allclose(
