@@ -645,13 +645,17 @@ class BundleWriter:
 _SWAP_RETRIES = 5
 
 
-def _dir_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the directory at ``path``, or None if there is none."""
+def _dir_identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, ctime) of the directory at ``path``, or None if there is none.
+
+    A rename changes the moved directory's ctime, so two swaps that bring the same
+    directory back (A -> B -> A) still change its identity.
+    """
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 class Bundle:
@@ -707,14 +711,14 @@ class Bundle:
         root = Path(os.path.abspath(os.fspath(path)))
         # `export --force` swaps a new bundle in while we read: a read that saw parts of
         # both (the directory at `root` changed under it) is repeated on the new one.
-        for attempt in range(_SWAP_RETRIES):
+        for _attempt in range(_SWAP_RETRIES):
             before = _dir_identity(root)
             try:
                 bundle = cls._load_once(root, verify)
             except BundleError:
-                if attempt + 1 < _SWAP_RETRIES and _dir_identity(root) != before:
-                    continue
-                raise
+                if _dir_identity(root) == before:
+                    raise  # the bundle itself is wrong, not a swap
+                continue
             if _dir_identity(root) == before:
                 bundle._identity = before
                 return bundle
