@@ -52,7 +52,10 @@ __all__ = [
     "MANIFEST_NAME",
     "Bundle",
     "BundleWriter",
+    "enclosing_bundle",
+    "read_seen_csr",
     "sha256_file",
+    "stale_temporaries",
     "update_bundle",
 ]
 

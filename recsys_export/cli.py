@@ -801,6 +801,7 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so that ``finally`` blocks remove temporaries."""
     raise _Terminated()
 
 

@@ -811,6 +811,7 @@ __all__ = [
     "ParityReport",
     "Pt2Backend",
     "TorchScriptBackend",
+    "check_tolerances",
     "load_backends",
     "run_parity",
     "verify_bundle",
