@@ -52,7 +52,10 @@ __all__ = [
     "MANIFEST_NAME",
     "Bundle",
     "BundleWriter",
+    "enclosing_bundle",
+    "read_seen_csr",
     "sha256_file",
+    "stale_temporaries",
     "update_bundle",
 ]
 
@@ -231,6 +234,51 @@ def _renameat2(src: Path, dst: Path, flags: int) -> None:
         raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
 
 
+def stale_temporaries(dest: Path, kinds: str = "partial") -> list[tuple[os.DirEntry[str], str]]:
+    """Hidden temporary siblings of ``dest`` left by processes that no longer run.
+
+    They are named ``.{dest.name}.{kind}-{pid}-{hex}`` (bundle directories, and the files
+    the runtime writes); entries of the calling process or of a live one are skipped.
+
+    Parameters
+    ----------
+    dest : Path
+        The final path the temporaries were for.
+    kinds : str
+        Regular-expression alternatives of the kind, e.g. ``"partial|old"``.
+
+    Returns
+    -------
+    list of (os.DirEntry, str)
+        The entries and their kind.
+    """
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.({kinds})-(\d+)-[0-9a-f]+")
+    me = os.getpid()
+    try:
+        entries = list(os.scandir(dest.parent))
+    except OSError:
+        return []
+    stale = []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or int(m.group(2)) == me or _pid_alive(int(m.group(2))):
+            continue
+        stale.append((entry, m.group(1)))
+    return stale
+
+
+def enclosing_bundle(path: Path) -> Path | None:
+    """The bundle directory ``path`` lies in (itself or an ancestor), or None."""
+    for parent in (path, *path.parents):
+        manifest = parent / MANIFEST_NAME
+        try:
+            if manifest.is_file() and FORMAT_NAME in manifest.read_text(encoding="utf-8"):
+                return parent
+        except (OSError, UnicodeDecodeError):
+            continue
+    return None
+
+
 def _is_bundle_like(path: Path) -> bool:
     """A directory that may be replaced by ``overwrite``: empty, or holding a manifest."""
     try:
@@ -350,21 +398,10 @@ class BundleWriter:
 
     def _cleanup_stale(self) -> None:
         """Remove temporary siblings of ``dest`` left by processes that no longer run."""
-        parent, name = self.dest.parent, self.dest.name
-        pattern = re.compile(rf"\.{re.escape(name)}\.(partial|old)-(\d+)-[0-9a-f]+")
-        me = os.getpid()
-        try:
-            entries = list(os.scandir(parent))
-        except OSError:
-            return
-        for entry in entries:
-            m = pattern.fullmatch(entry.name)
-            if m is None or not entry.is_dir(follow_symlinks=False):
+        for entry, kind in stale_temporaries(self.dest, "partial|old"):
+            if not entry.is_dir(follow_symlinks=False):
                 continue
-            pid = int(m.group(2))
-            if pid == me or _pid_alive(pid):
-                continue
-            if m.group(1) == "old" and not self.dest.exists():
+            if kind == "old" and not self.dest.exists():
                 # A fallback swap was interrupted between its two renames: this is the only
                 # copy of the previous bundle. Leave it for the user to recover.
                 continue
@@ -607,6 +644,23 @@ class BundleWriter:
 
 
 # ---------------------------------------------------------------------- reading
+#: Attempts of :meth:`Bundle.load` when the bundle is swapped while it is read.
+_SWAP_RETRIES = 5
+
+
+def _dir_identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, ctime) of the directory at ``path``, or None if there is none.
+
+    A rename changes the moved directory's ctime, so two swaps that bring the same
+    directory back (A -> B -> A) still change its identity.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
 class Bundle:
     """A loaded, verified bundle (read-only).
 
@@ -622,6 +676,7 @@ class Bundle:
         self.root = root
         self.manifest = manifest
         self._maps: dict[str, IdMap] = {}
+        self._identity = _dir_identity(root)
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.root)!r}, format_version={self.format_version})"
@@ -635,7 +690,8 @@ class Bundle:
         version can read; every listed file name is safe (relative, no ``..``, no
         backslash, resolves inside the bundle even through symlinks), exists, has the
         recorded size and (with ``verify``) the recorded sha256; the id map files are
-        listed.
+        listed. A bundle swapped in (``export --force``) while it is read is read again,
+        so the result is the old bundle or the new one, never a mix.
 
         Parameters
         ----------
@@ -650,7 +706,37 @@ class Bundle:
         BundleError
             Naming the bundle and the problem.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise BundleError(
+                f"a bundle is loaded from a directory path (str or os.PathLike), got "
+                f"{type(path).__name__} {path!r}"
+            )
         root = Path(os.path.abspath(os.fspath(path)))
+        # `export --force` swaps a new bundle in while we read: a read that saw parts of
+        # both (the directory at `root` changed under it) is repeated on the new one.
+        for _attempt in range(_SWAP_RETRIES):
+            before = _dir_identity(root)
+            try:
+                bundle = cls._load_once(root, verify)
+            except BundleError:
+                if _dir_identity(root) == before:
+                    raise  # the bundle itself is wrong, not a swap
+                continue
+            if _dir_identity(root) == before:
+                bundle._identity = before
+                return bundle
+        raise BundleError(
+            f"bundle {root} was replaced {_SWAP_RETRIES} times while it was being loaded; "
+            "load it again once the export is over"
+        )
+
+    def swapped(self) -> bool:
+        """Whether another directory was moved to :attr:`root` since this was loaded."""
+        return _dir_identity(self.root) != self._identity
+
+    @classmethod
+    def _load_once(cls, root: Path, verify: bool) -> Bundle:
+        """One attempt of :meth:`load` (``root`` absolute)."""
         where = f"bundle {root}"
         if not root.exists():
             raise BundleError(f"no bundle at {root}: the directory does not exist")
@@ -836,6 +922,59 @@ class Bundle:
     def item_map(self) -> IdMap:
         """The items' id map (loaded once, then cached)."""
         return self._id_map("items")
+
+
+def read_seen_csr(
+    root: Path, seen: Any, n_users: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate a bundle's seen-items CSR (``manifest["seen"]``).
+
+    Parameters
+    ----------
+    root : Path
+        The bundle directory.
+    seen : dict
+        ``{"indptr": rel, "items": rel}``.
+    n_users, n_items : int
+        The model's sizes: ``indptr`` has ``n_users + 1`` entries, items lie in
+        ``0 .. n_items - 1``.
+
+    Returns
+    -------
+    (indptr, items) : int64 arrays
+
+    Raises
+    ------
+    BundleError
+        Unreadable files, or a CSR that does not fit the model (e.g. an item index out
+        of range in a re-signed file).
+    """
+    where = f"bundle {root}"
+    try:
+        indptr = np.load(root / _check_rel(seen["indptr"], where), allow_pickle=False)
+        items = np.load(root / _check_rel(seen["items"], where), allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{where}: cannot read the seen items ({exc})") from None
+    indptr = np.asarray(indptr).reshape(-1)
+    items = np.asarray(items).reshape(-1)
+    if not (
+        np.issubdtype(indptr.dtype, np.integer)
+        and (items.size == 0 or np.issubdtype(items.dtype, np.integer))
+    ):
+        raise BundleError(f"{where}: the seen-items CSR is not integer; export it again")
+    indptr, items = indptr.astype(np.int64), items.astype(np.int64)
+    if (
+        len(indptr) != n_users + 1
+        or indptr[0] != 0
+        or indptr[-1] != len(items)
+        or np.any(np.diff(indptr) < 0)
+        or (items.size and (items.min() < 0 or items.max() >= n_items))
+    ):
+        raise BundleError(
+            f"{where}: the seen-items CSR is malformed (it must hold {n_users} users' item "
+            f"indices in 0..{n_items - 1}); export it again"
+        )
+    return indptr, items
 
 
 # ---------------------------------------------------------------------- updating

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -370,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (HEAD:6379); default: a local Ray")
     p.add_argument("--workers", type=int, help="Ray workers (default: one per cluster CPU)")
     p.add_argument(
-        "--force", action="store_true", help="with --engine ray: replace a previous output dir"
+        "--force",
+        action="store_true",
+        help="replace an existing --out file (with --engine ray: a previous output dir)",
     )
     p.add_argument(
         "--memory-mb", type=int, default=256, help="memory budget per chunk (default 256)"
@@ -491,6 +495,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out is not None:
             raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist")
         out.parent.mkdir(parents=True)
+    _check_checkpoint_out(out)
     ratings = _load_data(args)
     args._implicit_data = ratings.implicit
     cfg = train_config(args)
@@ -545,11 +550,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_checkpoint_out(out: Path) -> None:
+    """Fail before training when the checkpoint cannot be written at ``out``.
+
+    Raises
+    ------
+    ConfigError
+        ``out`` is a directory, or its directory does not let us create files (checked
+        by creating and removing a hidden probe file, which also catches read-only
+        filesystems and root on immutable directories).
+    """
+    import os
+
+    from recsys_export.errors import ConfigError
+
+    if out.is_dir():
+        raise ConfigError(
+            f"cannot write checkpoint {out}: it is a directory; give a file path such as "
+            f"{out / 'model.pt'}"
+        )
+    probe = out.parent / f".{out.name}.probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write checkpoint {out}: directory {out.parent} is not writable "
+            f"({exc.strerror}); choose another --out"
+        ) from None
+    os.unlink(probe)
+
+
 def _print_results(
     results: dict[str, Any], metrics: dict[str, Any], k: int, history: dict | None = None
 ) -> None:
     from recsys_export.evaluate import format_comparison
-
     parts = metrics.get("parts")
     if parts:
         print(
@@ -676,18 +710,27 @@ def _verify_formats(text: str | None) -> list[str] | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from recsys_export.errors import BundleError
     from recsys_export.parity import verify_bundle
 
-    report = verify_bundle(
-        args.bundle,
-        checkpoint=args.checkpoint,
-        formats=_verify_formats(args.formats),
-        atol=args.atol,
-        rtol=args.rtol,
-        full_matrix=not args.quick,
-        record=args.record,
-        progress=not args.quiet,
-    )
+    try:
+        report = verify_bundle(
+            args.bundle,
+            checkpoint=args.checkpoint,
+            formats=_verify_formats(args.formats),
+            atol=args.atol,
+            rtol=args.rtol,
+            full_matrix=not args.quick,
+            record=args.record,
+            progress=not args.quiet,
+        )
+    except BundleError as exc:  # checked, but not recorded (a read-only bundle): show it
+        report = getattr(exc, "report", None)
+        if report is not None:
+            print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+        raise
+    for reason in report.skipped.values():
+        print(f"recsys-export verify: warning: {reason}", file=sys.stderr)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0 if report.passed else 1
 
@@ -809,6 +852,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 exclude_seen=not args.include_seen,
                 memory_budget_mb=args.memory_mb,
                 progress=not args.quiet,
+                overwrite=args.force,
             )
         else:
             if args.out.suffix != ".npy":
@@ -816,7 +860,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                     f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)"
                 )
             path = rec.write_score_matrix(
-                args.out, memory_budget_mb=args.memory_mb, progress=not args.quiet
+                args.out,
+                memory_budget_mb=args.memory_mb,
+                progress=not args.quiet,
+                overwrite=args.force,
             )
         print(path)
         return 0
@@ -847,6 +894,19 @@ COMMANDS = {
 }
 
 
+#: Modules only the ``train`` extra installs: a runtime-only install lacks them.
+TRAIN_EXTRA_MODULES = frozenset({"torch", "onnx", "onnxscript", "pandas"})
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that partial outputs are removed."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so that ``finally`` blocks remove temporaries."""
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recsys-export`` console script."""
     parser = build_parser()
@@ -854,6 +914,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
     except ParityError as exc:  # the export is wrong, not the user's input: exit 1
@@ -863,9 +926,25 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"recsys-export {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(
+            f"recsys-export {args.command}: error: {args.command} needs the 'train' extra "
+            f"({exc.name} is not installed): pip install 'recsys-export[train]'; this "
+            "runtime-only install can run recommend, score and inspect",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"recsys-export {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"recsys-export {args.command}: terminated; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

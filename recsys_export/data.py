@@ -423,6 +423,50 @@ def read_ratings(
 # .................................................................... text parsing
 
 
+def _utf16_encoding(head: bytes) -> str | None:
+    """``"utf-16"`` (byte order mark), ``"utf-16-le"``/``"-be"`` (ASCII-heavy text with
+    a NUL in every other byte), or None when ``head`` does not look like UTF-16."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    if len(head) < 8:
+        return None
+    pairs = len(head) // 2
+    odd_nul = head[1 : 2 * pairs : 2].count(0) / pairs
+    even_nul = head[0 : 2 * pairs : 2].count(0) / pairs
+    if odd_nul > 0.9 and even_nul < 0.1:
+        return "utf-16-le"
+    if even_nul > 0.9 and odd_nul < 0.1:
+        return "utf-16-be"
+    return None
+
+
+def _printable(text: str) -> bool:
+    """Printable characters, tabs and line breaks only (a leading BOM allowed)."""
+    return all(c.isprintable() or c in "\r\n\t" for c in text.removeprefix("\ufeff"))
+
+
+def _looks_latin1(data: bytes) -> bool:
+    """Whether bytes that are not UTF-8 read as Latin-1 / Windows-1252 text: mostly
+    ASCII, with a line break or a field separator, and decoding as Windows-1252 into
+    printable characters and line breaks only."""
+    if sum(b < 0x80 for b in data) < 0.7 * len(data) or not any(c in data for c in b"\n,\t;"):
+        return False
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    return _printable(text)
+
+
+def _latin1_message(name: str, raw: bytes, pos: int) -> str:
+    line = raw.count(b"\n", 0, pos) + 1
+    return (
+        f"{name}: line {line}: not UTF-8 but Latin-1 (ISO-8859-1 / Windows-1252) text "
+        f"(byte {raw[pos]:#04x} is {raw[pos : pos + 1].decode('cp1252')!r} in Latin-1); "
+        "re-save the file as UTF-8"
+    )
+
+
 def _decode(name: str, raw: bytes, *, fallback: str | None = None) -> str:
     """Text of a (possibly gzip-compressed) UTF-8 file; DataError for binary or bad bytes.
 
@@ -442,6 +486,20 @@ def _decode(name: str, raw: bytes, *, fallback: str | None = None) -> str:
     binary_hint = (
         "it looks binary, not a text ratings file; give a CSV/TSV/'::' text file or a .parquet file"
     )
+    utf16 = _utf16_encoding(head)
+    if utf16 is not None and _printable(head[: len(head) // 2 * 2].decode(utf16, "replace")):
+        # UTF-16 text (some Windows tools save it): read it as such
+        try:
+            text = raw.decode(utf16)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{name}: looks like UTF-16 text but byte {exc.start} does not decode "
+                f"({exc.reason}); re-save the file as UTF-8"
+            ) from None
+        if "\x00" in text:
+            line = text.count("\n", 0, text.index("\x00")) + 1
+            raise DataError(f"{name}: line {line}: NUL character in a UTF-16 text file")
+        return text.lstrip("\ufeff")
     if b"\x00" in head:
         raise DataError(f"{name}: {binary_hint} (NUL bytes in the first KB)")
     if fallback is not None and b"\x00" not in raw:
@@ -454,10 +512,14 @@ def _decode(name: str, raw: bytes, *, fallback: str | None = None) -> str:
     except UnicodeDecodeError as exc:
         # a multi-byte character cut at the 1 KB boundary is fine
         if not (len(raw) > len(head) and exc.start >= len(head) - 3):
+            if _looks_latin1(head):
+                raise DataError(_latin1_message(name, raw, exc.start)) from None
             raise DataError(f"{name}: {binary_hint} (not UTF-8 in the first KB)") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if _looks_latin1(raw[max(0, exc.start - 4096) : exc.start + 4096]):
+            raise DataError(_latin1_message(name, raw, exc.start)) from None
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(
             f"{name}: line {line}: not valid UTF-8 (byte {raw[exc.start]:#04x}); "

@@ -23,12 +23,15 @@ import torch
 from recsys_export import __version__
 from recsys_export.bundle import FORMAT_VERSION, Bundle, BundleWriter
 from recsys_export.checkpoint import Checkpoint
-from recsys_export.errors import CheckpointError, ConfigError
+from recsys_export.errors import BundleError, CheckpointError, ConfigError
 from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, inference_module
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
 from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
 
 ONNX_OPSET = 20
+#: IR version written into every graph: 9 is what opset 20 needs and what onnxruntime
+#: 1.17 reads (the exporter stamps 10, which onnxruntime < 1.18 refuses).
+ONNX_IR_VERSION = 9
 REFERENCE_FILE = "reference/state_dict.pt"
 #: Protobuf's hard limit: larger ONNX models must keep weights in an external file.
 ONNX_SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2
@@ -124,13 +127,20 @@ def write_torchscript(module: torch.nn.Module, path: Path) -> None:
     """
     with quiet_exporters():
         scripted = torch.jit.script(module)
-        torch.jit.save(scripted, str(path))
+        # through a Python file: a failed write (full disk) is an OSError, where saving
+        # to a path aborts the process from C++
+        with open(path, "wb") as fh:
+            torch.jit.save(scripted, fh)
 
 
 def write_pt2(program: Any, path: Path) -> None:
     """Save one entry point's ``ExportedProgram`` with ``torch.export.save``."""
+    # into memory, then written by Python: torch's archive writer aborts the process
+    # (c10::Error in a destructor) when the disk fills up under it
+    buf = io.BytesIO()
     with quiet_exporters():
-        torch.export.save(program, str(path))
+        torch.export.save(program, buf)
+    path.write_bytes(buf.getbuffer())
 
 
 _REGISTRY: list[Any] = []
@@ -205,6 +215,7 @@ def write_onnx(
     )
     if external_data is None:
         external_data = weight_bytes > ONNX_SINGLE_FILE_LIMIT
+    onnx_program.model.ir_version = ONNX_IR_VERSION
     onnx_program.model.metadata_props.update(
         {
             "recsys_export.model_kind": model_kind,
@@ -261,6 +272,22 @@ def _item_names(ckpt: Checkpoint) -> list[str | None] | None:
         return check_item_names(ckpt.item_names, ckpt.model.n_items)
     except ValueError as exc:
         raise CheckpointError(f"refusing to export: {exc}") from None
+@contextlib.contextmanager
+def _disk_errors(out: str | Path) -> Iterator[None]:
+    """Turn an OSError while writing the bundle (a full disk) into a :class:`BundleError`.
+
+    Enter it outside the :class:`BundleWriter` so that the temporary directory is
+    removed first.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise BundleError(
+            f"cannot write bundle {out}: {reason}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; nothing was written, free some space or choose another --out"
+        ) from None
 
 
 def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
@@ -316,6 +343,9 @@ def export_bundle(
         ``export_seconds`` per format under ``timings`` and, when verified, the ``parity``
         summary.
     """
+    from recsys_export.parity import check_tolerances
+
+    check_tolerances(atol, rtol)
     fmts = parse_formats(formats)
     _check_finite(ckpt)
     model = ckpt.model.eval()
@@ -323,7 +353,7 @@ def export_bundle(
     n_users, n_items = model.n_users, model.n_items
     timings: dict[str, float] = {}
     files: dict[str, dict[str, Any]] = {}
-    with BundleWriter(out, overwrite=overwrite) as writer:
+    with _disk_errors(out), BundleWriter(out, overwrite=overwrite) as writer:
         writer.write_id_maps(ckpt.user_map, ckpt.item_map)
         names = _item_names(ckpt)
         if names is not None:
@@ -333,8 +363,9 @@ def export_bundle(
         writer.write_bytes("ids/seen_items.npy", _npy_bytes(seen), "seen:items")
         # The eager reference (weights only) makes `verify` work from the bundle alone.
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save(state, writer.path(REFERENCE_FILE))
-        writer.add(REFERENCE_FILE, "reference:state_dict")
+        buf = io.BytesIO()  # torch.save to a file raises RuntimeError, not OSError, on a full disk
+        torch.save(state, buf)
+        writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
         programs = None
         if "pt2" in fmts or "onnx" in fmts:
             t0 = time.perf_counter()
@@ -491,7 +522,7 @@ def _kernel_model(
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="recsys_export"
     )
-    model.ir_version = min(model.ir_version, 10)
+    model.ir_version = ONNX_IR_VERSION
     helper.set_model_props(
         model,
         {

@@ -7,6 +7,7 @@ a map is stored in index order, so ``raw_ids[i]`` is the raw id of index ``i``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +16,13 @@ import numpy as np
 from recsys_export.errors import BundleError, UnknownIdError
 
 _MAX_SHOWN = 5
+#: Integers a float64 (and JavaScript's Number) holds exactly: |x| <= 2^53 - 1.
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Id map files whose int ids exceed MAX_SAFE_INTEGER store them as decimal strings
+#: (``"encoding": "decimal-strings"``), so that JSON readers using float64 numbers
+#: (JavaScript's ``JSON.parse``) do not merge neighbouring ids.
+DECIMAL_STRINGS = "decimal-strings"
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
 def _preview(values: Iterable[Any]) -> str:
@@ -86,14 +94,34 @@ class IdMap:
 
     # ------------------------------------------------------------------ lookups
     def coerce(self, raw: Any) -> Any:
-        """Convert a raw id given as text (e.g. on the command line) to this map's kind."""
+        """Convert a raw id (an int, or text as on the command line) to this map's kind.
+
+        Text that is not a plain decimal integer (``"1_96"``, ``"0x10"``) stays as given
+        and is reported unknown by :meth:`to_index`.
+
+        Raises
+        ------
+        UnknownIdError
+            For a boolean (``True`` is not user 1), or, in an int map, a float that is not
+            an exact integer (fractional, non-finite, or beyond 2^53 where floats skip
+            integers: ``9007199254740995.0`` is stored as ``...996``).
+        """
+        if isinstance(raw, (bool, np.bool_)):
+            raise UnknownIdError(f"{self.name} id {raw!r} is a boolean, not an id")
         if self.kind == "int":
-            if isinstance(raw, (int, np.integer)) and not isinstance(raw, bool):
+            if isinstance(raw, (int, np.integer)):
                 return int(raw)
-            try:
-                return int(str(raw).strip())
-            except ValueError:
-                return raw  # stays unknown; to_index reports it
+            if isinstance(raw, (float, np.floating)):
+                value = float(raw)
+                if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+                    return int(value)
+                raise UnknownIdError(
+                    f"{self.name} id {raw!r} is not an exact integer (a float holds integers "
+                    f"exactly only up to 2^53); pass integer ids as int or str"
+                )
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            text = text.strip()
+            return int(text) if _INT_TEXT.fullmatch(text) else raw
         return str(raw)
 
     def to_index(self, raw_ids: Iterable[Any] | Any, *, missing: int | None = None) -> np.ndarray:
@@ -161,8 +189,18 @@ class IdMap:
 
     # ------------------------------------------------------------------ storage
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict ``{"name", "kind", "ids"}``."""
-        return {"name": self.name, "kind": self.kind, "ids": self.raw_ids.tolist()}
+        """A JSON-serialisable dict ``{"name", "kind", "ids"}``.
+
+        Int ids beyond :data:`MAX_SAFE_INTEGER` are written as decimal strings, flagged by
+        ``"encoding": "decimal-strings"``: JavaScript's ``JSON.parse`` reads JSON numbers
+        as float64 and would merge them. :meth:`from_json` reads both forms exactly.
+        """
+        ids = self.raw_ids.tolist()
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "ids": ids}
+        if self.kind == "int" and any(abs(v) > MAX_SAFE_INTEGER for v in ids):
+            out["encoding"] = DECIMAL_STRINGS
+            out["ids"] = [str(v) for v in ids]
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, name: str | None = None) -> IdMap:
@@ -175,7 +213,19 @@ class IdMap:
             raise BundleError(f"malformed id map: missing {exc}") from None
         if kind not in ("int", "str") or not isinstance(ids, list):
             raise BundleError(f"malformed {nm} id map: kind must be 'int' or 'str'")
-        if kind == "int":
+        encoding = obj.get("encoding") if isinstance(obj, dict) else None
+        if encoding is not None and (kind, encoding) != ("int", DECIMAL_STRINGS):
+            raise BundleError(
+                f"malformed {nm} id map: unknown encoding {encoding!r} for {kind!r} ids"
+            )
+        if encoding == DECIMAL_STRINGS:
+            if not all(isinstance(v, str) and _INT_TEXT.fullmatch(v) for v in ids):
+                raise BundleError(f"malformed {nm} id map: a decimal-string id is not an integer")
+            try:
+                arr = np.asarray([int(v) for v in ids], dtype=np.int64)
+            except OverflowError:
+                raise BundleError(f"malformed {nm} id map: an id exceeds int64") from None
+        elif kind == "int":
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
                 raise BundleError(f"malformed {nm} id map: non-integer id in an int map")
             arr = np.asarray(ids, dtype=np.int64)

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_export.bundle import Bundle, BundleWriter, update_bundle
+from recsys_export.bundle import Bundle, BundleWriter, read_seen_csr, update_bundle
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
-from recsys_export.errors import BundleError, ParityError
+from recsys_export.errors import BundleError, ConfigError, ParityError
 from recsys_export.export import quiet_exporters
 from recsys_export.ids import runs_to_coo
 from recsys_export.manifest import ENTRY_POINTS, FORMATS
@@ -210,21 +210,58 @@ class RuntimeBackend(Backend):
 
 
 def load_backends(
-    root: Path, manifest: dict[str, Any], formats: Iterable[str] | None = None
+    root: Path,
+    manifest: dict[str, Any],
+    formats: Iterable[str] | None = None,
+    *,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, Backend]:
-    """Backends for the formats present in a bundle (optionally a subset)."""
+    """Backends for the formats present in a bundle (optionally a subset).
+
+    Parameters
+    ----------
+    skipped : dict, optional
+        When given, a TorchScript or ``.pt2`` file the installed torch cannot read (one
+        written by a newer torch) is left out and ``skipped[format]`` says why, naming
+        both torch versions; without it the load error propagates.
+    """
     wanted = list(formats) if formats is not None else list(FORMATS)
     fm = manifest.get("formats", {})
     out: dict[str, Backend] = {}
+    torch_loaded: dict[str, Callable[[], Backend]] = {}
     if "torchscript" in fm and "torchscript" in wanted:
-        out["torchscript"] = TorchScriptBackend(root / fm["torchscript"]["module"])
+        torch_loaded["torchscript"] = lambda: TorchScriptBackend(root / fm["torchscript"]["module"])
     if "pt2" in fm and "pt2" in wanted:
-        out["pt2"] = Pt2Backend({e: root / p for e, p in fm["pt2"]["programs"].items()})
+        torch_loaded["pt2"] = lambda: Pt2Backend(
+            {e: root / p for e, p in fm["pt2"]["programs"].items()}
+        )
+    for name, make in torch_loaded.items():
+        try:
+            out[name] = make()
+        except Exception as exc:  # torch raises KeyError, RuntimeError, ... for newer files
+            if skipped is None:
+                raise
+            written = (manifest.get("versions") or {}).get("torch", "an unknown version")
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            skipped[name] = (
+                f"{name} not checked: the installed torch {torch.__version__} cannot read the "
+                f"{name} files written by torch {written} ({detail}); check them with torch "
+                f"{written}"
+            )
     if "onnx" in fm and "onnx" in wanted:
         out["onnx"] = OnnxBackend({e: root / p for e, p in fm["onnx"]["graphs"].items()})
     if "onnx" in fm and "runtime" in wanted and (root / "manifest.json").exists():
         out["runtime"] = RuntimeBackend(root)
     return out
+
+
+def check_tolerances(atol: float, rtol: float) -> None:
+    """Refuse tolerances that are negative, NaN or infinite (:class:`ConfigError`)."""
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not (np.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -350,6 +387,8 @@ class ParityReport:
     comparisons: list[Comparison] = field(default_factory=list)
     seconds: float = 0.0
     reference: str = "eager"
+    #: formats that could not be checked -> why (a file the installed torch cannot read)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -418,6 +457,7 @@ class ParityReport:
             "histogram_bins": HIST_LABELS,
             "rows": self.rows(),
             "comparisons": [c.to_dict() for c in self.comparisons],
+            "skipped": dict(self.skipped),
         }
 
     def table(self) -> str:
@@ -620,12 +660,12 @@ def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
 
 
 def bundle_seen(root: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bundle's seen-items CSR, validated (:class:`BundleError`), or None."""
     seen = manifest.get("seen")
     if not seen:
         return None
-    indptr = np.load(root / seen["indptr"], allow_pickle=False)
-    items = np.load(root / seen["items"], allow_pickle=False)
-    return indptr, items
+    model = manifest["model"]
+    return read_seen_csr(root, seen, int(model["n_users"]), int(model["n_items"]))
 
 
 def verify_staged_bundle(
@@ -683,8 +723,10 @@ def verify_bundle(
         Write ``parity.json`` into the bundle and the summary into the manifest,
         atomically (checksums rewritten).
     """
+    check_tolerances(atol, rtol)
     bundle = Bundle.load(path)
     manifest = bundle.manifest
+    _check_model_entry(bundle)
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint)
         model = ckpt.model
@@ -705,7 +747,8 @@ def verify_bundle(
         model = reference_model(bundle.root, manifest)
         ref_name = "eager (bundle reference weights)"
     wanted = list(formats) if formats is not None else list(CHECKED_BACKENDS)
-    backends = load_backends(bundle.root, manifest, wanted)
+    skipped: dict[str, str] = {}
+    backends = load_backends(bundle.root, manifest, wanted, skipped=skipped)
     if not backends:
         raise BundleError(
             f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)}"
@@ -722,15 +765,41 @@ def verify_bundle(
         progress=progress,
     )
     report.reference = ref_name
+    report.skipped = skipped
     if record:
-        update_bundle(
-            bundle.root,
-            manifest_updates={"parity": report.summary()},
-            new_files={
-                "parity.json": (json.dumps(report.to_dict(), indent=2).encode(), "parity:report")
-            },
-        )
+        try:
+            update_bundle(
+                bundle.root,
+                manifest_updates={"parity": report.summary()},
+                new_files={
+                    "parity.json": (
+                        json.dumps(report.to_dict(), indent=2).encode(),
+                        "parity:report",
+                    )
+                },
+            )
+        except BundleError as exc:  # e.g. a read-only bundle: the result is not lost
+            exc.report = report  # type: ignore[attr-defined]
+            raise
     return report
+
+
+def _check_model_entry(bundle: Bundle) -> None:
+    """The manifest's ``model`` (kind, sizes, hyperparameters), or :class:`BundleError`."""
+    model = bundle.manifest.get("model")
+    if not (
+        isinstance(model, dict)
+        and isinstance(model.get("kind"), str)
+        and isinstance(model.get("hyperparameters"), dict)
+        and all(
+            isinstance(model.get(k), int) and not isinstance(model.get(k), bool)
+            for k in ("n_users", "n_items")
+        )
+    ):
+        raise BundleError(
+            f"bundle {bundle.root}: manifest.json has no valid 'model' entry (kind, "
+            "hyperparameters, n_users, n_items); the manifest is corrupted, export it again"
+        )
 
 
 __all__ = [
@@ -742,6 +811,7 @@ __all__ = [
     "ParityReport",
     "Pt2Backend",
     "TorchScriptBackend",
+    "check_tolerances",
     "load_backends",
     "run_parity",
     "verify_bundle",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import mmap
 import os
+import re
 import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from recsys_export.bundle import Bundle
+from recsys_export.bundle import Bundle, enclosing_bundle, read_seen_csr, stale_temporaries
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.ids import IdMap, runs_to_coo
 from recsys_export.items import check_item_names
@@ -60,6 +61,8 @@ _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
 _UNKNOWN_POLICIES = ("raise", "skip", "popular")
+#: onnxruntime's errors for a graph newer than it reads (IR version or opset).
+_TOO_NEW = re.compile(r"IR version|opset", re.IGNORECASE)
 #: Target size (x2 margin) of the [block, n_items] score matrix one graph call produces.
 #: MF at 20k items: blocks of 26 users ran at 2.55 ns/pair, 128-256 users at 2.0 (the
 #: GEMM needs rows to amortise streaming the item factors), so ~200 users per call.
@@ -123,7 +126,13 @@ def _as_1d(values: Any) -> np.ndarray:
     return np.asarray(list(values) if not isinstance(values, (list, tuple)) else values)
 
 
-def _check_out_path(out_path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> Path:
+def _check_out_path(
+    out_path: str | os.PathLike[str], suffixes: tuple[str, ...], overwrite: bool = False
+) -> Path:
+    """Validate an output file path: extension, directory, no bundle, ``overwrite``.
+
+    Temporaries of earlier runs killed while writing this path are removed.
+    """
     path = Path(os.path.abspath(os.fspath(out_path)))
     if path.suffix.lower() not in suffixes:
         raise ConfigError(
@@ -144,6 +153,22 @@ def _check_out_path(out_path: str | os.PathLike[str], suffixes: tuple[str, ...])
         raise ConfigError(f"cannot write {path}: directory {parent} is not writable")
     if path.is_dir():
         raise ConfigError(f"cannot write {path}: it is a directory")
+    bundle = enclosing_bundle(parent)
+    if bundle is not None:
+        raise ConfigError(
+            f"cannot write {path}: it is inside the bundle {bundle}, whose files are "
+            "checksummed; write outside it"
+        )
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"{path} already exists; pass --force (overwrite=True) to replace it, or choose "
+            "another output path"
+        )
+    for entry, _kind in stale_temporaries(path):
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
     return path
 
 
@@ -302,15 +327,26 @@ class Recommender:
         ConfigError
             Invalid options.
         """
-        bundle = Bundle.load(bundle_path, verify=verify)
-        rec = cls(
-            bundle,
-            intra_op_threads=intra_op_threads,
-            graph_optimization=graph_optimization,
-            fast_paths=fast_paths,
+        for _attempt in range(3):
+            bundle = Bundle.load(bundle_path, verify=verify)
+            try:
+                rec = cls(
+                    bundle,
+                    intra_op_threads=intra_op_threads,
+                    graph_optimization=graph_optimization,
+                    fast_paths=fast_paths,
+                )
+                rec._session("recommend")  # fail early on a graph onnxruntime cannot load
+            except BundleError:
+                if not bundle.swapped():
+                    raise
+                continue  # replaced by `export --force` while we read it: read the new one
+            if not bundle.swapped():
+                return rec
+        raise BundleError(
+            f"bundle {bundle.root} was replaced several times while it was being loaded; "
+            "load it again once the export is over"
         )
-        rec._session("recommend")  # fail early on a graph onnxruntime cannot load
-        return rec
 
     def _find_kernels(self) -> tuple[dict[str, Path], int]:
         """Paths of the optional fast-path graphs and the DenseNet users per kernel call
@@ -371,12 +407,24 @@ class Recommender:
                         providers=["CPUExecutionProvider"],
                     )
                 except Exception as exc:  # onnxruntime raises its own exception types
-                    raise BundleError(
-                        f"bundle {self.bundle.root}: onnxruntime cannot load the {name} graph "
-                        f"({exc}); export the bundle again"
-                    ) from None
+                    raise self._load_error(name, exc) from None
                 self._sessions[name] = sess
         return sess
+
+    def _load_error(self, name: str, exc: Exception) -> BundleError:
+        """The error for a graph onnxruntime refused: too old an onnxruntime, or a bad file."""
+        detail = " ".join(str(exc).split())
+        if _TOO_NEW.search(detail):
+            written = (self.manifest.get("versions") or {}).get("onnxruntime", "unknown")
+            return BundleError(
+                f"bundle {self.bundle.root}: the installed onnxruntime {ort.__version__} is "
+                f"too old for the {name} graph ({detail}); the bundle was verified with "
+                f"onnxruntime {written}: upgrade onnxruntime (pip install -U onnxruntime)"
+            )
+        return BundleError(
+            f"bundle {self.bundle.root}: onnxruntime cannot load the {name} graph "
+            f"({detail}); export the bundle again"
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -451,25 +499,11 @@ class Recommender:
 
     def _load_seen(self) -> tuple[np.ndarray, np.ndarray]:
         seen = self.manifest.get("seen")
-        where = f"bundle {self.bundle.root}"
         if not isinstance(seen, dict) or "indptr" not in seen or "items" not in seen:
             return np.zeros(self._n_users + 1, dtype=np.int64), _EMPTY_I64
-        try:
-            indptr = np.load(self.bundle.file(seen["indptr"]), allow_pickle=False)
-            items = np.load(self.bundle.file(seen["items"]), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{where}: cannot read the seen items ({exc})") from None
-        indptr = np.asarray(indptr, dtype=np.int64).reshape(-1)
-        items = np.asarray(items, dtype=np.int64).reshape(-1)
-        if (
-            len(indptr) != self._n_users + 1
-            or indptr[0] != 0
-            or indptr[-1] != len(items)
-            or np.any(np.diff(indptr) < 0)
-            or (items.size and (items.min() < 0 or items.max() >= self._n_items))
-        ):
-            raise BundleError(f"{where}: the seen-items CSR is malformed; export it again")
-        return indptr, items
+        for rel in (seen["indptr"], seen["items"]):
+            self.bundle.file(rel)  # BundleError unless the manifest lists (and checksums) it
+        return read_seen_csr(self.bundle.root, seen, self._n_users, self._n_items)
 
     def _name_table(self) -> np.ndarray | None:
         """``object[n_items + 1]`` of names, None last (index -1: an empty slot)."""
@@ -826,8 +860,8 @@ class Recommender:
         cols = None
         if include is not None:
             cols = np.unique(self._items(include, by_index)) if not _is_empty(include) else None
-            if cols is None:
-                cols = _EMPTY_I64
+            if cols is None or cols.size == 0:
+                return scores, items  # no candidate item: every slot stays empty
         known_pos = np.flatnonzero(known)
         if known_pos.size:
             ku = users[known_pos]
@@ -926,6 +960,7 @@ class Recommender:
         user_indices: Any = None,
         memory_budget_mb: float = 256,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> Path:
         """Write the full ``float32[n_users, n_items]`` score matrix to a ``.npy`` file.
 
@@ -938,9 +973,10 @@ class Recommender:
         Raises
         ------
         ConfigError
-            ``out_path`` is not a ``.npy`` in an existing, writable directory.
+            ``out_path`` is not a ``.npy`` in an existing, writable directory, is inside a
+            bundle, or exists and ``overwrite`` is False.
         """
-        path = _check_out_path(out_path, (".npy",))
+        path = _check_out_path(out_path, (".npy",), overwrite)
         users = self._user_indices(user_indices)
         size = self._chunk_size(None, memory_budget_mb)
         tmp = _temp_sibling(path)
@@ -1039,6 +1075,7 @@ class Recommender:
         exclude_seen: bool = True,
         memory_budget_mb: float = 256,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> Path:
         """Write the top-``k`` items of every user to ``.parquet`` or ``.csv``.
 
@@ -1049,10 +1086,11 @@ class Recommender:
         Raises
         ------
         ConfigError
-            Unsupported extension, missing/unwritable directory, bad ``k``, or Parquet
-            without pyarrow installed.
+            Unsupported extension, missing/unwritable directory, a path inside a bundle,
+            an existing file without ``overwrite``, bad ``k``, or Parquet without pyarrow
+            installed.
         """
-        path = _check_out_path(out_path, (".parquet", ".csv"))
+        path = _check_out_path(out_path, (".parquet", ".csv"), overwrite)
         k = self._check_k(k)
         parquet = path.suffix.lower() == ".parquet"
         if parquet:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from recsys_export.bundle import Bundle
-from recsys_export.parity import load_backends
 from recsys_export.runtime import Recommender
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -28,6 +27,8 @@ def test_reference_bundles_are_committed():
 
 @pytest.mark.parametrize("expected_file", EXPECTED, ids=[p.stem for p in EXPECTED])
 def test_committed_bundle_reproduces_expected_outputs(expected_file):
+    from recsys_export.parity import load_backends  # torch: not in the runtime-only tests
+
     expected = json.loads(expected_file.read_text())
     root = ARTIFACTS / expected["bundle"]
     bundle = Bundle.load(root)  # format version and checksums
@@ -59,11 +60,32 @@ def test_committed_bundle_reproduces_expected_outputs(expected_file):
             s, out["recommend"]["scores"], atol=1e-5, rtol=1e-5, err_msg=name
         )
         np.testing.assert_array_equal(i, out["recommend"]["items"], err_msg=name)
-    # the torch-free runtime, by index
-    rec = Recommender.load(root)
-    np.testing.assert_allclose(
-        rec.score_all(arr["score_all"]["users"], by_index=True),
-        out["score_all"]["scores"],
-        atol=1e-5,
-        rtol=1e-5,
-    )
+
+
+@pytest.mark.runtime_only
+@pytest.mark.parametrize("expected_file", EXPECTED, ids=[p.stem for p in EXPECTED])
+def test_committed_bundle_runtime(expected_file):
+    """The torch-free runtime (by index) reproduces every entry point's expected outputs."""
+    expected = json.loads(expected_file.read_text())
+    inp, out = expected["inputs"], expected["outputs"]
+    for fast_paths in (True, False):
+        rec = Recommender.load(ARTIFACTS / expected["bundle"], fast_paths=fast_paths)
+        np.testing.assert_allclose(
+            rec.score(inp["score"]["users"], inp["score"]["items"], by_index=True),
+            out["score"]["scores"],
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        np.testing.assert_allclose(
+            rec.score_all(inp["score_all"]["users"], by_index=True),
+            out["score_all"]["scores"],
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        r = inp["recommend"]
+        exclude = {u: [] for u in r["users"]}
+        for row, item in zip(r["exclude_rows"], r["exclude_items"]):
+            exclude[r["users"][row]].append(item)
+        res = rec.recommend(r["users"], r["k"], exclude_seen=False, exclude=exclude, by_index=True)
+        np.testing.assert_allclose(res.scores, out["recommend"]["scores"], atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(res.items, out["recommend"]["items"])

@@ -3,7 +3,8 @@
 * Ctrl-C (SIGINT) during ``recsys-export train``: exit 130, one ``interrupted`` line
   on stderr, no traceback, no checkpoint.
 * SIGKILL during ``recsys-export score --all --out x.npy``: nothing at ``x.npy`` that
-  looks complete (an older ``x.npy`` stays as it was).
+  looks complete (an older ``x.npy`` stays as it was); the next run removes the killed
+  run's hidden temporary. SIGTERM: exit 143, one line, no temporary left.
 * ``train --lr 1e6 --optimizer sgd``: exit 2 suggesting a lower learning rate, no
   checkpoint.
 
@@ -177,6 +178,30 @@ def test_sigkill_during_score_all_leaves_no_complete_output(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".npy")] == (
         ["x.npy"] if existing else []
     )
+
+    # the next run removes the dead run's full-size temporary, as export does its own
+    assert len(_leftovers(tmp_path)) == 1
+    rc = main(["score", str(small_bundle), "--all", "--out", str(out), "--force", "-q"])
+    assert rc == 0
+    assert _leftovers(tmp_path) == []
+    assert np.load(out).shape == (8, 6)
+
+
+def test_sigterm_during_score_all_removes_its_partial_file(
+    small_bundle: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (what a scheduler sends first) cleans up like Ctrl-C: exit 143, one line."""
+    out = tmp_path / "x.npy"
+    argv = [sys.executable, str(HELPERS / "catalogue_stall_score.py"), str(small_bundle), str(out)]
+    with _popen(argv) as proc:
+        _read_until(proc, r"^score matrix .*\b1/8 users")
+        assert len(_leftovers(tmp_path)) == 1
+        proc.send_signal(signal.SIGTERM)  # interrupts the stalled read (PEP 475)
+        stderr = proc.stderr.read()
+        proc.wait(timeout=WATCHDOG_S)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines() == ["recsys-export score: terminated; nothing was written"]
+    assert _leftovers(tmp_path) == [] and not out.exists()
 
 
 # ---------------------------------------------------------------------------- divergence

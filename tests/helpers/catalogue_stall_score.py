@@ -2,6 +2,8 @@
 
 Usage: python catalogue_stall_score.py BUNDLE OUT.npy
 
+``--force`` is passed, so an existing OUT.npy is replaced only by a finished run.
+
 Runs the real CLI (``recsys_export.cli.main``) with two patches on the runtime: every
 chunk is one user (so a tiny bundle has several chunks), and the second chunk blocks
 reading stdin. The first chunk is written and its progress line printed on stderr
@@ -32,7 +34,7 @@ def main() -> int:
 
     Recommender._score_all_into = stalling  # type: ignore[method-assign]
     Recommender._chunk_size = lambda self, chunk_size, budget: 1  # type: ignore[method-assign]
-    return cli.main(["score", bundle, "--all", "--out", out])
+    return cli.main(["score", bundle, "--all", "--out", out, "--force"])
 
 
 if __name__ == "__main__":
