@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/ranking_bench.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

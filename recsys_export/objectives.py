@@ -31,7 +31,7 @@ from torch import Tensor
 
 from recsys_export.errors import ConfigError
 from recsys_export.ids import runs_to_coo
-from recsys_export.models import BaseModel
+from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
 
 if TYPE_CHECKING:
     from recsys_export.data import Ratings
@@ -98,6 +98,7 @@ def softmax_loss(
     *,
     negatives: int | None = None,
     generator: torch.Generator | None = None,
+    scale: float = 1.0,
 ) -> Tensor:
     """Multinomial log-likelihood of each user's positives (see the module docstring).
 
@@ -113,6 +114,10 @@ def softmax_loss(
         candidate items added to the batch's positive items (sampled softmax).
     generator : torch.Generator, optional
         Source of the candidate draws.
+    scale : float
+        Logits are ``scale * score``: a larger scale lets a model whose raw outputs are
+        small (DenseNet's single output unit) reach a peaked softmax early in training.
+        :func:`fold_scale` moves it into the weights afterwards.
 
     Returns
     -------
@@ -122,7 +127,7 @@ def softmax_loss(
     """
     b = len(users)
     if negatives is None:
-        logits = model.score_all(users)
+        logits = scale * model.score_all(users)
         target = torch.zeros_like(logits).index_put_((rows, items), weights)
         return -(target * F.log_softmax(logits, 1)).sum() / b
     n_items = model.n_items
@@ -136,15 +141,41 @@ def softmax_loss(
         torch.zeros(()),
         torch.tensor(math.log(min(1.0, negatives / n_items))),
     )
-    logits = model.score_items(users, candidates) - log_q
+    logits = scale * model.score_items(users, candidates) - log_q
     cols = torch.searchsorted(candidates, items)
     target = torch.zeros_like(logits).index_put_((rows, cols), weights)
     return -(target * F.log_softmax(logits, 1)).sum() / b
 
 
 def bpr_loss(
-    model: BaseModel, users: Tensor, items: Tensor, generator: torch.Generator | None = None
+    model: BaseModel,
+    users: Tensor,
+    items: Tensor,
+    generator: torch.Generator | None = None,
+    scale: float = 1.0,
 ) -> Tensor:
     """BPR with one uniformly drawn item per positive ``(users[n], items[n])``."""
     drawn = torch.randint(0, model.n_items, (len(items),), generator=generator)
-    return -F.logsigmoid(model(users, items) - model(users, drawn)).mean()
+    return -F.logsigmoid(scale * (model(users, items) - model(users, drawn))).mean()
+
+
+@torch.no_grad()
+def fold_scale(model: BaseModel, scale: float) -> None:
+    """Multiply every score of ``model`` by ``scale`` by rescaling its weights in place.
+
+    The exported model then computes exactly what the loss saw (``scale * score``). MF:
+    user factors and every bias term; DenseNet: the output layer and the global mean.
+    """
+    if scale == 1.0:
+        return
+    if isinstance(model, MatrixFactorization):
+        model.user_factors.weight.mul_(scale)
+        if model.biased:
+            model.user_bias.weight.mul_(scale)
+            model.item_bias.weight.mul_(scale)
+    elif isinstance(model, DenseNet):
+        model.linear2.weight.mul_(scale)
+        model.linear2.bias.mul_(scale)
+    else:  # pragma: no cover - only our two models are trained here
+        raise ConfigError(f"cannot fold a score scale into {type(model).__name__}")
+    model.global_mean.mul_(scale)

@@ -38,7 +38,14 @@ import torch.nn.functional as F
 
 from recsys_export.errors import ConfigError, TrainingDiverged
 from recsys_export.models import MODEL_KINDS, BaseModel, DenseNet, MatrixFactorization
-from recsys_export.objectives import LOSSES, WEIGHTINGS, Positives, bpr_loss, softmax_loss
+from recsys_export.objectives import (
+    LOSSES,
+    WEIGHTINGS,
+    Positives,
+    bpr_loss,
+    fold_scale,
+    softmax_loss,
+)
 from recsys_export.progress import Progress
 
 if TYPE_CHECKING:
@@ -78,6 +85,9 @@ class TrainConfig:
         Cut-off of the validation metric (NDCG@k) of the ranking objective.
     valid_users : int
         Ranking: validation NDCG is computed on at most this many users per epoch.
+    score_scale : float
+        Ranking: the loss sees ``score_scale * score``; folded into the weights after
+        training (:func:`recsys_export.objectives.fold_scale`), so exports compute it.
     n_factors : int
         Embedding size.
     hidden : int
@@ -122,6 +132,7 @@ class TrainConfig:
     threshold: float | None = None
     k: int = 10
     valid_users: int = 2000
+    score_scale: float = 1.0
     n_factors: int = 32
     hidden: int = 64
     biased: bool = True
@@ -159,6 +170,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_rating is not None and not math.isfinite(self.min_rating):
             raise ConfigError(f"min_rating must be a finite number, got {self.min_rating}")
+        if not (self.score_scale > 0 and math.isfinite(self.score_scale)):
+            raise ConfigError(f"score_scale must be a positive number, got {self.score_scale}")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ConfigError(f"threshold must be a finite number, got {self.threshold}")
         if self.mode not in ("minibatch", "post"):
@@ -517,6 +530,7 @@ def _fit_ranking(
                     torch.from_numpy(weights),
                     negatives=sampled,
                     generator=gen,
+                    scale=cfg.score_scale,
                 )
                 opt.zero_grad()
                 loss.backward()
@@ -529,7 +543,7 @@ def _fit_ranking(
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
-                loss = bpr_loss(model, pair_users[idx], pair_items[idx], gen)
+                loss = bpr_loss(model, pair_users[idx], pair_items[idx], gen, cfg.score_scale)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -561,6 +575,7 @@ def _fit_ranking(
         model.load_state_dict(best_state)
     else:
         history.best_epoch = len(history.train_loss)
+    fold_scale(model, cfg.score_scale)
     return history
 
 

@@ -288,3 +288,19 @@ def test_ranking_bench_tiny(tmp_path, capsys):
     assert ("bias", "baseline") in rows
     text = capsys.readouterr().out
     assert "ndcg@10" in text and "popularity" in text
+
+
+@pytest.mark.parametrize("kind", ["mf", "densenet"])
+def test_fold_scale_multiplies_every_entry_point(kind):
+    from recsys_export.models import build_model
+    from recsys_export.objectives import fold_scale
+
+    hp = {"n_users": 7, "n_items": 5, "n_factors": 3, "global_mean": 0.7}
+    hp.update({"biased": True} if kind == "mf" else {"hidden": 4})
+    torch.manual_seed(0)
+    model = build_model(kind, **hp).eval()
+    users, items = torch.tensor([0, 3, 6]), torch.tensor([4, 0, 2])
+    before = model(users, items), model.score_all(users)
+    fold_scale(model, 2.5)
+    torch.testing.assert_close(model(users, items), 2.5 * before[0])
+    torch.testing.assert_close(model.score_all(users), 2.5 * before[1])
