@@ -761,7 +761,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {name}({ins}) -> {outs}")
     metrics = man.get("training", {}).get("metrics", {})
     if metrics:
-        print(_format_metrics(metrics))
+        print("test " + _format_metrics(metrics))
+        for name, base in (metrics.get("baselines") or {}).items():
+            print(f"  baseline {name}: " + _format_metrics(base).removeprefix("metrics: "))
     parity = man.get("parity")
     if parity:
         print(

@@ -85,6 +85,10 @@ class TrainConfig:
         Cut-off of the validation metric (NDCG@k) of the ranking objective.
     valid_users : int
         Ranking: validation NDCG is computed on at most this many users per epoch.
+    init_biases : bool
+        Rating objective, biased MF: start the global mean and the user/item biases from
+        the damped bias baseline (:class:`recsys_export.baselines.BiasBaseline`, damping
+        chosen on the validation rows), so the factors learn what the baseline misses.
     score_scale : float
         Ranking: the loss sees ``score_scale * score``; folded into the weights after
         training (:func:`recsys_export.objectives.fold_scale`), so exports compute it.
@@ -133,6 +137,7 @@ class TrainConfig:
     k: int = 10
     valid_users: int = 2000
     score_scale: float = 1.0
+    init_biases: bool = False
     n_factors: int = 32
     hidden: int = 64
     biased: bool = True
@@ -243,7 +248,9 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
         n_factors=64, biased=True, loss="softmax", batch_size=64, lr=1e-2, l2=1e-2,
         epochs=60, patience=5,
     ),
-    ("mf", "rating"): dict(n_factors=32, biased=True, batch_size=2048, lr=5e-3, l2=0.15),
+    ("mf", "rating"): dict(
+        n_factors=32, biased=True, batch_size=2048, lr=5e-3, l2=0.15, init_biases=True,
+    ),
     ("densenet", "ranking"): dict(
         n_factors=32, hidden=32, biased=True, loss="softmax", batch_size=32, lr=2e-2,
         l2=3e-3, weight_decay=3e-3, epochs=12, patience=3,
@@ -484,6 +491,19 @@ def _fit_minibatch(
     return history
 
 
+@torch.no_grad()
+def _init_biases_from_baseline(model: BaseModel, train: Ratings, valid: Ratings | None) -> None:
+    """Global mean and biases of a biased MF from the damped bias baseline."""
+    from recsys_export.baselines import BiasBaseline
+
+    if not (isinstance(model, MatrixFactorization) and model.biased):
+        return
+    base = BiasBaseline().fit(train, valid if valid is not None and len(valid) else None)
+    model.global_mean.fill_(base.mean)
+    model.user_bias.weight.copy_(torch.from_numpy(base.user_bias).float().view(-1, 1))
+    model.item_bias.weight.copy_(torch.from_numpy(base.item_bias).float().view(-1, 1))
+
+
 def _ranking_optimizer(model: BaseModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     emb = [p for n, p in model.named_parameters() if n.split(".")[0].endswith(("factors", "bias"))]
     dense = [
@@ -627,6 +647,8 @@ def fit(
     torch.manual_seed(cfg.seed)
     if model is None:
         model = build_from_config(cfg, train)
+        if cfg.init_biases and cfg.objective == "rating":
+            _init_biases_from_baseline(model, train, valid)
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
