@@ -509,7 +509,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.implicit:
         ratings = as_implicit(ratings, args.min_rating)
     elif not ratings.implicit:
-        _warn_rating_scale(ratings)
+        _warn_rating_scale(ratings, args.threshold)
     test = _read_test_file(args) if args.test is not None else None
     if test is not None and args.implicit:
         test = as_implicit(test, args.min_rating)
@@ -616,17 +616,23 @@ def _print_results(
     print(format_comparison(table, k))
 
 
-def _warn_rating_scale(ratings: Any) -> None:
+def _warn_rating_scale(ratings: Any, threshold: float | None) -> None:
     """Warn (stderr) about negative ratings: accepted, but rarely what a user meant.
 
-    The rating objective regresses on whatever scale the file uses, and the ranking
-    objective then weighs every positive alike (binary weights).
+    The rating objective regresses on whatever scale the file uses; the ranking
+    objective weighs every row alike (binary weights) unless --min-rating leaves the
+    negative ones out; the metrics count held-out ratings >= the threshold as relevant.
     """
+    from recsys_export.evaluate import default_threshold
+
     if len(ratings) and float(ratings.ratings.min()) < 0:
         lo, hi = float(ratings.ratings.min()), float(ratings.ratings.max())
+        t = default_threshold(ratings) if threshold is None else threshold
         print(
-            f"warning: ratings range from {lo:g} to {hi:g} (some are negative); training "
-            "continues on the ratings as given",
+            f"warning: ratings range from {lo:g} to {hi:g} (some are negative); ranking "
+            f"metrics count held-out ratings >= --threshold {t:g} as relevant, and the "
+            "ranking objective learns from every row unless --min-rating drops some; "
+            "training continues on the ratings as given",
             file=sys.stderr,
         )
 

@@ -73,7 +73,9 @@ def check_threshold(threshold: float, ratings: Ratings) -> float:
     return t
 
 
-def ranking_metrics(topk: np.ndarray, relevant: list[np.ndarray], k: int) -> dict[str, float]:
+def ranking_metrics(
+    topk: np.ndarray, relevant: list[np.ndarray], k: int
+) -> dict[str, float | None]:
     """Mean precision@k, recall@k, NDCG@k and MAP@k (binary relevance).
 
     Parameters
@@ -88,12 +90,13 @@ def ranking_metrics(topk: np.ndarray, relevant: list[np.ndarray], k: int) -> dic
     Returns
     -------
     dict
-        ``precision@k``, ``recall@k``, ``ndcg@k`` and ``map@k`` (NaN without users).
+        ``precision@k``, ``recall@k``, ``ndcg@k`` and ``map@k`` (None without users:
+        undefined, and JSON has no NaN).
         AP@k divides by ``min(len(relevant), k)``.
     """
     names = [f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}"]
     if len(relevant) == 0:
-        return {name: float("nan") for name in names}
+        return {name: None for name in names}
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ranks = np.arange(1, k + 1)
     sums = np.zeros(4)

@@ -183,6 +183,10 @@ class TrainConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; choose 'minibatch' or 'post'")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.optimizer == "sparse_adam" and self.objective == "ranking":
+            raise ConfigError(
+                "optimizer 'sparse_adam' is for --objective rating; use adam or sgd"
+            )
         if self.optimizer == "sparse_adam" and self.model != "mf":
             raise ConfigError("optimizer 'sparse_adam' is for --model mf; use adam or sgd")
         positive = {"n_factors": self.n_factors, "hidden": self.hidden, "epochs": self.epochs}
@@ -251,9 +255,12 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("mf", "rating"): dict(
         n_factors=32, biased=True, batch_size=2048, lr=5e-3, l2=0.15, init_biases=True,
     ),
+    # a softmax over the batch's positives + 1,000 sampled items (log-q corrected); the
+    # loss sees 5 x the output (folded into linear2 afterwards)
     ("densenet", "ranking"): dict(
-        n_factors=32, hidden=32, biased=True, loss="softmax", batch_size=32, lr=2e-2,
-        l2=3e-3, weight_decay=3e-3, epochs=12, patience=3,
+        n_factors=32, hidden=32, biased=True, loss="softmax", batch_size=16, lr=1e-2,
+        l2=1e-3, weight_decay=1e-3, score_scale=5.0, full_softmax_items=2000,
+        negatives=1000, epochs=30, patience=5,
     ),
     ("densenet", "rating"): dict(
         n_factors=32, hidden=64, biased=True, batch_size=2048, lr=5e-3, l2=0.05,
@@ -336,7 +343,8 @@ def build_from_config(cfg: TrainConfig, train: Ratings) -> BaseModel:
             cfg.n_factors,
             biased=cfg.biased,
             global_mean=mean,
-            sparse=cfg.mode == "post" or cfg.optimizer in ("sgd", "sparse_adam"),
+            sparse=cfg.mode == "post"
+            or (cfg.objective == "rating" and cfg.optimizer in ("sgd", "sparse_adam")),
             init_std=cfg.init_std,
         )
     return DenseNet(
@@ -512,6 +520,8 @@ def _ranking_optimizer(model: BaseModel, cfg: TrainConfig) -> torch.optim.Optimi
     groups: list[dict[str, Any]] = [{"params": emb, "weight_decay": cfg.l2}]
     if dense:
         groups.append({"params": dense, "weight_decay": cfg.weight_decay})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
     return _adam(groups, cfg.lr)
 
 
