@@ -215,8 +215,11 @@ def evaluate(
     """
     n_items = known.n_items
     check_k(k, n_items)
+    # the scale: the known rows', or the test file's when the known rows carry no ratings
+    scale = test if known.implicit and not test.implicit else known
     thr = check_threshold(
-        default_threshold(known) if threshold is None else threshold, known
+        default_threshold(scale) if threshold is None else threshold,
+        scale if len(scale) else known,
     )
     out: dict[str, Any] = {"n_test": len(test), "k": k, "threshold": thr}
     if len(test) == 0:

@@ -173,18 +173,21 @@ def train_checkpoint(
 
 
 def checkpoint_ratings(ckpt: Checkpoint) -> Ratings:
-    """The training file's rows as recorded in a checkpoint (needs ``seen_ratings``)."""
-    if ckpt.seen_ratings is None:
-        raise DataError("the checkpoint records no ratings; it predates three-way splits")
+    """The training file's rows as recorded in a checkpoint.
+
+    Checkpoints of older versions record no ratings: their rows come back as
+    interactions (rating 1.0, ``implicit=True``), which is all ranking metrics need.
+    """
+    recorded = ckpt.seen_ratings is not None
     return Ratings(
         users=ckpt.seen_users,
         items=ckpt.seen_items,
-        ratings=ckpt.seen_ratings,
+        ratings=ckpt.seen_ratings if recorded else np.ones(len(ckpt.seen_users), np.float32),
         timestamps=None,
         user_map=ckpt.user_map,
         item_map=ckpt.item_map,
         source=str(ckpt.data.get("source", "<checkpoint>")),
-        implicit=bool(ckpt.data.get("implicit", False)),
+        implicit=bool(ckpt.data.get("implicit", False)) or not recorded,
     )
 
 
@@ -219,13 +222,13 @@ def evaluate_checkpoint(
     DataError
         A checkpoint without recorded parts (train it again), or no test rows.
     """
-    if ckpt.seen_parts is None:
+    if ckpt.seen_parts is None and test is None:
         raise DataError(
             "the checkpoint does not record its train/validation/test parts (it was written "
             "by an older recsys-export); train it again, or pass --test FILE"
         )
     rows = checkpoint_ratings(ckpt)
-    parts = ckpt.seen_parts
+    parts = ckpt.seen_parts if ckpt.seen_parts is not None else np.zeros(len(rows), np.int8)
     if threshold is None:
         threshold = ckpt.config.get("threshold")
     train, valid = rows.subset(parts == TRAIN), rows.subset(parts == VALID)

@@ -304,3 +304,27 @@ def test_fold_scale_multiplies_every_entry_point(kind):
     fold_scale(model, 2.5)
     torch.testing.assert_close(model(users, items), 2.5 * before[0])
     torch.testing.assert_close(model.score_all(users), 2.5 * before[1])
+
+
+def test_checkpoint_without_recorded_parts(tmp_path, capsys):
+    """Checkpoints of older versions: evaluate needs --test, and ranks without ratings."""
+    from recsys_export.checkpoint import Checkpoint
+
+    r = data.synthetic_ratings(60, 30, density=0.3, seed=0)
+    tr, te = data.random_split(r, 0.2, seed=0)
+    ckpt = Checkpoint(
+        model=_random_mf(r),
+        user_map=r.user_map,
+        item_map=r.item_map,
+        seen_users=tr.users,
+        seen_items=tr.items,
+    )
+    path = ckpt.save(tmp_path / "old.pt")
+    assert main(["evaluate", str(path)]) == 2
+    assert "--test FILE" in capsys.readouterr().err
+    test = tmp_path / "test.csv"
+    _write(test, zip(te.user_map.raw_ids[te.users], te.item_map.raw_ids[te.items], te.ratings))
+    assert main(["evaluate", str(path), "--test", str(test), "--json", "--threshold", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert {"model", "popularity", "test_mapping"} <= set(results)
+    assert results["model"]["ranked_users"] > 0
