@@ -409,6 +409,13 @@ def _load_data(args: argparse.Namespace, default: str | None = None) -> Any:
         return data.toy_ratings()
     if source == "movielens-small":
         source = str(data.default_dataset_path())
+    return _read_ratings(source, args)
+
+
+def _read_ratings(source: Any, args: argparse.Namespace) -> Any:
+    """``read_ratings`` with the column, separator and duplicates flags."""
+    from recsys_export import data
+
     return data.read_ratings(
         source,
         user_col=args.user_col,
@@ -471,17 +478,7 @@ def _load_item_names(args: argparse.Namespace, ratings: Any) -> list[str | None]
 
 
 def _read_test_file(args: argparse.Namespace) -> Any:
-    from recsys_export import data
-
-    return data.read_ratings(
-        args.test,
-        user_col=args.user_col,
-        item_col=args.item_col,
-        rating_col=args.rating_col,
-        timestamp_col=args.timestamp_col,
-        sep=args.sep,
-        duplicates=args.duplicates,
-    )
+    return _read_ratings(args.test, args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "TOY_MATRIX",
     "Ratings",
     "align",
+    "at_least",
     "default_dataset_path",
     "from_matrix",
     "random_split",
@@ -1357,6 +1358,25 @@ def three_way_split(
             mask = _holdout_mask(sub, "random" if method == "none" else method, vf, seed + 1)
             parts[rest[mask]] = VALID
     return parts
+
+
+def at_least(r: Ratings, min_rating: float | None) -> np.ndarray:
+    """Boolean mask of the rows rated ``>= min_rating`` (every row when None).
+
+    Raises
+    ------
+    DataError
+        If no row reaches ``min_rating``.
+    """
+    if min_rating is None:
+        return np.ones(len(r), dtype=bool)
+    keep = r.ratings >= min_rating
+    if not keep.any():
+        raise DataError(
+            f"{r.source}: no rating reaches --min-rating {min_rating:g} (highest "
+            f"{float(r.ratings.max()):g}); lower it"
+        )
+    return keep
 
 
 def align(r: Ratings, user_map: IdMap, item_map: IdMap) -> tuple[Ratings, dict[str, int]]:

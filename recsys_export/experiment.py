@@ -30,15 +30,7 @@ def as_implicit(ratings: Ratings, min_rating: float | None) -> Ratings:
     DataError
         If no row reaches ``min_rating``.
     """
-    keep = np.ones(len(ratings), dtype=bool)
-    if min_rating is not None:
-        keep = ratings.ratings >= min_rating
-        if not keep.any():
-            raise DataError(
-                f"{ratings.source}: no rating reaches --min-rating {min_rating:g} (highest "
-                f"{float(ratings.ratings.max()):g}); lower it"
-            )
-    out = ratings.subset(keep)
+    out = ratings.subset(data.at_least(ratings, min_rating))
     out.ratings = np.ones(len(out), dtype=np.float32)
     out.implicit = True
     return out

@@ -58,14 +58,9 @@ class Positives:
     def __init__(self, train: Ratings, min_rating: float | None, weighting: str) -> None:
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
-        keep = np.ones(len(train), dtype=bool)
-        if min_rating is not None:
-            keep = train.ratings >= min_rating
-        if not keep.any():
-            raise ConfigError(
-                f"no training rating reaches min_rating {min_rating:g} (highest "
-                f"{float(train.ratings.max()):g}); lower --min-rating"
-            )
+        from recsys_export.data import at_least
+
+        keep = at_least(train, min_rating)
         users, items, ratings = train.users[keep], train.items[keep], train.ratings[keep]
         if weighting == "rating" and not train.implicit and float(ratings.min()) > 0:
             weights = ratings / float(ratings.max())

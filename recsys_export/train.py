@@ -367,11 +367,16 @@ def _adam(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=lr)
 
 
+def _split_parameters(model: BaseModel) -> tuple[list[Any], list[Any]]:
+    """(embedding tables and biases, dense layers) of a model."""
+    emb, dense = [], []
+    for name, p in model.named_parameters():
+        (emb if name.split(".")[0].endswith(("factors", "bias")) else dense).append(p)
+    return emb, dense
+
+
 def _optimizers(model: BaseModel, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    emb = [p for n, p in model.named_parameters() if n.split(".")[0].endswith(("factors", "bias"))]
-    dense = [
-        p for n, p in model.named_parameters() if not n.split(".")[0].endswith(("factors", "bias"))
-    ]
+    emb, dense = _split_parameters(model)
     if cfg.mode == "post" or cfg.optimizer == "sgd":
         groups: list[dict[str, Any]] = [{"params": emb}]
         if dense:
@@ -422,6 +427,36 @@ def _check_finite(loss: float, epoch: int, cfg: TrainConfig) -> None:
         )
 
 
+class _EarlyStopping:
+    """Keeps the best epoch's weights by a validation score; says when to stop."""
+
+    def __init__(self, history: History, patience: int, higher_is_better: bool) -> None:
+        self.history = history
+        self.patience = patience
+        self.sign = 1.0 if higher_is_better else -1.0
+        self.best, self.state, self.since_best = -math.inf, None, 0
+
+    def update(self, model: BaseModel, epoch: int, score: float) -> bool:
+        """Record ``score`` of ``epoch`` (0-based); True when patience has run out."""
+        self.history.valid_scores.append(score)
+        if self.sign * score > self.best + 1e-6:
+            self.best, self.since_best = self.sign * score, 0
+            self.state = copy.deepcopy(model.state_dict())
+            self.history.best_epoch = epoch + 1
+        else:
+            self.since_best += 1
+        stop = bool(self.patience) and self.since_best >= self.patience
+        self.history.stopped_early = stop
+        return stop
+
+    def restore(self, model: BaseModel) -> None:
+        """Load the best epoch's weights (the last epoch when nothing was watched)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+        else:
+            self.history.best_epoch = len(self.history.train_loss)
+
+
 def _fit_post(model: BaseModel, train: Ratings, cfg: TrainConfig, bar: Progress) -> History:
     """The post's per-rating loop: same order, same optimizer, same loss."""
     history = History()
@@ -456,7 +491,8 @@ def _fit_minibatch(
     n = len(train)
     bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
     gen = torch.Generator().manual_seed(cfg.seed)
-    best_rmse, best_state, since_best = math.inf, None, 0
+    stopping = _EarlyStopping(history, cfg.patience, higher_is_better=False)
+    history.valid_metric = "rmse"
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
@@ -479,23 +515,14 @@ def _fit_minibatch(
         if valid is not None and len(valid):
             score = rmse(model, valid)
             history.valid_rmse.append(score)
-            history.valid_metric = "rmse"
-            history.valid_scores.append(score)
             postfix += f" val_rmse {score:.4f}"
-            if score < best_rmse - 1e-6:
-                best_rmse, since_best = score, 0
-                best_state = copy.deepcopy(model.state_dict())
-                history.best_epoch = epoch + 1
-            else:
-                since_best += 1
+            stop = stopping.update(model, epoch, score)
+        else:
+            stop = False
         bar.update(1, postfix)
-        if cfg.patience and valid is not None and since_best >= cfg.patience:
-            history.stopped_early = True
+        if stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        history.best_epoch = len(history.train_loss)
+    stopping.restore(model)
     return history
 
 
@@ -513,10 +540,7 @@ def _init_biases_from_baseline(model: BaseModel, train: Ratings, valid: Ratings 
 
 
 def _ranking_optimizer(model: BaseModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    emb = [p for n, p in model.named_parameters() if n.split(".")[0].endswith(("factors", "bias"))]
-    dense = [
-        p for n, p in model.named_parameters() if not n.split(".")[0].endswith(("factors", "bias"))
-    ]
+    emb, dense = _split_parameters(model)
     groups: list[dict[str, Any]] = [{"params": emb, "weight_decay": cfg.l2}]
     if dense:
         groups.append({"params": dense, "weight_decay": cfg.weight_decay})
@@ -539,7 +563,7 @@ def _fit_ranking(
     k = min(cfg.k, train.n_items)
     history.valid_metric = f"ndcg@{k}"
     watch = valid is not None and bool((valid.ratings >= threshold).any())
-    best, best_state, since_best = -math.inf, None, 0
+    stopping = _EarlyStopping(history, cfg.patience, higher_is_better=True)
     pair_users = torch.from_numpy(pos.users)
     pair_items = torch.from_numpy(pos.items)
     for epoch in range(cfg.epochs):
@@ -589,22 +613,14 @@ def _fit_ranking(
                 seed=cfg.seed, rating_error=False,
             )
             score = float(m[f"ndcg@{k}"])
-            history.valid_scores.append(score)
             postfix += f" val_ndcg@{k} {score:.4f}"
-            if score > best + 1e-6:
-                best, since_best = score, 0
-                best_state = copy.deepcopy(model.state_dict())
-                history.best_epoch = epoch + 1
-            else:
-                since_best += 1
+            stop = stopping.update(model, epoch, score)
+        else:
+            stop = False
         bar.update(1, postfix)
-        if cfg.patience and watch and since_best >= cfg.patience:
-            history.stopped_early = True
+        if stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        history.best_epoch = len(history.train_loss)
+    stopping.restore(model)
     fold_scale(model, cfg.score_scale)
     return history
 
