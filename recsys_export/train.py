@@ -541,7 +541,15 @@ def _init_biases_from_baseline(model: BaseModel, train: Ratings, valid: Ratings 
 
 def _ranking_optimizer(model: BaseModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     emb, dense = _split_parameters(model)
-    groups: list[dict[str, Any]] = [{"params": emb, "weight_decay": cfg.l2}]
+    # no decay on the bias terms: an item's bias carries its popularity, which a
+    # ranking loss needs whole (decaying it lost to the popularity baseline on sparse
+    # data such as MovieTweetings)
+    biases = [p for n, p in model.named_parameters() if n.split(".")[0].endswith("bias")]
+    factors = [p for p in emb if all(p is not b for b in biases)]
+    groups: list[dict[str, Any]] = [
+        {"params": factors, "weight_decay": cfg.l2},
+        {"params": biases, "weight_decay": 0.0},
+    ]
     if dense:
         groups.append({"params": dense, "weight_decay": cfg.weight_decay})
     if cfg.optimizer == "sgd":
