@@ -129,23 +129,31 @@ def model_from_state_dict(
     """
     if kind not in ("mf", "densenet"):
         raise ConfigError(f"unknown model kind {kind!r}; choose mf or densenet")
-    required, optional = (_MF_REQUIRED, _MF_OPTIONAL) if kind == "mf" else (_DN_REQUIRED, _DN_OPTIONAL)
+    required, optional = (
+        (_MF_REQUIRED, _MF_OPTIONAL) if kind == "mf" else (_DN_REQUIRED, _DN_OPTIONAL)
+    )
     cls_name = "MatrixFactorization" if kind == "mf" else "DenseNet"
     problem = _key_problems(state, required, optional)
     if problem:
         raise CheckpointError(
             f"{source} does not match the post's {cls_name} ({problem}); expected "
-            f"{', '.join(required)}" + (f" and optionally {', '.join(optional)}" if optional else "")
+            f"{', '.join(required)}"
+            + (f" and optionally {', '.join(optional)}" if optional else "")
         )
     state = _check_tensors(state, source)
     bad: list[str] = []
-    if len(_shape(state, "user_factors.weight")) != 2 or len(_shape(state, "item_factors.weight")) != 2:
+    if (
+        len(_shape(state, "user_factors.weight")) != 2
+        or len(_shape(state, "item_factors.weight")) != 2
+    ):
         raise CheckpointError(f"{source}: user_factors.weight and item_factors.weight must be 2-D")
     n_users, n_factors = _shape(state, "user_factors.weight")
     n_items, item_factors = _shape(state, "item_factors.weight")
     if item_factors != n_factors:
-        bad.append(f"item_factors.weight {_shape(state, 'item_factors.weight')} has "
-                   f"{item_factors} factors, user_factors.weight {n_factors}")  # fmt: skip
+        bad.append(
+            f"item_factors.weight {_shape(state, 'item_factors.weight')} has "
+            f"{item_factors} factors, user_factors.weight {n_factors}"
+        )
     mean = state.get("global_mean", torch.zeros(()))
     if mean.numel() != 1:
         bad.append(f"global_mean {tuple(mean.shape)} is not a scalar")
@@ -157,7 +165,9 @@ def model_from_state_dict(
             if key in state and state[key].numel() != n:
                 bad.append(f"{key} {_shape(state, key)} is not [{n}, 1]")
         if bad:
-            raise CheckpointError(f"{source}: shapes do not match the post's {cls_name}: " + "; ".join(bad))
+            raise CheckpointError(
+                f"{source}: shapes do not match the post's {cls_name}: " + "; ".join(bad)
+            )
         biased = has_ub and has_ib
         model: BaseModel = MatrixFactorization(
             n_users, n_items, n_factors, biased=biased, global_mean=float(mean), sparse=False
@@ -240,7 +250,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, Tensor) for v in obj.values())
+    ):
         raise CheckpointError(
             f"{path} is not a state dict (a mapping of names to tensors); save it with "
             "torch.save(model.state_dict(), path)"
@@ -282,10 +296,19 @@ class ModuleRecommender(nn.Module):
     kind = GENERIC_KIND
 
     def __init__(
-        self, module: nn.Module, n_users: int, n_items: int, *, block_pairs: int = DEFAULT_BLOCK_PAIRS
+        self,
+        module: nn.Module,
+        n_users: int,
+        n_items: int,
+        *,
+        block_pairs: int = DEFAULT_BLOCK_PAIRS,
     ) -> None:
         super().__init__()
-        for name, value in (("n_users", n_users), ("n_items", n_items), ("block_pairs", block_pairs)):
+        for name, value in (
+            ("n_users", n_users),
+            ("n_items", n_items),
+            ("block_pairs", block_pairs),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         self.module = module
@@ -712,8 +735,9 @@ def export_model(
         if kind is None:
             model_from_state_dict(module, "mf")  # raises, listing what does not match
         converted = model_from_state_dict(module, kind or "mf")
-        return _export_converted(converted, None, out, "state dict with the post's names", fmts,
-                                 locals())  # fmt: skip
+        return _export_converted(
+            converted, None, out, "state dict with the post's names", fmts, locals()
+        )
     name = type(module).__name__
     reason = ""
     if path != "generic":
@@ -725,17 +749,22 @@ def export_model(
             mismatch = _conversion_mismatch(converted, module, atol, rtol)
             if mismatch is None:
                 return _export_converted(
-                    converted, module, out, f"{name} has the post's {found} names and scores",
-                    fmts, locals(),
-                )  # fmt: skip
+                    converted,
+                    module,
+                    out,
+                    f"{name} has the post's {found} names and scores",
+                    fmts,
+                    locals(),
+                )
             if path == "converted" or kind is not None:
                 raise ConfigError(
                     f"{name} has the post's {found} parameter names but scores differently "
                     f"({mismatch}); use path='generic'"
                 )
             reason = f"{name} has the post's {found} names but scores differently ({mismatch})"
-    return _export_generic(module, out, reason or f"{name} is not one of the post's classes",
-                           fmts, locals())  # fmt: skip
+    return _export_generic(
+        module, out, reason or f"{name} is not one of the post's classes", fmts, locals()
+    )
 
 
 def _conversion_mismatch(
@@ -833,18 +862,13 @@ def _qualname(module: nn.Module) -> str:
 def _export_generic(
     module: nn.Module, out: str | Path, reason: str, fmts: list[str], opts: dict[str, Any]
 ) -> ExportResult:
-    n_users, n_items = opts["n_users"], opts["n_items"]
     guess_u, guess_i = _sizes_from_embeddings(module)
-    n_users = n_users or (len(opts["user_ids"]) if opts["user_ids"] is not None else None) or guess_u
-    n_items = n_items or (len(opts["item_ids"]) if opts["item_ids"] is not None else None) or guess_i
+    n_users = opts["n_users"] or _count(opts["user_ids"]) or guess_u
+    n_items = opts["n_items"] or _count(opts["item_ids"]) or guess_i
     if n_users is None or n_items is None:
-        ids_only = resolve_ids(1, 1, ratings=opts["ratings"], user_col=opts["user_col"],
-                               item_col=opts["item_col"]) if opts["ratings"] is not None else None  # fmt: skip
         raise ConfigError(
             f"cannot tell how many users and items {type(module).__name__} scores; pass "
             "n_users= and n_items= (or user_ids= and item_ids=)"
-            if ids_only is None
-            else "pass n_users= and n_items=: the ratings do not fix the model's sizes"
         )
     wrapper = ModuleRecommender(module, int(n_users), int(n_items), block_pairs=opts["block_pairs"])
     ids = _ids(opts, wrapper.n_users, wrapper.n_items)
@@ -874,6 +898,10 @@ def _export_generic(
             origin["failed_formats"] = failed
             manifest = _export(_checkpoint(wrapper, ids, origin), out, ok, opts)
     return ExportResult(GENERIC_KIND, GENERIC_KIND, Path(out), manifest, failed, reason)
+
+
+def _count(ids: Any) -> int | None:
+    return None if ids is None else len(ids)
 
 
 def _failure_line(module: nn.Module, failed: dict[str, str]) -> str:
@@ -934,3 +962,86 @@ __all__ = [
     "resolve_ids",
     "verify_module",
 ]
+
+
+# --------------------------------------------------------------------------- CLI helpers
+
+
+def load_class(spec: str) -> type[nn.Module]:
+    """``package.module:Class`` or ``path/to/file.py:Class`` -> the class (its code runs).
+
+    Raises
+    ------
+    ConfigError
+        A malformed spec, a module or file that cannot be imported, or no such class.
+    """
+    import importlib
+    import importlib.util
+
+    target, sep, cls_name = spec.rpartition(":")
+    if not sep or not target or not cls_name.isidentifier():
+        raise ConfigError(
+            f"--model {spec!r}: expected mf, densenet, package.module:Class or file.py:Class"
+        )
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise ConfigError(f"--model {spec!r}: no file {file}")
+            mod_spec = importlib.util.spec_from_file_location(f"_byom_{file.stem}", file)
+            assert mod_spec is not None and mod_spec.loader is not None
+            mod = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(target)
+    except RecsysExportError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"--model {spec!r}: cannot import {target} ({_first_line(exc)})"
+        ) from None
+    cls = getattr(mod, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"--model {spec!r}: {target} has no nn.Module subclass {cls_name}")
+    return cls
+
+
+def module_from_files(
+    state_path: str | Path, spec: str, model_args: Mapping[str, Any] | None = None
+) -> nn.Module | dict[str, Tensor]:
+    """What ``recsys-export export STATE_DICT --model SPEC`` exports.
+
+    ``mf``/``densenet``: the state dict itself (sizes read from the tensors). Otherwise
+    ``SPEC`` names a class, built with ``model_args`` and loaded with the state dict
+    (strictly: a message lists missing and unexpected keys).
+    """
+    state = load_state_dict_file(state_path)
+    if spec in ("mf", "densenet"):
+        return state
+    cls = load_class(spec)
+    try:
+        module = cls(**dict(model_args or {}))
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot build {cls.__name__}(**model_args): {_first_line(exc)}"
+        ) from None
+    expected = module.state_dict()
+    problem = _key_problems(state, list(expected), [])
+    if problem:
+        raise CheckpointError(f"{state_path} does not match {cls.__name__}: {problem}")
+    shapes = [
+        f"{k} is {list(v.shape)}, {cls.__name__} expects {list(expected[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if shapes:
+        raise CheckpointError(f"{state_path} does not match {cls.__name__}: " + "; ".join(shapes))
+    module.load_state_dict(state)
+    return module.eval()
+
+
+def ids_from_file(path: str | Path, **columns: Any) -> Any:
+    """The ratings file of ``--ids-from`` (:func:`recsys_export.data.read_ratings`)."""
+    from recsys_export.data import read_ratings
+
+    return read_ratings(path, **{k: v for k, v in columns.items() if v is not None})
