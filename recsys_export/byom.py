@@ -912,8 +912,7 @@ def _failure_line(module: nn.Module, failed: dict[str, str]) -> str:
     return (
         f"cannot export {type(module).__name__} to {', '.join(failed)} ("
         + "; ".join(parts)
-        + "); make forward free of data-dependent control flow, or keep the other formats "
-        "with keep_partial=True (--keep-partial)"
+        + "); keep the other formats with keep_partial=True (CLI: --keep-partial)"
     )
 
 

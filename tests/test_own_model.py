@@ -9,6 +9,8 @@ score within tolerance are interchangeable).
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,13 @@ import pandas as pd
 import pytest
 import torch
 from helpers.own_models import DataDependent, PostDenseNet, PostMF, TwoTower
+from test_embedding import (  # the C++/Node fixtures and checks of docs/runtimes.md
+    _make_case,
+    _run_program,
+    assert_matches,
+    cpp_example,  # noqa: F401
+    node_example,  # noqa: F401
+)
 
 from recsys_export.byom import ModuleRecommender, export_model, model_from_state_dict
 from recsys_export.cli import main
@@ -104,7 +113,9 @@ def assert_serves_module(rec: Recommender, module: torch.nn.Module, df: pd.DataF
 def test_post_class_state_dict_through_the_cli(kind, tmp_path, capsys):
     torch.manual_seed(3)
     df = _ratings()
-    module = PostMF(N_USERS, N_ITEMS, 3) if kind == "mf" else PostDenseNet(N_USERS, N_ITEMS, 3, 16, 1)
+    module = (
+        PostMF(N_USERS, N_ITEMS, 3) if kind == "mf" else PostDenseNet(N_USERS, N_ITEMS, 3, 16, 1)
+    )
     _train(module, df)
     state_path = tmp_path / "state.pt"
     torch.save(module.state_dict(), state_path)
@@ -231,15 +242,23 @@ def test_two_tower_entry_points_equal_the_module(two_tower):
     np.testing.assert_allclose(s2.numpy(), ref_s.numpy(), atol=ATOL, rtol=RTOL)
 
 
-def test_two_tower_runs_in_cpp_and_node(two_tower, cpp_example, node_example, tmp_path):
-    from test_embedding import _make_case, _run_program, assert_matches
-
+@pytest.fixture(scope="module")
+def two_tower_case(two_tower):
+    """The two-tower bundle with Python references (eager: the user's module) per input."""
     module, _, result = two_tower
-    case = _make_case(result.bundle, ModuleRecommender(module, N_USERS, N_ITEMS))
-    for name in case.cases:
-        for block, label in (("cpp-run", "C++"), ("node-run", "Node")):
-            got = _run_program(block, case, name, tmp_path)
-            assert_matches(got, case.expected[name], f"{label}/{name}")
+    return _make_case(result.bundle, ModuleRecommender(module, N_USERS, N_ITEMS))
+
+
+def test_two_tower_runs_in_cpp(two_tower_case, cpp_example, tmp_path):
+    for name in two_tower_case.cases:
+        got = _run_program("cpp-run", two_tower_case, name, tmp_path)
+        assert_matches(got, two_tower_case.expected[name], f"C++/{name}")
+
+
+def test_two_tower_runs_in_node(two_tower_case, node_example, tmp_path):
+    for name in two_tower_case.cases:
+        got = _run_program("node-run", two_tower_case, name, tmp_path)
+        assert_matches(got, two_tower_case.expected[name], f"Node/{name}")
 
 
 # --------------------------------------------------------------------------- failures
@@ -272,3 +291,40 @@ def test_data_dependent_module_exits_2_in_the_cli(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot export DataDependent to pt2, onnx" in lines[0]
     assert not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------- the doc
+
+DOC = ROOT / "docs" / "own-model.md"
+_DOC_BLOCK = re.compile(r"<!-- own-model-test -->\n```(python|bash)\n(.*?)\n```", re.S)
+
+
+def test_doc_code_blocks_run(tmp_path, monkeypatch, capsys):
+    """docs/own-model.md's marked blocks, in order: Python in one namespace, bash commands
+    with ``recsys-export`` run as ``python -m recsys_export.cli``."""
+    blocks = _DOC_BLOCK.findall(DOC.read_text(encoding="utf-8"))
+    assert [lang for lang, _ in blocks].count("python") >= 5 and ("bash",) <= tuple(
+        lang for lang, _ in blocks
+    )
+    assert "docs/own-model.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "own_model_doc"}
+    for j, (lang, body) in enumerate(blocks):
+        if lang == "python":  # from a file: TorchScript reads the classes' source
+            source = tmp_path / f"doc_block_{j}.py"
+            source.write_text(body, encoding="utf-8")
+            exec(compile(body, str(source), "exec"), namespace)
+            continue
+        for line in body.splitlines():
+            assert line.startswith("recsys-export "), line
+            argv = shlex.split(line)[1:]
+            assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "converted mf True" in out
+    assert "generic TwoTower is not one of the post's classes" in out
+    assert "cannot export FlipsSign to pt2, onnx" in out
+    for name in ("mf", "densenet", "mf-cli", "densenet-cli", "mf-ids", "two-tower"):
+        assert Recommender.load(tmp_path / f"own-{name}").n_items in (4, 40)
+    assert not (tmp_path / "own-flips").exists()
+    top = Recommender.load(tmp_path / "own-two-tower").recommend(["user-3"], k=38)
+    assert not {"item-0", "item-7"} & set(top.items[0])
