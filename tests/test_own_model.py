@@ -249,13 +249,15 @@ def two_tower_case(two_tower):
     return _make_case(result.bundle, ModuleRecommender(module, N_USERS, N_ITEMS))
 
 
-def test_two_tower_runs_in_cpp(two_tower_case, cpp_example, tmp_path):
+@pytest.mark.usefixtures("cpp_example")  # builds examples/cpp, or skips without g++
+def test_two_tower_runs_in_cpp(two_tower_case, tmp_path):
     for name in two_tower_case.cases:
         got = _run_program("cpp-run", two_tower_case, name, tmp_path)
         assert_matches(got, two_tower_case.expected[name], f"C++/{name}")
 
 
-def test_two_tower_runs_in_node(two_tower_case, node_example, tmp_path):
+@pytest.mark.usefixtures("node_example")  # installs examples/node, or skips without npm
+def test_two_tower_runs_in_node(two_tower_case, tmp_path):
     for name in two_tower_case.cases:
         got = _run_program("node-run", two_tower_case, name, tmp_path)
         assert_matches(got, two_tower_case.expected[name], f"Node/{name}")
