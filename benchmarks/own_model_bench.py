@@ -1,6 +1,6 @@
 """Generic-path throughput: a two-tower module's full score matrix, exported vs eager torch.
 
-    python benchmarks/own_model_bench.py                          # 2000 users x 5000 items
+    python benchmarks/own_model_bench.py                          # 1000 users x 2000 items
     python benchmarks/own_model_bench.py --users 4000 --items 20000 --json .bench/own.json
     python benchmarks/own_model_bench.py --tiny                   # seconds (smoke test)
 
@@ -81,18 +81,20 @@ def _time(fn: Callable[[], np.ndarray], repeats: int) -> tuple[list[float], np.n
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--items", type=int, default=5000)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--items", type=int, default=2000)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--block-pairs", type=int, default=DEFAULT_BLOCK_PAIRS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
-    p.add_argument("--tiny", action="store_true", help="200 users x 300 items, 1 repeat")
+    p.add_argument(
+        "--tiny", action="store_true", help="60 users x 80 items, dim 8, hidden 16, 1 repeat"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.tiny:
-        args.users, args.items, args.repeats = 200, 300, 1
+        args.users, args.items, args.dim, args.hidden, args.repeats = 60, 80, 8, 16, 1
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)

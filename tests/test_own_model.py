@@ -8,6 +8,7 @@ score within tolerance are interchangeable).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -28,9 +29,14 @@ from test_embedding import (  # the C++/Node fixtures and checks of docs/runtime
     node_example,  # noqa: F401
 )
 
-from recsys_export.byom import ModuleRecommender, export_model, model_from_state_dict
+from recsys_export.byom import (
+    ModuleRecommender,
+    export_model,
+    model_from_state_dict,
+    verify_module,
+)
 from recsys_export.cli import main
-from recsys_export.errors import CheckpointError, ExportError
+from recsys_export.errors import CheckpointError, ConfigError, DataError, ExportError
 from recsys_export.runtime import Recommender
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +246,52 @@ def test_two_tower_entry_points_equal_the_module(two_tower):
     np.testing.assert_allclose(want[np.arange(N_USERS)[:, None], i], s, atol=ATOL, rtol=RTOL)
     s2, i2 = scripted.recommend(users, 4, rows, ex)
     np.testing.assert_allclose(s2.numpy(), ref_s.numpy(), atol=ATOL, rtol=RTOL)
+
+
+def test_two_tower_verify(two_tower, capsys):
+    """`verify` cannot rebuild a user's module: one line pointing to verify_module."""
+    module, _, result = two_tower
+    report = verify_module(module, result.bundle)
+    assert report.passed and {c.format for c in report.comparisons} >= {"onnx", "runtime"}
+    assert main(["verify", str(result.bundle)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "verify_module(module, bundle)" in err
+
+
+def test_generic_path_refuses_what_it_cannot_score(tmp_path):
+    class NoSizes(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Embedding(5, 2)
+
+        def forward(self, users, items):
+            return (self.a(users) * self.a(items)).sum(1)
+
+    class TwoScores(NoSizes):
+        def forward(self, users, items):
+            return self.a(users) * self.a(items)
+
+    with pytest.raises(ConfigError, match="pass n_users= and n_items="):
+        export_model(NoSizes(), tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"returned \(3, 2\) for 3 pairs"):
+        export_model(TwoScores(), tmp_path / "b", n_users=5, n_items=5)
+    with pytest.raises(DataError, match="user_ids has 2 ids, the model has 5 users"):
+        export_model(NoSizes(), tmp_path / "b", n_users=5, n_items=5, user_ids=[1, 2])
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_tiny(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "own_model_bench", ROOT / "benchmarks" / "own_model_bench.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "own.json"
+    assert bench.main(["--tiny", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"eager pairwise", "eager towers once", "torchscript", "runtime"}
+    assert all(r["max_abs_diff"] < 1e-4 and r["pairs_per_s"] > 0 for r in rows.values())
+    assert "runtime" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
