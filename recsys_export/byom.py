@@ -726,6 +726,27 @@ def export_model(
     if path not in PATHS:
         raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
     fmts = parse_formats(formats)
+    from recsys_export.parity import check_tolerances
+
+    check_tolerances(atol, rtol)
+    opts: dict[str, Any] = {  # what the export steps below need, by name
+        "n_users": n_users,
+        "n_items": n_items,
+        "user_ids": user_ids,
+        "item_ids": item_ids,
+        "ratings": ratings,
+        "seen": seen,
+        "user_col": user_col,
+        "item_col": item_col,
+        "verify": verify,
+        "keep_partial": keep_partial,
+        "overwrite": overwrite,
+        "external_data": external_data,
+        "atol": atol,
+        "rtol": rtol,
+        "block_pairs": block_pairs,
+        "progress": progress,
+    }
     if not isinstance(module, nn.Module):
         if not isinstance(module, Mapping):
             raise ConfigError(f"expected an nn.Module or a state dict, got {type(module).__name__}")
@@ -736,7 +757,7 @@ def export_model(
             model_from_state_dict(module, "mf")  # raises, listing what does not match
         converted = model_from_state_dict(module, kind or "mf")
         return _export_converted(
-            converted, None, out, "state dict with the post's names", fmts, locals()
+            converted, None, out, "state dict with the post's names", fmts, opts
         )
     name = type(module).__name__
     reason = ""
@@ -754,7 +775,7 @@ def export_model(
                     out,
                     f"{name} has the post's {found} names and scores",
                     fmts,
-                    locals(),
+                    opts,
                 )
             if path == "converted" or kind is not None:
                 raise ConfigError(
@@ -763,7 +784,7 @@ def export_model(
                 )
             reason = f"{name} has the post's {found} names but scores differently ({mismatch})"
     return _export_generic(
-        module, out, reason or f"{name} is not one of the post's classes", fmts, locals()
+        module, out, reason or f"{name} is not one of the post's classes", fmts, opts
     )
 
 
