@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import pickle
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recsys_export.checkpoint import Checkpoint, _unpickling_detail
+from recsys_export.checkpoint import Checkpoint, load_weights_only
 from recsys_export.errors import (
     CheckpointError,
     ConfigError,
@@ -231,20 +229,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no state dict at {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refusing to load {path}: it holds objects that are not plain weights "
-            f"({_unpickling_detail(exc)}); save model.state_dict(), not the model"
-        ) from None
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} is not a readable torch file ({type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
-        ) from None
+    obj = load_weights_only(
+        path,
+        refusal="save model.state_dict(), not the model",
+        unreadable="torch file",
+    )
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):
