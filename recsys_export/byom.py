@@ -369,19 +369,22 @@ class ModuleRecommender(nn.Module):
 
     def inference_module(self) -> nn.Module:
         """A frozen copy for the exporters (eval mode, no gradients)."""
-        with _no_grad_copy(self) as frozen:
-            return frozen
+        return _frozen_copy(self)
 
 
-@contextlib.contextmanager
-def _no_grad_copy(module: nn.Module) -> Iterator[nn.Module]:
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy in eval mode without gradients (the exporters' input).
+
+    A module that cannot be copied is used as it is (in eval mode; its parameters'
+    ``requires_grad`` flags are left alone, the exporters do not need them off).
+    """
     try:
         frozen = copy.deepcopy(module)
-    except Exception:  # a module that cannot be copied is exported as it is
-        frozen = module
+    except Exception:
+        return module.eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
-    yield frozen.eval()
+    return frozen.eval()
 
 
 @contextlib.contextmanager
@@ -594,21 +597,21 @@ def _first_line(exc: BaseException) -> str:
 def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
     """Formats the module cannot be exported to -> the exporter's reason (cheap steps)."""
     failed: dict[str, str] = {}
-    with _no_grad_copy(wrapper) as frozen:
-        if "torchscript" in fmts:
-            try:
-                with quiet_exporters():
-                    torch.jit.script(frozen)
-            except Exception as exc:
-                failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
-        if "pt2" in fmts or "onnx" in fmts:
-            try:
-                export_programs(frozen, wrapper.n_users, wrapper.n_items)
-            except Exception as exc:
-                reason = "torch.export: " + _first_line(exc)
-                for f in ("pt2", "onnx"):
-                    if f in fmts:
-                        failed[f] = reason
+    frozen = _frozen_copy(wrapper)
+    if "torchscript" in fmts:
+        try:
+            with quiet_exporters():
+                torch.jit.script(frozen)
+        except Exception as exc:
+            failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
+    if "pt2" in fmts or "onnx" in fmts:
+        try:
+            export_programs(frozen, wrapper.n_users, wrapper.n_items)
+        except Exception as exc:
+            reason = "torch.export: " + _first_line(exc)
+            for f in ("pt2", "onnx"):
+                if f in fmts:
+                    failed[f] = reason
     return failed
 
 
