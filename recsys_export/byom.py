@@ -480,7 +480,7 @@ class IdsAndSeen:
     source: str = "indices"
 
 
-def _id_map(ids: Any, n: int, role: str) -> IdMap:
+def _id_map(ids: Any, n: int, role: str, source: str = "") -> IdMap:
     if ids is None:
         return IdMap(np.arange(n, dtype=np.int64), role)
     try:
@@ -488,7 +488,13 @@ def _id_map(ids: Any, n: int, role: str) -> IdMap:
     except ValueError as exc:
         raise DataError(f"{role}_ids: {exc}") from None
     if len(m) != n:
-        raise DataError(f"{role}_ids has {len(m)} ids, the model has {n} {role}s")
+        what = (
+            f"{source} has {len(m)} distinct {role}s" if source else f"{role}_ids has {len(m)} ids"
+        )
+        raise DataError(
+            f"{what}, the model has {n} {role}s; the raw ids must number the model's "
+            f"{role}s in index order"
+        )
     return m
 
 
@@ -525,13 +531,14 @@ def resolve_ids(
         icol = _id_column(ratings, "item", item_col)
         ru, ri = ratings[ucol].to_numpy(), ratings[icol].to_numpy()
         src = "ratings DataFrame"
+    from_ratings = {"user": "", "item": ""}
     if ru is not None:
         if user_ids is None:
-            user_ids = IdMap.build(ru, "user")[0].raw_ids
+            user_ids, from_ratings["user"] = IdMap.build(ru, "user")[0].raw_ids, src
         if item_ids is None:
-            item_ids = IdMap.build(ri, "item")[0].raw_ids
-    umap = _id_map(user_ids, n_users, "user")
-    imap = _id_map(item_ids, n_items, "item")
+            item_ids, from_ratings["item"] = IdMap.build(ri, "item")[0].raw_ids, src
+    umap = _id_map(user_ids, n_users, "user", from_ratings["user"])
+    imap = _id_map(item_ids, n_items, "item", from_ratings["item"])
     if seen is not None:
         if isinstance(seen, Mapping):
             pairs = [(u, i) for u, items in seen.items() for i in items]

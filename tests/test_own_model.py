@@ -180,6 +180,13 @@ def test_state_dict_checks_list_missing_and_extra_keys(tmp_path, capsys):
     assert main(["export", str(path), "--model", "mf", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unexpected linear1.weight" in err
+    # --ids-from must number the model's users and items
+    torch.save(PostMF(4, 3).state_dict(), tmp_path / "mf.pt")
+    pd.DataFrame({"user": [1, 2, 3], "item": [5, 6, 7]}).to_csv(tmp_path / "r.csv", index=False)
+    argv = ["export", str(tmp_path / "mf.pt"), "--model", "mf", "--out", out]
+    assert main([*argv, "--ids-from", str(tmp_path / "r.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has 3 distinct users, the model has 4 users" in err
     # a pickled module is refused (weights_only=True), not unpickled
     torch.save(PostMF(5, 4), tmp_path / "module.pt")
     assert main(["export", str(tmp_path / "module.pt"), "--model", "mf", "--out", out]) == 2
