@@ -265,6 +265,28 @@ def test_two_tower_verify(two_tower, capsys):
     assert len(err.splitlines()) == 1 and "verify_module(module, bundle)" in err
 
 
+def test_own_class_state_dict_through_the_cli(two_tower, tmp_path, capsys):
+    """--model FILE.py:CLASS --model-args JSON: the generic path from a state dict."""
+    module, df, _ = two_tower
+    state = tmp_path / "tt.pt"
+    torch.save(module.state_dict(), state)
+    csv = tmp_path / "ratings.csv"
+    df.to_csv(csv, index=False)
+    spec = ["--model", f"{HELPERS}:TwoTower", "--ids-from", str(csv), "--formats", "onnx"]
+    kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "dim": 8, "hidden": 16}
+    out = tmp_path / "b"
+    argv = ["export", str(state), *spec, "--out", str(out)]
+    assert main([*argv, "--model-args", json.dumps(kwargs)]) == 0
+    assert "(generic via the generic path" in capsys.readouterr().out
+    assert_serves_module(Recommender.load(out), module, df)
+    # a class whose names or shapes differ: one line, nothing written
+    kwargs["hidden"] = 8
+    assert main([*argv[:-1], str(tmp_path / "c"), "--model-args", json.dumps(kwargs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "user_tower.0.weight is [16, 8]" in err
+    assert not (tmp_path / "c").exists()
+
+
 def test_generic_path_refuses_what_it_cannot_score(tmp_path):
     class NoSizes(torch.nn.Module):
         def __init__(self):
