@@ -268,7 +268,8 @@ class ModuleRecommender(nn.Module):
     ``score_all`` feeds ``users x items`` through the module in item tiles of
     ``item_block`` (a Python loop over static sizes: unrolled by ``torch.export``, a loop
     in TorchScript) and, eagerly and in TorchScript, in blocks of ``block_users`` users, so
-    at most ``block_users * item_block`` pairs go through the module at once. Exported
+    at most ``block_users * item_block`` pairs go through the module at once (``score``
+    too is cut into ``block_pairs`` pairs, eagerly and in TorchScript). Exported
     graphs take whatever batch they are given; the runtime sends ``block_users`` users per
     call (``model.hyperparameters.block_users`` in the manifest).
 
@@ -311,9 +312,23 @@ class ModuleRecommender(nn.Module):
         """Pairwise scores ``float32[N]``: the module's output, flattened."""
         return self.score(users, items)
 
+    def _pairs(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.module(users, items).reshape(-1).to(torch.float32)
+
     @torch.jit.export
     def score(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.module(users, items).reshape(-1).to(torch.float32)
+        """The module on pairs; eagerly and in TorchScript ``block_pairs`` at a time."""
+        if not torch.jit.is_scripting():
+            if _exporting():
+                return self._pairs(users, items)
+        n = users.shape[0]
+        if n <= self.block_pairs:
+            return self._pairs(users, items)
+        parts: list[Tensor] = []
+        for start in range(0, n, self.block_pairs):
+            stop = start + self.block_pairs
+            parts.append(self._pairs(users[start:stop], items[start:stop]))
+        return torch.cat(parts)
 
     def _item_tiles(self, users: Tensor) -> Tensor:
         b = users.shape[0]
@@ -323,7 +338,7 @@ class ModuleRecommender(nn.Module):
             items = torch.arange(t0, t1, dtype=torch.int64, device=users.device)
             u = users.unsqueeze(1).expand(b, t1 - t0).reshape(-1)
             i = items.unsqueeze(0).expand(b, t1 - t0).reshape(-1)
-            parts.append(self.score(u, i).reshape(b, t1 - t0))
+            parts.append(self._pairs(u, i).reshape(b, t1 - t0))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     @torch.jit.export
