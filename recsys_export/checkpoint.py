@@ -155,6 +155,39 @@ def _unpickling_detail(exc: Exception) -> str:
     return detail.split(". Please")[0].strip()[:160]
 
 
+def load_weights_only(path: Path, *, refusal: str, unreadable: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, failures as one-line errors.
+
+    Parameters
+    ----------
+    refusal : str
+        Advice after "refusing to load PATH: it holds objects that are not plain weights".
+    unreadable : str
+        What the file is not, after "PATH is not a readable " (torch's detail follows).
+
+    Raises
+    ------
+    CheckpointError
+        A pickle that tries to run code, or a file torch cannot read.
+    """
+    try:
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": would add lines to the CLI's one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects that are not plain weights "
+            f"({_unpickling_detail(exc)}); {refusal}"
+        ) from None
+    except Exception as exc:  # any other failure: not a readable torch file
+        # torch's own messages for such files are cryptic ("101", "[Errno 22] Invalid
+        # argument"): say what is wrong first, keep torch's detail in parentheses
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable {unreadable} ({detail[:200]})") from None
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint written by :meth:`Checkpoint.save`.
 
@@ -169,25 +202,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: train one with `recsys-export train`")
-    try:
-        with warnings.catch_warnings():
-            # e.g. "Detected pickle protocol 4": would add lines to the CLI's one-line error
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refusing to load {path}: it holds objects that are not plain weights "
-            f"({_unpickling_detail(exc)}); only load checkpoints written by recsys-export"
-        ) from None
-    except Exception as exc:  # any other failure: not a readable torch file
-        # torch's own messages for such files are cryptic ("101", "[Errno 22] Invalid
-        # argument"): say what is wrong first, keep torch's detail in parentheses
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint: the file is corrupted, truncated or not "
-            f"a checkpoint written by `recsys-export train` ({detail[:200]})"
-        ) from None
+    payload = load_weights_only(
+        path,
+        refusal="only load checkpoints written by recsys-export",
+        unreadable="checkpoint: the file is corrupted, truncated or not a checkpoint written "
+        "by `recsys-export train`",
+    )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a recsys-export checkpoint (no '{CHECKPOINT_FORMAT}' header)"

@@ -257,8 +257,38 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  recsys-export export runs/mf.pt --out artifacts/mf "
         "--formats onnx,torchscript,pt2",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint written by 'train'")
+    p.add_argument(
+        "checkpoint", type=Path, help="checkpoint written by 'train' (or a state dict: --model)"
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    own = p.add_argument_group(
+        "your own model (docs/own-model.md)",
+        "export a state dict trained elsewhere, e.g.\n  recsys-export export mf_state.pt "
+        "--model mf --ids-from ratings.csv --out artifacts/mine",
+    )
+    own.add_argument(
+        "--model",
+        metavar="mf|densenet|MODULE:CLASS",
+        help="CHECKPOINT is a torch.save'd state dict (loaded with weights_only=True): of "
+        "the post's MatrixFactorization (mf) or DenseNet (densenet), sizes read from the "
+        "tensors; or of the nn.Module class MODULE:CLASS (package.module:Class or "
+        "file.py:Class, built with --model-args) whose forward(users, items) scores pairs",
+    )
+    own.add_argument(
+        "--model-args", default="{}", metavar="JSON", help="constructor keywords for MODULE:CLASS"
+    )
+    own.add_argument(
+        "--ids-from",
+        type=Path,
+        metavar="RATINGS",
+        help="ratings file giving raw ids (sorted unique values = the model's indices) and "
+        "the seen items recommend removes",
+    )
+    own.add_argument(
+        "--keep-partial",
+        action="store_true",
+        help="when a format cannot be exported, write the others",
+    )
     p.add_argument(
         "--formats",
         default="onnx,torchscript,pt2",
@@ -666,6 +696,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from recsys_export.export import export_bundle
 
     t0 = time.perf_counter()
+    if getattr(args, "model", None):
+        return _export_own_model(args, t0)
     ckpt = load_checkpoint(args.checkpoint)
     manifest = export_bundle(
         ckpt,
@@ -681,10 +713,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.quiet:
         print(args.out)
         return 0
+    m = manifest["model"]
+    print(f"bundle: {args.out} ({ckpt.kind}, {m['n_users']} users x {m['n_items']} items)")
+    _print_export_summary(args, manifest, t0)
+    return 0
+
+
+def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0: float) -> None:
+    import time
+
     times = manifest["timings"]["export_seconds"]
-    print(
-        f"bundle: {args.out} ({ckpt.kind}, {ckpt.model.n_users} users x {ckpt.model.n_items} items)"
-    )
     print("export seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
     parity = manifest.get("parity")
     if parity:
@@ -698,6 +736,46 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
     print(f"total {time.perf_counter() - t0:.1f}s")
+
+
+def _export_own_model(args: argparse.Namespace, t0: float) -> int:
+    """``export STATE_DICT --model ...``: a model trained elsewhere (:mod:`recsys_export.byom`)."""
+    from recsys_export.byom import export_model, ids_from_file, module_from_files
+    from recsys_export.errors import ConfigError
+
+    try:
+        model_args = json.loads(args.model_args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--model-args is not JSON: {exc}") from None
+    if not isinstance(model_args, dict):
+        raise ConfigError("--model-args must be a JSON object of constructor keywords")
+    module = module_from_files(args.checkpoint, args.model, model_args)
+    ratings = ids_from_file(args.ids_from) if args.ids_from else None
+    result = export_model(
+        module,
+        args.out,
+        kind=args.model if args.model in ("mf", "densenet") else None,
+        ratings=ratings,
+        formats=args.formats,
+        verify=args.verify,
+        keep_partial=args.keep_partial,
+        overwrite=args.force,
+        external_data=True if args.external_data else None,
+        atol=args.atol,
+        rtol=args.rtol,
+        progress=not args.quiet,
+    )
+    for fmt, why in result.failed.items():
+        print(f"recsys-export export: warning: {fmt} not exported: {why}", file=sys.stderr)
+    if args.quiet:
+        print(args.out)
+        return 0
+    m = result.manifest["model"]
+    print(
+        f"bundle: {args.out} ({result.kind} via the {result.path} path: {result.reason}; "
+        f"{m['n_users']} users x {m['n_items']} items)"
+    )
+    _print_export_summary(args, result.manifest, t0)
     return 0
 
 

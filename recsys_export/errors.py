@@ -40,6 +40,11 @@ class TrainingDiverged(RecsysExportError):
     """The training loss became NaN or infinite."""
 
 
+class ExportError(RecsysExportError):
+    """A model cannot be exported to a format (data-dependent control flow, an operator
+    the exporter does not support, ...): the message names the format and the reason."""
+
+
 class ParityError(RecsysExportError):
     """An export does not reproduce the eager model within tolerance."""
 

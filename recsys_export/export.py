@@ -672,6 +672,8 @@ def write_kernels(
     """Write :func:`build_kernels` into ``onnx/kernels/`` and return the manifest entry."""
     import onnx
 
+    if kind not in ("mf", "densenet"):  # other models (byom's generic path): no fast paths
+        return {}
     entry: dict[str, Any] = {"version": KERNELS_VERSION}
     if kind == "densenet":
         entry["block_users"] = DN_BLOCK_USERS  # what the score_all tiles are sized for

@@ -125,6 +125,8 @@ def inference_module(model: BaseModel) -> nn.Module:
         module: nn.Module = MFInference(model)
     elif isinstance(model, DenseNet):
         module = DenseNetInference(model)
+    elif hasattr(model, "inference_module"):  # e.g. byom.ModuleRecommender
+        module = model.inference_module()
     else:  # pragma: no cover - guarded by build_model
         raise TypeError(f"unsupported model type {type(model).__name__}")
     return module.eval()

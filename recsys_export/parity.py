@@ -653,6 +653,11 @@ def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
         raise BundleError(
             f"bundle {root} has no eager reference weights; pass --checkpoint CKPT to verify"
         )
+    if manifest["model"].get("kind") == "generic":  # recsys_export.byom's generic path
+        raise BundleError(
+            f"bundle {root} was exported from your own module: its eager reference is that "
+            "module; verify it from Python with recsys_export.byom.verify_module(module, bundle)"
+        )
     state = torch.load(root / ref, map_location="cpu", weights_only=True)
     model = build_model(manifest["model"]["kind"], **manifest["model"]["hyperparameters"])
     model.load_state_dict(state)

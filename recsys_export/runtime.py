@@ -292,6 +292,11 @@ class Recommender:
             # top-k block gives every Python thread several calls
             self._call_users = dn_block_users
             self._block = self._call_users * 4 * max(1, self._threads)
+        elif self._kind == "generic":
+            # a module scored pair by pair (byom): the export sized its calls
+            users = self._hp.get("block_users")
+            if isinstance(users, int) and not isinstance(users, bool) and users >= 1:
+                self._call_users = self._block = users
 
     # ------------------------------------------------------------------ loading
     @classmethod
