@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--min-rating",
         type=float,
-        help="ranking: rows rated below this are not positives (default: every row)",
+        help="ranking: rows rated below this are not positives (default: the relevance "
+        "threshold, see --threshold)",
     )
     h = p.add_argument_group("hyperparameters (defaults depend on --model and --objective)")
     h.add_argument("--factors", type=int, help="embedding size")

@@ -75,7 +75,9 @@ class TrainConfig:
     full_softmax_items : int
         Up to this many items, the softmax runs over the whole catalogue.
     min_rating : float or None
-        Ranking: rows rated below this are not positives (None: every row is one).
+        Ranking: rows rated below this are not positives. None: the relevance threshold
+        (``threshold``), so the model learns to rank what the metrics call relevant
+        (on implicit data every row).
     weighting : {"rating", "binary"}
         Ranking: weight of a positive (``rating / max rating``, or 1).
     threshold : float or None
@@ -564,10 +566,13 @@ def _fit_ranking(
 
     history = History()
     opt = _ranking_optimizer(model, cfg)
-    pos = Positives(train, cfg.min_rating, cfg.weighting)
     gen = torch.Generator().manual_seed(cfg.seed)
     sampled = cfg.negatives if train.n_items > cfg.full_softmax_items else None
     threshold = default_threshold(train) if cfg.threshold is None else cfg.threshold
+    # positives: what the metrics call relevant, unless told otherwise
+    pos = Positives(
+        train, threshold if cfg.min_rating is None else cfg.min_rating, cfg.weighting
+    )
     k = min(cfg.k, train.n_items)
     history.valid_metric = f"ndcg@{k}"
     watch = valid is not None and bool((valid.ratings >= threshold).any())
