@@ -67,6 +67,36 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
     s.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
 
 
+def _budget(text: str) -> int:
+    """``--budget PAIRS``: a positive integer (``16000000``, ``16_000_000`` or ``1.6e7``)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pairs: {text!r}") from None
+    if not value >= 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pairs: {text!r}")
+    return int(value)
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    """``--full`` / ``--budget`` of export and verify (the parity plan)."""
+    from recsys_export.plan import DEFAULT_BUDGET
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--full",
+        action="store_true",
+        help="compare every user's whole row, whatever the budget",
+    )
+    g.add_argument(
+        "--budget",
+        type=_budget,
+        metavar="PAIRS",
+        help=f"(user, item) pairs compared per format: the whole matrix while it fits, "
+        f"else every item for a seeded, edge-covering sample of users (default {DEFAULT_BUDGET:,})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -186,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--atol", type=float, default=1e-5, help="parity abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="parity rel tolerance (default 1e-5)")
+    _add_plan_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the bundle path")
 
     p = sub.add_parser(
@@ -210,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
-    p.add_argument("--quick", action="store_true", help="random batches only, no full matrix")
+    p.add_argument("--quick", action="store_true", help="random batches only, no plan")
+    _add_plan_args(p)
     p.add_argument(
         "--no-record",
         dest="record",
@@ -533,6 +565,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from recsys_export.checkpoint import load_checkpoint
     from recsys_export.export import export_bundle
+    from recsys_export.plan import describe_plan
 
     t0 = time.perf_counter()
     ckpt = load_checkpoint(args.checkpoint)
@@ -545,6 +578,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         verify=args.verify,
         atol=args.atol,
         rtol=args.rtol,
+        budget=args.budget,
+        full=args.full,
         progress=not args.quiet,
     )
     if args.quiet:
@@ -563,6 +598,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"  {row['format']:<12} {row['entry_point']:<10} max abs {row['max_abs_diff']:.2e}"
                 f"  max rel {row['max_rel_diff']:.2e}  {'PASS' if row['passed'] else 'FAIL'}"
             )
+        if parity.get("plan"):
+            print(describe_plan(parity["plan"]))
         print(f"parity: {'PASS' if parity['passed'] else 'FAIL'} (details: {args.out}/parity.json)")
     else:
         print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
@@ -591,6 +628,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         atol=args.atol,
         rtol=args.rtol,
         full_matrix=not args.quick,
+        budget=args.budget,
+        full=args.full,
         record=args.record,
         progress=not args.quiet,
     )
@@ -600,6 +639,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from recsys_export.bundle import Bundle
+    from recsys_export.plan import describe_plan
 
     bundle = Bundle.load(args.bundle)
     man = bundle.manifest
@@ -631,6 +671,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"parity: {'PASS' if parity['passed'] else 'FAIL'} (atol {parity['atol']:g}, rtol "
             f"{parity['rtol']:g}), max abs diff {parity['max_abs_diff']:.2e}"
         )
+        if parity.get("plan"):
+            print(describe_plan(parity["plan"]))
     else:
         print("parity: not recorded; run 'recsys-export verify'")
     return 0
