@@ -38,6 +38,7 @@ from recsys_export.plan import (
     CALL_BYTES,
     DEFAULT_BUDGET,
     PAIR_CHUNK,
+    PARITY_TORCH_THREADS,
     ParityPlan,
     describe_plan,
     plan_parity,
@@ -61,6 +62,9 @@ class Backend:
     """The three entry points on dense indices, returning numpy arrays."""
 
     name = ""
+    #: Whether ``score_all`` / ``recommend`` bound their own memory (they chunk and tile
+    #: internally), so a parity pass may hand them a whole block of users per call.
+    chunks_itself = False
 
     def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -221,6 +225,7 @@ class RuntimeBackend(Backend):
     """
 
     name = "runtime"
+    chunks_itself = True
 
     def __init__(self, path: Path) -> None:
         from recsys_export.runtime import Recommender
@@ -367,7 +372,8 @@ class Comparison:
         rows = np.arange(b)[:, None]
         empty_ref = ref_items < 0
         empty_cand = cand_items < 0
-        safe_cand = np.where(empty_cand, 0, cand_items)
+        in_range = (cand_items < ref_scores_full.shape[1]) & (cand_items >= -1)
+        safe_cand = np.where(empty_cand | ~in_range, 0, cand_items)
         safe_ref = np.where(empty_ref, 0, ref_items)
         s_ref = ref_scores_full[rows, safe_ref]
         s_cand = ref_scores_full[rows, safe_cand]
@@ -376,10 +382,15 @@ class Comparison:
             close = np.abs(np.where(np.isfinite(s_ref), s_ref - s_cand, 0.0)) <= tol
         ok = (empty_ref == empty_cand) & (close | empty_ref)
         ok &= ~(excluded[rows, safe_cand] & ~empty_cand)
-        in_range = (cand_items < ref_scores_full.shape[1]) & (cand_items >= -1)
         ok &= in_range
-        srt = np.sort(cand_items, axis=1)
-        distinct = ~((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(axis=1)
+        if cand_items.shape[1] <= 64:
+            srt = np.sort(cand_items, axis=1)
+            distinct = ~((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(axis=1)
+        else:  # long lists (k = n_items): mark the items, no sort
+            marks = np.zeros(ref_scores_full.shape, dtype=bool)
+            filled = ~empty_cand & in_range
+            marks[np.broadcast_to(rows, cand_items.shape)[filled], cand_items[filled]] = True
+            distinct = marks.sum(axis=1) == filled.sum(axis=1)
         agree = ok.all(axis=1) & distinct
         self.topk_users += b
         self.topk_agree += int(agree.sum())
@@ -402,7 +413,7 @@ class ParityReport:
     seconds: float = 0.0
     reference: str = "eager"
     plan: dict[str, Any] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -494,7 +505,8 @@ class ParityReport:
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(describe_plan(self.plan) if self.plan else "plan: random batches only")
         if self.timings:
-            lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.timings.items()))
+            per = ", ".join(f"{k} {v['total']:.2f}" for k, v in self.timings.items())
+            lines.append(f"seconds: {per}")
         lines.append(f"{verdict}: atol={self.atol:g} rtol={self.rtol:g}, {self.seconds:.1f}s")
         return "\n".join(lines)
 
@@ -555,7 +567,20 @@ class _Run:
         self.reference, self.backends, self.n_items, self.seen = reference, backends, n_items, seen
         self.atol, self.rtol, self.cap = atol, rtol, cap
         self.comps: dict[tuple[str, str, str], Comparison] = {}
-        self.clock = dict.fromkeys(["eager", *backends], 0.0)
+        self.clock: dict[str, dict[str, float]] = {b: {} for b in ["eager", *backends]}
+
+    def tick(self, fmt: str, entry: str, t0: float) -> None:
+        """Add the seconds since ``t0`` to ``fmt``'s clock for ``entry``."""
+        per = self.clock.setdefault(fmt, {})
+        per[entry] = per.get(entry, 0.0) + time.perf_counter() - t0
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Seconds per backend and entry point (``compare``: our own comparisons)."""
+        out = {}
+        for fmt, per in self.clock.items():
+            out[fmt] = {k: round(v, 3) for k, v in per.items()}
+            out[fmt]["total"] = round(sum(per.values()), 3)
+        return out
 
     def comp(self, fmt: str, entry: str, case: str) -> Comparison:
         key = (fmt, entry, case)
@@ -574,21 +599,24 @@ class _Run:
             self.comp(fmt, entry, case).problems.append(f"{type(exc).__name__}: {str(exc)[:300]}")
             return None
         finally:
-            self.clock[fmt] += time.perf_counter() - t0
+            self.tick(fmt, entry, t0)
 
     def exclusions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.seen is not None:
             return _seen_for(users, *self.seen)
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
-    def by_calls(self, fn: Callable[..., Any], users: np.ndarray, *rest: Any) -> Any:
-        """``fn`` over sub-blocks of ``cap`` users; recommend's exclusions are then the
-        users' seen items, re-indexed per call (only the plan's pass passes more users)."""
-        if len(users) <= self.cap:
+    def by_calls(self, be: Backend, entry: str, users: np.ndarray, *rest: Any) -> Any:
+        """``be.<entry>`` over sub-blocks of ``cap`` users (unless the backend chunks
+        itself); recommend's exclusions are then the users' seen items, re-indexed per
+        call (only the plan's pass hands over more users than ``cap``)."""
+        fn = getattr(be, entry)
+        cap = len(users) if be.chunks_itself else self.cap
+        if len(users) <= cap:
             return fn(users, *rest)
         parts = []
-        for s in range(0, len(users), self.cap):
-            u = users[s : s + self.cap]
+        for s in range(0, len(users), cap):
+            u = users[s : s + cap]
             parts.append(fn(u, rest[0], *self.exclusions(u)) if rest else fn(u))
         if isinstance(parts[0], tuple):
             return tuple(np.concatenate(p) for p in zip(*parts))
@@ -599,11 +627,13 @@ class _Run:
         for fmt, be in self.backends.items():
             fn = getattr(be, entry)
             if entry == "score_all":
-                got = self.call(fmt, entry, case, self.by_calls, fn, *args)
+                got = self.call(fmt, entry, case, self.by_calls, be, entry, *args)
             else:
                 got = self.call(fmt, entry, case, fn, *args)
             if got is not None:
+                t0 = time.perf_counter()
                 self.comp(fmt, entry, case).add_values(expected, got, self.atol, self.rtol)
+                self.tick("compare", entry, t0)
 
     def recommend(
         self,
@@ -620,24 +650,26 @@ class _Run:
         ref_s, ref_i = (
             t.numpy() for t in topk_excluding(torch.from_numpy(masked), k, _t(rows), _t(items))
         )
-        self.clock["eager"] += time.perf_counter() - t0
+        self.tick("eager", "recommend", t0)
         for fmt, be in self.backends.items():
             got = self.call(
-                fmt, "recommend", case, self.by_calls, be.recommend, users, k, rows, items
+                fmt, "recommend", case, self.by_calls, be, "recommend", users, k, rows, items
             )
             if got is None:
                 continue
+            t0 = time.perf_counter()
             c = self.comp(fmt, "recommend", case)
             c.add_values(ref_s, got[0], self.atol, self.rtol)
             if got[1].dtype != np.int64:
                 c.dtype_ok = False
                 c.problems.append(f"items dtype {got[1].dtype} != int64")
             c.add_topk(masked, ref_i, got[1], excluded, self.atol, self.rtol)
+            self.tick("compare", "recommend", t0)
 
     def ref(self, fn_name: str, *args: Any) -> np.ndarray:
         t0 = time.perf_counter()
         out = getattr(self.reference, fn_name)(*args)
-        self.clock["eager"] += time.perf_counter() - t0
+        self.tick("eager", fn_name, t0)
         return out
 
     def batch(self, rng: np.random.Generator, b: int, n_users: int) -> None:
@@ -747,6 +779,45 @@ def run_parity(
     ParityReport
         With the plan's description (``plan``) and seconds per backend (``timings``).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, PARITY_TORCH_THREADS))
+    try:
+        return _run_parity(
+            reference,
+            backends,
+            n_users,
+            n_items,
+            seen,
+            atol,
+            rtol,
+            batch_sizes,
+            full_matrix,
+            plan,
+            user_chunk,
+            max_call_users,
+            seed,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_parity(
+    reference: Backend,
+    backends: dict[str, Backend],
+    n_users: int,
+    n_items: int,
+    seen: tuple[np.ndarray, np.ndarray] | None,
+    atol: float,
+    rtol: float,
+    batch_sizes: Iterable[int],
+    full_matrix: bool,
+    plan: ParityPlan | None,
+    user_chunk: int | None,
+    max_call_users: int | None,
+    seed: int,
+    progress: bool,
+) -> ParityReport:
     start = time.perf_counter()
     report = ParityReport(atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
@@ -766,7 +837,7 @@ def run_parity(
                 bar.update(len(users))
         run.pairs(plan, PAIR_CHUNK)
     report.comparisons = list(run.comps.values())
-    report.timings = {k: round(v, 3) for k, v in run.clock.items()}
+    report.timings = run.timings()
     report.seconds = time.perf_counter() - start
     return report
 

@@ -23,8 +23,10 @@ from recsys_export.errors import ConfigError
 #: ``score_all`` (and ``recommend``). The whole matrix is compared while it fits; beyond
 #: it, every item for a sample of ``budget // n_items`` users.
 DEFAULT_BUDGET = 16_000_000
-#: Random pairs through pairwise ``score``: ``budget // SCORE_PAIRS_DIVISOR`` (pairwise
-#: DenseNet costs about 100x a ``score_all`` pair); every pair when that covers the matrix.
+#: Pairwise ``score`` gets at most ``budget // SCORE_PAIRS_DIVISOR`` random pairs (16 per
+#: user and per item are plenty; pairwise DenseNet costs ~100x a ``score_all`` pair), every
+#: pair when that covers the matrix; ``recommend`` with ``k = n_items`` (a full sort per
+#: row) runs on the edge users plus ``budget // SCORE_PAIRS_DIVISOR // n_items`` users.
 SCORE_PAIRS_DIVISOR = 16
 #: Edge users taken per role (most / least active, no seen items).
 EDGE_USERS = 4
@@ -32,8 +34,15 @@ EDGE_USERS = 4
 BLOCK_BYTES = 128 << 20
 #: Pairs per pairwise ``score`` call (DenseNet's ``[N, 2 factors + hidden]`` intermediates).
 PAIR_CHUNK = 32768
-#: Bytes of one exported call's largest intermediate (DenseNet's ``[B, H, n_items]``).
-CALL_BYTES = 64 << 20
+#: Bytes of one exported call's largest intermediate (DenseNet's ``[B, H, n_items]``):
+#: cache-sized. Measured on ml-latest-small DenseNet (64 hidden), TorchScript score_all
+#: on one thread: 22-25 ns/pair at 2.5-10 MB, 170 ns/pair at 40 MB.
+CALL_BYTES = 4 << 20
+#: torch intra-op threads during a parity pass (restored after). Its calls are small
+#: and cache-sized; with the cores shared, a second thread made them 10-30x slower
+#: (OpenMP barriers waiting on a descheduled thread), and on an idle machine it buys
+#: under 2x. onnxruntime keeps its own threads.
+PARITY_TORCH_THREADS = 1
 
 
 def check_budget(budget: Any) -> int:
@@ -190,8 +199,8 @@ def plan_parity(
     budget : int, optional
         Pairs per backend through ``score_all`` (default :data:`DEFAULT_BUDGET`).
     full : bool
-        Every user's row whatever the budget (``k = n_items`` stays on the budget's
-        sample when the matrix exceeds it: a full sort per user adds no pair coverage).
+        Every user's row whatever the budget (``k = n_items`` stays on its sample: a full
+        sort per user adds no pair coverage).
     seed : int
         Same seed, same budget, same sizes -> the same plan.
 
@@ -208,26 +217,43 @@ def plan_parity(
     total = n_users * n_items
     counts = np.diff(seen[0]) if seen is not None else np.zeros(n_users, dtype=np.int64)
     ks = sorted({1, min(10, n_items), n_items})
-    n_score = max(1, budget // SCORE_PAIRS_DIVISOR)
-    score = {"score_pairs": min(total, n_score), "score_exhaustive": total <= n_score}
+    # pairwise score: every user and item ~16 times, at most budget / 16 pairs
+    n_score = min(budget // SCORE_PAIRS_DIVISOR, 16 * max(n_users, n_items))
+    score = {"score_pairs": min(total, max(1, n_score)), "score_exhaustive": total <= n_score}
     all_users = np.arange(n_users, dtype=np.int64)
-    if total <= budget:
-        roles: dict[str, Any] = {**_edge_users(counts), "random": 0}
-        return ParityPlan(
-            n_users, n_items, budget, seed, True, False, all_users, all_users, roles, **score, ks=ks
-        )
-    roles = _edge_users(counts)
+    roles: dict[str, Any] = _edge_users(counts)
     edges = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in roles.values()]))
-    want = max(len(edges), budget // n_items)
-    rest = np.setdiff1d(all_users, edges, assume_unique=True)
     rng = np.random.default_rng([seed, 1])
-    picked = rng.choice(rest, size=min(len(rest), want - len(edges)), replace=False)
-    sample = np.union1d(edges, picked).astype(np.int64)
-    roles["random"] = len(sample) - len(edges)
-    if full:
-        return ParityPlan(
-            n_users, n_items, budget, seed, True, True, all_users, sample, roles, **score, ks=ks
-        )
+    within = total <= budget
+    if within:
+        users = all_users
+        roles["random"] = 0
+    else:
+        users = _with_edges(edges, all_users, budget // n_items, rng)
+        roles["random"] = len(users) - len(edges)
+    # k = n_items sorts every row: on the edges and (budget / 16) / n_items users
+    sort_users = _with_edges(edges, users, budget // SCORE_PAIRS_DIVISOR // n_items, rng)
+    mode_full = within or full
     return ParityPlan(
-        n_users, n_items, budget, seed, False, False, sample, sample, roles, **score, ks=ks
+        n_users,
+        n_items,
+        budget,
+        seed,
+        mode_full,
+        full and not within,
+        all_users if mode_full else users,
+        sort_users,
+        roles,
+        **score,
+        ks=ks,
     )
+
+
+def _with_edges(
+    edges: np.ndarray, pool: np.ndarray, want: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``edges`` plus random users of ``pool`` up to ``want`` in all (sorted)."""
+    rest = np.setdiff1d(pool, edges, assume_unique=True)
+    n = min(len(rest), max(0, want - len(edges)))
+    picked = rng.choice(rest, size=n, replace=False) if n else rest[:0]
+    return np.union1d(edges, picked).astype(np.int64)
