@@ -28,6 +28,7 @@ DEFAULT_BUDGET = 16_000_000
 #: pair when that covers the matrix; ``recommend`` with ``k = n_items`` (a full sort per
 #: row) runs on the edge users plus ``budget // SCORE_PAIRS_DIVISOR // n_items`` users.
 SCORE_PAIRS_DIVISOR = 16
+_PAIR_BLOCK = 1 << 16
 #: Edge users taken per role (most / least active, no seen items).
 EDGE_USERS = 4
 #: Working memory of one block of users (reference, candidate, masks, temporaries).
@@ -102,17 +103,21 @@ class ParityPlan:
                 idx = np.arange(s, min(total, s + size), dtype=np.int64)
                 yield idx // self.n_items, idx % self.n_items
             return
-        rng = np.random.default_rng([self.seed, 2])
-        lo, hi = [0, self.n_users - 1], [0, self.n_items - 1]
-        corners = (np.repeat(np.array(lo), 2), np.tile(np.array(hi), 2))
-        for s in range(0, self.score_pairs, size):
-            n = min(size, self.score_pairs - s)
+        corners = (
+            np.array([0, 0, self.n_users - 1, self.n_users - 1], dtype=np.int64),
+            np.array([0, self.n_items - 1] * 2, dtype=np.int64),
+        )
+        # fixed blocks, each with its own stream: the pairs do not depend on ``size``
+        for b0 in range(0, self.score_pairs, _PAIR_BLOCK):
+            rng = np.random.default_rng([self.seed, 2, b0 // _PAIR_BLOCK])
+            n = min(_PAIR_BLOCK, self.score_pairs - b0)
             u = rng.integers(0, self.n_users, size=n, dtype=np.int64)
             i = rng.integers(0, self.n_items, size=n, dtype=np.int64)
-            if s == 0:
+            if b0 == 0:
                 m = min(4, n)
                 u[:m], i[:m] = corners[0][:m], corners[1][:m]
-            yield u, i
+            for s in range(0, n, size):
+                yield u[s : s + size], i[s : s + size]
 
     def describe(self) -> str:
         """One line for the verify table and ``inspect``."""
