@@ -327,28 +327,29 @@ class Comparison:
             diff = np.subtract(e, a)
         np.abs(diff, out=diff)
         ae = np.abs(e)
-        if not np.isfinite(diff).all():  # infinities / NaN: the general path
+        dmax = float(diff.max())  # NaN if any difference is NaN
+        if not np.isfinite(dmax):  # infinities / NaN: the general path
             same = e == a  # matching infinities (empty top-k slots) are exact
             with np.errstate(invalid="ignore"):
                 diff = np.where(same, 0.0, diff).astype(dtype)
             diff[np.isnan(diff)] = np.inf
             ae[~np.isfinite(ae)] = 0.0  # tolerance of an infinite or NaN reference: atol
+            dmax = float(diff.max())
+        self.max_abs_diff = max(self.max_abs_diff, dmax)
         with np.errstate(invalid="ignore", over="ignore"):
             tol = ae * dtype.type(rtol)
             tol += dtype.type(atol)
             self.n_out_of_tolerance += int(np.count_nonzero(diff > tol))
-            self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
             ae += dtype.type(REL_EPS)
             np.divide(diff, ae, out=ae)
             self.max_rel_diff = max(self.max_rel_diff, float(ae.max()))
-        # histogram by decade: one pass of searchsorted over the nonzero differences
-        nz = diff[diff > 0]
-        self.histogram[0] += diff.size - nz.size
-        if nz.size:
-            idx = np.searchsorted(np.asarray(HIST_EDGES[1:], dtype=dtype), nz, side="right")
-            counts = np.bincount(idx, minlength=len(HIST_LABELS) - 1)
-            for j, c in enumerate(counts):
-                self.histogram[1 + j] += int(c)
+        # histogram by decade from cumulative counts (edges above the max cost nothing)
+        below = [int(np.count_nonzero(diff == 0))]
+        for edge in HIST_EDGES[1:]:
+            below.append(int(np.count_nonzero(diff < edge)) if edge <= dmax else diff.size)
+        below.append(diff.size)
+        for j in range(len(HIST_LABELS)):
+            self.histogram[j] += below[j] - (below[j - 1] if j else 0)
 
     def add_topk(
         self,
