@@ -16,6 +16,7 @@ interchangeable), no excluded item appears, and empty slots (-1) coincide.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ from recsys_export.ids import runs_to_coo
 from recsys_export.manifest import ENTRY_POINTS, FORMATS
 from recsys_export.models import BaseModel, DenseNet, build_model, topk_excluding
 from recsys_export.plan import (
+    BATCH_BYTES,
     BLOCK_BYTES,
     CALL_BYTES,
     DEFAULT_BUDGET,
@@ -560,14 +562,14 @@ def _libc_trim() -> Callable[[], Any]:
 release_memory = _libc_trim()
 
 
-def call_users(model: BaseModel) -> int:
-    """Users per exported ``score_all`` / ``recommend`` call within :data:`CALL_BYTES`.
+def call_users(model: BaseModel, nbytes: int = CALL_BYTES) -> int:
+    """Users per exported ``score_all`` / ``recommend`` call within ``nbytes``.
 
     The exported DenseNet graphs hold a ``[B, hidden, n_items]`` intermediate, MF ones
     only their ``[B, n_items]`` output (and a top-k copy).
     """
     width = 2 + int(getattr(model, "hidden", 0))
-    return max(1, min(1024, CALL_BYTES // (4 * width * model.n_items)))
+    return max(1, min(1024, nbytes // (4 * width * model.n_items)))
 
 
 class _Run:
@@ -582,9 +584,10 @@ class _Run:
         atol: float,
         rtol: float,
         cap: int,
+        batch_cap: int,
     ) -> None:
         self.reference, self.backends, self.n_items, self.seen = reference, backends, n_items, seen
-        self.atol, self.rtol, self.cap = atol, rtol, cap
+        self.atol, self.rtol, self.cap, self.batch_cap = atol, rtol, cap, max(cap, batch_cap)
         self.comps: dict[tuple[str, str, str], Comparison] = {}
         self.clock: dict[str, dict[str, float]] = {b: {} for b in ["eager", *backends]}
 
@@ -625,12 +628,14 @@ class _Run:
             return _seen_for(users, *self.seen)
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
-    def by_calls(self, be: Backend, entry: str, users: np.ndarray, *rest: Any) -> Any:
+    def by_calls(
+        self, be: Backend, entry: str, users: np.ndarray, *rest: Any, cap: int | None = None
+    ) -> Any:
         """``be.<entry>`` over sub-blocks of ``cap`` users (unless the backend chunks
         itself); recommend's exclusions are then the users' seen items, re-indexed per
         call (only the plan's pass hands over more users than ``cap``)."""
         fn = getattr(be, entry)
-        cap = len(users) if be.chunks_itself else self.cap
+        cap = len(users) if be.chunks_itself else (cap or self.cap)
         if len(users) <= cap:
             return fn(users, *rest)
         out: Any = None
@@ -646,12 +651,16 @@ class _Run:
             del got, parts
         return tuple(out) if rest else out[0]
 
-    def values(self, entry: str, case: str, expected: np.ndarray, *args: Any) -> None:
+    def values(
+        self, entry: str, case: str, expected: np.ndarray, *args: Any, cap: int | None = None
+    ) -> None:
         """Every backend's ``score`` or ``score_all`` on ``args`` against ``expected``."""
         for fmt, be in self.backends.items():
             fn = getattr(be, entry)
             if entry == "score_all":
-                got = self.call(fmt, entry, case, self.by_calls, be, entry, *args)
+                got = self.call(
+                    fmt, entry, case, functools.partial(self.by_calls, cap=cap), be, entry, *args
+                )
             else:
                 got = self.call(fmt, entry, case, fn, *args)
             if got is not None:
@@ -668,17 +677,18 @@ class _Run:
         items: np.ndarray,
         masked: np.ndarray,
         excluded: np.ndarray,
+        cap: int | None = None,
     ) -> None:
-        """``recommend`` of every backend against the top-k of the reference's scores."""
+        """``recommend`` of every backend against the top-k of the reference's scores
+        (split into calls of ``cap`` users only when the exclusions are the seen items)."""
         t0 = time.perf_counter()
         ref_s, ref_i = (
             t.numpy() for t in topk_excluding(torch.from_numpy(masked), k, _t(rows), _t(items))
         )
         self.tick("eager", "recommend", t0)
         for fmt, be in self.backends.items():
-            got = self.call(
-                fmt, "recommend", case, self.by_calls, be, "recommend", users, k, rows, items
-            )
+            split = functools.partial(self.by_calls, cap=cap)
+            got = self.call(fmt, "recommend", case, split, be, "recommend", users, k, rows, items)
             if got is None:
                 continue
             t0 = time.perf_counter()
@@ -698,20 +708,21 @@ class _Run:
 
     def batch(self, rng: np.random.Generator, b: int, n_users: int) -> None:
         """Random ids (repeats, unsorted): ``score`` on ``b`` pairs, ``score_all`` and
-        ``recommend`` on up to ``cap`` of the users, with random exclusions."""
+        ``recommend`` in one call on up to ``batch_cap`` of the users, with random
+        exclusions."""
         n_items = self.n_items
         users = rng.integers(0, n_users, size=b, dtype=np.int64)
         items = rng.integers(0, n_items, size=b, dtype=np.int64)
         self.values("score", f"batch={b}", self.ref("score", users, items), users, items)
-        rb = min(b, self.cap)
+        rb = min(b, self.batch_cap)
         users = users[:rb]
         ref_all = self.ref("score_all", users)
-        self.values("score_all", f"batch={rb}", ref_all, users)
+        self.values("score_all", f"batch={rb}", ref_all, users, cap=rb)
         k = min(10, n_items)
         rows, ex = _random_exclusions(rng, rb, n_items, min(3, n_items - 1) if n_items > 1 else 0)
         ref_all[rows, ex] = -np.inf
         excluded = _exclusion_mask(rb, n_items, rows, ex)
-        self.recommend(f"batch={rb} k={k}", users, k, rows, ex, ref_all, excluded)
+        self.recommend(f"batch={rb} k={k}", users, k, rows, ex, ref_all, excluded, cap=rb)
 
     def rows(self, plan: ParityPlan, users: np.ndarray, rng: np.random.Generator) -> None:
         """One block of the plan: whole rows of ``users`` through ``score_all`` and
@@ -768,6 +779,7 @@ def run_parity(
     plan: ParityPlan | None = None,
     user_chunk: int | None = None,
     max_call_users: int | None = None,
+    max_batch_users: int | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> ParityReport:
@@ -785,7 +797,7 @@ def run_parity(
         CSR of seen items per user: the exclusions of the plan's ``recommend`` checks.
     batch_sizes : iterable of int
         Random id batches (repeats allowed, unsorted); ``score_all`` / ``recommend``
-        batches are capped at ``max_call_users``.
+        batches are capped at ``max_batch_users`` (default 1024).
     full_matrix : bool
         Run the plan (``score_all`` and ``recommend`` on its users' whole rows, ``score``
         on its pairs); False checks the random batches only.
@@ -796,6 +808,9 @@ def run_parity(
     max_call_users : int, optional
         Users per exported ``score_all`` / ``recommend`` call (default 1024; see
         :func:`call_users`, which bounds DenseNet's ``[B, hidden, n_items]``).
+    max_batch_users : int, optional
+        Largest random batch through ``score_all`` / ``recommend`` in one call (default
+        1024; ``call_users(model, BATCH_BYTES)`` bounds its memory).
     seed : int
         Seeds the random batches (and the default plan).
 
@@ -820,6 +835,7 @@ def run_parity(
             plan,
             user_chunk,
             max_call_users,
+            max_batch_users,
             seed,
             progress,
         )
@@ -840,13 +856,23 @@ def _run_parity(
     plan: ParityPlan | None,
     user_chunk: int | None,
     max_call_users: int | None,
+    max_batch_users: int | None,
     seed: int,
     progress: bool,
 ) -> ParityReport:
     start = time.perf_counter()
     report = ParityReport(atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
-    run = _Run(reference, backends, n_items, seen, atol, rtol, max_call_users or 1024)
+    run = _Run(
+        reference,
+        backends,
+        n_items,
+        seen,
+        atol,
+        rtol,
+        max_call_users or 1024,
+        max_batch_users or 1024,
+    )
     for b in batch_sizes:
         run.batch(rng, b, n_users)
     if full_matrix:
@@ -943,6 +969,7 @@ def _planned_parity(
         full_matrix=full_matrix,
         plan=plan,
         max_call_users=call_users(model),
+        max_batch_users=call_users(model, BATCH_BYTES),
         progress=progress,
     )
 

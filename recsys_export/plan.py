@@ -39,6 +39,10 @@ PAIR_CHUNK = 32768
 #: cache-sized. Measured on ml-latest-small DenseNet (64 hidden), TorchScript score_all
 #: on one thread: 22-25 ns/pair at 2.5-10 MB, 170 ns/pair at 40 MB.
 CALL_BYTES = 4 << 20
+#: Bytes of the largest random batch's intermediate (one call): the contract's "large"
+#: batch is min(1024, what fits), e.g. 1024 users for MF, 202 for a 32-hidden DenseNet
+#: over ml-latest-small's 9,724 items, 25 at 20k items x 128 hidden.
+BATCH_BYTES = 256 << 20
 #: torch intra-op threads during a parity pass (restored after). Its calls are small
 #: and cache-sized; with the cores shared, a second thread made them 10-30x slower
 #: (OpenMP barriers waiting on a descheduled thread), and on an idle machine it buys
