@@ -224,9 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a bundle against the eager model",
         formatter_class=fmt,
         description="Compare eager PyTorch with TorchScript, torch.export and "
-        "onnxruntime on every entry point (random batches of 1, 2, 7, 1024; the "
-        "full user x item matrix; recommend with k in {1, 10, n_items}). Prints a "
-        "table, writes parity.json into the bundle. Exit 0 on pass, 1 on failure.",
+        "onnxruntime on every entry point (random batches of 1, 2, 7, 1024; then the "
+        "verification plan: the whole user x item matrix while it fits the budget, "
+        "else every item for a seeded sample of users covering the edges, random "
+        "pairs over the whole matrix, recommend with k in {1, 10, n_items}). Prints a "
+        "table and the plan, writes parity.json into the bundle. Exit 0 on pass, 1 on "
+        "failure.",
     )
     p.add_argument("bundle", type=Path)
     p.add_argument(
