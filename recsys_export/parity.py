@@ -192,6 +192,7 @@ class OnnxBackend(Backend):
 
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False  # parity's calls vary in size: free, don't pool
         self.sessions = {
             e: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
             for e, p in paths.items()

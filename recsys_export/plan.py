@@ -40,9 +40,10 @@ PAIR_CHUNK = 32768
 #: on one thread: 22-25 ns/pair at 2.5-10 MB, 170 ns/pair at 40 MB.
 CALL_BYTES = 4 << 20
 #: Bytes of the largest random batch's intermediate (one call): the contract's "large"
-#: batch is min(1024, what fits), e.g. 1024 users for MF, 202 for a 32-hidden DenseNet
-#: over ml-latest-small's 9,724 items, 25 at 20k items x 128 hidden.
-BATCH_BYTES = 256 << 20
+#: batch is min(1024, what fits), e.g. 1024 users for MF over ml-latest-small's 9,724
+#: items, 63 for a 32-hidden DenseNet there, 8 at 20k items x 128 hidden. (256 MB cost
+#: 0.65 GB of peak RSS on the 100k x 20k DenseNet: every backend keeps such a buffer.)
+BATCH_BYTES = 80 << 20
 #: torch intra-op threads during a parity pass (restored after). Its calls are small
 #: and cache-sized; with the cores shared, a second thread made them 10-30x slower
 #: (OpenMP barriers waiting on a descheduled thread), and on an idle machine it buys
