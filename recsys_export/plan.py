@@ -41,8 +41,9 @@ PAIR_CHUNK = 32768
 CALL_BYTES = 4 << 20
 #: Bytes of the largest random batch's intermediate (one call): the contract's "large"
 #: batch is min(1024, what fits), e.g. 1024 users for MF over ml-latest-small's 9,724
-#: items, 63 for a 32-hidden DenseNet there, 8 at 20k items x 128 hidden. (256 MB cost
-#: 0.65 GB of peak RSS on the 100k x 20k DenseNet: every backend keeps such a buffer.)
+#: items, 63 for a 32-hidden DenseNet there, 8 at 20k items x 128 hidden. (With 256 MB
+#: and onnxruntime's arena on, the 100k x 20k DenseNet export peaked at 2.15 GiB instead
+#: of 1.40: each backend kept a buffer of that size.)
 BATCH_BYTES = 80 << 20
 #: torch intra-op threads during a parity pass (restored after). Its calls are small
 #: and cache-sized; with the cores shared, a second thread made them 10-30x slower
