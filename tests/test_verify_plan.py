@@ -170,6 +170,24 @@ def test_cli_flags_and_inspect(small, tmp_path, capsys):
     assert Bundle.load(path).manifest["parity"]["plan"]["mode"] == "full"
 
 
+def test_inspect_shows_the_plan_without_torch(small):
+    """The runtime-only install: ``inspect`` describes the recorded plan, torch unimportable."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['torch'] = None; from recsys_export.cli import main; "
+        f"sys.exit(main(['inspect', {str(small)!r}]))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "plan: sample: 10 of 60 users" in done.stdout
+
+
 @pytest.mark.parametrize(
     "argv",
     [
