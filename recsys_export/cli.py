@@ -110,6 +110,36 @@ def _add_items_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--item-name-col", help="name column of --items (name or position); detected")
 
 
+def _budget(text: str) -> int:
+    """``--budget PAIRS``: a positive integer (``16000000``, ``16_000_000`` or ``1.6e7``)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pairs: {text!r}") from None
+    if not value >= 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pairs: {text!r}")
+    return int(value)
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    """``--full`` / ``--budget`` of export and verify (the parity plan)."""
+    from recsys_export.plan import DEFAULT_BUDGET
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--full",
+        action="store_true",
+        help="compare every user's whole row, whatever the budget",
+    )
+    g.add_argument(
+        "--budget",
+        type=_budget,
+        metavar="PAIRS",
+        help=f"(user, item) pairs compared per format: the whole matrix while it fits, "
+        f"else every item for a seeded, edge-covering sample of users (default {DEFAULT_BUDGET:,})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -309,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--atol", type=float, default=1e-5, help="parity abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="parity rel tolerance (default 1e-5)")
+    _add_plan_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the bundle path")
 
     p = sub.add_parser(
@@ -316,9 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a bundle against the eager model",
         formatter_class=fmt,
         description="Compare eager PyTorch with TorchScript, torch.export and "
-        "onnxruntime on every entry point (random batches of 1, 2, 7, 1024; the "
-        "full user x item matrix; recommend with k in {1, 10, n_items}). Prints a "
-        "table, writes parity.json into the bundle. Exit 0 on pass, 1 on failure.",
+        "onnxruntime on every entry point (random batches of 1, 2, 7, 1024; then the "
+        "verification plan: the whole user x item matrix while it fits the budget, "
+        "else every item for a seeded sample of users covering the edges, random "
+        "pairs over the whole matrix, recommend with k in {1, 10, n_items}). Prints a "
+        "table and the plan, writes parity.json into the bundle. Exit 0 on pass, 1 on "
+        "failure.",
     )
     p.add_argument("bundle", type=Path)
     p.add_argument(
@@ -333,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
-    p.add_argument("--quick", action="store_true", help="random batches only, no full matrix")
+    p.add_argument("--quick", action="store_true", help="random batches only, no plan")
+    _add_plan_args(p)
     p.add_argument(
         "--no-record",
         dest="record",
@@ -709,6 +744,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         verify=args.verify,
         atol=args.atol,
         rtol=args.rtol,
+        budget=args.budget,
+        full=args.full,
         progress=not args.quiet,
     )
     if args.quiet:
@@ -723,6 +760,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0: float) -> None:
     import time
 
+    from recsys_export.plan import describe_plan
+
     times = manifest["timings"]["export_seconds"]
     print("export seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
     parity = manifest.get("parity")
@@ -733,6 +772,8 @@ def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0
                 f"  {row['format']:<12} {row['entry_point']:<10} max abs {row['max_abs_diff']:.2e}"
                 f"  max rel {row['max_rel_diff']:.2e}  {'PASS' if row['passed'] else 'FAIL'}"
             )
+        if parity.get("plan"):
+            print(describe_plan(parity["plan"]))
         print(f"parity: {'PASS' if parity['passed'] else 'FAIL'} (details: {args.out}/parity.json)")
     else:
         print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
@@ -803,6 +844,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             atol=args.atol,
             rtol=args.rtol,
             full_matrix=not args.quick,
+            budget=args.budget,
+            full=args.full,
             record=args.record,
             progress=not args.quiet,
         )
@@ -819,6 +862,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from recsys_export.bundle import Bundle
+    from recsys_export.plan import describe_plan
 
     bundle = Bundle.load(args.bundle)
     man = bundle.manifest
@@ -852,6 +896,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"parity: {'PASS' if parity['passed'] else 'FAIL'} (atol {parity['atol']:g}, rtol "
             f"{parity['rtol']:g}), max abs diff {parity['max_abs_diff']:.2e}"
         )
+        if parity.get("plan"):
+            print(describe_plan(parity["plan"]))
     else:
         print("parity: not recorded; run 'recsys-export verify'")
     return 0

@@ -246,8 +246,8 @@ def _seen_csr(ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((ckpt.seen_items, ckpt.seen_users))
     users, items = ckpt.seen_users[order], ckpt.seen_items[order]
     indptr = np.zeros(ckpt.model.n_users + 1, dtype=np.int64)
-    np.add.at(indptr, users + 1, 1)
-    return np.cumsum(indptr), items.astype(np.int64)
+    indptr[1:] = np.cumsum(np.bincount(users, minlength=ckpt.model.n_users))
+    return indptr, items.astype(np.int64)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -314,6 +314,8 @@ def export_bundle(
     verify: bool = True,
     atol: float = 1e-5,
     rtol: float = 1e-5,
+    budget: int | None = None,
+    full: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint to a bundle directory, atomically, and verify it.
@@ -335,6 +337,11 @@ def export_bundle(
         included) on the staged bundle and record ``parity.json``. On a failure
         :class:`ParityError` is raised before the bundle is moved into place: nothing
         that fails parity is left behind, and an existing bundle at ``out`` is kept.
+    budget : int, optional
+        Pair budget of the verification plan (:func:`recsys_export.parity.plan_parity`):
+        the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
+    full : bool
+        Verify every user's whole row whatever the budget.
 
     Returns
     -------
@@ -348,6 +355,10 @@ def export_bundle(
     check_tolerances(atol, rtol)
     fmts = parse_formats(formats)
     _check_finite(ckpt)
+    if verify and budget is not None:
+        from recsys_export.plan import check_budget
+
+        check_budget(budget)  # a user error before anything is written
     model = ckpt.model.eval()
     module = inference_module(model)
     n_users, n_items = model.n_users, model.n_items
@@ -414,7 +425,14 @@ def export_bundle(
             from recsys_export.parity import verify_staged_bundle
 
             report = verify_staged_bundle(
-                writer, manifest, ckpt, atol=atol, rtol=rtol, progress=progress
+                writer,
+                manifest,
+                ckpt,
+                atol=atol,
+                rtol=rtol,
+                budget=budget,
+                full=full,
+                progress=progress,
             )
             manifest["parity"] = report.summary()
             writer.write_json("parity.json", report.to_dict(), "parity:report")

@@ -16,6 +16,7 @@ interchangeable), no excluded item appears, and empty slots (-1) coincide.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +33,18 @@ from recsys_export.errors import BundleError, ConfigError, ParityError
 from recsys_export.export import quiet_exporters
 from recsys_export.ids import runs_to_coo
 from recsys_export.manifest import ENTRY_POINTS, FORMATS
-from recsys_export.models import BaseModel, build_model
+from recsys_export.models import BaseModel, DenseNet, build_model, topk_excluding
+from recsys_export.plan import (
+    BATCH_BYTES,
+    BLOCK_BYTES,
+    CALL_BYTES,
+    DEFAULT_BUDGET,
+    PAIR_CHUNK,
+    PARITY_TORCH_THREADS,
+    ParityPlan,
+    describe_plan,
+    plan_parity,
+)
 from recsys_export.progress import Progress
 
 #: Bin edges of the abs-diff histogram: exact 0, then decades up to 1 and beyond.
@@ -52,6 +64,9 @@ class Backend:
     """The three entry points on dense indices, returning numpy arrays."""
 
     name = ""
+    #: Whether ``score_all`` / ``recommend`` bound their own memory (they chunk and tile
+    #: internally), so a parity pass may hand them a whole block of users per call.
+    chunks_itself = False
 
     def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -69,13 +84,24 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
 
 
+#: Bytes of one ``[users, items, hidden]`` tile of the eager DenseNet reference.
+EAGER_TILE_BYTES = 4 << 20
+
+
 class EagerBackend(Backend):
-    """The trained eager model (the reference)."""
+    """The trained eager model (the reference).
+
+    DenseNet's ``score_all`` is the model's own computation (split first layer, ReLU,
+    second layer) done in tiles of users x items, so its ``[B, n_items, hidden]``
+    activations never exist at once: memory stays at :data:`EAGER_TILE_BYTES` and the
+    tile stays in cache.
+    """
 
     name = "eager"
 
     def __init__(self, model: BaseModel) -> None:
         self.model = model.eval()
+        self._item_half: torch.Tensor | None = None
 
     @torch.no_grad()
     def score(self, users, items):
@@ -83,7 +109,26 @@ class EagerBackend(Backend):
 
     @torch.no_grad()
     def score_all(self, users):
-        return self.model.score_all(_t(users)).numpy()
+        m = self.model
+        if not isinstance(m, DenseNet):
+            return m.score_all(_t(users)).numpy()
+        k, n_items, hidden = m.n_factors, m.n_items, m.hidden
+        w = m.linear1.weight
+        if self._item_half is None:  # C = Q Wi^T + b1, as in DenseNet.score_all
+            self._item_half = m.item_factors.weight @ w[:, k:].t() + m.linear1.bias
+        c = self._item_half
+        a = m.user_factors(_t(users)) @ w[:, :k].t()  # [B, H]
+        w2, tail = m.linear2.weight.t(), m.linear2.bias
+        out = torch.empty((len(users), n_items), dtype=torch.float32)
+        width = min(n_items, max(64, EAGER_TILE_BYTES // (4 * hidden * 8)))
+        rows = max(1, EAGER_TILE_BYTES // (4 * hidden * width))
+        for b0 in range(0, len(users), rows):
+            ab = a[b0 : b0 + rows].unsqueeze(1)
+            for t0 in range(0, n_items, width):
+                h = torch.relu(ab + c[t0 : t0 + width].unsqueeze(0))  # [b, T, H]
+                y = (h @ w2).squeeze(2) + tail + m.global_mean
+                out[b0 : b0 + rows, t0 : t0 + width] = y
+        return out.numpy()
 
     @torch.no_grad()
     def recommend(self, users, k, rows, items):
@@ -147,6 +192,7 @@ class OnnxBackend(Backend):
 
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False  # parity's calls vary in size: free, don't pool
         self.sessions = {
             e: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
             for e, p in paths.items()
@@ -182,6 +228,7 @@ class RuntimeBackend(Backend):
     """
 
     name = "runtime"
+    chunks_itself = True
 
     def __init__(self, path: Path) -> None:
         from recsys_export.runtime import Recommender
@@ -310,26 +357,39 @@ class Comparison:
         if expected.dtype != actual.dtype:
             self.dtype_ok = False
             self.problems.append(f"dtype {actual.dtype} != expected {expected.dtype}")
-        e = expected.astype(np.float64).ravel()
-        a = actual.astype(np.float64).ravel()
-        same = e == a  # also covers matching infinities (empty top-k slots)
-        with np.errstate(invalid="ignore"):
-            diff = np.where(same, 0.0, np.abs(e - a))
-        diff = np.where(np.isnan(diff), np.inf, diff)
-        rel = diff / (np.abs(np.where(np.isinf(e), 1.0, e)) + REL_EPS)
-        self.n_values += diff.size
-        if diff.size:
-            self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
-            self.max_rel_diff = max(self.max_rel_diff, float(rel.max()))
-        tol = atol + rtol * np.abs(np.where(np.isinf(e), 0.0, e))
-        self.n_out_of_tolerance += int(np.count_nonzero(diff > tol))
-        zero = int(np.count_nonzero(diff == 0))
-        counts = np.histogram(diff[diff > 0], bins=HIST_EDGES[1:] + [np.inf])[0]
-        below = int(np.count_nonzero((diff > 0) & (diff < HIST_EDGES[1])))
-        self.histogram[0] += zero
-        self.histogram[1] += below
-        for j, c in enumerate(counts):
-            self.histogram[2 + j] += int(c)
+        dtype = np.result_type(expected.dtype, actual.dtype, np.float32)
+        e = np.asarray(expected, dtype=dtype).ravel()  # no copy when already float32
+        a = np.asarray(actual, dtype=dtype).ravel()
+        self.n_values += e.size
+        if not e.size:
+            return
+        with np.errstate(invalid="ignore"):  # inf - inf: handled below
+            diff = np.subtract(e, a)
+        np.abs(diff, out=diff)
+        ae = np.abs(e)
+        dmax = float(diff.max())  # NaN if any difference is NaN
+        if not np.isfinite(dmax):  # infinities / NaN: the general path
+            same = e == a  # matching infinities (empty top-k slots) are exact
+            with np.errstate(invalid="ignore"):
+                diff = np.where(same, 0.0, diff).astype(dtype)
+            diff[np.isnan(diff)] = np.inf
+            ae[~np.isfinite(ae)] = 0.0  # tolerance of an infinite or NaN reference: atol
+            dmax = float(diff.max())
+        self.max_abs_diff = max(self.max_abs_diff, dmax)
+        with np.errstate(invalid="ignore", over="ignore"):
+            tol = ae * dtype.type(rtol)
+            tol += dtype.type(atol)
+            self.n_out_of_tolerance += int(np.count_nonzero(diff > tol))
+            ae += dtype.type(REL_EPS)
+            np.divide(diff, ae, out=ae)
+            self.max_rel_diff = max(self.max_rel_diff, float(ae.max()))
+        # histogram by decade from cumulative counts (edges above the max cost nothing)
+        below = [int(np.count_nonzero(diff == 0))]
+        for edge in HIST_EDGES[1:]:
+            below.append(int(np.count_nonzero(diff < edge)) if edge <= dmax else diff.size)
+        below.append(diff.size)
+        for j in range(len(HIST_LABELS)):
+            self.histogram[j] += below[j] - (below[j - 1] if j else 0)
 
     def add_topk(
         self,
@@ -353,7 +413,8 @@ class Comparison:
         rows = np.arange(b)[:, None]
         empty_ref = ref_items < 0
         empty_cand = cand_items < 0
-        safe_cand = np.where(empty_cand, 0, cand_items)
+        in_range = (cand_items < ref_scores_full.shape[1]) & (cand_items >= -1)
+        safe_cand = np.where(empty_cand | ~in_range, 0, cand_items)
         safe_ref = np.where(empty_ref, 0, ref_items)
         s_ref = ref_scores_full[rows, safe_ref]
         s_cand = ref_scores_full[rows, safe_cand]
@@ -362,10 +423,15 @@ class Comparison:
             close = np.abs(np.where(np.isfinite(s_ref), s_ref - s_cand, 0.0)) <= tol
         ok = (empty_ref == empty_cand) & (close | empty_ref)
         ok &= ~(excluded[rows, safe_cand] & ~empty_cand)
-        in_range = (cand_items < ref_scores_full.shape[1]) & (cand_items >= -1)
         ok &= in_range
-        srt = np.sort(cand_items, axis=1)
-        distinct = ~((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(axis=1)
+        if cand_items.shape[1] <= 64:
+            srt = np.sort(cand_items, axis=1)
+            distinct = ~((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(axis=1)
+        else:  # long lists (k = n_items): mark the items, no sort
+            marks = np.zeros(ref_scores_full.shape, dtype=bool)
+            filled = ~empty_cand & in_range
+            marks[np.broadcast_to(rows, cand_items.shape)[filled], cand_items[filled]] = True
+            distinct = marks.sum(axis=1) == filled.sum(axis=1)
         agree = ok.all(axis=1) & distinct
         self.topk_users += b
         self.topk_agree += int(agree.sum())
@@ -389,6 +455,8 @@ class ParityReport:
     reference: str = "eager"
     #: formats that could not be checked -> why (a file the installed torch cannot read)
     skipped: dict[str, str] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -436,6 +504,8 @@ class ParityReport:
             "reference": self.reference,
             "max_abs_diff": max((r["max_abs_diff"] for r in rows), default=0.0),
             "max_rel_diff": max((r["max_rel_diff"] for r in rows), default=0.0),
+            "seconds": round(self.seconds, 3),
+            "plan": self.plan,
             "rows": [
                 {
                     k: r[k]
@@ -454,6 +524,8 @@ class ParityReport:
             "rtol": self.rtol,
             "reference": self.reference,
             "seconds": round(self.seconds, 3),
+            "plan": self.plan,
+            "timings": self.timings,
             "histogram_bins": HIST_LABELS,
             "rows": self.rows(),
             "comparisons": [c.to_dict() for c in self.comparisons],
@@ -475,6 +547,10 @@ class ParityReport:
                 f"{r['max_abs_diff']:>10.2e} {r['max_rel_diff']:>10.2e} {agree:>12}  {res}"
             )
         verdict = "PASS" if self.passed else "FAIL"
+        lines.append(describe_plan(self.plan) if self.plan else "plan: random batches only")
+        if self.timings:
+            per = ", ".join(f"{k} {v['total']:.2f}" for k, v in self.timings.items())
+            lines.append(f"seconds: {per}")
         lines.append(f"{verdict}: atol={self.atol:g} rtol={self.rtol:g}, {self.seconds:.1f}s")
         return "\n".join(lines)
 
@@ -509,6 +585,227 @@ def _seen_for(
     return runs_to_coo(indptr[users], indptr[users + 1], seen)
 
 
+def _libc_trim() -> Callable[[], Any]:
+    """glibc's ``malloc_trim(0)`` (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL("libc.so.6").malloc_trim
+        return lambda: fn(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return lambda: None
+
+
+#: Hands freed heap pages back to the OS between blocks. The exported graphs allocate a
+#: fresh ``[B, hidden, n_items]`` intermediate per call and glibc keeps freed chunks of
+#: that size in its heaps (its mmap threshold rises after the first one is freed): on
+#: the 100k x 20k DenseNet, ~100 MB per block were held until the next block.
+release_memory = _libc_trim()
+
+
+def call_users(model: BaseModel, nbytes: int = CALL_BYTES) -> int:
+    """Users per exported ``score_all`` / ``recommend`` call within ``nbytes``.
+
+    The exported DenseNet graphs hold a ``[B, hidden, n_items]`` intermediate, MF ones
+    only their ``[B, n_items]`` output (and a top-k copy).
+    """
+    width = 2 + int(getattr(model, "hidden", 0))
+    return max(1, min(1024, nbytes // (4 * width * model.n_items)))
+
+
+class _Run:
+    """One parity pass: the comparisons, per-backend clocks and the shared helpers."""
+
+    def __init__(
+        self,
+        reference: Backend,
+        backends: dict[str, Backend],
+        n_items: int,
+        seen: tuple[np.ndarray, np.ndarray] | None,
+        atol: float,
+        rtol: float,
+        cap: int,
+        batch_cap: int,
+    ) -> None:
+        self.reference, self.backends, self.n_items, self.seen = reference, backends, n_items, seen
+        self.atol, self.rtol, self.cap, self.batch_cap = atol, rtol, cap, max(cap, batch_cap)
+        self.comps: dict[tuple[str, str, str], Comparison] = {}
+        self.clock: dict[str, dict[str, float]] = {b: {} for b in ["eager", *backends]}
+
+    def tick(self, fmt: str, entry: str, t0: float) -> None:
+        """Add the seconds since ``t0`` to ``fmt``'s clock for ``entry``."""
+        per = self.clock.setdefault(fmt, {})
+        per[entry] = per.get(entry, 0.0) + time.perf_counter() - t0
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Seconds per backend and entry point (``compare``: our own comparisons)."""
+        out = {}
+        for fmt, per in self.clock.items():
+            out[fmt] = {k: round(v, 3) for k, v in per.items()}
+            out[fmt]["total"] = round(sum(per.values()), 3)
+        return out
+
+    def comp(self, fmt: str, entry: str, case: str) -> Comparison:
+        key = (fmt, entry, case)
+        if key not in self.comps:
+            self.comps[key] = Comparison(fmt, entry, case)
+        return self.comps[key]
+
+    def call(self, fmt: str, entry: str, case: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the clock of ``fmt``; a crash is a reported parity failure."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        except NotApplicable:
+            return None
+        except Exception as exc:  # a backend crash is a parity failure, reported
+            self.comp(fmt, entry, case).problems.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+            return None
+        finally:
+            self.tick(fmt, entry, t0)
+
+    def exclusions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.seen is not None:
+            return _seen_for(users, *self.seen)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+    def by_calls(
+        self, be: Backend, entry: str, users: np.ndarray, *rest: Any, cap: int | None = None
+    ) -> Any:
+        """``be.<entry>`` over sub-blocks of ``cap`` users (unless the backend chunks
+        itself); recommend's exclusions are then the users' seen items, re-indexed per
+        call (only the plan's pass hands over more users than ``cap``)."""
+        fn = getattr(be, entry)
+        cap = len(users) if be.chunks_itself else (cap or self.cap)
+        if len(users) <= cap:
+            return fn(users, *rest)
+        out: Any = None
+        for s in range(0, len(users), cap):
+            u = users[s : s + cap]
+            got = fn(u, rest[0], *self.exclusions(u)) if rest else fn(u)
+            parts = got if isinstance(got, tuple) else (got,)
+            if out is None:  # one output array, filled in place: no list of small
+                # results left pinning the heap between the calls' large intermediates
+                out = [np.empty((len(users), *p.shape[1:]), dtype=p.dtype) for p in parts]
+            for o, p in zip(out, parts):
+                o[s : s + len(u)] = p
+            del got, parts
+        return tuple(out) if rest else out[0]
+
+    def values(
+        self, entry: str, case: str, expected: np.ndarray, *args: Any, cap: int | None = None
+    ) -> None:
+        """Every backend's ``score`` or ``score_all`` on ``args`` against ``expected``."""
+        for fmt, be in self.backends.items():
+            fn = getattr(be, entry)
+            if entry == "score_all":
+                got = self.call(
+                    fmt, entry, case, functools.partial(self.by_calls, cap=cap), be, entry, *args
+                )
+            else:
+                got = self.call(fmt, entry, case, fn, *args)
+            if got is not None:
+                t0 = time.perf_counter()
+                self.comp(fmt, entry, case).add_values(expected, got, self.atol, self.rtol)
+                self.tick("compare", entry, t0)
+
+    def recommend(
+        self,
+        case: str,
+        users: np.ndarray,
+        k: int,
+        rows: np.ndarray,
+        items: np.ndarray,
+        masked: np.ndarray,
+        excluded: np.ndarray,
+        cap: int | None = None,
+    ) -> None:
+        """``recommend`` of every backend against the top-k of the reference's scores
+        (split into calls of ``cap`` users only when the exclusions are the seen items)."""
+        t0 = time.perf_counter()
+        ref_s, ref_i = (
+            t.numpy() for t in topk_excluding(torch.from_numpy(masked), k, _t(rows), _t(items))
+        )
+        self.tick("eager", "recommend", t0)
+        for fmt, be in self.backends.items():
+            split = functools.partial(self.by_calls, cap=cap)
+            got = self.call(fmt, "recommend", case, split, be, "recommend", users, k, rows, items)
+            if got is None:
+                continue
+            t0 = time.perf_counter()
+            c = self.comp(fmt, "recommend", case)
+            c.add_values(ref_s, got[0], self.atol, self.rtol)
+            if got[1].dtype != np.int64:
+                c.dtype_ok = False
+                c.problems.append(f"items dtype {got[1].dtype} != int64")
+            c.add_topk(masked, ref_i, got[1], excluded, self.atol, self.rtol)
+            self.tick("compare", "recommend", t0)
+
+    def ref(self, fn_name: str, *args: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = getattr(self.reference, fn_name)(*args)
+        self.tick("eager", fn_name, t0)
+        return out
+
+    def batch(self, rng: np.random.Generator, b: int, n_users: int) -> None:
+        """Random ids (repeats, unsorted): ``score`` on ``b`` pairs, ``score_all`` and
+        ``recommend`` in one call on up to ``batch_cap`` of the users, with random
+        exclusions."""
+        n_items = self.n_items
+        users = rng.integers(0, n_users, size=b, dtype=np.int64)
+        items = rng.integers(0, n_items, size=b, dtype=np.int64)
+        self.values("score", f"batch={b}", self.ref("score", users, items), users, items)
+        rb = min(b, self.batch_cap)
+        users = users[:rb]
+        ref_all = self.ref("score_all", users)
+        self.values("score_all", f"batch={rb}", ref_all, users, cap=rb)
+        k = min(10, n_items)
+        rows, ex = _random_exclusions(rng, rb, n_items, min(3, n_items - 1) if n_items > 1 else 0)
+        ref_all[rows, ex] = -np.inf
+        excluded = _exclusion_mask(rb, n_items, rows, ex)
+        self.recommend(f"batch={rb} k={k}", users, k, rows, ex, ref_all, excluded, cap=rb)
+
+    def rows(self, plan: ParityPlan, users: np.ndarray, rng: np.random.Generator) -> None:
+        """One block of the plan: whole rows of ``users`` through ``score_all`` and
+        ``recommend`` (``k = n_items`` only for those in ``sort_users``)."""
+        n_items = self.n_items
+        ref_all = self.ref("score_all", users)
+        # eager score_all must equal eager pairwise scoring: every item once per block
+        pr = rng.integers(0, len(users), size=n_items, dtype=np.int64)
+        pi = np.arange(n_items, dtype=np.int64)
+        pairwise = self.ref("score", users[pr], pi)
+        self.comp("eager", "score_all", "vs pairwise").add_values(
+            pairwise, ref_all[pr, pi], self.atol, self.rtol
+        )
+        who = "all users" if plan.full else "sampled users"
+        self.values("score_all", "full matrix" if plan.full else "sampled rows", ref_all, users)
+        rows, items = self.exclusions(users)
+        ref_all[rows, items] = -np.inf
+        excluded = _exclusion_mask(len(users), n_items, rows, items)
+        ks = plan.ks
+        for k in ks[:-1] if ks[-1] == n_items else ks:
+            self.recommend(f"{who} k={k} excluded", users, k, rows, items, ref_all, excluded)
+        if ks[-1] != n_items:
+            return
+        pick = np.isin(users, plan.sort_users, assume_unique=True)
+        if not pick.all():
+            users = users[pick]
+            if not len(users):
+                return
+            ref_all, excluded = ref_all[pick], excluded[pick]
+            rows, items = self.exclusions(users)
+        self.recommend(
+            f"{who} k={n_items} excluded", users, n_items, rows, items, ref_all, excluded
+        )
+
+    def pairs(self, plan: ParityPlan, chunk: int) -> None:
+        """The plan's ``score`` pairs, ``chunk`` at a time."""
+        for u, i in plan.score_chunks(chunk):
+            case = "every pair" if plan.score_exhaustive else "random pairs"
+            self.values("score", case, self.ref("score", u, i), u, i)
+            release_memory()
+
+
 def run_parity(
     reference: Backend,
     backends: dict[str, Backend],
@@ -520,11 +817,14 @@ def run_parity(
     rtol: float = 1e-5,
     batch_sizes: Iterable[int] = BATCH_SIZES,
     full_matrix: bool = True,
+    plan: ParityPlan | None = None,
     user_chunk: int | None = None,
+    max_call_users: int | None = None,
+    max_batch_users: int | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> ParityReport:
-    """Compare ``backends`` with ``reference`` on every entry point.
+    """Compare ``backends`` with ``reference`` on every entry point, following a plan.
 
     Parameters
     ----------
@@ -535,110 +835,102 @@ def run_parity(
     n_users, n_items : int
         Model sizes.
     seen : (indptr, items), optional
-        CSR of seen items per user; used as the exclusions of the full recommend pass.
+        CSR of seen items per user: the exclusions of the plan's ``recommend`` checks.
     batch_sizes : iterable of int
-        Random id batches (repeats allowed, unsorted).
+        Random id batches (repeats allowed, unsorted); ``score_all`` / ``recommend``
+        batches are capped at ``max_batch_users`` (default 1024).
     full_matrix : bool
-        Also compare ``score`` and ``score_all`` over every (user, item) pair, and
-        ``recommend`` for every user with k in {1, 10, n_items}.
+        Run the plan (``score_all`` and ``recommend`` on its users' whole rows, ``score``
+        on its pairs); False checks the random batches only.
+    plan : ParityPlan, optional
+        Default: :func:`plan_parity` with the default budget and ``seed``.
     user_chunk : int, optional
-        Users per call in the full-matrix pass (default: ~4M scores per chunk).
+        Users per block of the plan (default: from :data:`BLOCK_BYTES`).
+    max_call_users : int, optional
+        Users per exported ``score_all`` / ``recommend`` call (default 1024; see
+        :func:`call_users`, which bounds DenseNet's ``[B, hidden, n_items]``).
+    max_batch_users : int, optional
+        Largest random batch through ``score_all`` / ``recommend`` in one call (default
+        1024; ``call_users(model, BATCH_BYTES)`` bounds its memory).
+    seed : int
+        Seeds the random batches (and the default plan).
+
+    Returns
+    -------
+    ParityReport
+        With the plan's description (``plan``) and seconds per backend (``timings``).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, PARITY_TORCH_THREADS))
+    try:
+        return _run_parity(
+            reference,
+            backends,
+            n_users,
+            n_items,
+            seen,
+            atol,
+            rtol,
+            batch_sizes,
+            full_matrix,
+            plan,
+            user_chunk,
+            max_call_users,
+            max_batch_users,
+            seed,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_parity(
+    reference: Backend,
+    backends: dict[str, Backend],
+    n_users: int,
+    n_items: int,
+    seen: tuple[np.ndarray, np.ndarray] | None,
+    atol: float,
+    rtol: float,
+    batch_sizes: Iterable[int],
+    full_matrix: bool,
+    plan: ParityPlan | None,
+    user_chunk: int | None,
+    max_call_users: int | None,
+    max_batch_users: int | None,
+    seed: int,
+    progress: bool,
+) -> ParityReport:
     start = time.perf_counter()
     report = ParityReport(atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
-    comps: dict[tuple[str, str, str], Comparison] = {}
-
-    def comp(fmt: str, entry: str, case: str) -> Comparison:
-        key = (fmt, entry, case)
-        if key not in comps:
-            comps[key] = Comparison(fmt, entry, case)
-            report.comparisons.append(comps[key])
-        return comps[key]
-
-    def guarded(fmt: str, entry: str, case: str, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except NotApplicable:
-            return None
-        except Exception as exc:  # a backend crash is a parity failure, reported
-            comp(fmt, entry, case).problems.append(f"{type(exc).__name__}: {str(exc)[:300]}")
-            return None
-
-    def check_recommend(
-        case: str,
-        users: np.ndarray,
-        k: int,
-        rows: np.ndarray,
-        items: np.ndarray,
-        ref_all: np.ndarray | None = None,
-    ) -> None:
-        ref_full = (reference.score_all(users) if ref_all is None else ref_all).copy()
-        ref_full[rows, items] = -np.inf
-        excluded = _exclusion_mask(len(users), n_items, rows, items)
-        ref_s, ref_i = reference.recommend(users, k, rows, items)
-        for fmt, be in backends.items():
-            got = guarded(fmt, "recommend", case, be.recommend, users, k, rows, items)
-            if got is None:
-                continue
-            c = comp(fmt, "recommend", case)
-            c.add_values(ref_s, got[0], atol, rtol)
-            if got[1].dtype != np.int64:
-                c.dtype_ok = False
-                c.problems.append(f"items dtype {got[1].dtype} != int64")
-            c.add_topk(ref_full, ref_i, got[1], excluded, atol, rtol)
-
-    # (a) random batches
+    run = _Run(
+        reference,
+        backends,
+        n_items,
+        seen,
+        atol,
+        rtol,
+        max_call_users or 1024,
+        max_batch_users or 1024,
+    )
     for b in batch_sizes:
-        case = f"batch={b}"
-        users = rng.integers(0, n_users, size=b, dtype=np.int64)
-        items = rng.integers(0, n_items, size=b, dtype=np.int64)
-        ref = reference.score(users, items)
-        ref_all = reference.score_all(users)
-        for fmt, be in backends.items():
-            got = guarded(fmt, "score", case, be.score, users, items)
-            if got is not None:
-                comp(fmt, "score", case).add_values(ref, got, atol, rtol)
-            got = guarded(fmt, "score_all", case, be.score_all, users)
-            if got is not None:
-                comp(fmt, "score_all", case).add_values(ref_all, got, atol, rtol)
-        k = min(10, n_items)
-        rows, ex_items = _random_exclusions(
-            rng, b, n_items, min(3, n_items - 1) if n_items > 1 else 0
-        )
-        check_recommend(f"batch={b} k={k}", users, k, rows, ex_items, ref_all)
-
-    # (b) + (c) full matrix, chunked over users
+        run.batch(rng, b, n_users)
     if full_matrix:
-        chunk = user_chunk or max(1, min(n_users, 4_000_000 // max(n_items, 1)))
-        all_users = np.arange(n_users, dtype=np.int64)
-        ks = sorted({1, min(10, n_items), n_items})
-        bar = Progress(n_users, unit="users", desc="parity full matrix ", enabled=progress)
+        if plan is None:
+            plan = plan_parity(n_users, n_items, seen=seen, seed=seed)
+        report.plan = plan.to_dict()
+        chunk = user_chunk or max(1, min(len(plan.users), BLOCK_BYTES // (40 * n_items)))
+        bar = Progress(len(plan.users), unit="users", desc="parity ", enabled=progress)
         with bar:
-            for s in range(0, n_users, chunk):
-                users = all_users[s : s + chunk]
-                ref_all = reference.score_all(users)
-                pu = np.repeat(users, n_items)
-                pi = np.tile(np.arange(n_items, dtype=np.int64), len(users))
-                ref_pairs = reference.score(pu, pi)
-                for fmt, be in backends.items():
-                    got = guarded(fmt, "score_all", "full matrix", be.score_all, users)
-                    if got is not None:
-                        comp(fmt, "score_all", "full matrix").add_values(ref_all, got, atol, rtol)
-                    got = guarded(fmt, "score", "full matrix", be.score, pu, pi)
-                    if got is not None:
-                        comp(fmt, "score", "full matrix").add_values(ref_pairs, got, atol, rtol)
-                # score_all must equal pairwise scoring of the reference itself
-                comp("eager", "score_all", "vs pairwise").add_values(
-                    ref_pairs.reshape(len(users), n_items), ref_all, atol, rtol
-                )
-                if seen is not None:
-                    rows, items = _seen_for(users, *seen)
-                else:
-                    rows, items = _random_exclusions(rng, len(users), n_items, 1)
-                for k in ks:
-                    check_recommend(f"all users k={k} excluded", users, k, rows, items, ref_all)
+            for s in range(0, len(plan.users), chunk):
+                users = plan.users[s : s + chunk]
+                run.rows(plan, users, rng)
+                release_memory()
                 bar.update(len(users))
+        run.pairs(plan, PAIR_CHUNK)
+    report.comparisons = list(run.comps.values())
+    report.timings = run.timings()
     report.seconds = time.perf_counter() - start
     return report
 
@@ -680,9 +972,13 @@ def verify_staged_bundle(
     *,
     atol: float = 1e-5,
     rtol: float = 1e-5,
+    budget: int | None = None,
+    full: bool = False,
     progress: bool = False,
 ) -> ParityReport:
     """Parity of a bundle still being written, before it replaces anything.
+
+    The plan is :func:`plan_parity` with ``budget`` and ``full``.
 
     The manifest is staged into the writer's temporary directory
     (:meth:`~recsys_export.bundle.BundleWriter.stage`), so the torch-free runtime, fast
@@ -691,15 +987,35 @@ def verify_staged_bundle(
     """
     root = writer.stage(manifest)
     backends = load_backends(root, manifest, CHECKED_BACKENDS)
-    m = ckpt.model
+    return _planned_parity(
+        ckpt.model, backends, bundle_seen(root, manifest), atol, rtol, budget, full, True, progress
+    )
+
+
+def _planned_parity(
+    model: BaseModel,
+    backends: dict[str, Backend],
+    seen: tuple[np.ndarray, np.ndarray] | None,
+    atol: float,
+    rtol: float,
+    budget: int | None,
+    full: bool,
+    full_matrix: bool,
+    progress: bool,
+) -> ParityReport:
+    plan = plan_parity(model.n_users, model.n_items, seen=seen, budget=budget, full=full)
     return run_parity(
-        EagerBackend(m),
+        EagerBackend(model),
         backends,
-        m.n_users,
-        m.n_items,
-        seen=bundle_seen(root, manifest),
+        model.n_users,
+        model.n_items,
+        seen=seen,
         atol=atol,
         rtol=rtol,
+        full_matrix=full_matrix,
+        plan=plan,
+        max_call_users=call_users(model),
+        max_batch_users=call_users(model, BATCH_BYTES),
         progress=progress,
     )
 
@@ -712,6 +1028,8 @@ def verify_bundle(
     atol: float = 1e-5,
     rtol: float = 1e-5,
     full_matrix: bool = True,
+    budget: int | None = None,
+    full: bool = False,
     record: bool = True,
     progress: bool = False,
 ) -> ParityReport:
@@ -724,6 +1042,12 @@ def verify_bundle(
     checkpoint : path, optional
         Compare against this checkpoint's model instead of the bundle's reference
         weights (a bundle checked against the wrong checkpoint fails).
+    full_matrix : bool
+        Run the plan; False compares the random batches only (``verify --quick``).
+    budget : int, optional
+        Pair budget of the plan (:func:`plan_parity`; default :data:`DEFAULT_BUDGET`).
+    full : bool
+        Every user's whole row whatever the budget (``verify --full``).
     record : bool
         Write ``parity.json`` into the bundle and the summary into the manifest,
         atomically (checksums rewritten).
@@ -758,17 +1082,8 @@ def verify_bundle(
         raise BundleError(
             f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)}"
         )
-    report = run_parity(
-        EagerBackend(model),
-        backends,
-        model.n_users,
-        model.n_items,
-        seen=bundle_seen(bundle.root, manifest),
-        atol=atol,
-        rtol=rtol,
-        full_matrix=full_matrix,
-        progress=progress,
-    )
+    seen = bundle_seen(bundle.root, manifest)
+    report = _planned_parity(model, backends, seen, atol, rtol, budget, full, full_matrix, progress)
     report.reference = ref_name
     report.skipped = skipped
     if record:
@@ -813,8 +1128,13 @@ __all__ = [
     "Comparison",
     "EagerBackend",
     "OnnxBackend",
+    "DEFAULT_BUDGET",
+    "ParityPlan",
     "ParityReport",
     "Pt2Backend",
+    "call_users",
+    "describe_plan",
+    "plan_parity",
     "TorchScriptBackend",
     "check_tolerances",
     "load_backends",

@@ -19,7 +19,15 @@ from recsys_export.bundle import Bundle
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError, ConfigError, ParityError
 from recsys_export.export import ONNX_OPSET, export_bundle, parse_formats
-from recsys_export.parity import EagerBackend, OnnxBackend, TorchScriptBackend, load_backends
+from recsys_export.parity import (
+    EagerBackend,
+    OnnxBackend,
+    TorchScriptBackend,
+    call_users,
+    load_backends,
+    reference_model,
+)
+from recsys_export.plan import BATCH_BYTES
 from recsys_export.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,16 +60,21 @@ def test_movielens_bundle_passes_parity_on_every_format_entry_and_batch(ml_bundl
     report = bundle.read_json("parity.json")
     assert report["passed"] and report["atol"] == 1e-5 and report["rtol"] == 1e-5
     seen = {(c["format"], c["entry_point"], c["case"]) for c in report["comparisons"]}
+    # 5.9M pairs fit the default budget: the whole matrix; score on random pairs
+    assert report["plan"]["mode"] == "full" and report["plan"]["fraction"] == 1.0
+    # the large batch through score_all / recommend is what fits BATCH_BYTES in one call
+    large = call_users(reference_model(bundle.root, man), BATCH_BYTES)
+    assert large == (1024 if kind == "mf" else 63)
     for fmt in ("onnx", "torchscript", "pt2"):
         for b in (1, 2, 7, 1024):
             assert (fmt, "score", f"batch={b}") in seen
-            assert (fmt, "score_all", f"batch={b}") in seen
-            assert (fmt, "recommend", f"batch={b} k=10") in seen
+            assert (fmt, "score_all", f"batch={min(b, large)}") in seen
+            assert (fmt, "recommend", f"batch={min(b, large)} k=10") in seen
         assert (fmt, "score_all", "full matrix") in seen
-        assert (fmt, "score", "full matrix") in seen
+        assert (fmt, "score", "random pairs") in seen
     # the torch-free runtime, fast-path graphs included, is checked on the written bundle
-    for entry in ("score", "score_all"):
-        assert ("runtime", entry, "full matrix") in seen
+    assert ("runtime", "score_all", "full matrix") in seen
+    assert ("runtime", "score", "random pairs") in seen
     for k in (1, 10, man["model"]["n_items"]):
         assert ("runtime", "recommend", f"all users k={k} excluded") in seen
     full = [
