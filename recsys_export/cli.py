@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--min-rating",
         type=float,
-        help="ranking: rows rated below this are not positives (default: the relevance "
-        "threshold, see --threshold)",
+        help="ranking: rows rated below this are not positives (default: MF learns from "
+        "the relevant rows, rating >= --threshold; DenseNet from every row)",
     )
     h = p.add_argument_group("hyperparameters (defaults depend on --model and --objective)")
     h.add_argument("--factors", type=int, help="embedding size")
