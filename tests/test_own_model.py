@@ -354,11 +354,12 @@ def test_data_dependent_module_fails_with_one_line(tmp_path):
     message = str(info.value)
     assert "\n" not in message and "pt2, onnx: torch.export" in message
     assert not (tmp_path / "b").exists()
-    # TorchScript compiles the branch: with keep_partial it is kept, and verified
-    result = export_model(module, tmp_path / "b", keep_partial=True)
+    # TorchScript compiles the branch: with keep_partial it is kept. (Not verified here:
+    # a score that depends on the rest of the batch is no per-pair score, and the parity
+    # plan's score_all-vs-pairwise check flags it whenever the batches' signs differ.)
+    result = export_model(module, tmp_path / "b", keep_partial=True, verify=False)
     assert set(result.failed) == {"pt2", "onnx"}
     assert set(result.manifest["formats"]) == {"torchscript"}
-    assert result.parity["passed"]
 
 
 def test_data_dependent_module_exits_2_in_the_cli(tmp_path):
