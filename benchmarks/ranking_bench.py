@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         report["files"].append({"source": ratings.source, "info": info, "rows": rows})
         tables.append(format_table(Path(ratings.source).name, rows, info))
     report["load_end"] = os.getloadavg()
-    print(f"nproc {os.cpu_count()}, load average start {list(load)} end "
-          f"{list(report['load_end'])}")  # fmt: skip
+    print(f"nproc {os.cpu_count()}, load average start {load[0]:.2f} end "
+          f"{report['load_end'][0]:.2f}")  # fmt: skip
     print("\n\n".join(tables))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=float))
