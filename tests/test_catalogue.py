@@ -1077,7 +1077,10 @@ def test_export_hitting_a_file_size_limit(world: World, full_bundle: Path, limit
     if limit == "2048":
         cap = 2048
     elif limit == "largest-file":
-        cap = max(sizes.values()) - 1
+        # the largest graph file: parity.json and the manifest carry timings, so their
+        # sizes vary from one export to the next
+        graphs = [n for n in sizes if n.split("/")[0] in ("onnx", "torchscript", "pt2")]
+        cap = max(sizes[n] for n in graphs) - 1
     else:
         cap = sizes[limit] - 1
 
