@@ -68,12 +68,12 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
         default="last",
         help="policy for duplicate (user, item) rows (default: keep the last)",
     )
-    s = p.add_argument_group("validation split")
+    s = p.add_argument_group("held-out rows (test, then validation carved from the rest)")
     s.add_argument(
         "--split",
         choices=["random", "time", "none"],
         default="random",
-        help="random holdout, per-user latest ratings (needs timestamps), or none",
+        help="test rows: random holdout, per-user latest ratings (needs timestamps), or none",
     )
     s.add_argument(
         "--test-fraction", type=float, default=0.2, help="test share of all rows (default 0.2)"
@@ -168,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model and write a checkpoint",
         formatter_class=fmt,
-        description="Train MF or DenseNet on a ratings file; write a checkpoint "
-        "with weights, id maps, seen items and validation metrics.",
+        description="Train MF or DenseNet on a ratings file (ranking objective by default); "
+        "write a checkpoint with weights, id maps, seen items, the train/validation/test part "
+        "of every row, and test metrics beside a popularity and a bias baseline.",
         epilog=EPILOG_TRAIN,
     )
     _add_data_args(p)

@@ -36,7 +36,9 @@ def as_implicit(ratings: Ratings, min_rating: float | None) -> Ratings:
     return out
 
 
-def map_test_file(test: Ratings, ckpt_or_ratings: Checkpoint | Ratings) -> tuple[Ratings, dict]:
+def map_test_file(
+    test: Ratings, ckpt_or_ratings: Checkpoint | Ratings
+) -> tuple[Ratings, dict[str, int]]:
     """Map a separate test file onto the model's id maps; unknown ids are dropped.
 
     Returns
