@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -234,7 +235,9 @@ def test_cuda_without_cuda_is_one_line_error(bundles, tmp_path, capsys):
 def test_cli_torch_engine_matches_local(bundles, kind, tmp_path, capsys):
     b = str(bundles(kind))
     for name, extra in (("local", []), ("torch", ["--engine", "torch", "--device", "cpu"])):
-        assert main(["score", b, "--all", "--out", str(tmp_path / f"{name}.npy"), "-q", *extra]) == 0
+        assert (
+            main(["score", b, "--all", "--out", str(tmp_path / f"{name}.npy"), "-q", *extra]) == 0
+        )
         argv = ["score", b, "--all", "--top-k", "4", "--out", str(tmp_path / f"{name}.csv")]
         assert main([*argv, "-q", *extra]) == 0
     capsys.readouterr()
@@ -266,9 +269,22 @@ def test_runtime_still_imports_without_torch():
 def test_gpu_check_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu",
-         "--workdir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
