@@ -420,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  recsys-export score artifacts/mf --user 42 --item 318\n"
         "  recsys-export score artifacts/mf --all --out scores.npy\n"
         "  recsys-export score artifacts/mf --all --top-k 10 --out top10.parquet\n"
-        "  recsys-export score artifacts/mf --all --top-k 10 --engine ray --out top10/",
+        "  recsys-export score artifacts/mf --all --top-k 10 --engine ray --out top10/\n"
+        "  recsys-export score artifacts/mf --all --top-k 10 --engine torch --device cuda "
+        "--out top10.parquet",
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("--user", action="append", help="raw user id (repeatable, with --item)")
@@ -431,10 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output file (.npy, or .parquet/.csv with --top-k)")
     p.add_argument(
         "--engine",
-        choices=("local", "ray"),
+        choices=("local", "ray", "torch"),
         default="local",
-        help="with --all --top-k: 'ray' scores user blocks on a Ray cluster and writes a "
-        "directory of Parquet parts to --out",
+        help="with --all: 'local' is the onnxruntime runtime; 'ray' (with --top-k) scores "
+        "user blocks on a Ray cluster and writes a directory of Parquet parts to --out; "
+        "'torch' runs the bundle's pt2/TorchScript program on --device (needs torch)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="with --engine torch: cpu or cuda[:N] (default cpu); blocks are sized from "
+        "free device memory on CUDA, from --memory-mb on CPU",
     )
     p.add_argument("--address", help="Ray cluster address (HEAD:6379); default: a local Ray")
     p.add_argument("--workers", type=int, help="Ray workers (default: one per cluster CPU)")
@@ -975,6 +984,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
             print(args.out)
             return 0
+        if args.engine == "torch":
+            return _score_all_torch(args)
+        if args.device != "cpu":
+            raise ConfigError("--device needs --engine torch (the local runtime runs on CPU)")
         rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
         if args.top_k is not None:
             path = rec.write_topk(
@@ -1004,6 +1017,33 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores = rec.score(args.user, args.item)
     for user, item, score in zip(args.user, args.item, scores):
         print(f"{user}\t{item}\t{float(score):.6f}")
+    return 0
+
+
+def _score_all_torch(args: argparse.Namespace) -> int:
+    """``score --all --engine torch``: the bundle's torch program on ``--device``."""
+    from recsys_export.errors import ConfigError
+    from recsys_export.torch_engine import TorchEngine  # ConfigError without torch
+
+    if args.top_k is None and args.out.suffix != ".npy":
+        raise ConfigError(f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)")
+    engine = TorchEngine.load(args.bundle, device=args.device)
+    # --memory-mb sizes CPU blocks; on CUDA the free device memory does
+    budget = None if engine.device.type == "cuda" else args.memory_mb
+    if args.top_k is not None:
+        path = engine.write_topk(
+            args.out,
+            k=args.top_k,
+            exclude_seen=not args.include_seen,
+            memory_budget_mb=budget,
+            progress=not args.quiet,
+            overwrite=args.force,
+        )
+    else:
+        path = engine.write_score_matrix(
+            args.out, memory_budget_mb=budget, progress=not args.quiet, overwrite=args.force
+        )
+    print(path)
     return 0
 
 

@@ -35,7 +35,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,15 +480,7 @@ class Recommender:
         return self._item_map.to_index(ids)
 
     def _check_k(self, k: Any) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise ConfigError(f"k must be an integer between 1 and {self._n_items}, got {k!r}")
-        k = int(k)
-        if not 1 <= k <= self._n_items:
-            raise ConfigError(
-                f"k={k} is out of range: k must be between 1 and the number of items "
-                f"({self._n_items})"
-            )
-        return k
+        return check_k_range(k, self._n_items)
 
     def _k_array(self, k: int) -> np.ndarray:
         arr = self._k_cache.get(k)
@@ -503,12 +495,7 @@ class Recommender:
         return self._seen
 
     def _load_seen(self) -> tuple[np.ndarray, np.ndarray]:
-        seen = self.manifest.get("seen")
-        if not isinstance(seen, dict) or "indptr" not in seen or "items" not in seen:
-            return np.zeros(self._n_users + 1, dtype=np.int64), _EMPTY_I64
-        for rel in (seen["indptr"], seen["items"]):
-            self.bundle.file(rel)  # BundleError unless the manifest lists (and checksums) it
-        return read_seen_csr(self.bundle.root, seen, self._n_users, self._n_items)
+        return load_seen_csr(self.bundle, self._n_users, self._n_items)
 
     def _name_table(self) -> np.ndarray | None:
         """``object[n_items + 1]`` of names, None last (index -1: an empty slot)."""
@@ -984,42 +971,9 @@ class Recommender:
         path = _check_out_path(out_path, (".npy",), overwrite)
         users = self._user_indices(user_indices)
         size = self._chunk_size(None, memory_budget_mb)
-        tmp = _temp_sibling(path)
-        try:
-            mm = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.float32, shape=(users.size, self._n_items)
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot write {path}: {exc}") from None
-        try:
-            raw = getattr(mm, "_mmap", None)
-            base = mm.ctypes.data - _mmap_address(raw) if raw is not None else 0
-            row_bytes = self._n_items * 4
-            page = mmap.PAGESIZE
-            with Progress(users.size, unit="users", desc="score matrix ", enabled=progress) as bar:
-                for start in range(0, users.size, size):
-                    chunk = users[start : start + size]
-                    self._score_all_into(chunk, mm[start : start + chunk.size])
-                    if raw is not None and hasattr(raw, "madvise"):
-                        # write back and drop the pages: RSS stays bounded by the chunk
-                        lo = base + start * row_bytes
-                        hi = base + (start + chunk.size) * row_bytes
-                        lo_page = (lo // page) * page
-                        hi_page = (hi // page) * page
-                        if hi_page > lo_page:
-                            raw.flush(lo_page, hi_page - lo_page)
-                            raw.madvise(mmap.MADV_DONTNEED, lo_page, hi_page - lo_page)
-                    bar.update(chunk.size)
-            mm.flush()
-            del mm, raw
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return path
+        return write_npy_chunks(
+            path, users, self._n_items, size, self._score_all_into, progress=progress
+        )
 
     def topk_rows(
         self, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True
@@ -1032,44 +986,16 @@ class Recommender:
         """
         users = np.asarray(user_indices, dtype=np.int64)
         res = self.recommend(users, k, exclude_seen=exclude_seen, by_index=True)
-        k = res.items.shape[1]
-        valid = res.items >= 0
-        urow = np.repeat(users, k).reshape(-1, k)[valid]
-        ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), (users.size, k))[valid]
-        return (
-            self._user_map.raw_ids[urow],
-            ranks,
-            self._item_map.raw_ids[res.items[valid]],
-            res.scores[valid],
-        )
+        return flat_topk_rows(users, res.items, res.scores, self._user_map, self._item_map)
 
     def topk_schema(self) -> Any:
         """The Arrow schema of top-k tables: ``user, rank, item, score`` (needs pyarrow)."""
-        import pyarrow as pa
-
-        return pa.schema(
-            [
-                ("user", pa.int64() if self._user_map.kind == "int" else pa.string()),
-                ("rank", pa.int32()),
-                ("item", pa.int64() if self._item_map.kind == "int" else pa.string()),
-                ("score", pa.float32()),
-            ]
-        )
+        return topk_schema(self._user_map, self._item_map)
 
     def topk_table(self, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True) -> Any:
         """:meth:`topk_rows` as a ``pyarrow.Table`` with :meth:`topk_schema`."""
-        import pyarrow as pa
-
-        schema = self.topk_schema()
-        u_raw, ranks, i_raw, scores = self.topk_rows(user_indices, k, exclude_seen=exclude_seen)
-        return pa.table(
-            {
-                "user": pa.array(u_raw.tolist(), type=schema.field("user").type),
-                "rank": pa.array(ranks, type=pa.int32()),
-                "item": pa.array(i_raw.tolist(), type=schema.field("item").type),
-                "score": pa.array(scores, type=pa.float32()),
-            },
-            schema=schema,
+        return rows_table(
+            self.topk_schema(), self.topk_rows(user_indices, k, exclude_seen=exclude_seen)
         )
 
     def write_topk(
@@ -1097,59 +1023,15 @@ class Recommender:
         """
         path = _check_out_path(out_path, (".parquet", ".csv"), overwrite)
         k = self._check_k(k)
-        parquet = path.suffix.lower() == ".parquet"
-        if parquet:
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise ConfigError(
-                    f"cannot write {path}: Parquet output needs pyarrow; "
-                    "`pip install pyarrow` (or recsys-export[parquet]) or write a .csv instead"
-                ) from None
         size = max(1, self._chunk_size(None, memory_budget_mb))
-        users_all = np.arange(self._n_users, dtype=np.int64)
-        tmp = _temp_sibling(path)
-        writer: Any = None
-        fh: Any = None
-        try:
-            if parquet:
-                writer = pq.ParquetWriter(str(tmp), self.topk_schema())
-            else:
-                fh = open(tmp, "w", newline="", encoding="utf-8")
-                out = csv.writer(fh)
-                out.writerow(["user", "rank", "item", "score"])
-            with Progress(users_all.size, unit="users", desc="top-k ", enabled=progress) as bar:
-                for start in range(0, users_all.size, size):
-                    chunk = users_all[start : start + size]
-                    if writer is not None:
-                        writer.write_table(self.topk_table(chunk, k, exclude_seen=exclude_seen))
-                    else:
-                        u_raw, r, i_raw, s = self.topk_rows(chunk, k, exclude_seen=exclude_seen)
-                        out.writerows(
-                            zip(u_raw.tolist(), r.tolist(), i_raw.tolist(), s.tolist(), strict=True)
-                        )
-                    bar.update(chunk.size)
-            if writer is not None:
-                writer.close()
-                writer = None
-            if fh is not None:
-                fh.close()
-                fh = None
-            os.replace(tmp, path)
-        except BaseException:
-            if writer is not None:
-                try:
-                    writer.close()
-                except Exception:
-                    pass
-            if fh is not None:
-                fh.close()
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return path
+        return write_topk_chunks(
+            path,
+            self._n_users,
+            size,
+            lambda chunk: self.topk_rows(chunk, k, exclude_seen=exclude_seen),
+            lambda: self.topk_schema(),
+            progress=progress,
+        )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1184,3 +1066,233 @@ def _mmap_address(raw: mmap.mmap) -> int:
         return ctypes.addressof(buf)
     finally:
         del buf
+
+
+# ------------------------------------------------------------ shared with other engines
+#: ``(user raw ids, ranks int32, item raw ids, scores float32)``: flat top-k rows.
+TopkRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def flat_topk_rows(
+    users: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    user_map: IdMap,
+    item_map: IdMap,
+) -> TopkRows:
+    """Flat ``(user, rank, item, score)`` rows of ``[B, k]`` top-k lists of ``users``.
+
+    ``items`` are indices (``-1`` in empty slots, which are left out); users and items
+    come back as raw ids, ranks from 1.
+    """
+    k = items.shape[1]
+    valid = items >= 0
+    urow = np.repeat(users, k).reshape(-1, k)[valid]
+    ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), (users.size, k))[valid]
+    return (
+        user_map.raw_ids[urow],
+        ranks,
+        item_map.raw_ids[items[valid]],
+        scores[valid],
+    )
+
+
+def check_k_range(k: Any, n_items: int) -> int:
+    """Validate ``k`` (an integer, ``1 <= k <= n_items``) and return it as an ``int``.
+
+    Raises
+    ------
+    ConfigError
+        If ``k`` is not an integer or out of range.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ConfigError(f"k must be an integer between 1 and {n_items}, got {k!r}")
+    k = int(k)
+    if not 1 <= k <= n_items:
+        raise ConfigError(
+            f"k={k} is out of range: k must be between 1 and the number of items ({n_items})"
+        )
+    return k
+
+
+def load_seen_csr(bundle: Bundle, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr int64[n_users + 1], items int64[nnz])`` of a bundle's seen items.
+
+    Empty (no user saw anything) when the manifest has no ``seen`` entry.
+
+    Raises
+    ------
+    BundleError
+        If the manifest names seen files it does not list, or they are malformed.
+    """
+    seen = bundle.manifest.get("seen")
+    if not isinstance(seen, dict) or "indptr" not in seen or "items" not in seen:
+        return np.zeros(n_users + 1, dtype=np.int64), _EMPTY_I64
+    for rel in (seen["indptr"], seen["items"]):
+        bundle.file(rel)  # BundleError unless the manifest lists (and checksums) it
+    return read_seen_csr(bundle.root, seen, n_users, n_items)
+
+
+def topk_schema(user_map: IdMap, item_map: IdMap) -> Any:
+    """The Arrow schema of top-k tables: ``user, rank, item, score`` (needs pyarrow)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("user", pa.int64() if user_map.kind == "int" else pa.string()),
+            ("rank", pa.int32()),
+            ("item", pa.int64() if item_map.kind == "int" else pa.string()),
+            ("score", pa.float32()),
+        ]
+    )
+
+
+def rows_table(schema: Any, rows: TopkRows) -> Any:
+    """Flat top-k ``rows`` as a ``pyarrow.Table`` with ``schema`` (see :func:`topk_schema`)."""
+    import pyarrow as pa
+
+    u_raw, ranks, i_raw, scores = rows
+    return pa.table(
+        {
+            "user": pa.array(u_raw.tolist(), type=schema.field("user").type),
+            "rank": pa.array(ranks, type=pa.int32()),
+            "item": pa.array(i_raw.tolist(), type=schema.field("item").type),
+            "score": pa.array(scores, type=pa.float32()),
+        },
+        schema=schema,
+    )
+
+
+def write_npy_chunks(
+    path: Path,
+    users: np.ndarray,
+    n_items: int,
+    size: int,
+    fill: Callable[[np.ndarray, np.ndarray], None],
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write a ``float32[len(users), n_items]`` ``.npy`` at ``path``, ``size`` users at a time.
+
+    ``fill(chunk, out)`` writes the scores of the user indices ``chunk`` into ``out``
+    (a slice of a memory map of a temporary file beside ``path``, renamed into place at
+    the end: a killed run leaves no ``.npy`` at ``path``). Written pages are released as
+    it goes. ``path`` must have passed :func:`_check_out_path`.
+
+    Raises
+    ------
+    ConfigError
+        If the temporary file cannot be created.
+    """
+    tmp = _temp_sibling(path)
+    try:
+        mm = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float32, shape=(users.size, n_items)
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from None
+    try:
+        raw = getattr(mm, "_mmap", None)
+        base = mm.ctypes.data - _mmap_address(raw) if raw is not None else 0
+        row_bytes = n_items * 4
+        page = mmap.PAGESIZE
+        with Progress(users.size, unit="users", desc="score matrix ", enabled=progress) as bar:
+            for start in range(0, users.size, size):
+                chunk = users[start : start + size]
+                fill(chunk, mm[start : start + chunk.size])
+                if raw is not None and hasattr(raw, "madvise"):
+                    # write back and drop the pages: RSS stays bounded by the chunk
+                    lo = base + start * row_bytes
+                    hi = base + (start + chunk.size) * row_bytes
+                    lo_page = (lo // page) * page
+                    hi_page = (hi // page) * page
+                    if hi_page > lo_page:
+                        raw.flush(lo_page, hi_page - lo_page)
+                        raw.madvise(mmap.MADV_DONTNEED, lo_page, hi_page - lo_page)
+                bar.update(chunk.size)
+        mm.flush()
+        del mm, raw
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_topk_chunks(
+    path: Path,
+    n_users: int,
+    size: int,
+    rows: Callable[[np.ndarray], TopkRows],
+    schema: Callable[[], Any],
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write top-k rows of every user to ``path`` (``.parquet`` or ``.csv``).
+
+    ``rows(chunk)`` gives the flat rows of the user indices ``chunk`` (``size`` users at
+    a time); ``schema()`` the Arrow schema (Parquet only). Written to a temporary file
+    beside ``path``, then renamed into place. ``path`` must have passed
+    :func:`_check_out_path`.
+
+    Raises
+    ------
+    ConfigError
+        Parquet output without pyarrow installed.
+    """
+    parquet = path.suffix.lower() == ".parquet"
+    if parquet:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError(
+                f"cannot write {path}: Parquet output needs pyarrow; "
+                "`pip install pyarrow` (or recsys-export[parquet]) or write a .csv instead"
+            ) from None
+    users_all = np.arange(n_users, dtype=np.int64)
+    tmp = _temp_sibling(path)
+    writer: Any = None
+    fh: Any = None
+    try:
+        if parquet:
+            arrow_schema = schema()
+            writer = pq.ParquetWriter(str(tmp), arrow_schema)
+        else:
+            fh = open(tmp, "w", newline="", encoding="utf-8")
+            out = csv.writer(fh)
+            out.writerow(["user", "rank", "item", "score"])
+        with Progress(users_all.size, unit="users", desc="top-k ", enabled=progress) as bar:
+            for start in range(0, users_all.size, size):
+                chunk = users_all[start : start + size]
+                if writer is not None:
+                    writer.write_table(rows_table(arrow_schema, rows(chunk)))
+                else:
+                    u_raw, r, i_raw, s = rows(chunk)
+                    out.writerows(
+                        zip(u_raw.tolist(), r.tolist(), i_raw.tolist(), s.tolist(), strict=True)
+                    )
+                bar.update(chunk.size)
+        if writer is not None:
+            writer.close()
+            writer = None
+        if fh is not None:
+            fh.close()
+            fh = None
+        os.replace(tmp, path)
+    except BaseException:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        if fh is not None:
+            fh.close()
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path

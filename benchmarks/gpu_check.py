@@ -1,0 +1,253 @@
+"""GPU check of the torch batch engine (issue #19): build, run, compare, report.
+
+Builds synthetic MF and DenseNet bundles (100k users x 20k items, 64 factors, 128
+hidden; ``--tiny``: 300 x 400, 16 / 32), then for each model times
+
+* the torch engine (:class:`recsys_export.torch_engine.TorchEngine`) on ``--device``:
+  score_all over every user (device only), the ``.npy`` matrix and the top-k Parquet
+  end to end, and top-k for every user on the device (no writing);
+* a bare ``torch.matmul`` + ``torch.topk`` ceiling of the same shape on the same device
+  (``[users, factors + 2] x [factors + 2, items]`` in the engine's blocks), in the same run;
+* the onnxruntime CPU runtime writing the same two files;
+
+compares the engine's files with the runtime's (matrix within 1e-5; top-k items equal
+except among ties, scores within 1e-5), prints a table and writes JSON::
+
+    python benchmarks/gpu_check.py --device cuda            # full size
+    python benchmarks/gpu_check.py --tiny --device cpu      # seconds, what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from recsys_export.bench import _synthetic
+from recsys_export.runtime import Recommender
+from recsys_export.torch_engine import TorchEngine
+
+SIZES = {
+    "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
+    "tiny": {"users": 300, "items": 400, "factors": 16, "hidden": 32},
+}
+ATOL = 1e-5
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, repeat: int) -> float:
+    """Best wall time of ``repeat`` runs of ``fn`` (after one warm-up), synchronised."""
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _ceiling(
+    n_users: int, n_items: int, factors: int, k: int, block: int, device: torch.device
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Bare matmul (and matmul + topk) over every user in blocks: the ceiling."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(n_users, factors + 2, generator=gen).to(device)
+    q_t = torch.randn(factors + 2, n_items, generator=gen).to(device)
+
+    def score() -> None:
+        with torch.inference_mode():
+            for s in range(0, n_users, block):
+                torch.matmul(p[s : s + block], q_t)
+
+    def topk() -> None:
+        with torch.inference_mode():
+            for s in range(0, n_users, block):
+                torch.topk(torch.matmul(p[s : s + block], q_t), k, dim=1)
+
+    return score, topk
+
+
+def _compare_matrix(a_path: Path, b_path: Path) -> float:
+    a = np.load(a_path, mmap_mode="r")
+    b = np.load(b_path, mmap_mode="r")
+    assert a.shape == b.shape, (a.shape, b.shape)
+    worst = 0.0
+    for s in range(0, a.shape[0], 4096):
+        worst = max(worst, float(np.max(np.abs(a[s : s + 4096] - b[s : s + 4096]))))
+    return worst
+
+
+def _compare_topk(a_path: Path, b_path: Path) -> tuple[bool, float, int]:
+    """(items equal except among tied scores, max score diff, rank positions that differ)."""
+    a = pq.read_table(a_path)
+    b = pq.read_table(b_path)
+    if a.schema != b.schema or a.num_rows != b.num_rows:
+        return False, float("inf"), -1
+    ua, ub = a["user"].to_numpy(), b["user"].to_numpy()
+    ra, rb = a["rank"].to_numpy(), b["rank"].to_numpy()
+    if not (np.array_equal(ua, ub) and np.array_equal(ra, rb)):
+        return False, float("inf"), -1
+    sa = a["score"].to_numpy().astype(np.float64)
+    sb = b["score"].to_numpy().astype(np.float64)
+    ia, ib = np.asarray(a["item"].to_pylist()), np.asarray(b["item"].to_pylist())
+    diff = float(np.max(np.abs(sa - sb))) if sa.size else 0.0
+    differ = ia != ib
+    # a reordering is only allowed among tied scores (same score, within tolerance)
+    ok = bool(np.all(np.abs(sa[differ] - sb[differ]) <= ATOL))
+    return ok and diff <= ATOL, diff, int(differ.sum())
+
+
+def check_model(
+    kind: str, cfg: dict[str, Any], device: torch.device, work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Build one bundle, run engine / ceiling / CPU runtime, compare the outputs."""
+    built = _synthetic(kind, {**cfg, "k": args.k}, args.seen, work)
+    bundle = built["bundle"]
+    row: dict[str, Any] = {"export_seconds": built["export_total_seconds"]}
+    t0 = time.perf_counter()
+    eng = TorchEngine.load(bundle, device=device)
+    _sync(device)
+    row["engine_load_s"] = time.perf_counter() - t0
+    row["engine_source"] = eng.source
+    block = eng.block_size(None if device.type == "cuda" else args.memory_mb)
+    row["engine_block_users"] = block
+    budget = None if device.type == "cuda" else args.memory_mb
+    users = np.arange(eng.n_users, dtype=np.int64)
+
+    def engine_score() -> None:
+        for _b, _s in eng.score_all_blocks(memory_budget_mb=budget):
+            pass
+
+    def engine_topk() -> None:
+        for s in range(0, users.size, block):
+            eng.topk(users[s : s + block], args.k)
+
+    row["engine_score_all_s"] = _timed(engine_score, device, args.repeat)
+    row["engine_topk_s"] = _timed(engine_topk, device, args.repeat)
+    ceil_score, ceil_topk = _ceiling(
+        eng.n_users, eng.n_items, cfg["factors"], args.k, block, device
+    )
+    row["ceiling_score_all_s"] = _timed(ceil_score, device, args.repeat)
+    row["ceiling_topk_s"] = _timed(ceil_topk, device, args.repeat)
+    out = work / f"{kind}-out"
+    out.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    eng.write_score_matrix(out / "engine.npy", memory_budget_mb=budget, progress=False)
+    row["engine_npy_end_to_end_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    eng.write_topk(out / "engine.parquet", k=args.k, memory_budget_mb=budget, progress=False)
+    row["engine_parquet_end_to_end_s"] = time.perf_counter() - t0
+    rec = Recommender.load(bundle)
+    t0 = time.perf_counter()
+    rec.write_score_matrix(out / "runtime.npy", progress=False)
+    row["runtime_npy_end_to_end_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec.write_topk(out / "runtime.parquet", k=args.k, progress=False)
+    row["runtime_parquet_end_to_end_s"] = time.perf_counter() - t0
+    row["matrix_max_abs_diff"] = _compare_matrix(out / "engine.npy", out / "runtime.npy")
+    match, sdiff, moved = _compare_topk(out / "engine.parquet", out / "runtime.parquet")
+    row["topk_items_match"] = match
+    row["topk_max_score_diff"] = sdiff
+    row["topk_positions_reordered_in_ties"] = moved
+    row["engine_vs_ceiling_topk"] = row["engine_topk_s"] / row["ceiling_topk_s"]
+    for f in out.iterdir():  # full-size outputs are GBs: keep only the report
+        f.unlink()
+    return row
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain-text table of the report's timings (seconds) and checks."""
+    cols = [
+        ("engine score_all", "engine_score_all_s"),
+        ("ceiling matmul", "ceiling_score_all_s"),
+        ("engine top-k", "engine_topk_s"),
+        ("ceiling matmul+topk", "ceiling_topk_s"),
+        ("engine .npy", "engine_npy_end_to_end_s"),
+        ("engine .parquet", "engine_parquet_end_to_end_s"),
+        ("runtime .npy", "runtime_npy_end_to_end_s"),
+        ("runtime .parquet", "runtime_parquet_end_to_end_s"),
+    ]
+    lines = [
+        f"device {report['device']} ({report['device_name']}), {report['size']} "
+        f"{report['config']['users']} x {report['config']['items']}, top-{report['k']}",
+        f"{'':24}" + "".join(f"{m:>12}" for m in report["models"]),
+    ]
+    for label, key in cols:
+        vals = "".join(f"{r[key]:>12.4f}" for r in report["models"].values())
+        lines.append(f"{label + ' (s)':24}{vals}")
+    lines.append(
+        f"{'engine/ceiling top-k':24}"
+        + "".join(f"{r['engine_vs_ceiling_topk']:>12.2f}" for r in report["models"].values())
+    )
+    lines.append(
+        f"{'matrix max |diff|':24}"
+        + "".join(f"{r['matrix_max_abs_diff']:>12.1e}" for r in report["models"].values())
+    )
+    lines.append(
+        f"{'top-k identical':24}"
+        + "".join(f"{str(r['topk_items_match']):>12}" for r in report["models"].values())
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; 0 when every output matches the CPU runtime's, else 1."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="300 x 400 models (seconds, for CI)")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu|cuda[:N]"
+    )
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seen", type=int, default=20, help="seen items per user")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs (best is kept)")
+    p.add_argument("--memory-mb", type=float, default=256, help="CPU block budget")
+    p.add_argument("--workdir", type=Path, default=None, help="bundles and outputs")
+    p.add_argument("--json", type=Path, default=Path(".bench/gpu_check.json"))
+    args = p.parse_args(argv)
+    size = "tiny" if args.tiny else "full"
+    cfg = SIZES[size]
+    from recsys_export.torch_engine import resolve_device
+
+    device = resolve_device(args.device)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "size": size,
+        "config": cfg,
+        "k": args.k,
+        "seen_per_user": args.seen,
+        "models": {},
+    }
+    for kind in ("mf", "densenet"):
+        report["models"][kind] = check_model(kind, cfg, device, work, args)
+    print(format_table(report))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    ok = all(
+        r["topk_items_match"] and r["matrix_max_abs_diff"] <= ATOL
+        for r in report["models"].values()
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
