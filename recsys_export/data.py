@@ -1238,8 +1238,7 @@ def random_split(r: Ratings, test_fraction: float = 0.2, seed: int = 0) -> tuple
     DataError
         If ``test_fraction`` is not in (0, 1) or there are fewer than 2 ratings.
     """
-    test = _holdout_mask(r, "random", test_fraction, seed)
-    return r.subset(~test), r.subset(test)
+    return split(r, "random", test_fraction, seed)
 
 
 def _time_mask(r: Ratings, f: float) -> np.ndarray:
@@ -1281,8 +1280,7 @@ def time_split(r: Ratings, test_fraction: float = 0.2) -> tuple[Ratings, Ratings
         If there are no timestamps, ``test_fraction`` is not in (0, 1), or no user has
         two ratings.
     """
-    test = _holdout_mask(r, "time", test_fraction, 0)
-    return r.subset(~test), r.subset(test)
+    return split(r, "time", test_fraction)
 
 
 def _holdout_mask(r: Ratings, method: str, test_fraction: float, seed: int) -> np.ndarray:
