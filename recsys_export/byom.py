@@ -469,7 +469,8 @@ def _sizes_from_embeddings(module: nn.Module) -> tuple[int | None, int | None]:
 
 
 def _id_column(df: Any, role: str, given: str | None) -> str:
-    from recsys_export.data import _KNOWN, _norm_name
+    from recsys_export.data.columns import KNOWN_COLUMNS as _KNOWN
+    from recsys_export.data.columns import norm_name as _norm_name
 
     if given is not None:
         if given not in df.columns:

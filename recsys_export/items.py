@@ -23,21 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.data import (
-    _COLUMN_NAMES,
-    _as_text,
-    _column_arg,
-    _decode,
-    _norm_name,
-    _normalize_sep,
-    _parse_ids,
-    _py,
-    _sep_name,
-    _show,
-    _sniff_sep,
-    _Source,
-    _split_table,
-    default_dataset_path,
+from recsys_export.data.columns import (
+    COLUMN_NAMES,
+    Source,
+    as_text,
+    column_arg,
+    norm_name,
+    parse_ids,
+    py_value,
+)
+from recsys_export.data.ratings import default_dataset_path
+from recsys_export.data.text import (
+    decode_text,
+    normalize_sep,
+    sep_name,
+    show_value,
+    sniff_sep,
+    split_table,
 )
 from recsys_export.errors import DataError
 from recsys_export.ids import IdMap
@@ -53,9 +55,9 @@ __all__ = [
 #: Bundle-relative file of the item names (a JSON list in item-index order).
 ITEM_NAMES_FILE = "ids/item_names.json"
 
-_ID_COLUMNS = frozenset(_norm_name(n) for n in (*_COLUMN_NAMES["item"], "id"))
+_ID_COLUMNS = frozenset(norm_name(n) for n in (*COLUMN_NAMES["item"], "id"))
 _NAME_COLUMNS = frozenset(
-    _norm_name(n)
+    norm_name(n)
     for n in (
         "title", "name", "item_name", "item_title", "movie_title", "product_name",
         "product_title", "label",
@@ -139,18 +141,18 @@ def check_item_names(obj: Any, n_items: int) -> list[str | None]:
 
 
 def _sniff(name: str, text: str) -> str:
-    """``::`` when every one of the first lines has it, else ``_sniff_sep``'s choice."""
+    """``::`` when every one of the first lines has it, else ``sniff_sep``'s choice."""
     lines = [ln for ln in text.split("\n", 40)[:40] if ln.strip()][:20]
     if lines and all("::" in ln for ln in lines):
         return "::"
     try:
-        sep = _sniff_sep(name, text)
+        sep = sniff_sep(name, text)
     except DataError:
         sep = r"\s+"
     if sep == r"\s+":  # titles hold spaces: whitespace cannot separate id and name
         raise DataError(
             f"{name}: line 1: cannot find the separator between the item id and its name "
-            f"(no ',', ';', '|', tab or '::' in {_show(lines[0] if lines else '')}); a names "
+            f"(no ',', ';', '|', tab or '::' in {show_value(lines[0] if lines else '')}); a names "
             "file needs an id column and a name column, e.g. 'movieId,title'"
         )
     return sep
@@ -159,7 +161,7 @@ def _sniff(name: str, text: str) -> str:
 def _looks_like_header(first: list[str], second: list[str] | None, args: list[Any]) -> bool:
     if any(isinstance(a, str) and not a.strip().isdigit() for a in args):
         return True
-    if any(_norm_name(f) in _ID_COLUMNS | _NAME_COLUMNS for f in first):
+    if any(norm_name(f) in _ID_COLUMNS | _NAME_COLUMNS for f in first):
         return True
     # an id column of integers whose first field is not one: that field is a title
     pos = int(args[0]) if args[0] is not None else 0
@@ -173,7 +175,7 @@ def _detect(
 ) -> int | None:
     """Default position of a column: by header name, else the first free column."""
     if header is not None:
-        hit = next((j for j, h in enumerate(header) if _norm_name(h) in known and j != taken), None)
+        hit = next((j for j, h in enumerate(header) if norm_name(h) in known and j != taken), None)
         if hit is not None or ncols > 2:
             return hit
     return next(j for j in range(ncols) if j != taken)
@@ -242,15 +244,15 @@ def read_item_names(
         raw = p.read_bytes()
     except OSError as exc:
         raise DataError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
-    text = _decode(name, raw, fallback="latin-1") if raw else ""
+    text = decode_text(name, raw, fallback="latin-1") if raw else ""
     if not text.strip():
         raise DataError(f"{name}: the file is empty; expected rows of item id and name")
-    sep = _normalize_sep(sep) if sep is not None else _sniff(name, text)
-    columns, line_of = _split_table(name, text, sep)
+    sep = normalize_sep(sep) if sep is not None else _sniff(name, text)
+    columns, line_of = split_table(name, text, sep)
     ncols = len(columns)
     if ncols < 2:
         raise DataError(
-            f"{name}: line {line_of(0)}: found 1 column when splitting on {_sep_name(sep)}; "
+            f"{name}: line {line_of(0)}: found 1 column when splitting on {sep_name(sep)}; "
             "a names file needs an id column and a name column (e.g. 'movieId,title')"
         )
     first = [str(c[0]).strip() for c in columns]
@@ -262,7 +264,7 @@ def read_item_names(
         if len(columns[0]) == 0:
             raise DataError(f"{name}: has a header ({', '.join(header)}) but no rows")
     id_pos, name_pos = (
-        None if arg is None else _column_arg(name, _FLAGS[role], arg, header, ncols)
+        None if arg is None else column_arg(name, _FLAGS[role], arg, header, ncols)
         for role, arg in (("id", id_col), ("name", name_col))
     )
     if id_pos is None:
@@ -280,9 +282,9 @@ def read_item_names(
             f"{name}: the item id and name columns must differ (both are column {id_pos}); "
             "check --item-id-col and --item-name-col"
         )
-    src = _Source(name, columns, header, lambda row: f"line {line_of(row + offset)}")
-    ids = _parse_ids(src, columns[id_pos], "item")
-    texts = [t.strip() for t in _as_text(columns[name_pos]).tolist()]
+    src = Source(name, columns, header, lambda row: f"line {line_of(row + offset)}")
+    ids = parse_ids(src, columns[id_pos], "item")
+    texts = [t.strip() for t in as_text(columns[name_pos]).tolist()]
     index = item_map.to_index(ids, missing=-1)
     names: list[str | None] = [None] * len(item_map)
     for i, title in zip(index.tolist(), texts):
@@ -294,5 +296,5 @@ def read_item_names(
         source=name,
         n_rows=len(ids),
         n_unknown=int(unknown.size),
-        unknown_examples=[_py(ids[j]) for j in unknown[:_MAX_EXAMPLES]],
+        unknown_examples=[py_value(ids[j]) for j in unknown[:_MAX_EXAMPLES]],
     )
