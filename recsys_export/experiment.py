@@ -5,11 +5,14 @@ training rows, test), trains with early stopping on validation only, then report
 model and both baselines on the test rows — or on a separate test file mapped onto the
 model's id maps. The checkpoint records which part each row was in, so
 :func:`evaluate_checkpoint` re-computes the same numbers without re-reading the file.
+:func:`checkpoint_path` checks where the checkpoint goes before any training.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,7 @@ import numpy as np
 from recsys_export import data
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.data import TEST, TRAIN, VALID, Ratings
-from recsys_export.errors import DataError
+from recsys_export.errors import ConfigError, DataError
 from recsys_export.evaluate import check_threshold, compare_with_baselines, default_threshold
 from recsys_export.train import TrainConfig, fit
 
@@ -249,3 +252,51 @@ def evaluate_checkpoint(
     if mapping is not None:
         results["test_mapping"] = mapping
     return results
+
+
+def checkpoint_path(out: Path | None, model: str, *, force: bool = False) -> Path:
+    """Where ``train`` writes its checkpoint, checked before any training.
+
+    Parameters
+    ----------
+    out : Path, optional
+        The checkpoint path; default ``runs/MODEL.pt`` (its directory is created).
+    model : str
+        Model kind, naming the default path.
+    force : bool
+        Allow replacing an existing checkpoint.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ConfigError
+        The file exists (without ``force``), a given path's directory does not exist,
+        the path is a directory, or its directory does not let us create files (checked
+        by creating and removing a hidden probe file, which also catches read-only
+        filesystems and root on immutable directories).
+    """
+    path = out or Path("runs") / f"{model}.pt"
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it or choose another --out")
+    if not path.parent.exists():
+        if out is not None:
+            raise ConfigError(f"cannot write {path}: directory {path.parent} does not exist")
+        path.parent.mkdir(parents=True)
+    if path.is_dir():
+        raise ConfigError(
+            f"cannot write checkpoint {path}: it is a directory; give a file path such as "
+            f"{path / 'model.pt'}"
+        )
+    probe = path.parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write checkpoint {path}: directory {path.parent} is not writable "
+            f"({exc.strerror}); choose another --out"
+        ) from None
+    os.unlink(probe)
+    return path

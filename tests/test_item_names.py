@@ -14,7 +14,8 @@ import torch
 from recsys_export import data
 from recsys_export.bundle import Bundle, sha256_file, update_bundle
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
-from recsys_export.cli import _load_item_names, main
+from recsys_export.cli import main
+from recsys_export.cli.training import load_item_names
 from recsys_export.errors import BundleError, CheckpointError, DataError, UnknownIdError
 from recsys_export.export import export_bundle
 from recsys_export.ids import IdMap
@@ -157,13 +158,13 @@ def test_bundled_movielens_titles(movielens):
     args = argparse.Namespace(
         items=None, data=None, item_id_col=None, item_name_col=None, quiet=True
     )
-    names = _load_item_names(args, movielens)
+    names = load_item_names(args, movielens)
     assert len(names) == movielens.n_items
     by_id = dict(zip(movielens.item_map.raw_ids.tolist(), names))
     assert by_id[1] == "Toy Story (1995)" and by_id[318] == "Shawshank Redemption, The (1994)"
     assert all(n is not None for n in names)  # every rated movie has a title
     args.data = "ratings.csv"  # another file: no titles unless --items
-    assert _load_item_names(args, movielens) is None
+    assert load_item_names(args, movielens) is None
 
 
 # ------------------------------------------------------------------ checkpoint

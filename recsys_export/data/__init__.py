@@ -10,7 +10,8 @@ Submodules
 ratings
     :class:`Ratings`, :func:`from_matrix`, the toy matrix and the bundled data set.
 readers
-    :func:`read_ratings`: CSV/TSV/'::'/u.data/gzip/Parquet files into :class:`Ratings`.
+    :func:`read_ratings`: CSV/TSV/'::'/u.data/gzip/Parquet files into :class:`Ratings`;
+    :func:`load_dataset`: a bundled data set by name, or a file.
 text, columns
     Decoding and splitting text files; detecting and parsing the columns.
 synthetic
@@ -29,7 +30,7 @@ from recsys_export.data.ratings import (
     from_matrix,
     toy_ratings,
 )
-from recsys_export.data.readers import DUPLICATE_POLICIES, read_ratings
+from recsys_export.data.readers import DATASET_NAMES, DUPLICATE_POLICIES, load_dataset, read_ratings
 from recsys_export.data.splits import (
     TEST,
     TRAIN,
@@ -44,6 +45,7 @@ from recsys_export.data.splits import (
 from recsys_export.data.synthetic import synthetic_interactions, synthetic_ratings
 
 __all__ = [
+    "DATASET_NAMES",
     "DUPLICATE_POLICIES",
     "MAX_DENSE_CELLS",
     "TEST",
@@ -55,6 +57,7 @@ __all__ = [
     "at_least",
     "default_dataset_path",
     "from_matrix",
+    "load_dataset",
     "random_split",
     "read_ratings",
     "split",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from recsys_export.data.columns import (
     py_value,
     resolve_columns,
 )
-from recsys_export.data.ratings import Ratings
+from recsys_export.data.ratings import Ratings, default_dataset_path, toy_ratings
 from recsys_export.data.text import decode_text, normalize_sep, sep_name, sniff_sep, split_table
 from recsys_export.errors import DataError
 from recsys_export.ids import IdMap
@@ -252,3 +253,36 @@ def _build(src: Source, col_args: Sequence[str | int | None], duplicates: str) -
         n_duplicates=n_dup,
         implicit=implicit,
     )
+
+
+#: The named data sets of :func:`load_dataset` (and of ``recsys-export train DATA``).
+DATASET_NAMES = ("movielens-small", "toy")
+
+
+def load_dataset(source: str | Path | None = None, **read_options: Any) -> Ratings:
+    """Ratings by name or path: a bundled data set, or a file read by :func:`read_ratings`.
+
+    Parameters
+    ----------
+    source : str or Path, optional
+        ``"movielens-small"`` (the default: the bundled MovieLens ``ml-latest-small``
+        ratings), ``"toy"`` (the seed notebook's 5 x 4 matrix), or a ratings file.
+    **read_options
+        Keywords of :func:`read_ratings` (columns, ``sep``, ``duplicates``); not used
+        for ``"toy"``.
+
+    Returns
+    -------
+    Ratings
+
+    Raises
+    ------
+    DataError
+        As :func:`read_ratings`.
+    """
+    name = source or "movielens-small"
+    if name == "toy":
+        return toy_ratings()
+    if name == "movielens-small":
+        name = str(default_dataset_path())
+    return read_ratings(name, **read_options)

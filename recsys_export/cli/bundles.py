@@ -1,0 +1,197 @@
+"""``export``, ``verify`` and ``inspect``: bundles written, checked and described."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import time
+
+    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.export import export_bundle
+
+    t0 = time.perf_counter()
+    if getattr(args, "model", None):
+        return _export_own_model(args, t0)
+    ckpt = load_checkpoint(args.checkpoint)
+    manifest = export_bundle(
+        ckpt,
+        args.out,
+        formats=args.formats,
+        overwrite=args.force,
+        external_data=True if args.external_data else None,
+        verify=args.verify,
+        atol=args.atol,
+        rtol=args.rtol,
+        budget=args.budget,
+        full=args.full,
+        progress=not args.quiet,
+    )
+    if args.quiet:
+        print(args.out)
+        return 0
+    m = manifest["model"]
+    print(f"bundle: {args.out} ({ckpt.kind}, {m['n_users']} users x {m['n_items']} items)")
+    _print_export_summary(args, manifest, t0)
+    return 0
+
+
+def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0: float) -> None:
+    import time
+
+    from recsys_export.plan import describe_plan
+
+    times = manifest["timings"]["export_seconds"]
+    print("export seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
+    parity = manifest.get("parity")
+    if parity:
+        print(f"parity vs eager (atol {parity['atol']:g}, rtol {parity['rtol']:g}):")
+        for row in parity["rows"]:
+            print(
+                f"  {row['format']:<12} {row['entry_point']:<10} max abs {row['max_abs_diff']:.2e}"
+                f"  max rel {row['max_rel_diff']:.2e}  {'PASS' if row['passed'] else 'FAIL'}"
+            )
+        if parity.get("plan"):
+            print(describe_plan(parity["plan"]))
+        print(f"parity: {'PASS' if parity['passed'] else 'FAIL'} (details: {args.out}/parity.json)")
+    else:
+        print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
+    print(f"total {time.perf_counter() - t0:.1f}s")
+
+
+def _export_own_model(args: argparse.Namespace, t0: float) -> int:
+    """``export STATE_DICT --model ...``: a model trained elsewhere (:mod:`recsys_export.byom`)."""
+    from recsys_export.byom import export_model, ids_from_file, module_from_files
+    from recsys_export.errors import ConfigError
+
+    try:
+        model_args = json.loads(args.model_args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--model-args is not JSON: {exc}") from None
+    if not isinstance(model_args, dict):
+        raise ConfigError("--model-args must be a JSON object of constructor keywords")
+    module = module_from_files(args.checkpoint, args.model, model_args)
+    ratings = ids_from_file(args.ids_from) if args.ids_from else None
+    result = export_model(
+        module,
+        args.out,
+        kind=args.model if args.model in ("mf", "densenet") else None,
+        ratings=ratings,
+        formats=args.formats,
+        verify=args.verify,
+        keep_partial=args.keep_partial,
+        overwrite=args.force,
+        external_data=True if args.external_data else None,
+        atol=args.atol,
+        rtol=args.rtol,
+        progress=not args.quiet,
+    )
+    for fmt, why in result.failed.items():
+        print(f"recsys-export export: warning: {fmt} not exported: {why}", file=sys.stderr)
+    if args.quiet:
+        print(args.out)
+        return 0
+    m = result.manifest["model"]
+    print(
+        f"bundle: {args.out} ({result.kind} via the {result.path} path: {result.reason}; "
+        f"{m['n_users']} users x {m['n_items']} items)"
+    )
+    _print_export_summary(args, result.manifest, t0)
+    return 0
+
+
+def _verify_formats(text: str | None) -> list[str] | None:
+    """--formats of verify: export formats plus ``runtime`` (the Python runtime)."""
+    if not text:
+        return None
+    from recsys_export.export import parse_formats
+
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    rest = [f for f in names if f != "runtime"]
+    return (parse_formats(rest) if rest else []) + (["runtime"] if "runtime" in names else [])
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from recsys_export.errors import BundleError
+    from recsys_export.parity import verify_bundle
+
+    try:
+        report = verify_bundle(
+            args.bundle,
+            checkpoint=args.checkpoint,
+            formats=_verify_formats(args.formats),
+            atol=args.atol,
+            rtol=args.rtol,
+            full_matrix=not args.quick,
+            budget=args.budget,
+            full=args.full,
+            record=args.record,
+            progress=not args.quiet,
+        )
+    except BundleError as exc:  # checked, but not recorded (a read-only bundle): show it
+        report = getattr(exc, "report", None)
+        if report is not None:
+            print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+        raise
+    for reason in report.skipped.values():
+        print(f"recsys-export verify: warning: {reason}", file=sys.stderr)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0 if report.passed else 1
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    """One line of the main metrics (``inspect``)."""
+    parts = []
+    for key in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10"):
+        if metrics.get(key) is not None:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    if "train_seconds" in metrics:
+        parts.append(f"train {metrics['train_seconds']:.1f}s")
+    return "metrics: " + ", ".join(parts) if parts else "metrics: (no test data)"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from recsys_export.bundle import Bundle
+    from recsys_export.plan import describe_plan
+
+    bundle = Bundle.load(args.bundle)
+    man = bundle.manifest
+    if args.json:
+        print(json.dumps(man, indent=2))
+        return 0
+    model = man.get("model", {})
+    print(f"bundle {bundle.root}  (format {man['format_version']}, created {man.get('created')})")
+    print(
+        f"model: {model.get('kind')}  {model.get('n_users')} users x {model.get('n_items')} items"
+    )
+    hp = model.get("hyperparameters", {})
+    print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    total = sum(f["bytes"] for f in man["files"].values())
+    print(f"files ({total / 1e6:.2f} MB, checksums verified):")
+    for rel, f in sorted(man["files"].items()):
+        print(f"  {rel:<32} {f['bytes'] / 1e6:9.3f} MB  {f['role']}")
+    print("formats: " + ", ".join(man.get("formats", {})))
+    for name, ep in man.get("entry_points", {}).items():
+        ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"])
+        outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in ep["outputs"])
+        print(f"  {name}({ins}) -> {outs}")
+    metrics = man.get("training", {}).get("metrics", {})
+    if metrics:
+        print("test " + _format_metrics(metrics))
+        for name, base in (metrics.get("baselines") or {}).items():
+            print(f"  baseline {name}: " + _format_metrics(base).removeprefix("metrics: "))
+    parity = man.get("parity")
+    if parity:
+        print(
+            f"parity: {'PASS' if parity['passed'] else 'FAIL'} (atol {parity['atol']:g}, rtol "
+            f"{parity['rtol']:g}), max abs diff {parity['max_abs_diff']:.2e}"
+        )
+        if parity.get("plan"):
+            print(describe_plan(parity["plan"]))
+    else:
+        print("parity: not recorded; run 'recsys-export verify'")
+    return 0
