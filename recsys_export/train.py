@@ -26,10 +26,9 @@ with a high learning rate) fits the observed entries in well under a second.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from recsys_export.errors import ConfigError, TrainingDiverged
+from recsys_export.history import EarlyStopping as _EarlyStopping
+from recsys_export.history import History
 from recsys_export.models import MODEL_KINDS, BaseModel, DenseNet, MatrixFactorization
 from recsys_export.objectives import (
     LOSSES,
@@ -321,27 +322,6 @@ def default_config(
     return cfg
 
 
-@dataclass
-class History:
-    """Per-epoch training record and final metrics.
-
-    ``valid_metric`` names what early stopping watched (``rmse`` or ``ndcg@k``) and
-    ``valid_scores`` holds it per epoch; ``valid_rmse`` keeps the RMSE series of the
-    rating objective.
-    """
-
-    train_loss: list[float] = field(default_factory=list)
-    valid_rmse: list[float] = field(default_factory=list)
-    valid_metric: str = ""
-    valid_scores: list[float] = field(default_factory=list)
-    best_epoch: int = 0
-    stopped_early: bool = False
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def build_from_config(cfg: TrainConfig, train: Ratings) -> BaseModel:
     """Create the (untrained) model described by ``cfg`` for ``train``'s id maps."""
     cfg.validate()
@@ -435,36 +415,6 @@ def _check_finite(loss: float, epoch: int, cfg: TrainConfig) -> None:
             f"training diverged at epoch {epoch + 1}: the loss is {loss}; "
             f"lower the learning rate (now {cfg.lr:g}, try {cfg.lr / 10:g})"
         )
-
-
-class _EarlyStopping:
-    """Keeps the best epoch's weights by a validation score; says when to stop."""
-
-    def __init__(self, history: History, patience: int, higher_is_better: bool) -> None:
-        self.history = history
-        self.patience = patience
-        self.sign = 1.0 if higher_is_better else -1.0
-        self.best, self.state, self.since_best = -math.inf, None, 0
-
-    def update(self, model: BaseModel, epoch: int, score: float) -> bool:
-        """Record ``score`` of ``epoch`` (0-based); True when patience has run out."""
-        self.history.valid_scores.append(score)
-        if self.sign * score > self.best + 1e-6:
-            self.best, self.since_best = self.sign * score, 0
-            self.state = copy.deepcopy(model.state_dict())
-            self.history.best_epoch = epoch + 1
-        else:
-            self.since_best += 1
-        stop = bool(self.patience) and self.since_best >= self.patience
-        self.history.stopped_early = stop
-        return stop
-
-    def restore(self, model: BaseModel) -> None:
-        """Load the best epoch's weights (the last epoch when nothing was watched)."""
-        if self.state is not None:
-            model.load_state_dict(self.state)
-        else:
-            self.history.best_epoch = len(self.history.train_loss)
 
 
 def _fit_post(model: BaseModel, train: Ratings, cfg: TrainConfig, bar: Progress) -> History:
