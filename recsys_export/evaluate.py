@@ -113,6 +113,51 @@ def ranking_metrics(
     return {name: float(v / len(relevant)) for name, v in zip(names, sums)}
 
 
+@torch.no_grad()
+def predict(model: BaseModel, ratings: Ratings, batch_size: int = 65536) -> np.ndarray:
+    """Eager pairwise predictions for every rating of ``ratings`` (float32).
+
+    Parameters
+    ----------
+    model : BaseModel
+        Put in eval mode.
+    ratings : Ratings
+        The (user, item) pairs to predict.
+    batch_size : int
+        Pairs per forward call.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[len(ratings)]``.
+    """
+    model.eval()
+    users = torch.from_numpy(ratings.users)
+    items = torch.from_numpy(ratings.items)
+    out = [
+        model(users[s : s + batch_size], items[s : s + batch_size])
+        for s in range(0, len(users), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def rmse(model: BaseModel, ratings: Ratings) -> float:
+    """Root mean squared error of ``model`` on ``ratings``.
+
+    Parameters
+    ----------
+    model : BaseModel
+    ratings : Ratings
+        Pairs and their true ratings.
+
+    Returns
+    -------
+    float
+    """
+    err = predict(model, ratings) - ratings.ratings
+    return float(np.sqrt(np.mean(err.astype(np.float64) ** 2)))
+
+
 def _score_rows(model: Scorer, users: np.ndarray) -> torch.Tensor:
     if isinstance(model, BaseModel):
         return model.score_all(torch.from_numpy(users))
@@ -121,8 +166,6 @@ def _score_rows(model: Scorer, users: np.ndarray) -> torch.Tensor:
 
 def _predict_pairs(model: Scorer, ratings: Ratings) -> np.ndarray | None:
     if isinstance(model, BaseModel):
-        from recsys_export.train import predict
-
         return predict(model, ratings)
     return model.predict(ratings.users, ratings.items)  # type: ignore[attr-defined]
 

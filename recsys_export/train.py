@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from recsys_export.errors import ConfigError, TrainingDiverged
+from recsys_export.evaluate import predict as predict  # recsys_export.train.predict stays
+from recsys_export.evaluate import rmse
 from recsys_export.history import EarlyStopping as _EarlyStopping
 from recsys_export.history import History
 from recsys_export.models import MODEL_KINDS, BaseModel, DenseNet, MatrixFactorization
@@ -388,25 +390,6 @@ def _embedding_l2(model: BaseModel, users: torch.Tensor, items: torch.Tensor) ->
     if isinstance(model, MatrixFactorization) and model.biased:
         reg = reg + model.user_bias(users).squeeze(1) ** 2 + model.item_bias(items).squeeze(1) ** 2
     return reg.mean()
-
-
-@torch.no_grad()
-def predict(model: BaseModel, ratings: Ratings, batch_size: int = 65536) -> np.ndarray:
-    """Eager pairwise predictions for every rating of ``ratings`` (float32)."""
-    model.eval()
-    users = torch.from_numpy(ratings.users)
-    items = torch.from_numpy(ratings.items)
-    out = [
-        model(users[s : s + batch_size], items[s : s + batch_size])
-        for s in range(0, len(users), batch_size)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-
-
-def rmse(model: BaseModel, ratings: Ratings) -> float:
-    """Root mean squared error of ``model`` on ``ratings``."""
-    err = predict(model, ratings) - ratings.ratings
-    return float(np.sqrt(np.mean(err.astype(np.float64) ** 2)))
 
 
 def _check_finite(loss: float, epoch: int, cfg: TrainConfig) -> None:
