@@ -9,6 +9,7 @@ from typing import Any
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """``recsys-export export``: a checkpoint (or a state dict) to a verified bundle."""
     import time
 
     from recsys_export.checkpoint import load_checkpoint
@@ -116,6 +117,7 @@ def _verify_formats(text: str | None) -> list[str] | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """``recsys-export verify``: parity of a bundle; exit 1 when it fails."""
     from recsys_export.errors import BundleError
     from recsys_export.parity import verify_bundle
 
@@ -155,6 +157,7 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """``recsys-export inspect``: describe a bundle (checksums verified)."""
     from recsys_export.bundle import Bundle
     from recsys_export.plan import describe_plan
 

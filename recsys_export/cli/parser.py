@@ -225,9 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     _add_items_args(p)
     m = p.add_argument_group("metrics")
-    m.add_argument(
-        "-k", "--k", type=int, help="cut-off of ranking metrics (default 10)"
-    )
+    m.add_argument("-k", "--k", type=int, help="cut-off of ranking metrics (default 10)")
     m.add_argument(
         "--threshold",
         type=float,

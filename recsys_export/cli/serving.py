@@ -8,6 +8,7 @@ from typing import Any
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    """``recsys-export recommend``: top-k items per ``--user``."""
     import numpy as np
 
     from recsys_export.runtime import Recommender
@@ -55,6 +56,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """``recsys-export score``: pairs, or every user with ``--all``."""
     from recsys_export.errors import ConfigError
     from recsys_export.runtime import Recommender
 
@@ -142,6 +144,7 @@ def _score_all_torch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``recsys-export bench``: :func:`recsys_export.bench.run`."""
     from recsys_export.bench import run
 
     return run(args)

@@ -98,6 +98,7 @@ def _read_test_file(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``recsys-export train``: read, split, train, write the checkpoint, print metrics."""
     from recsys_export.experiment import as_implicit, checkpoint_path, train_checkpoint
 
     out = checkpoint_path(args.out, args.model, force=args.force)
@@ -214,6 +215,7 @@ def _warn_rating_scale(ratings: Any, threshold: float | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``recsys-export evaluate``: a checkpoint's metrics beside the baselines."""
     from recsys_export.checkpoint import load_checkpoint
     from recsys_export.experiment import evaluate_checkpoint
 
