@@ -314,6 +314,7 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
 
     from recsys_export.inference import inference_module
     from recsys_export.runtime import Recommender
+    from recsys_export.topk import mask_pairs, topk
 
     threads = cfg["threads"]
     torch.set_num_threads(threads)
@@ -527,10 +528,8 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
             for idx, sc in rec.iter_score_all(all_users[:nu], chunk_size=256, progress=False):
                 lo, hi = indptr[idx[0]], indptr[idx[-1] + 1]
                 rows = np.repeat(np.arange(idx.size), np.diff(indptr[idx[0] : idx[-1] + 2]))
-                sc[rows, seen[lo:hi]] = -np.inf
-                part = np.argpartition(sc, n_items - k, axis=1)[:, n_items - k :]
-                vals = np.take_along_axis(sc, part, axis=1)
-                np.take_along_axis(part, np.argsort(-vals, axis=1), axis=1)
+                mask_pairs(sc, rows, seen[lo:hi])
+                topk(sc, k)
 
         add(recs, "numpy", numpy_topk, nu)
         notes.append("recommend_all numpy = runtime score_all + numpy mask + argpartition")

@@ -27,6 +27,7 @@ from recsys_export.errors import BundleError, CheckpointError, ConfigError
 from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, inference_module
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
 from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
+from recsys_export.topk import EMPTY_ITEM, EMPTY_SCORE
 
 ONNX_OPSET = 20
 #: IR version written into every graph: 9 is what opset 20 needs and what onnxruntime
@@ -588,8 +589,8 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
         return getattr(module, name).detach().cpu().numpy().astype(np.float32)
 
     out: dict[str, Any] = {}
-    neg_inf = np.array([-np.inf], dtype=np.float32)
-    minus_one = np.array([-1], dtype=np.int64)
+    neg_inf = np.array([EMPTY_SCORE], dtype=np.float32)
+    minus_one = np.array([EMPTY_ITEM], dtype=np.int64)
     topk_tail = [
         node("TopK", ["masked", "k"], ["scores", "idx"], axis=1, largest=1, sorted=1),
         node("IsInf", ["scores"], ["empty"], detect_positive=0),

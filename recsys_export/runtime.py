@@ -50,6 +50,15 @@ from recsys_export.ids import IdMap, runs_to_coo
 from recsys_export.items import check_item_names
 from recsys_export.manifest import ENTRY_POINTS
 from recsys_export.progress import Progress
+from recsys_export.topk import (
+    EMPTY_ITEM,
+    EMPTY_SCORE,
+    check_k,
+    fill_empty,
+    mask_pairs,
+    take_columns,
+    topk,
+)
 
 __all__ = ["RecommendResult", "Recommender"]
 
@@ -175,31 +184,6 @@ def _check_out_path(
 def _temp_sibling(path: Path) -> Path:
     # Not ending in the final extension: a killed run leaves nothing that looks complete.
     return path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _topk_numpy(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k columns per row of ``scores`` (``-inf`` = excluded): (values, columns).
-
-    Returns ``[B, k]`` arrays sorted by descending value; when a row has fewer than
-    ``k`` columns or admissible ones, the remaining slots hold ``-inf`` and ``-1``.
-    """
-    b, m = scores.shape
-    kk = min(k, m)
-    if kk == 0:
-        cols = np.zeros((b, 0), dtype=np.int64)
-    elif kk < m:
-        cols = np.argpartition(scores, m - kk, axis=1)[:, m - kk :]
-    else:
-        cols = np.broadcast_to(np.arange(m), (b, m))
-    vals = np.take_along_axis(scores, cols, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    cols = np.take_along_axis(cols, order, axis=1).astype(np.int64)
-    vals = np.take_along_axis(vals, order, axis=1)
-    out_v = np.full((b, k), -np.inf, dtype=scores.dtype)
-    out_c = np.full((b, k), -1, dtype=np.int64)
-    out_v[:, :kk] = vals
-    out_c[:, :kk] = np.where(np.isneginf(vals), -1, cols)
-    return out_v, out_c
 
 
 class Recommender:
@@ -480,7 +464,7 @@ class Recommender:
         return self._item_map.to_index(ids)
 
     def _check_k(self, k: Any) -> int:
-        return check_k_range(k, self._n_items)
+        return check_k(k, self._n_items)
 
     def _k_array(self, k: int) -> np.ndarray:
         arr = self._k_cache.get(k)
@@ -845,8 +829,8 @@ class Recommender:
         by_index: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         b = users.size
-        scores = np.full((b, k), -np.inf, dtype=np.float32)
-        items = np.full((b, k), -1, dtype=np.int64)
+        scores = np.full((b, k), EMPTY_SCORE, dtype=np.float32)
+        items = np.full((b, k), EMPTY_ITEM, dtype=np.int64)
         if b == 0:
             return scores, items
         cols = None
@@ -870,10 +854,10 @@ class Recommender:
             sc = np.broadcast_to(counts, (unknown_pos.size, self._n_items))
             sc = sc if cols is None else sc[:, cols]
             sc = np.array(sc, dtype=np.float64)
-            _mask(sc, rows, ex_items, cols, self._n_items)
-            v, c = _topk_numpy(sc, k)
-            it = c if cols is None else np.where(c >= 0, cols[np.maximum(c, 0)], -1)
-            scores[unknown_pos] = np.where(np.isneginf(v), -np.inf, np.nan)
+            mask_pairs(sc, rows, ex_items, cols, self._n_items)
+            v, c = topk(sc, k)
+            it = c if cols is None else take_columns(cols, c)
+            scores[unknown_pos] = np.where(np.isneginf(v), EMPTY_SCORE, np.nan)
             items[unknown_pos] = it
         return scores, items
 
@@ -900,7 +884,7 @@ class Recommender:
         # graph is untiled.
         fast = cols is None and bool(self._kernels)
         if fast:
-            topk = self._kernel("topk")
+            topk_sess = self._kernel("topk")
             k1 = self._k1_cache.get(k)
             k1 = k1 if k1 is not None else np.array([k], dtype=np.int64)
             buf = np.empty((min(b, block), self._n_items), dtype=np.float32)
@@ -919,10 +903,9 @@ class Recommender:
                 # scores into a cache-sized block, -inf at the exclusions, then TopK
                 dst = buf[: u.size]
                 self._score_all_into(u, dst)
-                if r.size:
-                    dst[r, e] = -np.inf
-                s, it = topk.run(None, {"scores": dst, "k": k1})
-                it[np.isneginf(s)] = -1
+                mask_pairs(dst, r, e)
+                s, it = topk_sess.run(None, {"scores": dst, "k": k1})
+                fill_empty(it, s)
             elif cols is None:
                 s, it = sess.run(
                     None, {"users": u, "k": k_arr, "exclude_rows": r, "exclude_items": e}
@@ -931,9 +914,9 @@ class Recommender:
                 full = np.empty((u.size, self._n_items), dtype=np.float32)
                 self._score_all_into(u, full)
                 sub = full[:, cols]
-                _mask(sub, r, e, cols, self._n_items)
-                s, c = _topk_numpy(sub, k)
-                it = np.where(c >= 0, cols[np.maximum(c, 0)], -1)
+                mask_pairs(sub, r, e, cols, self._n_items)
+                s, c = topk(sub, k)
+                it = take_columns(cols, c)
             scores[start:stop], items[start:stop] = s, it
         return scores, items
 
@@ -1041,22 +1024,6 @@ def _is_empty(values: Any) -> bool:
     return np.ndim(values) > 0 and len(values) == 0
 
 
-def _mask(
-    sub: np.ndarray, rows: np.ndarray, ex_items: np.ndarray, cols: np.ndarray | None, n: int
-) -> None:
-    """Set excluded (row, item) pairs of ``sub`` (columns ``cols`` of the items) to -inf."""
-    if not rows.size:
-        return
-    if cols is None:
-        sub[rows, ex_items] = -np.inf
-        return
-    pos = np.full(n, -1, dtype=np.int64)
-    pos[cols] = np.arange(cols.size)
-    p = pos[ex_items]
-    keep = p >= 0
-    sub[rows[keep], p[keep]] = -np.inf
-
-
 def _mmap_address(raw: mmap.mmap) -> int:
     """Start address of an mmap object (for page-aligned flush/madvise offsets)."""
     import ctypes
@@ -1097,22 +1064,8 @@ def flat_topk_rows(
     )
 
 
-def check_k_range(k: Any, n_items: int) -> int:
-    """Validate ``k`` (an integer, ``1 <= k <= n_items``) and return it as an ``int``.
-
-    Raises
-    ------
-    ConfigError
-        If ``k`` is not an integer or out of range.
-    """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ConfigError(f"k must be an integer between 1 and {n_items}, got {k!r}")
-    k = int(k)
-    if not 1 <= k <= n_items:
-        raise ConfigError(
-            f"k={k} is out of range: k must be between 1 and the number of items ({n_items})"
-        )
-    return k
+#: The old name of :func:`recsys_export.topk.check_k`.
+check_k_range = check_k
 
 
 def load_seen_csr(bundle: Bundle, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:

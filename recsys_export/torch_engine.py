@@ -38,13 +38,13 @@ from recsys_export.models import topk_excluding
 from recsys_export.runtime import (
     TopkRows,
     _check_out_path,
-    check_k_range,
     flat_topk_rows,
     load_seen_csr,
     topk_schema,
     write_npy_chunks,
     write_topk_chunks,
 )
+from recsys_export.topk import check_k
 
 __all__ = ["TorchEngine", "resolve_device"]
 
@@ -325,7 +325,7 @@ class TorchEngine:
         UnknownIdError
             An index out of range.
         """
-        k = check_k_range(k, self._n_items)
+        k = check_k(k, self._n_items)
         users = self._user_indices(users)
         with torch.inference_mode():
             return self._topk_block(users, k, exclude_seen)
@@ -399,7 +399,7 @@ class TorchEngine:
             A bad output path, ``k`` or budget, or Parquet without pyarrow.
         """
         path = _check_out_path(out_path, (".parquet", ".csv"), overwrite)
-        k = check_k_range(k, self._n_items)
+        k = check_k(k, self._n_items)
         size = self.block_size(memory_budget_mb)
         return write_topk_chunks(
             path,
