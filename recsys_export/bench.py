@@ -182,36 +182,20 @@ def _row(runs: list[float], users: int, n_items: int, flops: int) -> dict[str, A
 # --------------------------------------------------------------------------- models
 def _synthetic(kind: str, cfg: dict[str, Any], seen: int, work: Path) -> dict[str, Any]:
     """Build a synthetic model and export it (all formats, no parity pass)."""
-    import torch
-
-    from recsys_export.checkpoint import Checkpoint
     from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
-    from recsys_export.models import DenseNet, MatrixFactorization
+    from recsys_export.synthetic_models import synthetic_checkpoint
 
-    n_users, n_items = cfg["users"], cfg["items"]
-    torch.manual_seed(0)
-    if kind == "mf":
-        model = MatrixFactorization(
-            n_users, n_items, cfg["factors"], biased=True, sparse=False, init_std=0.1
-        )
-        with torch.no_grad():
-            model.user_bias.weight.normal_(0, 0.1)
-            model.item_bias.weight.normal_(0, 0.1)
-    else:
-        model = DenseNet(n_users, n_items, cfg["factors"], cfg["hidden"], init_std=0.1)
-    model.eval()
-    rng = np.random.default_rng(0)
+    n_items = cfg["items"]
     per_user = min(seen, max(0, n_items - cfg["k"]))
-    seen_users = np.repeat(np.arange(n_users, dtype=np.int64), per_user)
-    seen_items = rng.integers(0, n_items, seen_users.size, dtype=np.int64)
-    ck = Checkpoint(
-        model,
-        IdMap(np.arange(n_users), "user"),
-        IdMap(np.arange(n_items), "item"),
-        seen_users=seen_users,
-        seen_items=seen_items,
+    ck = synthetic_checkpoint(
+        kind,
+        cfg["users"],
+        n_items,
+        factors=cfg["factors"],
+        hidden=cfg.get("hidden", 16),
+        seen_per_user=per_user,
     )
+    model = ck.model
     dest = work / kind
     t0 = time.perf_counter()
     manifest = export_bundle(ck, dest, verify=False)

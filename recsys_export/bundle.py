@@ -27,15 +27,12 @@ This module must stay torch-free: it imports only the standard library, numpy an
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
-import sys
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
@@ -43,8 +40,16 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.atomic import RENAME_EXCHANGE as _RENAME_EXCHANGE
+from recsys_export.atomic import RENAME_NOREPLACE as _RENAME_NOREPLACE
+from recsys_export.atomic import UNSUPPORTED_ERRNOS as _UNSUPPORTED
+from recsys_export.atomic import fsync_dir as _fsync_dir
+from recsys_export.atomic import fsync_file as _fsync_file
+from recsys_export.atomic import renameat2 as _renameat2
+from recsys_export.atomic import stale_temporaries, temp_sibling
 from recsys_export.errors import BundleError
 from recsys_export.ids import IdMap
+from recsys_export.manifest import BundleSpec
 
 __all__ = [
     "FORMAT_NAME",
@@ -71,12 +76,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ID_MAP_FILES = {"users": "ids/users.json", "items": "ids/items.json"}
 _ID_MAP_NAMES = {"users": "user", "items": "item"}
 
-# renameat2(2) constants (Linux).
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-# errnos meaning "this kernel / filesystem / libc cannot do it": fall back to plain renames.
-_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, getattr(errno, "EOPNOTSUPP", errno.EINVAL)}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -160,111 +159,6 @@ def _dumps(obj: Any, what: str) -> str:
             f"cannot write {what}: {exc}; only JSON types, numpy scalars/arrays and paths "
             "can be stored"
         ) from None
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames/creations in it are durable (no-op off POSIX)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # never treat nonsense as dead: leave such directories alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, OverflowError):
-        return True
-    return True
-
-
-_LIBC_RENAMEAT2: Any = None
-_LIBC_LOADED = False
-
-
-def _libc_renameat2() -> Any:
-    """libc's ``renameat2`` (glibc >= 2.28), looked up once; None where unavailable."""
-    global _LIBC_RENAMEAT2, _LIBC_LOADED
-    if not _LIBC_LOADED:
-        _LIBC_LOADED = True
-        if sys.platform.startswith("linux"):
-            try:
-                func = ctypes.CDLL(None, use_errno=True).renameat2
-            except (OSError, AttributeError):
-                func = None
-            if func is not None:
-                func.argtypes = [
-                    ctypes.c_int,
-                    ctypes.c_char_p,
-                    ctypes.c_int,
-                    ctypes.c_char_p,
-                    ctypes.c_uint,
-                ]
-                func.restype = ctypes.c_int
-            _LIBC_RENAMEAT2 = func
-    return _LIBC_RENAMEAT2
-
-
-def _renameat2(src: Path, dst: Path, flags: int) -> None:
-    """Call Linux ``renameat2``; raise OSError (ENOSYS if there is no such call)."""
-    func = _libc_renameat2()
-    if func is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available on this platform")
-    rc = func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
-
-
-def stale_temporaries(dest: Path, kinds: str = "partial") -> list[tuple[os.DirEntry[str], str]]:
-    """Hidden temporary siblings of ``dest`` left by processes that no longer run.
-
-    They are named ``.{dest.name}.{kind}-{pid}-{hex}`` (bundle directories, and the files
-    the runtime writes); entries of the calling process or of a live one are skipped.
-
-    Parameters
-    ----------
-    dest : Path
-        The final path the temporaries were for.
-    kinds : str
-        Regular-expression alternatives of the kind, e.g. ``"partial|old"``.
-
-    Returns
-    -------
-    list of (os.DirEntry, str)
-        The entries and their kind.
-    """
-    pattern = re.compile(rf"\.{re.escape(dest.name)}\.({kinds})-(\d+)-[0-9a-f]+")
-    me = os.getpid()
-    try:
-        entries = list(os.scandir(dest.parent))
-    except OSError:
-        return []
-    stale = []
-    for entry in entries:
-        m = pattern.fullmatch(entry.name)
-        if m is None or int(m.group(2)) == me or _pid_alive(int(m.group(2))):
-            continue
-        stale.append((entry, m.group(1)))
-    return stale
 
 
 def enclosing_bundle(path: Path) -> Path | None:
@@ -376,8 +270,7 @@ class BundleWriter:
         if self._tmp is not None or self._closed:
             raise BundleError("a BundleWriter can be entered only once; create a new one")
         self._cleanup_stale()
-        name = f".{self.dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp = self.dest.parent / name
+        tmp = temp_sibling(self.dest)
         try:
             os.mkdir(tmp)
         except OSError as exc:
@@ -632,7 +525,7 @@ class BundleWriter:
     def _swap_by_renames(self, tmp: Path) -> None:
         """Fallback without renameat2: dest -> .old, tmp -> dest, delete .old."""
         dest = self.dest
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        old = temp_sibling(dest, "old")
         os.rename(dest, old)
         try:
             os.rename(tmp, dest)
@@ -677,6 +570,7 @@ class Bundle:
         self.manifest = manifest
         self._maps: dict[str, IdMap] = {}
         self._identity = _dir_identity(root)
+        self._spec: BundleSpec | None = None
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.root)!r}, format_version={self.format_version})"
@@ -856,6 +750,19 @@ class Bundle:
     def created(self) -> str | None:
         """UTC ISO-8601 time the bundle was committed."""
         return self.manifest.get("created")
+
+    @property
+    def spec(self) -> BundleSpec:
+        """The manifest parsed and checked once (:class:`~recsys_export.manifest.BundleSpec`).
+
+        Raises
+        ------
+        BundleError
+            The manifest's ``model`` lacks ``n_users``/``n_items``.
+        """
+        if self._spec is None:
+            self._spec = BundleSpec.parse(self.manifest, f"bundle {self.root}", self.files)
+        return self._spec
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:

@@ -29,11 +29,11 @@ pyarrow is imported lazily, only to write Parquet.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import mmap
 import os
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from recsys_export.atomic import replacing
 from recsys_export.bundle import Bundle, enclosing_bundle, read_seen_csr, stale_temporaries
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.ids import IdMap, runs_to_coo
@@ -59,6 +60,7 @@ from recsys_export.topk import (
     take_columns,
     topk,
 )
+from recsys_export.validation import check_choice, check_int, check_positive
 
 __all__ = ["RecommendResult", "Recommender"]
 
@@ -181,11 +183,6 @@ def _check_out_path(
     return path
 
 
-def _temp_sibling(path: Path) -> Path:
-    # Not ending in the final extension: a killed run leaves nothing that looks complete.
-    return path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-
-
 class Recommender:
     """A loaded bundle ready to score and recommend, without torch.
 
@@ -203,19 +200,8 @@ class Recommender:
         graph_optimization: str = "all",
         fast_paths: bool = True,
     ) -> None:
-        if intra_op_threads is not None and (
-            not isinstance(intra_op_threads, int)
-            or isinstance(intra_op_threads, bool)
-            or intra_op_threads < 1
-        ):
-            raise ConfigError(
-                f"intra_op_threads must be a positive integer or None, got {intra_op_threads!r}"
-            )
-        if graph_optimization not in _OPT_LEVELS:
-            raise ConfigError(
-                f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}, "
-                f"got {graph_optimization!r}"
-            )
+        intra_op_threads = check_int("intra_op_threads", intra_op_threads, low=1, none_ok=True)
+        check_choice("graph_optimization", graph_optimization, _OPT_LEVELS)
         self.bundle = bundle
         manifest = bundle.manifest
         graphs = (manifest.get("formats") or {}).get("onnx", {}).get("graphs")
@@ -605,13 +591,8 @@ class Recommender:
 
     def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float) -> int:
         if chunk_size is not None:
-            if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-                raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-            if chunk_size < 1:
-                raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-            return int(chunk_size)
-        if not memory_budget_mb > 0:
-            raise ConfigError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
+            return check_int("chunk_size", chunk_size, low=1)
+        memory_budget_mb = check_positive("memory_budget_mb", memory_budget_mb)
         return max(1, int(memory_budget_mb * (1 << 20)) // self._bytes_per_user)
 
     def _user_indices(self, user_indices: Any) -> np.ndarray:
@@ -692,10 +673,7 @@ class Recommender:
             ``-inf`` and item ``-1`` (indices) or ``None`` (raw ids).
         """
         k = self._check_k(k)
-        if unknown not in _UNKNOWN_POLICIES:
-            raise ConfigError(
-                f"unknown must be one of {', '.join(_UNKNOWN_POLICIES)}, got {unknown!r}"
-            )
+        check_choice("unknown", unknown, _UNKNOWN_POLICIES)
         given = _as_1d(user_ids)
         if not isinstance(user_ids, np.ndarray) and given.dtype.kind in "US":
             given = np.asarray(
@@ -1137,14 +1115,13 @@ def write_npy_chunks(
     ConfigError
         If the temporary file cannot be created.
     """
-    tmp = _temp_sibling(path)
-    try:
-        mm = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.float32, shape=(users.size, n_items)
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc}") from None
-    try:
+    with replacing(path) as tmp:
+        try:
+            mm = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.float32, shape=(users.size, n_items)
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc}") from None
         raw = getattr(mm, "_mmap", None)
         base = mm.ctypes.data - _mmap_address(raw) if raw is not None else 0
         row_bytes = n_items * 4
@@ -1165,13 +1142,6 @@ def write_npy_chunks(
                 bar.update(chunk.size)
         mm.flush()
         del mm, raw
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 
@@ -1206,21 +1176,19 @@ def write_topk_chunks(
                 "`pip install pyarrow` (or recsys-export[parquet]) or write a .csv instead"
             ) from None
     users_all = np.arange(n_users, dtype=np.int64)
-    tmp = _temp_sibling(path)
-    writer: Any = None
-    fh: Any = None
-    try:
+    with replacing(path) as tmp, contextlib.ExitStack() as stack:
         if parquet:
             arrow_schema = schema()
             writer = pq.ParquetWriter(str(tmp), arrow_schema)
+            stack.callback(writer.close)
         else:
-            fh = open(tmp, "w", newline="", encoding="utf-8")
+            fh = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
             out = csv.writer(fh)
             out.writerow(["user", "rank", "item", "score"])
         with Progress(users_all.size, unit="users", desc="top-k ", enabled=progress) as bar:
             for start in range(0, users_all.size, size):
                 chunk = users_all[start : start + size]
-                if writer is not None:
+                if parquet:
                     writer.write_table(rows_table(arrow_schema, rows(chunk)))
                 else:
                     u_raw, r, i_raw, s = rows(chunk)
@@ -1228,24 +1196,4 @@ def write_topk_chunks(
                         zip(u_raw.tolist(), r.tolist(), i_raw.tolist(), s.tolist(), strict=True)
                     )
                 bar.update(chunk.size)
-        if writer is not None:
-            writer.close()
-            writer = None
-        if fh is not None:
-            fh.close()
-            fh = None
-        os.replace(tmp, path)
-    except BaseException:
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:
-                pass
-        if fh is not None:
-            fh.close()
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path

@@ -45,6 +45,7 @@ from recsys_export.runtime import (
     write_topk_chunks,
 )
 from recsys_export.topk import check_k
+from recsys_export.validation import check_choice, check_positive
 
 __all__ = ["TorchEngine", "resolve_device"]
 
@@ -116,16 +117,9 @@ class TorchEngine:
         self.device = device
         self.source = source
         self._score_all = score_all
-        model = bundle.manifest.get("model") or {}
-        try:
-            self._n_users = int(model["n_users"])
-            self._n_items = int(model["n_items"])
-        except (KeyError, TypeError, ValueError):
-            raise BundleError(
-                f"bundle {bundle.root}: manifest 'model' lacks n_users/n_items"
-            ) from None
-        self._kind = str(model.get("kind", ""))
-        hp = dict(model.get("hyperparameters") or {})
+        model = bundle.spec.model
+        self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
+        hp = model.hyperparameters
         if self._kind == "densenet":
             # the frozen module's max-rewrite holds [B, hidden, n_items] at once
             hidden = int(hp.get("hidden", 1))
@@ -167,8 +161,7 @@ class TorchEngine:
         BundleError
             A missing/corrupted bundle, or one whose torch programs cannot load.
         """
-        if prefer not in ("pt2", "torchscript"):
-            raise ConfigError(f"prefer must be 'pt2' or 'torchscript', got {prefer!r}")
+        check_choice("prefer", prefer, ("pt2", "torchscript"))
         dev = resolve_device(device)
         bundle = Bundle.load(bundle_path, verify=verify)
         formats = bundle.manifest.get("formats") or {}
@@ -245,8 +238,7 @@ class TorchEngine:
             A non-positive budget.
         """
         if memory_budget_mb is not None:
-            if not memory_budget_mb > 0:
-                raise ConfigError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
+            memory_budget_mb = check_positive("memory_budget_mb", memory_budget_mb)
             budget = int(memory_budget_mb * (1 << 20))
         elif self.device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(self.device)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_export import atomic
 from recsys_export import bundle as bundle_mod
 from recsys_export.bundle import (
     FORMAT_NAME,
@@ -428,7 +429,7 @@ def test_overwrite_replaces_contents(tmp_path: Path) -> None:
     assert siblings(tmp_path) == ["b"]
 
 
-@pytest.mark.skipif(bundle_mod._libc_renameat2() is None, reason="no renameat2 here")
+@pytest.mark.skipif(atomic.libc_renameat2() is None, reason="no renameat2 here")
 def test_overwrite_uses_atomic_exchange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     real = bundle_mod._renameat2

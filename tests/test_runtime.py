@@ -16,12 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
-from recsys_export.models import DenseNet, MatrixFactorization
 from recsys_export.runtime import Recommender
+from recsys_export.synthetic_models import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -44,21 +42,18 @@ def _seen() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _make(kind: str, path: Path) -> tuple[torch.nn.Module, Path]:
-    torch.manual_seed(0 if kind == "mf" else 1)
-    if kind == "mf":
-        model = MatrixFactorization(N_USERS, N_ITEMS, 8, biased=True, sparse=False, init_std=0.3)
-        with torch.no_grad():
-            model.user_bias.weight.normal_(0, 0.1)
-            model.item_bias.weight.normal_(0, 0.1)
-    else:
-        model = DenseNet(N_USERS, N_ITEMS, 8, 16, init_std=0.3)
-    model.eval()
-    su, si = _seen()
-    ck = Checkpoint(
-        model, IdMap(USER_IDS, "user"), IdMap(ITEM_IDS, "item"), seen_users=su, seen_items=si
+    ck = synthetic_checkpoint(
+        kind,
+        N_USERS,
+        N_ITEMS,
+        init_std=0.3,
+        seed=0 if kind == "mf" else 1,
+        seen=_seen(),
+        user_ids=USER_IDS,
+        item_ids=ITEM_IDS,
     )
     export_bundle(ck, path, formats="onnx", verify=False)
-    return model, path
+    return ck.model, path
 
 
 @pytest.fixture(scope="module")

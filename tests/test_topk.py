@@ -5,14 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from recsys_export import topk
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import ConfigError
-from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
-from recsys_export.models import MatrixFactorization, topk_excluding
 
 N_USERS, N_ITEMS = 6, 9
 
@@ -40,12 +35,12 @@ def test_numpy_topk_empty_slots_and_columns():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    torch.manual_seed(3)
-    model = MatrixFactorization(N_USERS, N_ITEMS, 4, biased=True, sparse=False, init_std=0.5)
-    model.eval()
+    from recsys_export.export import export_bundle
+    from recsys_export.synthetic_models import synthetic_checkpoint
+
     none = np.zeros(0, dtype=np.int64)
-    ids = IdMap(np.arange(N_USERS), "user"), IdMap(np.arange(N_ITEMS), "item")
-    ck = Checkpoint(model, *ids, seen_users=none, seen_items=none)
+    ck = synthetic_checkpoint("mf", N_USERS, N_ITEMS, factors=4, init_std=0.5, seen=(none, none))
+    model = ck.model
     path = tmp_path_factory.mktemp("topk") / "bundle"
     export_bundle(ck, path, formats="onnx", verify=False)
     return model, path
@@ -58,6 +53,10 @@ _ITEMS = np.array([0, 4, *range(1, N_ITEMS), *range(N_ITEMS)], dtype=np.int64)
 
 @pytest.mark.parametrize("k", [1, 3, N_ITEMS])
 def test_numpy_topk_agrees_with_exported_graphs(bundle, k):
+    import torch
+
+    from recsys_export.models import topk_excluding
+
     model, path = bundle
     users = np.arange(4, dtype=np.int64)
     with torch.no_grad():

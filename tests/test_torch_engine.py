@@ -15,13 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.cli import main
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
-from recsys_export.models import DenseNet, MatrixFactorization
 from recsys_export.runtime import Recommender
+from recsys_export.synthetic_models import synthetic_checkpoint
 from recsys_export.torch_engine import TorchEngine, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,15 +41,15 @@ def _seen() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _make(kind: str, path: Path, formats: str) -> Path:
-    torch.manual_seed(3 if kind == "mf" else 4)
-    if kind == "mf":
-        model = MatrixFactorization(N_USERS, N_ITEMS, 8, biased=True, sparse=False, init_std=0.3)
-    else:
-        model = DenseNet(N_USERS, N_ITEMS, 8, 16, init_std=0.3)
-    model.eval()
-    su, si = _seen()
-    ck = Checkpoint(
-        model, IdMap(USER_IDS, "user"), IdMap(ITEM_IDS, "item"), seen_users=su, seen_items=si
+    ck = synthetic_checkpoint(
+        kind,
+        N_USERS,
+        N_ITEMS,
+        init_std=0.3,
+        seed=3 if kind == "mf" else 4,
+        seen=_seen(),
+        user_ids=USER_IDS,
+        item_ids=ITEM_IDS,
     )
     export_bundle(ck, path, formats=formats, verify=False)
     return path
