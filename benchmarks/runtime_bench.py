@@ -112,7 +112,7 @@ def main_bench(args: argparse.Namespace) -> dict:
 
     bare = bare_matmul_session(q, threads)
     block_times = {}
-    for block in sorted({rec._block, 64, 256, 1024}):
+    for block in sorted({rec.block_users, 64, 256, 1024}):
         block_times[block] = best(lambda b=block: run_bare(bare, p, n_items, b), args.repeat)
     ceiling_block = min(block_times, key=block_times.get)
     results["ort_bare_matmul"] = block_times[ceiling_block]
@@ -194,7 +194,7 @@ def main_bench(args: argparse.Namespace) -> dict:
             n: v / ceiling for n, v in results.items() if not n.startswith("single")
         },
         "bare_block_seconds": {str(b): t for b, t in block_times.items()},
-        "runtime_block": rec._block,
+        "runtime_block": rec.block_users,
     }
     tmp.cleanup()
     return report

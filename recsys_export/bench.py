@@ -479,8 +479,7 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
     add(score, "runtime", runtime_all(rec, n_users), n_users)
     if kind == "densenet":
         # the other way to use the cores: one caller, onnxruntime's intra-op threads
-        intra = Recommender.load(bundle, intra_op_threads=threads)
-        intra._dn_python_threads = False
+        intra = Recommender.load(bundle, intra_op_threads=threads, python_threads=False)
         add(score, "runtime_intra_op", runtime_all(intra, n_users), n_users)
     if "fallback" in skip:
         score["runtime_fallback"] = {"skipped": "--skip fallback"}

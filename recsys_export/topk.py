@@ -54,8 +54,8 @@ def check_k(k: Any, n_items: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_items:
         shown = int(k) if isinstance(k, np.integer) else k
         raise ConfigError(
-            f"k={shown!r} is out of range: k must be between 1 and {n_items} "
-            "(the number of items), an integer"
+            f"k={shown!r} is out of range: k must be an integer between 1 and the number "
+            f"of items ({n_items})"
         )
     return int(k)
 

@@ -37,7 +37,7 @@ from recsys_export.bundle import Bundle
 from recsys_export.models import topk_excluding
 from recsys_export.runtime import (
     TopkRows,
-    _check_out_path,
+    check_out_path,
     flat_topk_rows,
     load_seen_csr,
     topk_schema,
@@ -218,6 +218,11 @@ class TorchEngine:
         """Model kind (``"mf"``, ``"densenet"``, ...)."""
         return self._kind
 
+    @property
+    def bytes_per_user(self) -> int:
+        """Bytes of device memory per user in one ``score_all`` block (block sizing)."""
+        return self._bytes_per_user
+
     def __repr__(self) -> str:
         return (
             f"TorchEngine({str(self.bundle.root)!r}, kind={self._kind}, source={self.source}, "
@@ -360,7 +365,7 @@ class TorchEngine:
         ConfigError
             A bad output path (see the runtime's method) or budget.
         """
-        path = _check_out_path(out_path, (".npy",), overwrite)
+        path = check_out_path(out_path, (".npy",), overwrite)
         users = self._user_indices(user_indices)
         size = self.block_size(memory_budget_mb)
 
@@ -390,7 +395,7 @@ class TorchEngine:
         ConfigError
             A bad output path, ``k`` or budget, or Parquet without pyarrow.
         """
-        path = _check_out_path(out_path, (".parquet", ".csv"), overwrite)
+        path = check_out_path(out_path, (".parquet", ".csv"), overwrite)
         k = check_k(k, self._n_items)
         size = self.block_size(memory_budget_mb)
         return write_topk_chunks(

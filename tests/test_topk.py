@@ -15,7 +15,8 @@ N_USERS, N_ITEMS = 6, 9
 @pytest.mark.runtime_only
 @pytest.mark.parametrize("bad", [0, N_ITEMS + 1, -1, 2.5, "3", True, None])
 def test_check_k_one_wording(bad):
-    with pytest.raises(ConfigError, match=r"k=.* is out of range: k must be between 1 and 9"):
+    words = r"k=.* is out of range: k must be an integer between 1 and the number of items \(9\)"
+    with pytest.raises(ConfigError, match=words):
         topk.check_k(bad, N_ITEMS)
     assert topk.check_k(np.int64(N_ITEMS), N_ITEMS) == N_ITEMS
 

@@ -110,7 +110,7 @@ def test_score_matrix_matches_runtime(bundles, kind, source, tmp_path):
     assert eng.source == source and eng.device == torch.device("cpu")
     ref = Recommender.load(path).write_score_matrix(tmp_path / "ref.npy", progress=False)
     # a tiny budget: several blocks, one of them a single user (pt2 batch-of-1 path)
-    budget = 5 * eng._bytes_per_user / (1 << 20)
+    budget = 5 * eng.bytes_per_user / (1 << 20)
     assert eng.block_size(budget) == 5 and N_USERS % 5 == 2
     out = eng.write_score_matrix(tmp_path / "ours.npy", memory_budget_mb=budget, progress=False)
     a, b = np.load(out), np.load(ref)
@@ -133,7 +133,7 @@ def test_topk_matches_runtime(bundles, kind, suffix, exclude_seen, tmp_path):
         tmp_path / f"ours{suffix}",
         k=5,
         exclude_seen=exclude_seen,
-        memory_budget_mb=4 * eng._bytes_per_user / (1 << 20),
+        memory_budget_mb=4 * eng.bytes_per_user / (1 << 20),
         progress=False,
     )
     if suffix == ".parquet":
@@ -164,7 +164,7 @@ def test_score_all_blocks_cover_users(bundles):
     eng = TorchEngine.load(bundles("densenet"))
     users = np.array([3, 0, 36, 3])
     ref = Recommender.load(bundles("densenet")).score_all(users, by_index=True)
-    got = list(eng.score_all_blocks(users, memory_budget_mb=3 * eng._bytes_per_user / (1 << 20)))
+    got = list(eng.score_all_blocks(users, memory_budget_mb=3 * eng.bytes_per_user / (1 << 20)))
     assert [b.tolist() for b, _ in got] == [[3, 0, 36], [3]]
     scores = torch.cat([s for _, s in got]).numpy()
     np.testing.assert_allclose(scores, ref, atol=ATOL, rtol=0)
