@@ -56,29 +56,16 @@ PRESETS: dict[str, dict[str, tuple[Any, ...]]] = {
 
 _SYNTHETIC = """
 import sys, json
-import numpy as np, torch
-from recsys_export.checkpoint import Checkpoint
-from recsys_export.ids import IdMap
-from recsys_export.models import DenseNet, MatrixFactorization
+import numpy as np
+from recsys_export.synthetic_models import synthetic_checkpoint, synthetic_seen
 spec = json.loads(sys.argv[1])
 n_u, n_i = spec["users"], spec["items"]
-torch.manual_seed(0)
-if spec["kind"] == "mf":
-    m = MatrixFactorization(n_u, n_i, spec["factors"], biased=True, sparse=False, init_std=0.1)
-    with torch.no_grad():
-        m.user_bias.weight.normal_(0, 0.1)
-        m.item_bias.weight.normal_(0, 0.1)
-else:
-    m = DenseNet(n_u, n_i, spec["factors"], spec["hidden"], init_std=0.1)
-rng = np.random.default_rng(0)
-per = min(50, n_i - 1)
-users = np.repeat(np.arange(n_u, dtype=np.int64), per)
-items = rng.integers(0, n_i, users.size, dtype=np.int64)
+users, items = synthetic_seen(n_u, n_i, min(50, n_i - 1))
 keep = np.ones(n_u, bool)
 keep[n_u // 2] = False  # one user with no seen items
-users, items = users[keep[users]], items[keep[users]]
-ck = Checkpoint(m.eval(), IdMap(np.arange(n_u), "user"), IdMap(np.arange(n_i), "item"),
-                users, items)
+seen = users[keep[users]], items[keep[users]]
+ck = synthetic_checkpoint(spec["kind"], n_u, n_i, factors=spec["factors"],
+                          hidden=spec.get("hidden", 16), seen=seen)
 ck.save(sys.argv[2])
 """
 

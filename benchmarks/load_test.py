@@ -60,29 +60,17 @@ BINS = np.logspace(-6, 2, 401)
 # ---------------------------------------------------------------------- bundle
 def build_bundle(args: argparse.Namespace, dest: Path) -> None:
     """Export a synthetic biased MF model to ``dest`` (imports torch: child process only)."""
-    import torch
-
-    from recsys_export.checkpoint import Checkpoint
     from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
-    from recsys_export.models import MatrixFactorization
+    from recsys_export.synthetic_models import synthetic_checkpoint
 
-    torch.manual_seed(args.seed)
-    model = MatrixFactorization(
-        args.users, args.items, args.factors, biased=True, sparse=False, init_std=0.1
-    ).eval()
-    with torch.no_grad():
-        model.user_bias.weight.normal_(0, 0.1)
-        model.item_bias.weight.normal_(0, 0.1)
-    rng = np.random.default_rng(args.seed)
-    seen_users = np.repeat(np.arange(args.users, dtype=np.int64), args.seen)
-    seen_items = rng.integers(0, args.items, seen_users.size, dtype=np.int64)
-    ckpt = Checkpoint(
-        model,
-        IdMap(np.arange(1_000_000, 1_000_000 + args.users), "user"),  # raw ids != indices
-        IdMap(np.arange(args.items), "item"),
-        seen_users=seen_users,
-        seen_items=seen_items,
+    ckpt = synthetic_checkpoint(
+        "mf",
+        args.users,
+        args.items,
+        factors=args.factors,
+        seed=args.seed,
+        seen_per_user=args.seen,
+        user_ids=np.arange(1_000_000, 1_000_000 + args.users),  # raw ids != indices
     )
     export_bundle(ckpt, dest, formats="onnx", verify=False)
 

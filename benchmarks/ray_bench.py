@@ -47,28 +47,17 @@ CORES = (1, 16, 64, 256, 1024)
 
 def build_bundle(users: int, items: int, factors: int, seen: int, dest: Path) -> None:
     """Export a synthetic biased MF model (imports torch)."""
-    import torch
-
-    from recsys_export.checkpoint import Checkpoint
     from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
-    from recsys_export.models import MatrixFactorization
+    from recsys_export.synthetic_models import synthetic_checkpoint
 
-    torch.manual_seed(0)
-    model = MatrixFactorization(users, items, factors, biased=True, sparse=False, init_std=0.1)
-    model = model.eval()
-    with torch.no_grad():
-        model.user_bias.weight.normal_(0, 0.1)
-        model.item_bias.weight.normal_(0, 0.1)
-    rng = np.random.default_rng(0)
-    seen_users = np.repeat(np.arange(users, dtype=np.int64), seen)
-    seen_items = rng.integers(0, items, seen_users.size, dtype=np.int64)
-    ck = Checkpoint(
-        model,
-        IdMap(np.arange(users) * 7 + 100_000, "user"),
-        IdMap(np.arange(items) * 3 + 5, "item"),
-        seen_users=seen_users,
-        seen_items=seen_items,
+    ck = synthetic_checkpoint(
+        "mf",
+        users,
+        items,
+        factors=factors,
+        seen_per_user=seen,
+        user_ids=np.arange(users) * 7 + 100_000,
+        item_ids=np.arange(items) * 3 + 5,
     )
     export_bundle(ck, dest, formats="onnx", verify=False)
 

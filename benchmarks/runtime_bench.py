@@ -43,32 +43,14 @@ if str(ROOT) not in sys.path:
 
 def build_bundle(args: argparse.Namespace, dest: Path) -> None:
     """Export a synthetic biased MF model (imports torch)."""
-    import torch
-
-    from recsys_export.checkpoint import Checkpoint
     from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
-    from recsys_export.models import MatrixFactorization
+    from recsys_export.synthetic_models import synthetic_checkpoint
 
-    torch.manual_seed(0)
-    model = MatrixFactorization(
-        args.users, args.items, args.factors, biased=True, sparse=False, init_std=0.1
-    ).eval()
-    with torch.no_grad():
-        model.user_bias.weight.normal_(0, 0.1)
-        model.item_bias.weight.normal_(0, 0.1)
-    rng = np.random.default_rng(0)
-    seen_users = np.repeat(np.arange(args.users, dtype=np.int64), args.seen)
-    seen_items = rng.integers(0, args.items, seen_users.size, dtype=np.int64)
-    ck = Checkpoint(
-        model,
-        IdMap(np.arange(args.users), "user"),
-        IdMap(np.arange(args.items), "item"),
-        seen_users=seen_users,
-        seen_items=seen_items,
+    ck = synthetic_checkpoint(
+        "mf", args.users, args.items, factors=args.factors, seen_per_user=args.seen
     )
     export_bundle(ck, dest, formats="onnx", verify=False)
-    return model
+    return ck.model
 
 
 def best(fn, repeat: int) -> float:
@@ -130,7 +112,7 @@ def main_bench(args: argparse.Namespace) -> dict:
 
     bare = bare_matmul_session(q, threads)
     block_times = {}
-    for block in sorted({rec._block, 64, 256, 1024}):
+    for block in sorted({rec.block_users, 64, 256, 1024}):
         block_times[block] = best(lambda b=block: run_bare(bare, p, n_items, b), args.repeat)
     ceiling_block = min(block_times, key=block_times.get)
     results["ort_bare_matmul"] = block_times[ceiling_block]
@@ -212,7 +194,7 @@ def main_bench(args: argparse.Namespace) -> dict:
             n: v / ceiling for n, v in results.items() if not n.startswith("single")
         },
         "bare_block_seconds": {str(b): t for b, t in block_times.items()},
-        "runtime_block": rec._block,
+        "runtime_block": rec.block_users,
     }
     tmp.cleanup()
     return report

@@ -145,36 +145,20 @@ def _row(runs: list[float], users: int, n_items: int, flops: int) -> dict[str, A
 # --------------------------------------------------------------------------- models
 def _synthetic(kind: str, cfg: dict[str, Any], seen: int, work: Path) -> dict[str, Any]:
     """Build a synthetic model and export it (all formats, no parity pass)."""
-    import torch
-
-    from recsys_export.checkpoint import Checkpoint
     from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
-    from recsys_export.models import DenseNet, MatrixFactorization
+    from recsys_export.synthetic_models import synthetic_checkpoint
 
-    n_users, n_items = cfg["users"], cfg["items"]
-    torch.manual_seed(0)
-    if kind == "mf":
-        model = MatrixFactorization(
-            n_users, n_items, cfg["factors"], biased=True, sparse=False, init_std=0.1
-        )
-        with torch.no_grad():
-            model.user_bias.weight.normal_(0, 0.1)
-            model.item_bias.weight.normal_(0, 0.1)
-    else:
-        model = DenseNet(n_users, n_items, cfg["factors"], cfg["hidden"], init_std=0.1)
-    model.eval()
-    rng = np.random.default_rng(0)
+    n_items = cfg["items"]
     per_user = min(seen, max(0, n_items - cfg["k"]))
-    seen_users = np.repeat(np.arange(n_users, dtype=np.int64), per_user)
-    seen_items = rng.integers(0, n_items, seen_users.size, dtype=np.int64)
-    ck = Checkpoint(
-        model,
-        IdMap(np.arange(n_users), "user"),
-        IdMap(np.arange(n_items), "item"),
-        seen_users=seen_users,
-        seen_items=seen_items,
+    ck = synthetic_checkpoint(
+        kind,
+        cfg["users"],
+        n_items,
+        factors=cfg["factors"],
+        hidden=cfg.get("hidden", 16),
+        seen_per_user=per_user,
     )
+    model = ck.model
     dest = work / kind
     t0 = time.perf_counter()
     manifest = export_bundle(ck, dest, verify=False)
@@ -277,6 +261,7 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
 
     from recsys_export.inference import inference_module
     from recsys_export.runtime import Recommender
+    from recsys_export.topk import mask_pairs, topk
 
     threads = cfg["threads"]
     torch.set_num_threads(threads)
@@ -457,8 +442,7 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
     add(score, "runtime", runtime_all(rec, n_users), n_users)
     if kind == "densenet":
         # the other way to use the cores: one caller, onnxruntime's intra-op threads
-        intra = Recommender.load(bundle, intra_op_threads=threads)
-        intra._dn_python_threads = False
+        intra = Recommender.load(bundle, intra_op_threads=threads, python_threads=False)
         add(score, "runtime_intra_op", runtime_all(intra, n_users), n_users)
     if "fallback" in skip:
         score["runtime_fallback"] = {"skipped": "--skip fallback"}
@@ -490,10 +474,8 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
             for idx, sc in rec.iter_score_all(all_users[:nu], chunk_size=256, progress=False):
                 lo, hi = indptr[idx[0]], indptr[idx[-1] + 1]
                 rows = np.repeat(np.arange(idx.size), np.diff(indptr[idx[0] : idx[-1] + 2]))
-                sc[rows, seen[lo:hi]] = -np.inf
-                part = np.argpartition(sc, n_items - k, axis=1)[:, n_items - k :]
-                vals = np.take_along_axis(sc, part, axis=1)
-                np.take_along_axis(part, np.argsort(-vals, axis=1), axis=1)
+                mask_pairs(sc, rows, seen[lo:hi])
+                topk(sc, k)
 
         add(recs, "numpy", numpy_topk, nu)
         notes.append("recommend_all numpy = runtime score_all + numpy mask + argpartition")

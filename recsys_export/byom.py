@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recsys_export.checkpoint import Checkpoint, load_weights_only
+from recsys_export.checkpoint import Checkpoint, check_finite_weights, load_weights_only
 from recsys_export.errors import (
     CheckpointError,
     ConfigError,
@@ -103,8 +103,7 @@ def _check_tensors(state: Mapping[str, Any], source: str) -> dict[str, Tensor]:
     for key, value in state.items():
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{source}: {key} is a {type(value).__name__}, not a tensor")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(f"{source}: {key} holds NaN or infinite values")
+        check_finite_weights({key: value}, source)
         out[str(key)] = value.detach().to("cpu", torch.float32)
     return out
 

@@ -11,8 +11,8 @@ import math
 import os
 import pickle
 import re
-import secrets
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_export.atomic import replacing
 from recsys_export.errors import CheckpointError
 from recsys_export.ids import IdMap
 from recsys_export.items import check_item_names
@@ -108,24 +109,22 @@ class Checkpoint:
         ):
             if arr is not None:
                 payload[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype))
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.partial"
         try:
-            # 0o666 less the umask, like any new file (mkstemp's 0600 would hide it from
-            # other users), without reading the process-wide umask
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except OSError as exc:
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                try:
+                    # 0o666 less the umask, like any new file (mkstemp's 0600 would hide it
+                    # from other users), without reading the process-wide umask
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                except OSError as exc:
+                    raise CheckpointError(
+                        f"cannot write checkpoint {path}: {exc.strerror}"
+                    ) from None
+                with os.fdopen(fd, "wb") as fh:
+                    torch.save(payload, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
         except PermissionError as exc:
             raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
 
@@ -188,6 +187,29 @@ def load_weights_only(path: Path, *, refusal: str, unreadable: str) -> Any:
         raise CheckpointError(f"{path} is not a readable {unreadable} ({detail[:200]})") from None
 
 
+def check_finite_weights(state: Mapping[str, Any], where: str, hint: str = "") -> None:
+    """Refuse weights holding NaN or infinite values.
+
+    Parameters
+    ----------
+    state : Mapping
+        A state dict (name -> tensor; other values are skipped).
+    where : str
+        The message's prefix (a path, ``"refusing to export"``, ...).
+    hint : str
+        Appended to the message (what to do).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first floating-point tensor that is not finite.
+    """
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{where}: weight {name} holds NaN or infinite values{hint}")
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint written by :meth:`Checkpoint.save`.
 
@@ -227,13 +249,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the model: {exc}") from None
     model.eval()
-    for name, tensor in state.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            if not torch.isfinite(tensor).all():
-                raise CheckpointError(
-                    f"{path}: weight {name} holds NaN or infinite values (training diverged); "
-                    "retrain with a lower learning rate"
-                )
+    check_finite_weights(
+        state, str(path), " (training diverged); retrain with a lower learning rate"
+    )
     user_map = IdMap.from_json(_require(payload, "user_ids", dict, path), "user")
     item_map = IdMap.from_json(_require(payload, "item_ids", dict, path), "item")
     if len(user_map) != model.n_users or len(item_map) != model.n_items:

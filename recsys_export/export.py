@@ -22,11 +22,19 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import FORMAT_VERSION, Bundle, BundleWriter
-from recsys_export.checkpoint import Checkpoint
+from recsys_export.checkpoint import Checkpoint, check_finite_weights
 from recsys_export.errors import BundleError, CheckpointError, ConfigError
 from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, inference_module
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
+from recsys_export.manifest import (
+    DN_BLOCK_USERS,
+    ENTRY_POINTS,
+    FORMATS,
+    KERNELS_DIR,
+    KERNELS_VERSION,
+    entry_point_spec,
+)
+from recsys_export.topk import EMPTY_ITEM, EMPTY_SCORE
 
 ONNX_OPSET = 20
 #: IR version written into every graph: 9 is what opset 20 needs and what onnxruntime
@@ -257,11 +265,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def _check_finite(ckpt: Checkpoint) -> None:
-    for name, tensor in ckpt.model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(
-                f"refusing to export: weight {name} holds NaN or infinite values; retrain"
-            )
+    check_finite_weights(ckpt.model.state_dict(), "refusing to export", "; retrain")
 
 
 def _item_names(ckpt: Checkpoint) -> list[str | None] | None:
@@ -486,14 +490,11 @@ def build_manifest(
 
 
 # --------------------------------------------------------------------------- kernels
-#: Version of the optional fast-path graphs under ``formats.onnx.kernels``.
-KERNELS_VERSION = 2
-KERNELS_DIR = "onnx/kernels"
-#: DenseNet ``score_all`` kernel: users per call the runtime sends, and the bytes of one
-#: ``[users, hidden, items]`` intermediate a tile may take. 8 x 128 x 512 floats = 2 MB
+#: The kernel version and directory, and the DenseNet ``score_all`` kernel's users per
+#: call (``DN_BLOCK_USERS``) are in :mod:`recsys_export.manifest`. The bytes of one
+#: ``[users, hidden, items]`` intermediate a tile may take: 8 x 128 x 512 floats = 2 MB
 #: measured fastest on 2 cores (8 MB L3, 512 KB L2 per core); 4 MB tiles thrash L3 once
 #: both cores run, 16 MB is slower even on one.
-DN_BLOCK_USERS = 8
 DN_TILE_BYTES = 2 << 20
 #: Upper bound on tiles per graph (two nodes each): wide catalogues get wider tiles.
 DN_MAX_TILES = 512
@@ -588,8 +589,8 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
         return getattr(module, name).detach().cpu().numpy().astype(np.float32)
 
     out: dict[str, Any] = {}
-    neg_inf = np.array([-np.inf], dtype=np.float32)
-    minus_one = np.array([-1], dtype=np.int64)
+    neg_inf = np.array([EMPTY_SCORE], dtype=np.float32)
+    minus_one = np.array([EMPTY_ITEM], dtype=np.int64)
     topk_tail = [
         node("TopK", ["masked", "k"], ["scores", "idx"], axis=1, largest=1, sorted=1),
         node("IsInf", ["scores"], ["empty"], detect_positive=0),

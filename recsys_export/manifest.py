@@ -1,14 +1,22 @@
-"""The entry-point contract shared by the exporter, the runtime and the docs (no torch).
+"""The bundle contract shared by the exporter, the runtime and the docs (no torch).
 
 Every format exposes the same three entry points with the same input and output names,
-dtypes and shapes. ``batch``, ``n`` and ``n_excluded`` are dynamic; ``k`` is the run-time
-value of the ``k`` input.
+dtypes and shapes (:data:`ENTRY_POINTS`). ``batch``, ``n`` and ``n_excluded`` are
+dynamic; ``k`` is the run-time value of the ``k`` input.
+
+:class:`BundleSpec` is what the torch-free readers use of a ``manifest.json``, parsed and
+checked once (:attr:`recsys_export.bundle.Bundle.spec`); the fast-path kernel constants
+the exporter writes and the runtime reads live here too.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from recsys_export.errors import BundleError
 
 FORMATS = ("onnx", "torchscript", "pt2")
 
@@ -54,3 +62,190 @@ def entry_point_spec(n_items: int) -> dict[str, Any]:
         for port in entry["inputs"] + entry["outputs"]:
             port["shape"] = [n_items if d == "n_items" else d for d in port["shape"]]
     return spec
+
+
+# ---------------------------------------------------------------------- fast-path kernels
+#: Version of the optional fast-path graphs under ``formats.onnx.kernels`` that the
+#: exporter writes.
+KERNELS_VERSION = 2
+#: Where the exporter writes them, inside the bundle.
+KERNELS_DIR = "onnx/kernels"
+#: The kernel graphs, by manifest key.
+KERNEL_NAMES = ("score_all", "topk", "recommend_one")
+#: Kernel versions the runtime reads, per model kind (MF's graphs did not change in 2;
+#: DenseNet's version-1 tiles were driven one session call per tile and are not read).
+KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}
+#: DenseNet ``score_all`` kernel: users per call the runtime sends (the manifest's
+#: ``block_users``, this when it does not say), and what the exporter sizes tiles for.
+DN_BLOCK_USERS = 8
+
+
+# ---------------------------------------------------------------------- typed spec
+@dataclass(frozen=True)
+class ModelSpec:
+    """The manifest's ``model`` entry.
+
+    Attributes
+    ----------
+    kind : str
+        ``"mf"``, ``"densenet"`` or ``"generic"`` (``byom``'s pair-by-pair modules).
+    n_users, n_items : int
+        Sizes.
+    hyperparameters : dict
+        Constructor arguments (``generic``: what the export recorded).
+    """
+
+    kind: str
+    n_users: int
+    n_items: int
+    hyperparameters: dict[str, Any]
+
+    def int_hp(self, name: str, default: int = 0) -> int:
+        """An integer hyperparameter (``default`` when absent, ``None``/0 or not an int)."""
+        value = self.hyperparameters.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return default
+        return value
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Usable fast-path graphs (``formats.onnx.kernels``) of a bundle.
+
+    Attributes
+    ----------
+    version : int
+        Kernel version (one :data:`KERNELS_READ` lists for the model kind).
+    block_users : int
+        Users per DenseNet ``score_all`` kernel call.
+    files : dict
+        :data:`KERNEL_NAMES` -> bundle-relative file name (listed in the manifest).
+    """
+
+    version: int
+    block_users: int
+    files: dict[str, str]
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What the torch-free readers (runtime, ray engine, ``inspect``) use of a manifest,
+    parsed and checked once.
+
+    Attributes
+    ----------
+    where : str
+        ``"bundle <root>"``, the prefix of error messages.
+    model : ModelSpec
+    formats : tuple of str
+        Export formats present.
+    onnx_graphs : dict or None
+        Entry point -> ONNX file, when the bundle has all three entry-point graphs.
+    kernels : KernelSpec or None
+        Usable fast-path graphs, or None (absent, another version, or incomplete).
+    seen : (str, str) or None
+        ``(indptr, items)`` file names of the seen-items CSR, or None.
+    item_names : Any
+        The manifest's ``item_names`` entry as written (checked by :meth:`names_file`).
+    versions : dict
+        Library versions the bundle was written and verified with.
+    """
+
+    where: str
+    model: ModelSpec
+    formats: tuple[str, ...]
+    onnx_graphs: dict[str, str] | None
+    kernels: KernelSpec | None
+    seen: tuple[str, str] | None
+    item_names: Any
+    versions: dict[str, Any]
+
+    @classmethod
+    def parse(
+        cls, manifest: Mapping[str, Any], where: str, listed: Collection[str] = ()
+    ) -> BundleSpec:
+        """Parse and check a manifest.
+
+        Parameters
+        ----------
+        manifest : Mapping
+            The parsed ``manifest.json``.
+        where : str
+            Prefix of error messages (``"bundle <root>"``).
+        listed : collection of str
+            The files the manifest lists (kernels naming others are not used).
+
+        Raises
+        ------
+        BundleError
+            ``model`` lacks ``n_users``/``n_items``.
+        """
+        model = manifest.get("model") or {}
+        try:
+            n_users, n_items = int(model["n_users"]), int(model["n_items"])
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{where}: manifest 'model' lacks n_users/n_items") from None
+        spec_model = ModelSpec(
+            str(model.get("kind", "")), n_users, n_items, dict(model.get("hyperparameters") or {})
+        )
+        formats = manifest.get("formats") or {}
+        onnx_fmt = formats.get("onnx") or {}
+        graphs = onnx_fmt.get("graphs")
+        ok = isinstance(graphs, dict) and all(g in graphs for g in ENTRY_POINTS)
+        seen = manifest.get("seen")
+        return cls(
+            where=where,
+            model=spec_model,
+            formats=tuple(formats),
+            onnx_graphs={g: graphs[g] for g in ENTRY_POINTS} if ok else None,
+            kernels=_parse_kernels(onnx_fmt.get("kernels"), spec_model.kind, listed),
+            seen=(seen["indptr"], seen["items"])
+            if isinstance(seen, dict) and "indptr" in seen and "items" in seen
+            else None,
+            item_names=manifest.get("item_names"),
+            versions=dict(manifest.get("versions") or {}),
+        )
+
+    def require_onnx(self, who: str = "the runtime needs them") -> dict[str, str]:
+        """The entry-point ONNX graphs.
+
+        Raises
+        ------
+        BundleError
+            The bundle was exported without the ``onnx`` format.
+        """
+        if self.onnx_graphs is None:
+            raise BundleError(
+                f"{self.where} has no ONNX graphs (formats.onnx.graphs with "
+                f"{', '.join(ENTRY_POINTS)}); {who}: re-export with --formats onnx"
+            )
+        return self.onnx_graphs
+
+    def names_file(self) -> str | None:
+        """The item-names file, or None when the bundle has none.
+
+        Raises
+        ------
+        BundleError
+            ``item_names`` is not a file name.
+        """
+        if self.item_names is None:
+            return None
+        if not isinstance(self.item_names, str):
+            raise BundleError(f"{self.where}: 'item_names' in the manifest must name a file")
+        return self.item_names
+
+
+def _parse_kernels(entry: Any, kind: str, listed: Collection[str]) -> KernelSpec | None:
+    if not isinstance(entry, dict) or entry.get("version") not in KERNELS_READ.get(kind, ()):
+        return None
+    block_users = entry.get("block_users", DN_BLOCK_USERS)
+    if isinstance(block_users, bool) or not isinstance(block_users, int) or block_users < 1:
+        return None
+    files = {}
+    for name in KERNEL_NAMES:
+        rel = entry.get(name)
+        if not isinstance(rel, str) or rel not in listed:
+            return None
+        files[name] = rel
+    return KernelSpec(int(entry["version"]), block_users, files)

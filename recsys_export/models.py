@@ -14,7 +14,8 @@ mean the same in every export format (see ``design.md``):
     When fewer than ``k`` items remain for a user, the missing slots are filled with
     item ``-1`` and score ``-inf``.
 
-Top-k lives in one place, :func:`topk_excluding`, used by every model and export.
+Top-k lives in one place, :func:`topk_excluding`, used by every model and export; its
+empty-slot constants and ``k`` check come from the torch-free :mod:`recsys_export.topk`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_export.errors import ConfigError
+from recsys_export.topk import EMPTY_ITEM
+from recsys_export.topk import check_k as _check_k
 
 MODEL_KINDS = ("mf", "densenet")
 
 
 def topk_excluding(
-    scores: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
+    scores: Tensor,
+    k: int,
+    exclude_rows: Tensor,
+    exclude_items: Tensor,
+    empty_item: int = EMPTY_ITEM,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` items per row of ``scores`` after removing excluded (row, item) pairs.
 
@@ -43,6 +50,9 @@ def topk_excluding(
         Number of items to return, ``1 <= k <= n_items``.
     exclude_rows, exclude_items : Tensor
         ``int64[M]`` each: row positions and item indices to exclude (COO pairs).
+    empty_item : int
+        Item of empty slots: :data:`recsys_export.topk.EMPTY_ITEM` (a default argument,
+        since TorchScript cannot read module constants).
 
     Returns
     -------
@@ -53,14 +63,14 @@ def topk_excluding(
     neg_inf = torch.full_like(exclude_items, 0, dtype=scores.dtype) - float("inf")
     masked = scores.index_put((exclude_rows, exclude_items), neg_inf)
     values, items = torch.topk(masked, k, dim=1, largest=True, sorted=True)
-    items = torch.where(torch.isneginf(values), torch.full_like(items, -1), items)
+    items = torch.where(torch.isneginf(values), torch.full_like(items, empty_item), items)
     return values, items
 
 
 def check_k(k: int, n_items: int) -> None:
-    """Raise :class:`ConfigError` unless ``1 <= k <= n_items``."""
-    if not 1 <= int(k) <= n_items:
-        raise ConfigError(f"k must be between 1 and {n_items} (the number of items), got {k}")
+    """Raise :class:`ConfigError` unless ``1 <= k <= n_items`` (see
+    :func:`recsys_export.topk.check_k`)."""
+    _check_k(k, n_items)
 
 
 class BaseModel(nn.Module):

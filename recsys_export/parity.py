@@ -32,7 +32,7 @@ from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, ConfigError, ParityError
 from recsys_export.export import quiet_exporters
 from recsys_export.ids import runs_to_coo
-from recsys_export.manifest import ENTRY_POINTS, FORMATS
+from recsys_export.manifest import ENTRY_POINTS, FORMATS, BundleSpec
 from recsys_export.models import BaseModel, DenseNet, build_model, topk_excluding
 from recsys_export.plan import (
     BATCH_BYTES,
@@ -958,11 +958,10 @@ def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
 
 def bundle_seen(root: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """The bundle's seen-items CSR, validated (:class:`BundleError`), or None."""
-    seen = manifest.get("seen")
-    if not seen:
+    spec = BundleSpec.parse(manifest, f"bundle {root}")
+    if spec.seen is None:
         return None
-    model = manifest["model"]
-    return read_seen_csr(root, seen, int(model["n_users"]), int(model["n_items"]))
+    return read_seen_csr(root, manifest["seen"], spec.model.n_users, spec.model.n_items)
 
 
 def verify_staged_bundle(

@@ -38,6 +38,7 @@ raises :class:`~recsys_export.errors.ConfigError` saying how to install it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -53,9 +54,12 @@ from typing import Any
 import numpy as np
 
 from recsys_export import errors as _errors
+from recsys_export.atomic import remove_path, replacing, temp_sibling, write_text_atomic
 from recsys_export.bundle import MANIFEST_NAME, Bundle
-from recsys_export.errors import BundleError, ConfigError, RecsysExportError, WorkerError
+from recsys_export.errors import ConfigError, RecsysExportError, WorkerError
 from recsys_export.progress import Progress
+from recsys_export.topk import check_k
+from recsys_export.validation import check_choice, check_int
 
 __all__ = [
     "PART_PATTERN",
@@ -107,7 +111,8 @@ def _materialize(payload: dict[str, bytes], job: str) -> Path:
     final = Path(tempfile.gettempdir()) / f"recsys-export-bundle-{job}"
     if (final / MANIFEST_NAME).is_file():
         return final  # Recommender.load verifies every checksum
-    work = Path(tempfile.mkdtemp(prefix=f".recsys-export-bundle-{job}-"))
+    work = temp_sibling(final)
+    os.mkdir(work, 0o700)  # private, like mkdtemp
     try:
         # manifest last: a directory with a manifest is complete
         for rel in sorted(payload, key=lambda r: r == MANIFEST_NAME):
@@ -117,9 +122,9 @@ def _materialize(payload: dict[str, bytes], job: str) -> Path:
         try:
             os.rename(work, final)
         except OSError:  # another actor of this node was first
-            shutil.rmtree(work, ignore_errors=True)
+            remove_path(work)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_path(work)
         raise
     return final
 
@@ -200,31 +205,18 @@ class BlockScorer:
         t0 = time.perf_counter()
         name = PART_PATTERN.format(block=block)
         final = self.out_dir / name
-        tmp = self.out_dir / f".{name}.tmp-{self.pid}-{secrets.token_hex(4)}"
         users = np.arange(start, stop, dtype=np.int64)
         rows = 0
-        writer = pq.ParquetWriter(str(tmp), self.schema)
-        try:
+        # a retried block replaces the same file: no duplicates
+        with replacing(final) as tmp, contextlib.closing(
+            pq.ParquetWriter(str(tmp), self.schema)
+        ) as writer:
             for s in range(0, users.size, _SUB_CHUNK):
                 table = self.rec.topk_table(
                     users[s : s + _SUB_CHUNK], self.k, exclude_seen=self.exclude_seen
                 )
                 writer.write_table(table)
                 rows += table.num_rows
-            writer.close()
-            writer = None
-            os.replace(tmp, final)  # a retried block replaces the same file: no duplicates
-        except BaseException:
-            if writer is not None:
-                try:
-                    writer.close()
-                except Exception:
-                    pass
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         return {
             "block": block,
             "start": start,
@@ -322,36 +314,14 @@ def _bundle_payload(bundle: Bundle) -> dict[str, bytes]:
 
 
 def _model_sizes(bundle: Bundle) -> tuple[int, int, str, int]:
-    manifest = bundle.manifest
-    graphs = (manifest.get("formats") or {}).get("onnx", {}).get("graphs")
-    if not isinstance(graphs, dict) or "recommend" not in graphs:
-        raise BundleError(
-            f"bundle {bundle.root} has no ONNX graphs; the runtime (and the ray engine) "
-            "needs them: re-export with --formats onnx"
-        )
-    model = manifest.get("model") or {}
-    try:
-        n_users, n_items = int(model["n_users"]), int(model["n_items"])
-    except (KeyError, TypeError, ValueError):
-        raise BundleError(f"bundle {bundle.root}: manifest 'model' lacks n_users/n_items") from None
-    hp = model.get("hyperparameters") or {}
-    return n_users, n_items, str(model.get("kind", "")), int(hp.get("hidden", 0) or 0)
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be an integer, got {value!r}{hint}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-        raise ConfigError(f"{name}={value} is out of range: it must be {rng}{hint}")
-    return value
+    spec = bundle.spec
+    spec.require_onnx("the runtime (and the ray engine) needs them")
+    model = spec.model
+    return model.n_users, model.n_items, model.kind, int(model.hyperparameters.get("hidden") or 0)
 
 
 def _write_success(out: Path, summary: dict[str, Any]) -> None:
-    tmp = out / f".{SUCCESS_NAME}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / SUCCESS_NAME)
+    write_text_atomic(out / SUCCESS_NAME, json.dumps(summary, indent=2) + "\n")
 
 
 def score_topk_ray(
@@ -435,19 +405,14 @@ def score_topk_ray(
     ray = _import_ray()
     from ray.util import ActorPool
 
-    if ship_bundle not in SHIP_MODES:
-        raise ConfigError(
-            f"ship_bundle must be one of {', '.join(SHIP_MODES)}, got {ship_bundle!r}"
-        )
-    max_retries = _check_int("max_retries", max_retries, 0)
-    cpus_per_worker = _check_int("cpus_per_worker", cpus_per_worker, 1)
-    if workers is not None:
-        workers = _check_int("workers", workers, 1, hint=" (--workers)")
-    if block_users is not None:
-        block_users = _check_int("block_users", block_users, 1)
+    check_choice("ship_bundle", ship_bundle, SHIP_MODES)
+    max_retries = check_int("max_retries", max_retries, low=0)
+    cpus_per_worker = check_int("cpus_per_worker", cpus_per_worker, low=1)
+    workers = check_int("workers", workers, low=1, none_ok=True, hint=" (--workers)")
+    block_users = check_int("block_users", block_users, low=1, none_ok=True)
     bundle = Bundle.load(bundle_path, verify=True)
     n_users, n_items, kind, hidden = _model_sizes(bundle)
-    k = _check_int("k", k, 1, n_items, hint=" (the number of items)")
+    k = check_k(k, n_items)
     out = _prepare_out_dir(out_dir, overwrite)
     payload = _bundle_payload(bundle) if ship_bundle == "object_store" else None
 

@@ -37,14 +37,15 @@ from recsys_export.bundle import Bundle
 from recsys_export.models import topk_excluding
 from recsys_export.runtime import (
     TopkRows,
-    _check_out_path,
-    check_k_range,
+    check_out_path,
     flat_topk_rows,
     load_seen_csr,
     topk_schema,
     write_npy_chunks,
     write_topk_chunks,
 )
+from recsys_export.topk import check_k
+from recsys_export.validation import check_choice, check_positive
 
 __all__ = ["TorchEngine", "resolve_device"]
 
@@ -116,16 +117,9 @@ class TorchEngine:
         self.device = device
         self.source = source
         self._score_all = score_all
-        model = bundle.manifest.get("model") or {}
-        try:
-            self._n_users = int(model["n_users"])
-            self._n_items = int(model["n_items"])
-        except (KeyError, TypeError, ValueError):
-            raise BundleError(
-                f"bundle {bundle.root}: manifest 'model' lacks n_users/n_items"
-            ) from None
-        self._kind = str(model.get("kind", ""))
-        hp = dict(model.get("hyperparameters") or {})
+        model = bundle.spec.model
+        self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
+        hp = model.hyperparameters
         if self._kind == "densenet":
             # the frozen module's max-rewrite holds [B, hidden, n_items] at once
             hidden = int(hp.get("hidden", 1))
@@ -167,8 +161,7 @@ class TorchEngine:
         BundleError
             A missing/corrupted bundle, or one whose torch programs cannot load.
         """
-        if prefer not in ("pt2", "torchscript"):
-            raise ConfigError(f"prefer must be 'pt2' or 'torchscript', got {prefer!r}")
+        check_choice("prefer", prefer, ("pt2", "torchscript"))
         dev = resolve_device(device)
         bundle = Bundle.load(bundle_path, verify=verify)
         formats = bundle.manifest.get("formats") or {}
@@ -225,6 +218,11 @@ class TorchEngine:
         """Model kind (``"mf"``, ``"densenet"``, ...)."""
         return self._kind
 
+    @property
+    def bytes_per_user(self) -> int:
+        """Bytes of device memory per user in one ``score_all`` block (block sizing)."""
+        return self._bytes_per_user
+
     def __repr__(self) -> str:
         return (
             f"TorchEngine({str(self.bundle.root)!r}, kind={self._kind}, source={self.source}, "
@@ -245,8 +243,7 @@ class TorchEngine:
             A non-positive budget.
         """
         if memory_budget_mb is not None:
-            if not memory_budget_mb > 0:
-                raise ConfigError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
+            memory_budget_mb = check_positive("memory_budget_mb", memory_budget_mb)
             budget = int(memory_budget_mb * (1 << 20))
         elif self.device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(self.device)
@@ -325,7 +322,7 @@ class TorchEngine:
         UnknownIdError
             An index out of range.
         """
-        k = check_k_range(k, self._n_items)
+        k = check_k(k, self._n_items)
         users = self._user_indices(users)
         with torch.inference_mode():
             return self._topk_block(users, k, exclude_seen)
@@ -368,7 +365,7 @@ class TorchEngine:
         ConfigError
             A bad output path (see the runtime's method) or budget.
         """
-        path = _check_out_path(out_path, (".npy",), overwrite)
+        path = check_out_path(out_path, (".npy",), overwrite)
         users = self._user_indices(user_indices)
         size = self.block_size(memory_budget_mb)
 
@@ -398,8 +395,8 @@ class TorchEngine:
         ConfigError
             A bad output path, ``k`` or budget, or Parquet without pyarrow.
         """
-        path = _check_out_path(out_path, (".parquet", ".csv"), overwrite)
-        k = check_k_range(k, self._n_items)
+        path = check_out_path(out_path, (".parquet", ".csv"), overwrite)
+        k = check_k(k, self._n_items)
         size = self.block_size(memory_budget_mb)
         return write_topk_chunks(
             path,

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_export import atomic, bundle_writer
 from recsys_export import bundle as bundle_mod
 from recsys_export.bundle import (
     FORMAT_NAME,
@@ -428,19 +429,19 @@ def test_overwrite_replaces_contents(tmp_path: Path) -> None:
     assert siblings(tmp_path) == ["b"]
 
 
-@pytest.mark.skipif(bundle_mod._libc_renameat2() is None, reason="no renameat2 here")
+@pytest.mark.skipif(atomic.libc_renameat2() is None, reason="no renameat2 here")
 def test_overwrite_uses_atomic_exchange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = bundle_mod._renameat2
+    real = atomic.renameat2
 
     def spy(src: Path, dst: Path, flags: int) -> None:
         calls.append(flags)
         real(src, dst, flags)
 
-    monkeypatch.setattr(bundle_mod, "_renameat2", spy)
+    monkeypatch.setattr(bundle_writer, "_renameat2", spy)
     dest = make_bundle(tmp_path / "b")
     make_bundle(dest, onnx=b"second", overwrite=True)
-    assert calls == [bundle_mod._RENAME_NOREPLACE, bundle_mod._RENAME_EXCHANGE]
+    assert calls == [atomic.RENAME_NOREPLACE, atomic.RENAME_EXCHANGE]
     assert Bundle.load(dest).file("onnx/score.onnx").read_bytes() == b"second"
     assert siblings(tmp_path) == ["b"]
 
@@ -451,7 +452,7 @@ def test_overwrite_falls_back_without_renameat2(
     def unsupported(src: Path, dst: Path, flags: int) -> None:
         raise OSError(errno.ENOSYS, "no renameat2")
 
-    monkeypatch.setattr(bundle_mod, "_renameat2", unsupported)
+    monkeypatch.setattr(bundle_writer, "_renameat2", unsupported)
     dest = make_bundle(tmp_path / "b")  # dest absent: plain rename
     make_bundle(dest, onnx=b"second", overwrite=True)  # dest present: rename dance
     assert Bundle.load(dest).file("onnx/score.onnx").read_bytes() == b"second"

@@ -918,7 +918,7 @@ def _swap_on_first_call(
 ):
     """Make ``owner.name`` exchange directories ``a`` and ``b`` (as ``export --force``
     does) the first time it is called, then behave as before."""
-    from recsys_export import bundle as bundle_mod
+    from recsys_export import atomic
 
     original = getattr(owner, name)
     calls = {"n": 0}
@@ -927,7 +927,7 @@ def _swap_on_first_call(
         calls["n"] += 1
         if calls["n"] == 1:
             try:
-                bundle_mod._renameat2(a, b, bundle_mod._RENAME_EXCHANGE)
+                atomic.renameat2(a, b, atomic.RENAME_EXCHANGE)
             except OSError as exc:
                 pytest.skip(f"renameat2(RENAME_EXCHANGE) unavailable here: {exc}")
         return original(*args, **kwargs)

@@ -28,11 +28,9 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
 from recsys_export.manifest import ENTRY_POINTS
-from recsys_export.models import DenseNet, MatrixFactorization
+from recsys_export.synthetic_models import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "runtimes.md"
@@ -325,24 +323,16 @@ def _make_case(path: Path, model: torch.nn.Module | None) -> BundleCase:
 
 
 def _fresh_bundle(kind: str, out: Path) -> BundleCase:
-    torch.manual_seed(11 if kind == "mf" else 12)
-    if kind == "mf":
-        model = MatrixFactorization(N_USERS, N_ITEMS, 8, biased=True, sparse=False, init_std=0.3)
-        with torch.no_grad():
-            model.user_bias.weight.normal_(0, 0.1)
-            model.item_bias.weight.normal_(0, 0.1)
-    else:
-        model = DenseNet(N_USERS, N_ITEMS, 8, 16, init_std=0.3)
-    model.eval()
-    ck = Checkpoint(
-        model,
-        IdMap(np.arange(N_USERS), "user"),
-        IdMap(np.arange(N_ITEMS), "item"),
-        seen_users=np.array([0, 0, 1]),
-        seen_items=np.array([1, 2, 3]),
+    ck = synthetic_checkpoint(
+        kind,
+        N_USERS,
+        N_ITEMS,
+        init_std=0.3,
+        seed=11 if kind == "mf" else 12,
+        seen=(np.array([0, 0, 1]), np.array([1, 2, 3])),
     )
     export_bundle(ck, out, formats="onnx,torchscript", verify=False)
-    return _make_case(out, model)
+    return _make_case(out, ck.model)
 
 
 _BUNDLE_PARAMS = ["mf", "densenet"] + [f"artifacts/{m.parent.name}" for m in ARTIFACT_MANIFESTS]

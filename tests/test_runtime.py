@@ -16,12 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
-from recsys_export.models import DenseNet, MatrixFactorization
 from recsys_export.runtime import Recommender
+from recsys_export.synthetic_models import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -44,21 +42,18 @@ def _seen() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _make(kind: str, path: Path) -> tuple[torch.nn.Module, Path]:
-    torch.manual_seed(0 if kind == "mf" else 1)
-    if kind == "mf":
-        model = MatrixFactorization(N_USERS, N_ITEMS, 8, biased=True, sparse=False, init_std=0.3)
-        with torch.no_grad():
-            model.user_bias.weight.normal_(0, 0.1)
-            model.item_bias.weight.normal_(0, 0.1)
-    else:
-        model = DenseNet(N_USERS, N_ITEMS, 8, 16, init_std=0.3)
-    model.eval()
-    su, si = _seen()
-    ck = Checkpoint(
-        model, IdMap(USER_IDS, "user"), IdMap(ITEM_IDS, "item"), seen_users=su, seen_items=si
+    ck = synthetic_checkpoint(
+        kind,
+        N_USERS,
+        N_ITEMS,
+        init_std=0.3,
+        seed=0 if kind == "mf" else 1,
+        seen=_seen(),
+        user_ids=USER_IDS,
+        item_ids=ITEM_IDS,
     )
     export_bundle(ck, path, formats="onnx", verify=False)
-    return model, path
+    return ck.model, path
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +295,7 @@ def test_iter_and_write_score_matrix(case, tmp_path):
     chunks = list(rec.iter_score_all(chunk_size=7, progress=False))
     assert len(chunks) == 8 and [c[0].size for c in chunks][-1] == 1
     np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), expected)
-    budget_mb = 3 * rec._bytes_per_user / 2**20  # three users per chunk
+    budget_mb = 3 * rec.bytes_per_user / 2**20  # three users per chunk
     assert len(list(rec.iter_score_all(memory_budget_mb=budget_mb, progress=False))) == 17
     out = rec.write_score_matrix(tmp_path / "m.npy", memory_budget_mb=budget_mb, progress=False)
     got = np.load(out, mmap_mode="r")
@@ -482,10 +477,10 @@ def test_fast_path_tiling_and_threads(width, tmp_path, monkeypatch):
     users = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3])
     exp = _eager_all(model, users)
     for py_threads in (True, False):
-        rec = Recommender.load(path, intra_op_threads=2)
-        assert rec.fast_paths
-        rec._dn_python_threads = py_threads
-        rec._call_users, rec._block = 3, 7
+        rec = Recommender.load(
+            path, intra_op_threads=2, python_threads=py_threads, call_users=3, block_users=7
+        )
+        assert rec.fast_paths and (rec.call_users, rec.block_users) == (3, 7)
         np.testing.assert_allclose(rec.score_all(users, by_index=True), exp, atol=ATOL, rtol=RTOL)
         rows, items = _seen_coo(users)
         exp_s, exp_i = _eager_recommend(model, users, 5, rows, items)
@@ -505,7 +500,7 @@ def test_densenet_kernel_block_users(bundles, tmp_path, bad):
 
     model, path, rec = bundles("densenet")
     entry = rec.manifest["formats"]["onnx"]["kernels"]
-    assert entry["block_users"] == export.DN_BLOCK_USERS == rec._call_users
+    assert entry["block_users"] == export.DN_BLOCK_USERS == rec.call_users
 
     def edit(manifest: dict) -> None:
         manifest["formats"]["onnx"]["kernels"]["block_users"] = bad

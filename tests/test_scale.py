@@ -33,15 +33,12 @@ except ImportError:
     )
 
 import pyarrow.parquet as pq
-import torch
 
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import ConfigError
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
-from recsys_export.models import MatrixFactorization
 from recsys_export.runtime import Recommender
 from recsys_export.scale import SUCCESS_NAME, WorkerError, score_topk_ray
+from recsys_export.synthetic_models import synthetic_checkpoint
 
 N_USERS = int(os.environ.get("RECSYS_SCALE_TEST_USERS", "50000"))
 N_ITEMS = int(os.environ.get("RECSYS_SCALE_TEST_ITEMS", "10000"))
@@ -49,19 +46,14 @@ K = 10
 
 
 def _bundle(dest: Path, n_users: int, n_items: int, *, string_ids: bool = False) -> Path:
-    torch.manual_seed(0)
-    model = MatrixFactorization(n_users, n_items, 64, biased=True, sparse=False, init_std=0.1)
-    model = model.eval()
-    rng = np.random.default_rng(0)
-    seen_users = np.repeat(np.arange(n_users, dtype=np.int64), 20)
-    seen_items = rng.integers(0, n_items, seen_users.size, dtype=np.int64)
     if string_ids:
-        users = IdMap([f"u{i}" for i in range(n_users)], "user")
-        items = IdMap([f"item {i}" for i in range(n_items)], "item")
+        users = [f"u{i}" for i in range(n_users)]
+        items = [f"item {i}" for i in range(n_items)]
     else:  # raw ids differ from indices, so a mix-up shows
-        users = IdMap(np.arange(n_users) * 7 + 100_000, "user")
-        items = IdMap(np.arange(n_items) * 3 + 5, "item")
-    ck = Checkpoint(model, users, items, seen_users, seen_items)
+        users, items = np.arange(n_users) * 7 + 100_000, np.arange(n_items) * 3 + 5
+    ck = synthetic_checkpoint(
+        "mf", n_users, n_items, factors=64, seen_per_user=20, user_ids=users, item_ids=items
+    )
     export_bundle(ck, dest, formats="onnx", verify=False)
     return dest
 

@@ -15,13 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.cli import main
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
-from recsys_export.models import DenseNet, MatrixFactorization
 from recsys_export.runtime import Recommender
+from recsys_export.synthetic_models import synthetic_checkpoint
 from recsys_export.torch_engine import TorchEngine, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,15 +41,15 @@ def _seen() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _make(kind: str, path: Path, formats: str) -> Path:
-    torch.manual_seed(3 if kind == "mf" else 4)
-    if kind == "mf":
-        model = MatrixFactorization(N_USERS, N_ITEMS, 8, biased=True, sparse=False, init_std=0.3)
-    else:
-        model = DenseNet(N_USERS, N_ITEMS, 8, 16, init_std=0.3)
-    model.eval()
-    su, si = _seen()
-    ck = Checkpoint(
-        model, IdMap(USER_IDS, "user"), IdMap(ITEM_IDS, "item"), seen_users=su, seen_items=si
+    ck = synthetic_checkpoint(
+        kind,
+        N_USERS,
+        N_ITEMS,
+        init_std=0.3,
+        seed=3 if kind == "mf" else 4,
+        seen=_seen(),
+        user_ids=USER_IDS,
+        item_ids=ITEM_IDS,
     )
     export_bundle(ck, path, formats=formats, verify=False)
     return path
@@ -112,7 +110,7 @@ def test_score_matrix_matches_runtime(bundles, kind, source, tmp_path):
     assert eng.source == source and eng.device == torch.device("cpu")
     ref = Recommender.load(path).write_score_matrix(tmp_path / "ref.npy", progress=False)
     # a tiny budget: several blocks, one of them a single user (pt2 batch-of-1 path)
-    budget = 5 * eng._bytes_per_user / (1 << 20)
+    budget = 5 * eng.bytes_per_user / (1 << 20)
     assert eng.block_size(budget) == 5 and N_USERS % 5 == 2
     out = eng.write_score_matrix(tmp_path / "ours.npy", memory_budget_mb=budget, progress=False)
     a, b = np.load(out), np.load(ref)
@@ -135,7 +133,7 @@ def test_topk_matches_runtime(bundles, kind, suffix, exclude_seen, tmp_path):
         tmp_path / f"ours{suffix}",
         k=5,
         exclude_seen=exclude_seen,
-        memory_budget_mb=4 * eng._bytes_per_user / (1 << 20),
+        memory_budget_mb=4 * eng.bytes_per_user / (1 << 20),
         progress=False,
     )
     if suffix == ".parquet":
@@ -166,7 +164,7 @@ def test_score_all_blocks_cover_users(bundles):
     eng = TorchEngine.load(bundles("densenet"))
     users = np.array([3, 0, 36, 3])
     ref = Recommender.load(bundles("densenet")).score_all(users, by_index=True)
-    got = list(eng.score_all_blocks(users, memory_budget_mb=3 * eng._bytes_per_user / (1 << 20)))
+    got = list(eng.score_all_blocks(users, memory_budget_mb=3 * eng.bytes_per_user / (1 << 20)))
     assert [b.tolist() for b, _ in got] == [[3, 0, 36], [3]]
     scores = torch.cat([s for _, s in got]).numpy()
     np.testing.assert_allclose(scores, ref, atol=ATOL, rtol=0)

@@ -166,18 +166,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(man, indent=2))
         return 0
-    model = man.get("model", {})
+    model = bundle.spec.model
     print(f"bundle {bundle.root}  (format {man['format_version']}, created {man.get('created')})")
-    print(
-        f"model: {model.get('kind')}  {model.get('n_users')} users x {model.get('n_items')} items"
-    )
-    hp = model.get("hyperparameters", {})
+    print(f"model: {model.kind}  {model.n_users} users x {model.n_items} items")
+    hp = model.hyperparameters
     print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
     total = sum(f["bytes"] for f in man["files"].values())
     print(f"files ({total / 1e6:.2f} MB, checksums verified):")
     for rel, f in sorted(man["files"].items()):
         print(f"  {rel:<32} {f['bytes'] / 1e6:9.3f} MB  {f['role']}")
-    print("formats: " + ", ".join(man.get("formats", {})))
+    print("formats: " + ", ".join(bundle.spec.formats))
     for name, ep in man.get("entry_points", {}).items():
         ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"])
         outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in ep["outputs"])
