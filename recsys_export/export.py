@@ -24,7 +24,13 @@ from recsys_export import __version__
 from recsys_export.bundle import FORMAT_VERSION, Bundle, BundleWriter
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import BundleError, CheckpointError, ConfigError
-from recsys_export.inference import RecommendEntry, ScoreAllEntry, ScoreEntry, inference_module
+from recsys_export.inference import (
+    OnnxRecommendEntry,
+    RecommendEntry,
+    ScoreAllEntry,
+    ScoreEntry,
+    inference_module,
+)
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
 from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
 
@@ -145,8 +151,18 @@ def write_pt2(program: Any, path: Path) -> None:
 
 _REGISTRY: list[Any] = []
 
+#: Model kinds whose ONNX graphs come from the TorchScript-based exporter
+#: (``torch.onnx.export(dynamo=False)``): the frozen modules of
+#: :mod:`recsys_export.inference` trace to batch-generic graphs, and that exporter takes
+#: ~0.05-0.5 s per graph where the dynamo exporter takes 1-5 s (decompositions and its
+#: torchlib registry). Other modules (``byom``'s generic path: Python loops over the
+#: batch) go through ``torch.export`` and the dynamo exporter.
+TRACED_ONNX_KINDS = ("mf", "densenet")
+#: Weights above this size take the dynamo exporter (it writes external data itself).
+TRACED_ONNX_MAX_BYTES = 1 << 30
 
-def _onnx_export(program: Any, in_names: list[str], out_names: list[str]) -> Any:
+
+def _dynamo_onnx_export(program: Any, in_names: list[str], out_names: list[str]) -> Any:
     """``torch.onnx.export(dynamo=True)`` of an ExportedProgram, reusing one op registry.
 
     The public API rebuilds the torchlib registry on every call (~2-4 s here, most of an
@@ -179,18 +195,111 @@ def _onnx_export(program: Any, in_names: list[str], out_names: list[str]) -> Any
         )
 
 
+def _dynamic_axes(entry: str) -> dict[str, dict[int, str]]:
+    """The contract's dynamic dimensions (:data:`ENTRY_POINTS`) as ``dynamic_axes``."""
+    spec = ENTRY_POINTS[entry]
+    return {
+        port["name"]: {d: str(name) for d, name in enumerate(port["shape"]) if name != "n_items"}
+        for port in spec["inputs"] + spec["outputs"]
+        if port["shape"]
+    }
+
+
+def _traced_onnx_export(
+    module: torch.nn.Module, entry: str, n_users: int, n_items: int
+) -> Any:
+    """``torch.onnx.export(dynamo=False)`` of one entry point: an ``onnx.ModelProto``."""
+    import onnx
+
+    spec = ENTRY_POINTS[entry]
+    wrapper = {
+        "score": ScoreEntry,
+        "score_all": ScoreAllEntry,
+        "recommend": OnnxRecommendEntry,
+    }[entry](module)
+    args = _example_inputs(n_users, n_items)[entry]
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            args,
+            buf,
+            input_names=[i["name"] for i in spec["inputs"]],
+            output_names=[o["name"] for o in spec["outputs"]],
+            opset_version=ONNX_OPSET,
+            dynamic_axes=_dynamic_axes(entry),
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+class OnnxSource:
+    """What an entry point's ONNX graph is made from: a frozen module (traced, the fast
+    exporter) or an ``ExportedProgram`` (the dynamo exporter)."""
+
+    def __init__(
+        self,
+        entry: str,
+        *,
+        program: Any = None,
+        module: torch.nn.Module | None = None,
+        n_users: int = 0,
+        n_items: int = 0,
+    ) -> None:
+        self.entry, self.program, self.module = entry, program, module
+        self.n_users, self.n_items = n_users, n_items
+
+    @property
+    def traced(self) -> bool:
+        return self.module is not None
+
+    def weight_bytes(self) -> int:
+        if self.module is not None:
+            tensors = [*self.module.parameters(), *self.module.buffers()]
+        else:
+            tensors = [*self.program.state_dict.values()]
+            tensors += [t for t in self.program.constants.values() if isinstance(t, torch.Tensor)]
+        return sum(int(t.numel()) * t.element_size() for t in tensors)
+
+
+def onnx_sources(
+    module: torch.nn.Module,
+    kind: str,
+    n_users: int,
+    n_items: int,
+    programs: dict[str, Any] | None,
+) -> dict[str, OnnxSource]:
+    """Per entry point, what :func:`write_onnx` converts (see :data:`TRACED_ONNX_KINDS`)."""
+    traced = kind in TRACED_ONNX_KINDS
+    if traced:
+        size = OnnxSource("score", module=module).weight_bytes()
+        traced = size <= TRACED_ONNX_MAX_BYTES
+    if traced:
+        return {
+            e: OnnxSource(e, module=module, n_users=n_users, n_items=n_items)
+            for e in ENTRY_POINTS
+        }
+    if programs is None:
+        programs = export_programs(module, n_users, n_items)
+    return {e: OnnxSource(e, program=p) for e, p in programs.items()}
+
+
 def write_onnx(
-    program: Any,
+    source: Any,
     entry: str,
     path: Path,
     *,
     model_kind: str,
     external_data: bool | None = None,
 ) -> list[Path]:
-    """Convert an ``ExportedProgram`` to ONNX (opset 20) and check it.
+    """Convert one entry point to ONNX (opset 20, IR 9) and check it.
 
     Parameters
     ----------
+    source : OnnxSource or ExportedProgram
+        A frozen module to trace (the TorchScript-based exporter) or an
+        ``ExportedProgram`` (the dynamo exporter).
     external_data : bool, optional
         Keep weights in ``<file>.data`` beside the graph. None decides by size: models
         over protobuf's 2 GB limit need it; smaller ones are one self-contained file.
@@ -202,32 +311,46 @@ def write_onnx(
     """
     import onnx
 
+    if not isinstance(source, OnnxSource):
+        source = OnnxSource(entry, program=source)
     spec = ENTRY_POINTS[entry]
     in_names = [i["name"] for i in spec["inputs"]]
     out_names = [o["name"] for o in spec["outputs"]]
-    with quiet_exporters():
-        onnx_program = _onnx_export(program, in_names, out_names)
-    weight_bytes = sum(int(t.numel()) * t.element_size() for t in program.state_dict.values())
-    weight_bytes += sum(
-        int(t.numel()) * t.element_size()
-        for t in program.constants.values()
-        if isinstance(t, torch.Tensor)
-    )
+    weight_bytes = source.weight_bytes()
     if external_data is None:
         external_data = weight_bytes > ONNX_SINGLE_FILE_LIMIT
-    onnx_program.model.ir_version = ONNX_IR_VERSION
-    onnx_program.model.metadata_props.update(
-        {
-            "recsys_export.model_kind": model_kind,
-            "recsys_export.entry_point": entry,
-            "recsys_export.bundle_format_version": str(FORMAT_VERSION),
-            "recsys_export.version": __version__,
-        }
-    )
-    with quiet_exporters():
-        onnx_program.save(str(path), external_data=external_data)
-    written = [path]
+    props = {
+        "recsys_export.model_kind": model_kind,
+        "recsys_export.entry_point": entry,
+        "recsys_export.bundle_format_version": str(FORMAT_VERSION),
+        "recsys_export.version": __version__,
+    }
     data_file = path.with_name(path.name + ".data")
+    if source.traced:
+        assert source.module is not None
+        with quiet_exporters():
+            proto = _traced_onnx_export(source.module, entry, source.n_users, source.n_items)
+        proto.ir_version = ONNX_IR_VERSION
+        onnx.helper.set_model_props(proto, props)
+        if external_data:
+            onnx.save_model(
+                proto,
+                str(path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_file.name,
+                size_threshold=0,
+            )
+        else:
+            onnx.save_model(proto, str(path))
+    else:
+        with quiet_exporters():
+            onnx_program = _dynamo_onnx_export(source.program, in_names, out_names)
+        onnx_program.model.ir_version = ONNX_IR_VERSION
+        onnx_program.model.metadata_props.update(props)
+        with quiet_exporters():
+            onnx_program.save(str(path), external_data=external_data)
+    written = [path]
     if data_file.exists():
         written.append(data_file)
     # Full check (shape inference included); on the path so external data is found.
@@ -378,7 +501,7 @@ def export_bundle(
         torch.save(state, buf)
         writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
         programs = None
-        if "pt2" in fmts or "onnx" in fmts:
+        if "pt2" in fmts:
             t0 = time.perf_counter()
             programs = export_programs(module, n_users, n_items)
             timings["torch.export"] = time.perf_counter() - t0
@@ -400,13 +523,13 @@ def export_bundle(
                 files["pt2"][entry] = rel
             timings["pt2"] = time.perf_counter() - t0
         if "onnx" in fmts:
-            assert programs is not None
             t0 = time.perf_counter()
             files["onnx"] = {}
-            for entry, program in programs.items():
+            sources = onnx_sources(module, model.kind, n_users, n_items, programs)
+            for entry, source in sources.items():
                 rel = f"onnx/{entry}.onnx"
                 written = write_onnx(
-                    program,
+                    source,
                     entry,
                     writer.path(rel),
                     model_kind=model.kind,
