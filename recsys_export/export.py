@@ -205,18 +205,16 @@ def _dynamic_axes(entry: str) -> dict[str, dict[int, str]]:
     }
 
 
-def _traced_onnx_export(
-    module: torch.nn.Module, entry: str, n_users: int, n_items: int
-) -> Any:
+def _traced_onnx_export(module: torch.nn.Module, entry: str, n_users: int, n_items: int) -> Any:
     """``torch.onnx.export(dynamo=False)`` of one entry point: an ``onnx.ModelProto``."""
     import onnx
 
     spec = ENTRY_POINTS[entry]
-    wrapper = {
-        "score": ScoreEntry,
-        "score_all": ScoreAllEntry,
-        "recommend": OnnxRecommendEntry,
-    }[entry](module)
+    wrapper: torch.nn.Module
+    if entry == "recommend":
+        wrapper = OnnxRecommendEntry(module, n_items)
+    else:
+        wrapper = ScoreEntry(module) if entry == "score" else ScoreAllEntry(module)
     args = _example_inputs(n_users, n_items)[entry]
     buf = io.BytesIO()
     with torch.no_grad():
@@ -277,8 +275,7 @@ def onnx_sources(
         traced = size <= TRACED_ONNX_MAX_BYTES
     if traced:
         return {
-            e: OnnxSource(e, module=module, n_users=n_users, n_items=n_items)
-            for e in ENTRY_POINTS
+            e: OnnxSource(e, module=module, n_users=n_users, n_items=n_items) for e in ENTRY_POINTS
         }
     if programs is None:
         programs = export_programs(module, n_users, n_items)
@@ -395,6 +392,8 @@ def _item_names(ckpt: Checkpoint) -> list[str | None] | None:
         return check_item_names(ckpt.item_names, ckpt.model.n_items)
     except ValueError as exc:
         raise CheckpointError(f"refusing to export: {exc}") from None
+
+
 @contextlib.contextmanager
 def _disk_errors(out: str | Path) -> Iterator[None]:
     """Turn an OSError while writing the bundle (a full disk) into a :class:`BundleError`.

@@ -177,20 +177,24 @@ class OnnxRecommendEntry(nn.Module):
     The same computation as :func:`~recsys_export.models.topk_excluding` on
     ``score_all``, written so that tracing keeps ``k`` a run-time input: the 0-d ``k``
     goes straight into ``topk`` (the tracer records it as a value, not a constant) and
-    the empty-slot test is ``== -inf`` (that exporter has no ``isneginf``). Only for the
+    the empty-slot test is ``== -inf`` (that exporter has no ``isneginf``); exclusions
+    are one scatter into the flattened scores. Only for the
     frozen modules of this package, whose ``score_all`` traces to a batch-generic graph.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, n_items: int) -> None:
         super().__init__()
         self.module = module
+        self.n_items = n_items
 
     def forward(
         self, users: Tensor, k: Tensor, exclude_rows: Tensor, exclude_items: Tensor
     ) -> tuple[Tensor, Tensor]:
         scores = self.module.score_all(users)
         neg_inf = torch.full_like(exclude_items, 0, dtype=scores.dtype) - float("inf")
-        masked = scores.index_put((exclude_rows, exclude_items), neg_inf)
+        # one flat ScatterElements over constant shapes: nothing is concatenated
+        flat = exclude_rows * self.n_items + exclude_items
+        masked = scores.reshape(-1).scatter(0, flat, neg_inf).reshape(-1, self.n_items)
         values, items = torch.topk(masked, k, dim=1, largest=True, sorted=True)  # type: ignore[call-overload]
         items = torch.where(values == float("-inf"), torch.full_like(items, -1), items)
         return values, items

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ from recsys_export.plan import (
     DEFAULT_BUDGET,
     PAIR_CHUNK,
     PARITY_TORCH_THREADS,
+    PARITY_WORKERS,
     ParityPlan,
     describe_plan,
     plan_parity,
@@ -192,6 +194,8 @@ class OnnxBackend(Backend):
 
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
+        if PARITY_WORKERS > 1:  # the parity pass runs backends side by side
+            opts.intra_op_num_threads = 1
         opts.enable_cpu_mem_arena = False  # parity's calls vary in size: free, don't pool
         self.sessions = {
             e: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
@@ -377,9 +381,11 @@ class Comparison:
             dmax = float(diff.max())
         self.max_abs_diff = max(self.max_abs_diff, dmax)
         with np.errstate(invalid="ignore", over="ignore"):
-            tol = ae * dtype.type(rtol)
-            tol += dtype.type(atol)
-            self.n_out_of_tolerance += int(np.count_nonzero(diff > tol))
+            if not dmax <= float(dtype.type(atol)):  # else all are within atol <= tolerance
+                tol = ae * dtype.type(rtol)
+                tol += dtype.type(atol)
+                self.n_out_of_tolerance += int(np.count_nonzero(diff > tol))
+                del tol
             ae += dtype.type(REL_EPS)
             np.divide(diff, ae, out=ae)
             self.max_rel_diff = max(self.max_rel_diff, float(ae.max()))
@@ -631,11 +637,43 @@ class _Run:
         self.atol, self.rtol, self.cap, self.batch_cap = atol, rtol, cap, max(cap, batch_cap)
         self.comps: dict[tuple[str, str, str], Comparison] = {}
         self.clock: dict[str, dict[str, float]] = {b: {} for b in ["eager", *backends]}
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        if PARITY_WORKERS > 1 and len(backends) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(PARITY_WORKERS, thread_name_prefix="parity")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def each_backend(self, task: Callable[[str, Backend], None]) -> None:
+        """``task(fmt, backend)`` for every backend, side by side on the pool.
+
+        Comparisons the tasks create are then ordered as a sequential pass would
+        create them (backend order), so ``parity.json`` does not depend on timing.
+        """
+        if self._pool is None:
+            for fmt, be in self.backends.items():
+                task(fmt, be)
+            return
+        before = len(self.comps)
+        futures = [self._pool.submit(task, fmt, be) for fmt, be in self.backends.items()]
+        for f in futures:
+            f.result()
+        if len(self.comps) > before:
+            order = {fmt: j for j, fmt in enumerate(self.backends)}
+            items = list(self.comps.items())
+            new = sorted(items[before:], key=lambda kv: order.get(kv[0][0], len(order)))
+            self.comps = dict(items[:before] + new)
 
     def tick(self, fmt: str, entry: str, t0: float) -> None:
         """Add the seconds since ``t0`` to ``fmt``'s clock for ``entry``."""
-        per = self.clock.setdefault(fmt, {})
-        per[entry] = per.get(entry, 0.0) + time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        with self._lock:
+            per = self.clock.setdefault(fmt, {})
+            per[entry] = per.get(entry, 0.0) + dt
 
     def timings(self) -> dict[str, dict[str, float]]:
         """Seconds per backend and entry point (``compare``: our own comparisons)."""
@@ -647,9 +685,10 @@ class _Run:
 
     def comp(self, fmt: str, entry: str, case: str) -> Comparison:
         key = (fmt, entry, case)
-        if key not in self.comps:
-            self.comps[key] = Comparison(fmt, entry, case)
-        return self.comps[key]
+        with self._lock:
+            if key not in self.comps:
+                self.comps[key] = Comparison(fmt, entry, case)
+            return self.comps[key]
 
     def call(self, fmt: str, entry: str, case: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the clock of ``fmt``; a crash is a reported parity failure."""
@@ -696,7 +735,8 @@ class _Run:
         self, entry: str, case: str, expected: np.ndarray, *args: Any, cap: int | None = None
     ) -> None:
         """Every backend's ``score`` or ``score_all`` on ``args`` against ``expected``."""
-        for fmt, be in self.backends.items():
+
+        def one(fmt: str, be: Backend) -> None:
             fn = getattr(be, entry)
             if entry == "score_all":
                 got = self.call(
@@ -708,6 +748,8 @@ class _Run:
                 t0 = time.perf_counter()
                 self.comp(fmt, entry, case).add_values(expected, got, self.atol, self.rtol)
                 self.tick("compare", entry, t0)
+
+        self.each_backend(one)
 
     def recommend(
         self,
@@ -727,11 +769,12 @@ class _Run:
             t.numpy() for t in topk_excluding(torch.from_numpy(masked), k, _t(rows), _t(items))
         )
         self.tick("eager", "recommend", t0)
-        for fmt, be in self.backends.items():
+
+        def one(fmt: str, be: Backend) -> None:
             split = functools.partial(self.by_calls, cap=cap)
             got = self.call(fmt, "recommend", case, split, be, "recommend", users, k, rows, items)
             if got is None:
-                continue
+                return
             t0 = time.perf_counter()
             c = self.comp(fmt, "recommend", case)
             c.add_values(ref_s, got[0], self.atol, self.rtol)
@@ -740,6 +783,8 @@ class _Run:
                 c.problems.append(f"items dtype {got[1].dtype} != int64")
             c.add_topk(masked, ref_i, got[1], excluded, self.atol, self.rtol)
             self.tick("compare", "recommend", t0)
+
+        self.each_backend(one)
 
     def ref(self, fn_name: str, *args: Any) -> np.ndarray:
         t0 = time.perf_counter()
@@ -914,6 +959,43 @@ def _run_parity(
         max_call_users or 1024,
         max_batch_users or 1024,
     )
+    try:
+        _run_plan(
+            run,
+            report,
+            rng,
+            n_users,
+            n_items,
+            seen,
+            batch_sizes,
+            full_matrix,
+            plan,
+            user_chunk,
+            seed,
+            progress,
+        )
+    finally:
+        run.close()
+    report.comparisons = list(run.comps.values())
+    report.timings = run.timings()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_plan(
+    run: _Run,
+    report: ParityReport,
+    rng: np.random.Generator,
+    n_users: int,
+    n_items: int,
+    seen: tuple[np.ndarray, np.ndarray] | None,
+    batch_sizes: Iterable[int],
+    full_matrix: bool,
+    plan: ParityPlan | None,
+    user_chunk: int | None,
+    seed: int,
+    progress: bool,
+) -> None:
     for b in batch_sizes:
         run.batch(rng, b, n_users)
     if full_matrix:
@@ -929,10 +1011,6 @@ def _run_parity(
                 release_memory()
                 bar.update(len(users))
         run.pairs(plan, PAIR_CHUNK)
-    report.comparisons = list(run.comps.values())
-    report.timings = run.timings()
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 # --------------------------------------------------------------------------- bundles
