@@ -11,6 +11,7 @@ random ones, and random (user, item) pairs over the whole matrix through pairwis
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,12 @@ BATCH_BYTES = 80 << 20
 #: (OpenMP barriers waiting on a descheduled thread), and on an idle machine it buys
 #: under 2x. onnxruntime keeps its own threads.
 PARITY_TORCH_THREADS = 1
+#: Backends a parity pass runs at once (Python threads; each call and comparison is
+#: torch, onnxruntime or numpy work that releases the GIL): the eager reference of a
+#: block is computed once, then the formats split the cores. One thread per call, so
+#: the OpenMP barriers above never come into it; onnxruntime sessions then get one
+#: intra-op thread each.
+PARITY_WORKERS = max(1, min(2, os.cpu_count() or 1))
 
 
 def check_budget(budget: Any) -> int:

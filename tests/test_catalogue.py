@@ -1052,12 +1052,12 @@ def test_export_disk_full_is_a_user_error(world: World, monkeypatch: pytest.Monk
     """ENOSPC while a graph is written: one line, no partial bundle, no temporary."""
     import errno
 
-    from recsys_export import export
+    from recsys_export.export import build
 
     def full(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[2]))
 
-    monkeypatch.setattr(export, "write_onnx", full)
+    monkeypatch.setattr(build, "write_onnx", full)
     argv, out = _export(world, world.checkpoint)
     rc, stdout, stderr = _run_inprocess(argv)
     _assert_one_line_error(rc, stdout, stderr, "export", ["No space left on device", "nothing"])

@@ -466,9 +466,9 @@ def test_fast_paths_match_eager_and_fallback(case):
 @pytest.mark.parametrize("width", [7, N_ITEMS - 1, N_ITEMS])
 def test_fast_path_tiling_and_threads(width, tmp_path, monkeypatch):
     """DenseNet item tiles: ragged and single tiles, both threading modes, odd blocks."""
-    from recsys_export import export
+    from recsys_export.export import kernels
 
-    monkeypatch.setattr(export, "dn_tile_width", lambda hidden, n_items, users: width)
+    monkeypatch.setattr(kernels, "dn_tile_width", lambda hidden, n_items, users: width)
     model, path = _make("densenet", tmp_path / "b")
     import onnx
 

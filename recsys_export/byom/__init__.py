@@ -1,0 +1,578 @@
+"""Bring your own model: export PyTorch recommenders trained elsewhere.
+
+:func:`export_model` takes a module (or a state dict) trained outside recsys-export and
+writes the same verified bundle as ``recsys-export export`` does for our checkpoints.
+Two paths:
+
+``converted``
+    A module or state dict with the parameter names and shapes of the post's classes
+    (``user_factors``/``item_factors`` embeddings, optionally ``user_bias``/``item_bias``;
+    for the dense net also ``linear1`` and ``linear2`` with one output) is converted to our
+    :class:`~recsys_export.models.MatrixFactorization` or
+    :class:`~recsys_export.models.DenseNet`, so the bundle gets everything ours get:
+    fast-path kernels, in-graph top-k, the split DenseNet layer.
+``generic``
+    Any other ``nn.Module`` whose ``forward(users, items)`` returns one score per pair
+    (``[N]`` or ``[N, 1]``). ``score`` is the module, ``score_all`` broadcasts users x
+    items through it in bounded blocks (:class:`ModuleRecommender`), ``recommend`` is
+    :func:`~recsys_export.models.topk_excluding` on that. The bundle has no fast-path
+    kernels; the runtime runs its ONNX entry points.
+
+Either way, parity is checked against the user's own module (not only our copy of it):
+the eager reference of :func:`~recsys_export.parity.run_parity` is the user's ``forward``.
+The path taken is recorded in the manifest under ``training.config.origin``.
+
+Modules: :mod:`.convert` (the post's classes to ours), :mod:`.generic` (any pairwise
+module as the three entry points), :mod:`.ids` (id maps and seen items) and this one
+(:func:`export_model`, :func:`verify_module` and the CLI's helpers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recsys_export.byom.convert import (  # noqa: F401
+    _key_problems,
+    load_state_dict_file,
+    model_from_state_dict,
+    recognise,
+)
+from recsys_export.byom.generic import (  # noqa: F401
+    DEFAULT_BLOCK_PAIRS,
+    GENERIC_KIND,
+    MAX_ITEM_TILES,
+    MIN_ITEM_BLOCK,
+    ModuleRecommender,
+    _against_user,
+    _eval_mode,
+    _frozen_copy,
+    _sizes_from_embeddings,
+)
+from recsys_export.byom.ids import IdsAndSeen, resolve_ids  # noqa: F401
+from recsys_export.checkpoint import Checkpoint
+from recsys_export.errors import (
+    CheckpointError,
+    ConfigError,
+    ExportError,
+    RecsysExportError,
+)
+from recsys_export.export.build import export_bundle, parse_formats
+from recsys_export.export.formats import export_programs, quiet_exporters
+from recsys_export.models import BaseModel
+
+PATHS = ("auto", "converted", "generic")
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` did.
+
+    Attributes
+    ----------
+    path : str
+        ``"converted"`` (to our ``mf``/``densenet``) or ``"generic"``.
+    kind : str
+        ``model.kind`` in the manifest: ``mf``, ``densenet`` or ``generic``.
+    bundle : Path
+        The bundle directory.
+    manifest : dict
+        The manifest as written.
+    failed : dict
+        Formats that could not be exported -> the exporter's reason (with ``keep_partial``).
+    reason : str
+        Why this path was taken.
+    """
+
+    path: str
+    kind: str
+    bundle: Path
+    manifest: dict[str, Any]
+    failed: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def parity(self) -> dict[str, Any] | None:
+        return self.manifest.get("parity")
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        line = " ".join(line.split())
+        if line:
+            return f"{type(exc).__name__}: {line}"[:300]
+    return type(exc).__name__
+
+
+def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
+    """Formats the module cannot be exported to -> the exporter's reason (cheap steps)."""
+    failed: dict[str, str] = {}
+    frozen = _frozen_copy(wrapper)
+    if "torchscript" in fmts:
+        try:
+            with quiet_exporters():
+                torch.jit.script(frozen)
+        except Exception as exc:
+            failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
+    if "pt2" in fmts or "onnx" in fmts:
+        try:
+            export_programs(frozen, wrapper.n_users, wrapper.n_items)
+        except Exception as exc:
+            reason = "torch.export: " + _first_line(exc)
+            for f in ("pt2", "onnx"):
+                if f in fmts:
+                    failed[f] = reason
+    return failed
+
+
+def _check_scores(wrapper: ModuleRecommender) -> None:
+    """The module takes int64 users and items and returns one float per pair."""
+    n = 3
+    users = torch.tensor([0, wrapper.n_users - 1, 0], dtype=torch.int64)
+    items = torch.tensor([0, wrapper.n_items - 1, wrapper.n_items - 1], dtype=torch.int64)
+    name = type(wrapper.module).__name__
+    try:
+        with torch.no_grad():
+            out = wrapper.module(users, items)
+    except Exception as exc:
+        raise ConfigError(
+            f"{name}(users, items) failed on int64 indices ({_first_line(exc)}); the generic "
+            "path needs forward(users int64[N], items int64[N]) -> scores[N]"
+        ) from None
+    if not isinstance(out, Tensor) or tuple(out.shape) not in ((n,), (n, 1)):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"{name}(users, items) returned {shape} for {n} pairs; the generic path needs one "
+            "score per pair ([N] or [N, 1])"
+        )
+    if not out.is_floating_point():
+        raise ConfigError(f"{name}(users, items) returned {out.dtype} scores, not floats")
+
+
+def export_model(
+    module: nn.Module | Mapping[str, Any],
+    out: str | Path,
+    *,
+    kind: str | None = None,
+    path: str = "auto",
+    n_users: int | None = None,
+    n_items: int | None = None,
+    user_ids: Any = None,
+    item_ids: Any = None,
+    ratings: Any = None,
+    seen: Any = None,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    formats: str | Sequence[str] | None = None,
+    verify: bool = True,
+    keep_partial: bool = False,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    block_pairs: int = DEFAULT_BLOCK_PAIRS,
+    progress: bool = False,
+) -> ExportResult:
+    """Export a recommender trained elsewhere to a verified bundle.
+
+    Parameters
+    ----------
+    module : nn.Module or state dict
+        A module whose ``forward(users, items)`` returns one score per pair, or a state
+        dict with the post's names (then ``kind`` says which class; it is recognised from
+        the shapes when omitted).
+    out : path
+        Bundle directory to create (atomically).
+    kind : {"mf", "densenet"}, optional
+        Force the post's class (a module that does not match raises).
+    path : {"auto", "converted", "generic"}
+        ``auto`` converts the post's classes and sends anything else through the generic
+        path; a module that has the post's names but scores differently from its converted
+        copy (a sigmoid on top, another forward) is exported generically too.
+    n_users, n_items : int, optional
+        Sizes for the generic path; default: the id lists, or embeddings whose names
+        contain ``user`` / ``item``.
+    user_ids, item_ids : sequence, optional
+        Raw ids in index order (``user_ids[j]`` is the id of index ``j``); default
+        ``0..n-1``.
+    ratings : pandas.DataFrame, optional
+        Rows with user and item id columns (found by name, or ``user_col``/``item_col``):
+        raw ids are their sorted unique values (unless given) and the rows are the seen
+        items.
+    seen : mapping or (users, items), optional
+        Seen items in raw ids, removed by ``recommend`` (default: ``ratings``' rows).
+    formats : str or sequence, optional
+        Subset of ``onnx``, ``torchscript``, ``pt2`` (default: all).
+    verify : bool
+        Check parity of every format (and the runtime) against the user's module.
+    keep_partial : bool
+        When a format cannot be exported, write the others (listed in
+        :attr:`ExportResult.failed`) instead of failing.
+    block_pairs : int
+        Generic path: pairs per ``score_all`` block (bounds its memory).
+
+    Returns
+    -------
+    ExportResult
+        Path taken, bundle, manifest (its ``parity`` summary), failed formats.
+
+    Raises
+    ------
+    ExportError
+        A format cannot be exported (one line: the format and the exporter's reason).
+    ParityError
+        An export does not reproduce the user's module within ``atol``/``rtol``.
+    CheckpointError, ConfigError, DataError
+        A state dict that is not the post's class, bad sizes, ids or options.
+    """
+    if path not in PATHS:
+        raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    fmts = parse_formats(formats)
+    from recsys_export.parity import check_tolerances
+
+    check_tolerances(atol, rtol)
+    opts: dict[str, Any] = {  # what the export steps below need, by name
+        "n_users": n_users,
+        "n_items": n_items,
+        "user_ids": user_ids,
+        "item_ids": item_ids,
+        "ratings": ratings,
+        "seen": seen,
+        "user_col": user_col,
+        "item_col": item_col,
+        "verify": verify,
+        "keep_partial": keep_partial,
+        "overwrite": overwrite,
+        "external_data": external_data,
+        "atol": atol,
+        "rtol": rtol,
+        "block_pairs": block_pairs,
+        "progress": progress,
+    }
+    if not isinstance(module, nn.Module):
+        if not isinstance(module, Mapping):
+            raise ConfigError(f"expected an nn.Module or a state dict, got {type(module).__name__}")
+        if path == "generic":
+            raise ConfigError("a state dict has no forward: the generic path needs the module")
+        kind = kind or recognise(module)
+        if kind is None:
+            model_from_state_dict(module, "mf")  # raises, listing what does not match
+        converted = model_from_state_dict(module, kind or "mf")
+        return _export_converted(
+            converted, None, out, "state dict with the post's names", fmts, opts
+        )
+    name = type(module).__name__
+    reason = ""
+    if path != "generic":
+        found = kind or recognise(module)
+        if found is None and (path == "converted" or kind is not None):
+            model_from_state_dict(module.state_dict(), kind or "mf", source=name)  # raises
+        if found is not None:
+            converted = model_from_state_dict(module.state_dict(), found, source=name)
+            mismatch = _conversion_mismatch(converted, module, atol, rtol)
+            if mismatch is None:
+                return _export_converted(
+                    converted,
+                    module,
+                    out,
+                    f"{name} has the post's {found} names and scores",
+                    fmts,
+                    opts,
+                )
+            if path == "converted" or kind is not None:
+                raise ConfigError(
+                    f"{name} has the post's {found} parameter names but scores differently "
+                    f"({mismatch}); use path='generic'"
+                )
+            reason = f"{name} has the post's {found} names but scores differently ({mismatch})"
+    return _export_generic(
+        module, out, reason or f"{name} is not one of the post's classes", fmts, opts
+    )
+
+
+def _conversion_mismatch(
+    converted: BaseModel, module: nn.Module, atol: float, rtol: float
+) -> str | None:
+    """None when our converted model scores a sample of pairs like the user's module."""
+    gen = torch.Generator().manual_seed(0)
+    n = 256
+    users = torch.randint(0, converted.n_users, (n,), generator=gen)
+    items = torch.randint(0, converted.n_items, (n,), generator=gen)
+    users[:2] = torch.tensor([0, converted.n_users - 1])
+    items[:2] = torch.tensor([0, converted.n_items - 1])
+    try:
+        with torch.no_grad(), _eval_mode(module):
+            theirs = module(users, items)
+            ours = converted(users, items)
+        theirs = theirs.reshape(-1).to(torch.float32)
+    except Exception as exc:
+        return _first_line(exc)
+    if theirs.shape != ours.shape:
+        return f"output shape {tuple(theirs.shape)}"
+    diff = (theirs - ours).abs()
+    if bool((diff <= atol + rtol * ours.abs()).all()):
+        return None
+    return f"max abs difference {float(diff.max()):.3g} on sample pairs"
+
+
+def _ids(opts: dict[str, Any], n_users: int, n_items: int) -> IdsAndSeen:
+    return resolve_ids(
+        n_users,
+        n_items,
+        user_ids=opts["user_ids"],
+        item_ids=opts["item_ids"],
+        ratings=opts["ratings"],
+        seen=opts["seen"],
+        user_col=opts["user_col"],
+        item_col=opts["item_col"],
+    )
+
+
+def _checkpoint(model: Any, ids: IdsAndSeen, origin: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        model=model,
+        user_map=ids.user_map,
+        item_map=ids.item_map,
+        seen_users=ids.seen_users,
+        seen_items=ids.seen_items,
+        config={"origin": origin},
+        data={"source": ids.source, "seen_pairs": int(ids.seen_users.size)},
+    )
+
+
+def _export(ckpt: Checkpoint, out: str | Path, fmts: list[str], opts: dict[str, Any]) -> dict:
+    return export_bundle(
+        ckpt,
+        out,
+        formats=fmts,
+        overwrite=opts["overwrite"],
+        external_data=opts["external_data"],
+        verify=opts["verify"],
+        atol=opts["atol"],
+        rtol=opts["rtol"],
+        progress=opts["progress"],
+    )
+
+
+def _export_converted(
+    converted: BaseModel,
+    module: nn.Module | None,
+    out: str | Path,
+    reason: str,
+    fmts: list[str],
+    opts: dict[str, Any],
+) -> ExportResult:
+    ids = _ids(opts, converted.n_users, converted.n_items)
+    model = converted if module is None else _against_user(converted, module)
+    origin = {
+        "api": "export_model",
+        "path": "converted",
+        "module": None if module is None else _qualname(module),
+        "reference": "state dict" if module is None else "the user's module",
+        "reason": reason,
+    }
+    ctx = contextlib.nullcontext() if module is None else _eval_mode(module)
+    with ctx:
+        manifest = _export(_checkpoint(model, ids, origin), out, fmts, opts)
+    return ExportResult("converted", converted.kind, Path(out), manifest, reason=reason)
+
+
+def _qualname(module: nn.Module) -> str:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _export_generic(
+    module: nn.Module, out: str | Path, reason: str, fmts: list[str], opts: dict[str, Any]
+) -> ExportResult:
+    guess_u, guess_i = _sizes_from_embeddings(module)
+    n_users = opts["n_users"] or _count(opts["user_ids"]) or guess_u
+    n_items = opts["n_items"] or _count(opts["item_ids"]) or guess_i
+    if n_users is None or n_items is None:
+        raise ConfigError(
+            f"cannot tell how many users and items {type(module).__name__} scores; pass "
+            "n_users= and n_items= (or user_ids= and item_ids=)"
+        )
+    wrapper = ModuleRecommender(module, int(n_users), int(n_items), block_pairs=opts["block_pairs"])
+    ids = _ids(opts, wrapper.n_users, wrapper.n_items)
+    with _eval_mode(module):
+        _check_scores(wrapper)
+        failed = _probe_formats(wrapper, fmts)
+        ok = [f for f in fmts if f not in failed]
+        if failed and (not opts["keep_partial"] or not ok):
+            raise ExportError(_failure_line(module, failed))
+        origin = {
+            "api": "export_model",
+            "path": "generic",
+            "module": _qualname(module),
+            "reference": "the user's module",
+            "reason": reason,
+            "failed_formats": failed,
+        }
+        try:
+            manifest = _export(_checkpoint(wrapper, ids, origin), out, ok, opts)
+        except RecsysExportError:
+            raise
+        except Exception as exc:  # the ONNX conversion is the step not probed above
+            failed["onnx" if "onnx" in ok else ok[-1]] = "torch.onnx: " + _first_line(exc)
+            ok = [f for f in ok if f not in failed]
+            if not opts["keep_partial"] or not ok:
+                raise ExportError(_failure_line(module, failed)) from None
+            origin["failed_formats"] = failed
+            manifest = _export(_checkpoint(wrapper, ids, origin), out, ok, opts)
+    return ExportResult(GENERIC_KIND, GENERIC_KIND, Path(out), manifest, failed, reason)
+
+
+def _count(ids: Any) -> int | None:
+    return None if ids is None else len(ids)
+
+
+def _failure_line(module: nn.Module, failed: dict[str, str]) -> str:
+    by_reason: dict[str, list[str]] = {}
+    for fmt, why in failed.items():
+        by_reason.setdefault(why, []).append(fmt)
+    parts = [f"{', '.join(fmts)}: {why}" for why, fmts in by_reason.items()]
+    return (
+        f"cannot export {type(module).__name__} to {', '.join(failed)} ("
+        + "; ".join(parts)
+        + "); keep the other formats with keep_partial=True (CLI: --keep-partial)"
+    )
+
+
+def verify_module(
+    module: nn.Module, bundle: str | Path, *, atol: float = 1e-5, rtol: float = 1e-5
+) -> Any:
+    """Parity of a written generic bundle against the user's module (nothing recorded).
+
+    Returns
+    -------
+    recsys_export.parity.ParityReport
+    """
+    from recsys_export.bundle import Bundle
+    from recsys_export.parity import (
+        CHECKED_BACKENDS,
+        EagerBackend,
+        bundle_seen,
+        load_backends,
+        run_parity,
+    )
+
+    b = Bundle.load(bundle)
+    m = b.manifest["model"]
+    wrapper = ModuleRecommender(module, int(m["n_users"]), int(m["n_items"]))
+    backends = load_backends(b.root, b.manifest, CHECKED_BACKENDS)
+    with _eval_mode(module):
+        return run_parity(
+            EagerBackend(wrapper),  # type: ignore[arg-type]
+            backends,
+            wrapper.n_users,
+            wrapper.n_items,
+            seen=bundle_seen(b.root, b.manifest),
+            atol=atol,
+            rtol=rtol,
+        )
+
+
+__all__ = [
+    "GENERIC_KIND",
+    "ExportResult",
+    "ModuleRecommender",
+    "export_model",
+    "load_state_dict_file",
+    "model_from_state_dict",
+    "recognise",
+    "resolve_ids",
+    "verify_module",
+]
+
+
+# --------------------------------------------------------------------------- CLI helpers
+
+
+def load_class(spec: str) -> type[nn.Module]:
+    """``package.module:Class`` or ``path/to/file.py:Class`` -> the class (its code runs).
+
+    Raises
+    ------
+    ConfigError
+        A malformed spec, a module or file that cannot be imported, or no such class.
+    """
+    import importlib
+    import importlib.util
+
+    target, sep, cls_name = spec.rpartition(":")
+    if not sep or not target or not cls_name.isidentifier():
+        raise ConfigError(
+            f"--model {spec!r}: expected mf, densenet, package.module:Class or file.py:Class"
+        )
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise ConfigError(f"--model {spec!r}: no file {file}")
+            mod_spec = importlib.util.spec_from_file_location(f"_byom_{file.stem}", file)
+            assert mod_spec is not None and mod_spec.loader is not None
+            mod = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(target)
+    except RecsysExportError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"--model {spec!r}: cannot import {target} ({_first_line(exc)})"
+        ) from None
+    cls = getattr(mod, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"--model {spec!r}: {target} has no nn.Module subclass {cls_name}")
+    return cls
+
+
+def module_from_files(
+    state_path: str | Path, spec: str, model_args: Mapping[str, Any] | None = None
+) -> nn.Module | dict[str, Tensor]:
+    """What ``recsys-export export STATE_DICT --model SPEC`` exports.
+
+    ``mf``/``densenet``: the state dict itself (sizes read from the tensors). Otherwise
+    ``SPEC`` names a class, built with ``model_args`` and loaded with the state dict
+    (strictly: a message lists missing and unexpected keys).
+    """
+    state = load_state_dict_file(state_path)
+    if spec in ("mf", "densenet"):
+        return state
+    cls = load_class(spec)
+    try:
+        module = cls(**dict(model_args or {}))
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot build {cls.__name__}(**model_args): {_first_line(exc)}"
+        ) from None
+    expected = module.state_dict()
+    problem = _key_problems(state, list(expected), [])
+    if problem:
+        raise CheckpointError(f"{state_path} does not match {cls.__name__}: {problem}")
+    shapes = [
+        f"{k} is {list(v.shape)}, {cls.__name__} expects {list(expected[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if shapes:
+        raise CheckpointError(f"{state_path} does not match {cls.__name__}: " + "; ".join(shapes))
+    module.load_state_dict(state)
+    return module.eval()
+
+
+def ids_from_file(path: str | Path, **columns: Any) -> Any:
+    """The ratings file of ``--ids-from`` (:func:`recsys_export.data.read_ratings`)."""
+    from recsys_export.data import read_ratings
+
+    return read_ratings(path, **{k: v for k, v in columns.items() if v is not None})

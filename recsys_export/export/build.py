@@ -1,0 +1,280 @@
+"""Export a checkpoint to a bundle: every format, written atomically, then verified.
+
+:func:`export_bundle` feeds one frozen inference module (:mod:`.frozen`) to the format
+writers (:mod:`.formats`) and the fast-path kernel builder (:mod:`.kernels`), writes the
+bundle through :class:`~recsys_export.bundle.BundleWriter` and (by default) runs the
+parity pass (:mod:`recsys_export.parity`) on the staged bundle before it is moved into
+place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys_export import __version__
+from recsys_export.bundle import Bundle, BundleWriter
+from recsys_export.checkpoint import Checkpoint, check_finite_weights
+from recsys_export.errors import BundleError, CheckpointError, ConfigError
+from recsys_export.export.formats import (
+    ONNX_OPSET,
+    export_programs,
+    onnx_sources,
+    write_onnx,
+    write_pt2,
+    write_torchscript,
+)
+from recsys_export.export.frozen import inference_module
+from recsys_export.export.kernels import write_kernels
+from recsys_export.items import ITEM_NAMES_FILE, check_item_names
+from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
+
+REFERENCE_FILE = "reference/state_dict.pt"
+
+
+def _seen_csr(ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((ckpt.seen_items, ckpt.seen_users))
+    users, items = ckpt.seen_users[order], ckpt.seen_items[order]
+    indptr = np.zeros(ckpt.model.n_users + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum(np.bincount(users, minlength=ckpt.model.n_users))
+    return indptr, items.astype(np.int64)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_finite(ckpt: Checkpoint) -> None:
+    check_finite_weights(ckpt.model.state_dict(), "refusing to export", "; retrain")
+
+
+def _item_names(ckpt: Checkpoint) -> list[str | None] | None:
+    """The checkpoint's item names, validated against the model's item count."""
+    if ckpt.item_names is None:
+        return None
+    try:
+        return check_item_names(ckpt.item_names, ckpt.model.n_items)
+    except ValueError as exc:
+        raise CheckpointError(f"refusing to export: {exc}") from None
+
+
+@contextlib.contextmanager
+def _disk_errors(out: str | Path) -> Iterator[None]:
+    """Turn an OSError while writing the bundle (a full disk) into a :class:`BundleError`.
+
+    Enter it outside the :class:`BundleWriter` so that the temporary directory is
+    removed first.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise BundleError(
+            f"cannot write bundle {out}: {reason}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; nothing was written, free some space or choose another --out"
+        ) from None
+
+
+def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
+    """Validate a format list (``"onnx,torchscript,pt2"`` or a sequence)."""
+    if formats is None:
+        return list(FORMATS)
+    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    items = [f for f in items if f]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items:
+        raise ConfigError(
+            f"unknown export format(s) {unknown or items}; choose from {', '.join(FORMATS)}"
+        )
+    return [f for f in FORMATS if f in items]
+
+
+def export_bundle(
+    ckpt: Checkpoint,
+    out: str | Path,
+    *,
+    formats: str | Sequence[str] | None = None,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    verify: bool = True,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    budget: int | None = None,
+    full: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Export a checkpoint to a bundle directory, atomically, and verify it.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        The trained model with its id maps and seen items.
+    out : path
+        Bundle directory to create (written to a temporary sibling, then renamed).
+    formats : str or sequence, optional
+        Subset of ``onnx``, ``torchscript``, ``pt2`` (default: all).
+    overwrite : bool
+        Replace an existing bundle at ``out``.
+    external_data : bool, optional
+        Force (True) or forbid (False) ONNX external weight files; None decides by size.
+    verify : bool
+        Run the parity checks (:mod:`recsys_export.parity`, the torch-free runtime
+        included) on the staged bundle and record ``parity.json``. On a failure
+        :class:`ParityError` is raised before the bundle is moved into place: nothing
+        that fails parity is left behind, and an existing bundle at ``out`` is kept.
+    budget : int, optional
+        Pair budget of the verification plan (:func:`recsys_export.parity.plan_parity`):
+        the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
+    full : bool
+        Verify every user's whole row whatever the budget.
+
+    Returns
+    -------
+    dict
+        The manifest as written (``files`` with checksums included), with
+        ``export_seconds`` per format under ``timings`` and, when verified, the ``parity``
+        summary.
+    """
+    from recsys_export.parity import check_tolerances
+
+    check_tolerances(atol, rtol)
+    fmts = parse_formats(formats)
+    _check_finite(ckpt)
+    if verify and budget is not None:
+        from recsys_export.plan import check_budget
+
+        check_budget(budget)  # a user error before anything is written
+    model = ckpt.model.eval()
+    module = inference_module(model)
+    n_users, n_items = model.n_users, model.n_items
+    timings: dict[str, float] = {}
+    files: dict[str, dict[str, Any]] = {}
+    with _disk_errors(out), BundleWriter(out, overwrite=overwrite) as writer:
+        writer.write_id_maps(ckpt.user_map, ckpt.item_map)
+        names = _item_names(ckpt)
+        if names is not None:
+            writer.write_json(ITEM_NAMES_FILE, names, "item_names")
+        indptr, seen = _seen_csr(ckpt)
+        writer.write_bytes("ids/seen_indptr.npy", _npy_bytes(indptr), "seen:indptr")
+        writer.write_bytes("ids/seen_items.npy", _npy_bytes(seen), "seen:items")
+        # The eager reference (weights only) makes `verify` work from the bundle alone.
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        buf = io.BytesIO()  # torch.save to a file raises RuntimeError, not OSError, on a full disk
+        torch.save(state, buf)
+        writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
+        programs = None
+        if "pt2" in fmts:
+            t0 = time.perf_counter()
+            programs = export_programs(module, n_users, n_items)
+            timings["torch.export"] = time.perf_counter() - t0
+        if "torchscript" in fmts:
+            t0 = time.perf_counter()
+            rel = "torchscript/model.pt"
+            write_torchscript(module, writer.path(rel))
+            writer.add(rel, "torchscript:module")
+            files["torchscript"] = {"module": rel, "methods": list(ENTRY_POINTS)}
+            timings["torchscript"] = time.perf_counter() - t0
+        if "pt2" in fmts:
+            assert programs is not None
+            t0 = time.perf_counter()
+            files["pt2"] = {}
+            for entry, program in programs.items():
+                rel = f"pt2/{entry}.pt2"
+                write_pt2(program, writer.path(rel))
+                writer.add(rel, f"pt2:{entry}")
+                files["pt2"][entry] = rel
+            timings["pt2"] = time.perf_counter() - t0
+        if "onnx" in fmts:
+            t0 = time.perf_counter()
+            files["onnx"] = {}
+            sources = onnx_sources(module, model.kind, n_users, n_items, programs)
+            for entry, source in sources.items():
+                rel = f"onnx/{entry}.onnx"
+                written = write_onnx(
+                    source,
+                    entry,
+                    writer.path(rel),
+                    model_kind=model.kind,
+                    external_data=external_data,
+                )
+                writer.add(rel, f"onnx:{entry}")
+                for extra in written[1:]:
+                    writer.add(f"onnx/{extra.name}", f"onnx-data:{entry}")
+                files["onnx"][entry] = rel
+            files["onnx_kernels"] = write_kernels(
+                module, model.kind, writer, external_data=external_data
+            )
+            timings["onnx"] = time.perf_counter() - t0
+        manifest = build_manifest(ckpt, files, timings)
+        if verify:
+            from recsys_export.parity import verify_staged_bundle
+
+            report = verify_staged_bundle(
+                writer,
+                manifest,
+                ckpt,
+                atol=atol,
+                rtol=rtol,
+                budget=budget,
+                full=full,
+                progress=progress,
+            )
+            manifest["parity"] = report.summary()
+            writer.write_json("parity.json", report.to_dict(), "parity:report")
+            if not report.passed:
+                report.raise_failure()  # leaving the block deletes the staged bundle
+        dest = writer.commit(manifest)
+    return Bundle.load(dest, verify=False).manifest
+
+
+def build_manifest(
+    ckpt: Checkpoint, files: dict[str, Any], timings: dict[str, float]
+) -> dict[str, Any]:
+    """Manifest keys owned by the exporter (the bundle writer adds files and checksums)."""
+    import onnx
+    import onnxruntime
+
+    model = ckpt.model
+    formats: dict[str, Any] = {}
+    if "onnx" in files:
+        formats["onnx"] = {"opset": ONNX_OPSET, "graphs": files["onnx"]}
+        if files.get("onnx_kernels"):
+            # optional fast paths for the runtime (older bundles lack them)
+            formats["onnx"]["kernels"] = files["onnx_kernels"]
+    if "torchscript" in files:
+        formats["torchscript"] = files["torchscript"]
+    if "pt2" in files:
+        formats["pt2"] = {"programs": files["pt2"]}
+    return {
+        "model": {
+            "kind": model.kind,
+            "hyperparameters": model.hyperparameters(),
+            "n_users": model.n_users,
+            "n_items": model.n_items,
+        },
+        "entry_points": entry_point_spec(model.n_items),
+        "formats": formats,
+        "seen": {"indptr": "ids/seen_indptr.npy", "items": "ids/seen_items.npy"},
+        "item_names": ITEM_NAMES_FILE if ckpt.item_names is not None else None,
+        "reference": {"state_dict": REFERENCE_FILE},
+        "versions": {
+            "recsys_export": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+        },
+        "training": {"config": ckpt.config, "metrics": ckpt.metrics, "data": ckpt.data},
+        "timings": {"export_seconds": {k: round(v, 3) for k, v in timings.items()}},
+        "parity": None,
+    }

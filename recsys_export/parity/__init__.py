@@ -1,0 +1,277 @@
+"""Parity: compare the eager model with every exported format, entry point by entry point.
+
+Backends (:class:`EagerBackend`, :class:`TorchScriptBackend`, :class:`Pt2Backend`,
+:class:`OnnxBackend`) expose the three entry points on index inputs and return numpy
+arrays. :func:`run_parity` runs the same inputs through the eager reference and each
+format and aggregates, per (format, entry point, case), the max abs / rel difference,
+a histogram of abs differences by decade, shape/dtype checks and, for top-k, the
+fraction of users whose lists agree. Used by ``export`` (verify by default), by the
+``verify`` command and by the test suite.
+
+Pass rule (per value): ``|actual - expected| <= atol + rtol * |expected|``. Top-k lists
+agree when, rank by rank, the candidate's item has a reference score within that same
+tolerance of the reference item's score (so items tied within tolerance are
+interchangeable), no excluded item appears, and empty slots (-1) coincide.
+
+Modules: :mod:`.backends` (the reference and the formats behind one interface),
+:mod:`.report` (comparisons, the pass rule, the report), :mod:`.run` (the pass itself)
+and this one (verifying a bundle: staged by ``export``, or written, by ``verify``). The
+plan is :mod:`recsys_export.plan`. Parity imports the export package's writer helpers
+(:mod:`recsys_export.export.formats`); the export package imports parity only lazily,
+inside :func:`~recsys_export.export.build.export_bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys_export.bundle import Bundle, BundleWriter, read_seen_csr, update_bundle
+from recsys_export.checkpoint import Checkpoint, load_checkpoint
+from recsys_export.errors import BundleError
+from recsys_export.manifest import ENTRY_POINTS, FORMATS, BundleSpec
+from recsys_export.models import BaseModel, build_model
+from recsys_export.parity.backends import (  # noqa: F401
+    CHECKED_BACKENDS,
+    EAGER_TILE_BYTES,
+    Backend,
+    EagerBackend,
+    NotApplicable,
+    OnnxBackend,
+    Pt2Backend,
+    RuntimeBackend,
+    TorchScriptBackend,
+    load_backends,
+)
+from recsys_export.parity.report import (  # noqa: F401
+    HIST_EDGES,
+    HIST_LABELS,
+    REL_EPS,
+    Comparison,
+    ParityReport,
+    check_tolerances,
+)
+from recsys_export.parity.run import (  # noqa: F401
+    BATCH_SIZES,
+    call_users,
+    release_memory,
+    run_parity,
+)
+from recsys_export.plan import (
+    BATCH_BYTES,
+    DEFAULT_BUDGET,
+    ParityPlan,
+    describe_plan,
+    plan_parity,
+)
+
+# --------------------------------------------------------------------------- bundles
+
+
+def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
+    """Rebuild the eager model from a bundle's reference state dict (weights only)."""
+    ref = manifest.get("reference", {}).get("state_dict")
+    if not ref:
+        raise BundleError(
+            f"bundle {root} has no eager reference weights; pass --checkpoint CKPT to verify"
+        )
+    if manifest["model"].get("kind") == "generic":  # recsys_export.byom's generic path
+        raise BundleError(
+            f"bundle {root} was exported from your own module: its eager reference is that "
+            "module; verify it from Python with recsys_export.byom.verify_module(module, bundle)"
+        )
+    state = torch.load(root / ref, map_location="cpu", weights_only=True)
+    model = build_model(manifest["model"]["kind"], **manifest["model"]["hyperparameters"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def bundle_seen(root: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bundle's seen-items CSR, validated (:class:`BundleError`), or None."""
+    spec = BundleSpec.parse(manifest, f"bundle {root}")
+    if spec.seen is None:
+        return None
+    return read_seen_csr(root, manifest["seen"], spec.model.n_users, spec.model.n_items)
+
+
+def verify_staged_bundle(
+    writer: BundleWriter,
+    manifest: dict[str, Any],
+    ckpt: Checkpoint,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    budget: int | None = None,
+    full: bool = False,
+    progress: bool = False,
+) -> ParityReport:
+    """Parity of a bundle still being written, before it replaces anything.
+
+    The plan is :func:`plan_parity` with ``budget`` and ``full``.
+
+    The manifest is staged into the writer's temporary directory
+    (:meth:`~recsys_export.bundle.BundleWriter.stage`), so the torch-free runtime, fast
+    paths included, is checked on the complete bundle too. A failure therefore never
+    touches ``dest``: a previous bundle there stays as it was.
+    """
+    root = writer.stage(manifest)
+    backends = load_backends(root, manifest, CHECKED_BACKENDS)
+    return _planned_parity(
+        ckpt.model, backends, bundle_seen(root, manifest), atol, rtol, budget, full, True, progress
+    )
+
+
+def _planned_parity(
+    model: BaseModel,
+    backends: dict[str, Backend],
+    seen: tuple[np.ndarray, np.ndarray] | None,
+    atol: float,
+    rtol: float,
+    budget: int | None,
+    full: bool,
+    full_matrix: bool,
+    progress: bool,
+) -> ParityReport:
+    plan = plan_parity(model.n_users, model.n_items, seen=seen, budget=budget, full=full)
+    return run_parity(
+        EagerBackend(model),
+        backends,
+        model.n_users,
+        model.n_items,
+        seen=seen,
+        atol=atol,
+        rtol=rtol,
+        full_matrix=full_matrix,
+        plan=plan,
+        max_call_users=call_users(model),
+        max_batch_users=call_users(model, BATCH_BYTES),
+        progress=progress,
+    )
+
+
+def verify_bundle(
+    path: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    formats: Iterable[str] | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    full_matrix: bool = True,
+    budget: int | None = None,
+    full: bool = False,
+    record: bool = True,
+    progress: bool = False,
+) -> ParityReport:
+    """Verify a written bundle against its eager reference and record the report.
+
+    Parameters
+    ----------
+    path : path
+        The bundle (checksums are verified first).
+    checkpoint : path, optional
+        Compare against this checkpoint's model instead of the bundle's reference
+        weights (a bundle checked against the wrong checkpoint fails).
+    full_matrix : bool
+        Run the plan; False compares the random batches only (``verify --quick``).
+    budget : int, optional
+        Pair budget of the plan (:func:`plan_parity`; default :data:`DEFAULT_BUDGET`).
+    full : bool
+        Every user's whole row whatever the budget (``verify --full``).
+    record : bool
+        Write ``parity.json`` into the bundle and the summary into the manifest,
+        atomically (checksums rewritten).
+    """
+    check_tolerances(atol, rtol)
+    bundle = Bundle.load(path)
+    manifest = bundle.manifest
+    _check_model_entry(bundle)
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        model = ckpt.model
+        if (model.n_users, model.n_items) != (
+            manifest["model"]["n_users"],
+            manifest["model"]["n_items"],
+        ):
+            report = ParityReport(atol=atol, rtol=rtol, reference=str(checkpoint))
+            c = Comparison("checkpoint", "all", "sizes")
+            c.problems.append(
+                f"checkpoint has {model.n_users} users x {model.n_items} items, the bundle "
+                f"{manifest['model']['n_users']} x {manifest['model']['n_items']}"
+            )
+            report.comparisons.append(c)
+            return report
+        ref_name = str(checkpoint)
+    else:
+        model = reference_model(bundle.root, manifest)
+        ref_name = "eager (bundle reference weights)"
+    wanted = list(formats) if formats is not None else list(CHECKED_BACKENDS)
+    skipped: dict[str, str] = {}
+    backends = load_backends(bundle.root, manifest, wanted, skipped=skipped)
+    if not backends:
+        raise BundleError(
+            f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)}"
+        )
+    seen = bundle_seen(bundle.root, manifest)
+    report = _planned_parity(model, backends, seen, atol, rtol, budget, full, full_matrix, progress)
+    report.reference = ref_name
+    report.skipped = skipped
+    if record:
+        try:
+            update_bundle(
+                bundle.root,
+                manifest_updates={"parity": report.summary()},
+                new_files={
+                    "parity.json": (
+                        json.dumps(report.to_dict(), indent=2).encode(),
+                        "parity:report",
+                    )
+                },
+            )
+        except BundleError as exc:  # e.g. a read-only bundle: the result is not lost
+            exc.report = report  # type: ignore[attr-defined]
+            raise
+    return report
+
+
+def _check_model_entry(bundle: Bundle) -> None:
+    """The manifest's ``model`` (kind, sizes, hyperparameters), or :class:`BundleError`."""
+    model = bundle.manifest.get("model")
+    if not (
+        isinstance(model, dict)
+        and isinstance(model.get("kind"), str)
+        and isinstance(model.get("hyperparameters"), dict)
+        and all(
+            isinstance(model.get(k), int) and not isinstance(model.get(k), bool)
+            for k in ("n_users", "n_items")
+        )
+    ):
+        raise BundleError(
+            f"bundle {bundle.root}: manifest.json has no valid 'model' entry (kind, "
+            "hyperparameters, n_users, n_items); the manifest is corrupted, export it again"
+        )
+
+
+__all__ = [
+    "ENTRY_POINTS",
+    "Backend",
+    "Comparison",
+    "EagerBackend",
+    "OnnxBackend",
+    "DEFAULT_BUDGET",
+    "ParityPlan",
+    "ParityReport",
+    "Pt2Backend",
+    "call_users",
+    "describe_plan",
+    "plan_parity",
+    "TorchScriptBackend",
+    "check_tolerances",
+    "load_backends",
+    "run_parity",
+    "verify_bundle",
+]

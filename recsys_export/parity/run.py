@@ -1,0 +1,464 @@
+"""The parity pass: a plan's inputs through the reference and every backend."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys_export.models import BaseModel, topk_excluding
+from recsys_export.parity.backends import Backend, NotApplicable, _seen_for, _t
+from recsys_export.parity.report import Comparison, ParityReport
+from recsys_export.plan import (
+    BLOCK_BYTES,
+    CALL_BYTES,
+    PAIR_CHUNK,
+    PARITY_TORCH_THREADS,
+    PARITY_WORKERS,
+    ParityPlan,
+    plan_parity,
+)
+from recsys_export.progress import Progress
+
+BATCH_SIZES = (1, 2, 7, 1024)
+
+
+def _random_exclusions(
+    rng: np.random.Generator, batch: int, n_items: int, per_user: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.repeat(np.arange(batch, dtype=np.int64), per_user)
+    items = rng.integers(0, n_items, size=batch * per_user, dtype=np.int64)
+    return rows, items
+
+
+def _exclusion_mask(b: int, n_items: int, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    mask = np.zeros((b, n_items), dtype=bool)
+    mask[rows, items] = True
+    return mask
+
+
+def _libc_trim() -> Callable[[], Any]:
+    """glibc's ``malloc_trim(0)`` (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL("libc.so.6").malloc_trim
+        return lambda: fn(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return lambda: None
+
+
+#: Hands freed heap pages back to the OS between blocks. The exported graphs allocate a
+#: fresh ``[B, hidden, n_items]`` intermediate per call and glibc keeps freed chunks of
+#: that size in its heaps (its mmap threshold rises after the first one is freed): on
+#: the 100k x 20k DenseNet, ~100 MB per block were held until the next block.
+release_memory = _libc_trim()
+
+
+def call_users(model: BaseModel, nbytes: int = CALL_BYTES) -> int:
+    """Users per exported ``score_all`` / ``recommend`` call within ``nbytes``.
+
+    The exported DenseNet graphs hold a ``[B, hidden, n_items]`` intermediate, MF ones
+    only their ``[B, n_items]`` output (and a top-k copy).
+    """
+    width = 2 + int(getattr(model, "hidden", 0))
+    return max(1, min(1024, nbytes // (4 * width * model.n_items)))
+
+
+class _Run:
+    """One parity pass: the comparisons, per-backend clocks and the shared helpers."""
+
+    def __init__(
+        self,
+        reference: Backend,
+        backends: dict[str, Backend],
+        n_items: int,
+        seen: tuple[np.ndarray, np.ndarray] | None,
+        atol: float,
+        rtol: float,
+        cap: int,
+        batch_cap: int,
+    ) -> None:
+        self.reference, self.backends, self.n_items, self.seen = reference, backends, n_items, seen
+        self.atol, self.rtol, self.cap, self.batch_cap = atol, rtol, cap, max(cap, batch_cap)
+        self.comps: dict[tuple[str, str, str], Comparison] = {}
+        self.clock: dict[str, dict[str, float]] = {b: {} for b in ["eager", *backends]}
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        if PARITY_WORKERS > 1 and len(backends) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(PARITY_WORKERS, thread_name_prefix="parity")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def each_backend(self, task: Callable[[str, Backend], None]) -> None:
+        """``task(fmt, backend)`` for every backend, side by side on the pool.
+
+        Comparisons the tasks create are then ordered as a sequential pass would
+        create them (backend order), so ``parity.json`` does not depend on timing.
+        """
+        if self._pool is None:
+            for fmt, be in self.backends.items():
+                task(fmt, be)
+            return
+        before = len(self.comps)
+        futures = [self._pool.submit(task, fmt, be) for fmt, be in self.backends.items()]
+        for f in futures:
+            f.result()
+        if len(self.comps) > before:
+            order = {fmt: j for j, fmt in enumerate(self.backends)}
+            items = list(self.comps.items())
+            new = sorted(items[before:], key=lambda kv: order.get(kv[0][0], len(order)))
+            self.comps = dict(items[:before] + new)
+
+    def tick(self, fmt: str, entry: str, t0: float) -> None:
+        """Add the seconds since ``t0`` to ``fmt``'s clock for ``entry``."""
+        dt = time.perf_counter() - t0
+        with self._lock:
+            per = self.clock.setdefault(fmt, {})
+            per[entry] = per.get(entry, 0.0) + dt
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Seconds per backend and entry point (``compare``: our own comparisons)."""
+        out = {}
+        for fmt, per in self.clock.items():
+            out[fmt] = {k: round(v, 3) for k, v in per.items()}
+            out[fmt]["total"] = round(sum(per.values()), 3)
+        return out
+
+    def comp(self, fmt: str, entry: str, case: str) -> Comparison:
+        key = (fmt, entry, case)
+        with self._lock:
+            if key not in self.comps:
+                self.comps[key] = Comparison(fmt, entry, case)
+            return self.comps[key]
+
+    def call(self, fmt: str, entry: str, case: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the clock of ``fmt``; a crash is a reported parity failure."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        except NotApplicable:
+            return None
+        except Exception as exc:  # a backend crash is a parity failure, reported
+            self.comp(fmt, entry, case).problems.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+            return None
+        finally:
+            self.tick(fmt, entry, t0)
+
+    def exclusions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.seen is not None:
+            return _seen_for(users, *self.seen)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+    def by_calls(
+        self, be: Backend, entry: str, users: np.ndarray, *rest: Any, cap: int | None = None
+    ) -> Any:
+        """``be.<entry>`` over sub-blocks of ``cap`` users (unless the backend chunks
+        itself); recommend's exclusions are then the users' seen items, re-indexed per
+        call (only the plan's pass hands over more users than ``cap``)."""
+        fn = getattr(be, entry)
+        cap = len(users) if be.chunks_itself else (cap or self.cap)
+        if len(users) <= cap:
+            return fn(users, *rest)
+        out: Any = None
+        for s in range(0, len(users), cap):
+            u = users[s : s + cap]
+            got = fn(u, rest[0], *self.exclusions(u)) if rest else fn(u)
+            parts = got if isinstance(got, tuple) else (got,)
+            if out is None:  # one output array, filled in place: no list of small
+                # results left pinning the heap between the calls' large intermediates
+                out = [np.empty((len(users), *p.shape[1:]), dtype=p.dtype) for p in parts]
+            for o, p in zip(out, parts):
+                o[s : s + len(u)] = p
+            del got, parts
+        return tuple(out) if rest else out[0]
+
+    def values(
+        self, entry: str, case: str, expected: np.ndarray, *args: Any, cap: int | None = None
+    ) -> None:
+        """Every backend's ``score`` or ``score_all`` on ``args`` against ``expected``."""
+
+        def one(fmt: str, be: Backend) -> None:
+            fn = getattr(be, entry)
+            if entry == "score_all":
+                got = self.call(
+                    fmt, entry, case, functools.partial(self.by_calls, cap=cap), be, entry, *args
+                )
+            else:
+                got = self.call(fmt, entry, case, fn, *args)
+            if got is not None:
+                t0 = time.perf_counter()
+                self.comp(fmt, entry, case).add_values(expected, got, self.atol, self.rtol)
+                self.tick("compare", entry, t0)
+
+        self.each_backend(one)
+
+    def recommend(
+        self,
+        case: str,
+        users: np.ndarray,
+        k: int,
+        rows: np.ndarray,
+        items: np.ndarray,
+        masked: np.ndarray,
+        excluded: np.ndarray,
+        cap: int | None = None,
+    ) -> None:
+        """``recommend`` of every backend against the top-k of the reference's scores
+        (split into calls of ``cap`` users only when the exclusions are the seen items)."""
+        t0 = time.perf_counter()
+        ref_s, ref_i = (
+            t.numpy() for t in topk_excluding(torch.from_numpy(masked), k, _t(rows), _t(items))
+        )
+        self.tick("eager", "recommend", t0)
+
+        def one(fmt: str, be: Backend) -> None:
+            split = functools.partial(self.by_calls, cap=cap)
+            got = self.call(fmt, "recommend", case, split, be, "recommend", users, k, rows, items)
+            if got is None:
+                return
+            t0 = time.perf_counter()
+            c = self.comp(fmt, "recommend", case)
+            c.add_values(ref_s, got[0], self.atol, self.rtol)
+            if got[1].dtype != np.int64:
+                c.dtype_ok = False
+                c.problems.append(f"items dtype {got[1].dtype} != int64")
+            c.add_topk(masked, ref_i, got[1], excluded, self.atol, self.rtol)
+            self.tick("compare", "recommend", t0)
+
+        self.each_backend(one)
+
+    def ref(self, fn_name: str, *args: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = getattr(self.reference, fn_name)(*args)
+        self.tick("eager", fn_name, t0)
+        return out
+
+    def batch(self, rng: np.random.Generator, b: int, n_users: int) -> None:
+        """Random ids (repeats, unsorted): ``score`` on ``b`` pairs, ``score_all`` and
+        ``recommend`` in one call on up to ``batch_cap`` of the users, with random
+        exclusions."""
+        n_items = self.n_items
+        users = rng.integers(0, n_users, size=b, dtype=np.int64)
+        items = rng.integers(0, n_items, size=b, dtype=np.int64)
+        self.values("score", f"batch={b}", self.ref("score", users, items), users, items)
+        rb = min(b, self.batch_cap)
+        users = users[:rb]
+        ref_all = self.ref("score_all", users)
+        self.values("score_all", f"batch={rb}", ref_all, users, cap=rb)
+        k = min(10, n_items)
+        rows, ex = _random_exclusions(rng, rb, n_items, min(3, n_items - 1) if n_items > 1 else 0)
+        ref_all[rows, ex] = -np.inf
+        excluded = _exclusion_mask(rb, n_items, rows, ex)
+        self.recommend(f"batch={rb} k={k}", users, k, rows, ex, ref_all, excluded, cap=rb)
+
+    def rows(self, plan: ParityPlan, users: np.ndarray, rng: np.random.Generator) -> None:
+        """One block of the plan: whole rows of ``users`` through ``score_all`` and
+        ``recommend`` (``k = n_items`` only for those in ``sort_users``)."""
+        n_items = self.n_items
+        ref_all = self.ref("score_all", users)
+        # eager score_all must equal eager pairwise scoring: every item once per block
+        pr = rng.integers(0, len(users), size=n_items, dtype=np.int64)
+        pi = np.arange(n_items, dtype=np.int64)
+        pairwise = self.ref("score", users[pr], pi)
+        self.comp("eager", "score_all", "vs pairwise").add_values(
+            pairwise, ref_all[pr, pi], self.atol, self.rtol
+        )
+        who = "all users" if plan.full else "sampled users"
+        self.values("score_all", "full matrix" if plan.full else "sampled rows", ref_all, users)
+        rows, items = self.exclusions(users)
+        ref_all[rows, items] = -np.inf
+        excluded = _exclusion_mask(len(users), n_items, rows, items)
+        ks = plan.ks
+        for k in ks[:-1] if ks[-1] == n_items else ks:
+            self.recommend(f"{who} k={k} excluded", users, k, rows, items, ref_all, excluded)
+        if ks[-1] != n_items:
+            return
+        pick = np.isin(users, plan.sort_users, assume_unique=True)
+        if not pick.all():
+            users = users[pick]
+            if not len(users):
+                return
+            ref_all, excluded = ref_all[pick], excluded[pick]
+            rows, items = self.exclusions(users)
+        self.recommend(
+            f"{who} k={n_items} excluded", users, n_items, rows, items, ref_all, excluded
+        )
+
+    def pairs(self, plan: ParityPlan, chunk: int) -> None:
+        """The plan's ``score`` pairs, ``chunk`` at a time."""
+        for u, i in plan.score_chunks(chunk):
+            case = "every pair" if plan.score_exhaustive else "random pairs"
+            self.values("score", case, self.ref("score", u, i), u, i)
+            release_memory()
+
+
+def run_parity(
+    reference: Backend,
+    backends: dict[str, Backend],
+    n_users: int,
+    n_items: int,
+    *,
+    seen: tuple[np.ndarray, np.ndarray] | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    batch_sizes: Iterable[int] = BATCH_SIZES,
+    full_matrix: bool = True,
+    plan: ParityPlan | None = None,
+    user_chunk: int | None = None,
+    max_call_users: int | None = None,
+    max_batch_users: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> ParityReport:
+    """Compare ``backends`` with ``reference`` on every entry point, following a plan.
+
+    Parameters
+    ----------
+    reference : Backend
+        Usually :class:`EagerBackend` on the trained model.
+    backends : dict
+        Format name -> backend.
+    n_users, n_items : int
+        Model sizes.
+    seen : (indptr, items), optional
+        CSR of seen items per user: the exclusions of the plan's ``recommend`` checks.
+    batch_sizes : iterable of int
+        Random id batches (repeats allowed, unsorted); ``score_all`` / ``recommend``
+        batches are capped at ``max_batch_users`` (default 1024).
+    full_matrix : bool
+        Run the plan (``score_all`` and ``recommend`` on its users' whole rows, ``score``
+        on its pairs); False checks the random batches only.
+    plan : ParityPlan, optional
+        Default: :func:`plan_parity` with the default budget and ``seed``.
+    user_chunk : int, optional
+        Users per block of the plan (default: from :data:`BLOCK_BYTES`).
+    max_call_users : int, optional
+        Users per exported ``score_all`` / ``recommend`` call (default 1024; see
+        :func:`call_users`, which bounds DenseNet's ``[B, hidden, n_items]``).
+    max_batch_users : int, optional
+        Largest random batch through ``score_all`` / ``recommend`` in one call (default
+        1024; ``call_users(model, BATCH_BYTES)`` bounds its memory).
+    seed : int
+        Seeds the random batches (and the default plan).
+
+    Returns
+    -------
+    ParityReport
+        With the plan's description (``plan``) and seconds per backend (``timings``).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, PARITY_TORCH_THREADS))
+    try:
+        return _run_parity(
+            reference,
+            backends,
+            n_users,
+            n_items,
+            seen,
+            atol,
+            rtol,
+            batch_sizes,
+            full_matrix,
+            plan,
+            user_chunk,
+            max_call_users,
+            max_batch_users,
+            seed,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_parity(
+    reference: Backend,
+    backends: dict[str, Backend],
+    n_users: int,
+    n_items: int,
+    seen: tuple[np.ndarray, np.ndarray] | None,
+    atol: float,
+    rtol: float,
+    batch_sizes: Iterable[int],
+    full_matrix: bool,
+    plan: ParityPlan | None,
+    user_chunk: int | None,
+    max_call_users: int | None,
+    max_batch_users: int | None,
+    seed: int,
+    progress: bool,
+) -> ParityReport:
+    start = time.perf_counter()
+    report = ParityReport(atol=atol, rtol=rtol)
+    rng = np.random.default_rng(seed)
+    run = _Run(
+        reference,
+        backends,
+        n_items,
+        seen,
+        atol,
+        rtol,
+        max_call_users or 1024,
+        max_batch_users or 1024,
+    )
+    try:
+        _run_plan(
+            run,
+            report,
+            rng,
+            n_users,
+            n_items,
+            seen,
+            batch_sizes,
+            full_matrix,
+            plan,
+            user_chunk,
+            seed,
+            progress,
+        )
+    finally:
+        run.close()
+    report.comparisons = list(run.comps.values())
+    report.timings = run.timings()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_plan(
+    run: _Run,
+    report: ParityReport,
+    rng: np.random.Generator,
+    n_users: int,
+    n_items: int,
+    seen: tuple[np.ndarray, np.ndarray] | None,
+    batch_sizes: Iterable[int],
+    full_matrix: bool,
+    plan: ParityPlan | None,
+    user_chunk: int | None,
+    seed: int,
+    progress: bool,
+) -> None:
+    for b in batch_sizes:
+        run.batch(rng, b, n_users)
+    if full_matrix:
+        if plan is None:
+            plan = plan_parity(n_users, n_items, seen=seen, seed=seed)
+        report.plan = plan.to_dict()
+        chunk = user_chunk or max(1, min(len(plan.users), BLOCK_BYTES // (40 * n_items)))
+        bar = Progress(len(plan.users), unit="users", desc="parity ", enabled=progress)
+        with bar:
+            for s in range(0, len(plan.users), chunk):
+                users = plan.users[s : s + chunk]
+                run.rows(plan, users, rng)
+                release_memory()
+                bar.update(len(users))
+        run.pairs(plan, PAIR_CHUNK)
