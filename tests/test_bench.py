@@ -68,7 +68,7 @@ def test_bench_skip_and_bad_options(tmp_path):
 
 
 def test_densenet_recipe_script_tiny(tmp_path, capsys):
-    """The calibration script (design-note probe recipes next to the runtime) runs."""
+    """The calibration script (the targets' two probe recipes next to the runtime) runs."""
     import importlib.util
     from pathlib import Path
 
