@@ -330,6 +330,7 @@ def two_tower_case(two_tower):
     return _make_case(result.bundle, ModuleRecommender(module, N_USERS, N_ITEMS))
 
 
+@pytest.mark.embedding
 @pytest.mark.usefixtures("cpp_example")  # builds examples/cpp, or skips without g++
 def test_two_tower_runs_in_cpp(two_tower_case, tmp_path):
     for name in two_tower_case.cases:
@@ -337,6 +338,7 @@ def test_two_tower_runs_in_cpp(two_tower_case, tmp_path):
         assert_matches(got, two_tower_case.expected[name], f"C++/{name}")
 
 
+@pytest.mark.embedding
 @pytest.mark.usefixtures("node_example")  # installs examples/node, or skips without npm
 def test_two_tower_runs_in_node(two_tower_case, tmp_path):
     for name in two_tower_case.cases:
