@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from recsys_export import bench
+
+pytestmark = pytest.mark.slow  # each runs a benchmark end to end (20-90 s on 2 busy cores)
 
 
 def test_bench_tiny(tmp_path, capsys):

@@ -392,6 +392,7 @@ def _run_program(block: str, case: BundleCase, name: str, tmp_path: Path) -> dic
     return json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 def test_python_references_agree(bundle):
     for name, refs in bundle.expected.items():
         if {"onnxruntime", "eager"} <= set(refs):
