@@ -7,9 +7,9 @@ Usage::
 
 The DenseNet targets of the performance issue (score_all <= 30 ns per pair, single-user
 top-10 p50 <= 1 ms, at 64 factors / 128 hidden / 20k items on 2 cores) were set from
-probes recorded in the design notes: 21 ns per pair and 0.9 ms. This script re-runs
-those two probe recipes, exactly as described there, next to the runtime on the same
-weights, in one process:
+two probes measured on this machine before the runtime was written: 21 ns per pair and
+0.9 ms. This script re-runs those two probe recipes, exactly as they were run (described
+below), next to the runtime on the same weights, in one process:
 
 * ``recipe_score_all``: one graph ``Max(a[16, H, 1], -C^T tile[H, 500]) -> MatMul(w2)
   -> + item term``, one session call per (16 users x 500 items) tile, ``intra_op=1``,
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-#: Probe numbers recorded in the design notes ("DenseNet full matrix") and the targets
+#: The two probes' recorded numbers (the recipes in the module docstring) and the targets
 #: of the performance issue, both for 64 factors, 128 hidden, 20k items, 2 cores.
 RECORDED = {"score_all_ns_per_pair": 21.0, "single_user_p50_ms": 0.9}
 TARGETS = {"score_all_ns_per_pair": 30.0, "single_user_p50_ms": 1.0}

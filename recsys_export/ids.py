@@ -124,7 +124,7 @@ class IdMap:
             return int(text) if _INT_TEXT.fullmatch(text) else raw
         return str(raw)
 
-    def to_index(self, raw_ids: Iterable[Any] | Any, *, missing: int | None = None) -> np.ndarray:
+    def to_index(self, raw_ids: Any, *, missing: int | None = None) -> np.ndarray:
         """Translate raw ids to indices.
 
         Parameters

@@ -277,6 +277,7 @@ def read_item_names(
                 f"{name}: no item {role} column; columns found: {', '.join(header or [])}. "
                 f"Name it with {_FLAGS[role]} (header name or 0-based number)"
             )
+    assert id_pos is not None and name_pos is not None  # for the type checker: raised above
     if id_pos == name_pos:
         raise DataError(
             f"{name}: the item id and name columns must differ (both are column {id_pos}); "

@@ -1,7 +1,7 @@
 """The two networks of "PyTorch for recommenders 101" and their entry points.
 
 Both models share one base class, :class:`BaseModel`, with three entry points that
-mean the same in every export format (see ``design.md``):
+mean the same in every export format (docs/bundle-format.md, "Entry points"):
 
 ``forward(users, items) -> float32[N]``
     The post's pairwise score.

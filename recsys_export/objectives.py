@@ -15,7 +15,7 @@ objective:
     Bayesian personalised ranking: ``-log sigmoid(score(u, i) - score(u, j))`` for each
     positive ``(u, i)`` and one uniformly drawn item ``j``.
 
-Measured on ml-latest-small (README, "Ranking"): the softmax ranks far better than BPR
+Measured on ml-latest-small (docs/training.md): the softmax ranks far better than BPR
 at equal time, and both far better than the rating objective.
 """
 

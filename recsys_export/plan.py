@@ -237,7 +237,10 @@ def plan_parity(
     ks = sorted({1, min(10, n_items), n_items})
     # pairwise score: every user and item ~16 times, at most budget / 16 pairs
     n_score = min(budget // SCORE_PAIRS_DIVISOR, 16 * max(n_users, n_items))
-    score = {"score_pairs": min(total, max(1, n_score)), "score_exhaustive": total <= n_score}
+    score: dict[str, Any] = {
+        "score_pairs": min(total, max(1, n_score)),
+        "score_exhaustive": total <= n_score,
+    }
     all_users = np.arange(n_users, dtype=np.int64)
     roles: dict[str, Any] = _edge_users(counts)
     edges = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in roles.values()]))

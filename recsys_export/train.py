@@ -255,7 +255,7 @@ TINY_DATA_PRESET = dict(
 )
 
 
-#: Recommended recipes per (model, objective); measured in the README ("Ranking").
+#: Recommended recipes per (model, objective); measured in docs/training.md.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     # full softmax over the catalogue, positives weighted by rating; strong weight decay
     # positives: the relevant rows (a tie with popularity on MovieTweetings with every

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from recsys_export import bench
+
+pytestmark = pytest.mark.slow  # each runs a benchmark end to end (20-90 s on 2 busy cores)
 
 
 def test_bench_tiny(tmp_path, capsys):
@@ -68,7 +72,7 @@ def test_bench_skip_and_bad_options(tmp_path):
 
 
 def test_densenet_recipe_script_tiny(tmp_path, capsys):
-    """The calibration script (design-note probe recipes next to the runtime) runs."""
+    """The calibration script (the targets' two probe recipes next to the runtime) runs."""
     import importlib.util
     from pathlib import Path
 

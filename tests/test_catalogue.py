@@ -885,6 +885,7 @@ def test_int_ids_beyond_2_53_read_back_exactly(rt_world: World) -> None:
         rec.recommend([float(BIG + 3)], k=1)  # would have been BIG + 4 as a float
 
 
+@pytest.mark.embedding
 @pytest.mark.runtime_only
 def test_node_reads_big_ids_exactly(rt_world: World) -> None:
     """The Node example's id reader gets every id; plain JSON numbers would merge them."""
@@ -1064,6 +1065,7 @@ def test_export_disk_full_is_a_user_error(world: World, monkeypatch: pytest.Monk
     assert not out.exists() and _leftovers(world.tmp) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", ["2048", "torchscript/model.pt", "pt2/score.pt2", "largest-file"])
 def test_export_hitting_a_file_size_limit(world: World, full_bundle: Path, limit: str) -> None:
     """A real failed write (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) in every

@@ -382,12 +382,14 @@ def _run_program(block: str, case: BundleCase, name: str, tmp_path: Path) -> dic
     return json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 def test_python_references_agree(bundle):
     for name, refs in bundle.expected.items():
         if {"onnxruntime", "eager"} <= set(refs):
             assert_matches(refs["onnxruntime"], {"eager": refs["eager"]}, f"python/{name}")
 
 
+@pytest.mark.embedding
 def test_cpp_matches_python(cpp_example, bundle, tmp_path):
     if "torchscript" not in bundle.formats:
         pytest.skip("bundle has no TorchScript module")
@@ -396,6 +398,7 @@ def test_cpp_matches_python(cpp_example, bundle, tmp_path):
         assert_matches(got, bundle.expected[name], f"C++/{name}")
 
 
+@pytest.mark.embedding
 def test_node_matches_python(node_example, bundle, tmp_path):
     if "onnx" not in bundle.formats:
         pytest.skip("bundle has no ONNX graphs")
@@ -404,6 +407,7 @@ def test_node_matches_python(node_example, bundle, tmp_path):
         assert_matches(got, bundle.expected[name], f"Node/{name}")
 
 
+@pytest.mark.embedding
 def test_cpp_accepts_module_path(cpp_example, bundle, tmp_path):
     """A path to the .pt file works in place of the bundle directory."""
     if "torchscript" not in bundle.formats:
@@ -436,6 +440,7 @@ const manifest = JSON.parse(fs.readFileSync(`${bundle}/manifest.json`, 'utf8'));
 """
 
 
+@pytest.mark.embedding
 def test_doc_node_snippet(node_example, bundle):
     """The doc's JS snippet runs as shown and gives Python's recommend for the doc inputs."""
     if bundle.cases["doc"] != doc_blocks()["inputs"] + "\n":
@@ -456,6 +461,7 @@ def test_doc_node_snippet(node_example, bundle):
     assert_matches({"recommend": json.loads(proc.stdout)}, refs, "doc node snippet")
 
 
+@pytest.mark.embedding
 def test_cpp_rejects_bad_input(cpp_example, bundle, tmp_path):
     if "torchscript" not in bundle.formats:
         pytest.skip("bundle has no TorchScript module")

@@ -219,6 +219,7 @@ def test_export_refuses_existing_bundle_without_overwrite(small_bundles):
         export_bundle(load_checkpoint(ckpt_path), root, formats="onnx")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["runtime", "onnx"])
 def test_export_failing_parity_leaves_previous_bundle(
     small_bundles, tmp_path, monkeypatch, backend
@@ -257,6 +258,7 @@ def test_export_prints_nothing_and_warns_nothing(tmp_path, capfd, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
 
 
+@pytest.mark.slow
 def test_kill_during_export_keeps_previous_bundle(small_bundles, tmp_path):
     _, ckpt_path = small_bundles["densenet"]
     dest = tmp_path / "bundle"

@@ -6,6 +6,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # exports in subprocesses (about 80 s on 2 busy cores)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

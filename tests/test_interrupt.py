@@ -102,6 +102,7 @@ def _leftovers(directory: Path) -> list[str]:
 # ---------------------------------------------------------------------------- Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_saves_nothing(tmp_path: Path) -> None:
     ratings = _write_synthetic_csv(tmp_path / "ratings.csv", 1000, 400, 40_000)
     out = tmp_path / "model.pt"

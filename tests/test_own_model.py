@@ -115,6 +115,7 @@ def assert_serves_module(rec: Recommender, module: torch.nn.Module, df: pd.DataF
 # --------------------------------------------------------------------------- the post's classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mf", "densenet"])
 def test_post_class_state_dict_through_the_cli(kind, tmp_path, capsys):
     torch.manual_seed(3)
@@ -139,6 +140,7 @@ def test_post_class_state_dict_through_the_cli(kind, tmp_path, capsys):
     assert_serves_module(rec, module, df)
 
 
+@pytest.mark.slow
 def test_post_mf_with_biases_module_is_converted_and_verified_against_it(tmp_path):
     torch.manual_seed(4)
     df = _ratings(1)
@@ -151,6 +153,7 @@ def test_post_mf_with_biases_module_is_converted_and_verified_against_it(tmp_pat
     assert_serves_module(Recommender.load(tmp_path / "b"), module, df)
 
 
+@pytest.mark.slow
 def test_post_names_but_another_forward_goes_generic(tmp_path):
     class Squashed(PostMF):
         def forward(self, user, item):
@@ -265,6 +268,7 @@ def test_two_tower_verify(two_tower, capsys):
     assert len(err.splitlines()) == 1 and "verify_module(module, bundle)" in err
 
 
+@pytest.mark.slow
 def test_own_class_state_dict_through_the_cli(two_tower, tmp_path, capsys):
     """--model FILE.py:CLASS --model-args JSON: the generic path from a state dict."""
     module, df, _ = two_tower
@@ -309,6 +313,7 @@ def test_generic_path_refuses_what_it_cannot_score(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_bench_tiny(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location(
         "own_model_bench", ROOT / "benchmarks" / "own_model_bench.py"
@@ -330,6 +335,7 @@ def two_tower_case(two_tower):
     return _make_case(result.bundle, ModuleRecommender(module, N_USERS, N_ITEMS))
 
 
+@pytest.mark.embedding
 @pytest.mark.usefixtures("cpp_example")  # builds examples/cpp, or skips without g++
 def test_two_tower_runs_in_cpp(two_tower_case, tmp_path):
     for name in two_tower_case.cases:
@@ -337,6 +343,7 @@ def test_two_tower_runs_in_cpp(two_tower_case, tmp_path):
         assert_matches(got, two_tower_case.expected[name], f"C++/{name}")
 
 
+@pytest.mark.embedding
 @pytest.mark.usefixtures("node_example")  # installs examples/node, or skips without npm
 def test_two_tower_runs_in_node(two_tower_case, tmp_path):
     for name in two_tower_case.cases:
@@ -362,6 +369,7 @@ def test_data_dependent_module_fails_with_one_line(tmp_path):
     assert set(result.manifest["formats"]) == {"torchscript"}
 
 
+@pytest.mark.slow
 def test_data_dependent_module_exits_2_in_the_cli(tmp_path):
     path = tmp_path / "state.pt"
     torch.save(DataDependent(6, 5).state_dict(), path)
@@ -383,6 +391,7 @@ DOC = ROOT / "docs" / "own-model.md"
 _DOC_BLOCK = re.compile(r"<!-- own-model-test -->\n```(python|bash)\n(.*?)\n```", re.S)
 
 
+@pytest.mark.slow
 def test_doc_code_blocks_run(tmp_path, monkeypatch, capsys):
     """docs/own-model.md's marked blocks, in order: Python in one namespace, bash commands
     with ``recsys-export`` run as ``python -m recsys_export.cli``."""

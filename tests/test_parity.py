@@ -162,6 +162,7 @@ def test_topk_ties_are_interchangeable():
     hidden=st.integers(1, 5),
     seed=st.integers(0, 1000),
 )
+@pytest.mark.slow
 def test_property_every_format_matches_eager_on_odd_shapes(
     tmp_path_factory, kind, n_users, n_items, n_factors, hidden, seed
 ):

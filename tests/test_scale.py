@@ -110,6 +110,7 @@ def small_case(tmp_path_factory):
     return bundle, _sorted_table(local)
 
 
+@pytest.mark.ray
 def test_ray_output_equals_local_write_topk(ray_local, mf_case, tmp_path):
     bundle, local = mf_case
     out = tmp_path / "topk"
@@ -122,6 +123,7 @@ def test_ray_output_equals_local_write_topk(ray_local, mf_case, tmp_path):
     _assert_layout(out, summary)
 
 
+@pytest.mark.ray
 def test_killed_worker_is_restarted_and_its_block_retried(ray_local, small_case, tmp_path):
     bundle, local = small_case
     killed: list[int] = []
@@ -143,6 +145,7 @@ def test_killed_worker_is_restarted_and_its_block_retried(ray_local, small_case,
     _assert_layout(out, summary)
 
 
+@pytest.mark.ray
 def test_worker_dying_beyond_max_retries_fails_cleanly(ray_local, small_case, tmp_path):
     bundle, _ = small_case
 
@@ -167,6 +170,7 @@ def test_worker_dying_beyond_max_retries_fails_cleanly(ray_local, small_case, tm
     assert summary["blocks"] == len(summary["files"])
 
 
+@pytest.mark.ray
 def test_ship_bundle_through_object_store(ray_local, small_case, tmp_path):
     bundle, local = small_case
     tmp = Path(tempfile.gettempdir())
@@ -196,6 +200,7 @@ def test_ship_bundle_through_object_store(ray_local, small_case, tmp_path):
     assert set(tmp.glob("recsys-export-bundle-*")) - before == set()  # copies deleted
 
 
+@pytest.mark.ray
 def test_out_dir_must_be_new_or_empty(ray_local, small_case, tmp_path):
     bundle, local = small_case
     out = tmp_path / "topk"
@@ -219,6 +224,7 @@ def test_out_dir_must_be_new_or_empty(ray_local, small_case, tmp_path):
         score_topk_ray(bundle, out / SUCCESS_NAME, k=K, progress=False)
 
 
+@pytest.mark.ray
 def test_bad_options(ray_local, small_case, tmp_path):
     bundle, _ = small_case
     with pytest.raises(ConfigError, match="k=41 is out of range"):

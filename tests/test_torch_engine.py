@@ -264,6 +264,7 @@ def test_runtime_still_imports_without_torch():
     assert "recsys-export[train]" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(

@@ -8,7 +8,7 @@ A perturbation confined to one user's or one item's weights in one exported grap
 * an unsampled user in the ``score`` graph: caught by the random pairs (16 per user on
   average with the default budget);
 * an unsampled user in the ``score_all`` or ``recommend`` graph: missed by the default
-  plan (documented in the README), caught by ``--full``.
+  plan (documented in docs/parity.md), caught by ``--full``.
 """
 
 from __future__ import annotations

@@ -135,9 +135,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     except BundleError as exc:  # checked, but not recorded (a read-only bundle): show it
-        report = getattr(exc, "report", None)
-        if report is not None:
-            print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+        partial = getattr(exc, "report", None)
+        if partial is not None:
+            print(json.dumps(partial.to_dict(), indent=2) if args.json else partial.table())
         raise
     for reason in report.skipped.values():
         print(f"recsys-export verify: warning: {reason}", file=sys.stderr)

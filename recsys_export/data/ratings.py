@@ -58,7 +58,7 @@ class Ratings:
         self.items = np.ascontiguousarray(self.items, dtype=np.int64).reshape(-1)
         self.ratings = np.ascontiguousarray(self.ratings, dtype=np.float32).reshape(-1)
         n = len(self.users)
-        arrays = {"items": self.items, "ratings": self.ratings}
+        arrays: dict[str, np.ndarray] = {"items": self.items, "ratings": self.ratings}
         if self.timestamps is not None:
             self.timestamps = np.ascontiguousarray(self.timestamps, dtype=np.int64).reshape(-1)
             arrays["timestamps"] = self.timestamps

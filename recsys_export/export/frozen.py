@@ -6,7 +6,7 @@ into a frozen module whose weights are plain buffers and whose three methods
 ``torch.export`` and ``torch.onnx.export`` all accept them. Every export format is
 produced from these modules, and parity checks compare them with the eager model.
 
-DenseNet's full-matrix path uses the rewrite from ``design.md``: with the first layer
+DenseNet's full-matrix path never builds the pairwise concatenation: with the first layer
 split into a user half ``A = P Wu^T`` and an item half ``C = Q Wi^T + b1``,
 ``w2 . relu(a + c) + b2 = w2 . max(a, -c) + (w2 . c + b2)``. The item terms ``-C^T``
 and ``d = C w2 + b2`` are computed once at export time, so a user row costs one

@@ -1,0 +1,55 @@
+"""The rule of docs/architecture.md: the torch-free layer never imports torch.
+
+The layer is the Makefile's ``TYPED`` list (what ``make lint`` type-checks). Each name is
+imported in a fresh interpreter, with every submodule when it is a package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torch_free_layer() -> list[str]:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    m = re.search(r"^TYPED\s*:?=\s*(.+)$", makefile, re.M)
+    assert m, "Makefile has no TYPED list"
+    return m.group(1).split()
+
+
+_CHECK = """
+import importlib, pkgutil, sys
+name = sys.argv[1]
+mod = importlib.import_module(name)
+for info in pkgutil.walk_packages(getattr(mod, "__path__", []), name + "."):
+    importlib.import_module(info.name)
+bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+assert not bad, f"{name} imports torch: {bad[:5]}"
+"""
+
+
+def test_layer_lists_the_runtime():
+    assert {"runtime", "bundle", "ids", "manifest", "errors", "progress"} <= set(
+        torch_free_layer()
+    )
+
+
+@pytest.mark.parametrize("name", torch_free_layer())
+def test_module_does_not_import_torch(name: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK, f"recsys_export.{name}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
