@@ -197,7 +197,7 @@ class BundleSpec:
             where=where,
             model=spec_model,
             formats=tuple(formats),
-            onnx_graphs={g: graphs[g] for g in ENTRY_POINTS} if ok else None,
+            onnx_graphs={g: graphs[g] for g in ENTRY_POINTS} if ok and graphs else None,
             kernels=_parse_kernels(onnx_fmt.get("kernels"), spec_model.kind, listed),
             seen=(seen["indptr"], seen["items"])
             if isinstance(seen, dict) and "indptr" in seen and "items" in seen

@@ -200,6 +200,10 @@ class Engine:
     def _score_session(self) -> ort.InferenceSession:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """Pairwise scores of validated indices."""
+        raise NotImplementedError
+
     def score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
         """Fill ``out[len(users), n_items]`` (C-contiguous) with validated users' scores.
 

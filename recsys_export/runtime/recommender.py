@@ -170,7 +170,7 @@ class Recommender(BatchOutputs):
         ConfigError
             Invalid options.
         """
-        options = {
+        options: dict[str, Any] = {
             "intra_op_threads": intra_op_threads,
             "graph_optimization": graph_optimization,
             "fast_paths": fast_paths,

@@ -127,9 +127,13 @@ class BatchOutputs:
     _user_map: IdMap
     _item_map: IdMap
     _score_all_into: Callable[[np.ndarray, np.ndarray], None]
-    bytes_per_user: int
     _check_k: Callable[[Any], int]
     recommend: Callable[..., Any]
+
+    @property
+    def bytes_per_user(self) -> int:  # pragma: no cover - provided by the engine
+        """Bytes of intermediates per user in one ``score_all`` call (chunk sizing)."""
+        raise NotImplementedError
 
     def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float) -> int:
         if chunk_size is not None:
