@@ -29,7 +29,8 @@ import importlib, pkgutil, sys
 name = sys.argv[1]
 mod = importlib.import_module(name)
 for info in pkgutil.walk_packages(getattr(mod, "__path__", []), name + "."):
-    importlib.import_module(info.name)
+    if not info.name.endswith(".__main__"):  # running it is the CLI, not an import
+        importlib.import_module(info.name)
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not bad, f"{name} imports torch: {bad[:5]}"
 """
