@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime as ort
 
     from recsys_export.bench import _session, _synthetic
-    from recsys_export.inference import inference_module
+    from recsys_export.export.frozen import inference_module
     from recsys_export.runtime import Recommender
 
     cores = os.cpu_count() or 1

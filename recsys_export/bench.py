@@ -259,7 +259,7 @@ def _parallel(starts: list[int], threads: int, work: Callable[[list[int]], None]
 def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work: Path) -> dict:
     import torch
 
-    from recsys_export.inference import inference_module
+    from recsys_export.export.frozen import inference_module
     from recsys_export.runtime import Recommender
     from recsys_export.topk import mask_pairs, topk
 

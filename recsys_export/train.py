@@ -39,7 +39,7 @@ from recsys_export.errors import ConfigError, TrainingDiverged
 from recsys_export.evaluate import predict as predict  # recsys_export.train.predict stays
 from recsys_export.evaluate import rmse
 from recsys_export.history import EarlyStopping as _EarlyStopping
-from recsys_export.history import History
+from recsys_export.history import History, WeightAverage
 from recsys_export.models import MODEL_KINDS, BaseModel, DenseNet, MatrixFactorization
 from recsys_export.objectives import (
     LOSSES,
@@ -125,6 +125,10 @@ class TrainConfig:
     patience : int
         Early stopping: epochs without improvement of the validation metric (RMSE, or
         NDCG@k for ranking) before stopping; 0 disables early stopping.
+    average_epochs : float
+        Ranking: validate, keep and export an exponential moving average of the weights
+        spanning about this many epochs of steps (0: the live weights). See
+        :class:`recsys_export.history.WeightAverage`.
     seed : int
         Seeds initialisation and shuffling: same seed, same data -> identical weights.
     threads : int
@@ -159,6 +163,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     init_std: float | None = 0.1
     patience: int = 3
+    average_epochs: float = 0.0
     seed: int = 0
     threads: int = 1
 
@@ -217,6 +222,8 @@ class TrainConfig:
             raise ConfigError(f"init_std must be > 0, got {self.init_std}")
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0, got {self.patience}")
+        if not (self.average_epochs >= 0 and math.isfinite(self.average_epochs)):
+            raise ConfigError(f"average_epochs must be >= 0, got {self.average_epochs}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -520,12 +527,26 @@ def _fit_ranking(
     stopping = _EarlyStopping(history, cfg.patience, higher_is_better=True)
     pair_users = torch.from_numpy(pos.users)
     pair_items = torch.from_numpy(pos.items)
+    # softmax: a batch is users; bpr: a batch is (user, positive) pairs
+    n = len(pos.user_ids) if cfg.loss == "softmax" else len(pos)
+    bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
+    average = WeightAverage(model, cfg.average_epochs * math.ceil(n / bs))
+    total, steps = 0.0, 0
+
+    def step(loss: torch.Tensor) -> None:
+        nonlocal total, steps
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if cfg.average_epochs:
+            average.update()
+        total += float(loss.detach())
+        steps += 1
+
     for epoch in range(cfg.epochs):
         model.train()
         total, steps = 0.0, 0
         if cfg.loss == "softmax":
-            n = len(pos.user_ids)
-            bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
             order = torch.randperm(n, generator=gen).numpy()
             for start in range(0, n, bs):
                 at = order[start : start + bs]
@@ -540,26 +561,17 @@ def _fit_ranking(
                     generator=gen,
                     scale=cfg.score_scale,
                 )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
+                step(loss)
         else:
-            n = len(pos)
-            bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
-                loss = bpr_loss(model, pair_users[idx], pair_items[idx], gen, cfg.score_scale)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
+                step(bpr_loss(model, pair_users[idx], pair_items[idx], gen, cfg.score_scale))
         history.train_loss.append(total / max(steps, 1))
         _check_finite(history.train_loss[-1], epoch, cfg)
         postfix = f"loss {history.train_loss[-1]:.4f}"
+        if cfg.average_epochs:
+            average.swap()  # validate (and keep) the averaged weights
         if watch:
             assert valid is not None
             m = evaluate(
@@ -571,9 +583,13 @@ def _fit_ranking(
             stop = stopping.update(model, epoch, score)
         else:
             stop = False
+        if cfg.average_epochs:
+            average.swap()
         bar.update(1, postfix)
         if stop:
             break
+    if cfg.average_epochs and stopping.state is None:
+        average.swap()  # nothing validated: the final average is the model
     stopping.restore(model)
     fold_scale(model, cfg.score_scale)
     return history

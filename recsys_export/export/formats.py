@@ -146,7 +146,7 @@ _REGISTRY: list[Any] = []
 
 #: Model kinds whose ONNX graphs come from the TorchScript-based exporter
 #: (``torch.onnx.export(dynamo=False)``): the frozen modules of
-#: :mod:`recsys_export.inference` trace to batch-generic graphs, and that exporter takes
+#: :mod:`recsys_export.export.frozen` trace to batch-generic graphs, and that exporter takes
 #: ~0.05-0.5 s per graph where the dynamo exporter takes 1-5 s (decompositions and its
 #: torchlib registry). Other modules (``byom``'s generic path: Python loops over the
 #: batch) go through ``torch.export`` and the dynamo exporter.
