@@ -297,9 +297,8 @@ class DenseNet(BaseModel):
         k = self.n_factors
         a = self.user_factors(users) @ w[:, :k].t()  # [B, H]
         c = self.item_factors.weight @ w[:, k:].t() + self.linear1.bias  # [n_items, H]
-        h = F.relu(a.unsqueeze(1) + c.unsqueeze(0))  # [B, n_items, H]
-        out = h @ self.linear2.weight.t()  # [B, n_items, 1]
-        return out.squeeze(2) + self.linear2.bias + self.global_mean
+        h = (a.unsqueeze(1) + c.unsqueeze(0)).relu_()  # [B, n_items, H], one buffer
+        return h @ self.linear2.weight[0] + self.linear2.bias + self.global_mean
 
     def score_items(self, users: Tensor, items: Tensor) -> Tensor:
         """Scores of ``items`` for each user via the split first layer: ``[B, S]``."""
@@ -307,11 +306,10 @@ class DenseNet(BaseModel):
         k = self.n_factors
         a = self.user_factors(users) @ w[:, :k].t()  # [B, H]
         c = self.item_factors(items) @ w[:, k:].t() + self.linear1.bias  # [S, H]
-        h = F.relu(a.unsqueeze(1) + c.unsqueeze(0))  # [B, S, H]
+        h = (a.unsqueeze(1) + c.unsqueeze(0)).relu_()  # [B, S, H]
         if self.dropout > 0.0:
             h = F.dropout(h, self.dropout, self.training)
-        out = h @ self.linear2.weight.t()
-        return out.squeeze(2) + self.linear2.bias + self.global_mean
+        return h @ self.linear2.weight[0] + self.linear2.bias + self.global_mean
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
