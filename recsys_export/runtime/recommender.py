@@ -195,21 +195,7 @@ class Recommender(BatchOutputs):
         )
 
     # ------------------------------------------------------------------ properties
-    @property
-    def n_users(self) -> int:
-        """Number of users the model knows."""
-        return self._n_users
-
-    @property
-    def n_items(self) -> int:
-        """Number of items the model knows."""
-        return self._n_items
-
-    @property
-    def kind(self) -> str:
-        """Model kind (``"mf"`` or ``"densenet"``)."""
-        return self._kind
-
+    # n_users, n_items, kind: from BatchOutputs
     @property
     def fast_paths(self) -> bool:
         """Whether the bundle's fast-path graphs are in use."""
