@@ -431,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device",
-        default="cpu",
+        default=None,
         help="with --engine torch: cpu or cuda[:N] (default cpu); blocks are sized from "
-        "free device memory on CUDA, from --memory-mb on CPU",
+        "free device memory on CUDA, from --memory-mb on CPU. With --engine ray: the "
+        "workers run the torch engine, cuda placing one worker per GPU (default: "
+        "onnxruntime workers)",
     )
     p.add_argument("--address", help="Ray cluster address (HEAD:6379); default: a local Ray")
     p.add_argument("--workers", type=int, help="Ray workers (default: one per cluster CPU)")

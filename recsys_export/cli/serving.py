@@ -77,13 +77,16 @@ def cmd_score(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 progress=not args.quiet,
                 overwrite=args.force,
+                device=args.device,
             )
             print(args.out)
             return 0
         if args.engine == "torch":
             return _score_all_torch(args)
-        if args.device != "cpu":
-            raise ConfigError("--device needs --engine torch (the local runtime runs on CPU)")
+        if args.device not in (None, "cpu"):
+            raise ConfigError(
+                "--device needs --engine torch or ray (the local runtime runs on CPU)"
+            )
         rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
         if args.top_k is not None:
             path = rec.write_topk(
@@ -123,7 +126,7 @@ def _score_all_torch(args: argparse.Namespace) -> int:
 
     if args.top_k is None and args.out.suffix != ".npy":
         raise ConfigError(f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)")
-    engine = TorchEngine.load(args.bundle, device=args.device)
+    engine = TorchEngine.load(args.bundle, device=args.device or "cpu")
     # --memory-mb sizes CPU blocks; on CUDA the free device memory does
     budget = None if engine.device.type == "cuda" else args.memory_mb
     if args.top_k is not None:
