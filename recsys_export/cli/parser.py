@@ -399,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-seen", action="store_true", help="do not remove already-rated items")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
+    p.add_argument(
+        "--providers",
+        type=_comma_list,
+        help="comma list of onnxruntime execution providers in priority order (default "
+        "CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider with "
+        "onnxruntime-gpu)",
+    )
 
     p = sub.add_parser(
         "score",
@@ -448,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-mb", type=int, default=256, help="memory budget per chunk (default 256)"
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
+    p.add_argument(
+        "--providers",
+        type=_comma_list,
+        help="comma list of onnxruntime execution providers in priority order (default "
+        "CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider with "
+        "onnxruntime-gpu)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser(
         "bench",
@@ -464,3 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(p)
     return parser
+
+
+def _comma_list(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (argparse type of comma-separated options)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
