@@ -24,7 +24,6 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,52 +33,13 @@ import torch
 
 from recsys_export.bench import _synthetic
 from recsys_export.runtime import Recommender
-from recsys_export.torch_engine import TorchEngine
+from recsys_export.torch_bench import device_timings
 
 SIZES = {
     "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
     "tiny": {"users": 300, "items": 400, "factors": 16, "hidden": 32},
 }
 ATOL = 1e-5
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device, repeat: int) -> float:
-    """Best wall time of ``repeat`` runs of ``fn`` (after one warm-up), synchronised."""
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _ceiling(
-    n_users: int, n_items: int, factors: int, k: int, block: int, device: torch.device
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Bare matmul (and matmul + topk) over every user in blocks: the ceiling."""
-    gen = torch.Generator().manual_seed(0)
-    p = torch.randn(n_users, factors + 2, generator=gen).to(device)
-    q_t = torch.randn(factors + 2, n_items, generator=gen).to(device)
-
-    def score() -> None:
-        with torch.inference_mode():
-            for s in range(0, n_users, block):
-                torch.matmul(p[s : s + block], q_t)
-
-    def topk() -> None:
-        with torch.inference_mode():
-            for s in range(0, n_users, block):
-                torch.topk(torch.matmul(p[s : s + block], q_t), k, dim=1)
-
-    return score, topk
 
 
 def _compare_matrix(a_path: Path, b_path: Path) -> float:
@@ -119,31 +79,21 @@ def check_model(
     built = _synthetic(kind, {**cfg, "k": args.k}, args.seen, work)
     bundle = built["bundle"]
     row: dict[str, Any] = {"export_seconds": built["export_total_seconds"]}
-    t0 = time.perf_counter()
-    eng = TorchEngine.load(bundle, device=device)
-    _sync(device)
-    row["engine_load_s"] = time.perf_counter() - t0
-    row["engine_source"] = eng.source
-    block = eng.block_size(None if device.type == "cuda" else args.memory_mb)
-    row["engine_block_users"] = block
     budget = None if device.type == "cuda" else args.memory_mb
-    users = np.arange(eng.n_users, dtype=np.int64)
-
-    def engine_score() -> None:
-        for _b, _s in eng.score_all_blocks(memory_budget_mb=budget):
-            pass
-
-    def engine_topk() -> None:
-        for s in range(0, users.size, block):
-            eng.topk(users[s : s + block], args.k)
-
-    row["engine_score_all_s"] = _timed(engine_score, device, args.repeat)
-    row["engine_topk_s"] = _timed(engine_topk, device, args.repeat)
-    ceil_score, ceil_topk = _ceiling(
-        eng.n_users, eng.n_items, cfg["factors"], args.k, block, device
+    timed = device_timings(
+        bundle,
+        device,
+        k=args.k,
+        width=cfg["factors"] + 2,
+        repeat=args.repeat,
+        memory_budget_mb=budget,
     )
-    row["ceiling_score_all_s"] = _timed(ceil_score, device, args.repeat)
-    row["ceiling_topk_s"] = _timed(ceil_topk, device, args.repeat)
+    eng = timed["engine"]
+    row["engine_load_s"] = timed["load_s"]
+    row["engine_source"] = eng.source
+    row["engine_block_users"] = timed["block_users"]
+    for name in ("engine_score_all", "engine_topk", "ceiling_score_all", "ceiling_topk"):
+        row[f"{name}_s"] = min(timed[name])  # best of the timed runs
     out = work / f"{kind}-out"
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()
