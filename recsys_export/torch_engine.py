@@ -127,6 +127,7 @@ class TorchEngine(BatchOutputs):
         self._user_map = bundle.user_map()
         self._item_map = bundle.item_map()
         self._seen: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._seen_host: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -281,10 +282,31 @@ class TorchEngine(BatchOutputs):
                 block = users[start : start + size]
                 yield block, self._scores(block)
 
+    def score_all(self, user_indices: Any) -> np.ndarray:
+        """``float32[len(user_indices), n_items]`` scores of user indices, on the host.
+
+        Raises
+        ------
+        UnknownIdError
+            An index out of range.
+        """
+        users = self._user_indices(user_indices)
+        out = np.empty((users.size, self._n_items), dtype=np.float32)
+        size = self.block_size()
+        for start in range(0, users.size, size):
+            self._score_all_into(users[start : start + size], out[start : start + size])
+        return out
+
+    def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr int64[n_users + 1], items int64[nnz])``: every item each user rated."""
+        if self._seen_host is None:
+            self._seen_host = load_seen_csr(self.bundle, self._n_users, self._n_items)
+        return self._seen_host
+
     def seen_on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The bundle's seen-items CSR ``(indptr, items)`` as int64 tensors on the device."""
         if self._seen is None:
-            indptr, items = load_seen_csr(self.bundle, self._n_users, self._n_items)
+            indptr, items = self.seen_csr()
             self._seen = (
                 torch.from_numpy(np.ascontiguousarray(indptr)).to(self.device),
                 torch.from_numpy(np.ascontiguousarray(items)).to(self.device),

@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--formats",
-        help="subset of onnx,torchscript,pt2,runtime to check (default: all; 'runtime' is "
-        "the Python onnxruntime runtime with its fast-path graphs)",
+        help="subset of onnx,torchscript,pt2,runtime,torch_engine to check (default: all but "
+        "torch_engine; 'runtime' is the Python onnxruntime runtime with its fast-path "
+        "graphs, 'torch_engine' the torch batch engine of score --engine torch, on CPU)",
     )
     p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
