@@ -11,9 +11,12 @@ hidden; ``--tiny``: 300 x 400, 16 / 32), then for each model times
 * the onnxruntime CPU runtime writing the same two files;
 
 compares the engine's files with the runtime's (matrix within 1e-5; top-k items equal
-except among ties, scores within 1e-5), prints a table and writes JSON::
+except among ties, scores within 1e-5), prints a table and writes JSON. With ``--ray``
+it also runs the Ray engine with torch workers on the same device (``score --all
+--engine ray --device cuda``: one worker per GPU) and compares its Parquet parts with
+the runtime's top-k::
 
-    python benchmarks/gpu_check.py --device cuda            # full size
+    python benchmarks/gpu_check.py --device cuda --ray      # full size
     python benchmarks/gpu_check.py --tiny --device cpu      # seconds, what CI runs
 """
 
@@ -54,8 +57,9 @@ def _compare_matrix(a_path: Path, b_path: Path) -> float:
 
 def _compare_topk(a_path: Path, b_path: Path) -> tuple[bool, float, int]:
     """(items equal except among tied scores, max score diff, rank positions that differ)."""
-    a = pq.read_table(a_path)
-    b = pq.read_table(b_path)
+    order = [("user", "ascending"), ("rank", "ascending")]  # a directory of parts too
+    a = pq.read_table(a_path).sort_by(order)
+    b = pq.read_table(b_path).sort_by(order)
     if a.schema != b.schema or a.num_rows != b.num_rows:
         return False, float("inf"), -1
     ua, ub = a["user"].to_numpy(), b["user"].to_numpy()
@@ -115,8 +119,30 @@ def check_model(
     row["topk_max_score_diff"] = sdiff
     row["topk_positions_reordered_in_ties"] = moved
     row["engine_vs_ceiling_topk"] = row["engine_topk_s"] / row["ceiling_topk_s"]
+    if args.ray:
+        row.update(_ray_check(bundle, device, out, work / f"{kind}-ray", args.k))
     for f in out.iterdir():  # full-size outputs are GBs: keep only the report
         f.unlink()
+    return row
+
+
+def _ray_check(bundle: Path, device: Any, ref: Path, out: Path, k: int) -> dict[str, Any]:
+    """The Ray engine with torch workers on ``device``'s type; its parts vs ``ref``."""
+    import shutil
+
+    from recsys_export.scale import score_topk_ray
+
+    t0 = time.perf_counter()
+    summary = score_topk_ray(bundle, out, k=k, device=device.type, progress=False, overwrite=True)
+    row: dict[str, Any] = {
+        "ray_parquet_end_to_end_s": time.perf_counter() - t0,
+        "ray_workers": summary["workers"],
+        "ray_gpus": summary["gpus"],
+    }
+    match, sdiff, _moved = _compare_topk(out, ref / "runtime.parquet")
+    row["ray_topk_items_match"] = match
+    row["ray_topk_max_score_diff"] = sdiff
+    shutil.rmtree(out, ignore_errors=True)
     return row
 
 
@@ -168,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-mb", type=float, default=256, help="CPU block budget")
     p.add_argument("--workdir", type=Path, default=None, help="bundles and outputs")
     p.add_argument("--json", type=Path, default=Path(".bench/gpu_check.json"))
+    p.add_argument(
+        "--ray", action="store_true", help="also run --engine ray with torch workers (needs ray)"
+    )
     args = p.parse_args(argv)
     size = "tiny" if args.tiny else "full"
     cfg = SIZES[size]
@@ -189,11 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("mf", "densenet"):
         report["models"][kind] = check_model(kind, cfg, device, work, args)
     print(format_table(report))
+    if args.ray:
+        for kind, r in report["models"].items():
+            print(
+                f"ray {kind}: {r['ray_workers']} workers ({r['ray_gpus']} GPUs), "
+                f"{r['ray_parquet_end_to_end_s']:.2f} s, top-k identical "
+                f"{r['ray_topk_items_match']} (max score diff {r['ray_topk_max_score_diff']:.1e})"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
     ok = all(
-        r["topk_items_match"] and r["matrix_max_abs_diff"] <= ATOL
+        r["topk_items_match"]
+        and r["matrix_max_abs_diff"] <= ATOL
+        and r.get("ray_topk_items_match", True)
         for r in report["models"].values()
     )
     return 0 if ok else 1
