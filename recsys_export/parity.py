@@ -270,7 +270,7 @@ class TorchEngineBackend(RuntimeBackend):
     def __init__(self, path: Path) -> None:
         from recsys_export.torch_engine import TorchEngine
 
-        self.rec = TorchEngine.load(path, device="cpu", verify=False)
+        self.rec = TorchEngine.load(path, device="cpu", verify=False)  # type: ignore[assignment]
 
     def score(self, users, items):
         raise NotApplicable("the torch engine scores whole rows only")
@@ -279,7 +279,7 @@ class TorchEngineBackend(RuntimeBackend):
         return self.rec.score_all(users)
 
     def _topk(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.rec.topk(users, k, exclude_seen=True)  # type: ignore[no-any-return]
+        return self.rec.topk(users, k, exclude_seen=True)  # type: ignore[attr-defined]
 
 
 def load_backends(

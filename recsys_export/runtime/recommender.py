@@ -181,7 +181,7 @@ class Recommender(BatchOutputs):
         ConfigError
             Invalid options, or a provider this onnxruntime does not have.
         """
-        options = {
+        options: dict[str, Any] = {
             "intra_op_threads": intra_op_threads,
             "graph_optimization": graph_optimization,
             "fast_paths": fast_paths,
