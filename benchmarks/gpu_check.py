@@ -11,9 +11,12 @@ hidden; ``--tiny``: 300 x 400, 16 / 32), then for each model times
 * the onnxruntime CPU runtime writing the same two files;
 
 compares the engine's files with the runtime's (matrix within 1e-5; top-k items equal
-except among ties, scores within 1e-5), prints a table and writes JSON::
+except among ties, scores within 1e-5), prints a table and writes JSON. With ``--ray``
+it also runs the Ray engine with torch workers on the same device (``score --all
+--engine ray --device cuda``: one worker per GPU) and compares its Parquet parts with
+the runtime's top-k::
 
-    python benchmarks/gpu_check.py --device cuda            # full size
+    python benchmarks/gpu_check.py --device cuda --ray      # full size
     python benchmarks/gpu_check.py --tiny --device cpu      # seconds, what CI runs
 """
 
@@ -24,7 +27,6 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,52 +36,13 @@ import torch
 
 from recsys_export.bench import _synthetic
 from recsys_export.runtime import Recommender
-from recsys_export.torch_engine import TorchEngine
+from recsys_export.torch_bench import device_timings
 
 SIZES = {
     "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
     "tiny": {"users": 300, "items": 400, "factors": 16, "hidden": 32},
 }
 ATOL = 1e-5
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device, repeat: int) -> float:
-    """Best wall time of ``repeat`` runs of ``fn`` (after one warm-up), synchronised."""
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _ceiling(
-    n_users: int, n_items: int, factors: int, k: int, block: int, device: torch.device
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Bare matmul (and matmul + topk) over every user in blocks: the ceiling."""
-    gen = torch.Generator().manual_seed(0)
-    p = torch.randn(n_users, factors + 2, generator=gen).to(device)
-    q_t = torch.randn(factors + 2, n_items, generator=gen).to(device)
-
-    def score() -> None:
-        with torch.inference_mode():
-            for s in range(0, n_users, block):
-                torch.matmul(p[s : s + block], q_t)
-
-    def topk() -> None:
-        with torch.inference_mode():
-            for s in range(0, n_users, block):
-                torch.topk(torch.matmul(p[s : s + block], q_t), k, dim=1)
-
-    return score, topk
 
 
 def _compare_matrix(a_path: Path, b_path: Path) -> float:
@@ -94,8 +57,9 @@ def _compare_matrix(a_path: Path, b_path: Path) -> float:
 
 def _compare_topk(a_path: Path, b_path: Path) -> tuple[bool, float, int]:
     """(items equal except among tied scores, max score diff, rank positions that differ)."""
-    a = pq.read_table(a_path)
-    b = pq.read_table(b_path)
+    order = [("user", "ascending"), ("rank", "ascending")]  # a directory of parts too
+    a = pq.read_table(a_path).sort_by(order)
+    b = pq.read_table(b_path).sort_by(order)
     if a.schema != b.schema or a.num_rows != b.num_rows:
         return False, float("inf"), -1
     ua, ub = a["user"].to_numpy(), b["user"].to_numpy()
@@ -119,31 +83,21 @@ def check_model(
     built = _synthetic(kind, {**cfg, "k": args.k}, args.seen, work)
     bundle = built["bundle"]
     row: dict[str, Any] = {"export_seconds": built["export_total_seconds"]}
-    t0 = time.perf_counter()
-    eng = TorchEngine.load(bundle, device=device)
-    _sync(device)
-    row["engine_load_s"] = time.perf_counter() - t0
-    row["engine_source"] = eng.source
-    block = eng.block_size(None if device.type == "cuda" else args.memory_mb)
-    row["engine_block_users"] = block
     budget = None if device.type == "cuda" else args.memory_mb
-    users = np.arange(eng.n_users, dtype=np.int64)
-
-    def engine_score() -> None:
-        for _b, _s in eng.score_all_blocks(memory_budget_mb=budget):
-            pass
-
-    def engine_topk() -> None:
-        for s in range(0, users.size, block):
-            eng.topk(users[s : s + block], args.k)
-
-    row["engine_score_all_s"] = _timed(engine_score, device, args.repeat)
-    row["engine_topk_s"] = _timed(engine_topk, device, args.repeat)
-    ceil_score, ceil_topk = _ceiling(
-        eng.n_users, eng.n_items, cfg["factors"], args.k, block, device
+    timed = device_timings(
+        bundle,
+        device,
+        k=args.k,
+        width=cfg["factors"] + 2,
+        repeat=args.repeat,
+        memory_budget_mb=budget,
     )
-    row["ceiling_score_all_s"] = _timed(ceil_score, device, args.repeat)
-    row["ceiling_topk_s"] = _timed(ceil_topk, device, args.repeat)
+    eng = timed["engine"]
+    row["engine_load_s"] = timed["load_s"]
+    row["engine_source"] = eng.source
+    row["engine_block_users"] = timed["block_users"]
+    for name in ("engine_score_all", "engine_topk", "ceiling_score_all", "ceiling_topk"):
+        row[f"{name}_s"] = min(timed[name])  # best of the timed runs
     out = work / f"{kind}-out"
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()
@@ -165,8 +119,30 @@ def check_model(
     row["topk_max_score_diff"] = sdiff
     row["topk_positions_reordered_in_ties"] = moved
     row["engine_vs_ceiling_topk"] = row["engine_topk_s"] / row["ceiling_topk_s"]
+    if args.ray:
+        row.update(_ray_check(bundle, device, out, work / f"{kind}-ray", args.k))
     for f in out.iterdir():  # full-size outputs are GBs: keep only the report
         f.unlink()
+    return row
+
+
+def _ray_check(bundle: Path, device: Any, ref: Path, out: Path, k: int) -> dict[str, Any]:
+    """The Ray engine with torch workers on ``device``'s type; its parts vs ``ref``."""
+    import shutil
+
+    from recsys_export.scale import score_topk_ray
+
+    t0 = time.perf_counter()
+    summary = score_topk_ray(bundle, out, k=k, device=device.type, progress=False, overwrite=True)
+    row: dict[str, Any] = {
+        "ray_parquet_end_to_end_s": time.perf_counter() - t0,
+        "ray_workers": summary["workers"],
+        "ray_gpus": summary["gpus"],
+    }
+    match, sdiff, _moved = _compare_topk(out, ref / "runtime.parquet")
+    row["ray_topk_items_match"] = match
+    row["ray_topk_max_score_diff"] = sdiff
+    shutil.rmtree(out, ignore_errors=True)
     return row
 
 
@@ -218,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-mb", type=float, default=256, help="CPU block budget")
     p.add_argument("--workdir", type=Path, default=None, help="bundles and outputs")
     p.add_argument("--json", type=Path, default=Path(".bench/gpu_check.json"))
+    p.add_argument(
+        "--ray", action="store_true", help="also run --engine ray with torch workers (needs ray)"
+    )
     args = p.parse_args(argv)
     size = "tiny" if args.tiny else "full"
     cfg = SIZES[size]
@@ -239,11 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("mf", "densenet"):
         report["models"][kind] = check_model(kind, cfg, device, work, args)
     print(format_table(report))
+    if args.ray:
+        for kind, r in report["models"].items():
+            print(
+                f"ray {kind}: {r['ray_workers']} workers ({r['ray_gpus']} GPUs), "
+                f"{r['ray_parquet_end_to_end_s']:.2f} s, top-k identical "
+                f"{r['ray_topk_items_match']} (max score diff {r['ray_topk_max_score_diff']:.1e})"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
     ok = all(
-        r["topk_items_match"] and r["matrix_max_abs_diff"] <= ATOL
+        r["topk_items_match"]
+        and r["matrix_max_abs_diff"] <= ATOL
+        and r.get("ray_topk_items_match", True)
         for r in report["models"].values()
     )
     return 0 if ok else 1

@@ -27,13 +27,20 @@ temporary bundle (all formats, parity check off) and times, for each model:
   mask, ``argpartition``). Ratios are to the score_all ceiling.
 * ``single_user``: ``recommend(user, k)`` latency, p50/p99 over ``--calls`` (>= 2000)
   random users: ``runtime`` by index and by raw id, ``runtime_fallback``, ``torch_eager``.
+* GPU rows, when torch sees a CUDA device: ``gpu_torch_engine`` (the torch engine,
+  :class:`~recsys_export.torch_engine.TorchEngine`, on ``cuda``: score_all of every
+  user; in ``recommend_all`` top-k with exclusions) next to ``gpu_ceiling`` (a bare
+  ``torch.matmul``, + ``torch.topk``, of the same shape in the same blocks), timed in
+  the same run (:mod:`recsys_export.torch_bench`); their ratios are to ``gpu_ceiling``.
+  Without CUDA they are left out with a one-line message, and the JSON's ``gpu`` says
+  why.
 * export time per format, process peak RSS (``ru_maxrss``, torch included), and with
   ``--train DATA`` the training time and validation RMSE of both models (80/20 split).
 
 Slow rows can be measured on the first ``--slow-users`` users only (the row records how
 many users it covered; per-pair numbers stay comparable): DenseNet's numpy, torch and
 fallback rows (the eager model builds a ``[B, N, H]`` intermediate) and the numpy
-recommend-all row of both models. ``--skip torch,torchscript,pt2,numpy,fallback`` drops rows.
+recommend-all row of both models. ``--skip torch,torchscript,pt2,numpy,fallback,gpu`` drops rows.
 Every row is run ``--repeat`` times (median reported, min/max kept), in rounds: after a
 warm-up, each round runs every row of a section once, so a slow drift of the machine's
 speed affects the rows and the ceiling alike. The machine may be
@@ -68,7 +75,9 @@ PRESETS = {
     "tiny": {"users": 300, "items": 400, "factors": 16, "hidden": 32},
     "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
 }
-ROW_GROUPS = ("torch", "torchscript", "pt2", "numpy", "fallback")
+ROW_GROUPS = ("torch", "torchscript", "pt2", "numpy", "fallback", "gpu")
+#: Device of the GPU rows (tests point it at the CPU to run that code path).
+_GPU_DEVICE = "cuda"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -484,6 +493,15 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
         if "ns_per_pair" in row:
             row["ratio_to_ceiling"] = row["ns_per_pair"] / ceiling
 
+    # ---- GPU rows: a CUDA device is visible (run() checked, else cfg says why not)
+    if cfg.get("gpu_skipped") is None:
+        _gpu_rows(kind, cfg, bundle, score, recs, flops)
+        notes.append(
+            "gpu_* rows: the torch engine on the device (score_all; top-k with exclusions) "
+            "and a bare torch.matmul (+ topk) of width "
+            f"{_gpu_width(kind, cfg)}; their x ceil is to gpu_ceiling"
+        )
+
     # ---- single user
     single: dict[str, Any] = {}
     rng = np.random.default_rng(1)
@@ -546,6 +564,56 @@ def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work:
     }
 
 
+def _gpu_width(kind: str, cfg: dict[str, Any]) -> int:
+    """Inner dimension of the GPU ceiling's matmul: MF's augmented factors, DenseNet's
+    hidden layer (a lower bound on its work)."""
+    return int(cfg["factors"]) + 2 if kind == "mf" else int(cfg["hidden"])
+
+
+def _gpu_rows(
+    kind: str,
+    cfg: dict[str, Any],
+    bundle: Path,
+    score: dict[str, Any],
+    recs: dict[str, Any],
+    flops: int,
+) -> None:
+    """Add ``gpu_ceiling`` and ``gpu_torch_engine`` rows to the score_all and recommend_all
+    sections (:func:`recsys_export.torch_bench.device_timings` on :data:`_GPU_DEVICE`)."""
+    from recsys_export.torch_bench import device_timings
+
+    t = device_timings(
+        bundle, _GPU_DEVICE, k=cfg["k"], width=_gpu_width(kind, cfg), repeat=cfg["repeat"]
+    )
+    eng = t["engine"]
+    for table, name in ((score, "score_all"), (recs, "topk")):
+        ceil = _row(t[f"ceiling_{name}"], eng.n_users, eng.n_items, flops)
+        ours = _row(t[f"engine_{name}"], eng.n_users, eng.n_items, flops)
+        ceil["ratio_to_ceiling"] = 1.0
+        ours["ratio_to_ceiling"] = ours["ns_per_pair"] / ceil["ns_per_pair"]
+        ours["device"] = ceil["device"] = str(eng.device)
+        table["gpu_ceiling"] = ceil
+        table["gpu_torch_engine"] = ours
+
+
+def _gpu_status(skip: list[str]) -> dict[str, Any]:
+    """``{"device", "name"}`` of the GPU rows' device, or ``{"skipped": why}``."""
+    if "gpu" in skip:
+        return {"skipped": "--skip gpu"}
+    try:
+        from recsys_export.torch_bench import cuda_unavailable_reason
+    except Exception as exc:  # torch without a working torch engine
+        return {"skipped": f"the torch engine does not import ({exc})"}
+    if _GPU_DEVICE == "cuda":
+        why = cuda_unavailable_reason()
+        if why is not None:
+            return {"skipped": why}
+        import torch
+
+        return {"device": "cuda", "name": torch.cuda.get_device_name(0)}
+    return {"device": _GPU_DEVICE, "name": _GPU_DEVICE}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args`` (see :func:`add_arguments`)."""
     import onnx
@@ -567,8 +635,12 @@ def run(args: argparse.Namespace) -> int:
     slow = args.slow_users
     if slow is None:
         slow = 2000 if args.preset == "full" else 0
+    gpu = _gpu_status(skip)
+    if "skipped" in gpu:
+        print(f"recsys-export bench: GPU rows skipped: {gpu['skipped']}", file=sys.stderr)
     cfg = {
         **sizes,
+        "gpu_skipped": gpu.get("skipped"),
         "k": args.k,
         "repeat": max(1, args.repeat),
         "calls": args.calls,
@@ -591,6 +663,7 @@ def run(args: argparse.Namespace) -> int:
             },
         },
         "config": {**cfg, "preset": args.preset, "seen": args.seen, "train": args.train},
+        "gpu": gpu,
         "models": {},
     }
     trained = (

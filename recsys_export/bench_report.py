@@ -25,6 +25,7 @@ SCHEMA: dict[str, Any] = {
         "versions": "{numpy, onnxruntime, torch, onnx}",
     },
     "config": "the command-line options (users, items, factors, hidden, seen, k, repeat, ...)",
+    "gpu": "{device, name} of the gpu_* rows, or {skipped: why} (no CUDA device, --skip gpu)",
     "models": {
         "<mf|densenet>": {
             "sizes": "{users, items, factors, hidden (densenet), pairs}",
@@ -48,7 +49,9 @@ SCHEMA: dict[str, Any] = {
         "pairs_per_s": "float (median)",
         "ns_per_pair": "float (median)",
         "gflops": "float (median; flops_per_pair * pairs / s)",
-        "ratio_to_ceiling": "float, ns_per_pair / ceiling's score_all ns_per_pair",
+        "ratio_to_ceiling": "float, ns_per_pair / ceiling's score_all ns_per_pair (gpu_* "
+        "rows: / gpu_ceiling's in the same section)",
+        "device": "str, gpu_* rows only: the torch device",
         "skipped": "str, present instead of the numbers when the row was skipped",
     },
 }
@@ -61,6 +64,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(
         f"nproc {m['nproc']}, load average start {m['loadavg_start']} end {m['loadavg_end']}"
     )
+    gpu = report.get("gpu") or {}
+    if "skipped" in gpu:
+        lines.append(f"GPU rows skipped: {gpu['skipped']}")
+    elif gpu:
+        lines.append(f"GPU rows on {gpu['device']} ({gpu['name']})")
     for kind, res in report["models"].items():
         sz = res["sizes"]
         lines.append("")

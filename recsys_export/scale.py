@@ -32,6 +32,12 @@ Design (see ``docs/scaling.md``):
   on a filesystem every worker can write (NFS, a shared disk; on one machine any
   directory).
 
+* With ``device`` set, each actor runs the torch engine
+  (:class:`~recsys_export.torch_engine.TorchEngine`, the bundle's pt2/TorchScript
+  program) instead of onnxruntime: ``device="cuda"`` places one actor per GPU (Ray's
+  ``num_gpus=1``; Ray sets each actor's ``CUDA_VISIBLE_DEVICES``, so it sees its GPU as
+  ``cuda:0``); ``device="cpu"`` runs the same code on CPU actors.
+
 Ray is imported lazily: this module imports without it, and :func:`score_topk_ray`
 raises :class:`~recsys_export.errors.ConfigError` saying how to install it.
 """
@@ -130,7 +136,8 @@ def _materialize(payload: dict[str, bytes], job: str) -> Path:
 
 
 class BlockScorer:
-    """The actor: one loaded :class:`Recommender`, scoring blocks of user indices.
+    """The actor: one loaded :class:`Recommender` (or, with ``device``, a
+    :class:`~recsys_export.torch_engine.TorchEngine`), scoring blocks of user indices.
 
     Construction never raises (a failed actor constructor is not restarted by Ray and
     its error is hard to read): errors are kept and reported by :meth:`info` and
@@ -145,6 +152,7 @@ class BlockScorer:
         exclude_seen: bool,
         threads: int,
         payload: list[Any] | None = None,
+        device: str | None = None,
     ) -> None:
         self.pid = os.getpid()
         self.out_dir = Path(out_dir)
@@ -156,6 +164,7 @@ class BlockScorer:
         self.reconstructed = False
         self.node = ""
         self.shipped: Path | None = None
+        self.sub_chunk = _SUB_CHUNK
         try:
             import ray
 
@@ -175,7 +184,17 @@ class BlockScorer:
                 # bytes are fetched here (and again by a restarted actor)
                 self.shipped = _materialize(ray.get(payload[0]), payload[1])
                 root = str(self.shipped)
-            self.rec = Recommender.load(root, intra_op_threads=threads)
+            if device is None:
+                self.rec = Recommender.load(root, intra_op_threads=threads)
+            else:
+                import torch
+
+                from recsys_export.torch_engine import TorchEngine
+
+                if device == "cpu":
+                    torch.set_num_threads(threads)
+                self.rec = TorchEngine.load(root, device=device)
+                self.sub_chunk = min(_SUB_CHUNK, self.rec.block_size())
             self.schema = self.rec.topk_schema()
             if not self.out_dir.is_dir():
                 raise ConfigError(
@@ -211,9 +230,9 @@ class BlockScorer:
         with replacing(final) as tmp, contextlib.closing(
             pq.ParquetWriter(str(tmp), self.schema)
         ) as writer:
-            for s in range(0, users.size, _SUB_CHUNK):
+            for s in range(0, users.size, self.sub_chunk):
                 table = self.rec.topk_table(
-                    users[s : s + _SUB_CHUNK], self.k, exclude_seen=self.exclude_seen
+                    users[s : s + self.sub_chunk], self.k, exclude_seen=self.exclude_seen
                 )
                 writer.write_table(table)
                 rows += table.num_rows
@@ -313,9 +332,25 @@ def _bundle_payload(bundle: Bundle) -> dict[str, bytes]:
     return payload
 
 
-def _model_sizes(bundle: Bundle) -> tuple[int, int, str, int]:
+def _check_device(device: str | None) -> str | None:
+    """The actors' device (``None``: onnxruntime); the torch engine must import here."""
+    if device is None:
+        return None
+    device = str(device).strip().lower()
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(
+            f"unsupported device {device!r} for the ray engine: use cpu or cuda (Ray gives "
+            "each worker its own GPU, which it sees as cuda:0)"
+        )
+    import recsys_export.torch_engine  # noqa: F401  (ConfigError without torch)
+
+    return device
+
+
+def _model_sizes(bundle: Bundle, device: str | None = None) -> tuple[int, int, str, int]:
     spec = bundle.spec
-    spec.require_onnx("the runtime (and the ray engine) needs them")
+    if device is None:
+        spec.require_onnx("the runtime (and the ray engine) needs them")
     model = spec.model
     return model.n_users, model.n_items, model.kind, int(model.hyperparameters.get("hidden") or 0)
 
@@ -339,6 +374,7 @@ def score_topk_ray(
     ship_bundle: str = "path",
     overwrite: bool = False,
     on_block_done: Callable[[dict[str, Any]], None] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Write every user's top-``k`` items to ``out_dir`` with a pool of Ray actors.
 
@@ -381,6 +417,11 @@ def score_topk_ray(
     on_block_done : callable, optional
         Called on the driver with each finished block's record (block, start, stop,
         users, rows, file, pid, node, reconstructed, seconds), e.g. for tests.
+    device : {None, "cpu", "cuda"}
+        None: the actors run the onnxruntime runtime. Otherwise they run the torch
+        engine (the bundle's pt2/TorchScript program; torch needed on every worker):
+        ``"cuda"`` reserves one GPU per actor (``num_gpus=1``; default ``workers``: the
+        cluster's GPUs), ``"cpu"`` runs it on CPU actors. The files are the same.
 
     Returns
     -------
@@ -394,8 +435,9 @@ def score_topk_ray(
     Raises
     ------
     ConfigError
-        Ray not installed, bad options, an unusable ``out_dir``, or no cluster at
-        ``address``.
+        Ray not installed, bad options, an unusable ``out_dir``, no cluster at
+        ``address``, ``device`` set without torch, or ``"cuda"`` with no GPU in the
+        Ray cluster (or a worker without a usable CUDA).
     BundleError
         Missing/corrupted bundle or one without ONNX graphs (on the driver or a worker).
     WorkerError
@@ -410,8 +452,9 @@ def score_topk_ray(
     cpus_per_worker = check_int("cpus_per_worker", cpus_per_worker, low=1)
     workers = check_int("workers", workers, low=1, none_ok=True, hint=" (--workers)")
     block_users = check_int("block_users", block_users, low=1, none_ok=True)
+    device = _check_device(device)
     bundle = Bundle.load(bundle_path, verify=True)
-    n_users, n_items, kind, hidden = _model_sizes(bundle)
+    n_users, n_items, kind, hidden = _model_sizes(bundle, device)
     k = check_k(k, n_items)
     out = _prepare_out_dir(out_dir, overwrite)
     payload = _bundle_payload(bundle) if ship_bundle == "object_store" else None
@@ -442,6 +485,22 @@ def score_topk_ray(
     ray_start_seconds = time.perf_counter() - t_ray
     try:
         total_cpus = int(ray.cluster_resources().get("CPU", 0))
+        gpus = 0
+        if device == "cuda":
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            if gpus < 1:
+                raise ConfigError(
+                    "--device cuda with the ray engine, but the Ray cluster has no GPU "
+                    f"(resources: {total_cpus} CPUs, 0 GPUs); start Ray on GPU nodes "
+                    "(ray start --num-gpus N) or use --device cpu"
+                )
+            if workers is None:
+                workers = gpus
+            elif workers > gpus:
+                raise ConfigError(
+                    f"{workers} GPU workers need {workers} GPUs but the Ray cluster has "
+                    f"{gpus}; pass --workers {gpus} or add GPU nodes"
+                )
         if workers is None:
             free = int(ray.available_resources().get("CPU", 0)) or total_cpus
             workers = max(1, free // cpus_per_worker)
@@ -460,6 +519,7 @@ def score_topk_ray(
             shipped = [ray.put(payload), secrets.token_hex(8)]
         actor_cls = ray.remote(BlockScorer).options(
             num_cpus=cpus_per_worker,
+            num_gpus=1 if device == "cuda" else 0,
             max_restarts=max_retries,
             max_task_retries=max_retries,
         )
@@ -471,6 +531,7 @@ def score_topk_ray(
                 exclude_seen,
                 cpus_per_worker,
                 shipped,
+                device,
             )
             for _ in range(workers)
         ]
@@ -533,6 +594,8 @@ def score_topk_ray(
             "exclude_seen": exclude_seen,
             "bundle": str(bundle.root),
             "ship_bundle": ship_bundle,
+            "device": device,
+            "gpus": gpus,
             "address": address,
             "ray_version": ray.__version__,
             "worker_pids": sorted({r["pid"] for r in records.values()}),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,15 +34,8 @@ except ImportError:  # a runtime-only install
 
 from recsys_export.bundle import Bundle
 from recsys_export.models import topk_excluding
-from recsys_export.runtime import (
-    TopkRows,
-    check_out_path,
-    flat_topk_rows,
-    load_seen_csr,
-    topk_schema,
-    write_npy_chunks,
-    write_topk_chunks,
-)
+from recsys_export.runtime import load_seen_csr
+from recsys_export.runtime.writers import BatchOutputs
 from recsys_export.topk import check_k
 from recsys_export.validation import check_choice, check_positive
 
@@ -92,11 +84,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
-class TorchEngine:
+class TorchEngine(BatchOutputs):
     """A bundle's torch program on a device, for whole-catalogue batch scoring.
 
-    Create it with :meth:`load`. Users are dense indices (``0 .. n_users - 1``); the
-    writers emit raw ids exactly as :class:`~recsys_export.runtime.Recommender` does.
+    Create it with :meth:`load`. Users are dense indices (``0 .. n_users - 1``). The
+    batch outputs (:meth:`write_score_matrix`, :meth:`write_topk`, :meth:`topk_rows`,
+    :meth:`topk_table`, :meth:`iter_score_all`) are the runtime's own
+    (:class:`~recsys_export.runtime.writers.BatchOutputs`, shared with
+    :class:`~recsys_export.runtime.Recommender`): same files, atomicity and progress
+    bar. A ``memory_budget_mb`` of None sizes blocks from the free device memory on
+    CUDA, from 256 MB on CPU (:meth:`block_size`).
 
     Attributes
     ----------
@@ -130,6 +127,7 @@ class TorchEngine:
         self._user_map = bundle.user_map()
         self._item_map = bundle.item_map()
         self._seen: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._seen_host: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -203,21 +201,7 @@ class TorchEngine:
             )
 
     # ------------------------------------------------------------------ properties
-    @property
-    def n_users(self) -> int:
-        """Number of users the model knows."""
-        return self._n_users
-
-    @property
-    def n_items(self) -> int:
-        """Number of items the model knows."""
-        return self._n_items
-
-    @property
-    def kind(self) -> str:
-        """Model kind (``"mf"``, ``"densenet"``, ...)."""
-        return self._kind
-
+    # n_users, n_items, kind: from BatchOutputs
     @property
     def bytes_per_user(self) -> int:
         """Bytes of device memory per user in one ``score_all`` block (block sizing)."""
@@ -260,11 +244,23 @@ class TorchEngine:
             return self._score_all(u.repeat(2))[:1]
         return self._score_all(u)
 
-    def _user_indices(self, user_indices: Any) -> np.ndarray:
-        if user_indices is None:
-            return np.arange(self._n_users, dtype=np.int64)
-        arr = np.asarray(user_indices).reshape(-1)
-        return self._user_map.check_indices(arr)
+    # BatchOutputs hooks: chunk sizing, scores into a buffer, k, top-k by index
+    def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float | None) -> int:
+        if chunk_size is not None:
+            return super()._chunk_size(chunk_size, memory_budget_mb)
+        return self.block_size(memory_budget_mb)
+
+    def _score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
+        with torch.inference_mode():
+            out[...] = self._scores(users).cpu().numpy()
+
+    def _check_k(self, k: Any) -> int:
+        return check_k(k, self._n_items)
+
+    def _topk_by_index(
+        self, users: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.topk(users, k, exclude_seen=exclude_seen)
 
     def score_all_blocks(
         self, user_indices: Any = None, *, memory_budget_mb: float | None = None
@@ -286,10 +282,31 @@ class TorchEngine:
                 block = users[start : start + size]
                 yield block, self._scores(block)
 
+    def score_all(self, user_indices: Any) -> np.ndarray:
+        """``float32[len(user_indices), n_items]`` scores of user indices, on the host.
+
+        Raises
+        ------
+        UnknownIdError
+            An index out of range.
+        """
+        users = self._user_indices(user_indices)
+        out = np.empty((users.size, self._n_items), dtype=np.float32)
+        size = self.block_size()
+        for start in range(0, users.size, size):
+            self._score_all_into(users[start : start + size], out[start : start + size])
+        return out
+
+    def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr int64[n_users + 1], items int64[nnz])``: every item each user rated."""
+        if self._seen_host is None:
+            self._seen_host = load_seen_csr(self.bundle, self._n_users, self._n_items)
+        return self._seen_host
+
     def seen_on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The bundle's seen-items CSR ``(indptr, items)`` as int64 tensors on the device."""
         if self._seen is None:
-            indptr, items = load_seen_csr(self.bundle, self._n_users, self._n_items)
+            indptr, items = self.seen_csr()
             self._seen = (
                 torch.from_numpy(np.ascontiguousarray(indptr)).to(self.device),
                 torch.from_numpy(np.ascontiguousarray(items)).to(self.device),
@@ -337,75 +354,6 @@ class TorchEngine:
             rows = items = torch.zeros(0, dtype=torch.int64, device=self.device)
         values, idx = topk_excluding(scores, k, rows, items)
         return values.cpu().numpy(), idx.cpu().numpy()
-
-    def topk_rows(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> TopkRows:
-        """Top-``k`` lists as flat rows ``(user, rank, item, score)``: raw ids, ranks from
-        1, empty slots left out (the runtime's row builder)."""
-        users = self._user_indices(user_indices)
-        scores, items = self.topk(users, k, exclude_seen=exclude_seen)
-        return flat_topk_rows(users, items, scores, self._user_map, self._item_map)
-
-    # ------------------------------------------------------------------ writing
-    def write_score_matrix(
-        self,
-        out_path: str | os.PathLike[str],
-        *,
-        user_indices: Any = None,
-        memory_budget_mb: float | None = None,
-        progress: bool = True,
-        overwrite: bool = False,
-    ) -> Path:
-        """Write the ``float32[n_users, n_items]`` score matrix to a ``.npy`` file.
-
-        The same file, atomicity and progress bar as
-        :meth:`recsys_export.runtime.Recommender.write_score_matrix`.
-
-        Raises
-        ------
-        ConfigError
-            A bad output path (see the runtime's method) or budget.
-        """
-        path = check_out_path(out_path, (".npy",), overwrite)
-        users = self._user_indices(user_indices)
-        size = self.block_size(memory_budget_mb)
-
-        def fill(chunk: np.ndarray, out: np.ndarray) -> None:
-            with torch.inference_mode():
-                out[...] = self._scores(chunk).cpu().numpy()
-
-        return write_npy_chunks(path, users, self._n_items, size, fill, progress=progress)
-
-    def write_topk(
-        self,
-        out_path: str | os.PathLike[str],
-        k: int = 10,
-        *,
-        exclude_seen: bool = True,
-        memory_budget_mb: float | None = None,
-        progress: bool = True,
-        overwrite: bool = False,
-    ) -> Path:
-        """Write the top-``k`` items of every user to ``.parquet`` or ``.csv``.
-
-        Columns ``user, rank, item, score``; the same file, atomicity and progress bar as
-        :meth:`recsys_export.runtime.Recommender.write_topk`.
-
-        Raises
-        ------
-        ConfigError
-            A bad output path, ``k`` or budget, or Parquet without pyarrow.
-        """
-        path = check_out_path(out_path, (".parquet", ".csv"), overwrite)
-        k = check_k(k, self._n_items)
-        size = self.block_size(memory_budget_mb)
-        return write_topk_chunks(
-            path,
-            self._n_users,
-            size,
-            lambda chunk: self.topk_rows(chunk, k, exclude_seen=exclude_seen),
-            lambda: topk_schema(self._user_map, self._item_map),
-            progress=progress,
-        )
 
 
 class _Absent(Exception):

@@ -21,11 +21,16 @@ def test_bench_tiny(tmp_path, capsys):
         + ["--repeat", "1", "--calls", "20", "--json", str(out), "--plot", str(tmp_path / "b.png")]
     )
     assert bench.run(args) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "score_all" in text and "single_user" in text and "ceiling" in text
     report = json.loads(out.read_text())
     assert report["schema_version"] == 1
     assert set(report["models"]) == {"mf", "densenet"}
+    gpu = set() if "skipped" in report["gpu"] else {"gpu_ceiling", "gpu_torch_engine"}
+    if not gpu:  # no CUDA here: one line on stderr, the JSON says why
+        skipped = [ln for ln in captured.err.splitlines() if "GPU rows skipped" in ln]
+        assert len(skipped) == 1 and report["gpu"]["skipped"] in skipped[0]
     for kind, res in report["models"].items():
         intra = {"runtime_intra_op"} if kind == "densenet" else set()
         assert set(res["score_all"]) == {
@@ -37,8 +42,9 @@ def test_bench_tiny(tmp_path, capsys):
             "runtime",
             "runtime_fallback",
             *intra,
+            *gpu,
         }
-        assert set(res["recommend_all"]) == {"runtime", "runtime_fallback", "numpy"}
+        assert set(res["recommend_all"]) == {"runtime", "runtime_fallback", "numpy", *gpu}
         assert set(res["single_user"]) == {
             "runtime",
             "runtime_raw_ids",
@@ -69,6 +75,36 @@ def test_bench_skip_and_bad_options(tmp_path):
     assert "skipped" in res["score_all"]["torch_eager"]
     assert "ns_per_pair" in res["score_all"]["runtime"]
     assert bench.run(parser.parse_args(["--models", "nope"])) == 2
+
+
+def test_bench_gpu_rows_code_path_on_cpu(tmp_path, monkeypatch, capsys):
+    """The GPU rows' code, pointed at the CPU (no CUDA here): engine next to ceiling."""
+    monkeypatch.setattr(bench, "_GPU_DEVICE", "cpu")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "b.json"
+    args = parser.parse_args(
+        ["--users", "30", "--items", "40", "--factors", "4", "--hidden", "4", "--seen", "3"]
+        + ["--repeat", "1", "--calls", "10", "--json", str(out)]
+        + ["--skip", "torch,torchscript,pt2,numpy,fallback"]
+    )
+    assert bench.run(args) == 0
+    assert "GPU rows on cpu" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["gpu"] == {"device": "cpu", "name": "cpu"}
+    for res in report["models"].values():
+        for section in ("score_all", "recommend_all"):
+            rows = res[section]
+            assert rows["gpu_ceiling"]["ratio_to_ceiling"] == 1.0
+            assert rows["gpu_torch_engine"]["ratio_to_ceiling"] > 0
+            assert rows["gpu_torch_engine"]["device"] == "cpu"
+            assert rows["gpu_torch_engine"]["users"] == 30
+    # --skip gpu: recorded, no rows
+    args.skip = "gpu"
+    assert bench.run(args) == 0
+    report = json.loads(out.read_text())
+    assert report["gpu"] == {"skipped": "--skip gpu"}
+    assert "gpu_torch_engine" not in report["models"]["mf"]["score_all"]
 
 
 def test_densenet_recipe_script_tiny(tmp_path, capsys):

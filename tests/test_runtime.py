@@ -545,3 +545,41 @@ def test_committed_artifacts_load(name):
     res = rec.recommend(users, min(3, rec.n_items), by_index=True)
     assert res.items.shape == (rec.n_users, min(3, rec.n_items))
     rec.recommend(int(users[0]), 1, by_index=True)
+
+
+def test_execution_providers_pass_through(mf, tmp_path, capsys):
+    """``providers=`` reaches every session; unknown names are one-line ConfigErrors."""
+    import onnxruntime as ort
+
+    from recsys_export.cli import main
+
+    _, path, rec = mf
+    cpu = Recommender.load(path, providers=["CPUExecutionProvider"])
+    users = np.arange(N_USERS)
+    np.testing.assert_array_equal(
+        cpu.score_all(users, by_index=True), rec.score_all(users, by_index=True)
+    )
+    cpu.recommend(users, 3, by_index=True)
+    sessions = cpu._engine.sessions._sessions
+    assert sessions and all(
+        s.get_providers() == ["CPUExecutionProvider"] for s in sessions.values()
+    )
+    with pytest.raises(ConfigError) as info:
+        Recommender.load(path, providers=["NoSuchExecutionProvider"])
+    msg = str(info.value)
+    assert "NoSuchExecutionProvider" in msg
+    assert all(p in msg for p in ort.get_available_providers())
+    with pytest.raises(ConfigError, match="non-empty"):
+        Recommender.load(path, providers=[])
+    user = str(USER_IDS[0])
+    assert (
+        main(["recommend", str(path), "--user", user, "--providers", "CPUExecutionProvider"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["recommend", str(path), "--user", user, "--providers", "Nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Nope" in err and "CPUExecutionProvider" in err
+    out = str(tmp_path / "t.parquet")
+    argv = ["score", str(path), "--all", "--top-k", "2", "--out", out, "--engine", "torch"]
+    assert main([*argv, "--providers", "CPUExecutionProvider"]) == 2
+    assert "--providers is for the local" in capsys.readouterr().err

@@ -242,3 +242,56 @@ def test_missing_ray_is_a_config_error(monkeypatch, tmp_path):
         score_topk_ray(tmp_path / "bundle", tmp_path / "out")
     assert str(info.value) == "Ray is not installed: pip install 'recsys-export[ray]'"
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- torch engine workers
+@pytest.fixture(scope="module")
+def torch_case(tmp_path_factory):
+    """A small bundle with every format; the local onnxruntime and torch-engine outputs."""
+    pytest.importorskip("torch")
+    from recsys_export.torch_engine import TorchEngine
+
+    root = tmp_path_factory.mktemp("scale_torch")
+    ck = synthetic_checkpoint(
+        "mf",
+        500,
+        60,
+        factors=16,
+        seen_per_user=5,
+        user_ids=[f"u{i}" for i in range(500)],
+        item_ids=np.arange(60) * 3 + 5,
+    )
+    bundle = root / "bundle"
+    export_bundle(ck, bundle, formats="onnx,pt2,torchscript", verify=False)
+    Recommender.load(bundle).write_topk(root / "ort.parquet", k=K, progress=False)
+    TorchEngine.load(bundle, device="cpu").write_topk(root / "torch.parquet", k=K, progress=False)
+    return bundle, _sorted_table(root / "ort.parquet"), _sorted_table(root / "torch.parquet")
+
+
+@pytest.mark.ray
+def test_ray_engine_device_cpu_runs_the_torch_engine(ray_local, torch_case, tmp_path, capsys):
+    from recsys_export.cli import main
+
+    bundle, ort_table, torch_table = torch_case
+    out = tmp_path / "topk"
+    argv = ["score", str(bundle), "--all", "--top-k", str(K), "--out", str(out)]
+    assert main([*argv, "--engine", "ray", "--device", "cpu", "--workers", "2", "-q"]) == 0
+    summary = json.loads((out / SUCCESS_NAME).read_text())
+    assert summary["device"] == "cpu" and summary["workers"] == 2 and summary["blocks"] > 1
+    _assert_layout(out, summary)
+    got = _sorted_table(out)
+    assert got.equals(torch_table)  # the torch engine's own file, row for row
+    _assert_same(out, ort_table)  # and the onnxruntime path's (scores within 1e-6)
+
+
+@pytest.mark.ray
+def test_ray_engine_cuda_without_gpu_is_one_line_error(ray_local, torch_case, tmp_path, capsys):
+    from recsys_export.cli import main
+
+    bundle = str(torch_case[0])
+    argv = ["score", bundle, "--all", "--top-k", str(K), "--engine", "ray", "-q"]
+    assert main([*argv, "--device", "cuda", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no GPU" in err and "--device cpu" in err
+    with pytest.raises(ConfigError, match="cuda:0"):
+        score_topk_ray(bundle, tmp_path / "b", k=K, device="cuda:1", progress=False)

@@ -294,3 +294,20 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
         assert row["topk_items_match"] and row["topk_max_score_diff"] <= ATOL
         assert row["engine_topk_s"] > 0 and row["ceiling_topk_s"] > 0
     assert "engine" in proc.stdout and "ceiling" in proc.stdout
+
+
+def test_verify_checks_the_torch_engine(bundles, kind, capsys):
+    """``verify --formats runtime,torch_engine``: the engine against the eager model on
+    the plan's users (score_all rows and top-k with seen items excluded)."""
+    from recsys_export.cli import main
+    from recsys_export.parity import verify_bundle
+
+    path = bundles(kind)
+    report = verify_bundle(path, formats=["torch_engine"], record=False)
+    assert report.passed, report.table()
+    ours = {(c.entry_point, c.case) for c in report.comparisons if c.format == "torch_engine"}
+    assert any(e == "score_all" for e, _ in ours) and any(e == "recommend" for e, _ in ours)
+    assert all(c.n_values > 0 or c.topk_users > 0 for c in report.comparisons)
+    argv = ["verify", str(path), "--formats", "runtime,torch_engine", "--no-record", "-q"]
+    assert main(argv) == 0
+    assert "torch_engine" in capsys.readouterr().out

@@ -106,14 +106,16 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
 
 
 def _verify_formats(text: str | None) -> list[str] | None:
-    """--formats of verify: export formats plus ``runtime`` (the Python runtime)."""
+    """--formats of verify: export formats plus ``runtime`` (the Python runtime) and
+    ``torch_engine`` (the torch batch engine on the CPU)."""
     if not text:
         return None
     from recsys_export.export import parse_formats
 
     names = [f.strip() for f in text.split(",") if f.strip()]
-    rest = [f for f in names if f != "runtime"]
-    return (parse_formats(rest) if rest else []) + (["runtime"] if "runtime" in names else [])
+    extra = [f for f in ("runtime", "torch_engine") if f in names]
+    rest = [f for f in names if f not in extra]
+    return (parse_formats(rest) if rest else []) + extra
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--formats",
-        help="subset of onnx,torchscript,pt2,runtime to check (default: all; 'runtime' is "
-        "the Python onnxruntime runtime with its fast-path graphs)",
+        help="subset of onnx,torchscript,pt2,runtime,torch_engine to check (default: all but "
+        "torch_engine; 'runtime' is the Python onnxruntime runtime with its fast-path "
+        "graphs, 'torch_engine' the torch batch engine of score --engine torch, on CPU)",
     )
     p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
@@ -399,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-seen", action="store_true", help="do not remove already-rated items")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
+    p.add_argument(
+        "--providers",
+        type=_comma_list,
+        help="comma list of onnxruntime execution providers in priority order (default "
+        "CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider with "
+        "onnxruntime-gpu)",
+    )
 
     p = sub.add_parser(
         "score",
@@ -431,9 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device",
-        default="cpu",
+        default=None,
         help="with --engine torch: cpu or cuda[:N] (default cpu); blocks are sized from "
-        "free device memory on CUDA, from --memory-mb on CPU",
+        "free device memory on CUDA, from --memory-mb on CPU. With --engine ray: the "
+        "workers run the torch engine, cuda placing one worker per GPU (default: "
+        "onnxruntime workers)",
     )
     p.add_argument("--address", help="Ray cluster address (HEAD:6379); default: a local Ray")
     p.add_argument("--workers", type=int, help="Ray workers (default: one per cluster CPU)")
@@ -446,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-mb", type=int, default=256, help="memory budget per chunk (default 256)"
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
+    p.add_argument(
+        "--providers",
+        type=_comma_list,
+        help="comma list of onnxruntime execution providers in priority order (default "
+        "CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider with "
+        "onnxruntime-gpu)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser(
         "bench",
@@ -462,3 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(p)
     return parser
+
+
+def _comma_list(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (argparse type of comma-separated options)."""
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -13,7 +13,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     from recsys_export.runtime import Recommender
 
-    rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
+    rec = Recommender.load(args.bundle, intra_op_threads=args.threads, providers=args.providers)
     k = args.k if args.k is not None else min(10, rec.n_items)
     result = rec.recommend(args.user, k=k, exclude_seen=not args.include_seen)
     names = result.names if result.names is not None else np.full(result.items.shape, None)
@@ -61,6 +61,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from recsys_export.runtime import Recommender
 
     if args.all:
+        if args.providers is not None and args.engine != "local":
+            raise ConfigError(
+                f"--providers is for the local onnxruntime engine, not --engine {args.engine}"
+            )
         if args.out is None:
             raise ConfigError("--all needs --out FILE (.npy, or .parquet/.csv with --top-k)")
         if args.engine == "ray":
@@ -77,14 +81,17 @@ def cmd_score(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 progress=not args.quiet,
                 overwrite=args.force,
+                device=args.device,
             )
             print(args.out)
             return 0
         if args.engine == "torch":
             return _score_all_torch(args)
-        if args.device != "cpu":
-            raise ConfigError("--device needs --engine torch (the local runtime runs on CPU)")
-        rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
+        if args.device not in (None, "cpu"):
+            raise ConfigError(
+                "--device needs --engine torch or ray (the local runtime runs on CPU)"
+            )
+        rec = Recommender.load(args.bundle, intra_op_threads=args.threads, providers=args.providers)
         if args.top_k is not None:
             path = rec.write_topk(
                 args.out,
@@ -109,7 +116,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
     if not args.user or not args.item or len(args.user) != len(args.item):
         raise ConfigError("give --user and --item the same number of times, or use --all")
-    rec = Recommender.load(args.bundle, intra_op_threads=args.threads)
+    rec = Recommender.load(args.bundle, intra_op_threads=args.threads, providers=args.providers)
     scores = rec.score(args.user, args.item)
     for user, item, score in zip(args.user, args.item, scores):
         print(f"{user}\t{item}\t{float(score):.6f}")
@@ -123,7 +130,7 @@ def _score_all_torch(args: argparse.Namespace) -> int:
 
     if args.top_k is None and args.out.suffix != ".npy":
         raise ConfigError(f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)")
-    engine = TorchEngine.load(args.bundle, device=args.device)
+    engine = TorchEngine.load(args.bundle, device=args.device or "cpu")
     # --memory-mb sizes CPU blocks; on CUDA the free device memory does
     budget = None if engine.device.type == "cuda" else args.memory_mb
     if args.top_k is not None:

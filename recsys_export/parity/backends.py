@@ -215,8 +215,34 @@ class RuntimeBackend(Backend):
             and np.array_equal(items[got], want_items[want])
         ):
             raise NotApplicable("exclusions other than the seen items")
-        result = self.rec.recommend(users, int(k), exclude_seen=True, by_index=True)
+        return self._topk(users, int(k))
+
+    def _topk(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        result = self.rec.recommend(users, k, exclude_seen=True, by_index=True)
         return result.scores, result.items
+
+
+class TorchEngineBackend(RuntimeBackend):
+    """The torch batch engine (:class:`~recsys_export.torch_engine.TorchEngine`) on the
+    CPU: the bundle's pt2/TorchScript program with the engine's own exclusion and top-k
+    (opt-in: ``verify --formats ...,torch_engine``). Pairs (``score``) do not apply."""
+
+    name = "torch_engine"
+    chunks_itself = False
+
+    def __init__(self, path: Path) -> None:
+        from recsys_export.torch_engine import TorchEngine
+
+        self.rec = TorchEngine.load(path, device="cpu", verify=False)  # type: ignore[assignment]
+
+    def score(self, users, items):
+        raise NotApplicable("the torch engine scores whole rows only")
+
+    def score_all(self, users):
+        return self.rec.score_all(users)
+
+    def _topk(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.rec.topk(users, k, exclude_seen=True)  # type: ignore[attr-defined]
 
 
 def load_backends(
@@ -262,6 +288,8 @@ def load_backends(
         out["onnx"] = OnnxBackend({e: root / p for e, p in fm["onnx"]["graphs"].items()})
     if "onnx" in fm and "runtime" in wanted and (root / "manifest.json").exists():
         out["runtime"] = RuntimeBackend(root)
+    if ({"pt2", "torchscript"} & set(fm)) and "torch_engine" in wanted:
+        out["torch_engine"] = TorchEngineBackend(root)
     return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
-from recsys_export.errors import BundleError
+from recsys_export.errors import BundleError, ConfigError
 from recsys_export.manifest import BundleSpec
 from recsys_export.topk import fill_empty, mask_pairs
 from recsys_export.validation import check_choice, check_int
@@ -33,6 +33,7 @@ __all__ = [
     "GraphEngine",
     "KernelEngine",
     "Sessions",
+    "check_providers",
     "iter_blocks",
     "make_engine",
 ]
@@ -53,6 +54,48 @@ _MAX_BLOCK = 1024
 _K_CACHED = (1, 5, 10, 20, 50, 100)
 _K_SCALARS = {k: np.array(k, dtype=np.int64) for k in _K_CACHED}
 _K_VECTORS = {k: np.array([k], dtype=np.int64) for k in _K_CACHED}
+#: The execution providers of every session unless ``providers`` says otherwise.
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def check_providers(providers: Any) -> list[str]:
+    """Validate onnxruntime execution providers (None: :data:`DEFAULT_PROVIDERS`).
+
+    Parameters
+    ----------
+    providers : sequence of str, or None
+        Names such as ``"CUDAExecutionProvider"``, in priority order; onnxruntime falls
+        back along the list for operators a provider lacks.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ConfigError
+        An empty list, a non-string, or a provider this onnxruntime does not have (the
+        message lists ``onnxruntime.get_available_providers()``).
+    """
+    if providers is None:
+        return list(DEFAULT_PROVIDERS)
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    names = list(providers)
+    available = ort.get_available_providers()
+    if not names or not all(isinstance(p, str) for p in names):
+        raise ConfigError(
+            f"providers must be a non-empty list of provider names, got {providers!r}; "
+            f"this onnxruntime has {', '.join(available)}"
+        )
+    unknown = [p for p in names if p not in available]
+    if unknown:
+        raise ConfigError(
+            f"unknown onnxruntime execution provider(s) {', '.join(unknown)}; this "
+            f"onnxruntime {ort.__version__} has {', '.join(available)} (the GPU ones need "
+            "the onnxruntime-gpu package)"
+        )
+    return names
 
 
 def _k_scalar(k: int) -> np.ndarray:
@@ -76,11 +119,21 @@ class Sessions:
         Default intra-op threads of a session.
     graph_optimization : str
         A key of :data:`OPT_LEVELS`.
+    providers : list of str, optional
+        onnxruntime execution providers of every session (default
+        :data:`DEFAULT_PROVIDERS`); validate them with :func:`check_providers`.
     """
 
-    def __init__(self, bundle: Bundle, threads: int, graph_optimization: str) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        threads: int,
+        graph_optimization: str,
+        providers: list[str] | None = None,
+    ) -> None:
         self.bundle = bundle
         self.threads = threads
+        self.providers = list(providers or DEFAULT_PROVIDERS)
         self._opt = OPT_LEVELS[graph_optimization]
         self._lock = threading.Lock()
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -110,7 +163,7 @@ class Sessions:
                     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
                     sess = ort.InferenceSession(
-                        str(self.bundle.file(rel)), opts, providers=["CPUExecutionProvider"]
+                        str(self.bundle.file(rel)), opts, providers=self.providers
                     )
                 except Exception as exc:  # onnxruntime raises its own exception types
                     raise self._load_error(name, exc) from None
@@ -416,6 +469,7 @@ def make_engine(
     python_threads: bool = True,
     block_users: int | None = None,
     call_users: int | None = None,
+    providers: list[str] | None = None,
 ) -> Engine:
     """The engine for a bundle, chosen once: kernels when the bundle has usable ones
     (and ``fast_paths``), the entry-point graphs otherwise. See
@@ -426,8 +480,9 @@ def make_engine(
     BundleError
         The bundle has no ONNX entry-point graphs, or a malformed manifest.
     ConfigError
-        Invalid options.
+        Invalid options, or an execution provider onnxruntime does not have.
     """
+    providers = check_providers(providers)
     threads = check_int("intra_op_threads", intra_op_threads, low=1, none_ok=True)
     check_choice("graph_optimization", graph_optimization, OPT_LEVELS)
     block_users = check_int("block_users", block_users, low=1, none_ok=True)
@@ -435,7 +490,7 @@ def make_engine(
     threads = threads or os.cpu_count() or 1
     spec = bundle.spec
     spec.require_onnx()
-    sessions = Sessions(bundle, threads, graph_optimization)
+    sessions = Sessions(bundle, threads, graph_optimization, providers)
     engine: Engine
     if fast_paths and spec.kernels is not None:
         engine = KernelEngine(spec, sessions, threads, bool(python_threads))

@@ -96,6 +96,7 @@ class Recommender(BatchOutputs):
         python_threads: bool = True,
         block_users: int | None = None,
         call_users: int | None = None,
+        providers: list[str] | None = None,
     ) -> None:
         self.bundle = bundle
         self._engine: Engine = make_engine(
@@ -106,6 +107,7 @@ class Recommender(BatchOutputs):
             python_threads=python_threads,
             block_users=block_users,
             call_users=call_users,
+            providers=providers,
         )
         model = bundle.spec.model
         self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
@@ -135,6 +137,7 @@ class Recommender(BatchOutputs):
         python_threads: bool = True,
         block_users: int | None = None,
         call_users: int | None = None,
+        providers: list[str] | None = None,
     ) -> Recommender:
         """Load a bundle (checksums verified unless ``verify=False``).
 
@@ -162,13 +165,21 @@ class Recommender(BatchOutputs):
         call_users : int, optional
             Users per ``score_all`` session call (default: the top-k block, or what the
             DenseNet kernel's tiles are sized for).
+        providers : list of str, optional
+            onnxruntime execution providers, in priority order, of every session this
+            recommender creates (default ``["CPUExecutionProvider"]``), e.g.
+            ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with the
+            ``onnxruntime-gpu`` package. Validated against
+            ``onnxruntime.get_available_providers()``. Only the CPU provider is tested
+            here: the GPU providers are passed through untested, and the runtime's
+            numpy steps (masking, id mapping) stay on the CPU.
 
         Raises
         ------
         BundleError
             Missing/corrupted bundle, or one without ONNX graphs.
         ConfigError
-            Invalid options.
+            Invalid options, or a provider this onnxruntime does not have.
         """
         options: dict[str, Any] = {
             "intra_op_threads": intra_op_threads,
@@ -177,6 +188,7 @@ class Recommender(BatchOutputs):
             "python_threads": python_threads,
             "block_users": block_users,
             "call_users": call_users,
+            "providers": providers,
         }
         for _attempt in range(3):
             bundle = Bundle.load(bundle_path, verify=verify)
@@ -195,21 +207,7 @@ class Recommender(BatchOutputs):
         )
 
     # ------------------------------------------------------------------ properties
-    @property
-    def n_users(self) -> int:
-        """Number of users the model knows."""
-        return self._n_users
-
-    @property
-    def n_items(self) -> int:
-        """Number of items the model knows."""
-        return self._n_items
-
-    @property
-    def kind(self) -> str:
-        """Model kind (``"mf"`` or ``"densenet"``)."""
-        return self._kind
-
+    # n_users, n_items, kind: from BatchOutputs
     @property
     def fast_paths(self) -> bool:
         """Whether the bundle's fast-path graphs are in use."""

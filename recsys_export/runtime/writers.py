@@ -117,13 +117,18 @@ class BatchOutputs:
     """Chunked batch outputs of an engine that scores users: the score matrix (``.npy``),
     chunks of it, and top-k lists (rows, Arrow tables, Parquet/CSV files).
 
-    A mixin: the class using it provides ``_n_users``, ``_n_items``, ``_user_map``,
-    ``_item_map``, ``_score_all_into(users, out)``, ``bytes_per_user``,
-    ``_check_k(k)`` and ``recommend``.
+    A mixin: the class using it provides ``_n_users``, ``_n_items``, ``_kind``,
+    ``_user_map``, ``_item_map``, ``_score_all_into(users, out)``, ``bytes_per_user``,
+    ``_check_k(k)`` and ``recommend`` (or overrides :meth:`_topk_by_index` and
+    :meth:`_chunk_size`, as the torch engine does). A budget of None means the engine's
+    default (:attr:`_DEFAULT_BUDGET_MB` here).
     """
 
+    #: Memory budget (MB) per chunk of the writers when none is given.
+    _DEFAULT_BUDGET_MB: float = 256
     _n_users: int
     _n_items: int
+    _kind: str
     _user_map: IdMap
     _item_map: IdMap
     _score_all_into: Callable[[np.ndarray, np.ndarray], None]
@@ -135,9 +140,26 @@ class BatchOutputs:
         """Bytes of intermediates per user in one ``score_all`` call (chunk sizing)."""
         raise NotImplementedError
 
-    def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float) -> int:
+    @property
+    def n_users(self) -> int:
+        """Number of users the model knows."""
+        return self._n_users
+
+    @property
+    def n_items(self) -> int:
+        """Number of items the model knows."""
+        return self._n_items
+
+    @property
+    def kind(self) -> str:
+        """Model kind (``"mf"`` or ``"densenet"``)."""
+        return self._kind
+
+    def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float | None) -> int:
         if chunk_size is not None:
             return check_int("chunk_size", chunk_size, low=1)
+        if memory_budget_mb is None:
+            memory_budget_mb = self._DEFAULT_BUDGET_MB
         memory_budget_mb = check_positive("memory_budget_mb", memory_budget_mb)
         return max(1, int(memory_budget_mb * (1 << 20)) // self.bytes_per_user)
 
@@ -151,7 +173,7 @@ class BatchOutputs:
         user_indices: Any = None,
         *,
         chunk_size: int | None = None,
-        memory_budget_mb: float = 32,
+        memory_budget_mb: float | None = 32,
         progress: bool = True,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(user_index_chunk, float32[len(chunk), n_items])`` over many users.
@@ -184,7 +206,7 @@ class BatchOutputs:
         out_path: str | os.PathLike[str],
         *,
         user_indices: Any = None,
-        memory_budget_mb: float = 256,
+        memory_budget_mb: float | None = None,
         progress: bool = True,
         overwrite: bool = False,
     ) -> Path:
@@ -195,6 +217,8 @@ class BatchOutputs:
         renamed into place at the end: a killed run leaves no ``.npy`` at ``out_path``.
         Written pages are released as it goes, so peak memory does not grow with the
         number of users. Load the result with ``np.load(path, mmap_mode="r")``.
+        ``memory_budget_mb`` sizes the chunks (None: the engine's default, 256 MB for
+        the runtime).
 
         Raises
         ------
@@ -219,8 +243,16 @@ class BatchOutputs:
         Ray engine's Parquet parts.
         """
         users = np.asarray(user_indices, dtype=np.int64)
+        scores, items = self._topk_by_index(users, k, exclude_seen)
+        return flat_topk_rows(users, items, scores, self._user_map, self._item_map)
+
+    def _topk_by_index(
+        self, users: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores float32[B, k], items int64[B, k])`` of user indices (``-1`` items in
+        empty slots)."""
         res = self.recommend(users, k, exclude_seen=exclude_seen, by_index=True)
-        return flat_topk_rows(users, res.items, res.scores, self._user_map, self._item_map)
+        return res.scores, res.items
 
     def topk_schema(self) -> Any:
         """The Arrow schema of top-k tables: ``user, rank, item, score`` (needs pyarrow)."""
@@ -238,7 +270,7 @@ class BatchOutputs:
         k: int = 10,
         *,
         exclude_seen: bool = True,
-        memory_budget_mb: float = 256,
+        memory_budget_mb: float | None = None,
         progress: bool = True,
         overwrite: bool = False,
     ) -> Path:
