@@ -20,8 +20,9 @@ Two modes share one entry point, :func:`fit`:
     plain SGD, MSE loss. It reproduces the post's weights given the same initial
     weights (see ``tests/test_train.py``).
 
-For tiny data such as the post's 5x4 matrix, :data:`TINY_DATA_PRESET` (full-batch Adam
-with a high learning rate) fits the observed entries in well under a second.
+For tiny data such as the post's 5x4 matrix, the ``tiny`` preset
+(:data:`recsys_export.recipes.TINY_DATA_PRESET`: full-batch Adam with a high learning
+rate) fits the observed entries in well under a second.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from recsys_export.objectives import (
     softmax_loss,
 )
 from recsys_export.progress import Progress
+from recsys_export.recipes import PRESETS, RECIPES
 
 if TYPE_CHECKING:
     from recsys_export.data import Ratings
@@ -110,9 +112,9 @@ class TrainConfig:
     mode : {"minibatch", "post"}
     epochs : int
         Maximum number of passes over the training ratings.
-    batch_size : int
+    batch_size : int or None
         Ratings per step (users per step for the softmax loss); 0 means everything in
-        one step (full batch).
+        one step (full batch); None sizes it from the data (:func:`batch_size_for`).
     lr : float
     optimizer : {"adam", "sparse_adam", "sgd"}
     l2 : float
@@ -156,7 +158,7 @@ class TrainConfig:
     dropout: float = 0.0
     mode: str = "minibatch"
     epochs: int = 40
-    batch_size: int = 1024
+    batch_size: int | None = 1024
     lr: float = 3e-3
     optimizer: str = "adam"
     l2: float = 0.1
@@ -210,7 +212,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
-        if self.batch_size < 0:
+        if self.batch_size is not None and self.batch_size < 0:
             raise ConfigError(f"batch_size must be >= 0 (0 = full batch), got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
@@ -232,63 +234,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-#: The post's recipe: per-rating SGD, lr 1e-3, 500 epochs, 3 factors, torch default init.
-POST_PRESET = dict(
-    mode="post",
-    n_factors=3,
-    hidden=16,
-    biased=False,
-    epochs=500,
-    lr=1e-3,
-    optimizer="sgd",
-    l2=0.0,
-    init_std=None,
-    patience=0,
-)
-
-#: Tiny data (e.g. the toy matrix): full-batch Adam with a high learning rate.
-TINY_DATA_PRESET = dict(
-    mode="minibatch",
-    n_factors=3,
-    hidden=16,
-    biased=False,
-    epochs=300,
-    batch_size=0,
-    lr=0.05,
-    optimizer="adam",
-    l2=0.0,
-    init_std=0.5,
-    patience=0,
-)
-
-
-#: Recommended recipes per (model, objective); measured in docs/training.md.
-RECIPES: dict[tuple[str, str], dict[str, Any]] = {
-    # full softmax over the catalogue, positives weighted by rating; strong weight decay
-    # positives: the relevant rows (a tie with popularity on MovieTweetings with every
-    # row, a clear win with the relevant ones; -0.01 NDCG on ml-latest-small)
-    ("mf", "ranking"): dict(
-        n_factors=64, biased=True, loss="softmax", batch_size=64, lr=1e-2, l2=1e-2,
-        epochs=60, patience=5, positives="relevant",
-    ),
-    ("mf", "rating"): dict(
-        n_factors=32, biased=True, batch_size=2048, lr=5e-3, l2=0.15, init_biases=True,
-    ),
-    # a softmax over the batch's positives + 1,000 sampled items (log-q corrected); the
-    # loss sees 5 x the output (folded into linear2 afterwards); every row a positive
-    # (the relevant rows only: 0.207 -> 0.164 NDCG@10 on ml-latest-small)
-    ("densenet", "ranking"): dict(
-        n_factors=32, hidden=32, biased=True, loss="softmax", batch_size=16, lr=1e-2,
-        l2=1e-3, weight_decay=1e-3, score_scale=5.0, full_softmax_items=2000,
-        negatives=1000, epochs=30, patience=5,
-    ),
-    ("densenet", "rating"): dict(
-        n_factors=32, hidden=64, biased=True, batch_size=2048, lr=5e-3, l2=0.05,
-        dropout=0.2, weight_decay=1e-4,
-    ),
-}  # fmt: skip
-
-PRESETS = {"post": POST_PRESET, "tiny": TINY_DATA_PRESET}
+# The recipes and presets are plain values in a torch-free module, so `train --help` can
+# print them without importing torch.
 
 
 def default_config(
@@ -439,7 +386,7 @@ def _fit_minibatch(
     items = torch.from_numpy(train.items)
     targets = torch.from_numpy(train.ratings.astype(np.float32))
     n = len(train)
-    bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
+    bs = batch_size_for(cfg, n)
     gen = torch.Generator().manual_seed(cfg.seed)
     stopping = _EarlyStopping(history, cfg.patience, higher_is_better=False)
     history.valid_metric = "rmse"
@@ -507,6 +454,22 @@ def _ranking_optimizer(model: BaseModel, cfg: TrainConfig) -> torch.optim.Optimi
     return _adam(groups, cfg.lr)
 
 
+def batch_size_for(cfg: TrainConfig, n: int) -> int:
+    """Rows (or, for the softmax loss, users) per step for ``n`` of them.
+
+    ``cfg.batch_size`` when set (0: all ``n``). None: for the softmax loss, about
+    ``sqrt(n) / 2`` users rounded to a power of two, within [16, 512], so an epoch takes
+    about ``2 sqrt(n)`` steps (ml-latest-small, 610 users: 16; MovieTweetings, 16,554
+    users: 64); otherwise 1024 rows.
+    """
+    if cfg.batch_size is not None:
+        return n if cfg.batch_size == 0 else max(1, min(cfg.batch_size, n))
+    if cfg.objective == "ranking" and cfg.loss == "softmax":
+        size = 2 ** round(math.log2(max(1.0, math.sqrt(n) / 2)))
+        return max(1, min(n, max(16, min(512, size))))
+    return max(1, min(1024, n))
+
+
 def _fit_ranking(
     model: BaseModel, train: Ratings, valid: Ratings | None, cfg: TrainConfig, bar: Progress
 ) -> History:
@@ -529,7 +492,7 @@ def _fit_ranking(
     pair_items = torch.from_numpy(pos.items)
     # softmax: a batch is users; bpr: a batch is (user, positive) pairs
     n = len(pos.user_ids) if cfg.loss == "softmax" else len(pos)
-    bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
+    bs = batch_size_for(cfg, n)
     average = WeightAverage(model, cfg.average_epochs * math.ceil(n / bs))
     total, steps = 0.0, 0
 

@@ -21,7 +21,8 @@ import torch
 from recsys_export import data
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.export import export_bundle
-from recsys_export.train import TINY_DATA_PRESET, TrainConfig, fit
+from recsys_export.recipes import TINY_DATA_PRESET
+from recsys_export.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1] / "artifacts"
 

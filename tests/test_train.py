@@ -11,7 +11,8 @@ from torch.autograd import Variable
 from recsys_export import data
 from recsys_export.errors import ConfigError, TrainingDiverged
 from recsys_export.models import DenseNet, MatrixFactorization
-from recsys_export.train import POST_PRESET, TINY_DATA_PRESET, TrainConfig, fit, predict
+from recsys_export.recipes import POST_PRESET, TINY_DATA_PRESET
+from recsys_export.train import TrainConfig, fit, predict
 
 # ---------------------------------------------------------------- the post, verbatim
 

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from recsys_export import __version__
+from recsys_export.recipes import describe_recipes
 
 DATA_HELP = (
     "ratings file (CSV, TSV, '::'-separated .dat, MovieLens u.data, Parquet); "
@@ -32,12 +33,8 @@ metrics only; a validation slice (--valid-fraction of the remaining rows) drives
 stopping; the model trains on the rest. The model is printed beside a popularity
 baseline and a damped user+item bias baseline on the same test rows.
 
-Recipes (--objective; override any flag):
-  mf ranking:       --factors 64 --loss softmax --batch-size 64 (users) --lr 1e-2 --l2 1e-2
-  mf rating:        --factors 32 --batch-size 2048 --lr 5e-3 --l2 0.15 --biased
-  densenet ranking: --factors 32 --hidden 32 --loss softmax --batch-size 32 --lr 2e-2
-  densenet rating:  --factors 32 --hidden 64 --batch-size 2048 --lr 5e-3 --l2 0.05
-                    --dropout 0.2 --weight-decay 1e-4 --biased
+Recipes (--objective; override any flag; batch-size auto: see docs/training.md):
+{recipes}
 Presets: 'post' = the post's loop (per-rating SGD, lr 1e-3, 500 epochs, 3 factors,
 no biases); 'tiny' = full-batch Adam for tiny data such as the toy matrix.
 Duplicate (user, item) rows keep the last occurrence (--duplicates to change).
@@ -163,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train MF or DenseNet on a ratings file (ranking objective by default); "
         "write a checkpoint with weights, id maps, seen items, the train/validation/test part "
         "of every row, and test metrics beside a popularity and a bias baseline.",
-        epilog=EPILOG_TRAIN,
+        epilog=EPILOG_TRAIN.replace("{recipes}", describe_recipes()),
     )
     _add_data_args(p)
     p.add_argument(
