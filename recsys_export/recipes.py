@@ -98,7 +98,7 @@ def describe_recipes() -> str:
             if key == "biased":
                 parts.append("--biased" if value else "")
             elif key == "batch_size" and value is None:
-                parts.append("--batch-size auto")
+                parts.append("batch_size=auto")
             elif key in _FLAGS:
                 shown = f"{value:g}" if isinstance(value, float) else str(value)
                 parts.append(f"{_FLAGS[key]} {shown}")

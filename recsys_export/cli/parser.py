@@ -33,7 +33,8 @@ metrics only; a validation slice (--valid-fraction of the remaining rows) drives
 stopping; the model trains on the rest. The model is printed beside a popularity
 baseline and a damped user+item bias baseline on the same test rows.
 
-Recipes (--objective; override any flag; batch-size auto: see docs/training.md):
+Recipes (--objective; override any flag; batch_size=auto: sized from the number of users,
+see docs/training.md):
 {recipes}
 Presets: 'post' = the post's loop (per-rating SGD, lr 1e-3, 500 epochs, 3 factors,
 no biases); 'tiny' = full-batch Adam for tiny data such as the toy matrix.
