@@ -52,6 +52,10 @@ def _write_synthetic_csv(path: Path, n_users: int, n_items: int, n_ratings: int)
     return path
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def _popen(argv: list[str], **kwargs):  # type: ignore[no-untyped-def]
     """Popen with text pipes and a watchdog that kills the process if the test hangs."""
@@ -109,7 +113,10 @@ def test_ctrl_c_during_training_saves_nothing(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "recsys_export.cli", "train", str(ratings), "--out", str(out)]
     # 1000 epochs without early stopping: minutes of work, interrupted after the first
     argv += ["--epochs", "1000", "--patience", "0"]
-    with _popen(argv) as proc:
+    # a run started in the background by a non-interactive shell (`make test &`) inherits
+    # SIGINT ignored, and Python keeps it so: give the child the default disposition,
+    # which a terminal's Ctrl-C meets
+    with _popen(argv, preexec_fn=_default_sigint) as proc:
         before = _read_until(proc, r"^train mf .*\b1/1000 epochs")
         proc.send_signal(signal.SIGINT)
         stdout, stderr_rest = proc.communicate(timeout=WATCHDOG_S)
