@@ -493,7 +493,9 @@ def _fit_ranking(
     # softmax: a batch is users; bpr: a batch is (user, positive) pairs
     n = len(pos.user_ids) if cfg.loss == "softmax" else len(pos)
     bs = batch_size_for(cfg, n)
-    average = WeightAverage(model, cfg.average_epochs * math.ceil(n / bs))
+    average = (
+        WeightAverage(model, cfg.average_epochs * math.ceil(n / bs)) if cfg.average_epochs else None
+    )
     total, steps = 0.0, 0
 
     def step(loss: torch.Tensor) -> None:
@@ -501,7 +503,7 @@ def _fit_ranking(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if cfg.average_epochs:
+        if average is not None:
             average.update()
         total += float(loss.detach())
         steps += 1
@@ -533,7 +535,7 @@ def _fit_ranking(
         history.train_loss.append(total / max(steps, 1))
         _check_finite(history.train_loss[-1], epoch, cfg)
         postfix = f"loss {history.train_loss[-1]:.4f}"
-        if cfg.average_epochs:
+        if average is not None:
             average.swap()  # validate (and keep) the averaged weights
         if watch:
             assert valid is not None
@@ -546,12 +548,12 @@ def _fit_ranking(
             stop = stopping.update(model, epoch, score)
         else:
             stop = False
-        if cfg.average_epochs:
+        if average is not None:
             average.swap()
         bar.update(1, postfix)
         if stop:
             break
-    if cfg.average_epochs and stopping.state is None:
+    if average is not None and stopping.state is None:
         average.swap()  # nothing validated: the final average is the model
     stopping.restore(model)
     fold_scale(model, cfg.score_scale)

@@ -328,3 +328,47 @@ def test_checkpoint_without_recorded_parts(tmp_path, capsys):
     results = json.loads(capsys.readouterr().out)
     assert {"model", "popularity", "test_mapping"} <= set(results)
     assert results["model"]["ranked_users"] > 0
+
+
+def test_weight_average_moves_towards_live_weights_and_swaps() -> None:
+    from recsys_export.history import WeightAverage
+
+    model = MatrixFactorization(2, 3, 1, biased=False, sparse=False)
+    with torch.no_grad():
+        model.user_factors.weight.zero_()
+    average = WeightAverage(model, horizon_steps=4)
+    with torch.no_grad():
+        model.user_factors.weight.fill_(1.0)
+    average.update()  # a quarter of the way from 0 to 1
+    average.swap()
+    assert torch.allclose(model.user_factors.weight, torch.full((2, 1), 0.25))
+    average.swap()
+    assert torch.allclose(model.user_factors.weight, torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("kind", ["mf", "densenet"])
+def test_averaged_weights_are_the_ones_kept(kind: str) -> None:
+    """With an average that barely moves, the returned model is the initial one: what is
+    kept (and exported) is the average, not the last step's weights."""
+    from recsys_export.train import build_from_config
+
+    r = data.synthetic_interactions(60, 40, n_groups=3, per_user=8, noise=0.1, seed=1)
+    cfg = default_config(kind, epochs=2, patience=0, average_epochs=1e9, score_scale=1.0)
+    model, _ = fit(r, None, cfg, progress=False)
+    torch.manual_seed(cfg.seed)
+    initial = build_from_config(cfg, r)
+    for name, tensor in initial.state_dict().items():
+        assert torch.allclose(model.state_dict()[name], tensor, atol=1e-6), name
+    moved, _ = fit(r, None, default_config(kind, epochs=2, patience=0, score_scale=1.0),
+                   progress=False)
+    assert not torch.allclose(moved.user_factors.weight, initial.user_factors.weight)
+
+
+@pytest.mark.parametrize(
+    ("n", "size"), [(10, 10), (610, 16), (2_000, 16), (16_554, 64), (100_000, 128), (10**7, 512)]
+)
+def test_batch_sized_from_the_number_of_users(n: int, size: int) -> None:
+    from recsys_export.train import batch_size_for
+
+    assert batch_size_for(default_config("densenet"), n) == size
+    assert batch_size_for(default_config("densenet", batch_size=7), n) == min(7, n)
