@@ -11,10 +11,16 @@ hidden; ``--tiny``: 300 x 400, 16 / 32), then for each model times
 * the onnxruntime CPU runtime writing the same two files;
 
 compares the engine's files with the runtime's (matrix within 1e-5; top-k items equal
-except among ties, scores within 1e-5), prints a table and writes JSON. With ``--ray``
-it also runs the Ray engine with torch workers on the same device (``score --all
---engine ray --device cuda``: one worker per GPU) and compares its Parquet parts with
-the runtime's top-k::
+except among ties, scores within 1e-5), then runs the parity check of the torch side on
+the device (``verify --device DEVICE --formats torchscript,pt2,torch_engine``: the eager
+reference, TorchScript, ``.pt2`` and the torch engine on the device, over a plan of
+``--verify-budget`` pairs; ``--no-verify`` skips it), prints a table and writes JSON.
+With ``--ray`` it also runs the Ray engine with torch workers on the same device
+(``score --all --engine ray --device cuda``: one worker per GPU) and with onnxruntime
+workers given execution providers (``--engine ray --providers
+CUDAExecutionProvider,CPUExecutionProvider`` where this onnxruntime has the CUDA
+provider and the device is CUDA, ``CPUExecutionProvider`` on ``--device cpu``; skipped
+with the reason otherwise), and compares their Parquet parts with the runtime's top-k::
 
     python benchmarks/gpu_check.py --device cuda --ray      # full size
     python benchmarks/gpu_check.py --tiny --device cpu      # seconds, what CI runs
@@ -119,8 +125,11 @@ def check_model(
     row["topk_max_score_diff"] = sdiff
     row["topk_positions_reordered_in_ties"] = moved
     row["engine_vs_ceiling_topk"] = row["engine_topk_s"] / row["ceiling_topk_s"]
+    if args.verify:
+        row.update(_verify_check(bundle, device, args.verify_budget))
     if args.ray:
         row.update(_ray_check(bundle, device, out, work / f"{kind}-ray", args.k))
+        row.update(_ray_providers_check(bundle, device, out, work / f"{kind}-ray-ort", args.k))
     for f in out.iterdir():  # full-size outputs are GBs: keep only the report
         f.unlink()
     return row
@@ -144,6 +153,60 @@ def _ray_check(bundle: Path, device: Any, ref: Path, out: Path, k: int) -> dict[
     row["ray_topk_max_score_diff"] = sdiff
     shutil.rmtree(out, ignore_errors=True)
     return row
+
+
+#: What ``verify --device`` moves to the device (onnx and runtime stay on onnxruntime).
+VERIFY_FORMATS = ("torchscript", "pt2", "torch_engine")
+
+
+def _verify_check(bundle: Path, device: Any, budget: int) -> dict[str, Any]:
+    """``verify --device``: the torch side's parity on ``device`` (nothing recorded)."""
+    from recsys_export.parity import verify_bundle
+
+    t0 = time.perf_counter()
+    report = verify_bundle(
+        bundle, device=str(device), formats=VERIFY_FORMATS, budget=budget, record=False
+    )
+    rows = report.rows()
+    return {
+        "verify_seconds": time.perf_counter() - t0,
+        "verify_device": report.device,
+        "verify_passed": report.passed,
+        "verify_max_abs_diff": max((r["max_abs_diff"] for r in rows), default=0.0),
+        "verify_failed": [f"{r['format']}:{r['entry_point']}" for r in rows if not r["passed"]],
+        "verify_plan_users": (report.plan or {}).get("users"),
+    }
+
+
+def _ray_providers_check(bundle: Path, device: Any, ref: Path, out: Path, k: int) -> dict[str, Any]:
+    """The Ray engine's onnxruntime workers with execution providers; parts vs ``ref``."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from recsys_export.scale import score_topk_ray
+
+    if device.type == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        return {
+            "ray_ort_skipped": f"onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+            f"({', '.join(ort.get_available_providers())}): install onnxruntime-gpu"
+        }
+    t0 = time.perf_counter()
+    summary = score_topk_ray(
+        bundle, out, k=k, providers=providers, workers=2, progress=False, overwrite=True
+    )
+    match, sdiff, _moved = _compare_topk(out, ref / "runtime.parquet")
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "ray_ort_parquet_end_to_end_s": time.perf_counter() - t0,
+        "ray_ort_providers": summary["providers"],
+        "ray_ort_topk_items_match": match,
+        "ray_ort_topk_max_score_diff": sdiff,
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -178,6 +241,19 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'top-k identical':24}"
         + "".join(f"{str(r['topk_items_match']):>12}" for r in report["models"].values())
     )
+    if all("verify_passed" in r for r in report["models"].values()):
+        lines.append(
+            f"{'verify on device':24}"
+            + "".join(f"{str(r['verify_passed']):>12}" for r in report["models"].values())
+        )
+        lines.append(
+            f"{'verify max |diff|':24}"
+            + "".join(f"{r['verify_max_abs_diff']:>12.1e}" for r in report["models"].values())
+        )
+        lines.append(
+            f"{'verify (s)':24}"
+            + "".join(f"{r['verify_seconds']:>12.4f}" for r in report["models"].values())
+        )
     return "\n".join(lines)
 
 
@@ -195,7 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="bundles and outputs")
     p.add_argument("--json", type=Path, default=Path(".bench/gpu_check.json"))
     p.add_argument(
-        "--ray", action="store_true", help="also run --engine ray with torch workers (needs ray)"
+        "--ray",
+        action="store_true",
+        help="also run --engine ray with torch workers and with onnxruntime workers given "
+        "--providers (needs ray)",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip verify --device (the torch side's parity on the device)",
+    )
+    p.add_argument(
+        "--verify-budget",
+        type=int,
+        default=1_000_000,
+        help="pairs of the verify plan (default 1,000,000: a sample of users at full size)",
     )
     args = p.parse_args(argv)
     size = "tiny" if args.tiny else "full"
@@ -218,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("mf", "densenet"):
         report["models"][kind] = check_model(kind, cfg, device, work, args)
     print(format_table(report))
+    if args.verify:
+        for kind, r in report["models"].items():
+            if r["verify_failed"]:
+                print(
+                    f"verify {kind} on {r['verify_device']}: FAIL {', '.join(r['verify_failed'])}"
+                )
     if args.ray:
         for kind, r in report["models"].items():
             print(
@@ -225,6 +322,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['ray_parquet_end_to_end_s']:.2f} s, top-k identical "
                 f"{r['ray_topk_items_match']} (max score diff {r['ray_topk_max_score_diff']:.1e})"
             )
+            if "ray_ort_skipped" in r:
+                print(f"ray {kind} onnxruntime providers: skipped, {r['ray_ort_skipped']}")
+            else:
+                print(
+                    f"ray {kind} onnxruntime workers ({','.join(r['ray_ort_providers'])}): "
+                    f"{r['ray_ort_parquet_end_to_end_s']:.2f} s, top-k identical "
+                    f"{r['ray_ort_topk_items_match']} (max score diff "
+                    f"{r['ray_ort_topk_max_score_diff']:.1e})"
+                )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
@@ -232,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         r["topk_items_match"]
         and r["matrix_max_abs_diff"] <= ATOL
         and r.get("ray_topk_items_match", True)
+        and r.get("ray_ort_topk_items_match", True)
+        and r.get("verify_passed", True)
         for r in report["models"].values()
     )
     return 0 if ok else 1

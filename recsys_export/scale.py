@@ -37,6 +37,13 @@ Design (see ``docs/scaling.md``):
   program) instead of onnxruntime: ``device="cuda"`` places one actor per GPU (Ray's
   ``num_gpus=1``; Ray sets each actor's ``CUDA_VISIBLE_DEVICES``, so it sees its GPU as
   ``cuda:0``); ``device="cpu"`` runs the same code on CPU actors.
+* Without ``device``, ``providers`` are the onnxruntime execution providers of every
+  actor's sessions (``Recommender.load(..., providers=...)``, e.g.
+  ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with ``onnxruntime-gpu`` on the
+  workers). Names are checked by :func:`~recsys_export.runtime.engines.check_providers`,
+  the rule of ``Recommender.load``: on the driver when this call starts a local Ray
+  (the workers share its onnxruntime), by each worker otherwise (a cluster's workers
+  may have another onnxruntime than the driver).
 
 Ray is imported lazily: this module imports without it, and :func:`score_topk_ray`
 raises :class:`~recsys_export.errors.ConfigError` saying how to install it.
@@ -153,6 +160,7 @@ class BlockScorer:
         threads: int,
         payload: list[Any] | None = None,
         device: str | None = None,
+        providers: list[str] | None = None,
     ) -> None:
         self.pid = os.getpid()
         self.out_dir = Path(out_dir)
@@ -165,6 +173,7 @@ class BlockScorer:
         self.node = ""
         self.shipped: Path | None = None
         self.sub_chunk = _SUB_CHUNK
+        self.providers: list[str] | None = None
         try:
             import ray
 
@@ -185,7 +194,13 @@ class BlockScorer:
                 self.shipped = _materialize(ray.get(payload[0]), payload[1])
                 root = str(self.shipped)
             if device is None:
-                self.rec = Recommender.load(root, intra_op_threads=threads)
+                from recsys_export.runtime.engines import check_providers
+
+                # the rule of Recommender.load, against this worker's onnxruntime
+                self.providers = check_providers(providers)
+                self.rec = Recommender.load(
+                    root, intra_op_threads=threads, providers=self.providers
+                )
             else:
                 import torch
 
@@ -207,11 +222,13 @@ class BlockScorer:
             self.error = ("WorkerError", f"{type(exc).__name__}: {exc}")
 
     def info(self) -> dict[str, Any]:
-        """pid, node id, whether Ray restarted this actor, and a load error if any."""
+        """pid, node id, whether Ray restarted this actor, its onnxruntime execution
+        providers (None for torch-engine workers) and a load error if any."""
         return {
             "pid": self.pid,
             "node": self.node,
             "reconstructed": self.reconstructed,
+            "providers": self.providers,
             "error": self.error,
         }
 
@@ -227,9 +244,10 @@ class BlockScorer:
         users = np.arange(start, stop, dtype=np.int64)
         rows = 0
         # a retried block replaces the same file: no duplicates
-        with replacing(final) as tmp, contextlib.closing(
-            pq.ParquetWriter(str(tmp), self.schema)
-        ) as writer:
+        with (
+            replacing(final) as tmp,
+            contextlib.closing(pq.ParquetWriter(str(tmp), self.schema)) as writer,
+        ):
             for s in range(0, users.size, self.sub_chunk):
                 table = self.rec.topk_table(
                     users[s : s + self.sub_chunk], self.k, exclude_seen=self.exclude_seen
@@ -347,6 +365,32 @@ def _check_device(device: str | None) -> str | None:
     return device
 
 
+def _check_providers(
+    providers: list[str] | None, device: str | None, starts_local_ray: bool
+) -> list[str] | None:
+    """The onnxruntime workers' execution providers, checked where this onnxruntime is
+    the workers' (``starts_local_ray``); otherwise each worker checks them on load.
+
+    Raises
+    ------
+    ConfigError
+        ``providers`` with ``device`` (torch-engine workers have no onnxruntime
+        sessions), or, on a local Ray, a name this onnxruntime does not have.
+    """
+    if providers is None:
+        return None
+    if device is not None:
+        raise ConfigError(
+            f"providers are for the onnxruntime workers, but device={device!r} runs the "
+            "torch engine on the workers: drop --providers, or --device to use onnxruntime"
+        )
+    if not starts_local_ray:
+        return providers
+    from recsys_export.runtime.engines import check_providers  # Recommender.load's rule
+
+    return check_providers(providers)
+
+
 def _model_sizes(bundle: Bundle, device: str | None = None) -> tuple[int, int, str, int]:
     spec = bundle.spec
     if device is None:
@@ -375,6 +419,7 @@ def score_topk_ray(
     overwrite: bool = False,
     on_block_done: Callable[[dict[str, Any]], None] | None = None,
     device: str | None = None,
+    providers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write every user's top-``k`` items to ``out_dir`` with a pool of Ray actors.
 
@@ -422,6 +467,15 @@ def score_topk_ray(
         engine (the bundle's pt2/TorchScript program; torch needed on every worker):
         ``"cuda"`` reserves one GPU per actor (``num_gpus=1``; default ``workers``: the
         cluster's GPUs), ``"cpu"`` runs it on CPU actors. The files are the same.
+    providers : list of str, optional
+        onnxruntime execution providers, in priority order, of the onnxruntime workers'
+        sessions (``device`` None; default ``["CPUExecutionProvider"]``), e.g.
+        ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with ``onnxruntime-gpu``
+        on the workers. Checked like ``Recommender.load``'s: on the driver when this
+        call starts a local Ray, otherwise by each worker against its own onnxruntime.
+        Ray reserves no GPU for these workers (``num_gpus`` stays 0, so Ray leaves
+        ``CUDA_VISIBLE_DEVICES`` alone): onnxruntime's CUDA provider puts every worker
+        of a node on that node's first GPU; choose ``workers`` accordingly.
 
     Returns
     -------
@@ -430,14 +484,17 @@ def score_topk_ray(
         (names, in block order), ``rows``, ``seconds``, ``workers``, ``block_users``,
         ``k``, ``exclude_seen``, ``bundle``, ``address``, ``ray_version``,
         ``ray_start_seconds`` (0 when Ray was already initialised),
-        ``worker_pids`` and ``restarted_blocks`` (blocks finished by a restarted actor).
+        ``worker_pids``, ``restarted_blocks`` (blocks finished by a restarted actor),
+        ``device`` and ``providers`` (the onnxruntime workers' execution providers,
+        None for torch-engine workers).
 
     Raises
     ------
     ConfigError
         Ray not installed, bad options, an unusable ``out_dir``, no cluster at
         ``address``, ``device`` set without torch, or ``"cuda"`` with no GPU in the
-        Ray cluster (or a worker without a usable CUDA).
+        Ray cluster (or a worker without a usable CUDA), ``providers`` with ``device``,
+        or an execution provider onnxruntime does not have (on the driver or a worker).
     BundleError
         Missing/corrupted bundle or one without ONNX graphs (on the driver or a worker).
     WorkerError
@@ -453,6 +510,11 @@ def score_topk_ray(
     workers = check_int("workers", workers, low=1, none_ok=True, hint=" (--workers)")
     block_users = check_int("block_users", block_users, low=1, none_ok=True)
     device = _check_device(device)
+    # address None and no Ray yet: this call starts a local Ray, whose workers import
+    # this machine's onnxruntime, so a bad name fails here, before Ray starts
+    providers = _check_providers(
+        providers, device, starts_local_ray=address is None and not ray.is_initialized()
+    )
     bundle = Bundle.load(bundle_path, verify=True)
     n_users, n_items, kind, hidden = _model_sizes(bundle, device)
     k = check_k(k, n_items)
@@ -532,6 +594,7 @@ def score_topk_ray(
                 cpus_per_worker,
                 shipped,
                 device,
+                providers,
             )
             for _ in range(workers)
         ]
@@ -596,6 +659,7 @@ def score_topk_ray(
             "ship_bundle": ship_bundle,
             "device": device,
             "gpus": gpus,
+            "providers": infos[0]["providers"],
             "address": address,
             "ray_version": ray.__version__,
             "worker_pids": sorted({r["pid"] for r in records.values()}),

@@ -582,4 +582,4 @@ def test_execution_providers_pass_through(mf, tmp_path, capsys):
     out = str(tmp_path / "t.parquet")
     argv = ["score", str(path), "--all", "--top-k", "2", "--out", out, "--engine", "torch"]
     assert main([*argv, "--providers", "CPUExecutionProvider"]) == 2
-    assert "--providers is for the local" in capsys.readouterr().err
+    assert "--providers is for the onnxruntime engines" in capsys.readouterr().err

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from recsys_export.errors import ConfigError
 from recsys_export.export import export_bundle
 from recsys_export.runtime import Recommender
-from recsys_export.scale import SUCCESS_NAME, WorkerError, score_topk_ray
+from recsys_export.scale import SUCCESS_NAME, BlockScorer, WorkerError, score_topk_ray
 from recsys_export.synthetic_models import synthetic_checkpoint
 
 N_USERS = int(os.environ.get("RECSYS_SCALE_TEST_USERS", "50000"))
@@ -278,6 +278,7 @@ def test_ray_engine_device_cpu_runs_the_torch_engine(ray_local, torch_case, tmp_
     assert main([*argv, "--engine", "ray", "--device", "cpu", "--workers", "2", "-q"]) == 0
     summary = json.loads((out / SUCCESS_NAME).read_text())
     assert summary["device"] == "cpu" and summary["workers"] == 2 and summary["blocks"] > 1
+    assert summary["providers"] is None  # torch workers: no onnxruntime sessions
     _assert_layout(out, summary)
     got = _sorted_table(out)
     assert got.equals(torch_table)  # the torch engine's own file, row for row
@@ -295,3 +296,74 @@ def test_ray_engine_cuda_without_gpu_is_one_line_error(ray_local, torch_case, tm
     assert "\n" not in err and "no GPU" in err and "--device cpu" in err
     with pytest.raises(ConfigError, match="cuda:0"):
         score_topk_ray(bundle, tmp_path / "b", k=K, device="cuda:1", progress=False)
+
+
+# ---------------------------------------------------------------------- execution providers
+# outside an actor, Ray's context warns about an API BlockScorer's probe uses
+@pytest.mark.filterwarnings("ignore:This API is deprecated:DeprecationWarning")
+def test_block_scorer_checks_providers_with_the_runtime_rule(small_case, tmp_path):
+    """A worker validates its providers with Recommender.load's own rule (no Ray here)."""
+    import onnxruntime as ort
+
+    bundle = str(small_case[0])
+    ok = BlockScorer(bundle, str(tmp_path), K, True, 1, providers=["CPUExecutionProvider"])
+    assert ok.info()["error"] is None
+    assert ok.info()["providers"] == ["CPUExecutionProvider"]
+    assert BlockScorer(bundle, str(tmp_path), K, True, 1).info()["providers"] == [
+        "CPUExecutionProvider"  # the runtime's default
+    ]
+    bad = BlockScorer(bundle, str(tmp_path), K, True, 1, providers=["NoSuchExecutionProvider"])
+    name, msg = bad.info()["error"]
+    assert name == "ConfigError" and "NoSuchExecutionProvider" in msg
+    assert all(p in msg for p in ort.get_available_providers())
+    with pytest.raises(ConfigError, match="NoSuchExecutionProvider"):
+        bad.score_block(0, 0, 10)
+
+
+def test_providers_checked_on_the_driver_before_ray_starts(small_case, tmp_path, monkeypatch):
+    """A call that would start a local Ray checks the names first: nothing starts, no
+    output directory is created; providers with a torch device are refused."""
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray must not start")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    bundle, out = small_case[0], tmp_path / "out"
+    with pytest.raises(ConfigError, match="unknown onnxruntime execution provider.*Nope"):
+        score_topk_ray(bundle, out, k=K, providers=["Nope"], progress=False)
+    with pytest.raises(ConfigError, match="non-empty"):
+        score_topk_ray(bundle, out, k=K, providers=[], progress=False)
+    pytest.importorskip("torch")
+    with pytest.raises(ConfigError, match="providers are for the onnxruntime workers"):
+        score_topk_ray(
+            bundle, out, k=K, device="cpu", providers=["CPUExecutionProvider"], progress=False
+        )
+    assert not out.exists()
+
+
+@pytest.mark.ray
+def test_ray_engine_passes_providers_to_onnxruntime_workers(
+    ray_local, small_case, tmp_path, capsys
+):
+    """``score --all --engine ray --providers``: every worker's sessions get them (the
+    CPU provider here), the output equals the local path's, _SUCCESS records them; a
+    name the workers' onnxruntime lacks is a one-line error (checked by the workers,
+    since Ray is already running in this process)."""
+    from recsys_export.cli import main
+
+    bundle, local = small_case
+    out = tmp_path / "topk"
+    argv = ["score", str(bundle), "--all", "--top-k", str(K), "--engine", "ray", "-q"]
+    assert main([*argv, "--out", str(out), "--providers", "CPUExecutionProvider"]) == 0
+    summary = json.loads((out / SUCCESS_NAME).read_text())
+    assert summary["providers"] == ["CPUExecutionProvider"] and summary["device"] is None
+    _assert_layout(out, summary)
+    _assert_same(out, local)
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main([*argv, "--out", str(bad), "--providers", "CPUExecutionProvider,Nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "Ray worker" in err and "Nope" in err and "CPUExecutionProvider" in err
+    assert not (bad / SUCCESS_NAME).exists()

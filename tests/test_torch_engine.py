@@ -311,3 +311,63 @@ def test_verify_checks_the_torch_engine(bundles, kind, capsys):
     argv = ["verify", str(path), "--formats", "runtime,torch_engine", "--no-record", "-q"]
     assert main(argv) == 0
     assert "torch_engine" in capsys.readouterr().out
+
+
+ALL_CHECKS = ["onnx", "torchscript", "pt2", "runtime", "torch_engine"]
+
+
+def test_verify_device_cpu_equals_default(bundles, kind, tmp_path, capsys):
+    """``verify --device cpu``: the torch side through the device code path (module and
+    inputs moved, pt2 through torch's move_to_device_pass) gives the default's report;
+    the device and providers are recorded in parity.json, the manifest and the table."""
+    import shutil
+
+    from recsys_export.bundle import Bundle
+    from recsys_export.parity import verify_bundle
+
+    path = bundles(kind)
+    default = verify_bundle(path, formats=ALL_CHECKS, record=False)
+    on_cpu = verify_bundle(
+        path, formats=ALL_CHECKS, record=False, device="cpu", providers=["CPUExecutionProvider"]
+    )
+    assert default.passed and on_cpu.passed, on_cpu.table()
+    assert [c.to_dict() for c in on_cpu.comparisons] == [c.to_dict() for c in default.comparisons]
+    assert (on_cpu.device, on_cpu.providers) == ("cpu", ["CPUExecutionProvider"])
+    assert (default.device, default.providers) == ("cpu", ["CPUExecutionProvider"])
+    assert "torch device: cpu; onnxruntime providers: CPUExecutionProvider" in on_cpu.table()
+    # the CLI, recording into a copy of the bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(path, copy)
+    argv = ["verify", str(copy), "--device", "cpu", "--formats", "pt2,torch_engine", "-q"]
+    assert main([*argv, "--providers", "CPUExecutionProvider", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = json.loads((copy / "parity.json").read_text())
+    assert printed["device"] == stored["device"] == "cpu" and printed["passed"]
+    assert stored["providers"] == ["CPUExecutionProvider"]
+    assert {r["format"] for r in stored["rows"]} >= {"pt2", "torch_engine"}
+    assert Bundle.load(copy).manifest["parity"]["device"] == "cpu"  # checksums still valid
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present on this machine")
+def test_verify_cuda_without_cuda_is_one_line_error(bundles, capsys):
+    """``verify --device cuda`` where torch sees no GPU: the torch engine's ConfigError,
+    one line on stderr, exit 2, nothing loaded or recorded; same for a bad provider."""
+    from recsys_export.parity import verify_bundle
+
+    path = bundles("mf")
+    before = (path / "manifest.json").read_bytes()
+    with pytest.raises(ConfigError, match="CUDA is not available.*use --device cpu"):
+        verify_bundle(path, device="cuda", record=False)
+    with pytest.raises(ConfigError, match="unsupported device"):
+        verify_bundle(path, device="meta", record=False)
+    for extra, words in (
+        (["--device", "cuda:1"], ("cuda:1", "CUDA is not available", "--device cpu")),
+        (["--providers", "NoSuchExecutionProvider"], ("NoSuchExecutionProvider",)),
+    ):
+        assert main(["verify", str(path), "-q", *extra]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert "\n" not in err and "Traceback" not in err and not captured.out
+        assert err.startswith("recsys-export verify: error: ")
+        assert all(w in err for w in words), err
+    assert (path / "manifest.json").read_bytes() == before

@@ -135,6 +135,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             full=args.full,
             record=args.record,
             progress=not args.quiet,
+            device=args.device,
+            providers=args.providers,
         )
     except BundleError as exc:  # checked, but not recorded (a read-only bundle): show it
         partial = getattr(exc, "report", None)

@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pairs over the whole matrix, recommend with k in {1, 10, n_items}). Prints a "
         "table and the plan, writes parity.json into the bundle. Exit 0 on pass, 1 on "
         "failure.",
+        epilog="examples:\n  recsys-export verify artifacts/mf\n"
+        "  recsys-export verify artifacts/mf --device cuda --formats onnx,pt2,torch_engine",
     )
     p.add_argument("bundle", type=Path)
     p.add_argument(
@@ -353,10 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--formats",
         help="subset of onnx,torchscript,pt2,runtime,torch_engine to check (default: all but "
         "torch_engine; 'runtime' is the Python onnxruntime runtime with its fast-path "
-        "graphs, 'torch_engine' the torch batch engine of score --engine torch, on CPU)",
+        "graphs, 'torch_engine' the torch batch engine of score --engine torch, on "
+        "--device)",
     )
     p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu or cuda[:N]: where the torch side runs (the eager reference, TorchScript, "
+        "pt2, torch_engine; default cpu); the onnx/runtime checks use --providers. In "
+        "parity.json and the table",
+    )
+    p.add_argument(
+        "--providers",
+        type=_comma_list,
+        help="comma list of onnxruntime execution providers of the onnx and runtime "
+        "checks, in priority order (default CPUExecutionProvider; e.g. "
+        "CUDAExecutionProvider,CPUExecutionProvider with onnxruntime-gpu)",
+    )
     p.add_argument("--quick", action="store_true", help="random batches only, no plan")
     _add_plan_args(p)
     p.add_argument(
@@ -459,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_comma_list,
         help="comma list of onnxruntime execution providers in priority order (default "
         "CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider with "
-        "onnxruntime-gpu)",
+        "onnxruntime-gpu): the local runtime's sessions, or with --engine ray (and no "
+        "--device) every Ray worker's",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser(

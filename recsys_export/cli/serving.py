@@ -61,9 +61,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from recsys_export.runtime import Recommender
 
     if args.all:
-        if args.providers is not None and args.engine != "local":
+        if args.providers is not None and args.engine == "torch":
             raise ConfigError(
-                f"--providers is for the local onnxruntime engine, not --engine {args.engine}"
+                "--providers is for the onnxruntime engines (--engine local or ray), not "
+                "--engine torch, which runs the bundle's torch program on --device"
             )
         if args.out is None:
             raise ConfigError("--all needs --out FILE (.npy, or .parquet/.csv with --top-k)")
@@ -82,6 +83,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 overwrite=args.force,
                 device=args.device,
+                providers=args.providers,
             )
             print(args.out)
             return 0

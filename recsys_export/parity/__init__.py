@@ -136,10 +136,11 @@ def _planned_parity(
     full: bool,
     full_matrix: bool,
     progress: bool,
+    device: torch.device | None = None,
 ) -> ParityReport:
     plan = plan_parity(model.n_users, model.n_items, seen=seen, budget=budget, full=full)
     return run_parity(
-        EagerBackend(model),
+        EagerBackend(model, device),
         backends,
         model.n_users,
         model.n_items,
@@ -166,6 +167,8 @@ def verify_bundle(
     full: bool = False,
     record: bool = True,
     progress: bool = False,
+    device: str | torch.device | None = None,
+    providers: list[str] | None = None,
 ) -> ParityReport:
     """Verify a written bundle against its eager reference and record the report.
 
@@ -185,8 +188,38 @@ def verify_bundle(
     record : bool
         Write ``parity.json`` into the bundle and the summary into the manifest,
         atomically (checksums rewritten).
+    device : str or torch.device, optional
+        ``"cpu"`` or ``"cuda[:N]"``: where the torch backends run, the eager reference
+        included (TorchScript, ``.pt2``, the torch engine; ``verify --device``). Default:
+        the CPU, as always. The report records it.
+    providers : list of str, optional
+        onnxruntime execution providers of the ONNX and runtime backends (``verify
+        --providers``; default ``["CPUExecutionProvider"]``), validated like
+        ``Recommender.load``'s. The report records them.
+
+    Returns
+    -------
+    ParityReport
+        Its ``device`` and ``providers`` say where each side ran.
+
+    Raises
+    ------
+    ConfigError
+        Bad tolerances, an unusable device (CUDA asked for where torch sees none: the
+        torch engine's own message), or an execution provider onnxruntime lacks.
+    BundleError
+        A missing/corrupted bundle, no reference weights, none of ``formats``, or (with
+        ``record``) a bundle that cannot be rewritten; the report is then attached as
+        ``exc.report``.
     """
+    from recsys_export.runtime.engines import check_providers
+    from recsys_export.torch_engine import resolve_device
+
     check_tolerances(atol, rtol)
+    dev = None if device is None else resolve_device(device)  # before any loading
+    # the ONNX backends' providers: Recommender.load's rule (None -> the default)
+    ort_providers = check_providers(providers)
+    device_name = str(dev or "cpu")
     bundle = Bundle.load(path)
     manifest = bundle.manifest
     _check_model_entry(bundle)
@@ -197,7 +230,13 @@ def verify_bundle(
             manifest["model"]["n_users"],
             manifest["model"]["n_items"],
         ):
-            report = ParityReport(atol=atol, rtol=rtol, reference=str(checkpoint))
+            report = ParityReport(
+                atol=atol,
+                rtol=rtol,
+                reference=str(checkpoint),
+                device=device_name,
+                providers=ort_providers,
+            )
             c = Comparison("checkpoint", "all", "sizes")
             c.problems.append(
                 f"checkpoint has {model.n_users} users x {model.n_items} items, the bundle "
@@ -211,15 +250,25 @@ def verify_bundle(
         ref_name = "eager (bundle reference weights)"
     wanted = list(formats) if formats is not None else list(CHECKED_BACKENDS)
     skipped: dict[str, str] = {}
-    backends = load_backends(bundle.root, manifest, wanted, skipped=skipped)
+    backends = load_backends(
+        bundle.root,
+        manifest,
+        wanted,
+        skipped=skipped,
+        device=dev,
+        providers=ort_providers,
+    )
     if not backends:
         raise BundleError(
             f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)}"
         )
     seen = bundle_seen(bundle.root, manifest)
-    report = _planned_parity(model, backends, seen, atol, rtol, budget, full, full_matrix, progress)
+    report = _planned_parity(
+        model, backends, seen, atol, rtol, budget, full, full_matrix, progress, dev
+    )
     report.reference = ref_name
     report.skipped = skipped
+    report.device, report.providers = device_name, ort_providers
     if record:
         try:
             update_bundle(

@@ -1,4 +1,11 @@
-"""Parity backends: the eager reference and each format on the same index inputs."""
+"""Parity backends: the eager reference and each format on the same index inputs.
+
+The torch backends (eager, TorchScript, ``.pt2``, the torch engine) take a ``device``:
+None keeps the CPU path as it always was; a ``torch.device`` (``verify --device``) puts
+the module and every input on it and brings the outputs back to the host. The
+onnxruntime backends (ONNX graphs, the runtime) take ``providers`` (default
+``["CPUExecutionProvider"]``).
+"""
 
 from __future__ import annotations
 
@@ -41,8 +48,14 @@ class Backend:
         raise NotImplementedError
 
 
-def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+def _t(a: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    return t if device is None else t.to(device)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A result on the host, as numpy (a no-op copy-wise for CPU tensors)."""
+    return t.cpu().numpy()
 
 
 #: Bytes of one ``[users, items, hidden]`` tile of the eager DenseNet reference.
@@ -56,31 +69,41 @@ class EagerBackend(Backend):
     second layer) done in tiles of users x items, so its ``[B, n_items, hidden]``
     activations never exist at once: memory stays at :data:`EAGER_TILE_BYTES` and the
     tile stays in cache.
+
+    Parameters
+    ----------
+    model : BaseModel
+        The reference model (moved to ``device`` when one is given).
+    device : torch.device, optional
+        Where the model runs (default: where it is, the CPU).
     """
 
     name = "eager"
 
-    def __init__(self, model: BaseModel) -> None:
+    def __init__(self, model: BaseModel, device: torch.device | None = None) -> None:
+        if device is not None:
+            model = model.to(device)
         self.model = model.eval()
+        self.device = device
         self._item_half: torch.Tensor | None = None
 
     @torch.no_grad()
     def score(self, users, items):
-        return self.model(_t(users), _t(items)).numpy()
+        return _np(self.model(_t(users, self.device), _t(items, self.device)))
 
     @torch.no_grad()
     def score_all(self, users):
         m = self.model
         if not isinstance(m, DenseNet):
-            return m.score_all(_t(users)).numpy()
+            return _np(m.score_all(_t(users, self.device)))
         k, n_items, hidden = m.n_factors, m.n_items, m.hidden
         w = m.linear1.weight
         if self._item_half is None:  # C = Q Wi^T + b1, as in DenseNet.score_all
             self._item_half = m.item_factors.weight @ w[:, k:].t() + m.linear1.bias
         c = self._item_half
-        a = m.user_factors(_t(users)) @ w[:, :k].t()  # [B, H]
+        a = m.user_factors(_t(users, self.device)) @ w[:, :k].t()  # [B, H]
         w2, tail = m.linear2.weight.t(), m.linear2.bias
-        out = torch.empty((len(users), n_items), dtype=torch.float32)
+        out = torch.empty((len(users), n_items), dtype=torch.float32, device=a.device)
         width = min(n_items, max(64, EAGER_TILE_BYTES // (4 * hidden * 8)))
         rows = max(1, EAGER_TILE_BYTES // (4 * hidden * width))
         for b0 in range(0, len(users), rows):
@@ -89,67 +112,93 @@ class EagerBackend(Backend):
                 h = torch.relu(ab + c[t0 : t0 + width].unsqueeze(0))  # [b, T, H]
                 y = (h @ w2).squeeze(2) + tail + m.global_mean
                 out[b0 : b0 + rows, t0 : t0 + width] = y
-        return out.numpy()
+        return _np(out)
 
     @torch.no_grad()
     def recommend(self, users, k, rows, items):
-        s, i = self.model.recommend(_t(users), int(k), _t(rows), _t(items))
-        return s.numpy(), i.numpy()
+        d = self.device
+        s, i = self.model.recommend(_t(users, d), int(k), _t(rows, d), _t(items, d))
+        return _np(s), _np(i)
 
 
 class TorchScriptBackend(Backend):
-    """``torch.jit.load`` of the bundle's scripted module."""
+    """``torch.jit.load`` of the bundle's scripted module (on ``device``, default CPU)."""
 
     name = "torchscript"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, device: torch.device | None = None) -> None:
+        self.device = device
         with quiet_exporters():
-            self.module = torch.jit.load(str(path), map_location="cpu")
+            self.module = torch.jit.load(str(path), map_location=device or "cpu")
 
     @torch.no_grad()
     def score(self, users, items):
-        return self.module.score(_t(users), _t(items)).numpy()
+        return _np(self.module.score(_t(users, self.device), _t(items, self.device)))
 
     @torch.no_grad()
     def score_all(self, users):
-        return self.module.score_all(_t(users)).numpy()
+        return _np(self.module.score_all(_t(users, self.device)))
 
     @torch.no_grad()
     def recommend(self, users, k, rows, items):
-        s, i = self.module.recommend(_t(users), int(k), _t(rows), _t(items))
-        return s.numpy(), i.numpy()
+        d = self.device
+        s, i = self.module.recommend(_t(users, d), int(k), _t(rows, d), _t(items, d))
+        return _np(s), _np(i)
+
+
+def _exported_module(path: Path, device: torch.device | None) -> Callable[..., Any]:
+    """``torch.export.load(path).module()``, moved to ``device`` when one is given.
+
+    The move is torch's ``move_to_device_pass`` (weights, constants and the device
+    arguments recorded in the graph); a torch without it moves the module's weights.
+    """
+    program = torch.export.load(str(path))
+    if device is None:
+        return program.module()
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # an older torch: weights and buffers only
+        return program.module().to(device)
+    return move_to_device_pass(program, device).module()
 
 
 class Pt2Backend(Backend):
-    """``torch.export.load`` of the bundle's ExportedPrograms, one per entry point."""
+    """``torch.export.load`` of the bundle's ExportedPrograms, one per entry point (on
+    ``device``, default CPU)."""
 
     name = "pt2"
 
-    def __init__(self, paths: dict[str, Path]) -> None:
+    def __init__(self, paths: dict[str, Path], device: torch.device | None = None) -> None:
+        self.device = device
         with quiet_exporters():
-            self.modules = {e: torch.export.load(str(p)).module() for e, p in paths.items()}
+            self.modules = {e: _exported_module(p, device) for e, p in paths.items()}
 
     @torch.no_grad()
     def score(self, users, items):
-        return self.modules["score"](_t(users), _t(items)).numpy()
+        return _np(self.modules["score"](_t(users, self.device), _t(items, self.device)))
 
     @torch.no_grad()
     def score_all(self, users):
-        return self.modules["score_all"](_t(users)).numpy()
+        return _np(self.modules["score_all"](_t(users, self.device)))
 
     @torch.no_grad()
     def recommend(self, users, k, rows, items):
-        s, i = self.modules["recommend"](_t(users), torch.tensor(int(k)), _t(rows), _t(items))
-        return s.numpy(), i.numpy()
+        d = self.device
+        k_t = torch.tensor(int(k), device=d)
+        s, i = self.modules["recommend"](_t(users, d), k_t, _t(rows, d), _t(items, d))
+        return _np(s), _np(i)
 
 
 class OnnxBackend(Backend):
-    """onnxruntime sessions on the bundle's ONNX graphs (indices validated by callers)."""
+    """onnxruntime sessions on the bundle's ONNX graphs (indices validated by callers),
+    with ``providers`` (validated by callers; default ``["CPUExecutionProvider"]``)."""
 
     name = "onnx"
 
-    def __init__(self, paths: dict[str, Path]) -> None:
+    def __init__(self, paths: dict[str, Path], providers: list[str] | None = None) -> None:
         import onnxruntime as ort
+
+        from recsys_export.runtime.engines import DEFAULT_PROVIDERS
 
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
@@ -157,7 +206,7 @@ class OnnxBackend(Backend):
             opts.intra_op_num_threads = 1
         opts.enable_cpu_mem_arena = False  # parity's calls vary in size: free, don't pool
         self.sessions = {
-            e: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+            e: ort.InferenceSession(str(p), opts, providers=providers or list(DEFAULT_PROVIDERS))
             for e, p in paths.items()
         }
 
@@ -193,10 +242,11 @@ class RuntimeBackend(Backend):
     name = "runtime"
     chunks_itself = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
         from recsys_export.runtime import Recommender
 
-        self.rec = Recommender.load(path, verify=False)  # checksums: verified by the caller
+        # checksums: verified by the caller
+        self.rec = Recommender.load(path, verify=False, providers=providers)
 
     def score(self, users, items):
         return self.rec.score(users, items, by_index=True)
@@ -223,17 +273,20 @@ class RuntimeBackend(Backend):
 
 
 class TorchEngineBackend(RuntimeBackend):
-    """The torch batch engine (:class:`~recsys_export.torch_engine.TorchEngine`) on the
-    CPU: the bundle's pt2/TorchScript program with the engine's own exclusion and top-k
-    (opt-in: ``verify --formats ...,torch_engine``). Pairs (``score``) do not apply."""
+    """The torch batch engine (:class:`~recsys_export.torch_engine.TorchEngine`) on
+    ``device`` (default CPU): the bundle's pt2/TorchScript program with the engine's own
+    exclusion and top-k (opt-in: ``verify --formats ...,torch_engine``). Pairs
+    (``score``) do not apply."""
 
     name = "torch_engine"
     chunks_itself = False
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, device: torch.device | None = None) -> None:
         from recsys_export.torch_engine import TorchEngine
 
-        self.rec = TorchEngine.load(path, device="cpu", verify=False)  # type: ignore[assignment]
+        self.rec = TorchEngine.load(  # type: ignore[assignment]
+            path, device=device or "cpu", verify=False
+        )
 
     def score(self, users, items):
         raise NotApplicable("the torch engine scores whole rows only")
@@ -251,25 +304,49 @@ def load_backends(
     formats: Iterable[str] | None = None,
     *,
     skipped: dict[str, str] | None = None,
+    device: torch.device | None = None,
+    providers: list[str] | None = None,
 ) -> dict[str, Backend]:
     """Backends for the formats present in a bundle (optionally a subset).
 
     Parameters
     ----------
+    root : Path
+        The bundle directory.
+    manifest : dict
+        Its manifest.
+    formats : iterable of str, optional
+        Formats to load (default: the export formats, :data:`FORMATS`); ``runtime`` and
+        ``torch_engine`` add the Python runtime and the torch batch engine.
     skipped : dict, optional
         When given, a TorchScript or ``.pt2`` file the installed torch cannot read (one
         written by a newer torch) is left out and ``skipped[format]`` says why, naming
         both torch versions; without it the load error propagates.
+    device : torch.device, optional
+        Where the torch backends (TorchScript, ``.pt2``, the torch engine) run; checked
+        by the caller (:func:`~recsys_export.torch_engine.resolve_device`). Default: the
+        CPU path as before.
+    providers : list of str, optional
+        onnxruntime execution providers of the ONNX and runtime backends, validated by
+        the caller (:func:`~recsys_export.runtime.engines.check_providers`); default
+        ``["CPUExecutionProvider"]``.
+
+    Returns
+    -------
+    dict
+        Format name -> backend, for the formats the bundle has.
     """
     wanted = list(formats) if formats is not None else list(FORMATS)
     fm = manifest.get("formats", {})
     out: dict[str, Backend] = {}
     torch_loaded: dict[str, Callable[[], Backend]] = {}
     if "torchscript" in fm and "torchscript" in wanted:
-        torch_loaded["torchscript"] = lambda: TorchScriptBackend(root / fm["torchscript"]["module"])
+        torch_loaded["torchscript"] = lambda: TorchScriptBackend(
+            root / fm["torchscript"]["module"], device
+        )
     if "pt2" in fm and "pt2" in wanted:
         torch_loaded["pt2"] = lambda: Pt2Backend(
-            {e: root / p for e, p in fm["pt2"]["programs"].items()}
+            {e: root / p for e, p in fm["pt2"]["programs"].items()}, device
         )
     for name, make in torch_loaded.items():
         try:
@@ -285,11 +362,12 @@ def load_backends(
                 f"{written}"
             )
     if "onnx" in fm and "onnx" in wanted:
-        out["onnx"] = OnnxBackend({e: root / p for e, p in fm["onnx"]["graphs"].items()})
+        graphs = {e: root / p for e, p in fm["onnx"]["graphs"].items()}
+        out["onnx"] = OnnxBackend(graphs, providers)
     if "onnx" in fm and "runtime" in wanted and (root / "manifest.json").exists():
-        out["runtime"] = RuntimeBackend(root)
+        out["runtime"] = RuntimeBackend(root, providers)
     if ({"pt2", "torchscript"} & set(fm)) and "torch_engine" in wanted:
-        out["torch_engine"] = TorchEngineBackend(root)
+        out["torch_engine"] = TorchEngineBackend(root, device)
     return out
 
 

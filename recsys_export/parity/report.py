@@ -172,6 +172,11 @@ class ParityReport:
     skipped: dict[str, str] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: where the torch backends (eager reference included) ran (``verify --device``)
+    device: str = "cpu"
+    #: onnxruntime execution providers of the ONNX and runtime backends (``verify
+    #: --providers``; the default is the runtime's, ``DEFAULT_PROVIDERS``)
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
 
     @property
     def passed(self) -> bool:
@@ -217,6 +222,8 @@ class ParityReport:
             "atol": self.atol,
             "rtol": self.rtol,
             "reference": self.reference,
+            "device": self.device,
+            "providers": list(self.providers),
             "max_abs_diff": max((r["max_abs_diff"] for r in rows), default=0.0),
             "max_rel_diff": max((r["max_rel_diff"] for r in rows), default=0.0),
             "seconds": round(self.seconds, 3),
@@ -238,6 +245,8 @@ class ParityReport:
             "atol": self.atol,
             "rtol": self.rtol,
             "reference": self.reference,
+            "device": self.device,
+            "providers": list(self.providers),
             "seconds": round(self.seconds, 3),
             "plan": self.plan,
             "timings": self.timings,
@@ -262,6 +271,9 @@ class ParityReport:
                 f"{r['max_abs_diff']:>10.2e} {r['max_rel_diff']:>10.2e} {agree:>12}  {res}"
             )
         verdict = "PASS" if self.passed else "FAIL"
+        lines.append(
+            f"torch device: {self.device}; onnxruntime providers: {', '.join(self.providers)}"
+        )
         lines.append(describe_plan(self.plan) if self.plan else "plan: random batches only")
         if self.timings:
             per = ", ".join(f"{k} {v['total']:.2f}" for k, v in self.timings.items())
