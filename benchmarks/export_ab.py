@@ -2,8 +2,10 @@
 
 On a machine whose speed varies 2-4x with its load, only times taken side by side are
 comparable: each round runs every checkpoint through the ``--old`` checkout and this one
-(default flags: all formats, parity verified, each export in its own process), and the
-table shows the best of the rounds and the new/old ratio.
+(default flags, parity verified, each export in its own process), and the table shows
+the best of the rounds and the new/old ratio. The default formats are the checkout's own:
+ONNX and TorchScript since ``.pt2`` became opt-in (``--formats all``), all three before,
+so an A/B across that change measures it too.
 
 Usage::
 

@@ -1,8 +1,10 @@
 """Export with verification at real sizes: wall time, parity time and peak RSS.
 
-Each row is one ``recsys-export export`` (default flags: all formats, parity verified)
-in its own process, so its peak RSS is its own (``os.wait4``). The same model exported
-with ``--no-verify`` is the row's reference: on a machine whose speed varies 2-4x from
+Each row is one ``recsys-export export`` (default flags: ONNX and TorchScript, parity
+verified) in its own process, so its peak RSS is its own (``os.wait4``). ``.pt2`` is
+opt-in (``export --formats all`` adds it, several seconds more per export: see
+docs/performance.md); rows measured before it was opt-in included it. The same model
+exported with ``--no-verify`` is the row's reference: on a machine whose speed varies 2-4x from
 day to day, ``parity s`` / ``no-verify s`` from one run is the number to compare.
 
 Sizes (``--preset issue``, the default): ml-latest-small MF and DenseNet and

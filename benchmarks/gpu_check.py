@@ -1,7 +1,9 @@
 """GPU check of the torch batch engine (issue #19): build, run, compare, report.
 
 Builds synthetic MF and DenseNet bundles (100k users x 20k items, 64 factors, 128
-hidden; ``--tiny``: 300 x 400, 16 / 32), then for each model times
+hidden; ``--tiny``: 300 x 400, 16 / 32) with every format, ``.pt2`` included (opt-in in
+``export``; the torch engine prefers the pt2 program, and the parity check below covers
+it), then for each model times
 
 * the torch engine (:class:`recsys_export.torch_engine.TorchEngine`) on ``--device``:
   score_all over every user (device only), the ``.npy`` matrix and the top-k Parquet

@@ -1,8 +1,8 @@
 """The main job, end to end: ``python -m recsys_export.demo`` (``make demo``).
 
 Trains MF and DenseNet on the bundled MovieLens latest-small sample, exports each to a
-verified bundle (TorchScript, ONNX, torch.export; export runs the parity check and
-prints its table), and shows a
+verified bundle (ONNX and TorchScript, the default formats; ``.pt2`` is opt-in with
+``--formats all``; export runs the parity check and prints its table), and shows a
 few recommendations computed by the torch-free onnxruntime runtime, with the movie titles
 that ``train`` stores for the bundled sample (its ``movies.csv``). Each step is the
 CLI command printed before it runs, so the demo doubles as a tutorial.

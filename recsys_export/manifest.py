@@ -18,7 +18,14 @@ from typing import Any
 
 from recsys_export.errors import BundleError
 
+#: Every export format, in the order they are written and listed.
 FORMATS = ("onnx", "torchscript", "pt2")
+
+#: The formats an export writes when none are named: ONNX (the torch-free runtime) and
+#: TorchScript (libtorch). ``pt2`` (torch.export) is opt-in (``--formats all``): it adds
+#: several seconds per export, mostly importing ``torch._dynamo`` to write the programs
+#: and again for parity to load them back (docs/performance.md).
+DEFAULT_FORMATS = ("onnx", "torchscript")
 
 ENTRY_POINTS: dict[str, dict[str, Any]] = {
     "score": {

@@ -2,7 +2,9 @@
 
 :class:`TorchEngine` runs a bundle's ``.pt2`` ``score_all`` program (or its TorchScript
 module where the ``.pt2`` program is absent or cannot load) on ``cpu`` or
-``cuda[:N]``; seen-item exclusion, top-k and the empty-slot rule (``-1`` item,
+``cuda[:N]``. A bundle exported with the default formats (ONNX and TorchScript; ``.pt2``
+is opt-in, ``export --formats all``) runs its TorchScript module; ``source`` says which
+program scores. Seen-item exclusion, top-k and the empty-slot rule (``-1`` item,
 ``-inf`` score) run on the device too. Results go through the same writers as the
 onnxruntime runtime (:mod:`recsys_export.runtime`), so the files are identical in
 format, written atomically (temporary file + rename), with the same progress bar::
@@ -144,13 +146,15 @@ class TorchEngine(BatchOutputs):
         Parameters
         ----------
         bundle_path : path
-            The bundle directory (exported with ``pt2`` and/or ``torchscript``).
+            The bundle directory (exported with ``pt2`` and/or ``torchscript``; the
+            default export formats give the TorchScript module).
         device : str or torch.device
             ``"cpu"`` or ``"cuda[:N]"``.
         verify : bool
             Check every file's sha256 (sizes and names are always checked).
         prefer : {"pt2", "torchscript"}
-            The program to try first; the other one is the fallback.
+            The program to try first; the other one is the fallback (also where the
+            bundle lacks the preferred one, as default bundles lack ``pt2``).
 
         Raises
         ------
@@ -183,8 +187,8 @@ class TorchEngine(BatchOutputs):
         if not problems:
             raise BundleError(
                 f"bundle {bundle.root} has neither a pt2 score_all program nor a TorchScript "
-                "module; the torch engine needs one: re-export with --formats pt2 (or "
-                "torchscript)"
+                "module; the torch engine needs one: re-export with the default formats (onnx,"
+                "torchscript) or --formats all"
             )
         raise BundleError(
             f"bundle {bundle.root}: no torch program loads on {dev} ({'; '.join(problems)})"

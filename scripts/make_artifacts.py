@@ -2,11 +2,12 @@
 
     python scripts/make_artifacts.py
 
-Writes ``artifacts/toy-mf/`` and ``artifacts/toy-densenet/`` (all formats, verified) and
-``artifacts/expected/<name>.json``: fixed inputs and the eager model's outputs for every
-entry point. ``tests/test_golden.py`` loads the committed bundles and checks they still
-reproduce those outputs, so a change that breaks old bundles fails the suite. Only
-regenerate on purpose (a new bundle format version), never to make that test pass.
+Writes ``artifacts/toy-mf/`` and ``artifacts/toy-densenet/`` (every format: ``.pt2`` is
+opt-in, so ``formats="all"``; verified) and ``artifacts/expected/<name>.json``: fixed
+inputs and the eager model's outputs for every entry point. ``tests/test_golden.py``
+loads the committed bundles and checks they still reproduce those outputs, so a change
+that breaks old bundles fails the suite. Only regenerate on purpose (a new bundle format
+version), never to make that test pass.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main() -> None:
         name = f"toy-{kind}"
         if (ROOT / name).exists():
             shutil.rmtree(ROOT / name)
-        export_bundle(ckpt, ROOT / name)
+        export_bundle(ckpt, ROOT / name, formats="all")  # pt2 is opt-in: ask for it
         t = {k: {n: torch.tensor(v) for n, v in d.items()} for k, d in INPUTS.items()}
         with torch.no_grad():
             score = model(t["score"]["users"], t["score"]["items"])

@@ -63,14 +63,14 @@ def ml_checkpoints(movielens: data.Ratings, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def ml_bundles(ml_checkpoints: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Verified bundles (all formats) of both MovieLens models."""
+    """Verified bundles (every format, ``.pt2`` included) of both MovieLens models."""
     from recsys_export.checkpoint import load_checkpoint
     from recsys_export.export import export_bundle
 
     root = tmp_path_factory.mktemp("bundles")
     out = {}
     for kind, path in ml_checkpoints.items():
-        export_bundle(load_checkpoint(path), root / kind, verify=True)
+        export_bundle(load_checkpoint(path), root / kind, formats="all", verify=True)
         out[kind] = root / kind
     return out
 

@@ -1042,9 +1042,10 @@ def test_utf16_ratings_are_read(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def full_bundle(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The catalogue checkpoint exported in every format."""
+    """The catalogue checkpoint exported in every format (``--formats all``: pt2 too)."""
     out = tmp_path_factory.mktemp("full") / "bundle"
-    rc, _, err = _run_inprocess(["export", str(trained["checkpoint"]), "--out", str(out), "-q"])
+    argv = ["export", str(trained["checkpoint"]), "--out", str(out), "--formats", "all", "-q"]
+    rc, _, err = _run_inprocess(argv)
     assert rc == 0, err
     return out
 
@@ -1099,6 +1100,8 @@ def test_export_hitting_a_file_size_limit(world: World, full_bundle: Path, limit
             str(world.checkpoint),
             "--out",
             str(out),
+            "--formats",
+            "all",  # every writer, pt2's included
             "-q",
         ],
         capture_output=True,

@@ -80,6 +80,46 @@ def test_train_reports_metrics_and_writes_checkpoint(tmp_path, capsys):
     assert wanted <= set(results["model"])
 
 
+def test_export_help_gives_the_default_formats(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: onnx,torchscript)" in out and "opt-in" in out
+    assert "--formats all" in out and "--formats onnx,torchscript,pt2" in out
+
+
+def test_export_formats_all_adds_pt2(toy_run, tmp_path, capsys):
+    _, ckpt, _ = toy_run
+    bundle = tmp_path / "all"
+    assert main(["export", str(ckpt), "--out", str(bundle), "--formats", "all", "-q"]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["formats"]) == {"onnx", "torchscript", "pt2"}
+    assert sorted(p.name for p in (bundle / "pt2").iterdir()) == [
+        "recommend.pt2",
+        "score.pt2",
+        "score_all.pt2",
+    ]
+    assert manifest["parity"]["passed"]
+    capsys.readouterr()
+    assert main(["verify", str(bundle), "--quick", "--no-record"]) == 0
+    assert "pt2 " in capsys.readouterr().out
+
+
+def test_verify_asked_for_pt2_on_a_bundle_without_it(toy_run, capsys):
+    """A default bundle has no pt2: asked for alone, one error line (exit 2); next to
+    another format, that one is checked and one warning line says why pt2 is not."""
+    _, _, bundle = toy_run
+    quick = ["--quick", "--no-record", "-q"]
+    assert main(["verify", str(bundle), "--formats", "pt2", *quick]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "holds none of the formats ['pt2']" in line and "--formats all" in line
+    assert main(["verify", str(bundle), "--formats", "onnx,pt2", *quick]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("recsys-export verify: warning: pt2 not checked: the bundle has no")
+    assert "PASS" in captured.out and "onnx" in captured.out and "pt2" not in captured.out
+
+
 def test_train_refuses_to_overwrite(toy_run, capsys):
     _, ckpt, _ = toy_run
     assert main(["train", "toy", "--preset", "tiny", "--out", str(ckpt), "-q"]) == 2
@@ -92,9 +132,12 @@ def test_inspect_verify_recommend_score(toy_run, capsys, tmp_path):
     assert main(["inspect", str(bundle)]) == 0
     out = capsys.readouterr().out
     assert "mf" in out and "score_all(users:int64" in out and "parity: PASS" in out
+    assert "formats: onnx, torchscript\n" in out  # the default formats: pt2 is opt-in
     assert main(["verify", str(bundle), "--checkpoint", str(ckpt), "-q"]) == 0
-    out = capsys.readouterr().out
-    assert "PASS" in out and "onnx" in out and "torchscript" in out and "pt2" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "PASS" in out and "onnx" in out and "torchscript" in out and "pt2" not in out
+    assert captured.err == ""  # the formats the bundle holds: nothing to warn about
     assert main(["recommend", str(bundle), "--user", "0", "--user", "3", "-k", "2", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert [r["user"] for r in recs] == ["0", "3"]

@@ -1,4 +1,5 @@
-"""Export: bundles of every format, graph structure, recommend contract, atomicity."""
+"""Export: bundles of every format, the default formats (pt2 opt-in), graph structure,
+recommend contract, atomicity."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from recsys_export.bundle import Bundle
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError, ConfigError, ParityError
 from recsys_export.export import ONNX_OPSET, export_bundle, parse_formats
+from recsys_export.manifest import DEFAULT_FORMATS, FORMATS
 from recsys_export.parity import (
     EagerBackend,
     OnnxBackend,
@@ -248,6 +250,39 @@ def test_parse_formats():
     assert parse_formats("pt2, onnx") == ["onnx", "pt2"]
     with pytest.raises(ConfigError, match="unknown export format"):
         parse_formats("onnx,tflite")
+
+
+def test_parse_formats_default_and_all():
+    """None is the defaults (pt2 opt-in); ``all`` is every format, alone or in a list."""
+    assert parse_formats(None) == list(DEFAULT_FORMATS) == ["onnx", "torchscript"]
+    assert parse_formats("all") == list(FORMATS) == ["onnx", "torchscript", "pt2"]
+    assert parse_formats(" all ") == parse_formats(["all"]) == list(FORMATS)
+    assert parse_formats("pt2,all") == parse_formats("all,onnx") == list(FORMATS)
+    assert parse_formats(["pt2", "torchscript"]) == ["torchscript", "pt2"]
+    with pytest.raises(ConfigError, match=r"choose from onnx, torchscript, pt2 or all"):
+        parse_formats("every")
+    with pytest.raises(ConfigError, match="unknown export format"):
+        parse_formats(" , ")
+
+
+def test_default_export_has_onnx_and_torchscript_only(tmp_path):
+    """No ``formats``: ONNX and TorchScript, verified; no pt2 file, manifest entry or
+    timing. ``formats="all"`` adds the three programs."""
+    ck = small_checkpoint("mf", seed=2)
+    man = export_bundle(ck, tmp_path / "d")
+    assert set(man["formats"]) == {"onnx", "torchscript"}
+    assert set(man["timings"]["export_seconds"]) == {"onnx", "torchscript"}
+    assert not (tmp_path / "d" / "pt2").exists()
+    assert not [f for f in man["files"] if f.startswith("pt2/")]
+    assert man["parity"]["passed"]
+    report = Bundle.load(tmp_path / "d").read_json("parity.json")
+    checked = {c["format"] for c in report["comparisons"]} - {"eager"}  # eager: self-checks
+    assert checked == {"onnx", "torchscript", "runtime"} and not report["skipped"]
+    man = export_bundle(ck, tmp_path / "a", formats="all", verify=False)
+    assert set(man["formats"]) == {"onnx", "torchscript", "pt2"}
+    programs = man["formats"]["pt2"]["programs"]
+    assert programs == {e: f"pt2/{e}.pt2" for e in ("score", "score_all", "recommend")}
+    assert all((tmp_path / "a" / p).is_file() and p in man["files"] for p in programs.values())
 
 
 def test_export_prints_nothing_and_warns_nothing(tmp_path, capfd, recwarn):

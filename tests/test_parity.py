@@ -55,7 +55,7 @@ def _random_model(kind, n_users, n_items, n_factors, hidden, seed):
 def mf_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("mf")
     model = _random_model("mf", 23, 19, 4, 0, seed=5)
-    export_bundle(_checkpoint(model), root / "b")
+    export_bundle(_checkpoint(model), root / "b", formats="all")  # pt2 checked too
     return root / "b", model
 
 
@@ -168,7 +168,7 @@ def test_property_every_format_matches_eager_on_odd_shapes(
 ):
     model = _random_model(kind, n_users, n_items, n_factors, hidden, seed)
     root = tmp_path_factory.mktemp("prop") / "b"
-    export_bundle(_checkpoint(model), root, verify=False)
+    export_bundle(_checkpoint(model), root, formats="all", verify=False)
     backends = load_backends(root, Bundle.load(root).manifest)
     report = run_parity(EagerBackend(model), backends, n_users, n_items, batch_sizes=(1, 2, 7))
     assert report.passed, report.table()

@@ -40,7 +40,7 @@ def _seen() -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(users).astype(np.int64), np.concatenate(items).astype(np.int64)
 
 
-def _make(kind: str, path: Path, formats: str) -> Path:
+def _make(kind: str, path: Path, formats: str | None) -> Path:
     ck = synthetic_checkpoint(
         kind,
         N_USERS,
@@ -57,13 +57,15 @@ def _make(kind: str, path: Path, formats: str) -> Path:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """(kind, formats) -> bundle path, built once per module."""
-    cache: dict[tuple[str, str], Path] = {}
+    """(kind, formats) -> bundle path, built once per module. Every format unless told
+    (the engine prefers pt2, which export writes only when asked); None: the defaults."""
+    cache: dict[tuple[str, str | None], Path] = {}
 
-    def get(kind: str, formats: str = "onnx,torchscript,pt2") -> Path:
+    def get(kind: str, formats: str | None = "onnx,torchscript,pt2") -> Path:
         key = (kind, formats)
         if key not in cache:
-            root = tmp_path_factory.mktemp(f"{kind}-{formats.replace(',', '-')}")
+            name = formats.replace(",", "-") if formats else "default"
+            root = tmp_path_factory.mktemp(f"{kind}-{name}")
             cache[key] = _make(kind, root / "bundle", formats)
         return cache[key]
 
@@ -182,6 +184,26 @@ def test_torchscript_only_and_pt2_only_bundles(bundles, tmp_path):
     np.testing.assert_allclose(np.load(a), np.load(b), atol=ATOL, rtol=0)
 
 
+def test_default_bundle_runs_its_torchscript_module(bundles, kind, tmp_path):
+    """A bundle exported with the default formats (no pt2): the engine, preferring pt2,
+    runs the TorchScript module, and its matrix and top-k are the runtime's."""
+    from recsys_export.parity import verify_bundle
+
+    path = bundles(kind, None)
+    assert not (path / "pt2").exists()
+    eng = TorchEngine.load(path)
+    assert eng.source == "torchscript"
+    rec = Recommender.load(path)
+    a = np.load(eng.write_score_matrix(tmp_path / "ours.npy", progress=False))
+    b = np.load(rec.write_score_matrix(tmp_path / "ref.npy", progress=False))
+    np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+    ours = eng.write_topk(tmp_path / "ours.csv", k=5, progress=False)
+    ref = rec.write_topk(tmp_path / "ref.csv", k=5, progress=False)
+    _assert_same_topk(_read_topk(ours), _read_topk(ref))
+    report = verify_bundle(path, formats=["torch_engine"], record=False)
+    assert report.passed and report.skipped == {}
+
+
 def test_onnx_only_bundle_is_refused(bundles):
     with pytest.raises(BundleError, match="neither a pt2 score_all program nor a TorchScript"):
         TorchEngine.load(bundles("mf", "onnx"))
@@ -293,6 +315,7 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
         assert row["matrix_max_abs_diff"] <= ATOL
         assert row["topk_items_match"] and row["topk_max_score_diff"] <= ATOL
         assert row["engine_topk_s"] > 0 and row["ceiling_topk_s"] > 0
+        assert row["engine_source"] == "pt2"  # gpu_check exports pt2, opt-in elsewhere
     assert "engine" in proc.stdout and "ceiling" in proc.stdout
 
 

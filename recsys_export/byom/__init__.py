@@ -211,7 +211,8 @@ def export_model(
     seen : mapping or (users, items), optional
         Seen items in raw ids, removed by ``recommend`` (default: ``ratings``' rows).
     formats : str or sequence, optional
-        Subset of ``onnx``, ``torchscript``, ``pt2`` (default: all).
+        Subset of ``onnx``, ``torchscript``, ``pt2``, or ``all``; default ``onnx`` and
+        ``torchscript`` (``pt2`` is opt-in).
     verify : bool
         Check parity of every format (and the runtime) against the user's module.
     keep_partial : bool

@@ -271,11 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a checkpoint to a verified bundle",
         formatter_class=fmt,
-        description="Write TorchScript, ONNX and torch.export (.pt2) files for "
-        "score, score_all and recommend into a bundle directory (atomically), "
-        "then verify parity with the eager model (on by default).",
-        epilog="example:\n  recsys-export export runs/mf.pt --out artifacts/mf "
-        "--formats onnx,torchscript,pt2",
+        description="Write ONNX and TorchScript files (and, with --formats all, "
+        "torch.export .pt2 programs) for score, score_all and recommend into a bundle "
+        "directory (atomically), then verify parity with the eager model (on by default).",
+        epilog="examples:\n  recsys-export export runs/mf.pt --out artifacts/mf\n"
+        "  recsys-export export runs/mf.pt --out artifacts/mf --formats all",
     )
     p.add_argument(
         "checkpoint", type=Path, help="checkpoint written by 'train' (or a state dict: --model)"
@@ -311,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--formats",
-        default="onnx,torchscript,pt2",
-        help="comma-separated subset of onnx,torchscript,pt2 (default: all)",
+        default=None,
+        help="comma-separated subset of onnx,torchscript,pt2, or all (default: "
+        "onnx,torchscript). pt2 (torch.export) is opt-in, as it adds several seconds per "
+        "export: add it with --formats all or --formats onnx,torchscript,pt2",
     )
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument(
@@ -353,10 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--formats",
-        help="subset of onnx,torchscript,pt2,runtime,torch_engine to check (default: all but "
-        "torch_engine; 'runtime' is the Python onnxruntime runtime with its fast-path "
-        "graphs, 'torch_engine' the torch batch engine of score --engine torch, on "
-        "--device)",
+        help="subset of onnx,torchscript,pt2,runtime,torch_engine to check (default: "
+        "every format the bundle holds, and runtime; not torch_engine; 'all' is "
+        "onnx,torchscript,pt2; 'runtime' is the Python onnxruntime runtime with its "
+        "fast-path graphs, 'torch_engine' the torch batch engine of score --engine torch, "
+        "on --device)",
     )
     p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")

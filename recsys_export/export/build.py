@@ -34,7 +34,7 @@ from recsys_export.export.formats import (
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import ENTRY_POINTS, FORMATS, entry_point_spec
+from recsys_export.manifest import DEFAULT_FORMATS, ENTRY_POINTS, FORMATS, entry_point_spec
 
 REFERENCE_FILE = "reference/state_dict.pt"
 
@@ -86,15 +86,36 @@ def _disk_errors(out: str | Path) -> Iterator[None]:
 
 
 def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
-    """Validate a format list (``"onnx,torchscript,pt2"`` or a sequence)."""
+    """Validate a format list.
+
+    Parameters
+    ----------
+    formats : str or sequence of str or None
+        ``"onnx,torchscript,pt2"`` or a sequence of names; ``all`` stands for every
+        format (:data:`~recsys_export.manifest.FORMATS`); None gives
+        :data:`~recsys_export.manifest.DEFAULT_FORMATS` (``pt2`` is opt-in).
+
+    Returns
+    -------
+    list of str
+        The formats named, in :data:`~recsys_export.manifest.FORMATS` order.
+
+    Raises
+    ------
+    ConfigError
+        An unknown name, or an empty list.
+    """
     if formats is None:
-        return list(FORMATS)
+        return list(DEFAULT_FORMATS)
     items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
     items = [f for f in items if f]
+    if "all" in items:
+        items = [f for f in items if f != "all"] + list(FORMATS)
     unknown = [f for f in items if f not in FORMATS]
     if unknown or not items:
         raise ConfigError(
-            f"unknown export format(s) {unknown or items}; choose from {', '.join(FORMATS)}"
+            f"unknown export format(s) {unknown or items}; choose from "
+            f"{', '.join(FORMATS)} or all (every format)"
         )
     return [f for f in FORMATS if f in items]
 
@@ -122,7 +143,8 @@ def export_bundle(
     out : path
         Bundle directory to create (written to a temporary sibling, then renamed).
     formats : str or sequence, optional
-        Subset of ``onnx``, ``torchscript``, ``pt2`` (default: all).
+        Subset of ``onnx``, ``torchscript``, ``pt2``, or ``all`` (:func:`parse_formats`);
+        default ``onnx`` and ``torchscript`` (``pt2`` is opt-in).
     overwrite : bool
         Replace an existing bundle at ``out``.
     external_data : bool, optional

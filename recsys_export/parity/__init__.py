@@ -179,6 +179,11 @@ def verify_bundle(
     checkpoint : path, optional
         Compare against this checkpoint's model instead of the bundle's reference
         weights (a bundle checked against the wrong checkpoint fails).
+    formats : iterable of str, optional
+        What to check: export formats, ``runtime``, ``torch_engine``. Default: every
+        format the bundle holds and the runtime. A format named here that the bundle
+        lacks (``pt2`` in a default export) is left out, with the reason in the
+        report's ``skipped``.
     full_matrix : bool
         Run the plan; False compares the random batches only (``verify --quick``).
     budget : int, optional
@@ -250,6 +255,14 @@ def verify_bundle(
         ref_name = "eager (bundle reference weights)"
     wanted = list(formats) if formats is not None else list(CHECKED_BACKENDS)
     skipped: dict[str, str] = {}
+    held = manifest.get("formats") or {}
+    absent = [f for f in FORMATS if f in wanted and f not in held]
+    if formats is not None:  # asked for by name: say why it is not checked
+        for name in absent:
+            skipped[name] = (
+                f"{name} not checked: the bundle has no {name} files (re-export with "
+                f"--formats all to write every format)"
+            )
     backends = load_backends(
         bundle.root,
         manifest,
@@ -260,7 +273,9 @@ def verify_bundle(
     )
     if not backends:
         raise BundleError(
-            f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)}"
+            f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)} "
+            f"(it holds {', '.join(held) or 'none'}; re-export with --formats all to write "
+            "every format)"
         )
     seen = bundle_seen(bundle.root, manifest)
     report = _planned_parity(

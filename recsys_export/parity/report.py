@@ -168,7 +168,8 @@ class ParityReport:
     comparisons: list[Comparison] = field(default_factory=list)
     seconds: float = 0.0
     reference: str = "eager"
-    #: formats that could not be checked -> why (a file the installed torch cannot read)
+    #: formats that could not be checked -> why (a file the installed torch cannot read,
+    #: or a format asked for by name that the bundle lacks)
     skipped: dict[str, str] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
