@@ -354,7 +354,19 @@ def test_verify_device_cpu_equals_default(bundles, kind, tmp_path, capsys):
         path, formats=ALL_CHECKS, record=False, device="cpu", providers=["CPUExecutionProvider"]
     )
     assert default.passed and on_cpu.passed, on_cpu.table()
-    assert [c.to_dict() for c in on_cpu.comparisons] == [c.to_dict() for c in default.comparisons]
+    # the same cases, sizes and verdicts; the error magnitudes may differ in the last bits
+    # (onnxruntime's and the runtime's blocks run on threads, and a GEMM's rounding
+    # depends on its block shape)
+    exact = ("max_abs_diff", "max_rel_diff", "histogram")
+
+    def shape(report):
+        return [
+            {k: v for k, v in c.to_dict().items() if k not in exact} for c in report.comparisons
+        ]
+
+    assert shape(on_cpu) == shape(default)
+    for a, b in zip(on_cpu.comparisons, default.comparisons):
+        assert abs(a.max_abs_diff - b.max_abs_diff) <= 1e-6, (a, b)
     assert (on_cpu.device, on_cpu.providers) == ("cpu", ["CPUExecutionProvider"])
     assert (default.device, default.providers) == ("cpu", ["CPUExecutionProvider"])
     assert "torch device: cpu; onnxruntime providers: CPUExecutionProvider" in on_cpu.table()
