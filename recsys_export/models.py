@@ -67,6 +67,41 @@ def topk_excluding(
     return values, items
 
 
+class DropoutMasks:
+    """Training-time dropout masks cut at random offsets from one pre-drawn pool.
+
+    ``F.dropout`` draws a fresh Bernoulli variable per element. On the ``[B, S, H]``
+    hidden activations of a DenseNet ranking step (16 users x ~3,000 candidates x 64
+    units on ml-latest-small) that took 5x the rest of the layer's forward and backward
+    here (61 ms against 11 ms a step). A window of a pool at least twice the tensor's
+    size, at a fresh random offset on every call, gives each element a keep bit drawn
+    with probability ``1 - p`` (scaled by ``1 / (1 - p)``) and costs one multiply.
+    Elements of one mask are independent; masks of different calls are shifted
+    windows of the same pool. The pool and offsets come from torch's global generator,
+    so seeded training stays reproducible. Eval mode never uses it.
+    """
+
+    #: Smallest pool drawn (elements); it grows to twice the largest tensor masked.
+    MIN_POOL = 1 << 20
+
+    def __init__(self) -> None:
+        self._pool: Tensor | None = None
+        self._p = 0.0
+
+    def apply(self, h: Tensor, p: float) -> Tensor:
+        """``h`` times a fresh keep mask for dropout probability ``p`` (``h`` if 0)."""
+        if p == 0.0:
+            return h
+        n = h.numel()
+        pool = self._pool
+        if pool is None or self._p != p or pool.numel() < 2 * n or pool.device != h.device:
+            keep = torch.rand(max(2 * n, self.MIN_POOL), device=h.device) >= p
+            pool = self._pool = keep.to(h.dtype).mul_(1.0 / (1.0 - p))
+            self._p = p
+        start = int(torch.randint(0, pool.numel() - n + 1, ()))
+        return h * pool[start : start + n].view(h.shape)
+
+
 def check_k(k: int, n_items: int) -> None:
     """Raise :class:`ConfigError` unless ``1 <= k <= n_items`` (see
     :func:`recsys_export.topk.check_k`)."""
@@ -224,7 +259,8 @@ class DenseNet(BaseModel):
     hidden : int
         Width of the hidden layer (the post's ``H1 = 16``).
     dropout : float
-        Dropout on the hidden layer during training (0 in the post).
+        Dropout on the hidden layer during training (0 in the post), with masks from
+        :class:`DropoutMasks`.
     global_mean : float
         Constant added to the output (0 in the post), so the net learns residuals.
     init_std : float, optional
@@ -251,6 +287,7 @@ class DenseNet(BaseModel):
             raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
         self.hidden = hidden
         self.dropout = float(dropout)
+        self._masks = DropoutMasks()
         self.init_std = init_std
         self.user_factors = nn.Embedding(n_users, n_factors)
         self.item_factors = nn.Embedding(n_items, n_factors)
@@ -263,8 +300,8 @@ class DenseNet(BaseModel):
         """Pairwise scores ``float32[N]``: the post's forward with the unit output squeezed."""
         x = torch.cat([self.user_factors(users), self.item_factors(items)], 1)
         h = F.relu(self.linear1(x))
-        if self.dropout > 0.0:
-            h = F.dropout(h, self.dropout, self.training)
+        if self.training:
+            h = self._masks.apply(h, self.dropout)
         return self.linear2(h).squeeze(1) + self.global_mean
 
     def predict(self, users: Tensor, items: Tensor) -> Tensor:
@@ -307,8 +344,8 @@ class DenseNet(BaseModel):
         a = self.user_factors(users) @ w[:, :k].t()  # [B, H]
         c = self.item_factors(items) @ w[:, k:].t() + self.linear1.bias  # [S, H]
         h = (a.unsqueeze(1) + c.unsqueeze(0)).relu_()  # [B, S, H]
-        if self.dropout > 0.0:
-            h = F.dropout(h, self.dropout, self.training)
+        if self.training:
+            h = self._masks.apply(h, self.dropout)  # per (user, item, unit), as forward
         return h @ self.linear2.weight[0] + self.linear2.bias + self.global_mean
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -91,3 +91,53 @@ def test_densenet_split_first_layer_matches_linear():
     a, c = model.split_first_layer()
     x = torch.cat([model.user_factors.weight[2], model.item_factors.weight[3]])
     torch.testing.assert_close(a[2] + c[3], model.linear1(x))
+
+
+def test_dropout_masks_keep_rate_scale_and_fresh_windows():
+    """Pooled dropout: each element kept with probability 1 - p and scaled by 1/(1 - p);
+    successive calls draw different masks; p = 0 returns the input itself."""
+    from recsys_export.models import DropoutMasks
+
+    torch.manual_seed(0)
+    masks = DropoutMasks()
+    h = torch.ones(16, 500, 64)
+    first = masks.apply(h, 0.25)
+    second = masks.apply(h, 0.25)
+    values = torch.unique(first).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.75)
+    keep = float((first > 0).float().mean())
+    assert abs(keep - 0.75) < 0.01  # 512k elements: sd of the rate ~6e-4
+    assert not torch.equal(first, second)
+    # rows of one mask are not copies of each other (independent elements)
+    assert not torch.equal(first[0], first[1])
+    assert masks.apply(h, 0.0) is h
+    # another rate redraws the pool
+    assert abs(float((masks.apply(h, 0.5) > 0).float().mean()) - 0.5) < 0.01
+
+
+def test_densenet_dropout_train_only_reproducible_and_masked_gradient():
+    """DenseNet's dropout acts in training only (eval scores are deterministic and equal
+    the undropped computation), is reproducible under a seed, and passes gradient only
+    through the kept hidden units."""
+    model = DenseNet(20, 30, 4, 8, dropout=0.5, init_std=0.1)
+    users, items = torch.arange(20), torch.arange(20)
+    model.eval()
+    assert torch.equal(model(users, items), model(users, items))
+    assert torch.allclose(model.score_items(users[:3], items), model.score_all(users[:3])[:, :20])
+    model.train()
+
+    def two_steps(seed):  # a fresh model per run, as in seeded training
+        torch.manual_seed(seed)
+        m = DenseNet(20, 30, 4, 8, dropout=0.5, init_std=0.1).train()
+        return m.score_items(users[:3], items), m(users, items)
+
+    first, again = two_steps(1), two_steps(1)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    assert not torch.equal(first[0], two_steps(2)[0])
+    # with every unit dropped (p -> 1) nothing reaches the first layer
+    model.dropout = 0.999999
+    model.zero_grad()
+    torch.manual_seed(2)
+    model(users, items).sum().backward()
+    assert float(model.linear1.weight.grad.abs().sum()) == 0.0
+    assert float(model.linear2.bias.grad.abs().sum()) > 0.0
