@@ -228,34 +228,20 @@ def format_table(report: dict[str, Any]) -> str:
         f"{report['config']['users']} x {report['config']['items']}, top-{report['k']}",
         f"{'':24}" + "".join(f"{m:>12}" for m in report["models"]),
     ]
+    models = list(report["models"].values())
+
+    def row(label: str, key: str, spec: str) -> None:
+        lines.append(f"{label:24}" + "".join(f"{format(r[key], spec):>12}" for r in models))
+
     for label, key in cols:
-        vals = "".join(f"{r[key]:>12.4f}" for r in report["models"].values())
-        lines.append(f"{label + ' (s)':24}{vals}")
-    lines.append(
-        f"{'engine/ceiling top-k':24}"
-        + "".join(f"{r['engine_vs_ceiling_topk']:>12.2f}" for r in report["models"].values())
-    )
-    lines.append(
-        f"{'matrix max |diff|':24}"
-        + "".join(f"{r['matrix_max_abs_diff']:>12.1e}" for r in report["models"].values())
-    )
-    lines.append(
-        f"{'top-k identical':24}"
-        + "".join(f"{str(r['topk_items_match']):>12}" for r in report["models"].values())
-    )
-    if all("verify_passed" in r for r in report["models"].values()):
-        lines.append(
-            f"{'verify on device':24}"
-            + "".join(f"{str(r['verify_passed']):>12}" for r in report["models"].values())
-        )
-        lines.append(
-            f"{'verify max |diff|':24}"
-            + "".join(f"{r['verify_max_abs_diff']:>12.1e}" for r in report["models"].values())
-        )
-        lines.append(
-            f"{'verify (s)':24}"
-            + "".join(f"{r['verify_seconds']:>12.4f}" for r in report["models"].values())
-        )
+        row(label + " (s)", key, ".4f")
+    row("engine/ceiling top-k", "engine_vs_ceiling_topk", ".2f")
+    row("matrix max |diff|", "matrix_max_abs_diff", ".1e")
+    row("top-k identical", "topk_items_match", "")
+    if all("verify_passed" in r for r in models):
+        row("verify on device", "verify_passed", "")
+        row("verify max |diff|", "verify_max_abs_diff", ".1e")
+        row("verify (s)", "verify_seconds", ".4f")
     return "\n".join(lines)
 
 
