@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -364,6 +365,23 @@ class _Absent(Exception):
     """The bundle has no program of this format."""
 
 
+def load_exported_module(path: Path, device: torch.device | None) -> Callable[..., Any]:
+    """``torch.export.load(path).module()``, moved to ``device`` when one is given.
+
+    The move is torch's ``move_to_device_pass`` (weights, constants and the device
+    arguments recorded in the graph); a torch without it moves the module's weights.
+    Used by this engine and by parity's ``.pt2`` backend.
+    """
+    program = torch.export.load(str(path))
+    if device is None:
+        return program.module()  # type: ignore[no-any-return]
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # an older torch: weights and buffers only
+        return program.module().to(device)  # type: ignore[no-any-return]
+    return move_to_device_pass(program, device).module()  # type: ignore[no-any-return]
+
+
 def _load_program(
     bundle: Bundle, formats: dict[str, Any], source: str, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -372,9 +390,7 @@ def _load_program(
         rel = ((formats.get("pt2") or {}).get("programs") or {}).get("score_all")
         if not isinstance(rel, str):
             raise _Absent(source)
-        path = bundle.file(rel)
-        module = torch.export.load(str(path)).module().to(device)
-        return module  # type: ignore[no-any-return]
+        return load_exported_module(bundle.file(rel), device)
     rel = (formats.get("torchscript") or {}).get("module")
     if not isinstance(rel, str):
         raise _Absent(source)

@@ -23,6 +23,7 @@ from recsys_export.models import BaseModel, DenseNet
 from recsys_export.plan import (
     PARITY_WORKERS,
 )
+from recsys_export.torch_engine import load_exported_module
 
 #: What export and ``verify`` check by default: every format, and the torch-free runtime.
 CHECKED_BACKENDS = (*FORMATS, "runtime")
@@ -146,22 +147,6 @@ class TorchScriptBackend(Backend):
         return _np(s), _np(i)
 
 
-def _exported_module(path: Path, device: torch.device | None) -> Callable[..., Any]:
-    """``torch.export.load(path).module()``, moved to ``device`` when one is given.
-
-    The move is torch's ``move_to_device_pass`` (weights, constants and the device
-    arguments recorded in the graph); a torch without it moves the module's weights.
-    """
-    program = torch.export.load(str(path))
-    if device is None:
-        return program.module()
-    try:
-        from torch.export.passes import move_to_device_pass
-    except ImportError:  # an older torch: weights and buffers only
-        return program.module().to(device)
-    return move_to_device_pass(program, device).module()
-
-
 class Pt2Backend(Backend):
     """``torch.export.load`` of the bundle's ExportedPrograms, one per entry point (on
     ``device``, default CPU)."""
@@ -171,7 +156,7 @@ class Pt2Backend(Backend):
     def __init__(self, paths: dict[str, Path], device: torch.device | None = None) -> None:
         self.device = device
         with quiet_exporters():
-            self.modules = {e: _exported_module(p, device) for e, p in paths.items()}
+            self.modules = {e: load_exported_module(p, device) for e, p in paths.items()}
 
     @torch.no_grad()
     def score(self, users, items):
