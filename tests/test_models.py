@@ -141,3 +141,38 @@ def test_densenet_dropout_train_only_reproducible_and_masked_gradient():
     model(users, items).sum().backward()
     assert float(model.linear1.weight.grad.abs().sum()) == 0.0
     assert float(model.linear2.bias.grad.abs().sum()) > 0.0
+
+
+def test_densenet_scores_in_item_tiles_match_one_block(monkeypatch):
+    """score_all / score_items form the hidden activations a few items at a time: with
+    tiles of a handful of items the scores and every gradient equal the one-block
+    computation, and in training mode score_all drops units as score_items does."""
+    import recsys_export.models as models
+
+    torch.manual_seed(3)
+    model = DenseNet(6, 50, 4, 8, global_mean=1.5, init_std=0.3)
+    users, items = torch.arange(6), torch.tensor([7, 3, 41, 3, 0])
+
+    def one_block(m, its):
+        w, k = m.linear1.weight, m.n_factors
+        a = m.user_factors(users) @ w[:, :k].t()
+        c = m.item_factors(its) @ w[:, k:].t() + m.linear1.bias
+        h = (a.unsqueeze(1) + c.unsqueeze(0)).relu()
+        return h @ m.linear2.weight[0] + m.linear2.bias + m.global_mean
+
+    monkeypatch.setattr(models, "SCORE_TILE", 6 * 8 * 3)  # 3 items per tile
+    model.eval()
+    for tiled, block in (
+        (model.score_all(users), one_block(model, torch.arange(50))),
+        (model.score_items(users, items), one_block(model, items)),
+    ):
+        torch.testing.assert_close(tiled, block, atol=1e-6, rtol=1e-6)
+        grads = torch.autograd.grad(tiled.square().sum(), list(model.parameters()))
+        expected = torch.autograd.grad(block.square().sum(), list(model.parameters()))
+        for g, e in zip(grads, expected):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    model.dropout = 0.5
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.score_all(users)
+    assert not torch.allclose(dropped, one_block(model, torch.arange(50)))
