@@ -48,34 +48,57 @@ class EarlyStopping:
     Parameters
     ----------
     history : History
-        Receives the scores, the best epoch and whether training stopped early.
+        Receives the scores, the kept epoch and whether training stopped early.
     patience : int
-        Epochs without improvement before stopping (0: never stop early).
+        Epochs without improvement of the best score before stopping (0: never stop
+        early).
     higher_is_better : bool
         True for scores such as NDCG, False for errors such as RMSE.
+    tolerance : float
+        Relative tie band: an epoch since the best one whose score is within
+        ``tolerance x |best|`` of it ties with it, and of tied epochs the one with the
+        highest ``tiebreak`` (see :meth:`update`) is kept. 0 keeps the best epoch.
     """
 
-    def __init__(self, history: History, patience: int, higher_is_better: bool) -> None:
+    def __init__(
+        self, history: History, patience: int, higher_is_better: bool, tolerance: float = 0.0
+    ) -> None:
         self.history = history
         self.patience = patience
         self.sign = 1.0 if higher_is_better else -1.0
+        self.tolerance = tolerance
         self.best, self.state, self.since_best = -math.inf, None, 0
+        self.kept_tiebreak = -math.inf
 
-    def update(self, model: BaseModel, epoch: int, score: float) -> bool:
-        """Record ``score`` of ``epoch`` (0-based); True when patience has run out."""
+    def update(
+        self, model: BaseModel, epoch: int, score: float, tiebreak: float | None = None
+    ) -> bool:
+        """Record ``score`` of ``epoch`` (0-based); True when patience has run out.
+
+        ``tiebreak`` ranks epochs that tie with the best (higher wins), for instance the
+        catalogue coverage of the validation lists; None never displaces the kept epoch.
+        """
         self.history.valid_scores.append(score)
-        if self.sign * score > self.best + 1e-6:
-            self.best, self.since_best = self.sign * score, 0
-            self.state = copy.deepcopy(model.state_dict())
-            self.history.best_epoch = epoch + 1
+        value = self.sign * score
+        if value > self.best + 1e-6:
+            self.best, self.since_best = value, 0
+            self._keep(model, epoch, tiebreak)
         else:
             self.since_best += 1
+            tied = value >= self.best - self.tolerance * abs(self.best)
+            if tied and tiebreak is not None and tiebreak > self.kept_tiebreak:
+                self._keep(model, epoch, tiebreak)
         stop = bool(self.patience) and self.since_best >= self.patience
         self.history.stopped_early = stop
         return stop
 
+    def _keep(self, model: BaseModel, epoch: int, tiebreak: float | None) -> None:
+        self.state = copy.deepcopy(model.state_dict())
+        self.history.best_epoch = epoch + 1
+        self.kept_tiebreak = -math.inf if tiebreak is None else tiebreak
+
     def restore(self, model: BaseModel) -> None:
-        """Load the best epoch's weights (the last epoch when nothing was watched)."""
+        """Load the kept epoch's weights (the last epoch when nothing was watched)."""
         if self.state is not None:
             model.load_state_dict(self.state)
         else:

@@ -124,6 +124,11 @@ class TrainConfig:
         Adam/SGD weight decay on the dense layers (DenseNet's linear layers).
     init_std : float or None
         Embedding init std; None keeps torch's N(0, 1) as in the post.
+    select_tolerance : float
+        Ranking: epochs whose validation NDCG@k is within this fraction of the best
+        epoch's tie with it, and the tied epoch whose validation top-k lists cover the
+        most distinct items is kept (0: the best epoch). Coverage needs no labels, so
+        this selects on the validation rows only.
     patience : int
         Early stopping: epochs without improvement of the validation metric (RMSE, or
         NDCG@k for ranking) before stopping; 0 disables early stopping.
@@ -165,6 +170,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     init_std: float | None = 0.1
     patience: int = 3
+    select_tolerance: float = 0.0
     average_epochs: float = 0.0
     seed: int = 0
     threads: int = 1
@@ -224,6 +230,8 @@ class TrainConfig:
             raise ConfigError(f"init_std must be > 0, got {self.init_std}")
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0, got {self.patience}")
+        if not 0.0 <= self.select_tolerance < 1.0:
+            raise ConfigError(f"select_tolerance must be in [0, 1), got {self.select_tolerance}")
         if not (self.average_epochs >= 0 and math.isfinite(self.average_epochs)):
             raise ConfigError(f"average_epochs must be >= 0, got {self.average_epochs}")
 
@@ -487,7 +495,7 @@ def _fit_ranking(
     k = min(cfg.k, train.n_items)
     history.valid_metric = f"ndcg@{k}"
     watch = valid is not None and bool((valid.ratings >= threshold).any())
-    stopping = _EarlyStopping(history, cfg.patience, higher_is_better=True)
+    stopping = _EarlyStopping(history, cfg.patience, True, cfg.select_tolerance)
     pair_users = torch.from_numpy(pos.users)
     pair_items = torch.from_numpy(pos.items)
     # softmax: a batch is users; bpr: a batch is (user, positive) pairs
@@ -545,7 +553,7 @@ def _fit_ranking(
             )
             score = float(m[f"ndcg@{k}"])
             postfix += f" val_ndcg@{k} {score:.4f}"
-            stop = stopping.update(model, epoch, score)
+            stop = stopping.update(model, epoch, score, float(m[f"coverage@{k}"]))
         else:
             stop = False
         if average is not None:

@@ -372,3 +372,34 @@ def test_batch_sized_from_the_number_of_users(n: int, size: int) -> None:
 
     assert batch_size_for(default_config("densenet"), n) == size
     assert batch_size_for(default_config("densenet", batch_size=7), n) == min(7, n)
+
+
+def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
+    """With a tolerance, an epoch since the best whose score is within it ties, and the
+    tied epoch with the highest tiebreak is kept; a new best resets the choice; patience
+    counts from the best score only; tolerance 0 keeps the best epoch."""
+    from recsys_export.history import EarlyStopping, History
+
+    model = MatrixFactorization(2, 3, 2)
+
+    def run(tolerance: float, series: list[tuple[float, float]]) -> tuple[History, float]:
+        history = History()
+        stopping = EarlyStopping(history, patience=3, higher_is_better=True, tolerance=tolerance)
+        stop = False
+        for epoch, (score, coverage) in enumerate(series):
+            with torch.no_grad():
+                model.user_factors.weight.fill_(epoch)
+            stop = stopping.update(model, epoch, score, coverage)
+        stopping.restore(model)
+        assert stop == history.stopped_early
+        return history, float(model.user_factors.weight[0, 0])
+
+    series = [(0.10, 50), (0.20, 100), (0.199, 150), (0.18, 400), (0.198, 140), (0.197, 200)]
+    history, weights = run(0.02, series)
+    # 0.199 and 0.198 and 0.197 tie with 0.20 (band 0.196); 0.18 does not
+    assert history.best_epoch == 6 and weights == 5.0 and history.stopped_early
+    history, weights = run(0.0, series)
+    assert history.best_epoch == 2 and weights == 1.0
+    # a new best resets: the earlier tied epoch (coverage 300) is not kept over it
+    history, _ = run(0.02, [(0.20, 100), (0.199, 300), (0.25, 120), (0.249, 110)])
+    assert history.best_epoch == 3 and not history.stopped_early
