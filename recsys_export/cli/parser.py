@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--init-std", type=float, help="embedding init std")
     h.add_argument("--threads", type=int, help="torch CPU threads while training (default 1)")
     h.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
+    h.add_argument(
+        "--select-tolerance",
+        type=float,
+        help="ranking: of the epochs within this fraction of the best validation NDCG, "
+        "keep the one whose validation top-k lists cover the most items (0 = the best)",
+    )
     _add_items_args(p)
     m = p.add_argument_group("metrics")
     m.add_argument("-k", "--k", type=int, help="cut-off of ranking metrics (default 10)")
