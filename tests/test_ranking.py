@@ -403,3 +403,16 @@ def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
     # a new best resets: the earlier tied epoch (coverage 300) is not kept over it
     history, _ = run(0.02, [(0.20, 100), (0.199, 300), (0.25, 120), (0.249, 110)])
     assert history.best_epoch == 3 and not history.stopped_early
+
+
+def test_select_tolerance_flag_reaches_the_config_and_is_checked() -> None:
+    from recsys_export.cli.parser import build_parser
+    from recsys_export.cli.training import train_config
+
+    args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
+    assert train_config(args).select_tolerance == 0.01  # the recipe's
+    args = build_parser().parse_args(["train", "toy", "--select-tolerance", "0"])
+    assert train_config(args).select_tolerance == 0.0
+    args = build_parser().parse_args(["train", "toy", "--select-tolerance", "1.5"])
+    with pytest.raises(ConfigError, match="select_tolerance"):
+        train_config(args)
