@@ -79,7 +79,7 @@ class MFInference(_FrozenRecommender):
 
 
 class DenseNetInference(_FrozenRecommender):
-    """Frozen DenseNet with the split first layer and the max rewrite for ``score_all``."""
+    """Frozen DenseNet with the split first layer (``score_all`` from its two halves)."""
 
     def __init__(self, model: DenseNet) -> None:
         super().__init__()
@@ -116,8 +116,11 @@ class DenseNetInference(_FrozenRecommender):
     @torch.jit.export
     def score_all(self, users: Tensor) -> Tensor:
         a = torch.matmul(torch.index_select(self.user_factors, 0, users), self.w1_user_t)  # [B, H]
-        m = torch.maximum(a.unsqueeze(2), self.neg_c_t.unsqueeze(0))  # [B, H, n_items]
-        return torch.matmul(self.w2_row, m).squeeze(1) + self.item_offset  # [B, n_items]
+        # relu(a + c), not the max rewrite max(a, -c) . w2 + c . w2: the rewrite's two sums
+        # can be ~60 and cancel to a score near 0 (a trained 64-unit ml-latest-small
+        # DenseNet), which put 5 of 5.9M scores 1.14x past the parity tolerance
+        h = torch.relu(a.unsqueeze(2) - self.neg_c_t.unsqueeze(0))  # [B, H, n_items]
+        return torch.matmul(self.w2_row, h).squeeze(1) + self.b2  # [B, n_items]
 
 
 def inference_module(model: BaseModel) -> nn.Module:
