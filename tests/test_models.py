@@ -176,3 +176,22 @@ def test_densenet_scores_in_item_tiles_match_one_block(monkeypatch):
     torch.manual_seed(0)
     dropped = model.score_all(users)
     assert not torch.allclose(dropped, one_block(model, torch.arange(50)))
+
+
+def test_frozen_densenet_score_all_keeps_parity_when_its_terms_cancel():
+    """Items whose hidden terms are large but whose scores are near 0: the frozen
+    module's score_all stays within the parity tolerance of the eager model (the max
+    rewrite, max(a, -c) . w2 + c . w2, summed two large terms that cancel, and failed)."""
+    from recsys_export.export.frozen import inference_module
+
+    torch.manual_seed(0)
+    model = DenseNet(64, 400, 16, 64, init_std=0.1).eval()
+    with torch.no_grad():
+        # items 0, 7, 14, ...: every hidden unit off by a wide margin (c ~ -1000), so the
+        # score is the output bias exactly, while max(a, -c) . w2 ~ 1e4
+        model.linear1.weight[:, 16] = 1.0  # item factor 0 feeds every unit
+        model.item_factors.weight[::7, 0] = -1000.0
+        users = torch.arange(64)
+        eager = model.score_all(users)
+        frozen = inference_module(model).score_all(users)
+    torch.testing.assert_close(frozen, eager, atol=1e-5, rtol=1e-5)
