@@ -121,7 +121,7 @@ class TorchEngine(BatchOutputs):
         self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
         hp = model.hyperparameters
         if self._kind == "densenet":
-            # the frozen module's max-rewrite holds [B, hidden, n_items] at once
+            # the frozen module's relu(a + c) holds [B, hidden, n_items] at once
             hidden = int(hp.get("hidden", 1))
             self._bytes_per_user = self._n_items * 4 * (hidden + 3)
         else:
