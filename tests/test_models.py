@@ -178,6 +178,46 @@ def test_densenet_scores_in_item_tiles_match_one_block(monkeypatch):
     assert not torch.allclose(dropped, one_block(model, torch.arange(50)))
 
 
+def test_densenet_training_scores_and_gradients_equal_plain_autograd_with_masks(monkeypatch):
+    """In training mode the tiled hidden layer (one reused buffer, recomputed in the
+    backward pass) gives the scores and gradients of autograd on the plain expression
+    relu(a + c) * mask . w2 with the very masks it drew."""
+    import recsys_export.models as models
+
+    torch.manual_seed(4)
+    model = DenseNet(5, 40, 4, 8, dropout=0.3, global_mean=0.5, init_std=0.3).train()
+    drawn = []
+    real = model._masks.mask
+
+    def recording(shape, p, like):
+        m = real(shape, p, like)
+        drawn.append(m.clone())
+        return m
+
+    monkeypatch.setattr(model._masks, "mask", recording)
+    monkeypatch.setattr(models, "SCORE_TILE", 5 * 8 * 7)  # 7 items per tile: 6 tiles
+    users, items = torch.tensor([0, 2, 4, 1, 3]), torch.arange(40).flip(0)
+    tiled = model.score_items(users, items)
+    assert len(drawn) == 6
+    mask = torch.cat(drawn, 1)
+    values = torch.unique(mask).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
+
+    w, k = model.linear1.weight, model.n_factors
+    a = model.user_factors(users) @ w[:, :k].t()
+    c = model.item_factors(items) @ w[:, k:].t() + model.linear1.bias
+    h = (a.unsqueeze(1) + c.unsqueeze(0)).relu() * mask
+    plain = h @ model.linear2.weight[0] + model.linear2.bias + model.global_mean
+    torch.testing.assert_close(tiled, plain, atol=1e-6, rtol=1e-6)
+    weights = torch.randn(tiled.shape)
+    params = list(model.parameters())
+    grads = torch.autograd.grad((tiled * weights).sum(), params)
+    expected = torch.autograd.grad((plain * weights).sum(), params)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    assert float(grads[2].abs().sum()) > 0  # linear1's weight got a gradient
+
+
 def test_frozen_densenet_score_all_keeps_parity_when_its_terms_cancel():
     """Items whose hidden terms are large but whose scores are near 0: the frozen
     module's score_all stays within the parity tolerance of the eager model (the max
