@@ -50,14 +50,16 @@ class EarlyStopping:
     history : History
         Receives the scores, the kept epoch and whether training stopped early.
     patience : int
-        Epochs without improvement of the best score before stopping (0: never stop
-        early).
+        Epochs without progress before stopping (0: never stop early). Progress is a
+        new best score that beats the score of the last progress by more than the tie
+        band below, so a plateau of ties and tiny gains does not keep training alive.
     higher_is_better : bool
         True for scores such as NDCG, False for errors such as RMSE.
     tolerance : float
         Relative tie band: an epoch since the best one whose score is within
         ``tolerance x |best|`` of it ties with it, and of tied epochs the one with the
-        highest ``tiebreak`` (see :meth:`update`) is kept. 0 keeps the best epoch.
+        highest ``tiebreak`` (see :meth:`update`) is kept. 0 keeps the best epoch and
+        counts every new best as progress.
     """
 
     def __init__(
@@ -67,7 +69,8 @@ class EarlyStopping:
         self.patience = patience
         self.sign = 1.0 if higher_is_better else -1.0
         self.tolerance = tolerance
-        self.best, self.state, self.since_best = -math.inf, None, 0
+        self.best, self.state, self.since_progress = -math.inf, None, 0
+        self.progress = -math.inf  # the score of the last epoch that made progress
         self.kept_tiebreak = -math.inf
 
     def update(
@@ -81,14 +84,20 @@ class EarlyStopping:
         self.history.valid_scores.append(score)
         value = self.sign * score
         if value > self.best + 1e-6:
-            self.best, self.since_best = value, 0
+            self.best = value
             self._keep(model, epoch, tiebreak)
+            if self.progress == -math.inf or value > self.progress + self.tolerance * abs(
+                self.progress
+            ):
+                self.progress, self.since_progress = value, 0
+            else:
+                self.since_progress += 1
         else:
-            self.since_best += 1
+            self.since_progress += 1
             tied = value >= self.best - self.tolerance * abs(self.best)
             if tied and tiebreak is not None and tiebreak > self.kept_tiebreak:
                 self._keep(model, epoch, tiebreak)
-        stop = bool(self.patience) and self.since_best >= self.patience
+        stop = bool(self.patience) and self.since_progress >= self.patience
         self.history.stopped_early = stop
         return stop
 

@@ -33,9 +33,12 @@ from recsys_export.topk import check_k as _check_k
 
 MODEL_KINDS = ("mf", "densenet")
 
-#: Most elements of a ``[users, items, hidden]`` block DenseNet forms at once (2 MiB of
-#: float32, which stays in cache); see :meth:`DenseNet._output`.
+#: Most elements of a ``[users, items, hidden]`` block DenseNet forms at once when
+#: training (2 MiB of float32, which stays in cache); see :meth:`DenseNet._output`.
 SCORE_TILE = 1 << 19
+#: The same bound for inference (no gradient): ``[users, hidden, items]`` blocks of up to
+#: 8 MiB, whose long rows of items vectorise best (see :meth:`DenseNet._output`).
+INFERENCE_TILE = 1 << 21
 
 
 def topk_excluding(
@@ -369,6 +372,10 @@ class DenseNet(BaseModel):
         unit) as in :meth:`forward`.
         """
         b, h = a.shape
+        if not self.training and not (
+            torch.is_grad_enabled() and (a.requires_grad or c.requires_grad)
+        ):
+            return self._inference_output(a, c)
         tile = max(1, SCORE_TILE // max(1, b * h))
         masks: list[Tensor] | None = None
         scale = 1.0
@@ -380,6 +387,29 @@ class DenseNet(BaseModel):
             scale = 1.0 / (1.0 - self.dropout)
         out = _HiddenScores.apply(a, c, self.linear2.weight[0], masks, scale, tile)
         return out + self.linear2.bias + self.global_mean
+
+    def _inference_output(self, a: Tensor, c: Tensor) -> Tensor:
+        """:meth:`_output` without gradients: ``[users, hidden, items]`` tiles of at most
+        :data:`INFERENCE_TILE` elements in one reused buffer, each reduced by one
+        ``w2 @ tile`` product. Scoring 256 users x 9,724 items at 64 hidden units took
+        55-68 ms against 75-83 ms for the training layout (same run, interleaved)."""
+        b, h = a.shape
+        n = c.shape[0]
+        c_t = c.t().contiguous()  # [H, S]
+        users = max(1, min(b, INFERENCE_TILE // max(1, h * n)))
+        items = max(1, min(n, INFERENCE_TILE // (h * users)))
+        w2 = self.linear2.weight[0]
+        out3 = a.new_empty(b, 1, n)
+        w2_rows = w2.view(1, 1, h).expand(users, 1, h)
+        buf = a.new_empty(min(b, users) * h * items)
+        for u0 in range(0, b, users):
+            u1 = min(u0 + users, b)
+            for i0 in range(0, n, items):
+                i1 = min(i0 + items, n)
+                x = buf[: (u1 - u0) * h * (i1 - i0)].view(u1 - u0, h, i1 - i0)
+                torch.add(a[u0:u1].unsqueeze(2), c_t[:, i0:i1].unsqueeze(0), out=x)
+                torch.bmm(w2_rows[: u1 - u0], x.relu_(), out=out3[u0:u1, :, i0:i1])
+        return out3.view(b, n) + self.linear2.bias + self.global_mean
 
     def hyperparameters(self) -> dict[str, Any]:
         return {

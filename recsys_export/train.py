@@ -131,7 +131,9 @@ class TrainConfig:
         this selects on the validation rows only.
     patience : int
         Early stopping: epochs without improvement of the validation metric (RMSE, or
-        NDCG@k for ranking) before stopping; 0 disables early stopping.
+        NDCG@k for ranking) before stopping; 0 disables early stopping. With a
+        ``select_tolerance``, only a gain of more than that fraction over the last
+        improvement counts as one.
     average_epochs : float
         Ranking: validate, keep and export an exponential moving average of the weights
         spanning about this many epochs of steps (0: the live weights). See

@@ -178,6 +178,28 @@ def test_densenet_scores_in_item_tiles_match_one_block(monkeypatch):
     assert not torch.allclose(dropped, one_block(model, torch.arange(50)))
 
 
+def test_densenet_inference_scores_in_user_and_item_tiles_match_one_block(monkeypatch):
+    """Without gradients DenseNet scores in [users, hidden, items] tiles: with tiles of
+    2 users' whole rows, of 1 user x 6 items (a short last tile), of 1 x 1 and of every
+    user at once, the scores equal the one-block computation."""
+    import recsys_export.models as models
+
+    torch.manual_seed(5)
+    model = DenseNet(7, 20, 4, 8, global_mean=-0.5, init_std=0.3).eval()
+    users = torch.tensor([6, 0, 3, 3, 1])
+    w, k = model.linear1.weight, model.n_factors
+    with torch.no_grad():
+        a = model.user_factors(users) @ w[:, :k].t()
+        c = model.item_factors.weight @ w[:, k:].t() + model.linear1.bias
+        block = (a.unsqueeze(1) + c.unsqueeze(0)).relu() @ model.linear2.weight[0]
+        block = block + model.linear2.bias + model.global_mean
+        for tile in (8 * 20 * 2, 8 * 2 * 3, 1, 8 * 20 * 5):
+            monkeypatch.setattr(models, "INFERENCE_TILE", tile)
+            scores = model.score_all(users)
+            torch.testing.assert_close(scores, block, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(model.score_items(users, torch.arange(20)), block)
+
+
 def test_densenet_training_scores_and_gradients_equal_plain_autograd_with_masks(monkeypatch):
     """In training mode the tiled hidden layer (one reused buffer, recomputed in the
     backward pass) gives the scores and gradients of autograd on the plain expression

@@ -377,7 +377,9 @@ def test_batch_sized_from_the_number_of_users(n: int, size: int) -> None:
 def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
     """With a tolerance, an epoch since the best whose score is within it ties, and the
     tied epoch with the highest tiebreak is kept; a new best resets the choice; patience
-    counts from the best score only; tolerance 0 keeps the best epoch."""
+    counts from the last new best that beat the previous progress by more than the band
+    (tiny gains on a plateau do not keep training alive); tolerance 0 keeps the best
+    epoch and counts every new best as progress."""
     from recsys_export.history import EarlyStopping, History
 
     model = MatrixFactorization(2, 3, 2)
@@ -403,6 +405,15 @@ def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
     # a new best resets: the earlier tied epoch (coverage 300) is not kept over it
     history, _ = run(0.02, [(0.20, 100), (0.199, 300), (0.25, 120), (0.249, 110)])
     assert history.best_epoch == 3 and not history.stopped_early
+    # a plateau of new bests within the band of the last progress (0.20 -> 0.204)
+    plateau = [(0.10, 10), (0.20, 20), (0.201, 30), (0.202, 40), (0.2015, 35)]
+    history, weights = run(0.02, plateau)
+    assert history.stopped_early and history.best_epoch == 4 and weights == 3.0
+    history, _ = run(0.0, plateau)
+    assert not history.stopped_early and history.best_epoch == 4
+    # a gain past the band is progress again
+    history, _ = run(0.02, plateau[:4] + [(0.21, 50), (0.209, 45), (0.2095, 44)])
+    assert not history.stopped_early and history.best_epoch == 5
 
 
 def test_select_tolerance_flag_reaches_the_config_and_is_checked() -> None:

@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--select-tolerance",
         type=float,
         help="ranking: of the epochs within this fraction of the best validation NDCG, "
-        "keep the one whose validation top-k lists cover the most items (0 = the best)",
+        "keep the one whose validation top-k lists cover the most items (0 = the best); "
+        "gains smaller than it do not reset --patience",
     )
     _add_items_args(p)
     m = p.add_argument_group("metrics")
