@@ -40,6 +40,17 @@ SCORE_TILE = 1 << 19
 #: 8 MiB, whose long rows of items vectorise best (see :meth:`DenseNet._output`).
 INFERENCE_TILE = 1 << 21
 
+#: aten's fused ``relu(x + y)`` (one pass instead of two; ~1.4x faster on a DenseNet
+#: tile here); None where a torch build lacks it.
+_FUSED_ADD_RELU = getattr(getattr(torch.ops.aten, "_add_relu", None), "out", None)
+
+
+def add_relu_into(out: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """``out = relu(x + y)`` (broadcast), written into ``out``, which is returned."""
+    if _FUSED_ADD_RELU is not None:
+        return _FUSED_ADD_RELU(x, y, out=out)
+    return torch.add(x, y, out=out).relu_()
+
 
 def topk_excluding(
     scores: Tensor,
@@ -407,8 +418,8 @@ class DenseNet(BaseModel):
             for i0 in range(0, n, items):
                 i1 = min(i0 + items, n)
                 x = buf[: (u1 - u0) * h * (i1 - i0)].view(u1 - u0, h, i1 - i0)
-                torch.add(a[u0:u1].unsqueeze(2), c_t[:, i0:i1].unsqueeze(0), out=x)
-                torch.bmm(w2_rows[: u1 - u0], x.relu_(), out=out3[u0:u1, :, i0:i1])
+                add_relu_into(x, a[u0:u1].unsqueeze(2), c_t[:, i0:i1].unsqueeze(0))
+                torch.bmm(w2_rows[: u1 - u0], x, out=out3[u0:u1, :, i0:i1])
         return out3.view(b, n) + self.linear2.bias + self.global_mean
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -432,8 +443,8 @@ class _HiddenScores(torch.autograd.Function):
     those allocations, not the arithmetic, were most of the time. Here forward and
     backward each form one tile at a time in a single buffer reused in place, and the
     backward pass recomputes the tile instead of keeping it: 2x faster per step,
-    the same values. The masks are 0 or ``scale`` (:class:`DropoutMasks`); multiplying
-    before the relu equals multiplying after it, as they are never negative.
+    the same values. The masks are 0 or ``scale`` (:class:`DropoutMasks`), applied
+    after the relu as in :meth:`DenseNet.forward`.
     """
 
     @staticmethod
@@ -442,10 +453,8 @@ class _HiddenScores(torch.autograd.Function):
     ) -> Tensor:
         b, h = a.shape
         x = buf[: b * (stop - start) * h].view(b, stop - start, h)
-        torch.add(a.unsqueeze(1), c[start:stop].unsqueeze(0), out=x)
-        if mask is not None:
-            x.mul_(mask)
-        return x.relu_()
+        add_relu_into(x, a.unsqueeze(1), c[start:stop].unsqueeze(0))
+        return x if mask is None else x.mul_(mask)
 
     @staticmethod
     def forward(  # type: ignore[override]
