@@ -24,15 +24,17 @@ __all__ = ["EarlyStopping", "History", "WeightAverage"]
 class History:
     """Per-epoch training record and final metrics.
 
-    ``valid_metric`` names what early stopping watched (``rmse`` or ``ndcg@k``) and
-    ``valid_scores`` holds it per epoch; ``valid_rmse`` keeps the RMSE series of the
-    rating objective.
+    ``valid_metric`` names what early stopping watched (``rmse`` or ``ndcg@k``),
+    ``valid_scores`` holds it per validated epoch and ``valid_epochs`` those epochs
+    (1-based; every epoch unless ``validate_every`` says otherwise); ``valid_rmse`` keeps
+    the RMSE series of the rating objective.
     """
 
     train_loss: list[float] = field(default_factory=list)
     valid_rmse: list[float] = field(default_factory=list)
     valid_metric: str = ""
     valid_scores: list[float] = field(default_factory=list)
+    valid_epochs: list[int] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
@@ -69,8 +71,9 @@ class EarlyStopping:
         self.patience = patience
         self.sign = 1.0 if higher_is_better else -1.0
         self.tolerance = tolerance
-        self.best, self.state, self.since_progress = -math.inf, None, 0
+        self.best, self.state = -math.inf, None
         self.progress = -math.inf  # the score of the last epoch that made progress
+        self.progress_epoch = 0  # and its epoch (patience counts epochs, validated or not)
         self.kept_tiebreak = -math.inf
 
     def update(
@@ -78,10 +81,14 @@ class EarlyStopping:
     ) -> bool:
         """Record ``score`` of ``epoch`` (0-based); True when patience has run out.
 
+        Patience counts epochs since the last progress, so it means the same whether
+        every epoch is validated or only some.
+
         ``tiebreak`` ranks epochs that tie with the best (higher wins), for instance the
         catalogue coverage of the validation lists; None never displaces the kept epoch.
         """
         self.history.valid_scores.append(score)
+        self.history.valid_epochs.append(epoch + 1)
         value = self.sign * score
         if value > self.best + 1e-6:
             self.best = value
@@ -89,15 +96,12 @@ class EarlyStopping:
             if self.progress == -math.inf or value > self.progress + self.tolerance * abs(
                 self.progress
             ):
-                self.progress, self.since_progress = value, 0
-            else:
-                self.since_progress += 1
+                self.progress, self.progress_epoch = value, epoch
         else:
-            self.since_progress += 1
             tied = value >= self.best - self.tolerance * abs(self.best)
             if tied and tiebreak is not None and tiebreak > self.kept_tiebreak:
                 self._keep(model, epoch, tiebreak)
-        stop = bool(self.patience) and self.since_progress >= self.patience
+        stop = bool(self.patience) and epoch - self.progress_epoch >= self.patience
         self.history.stopped_early = stop
         return stop
 

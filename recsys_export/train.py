@@ -94,6 +94,11 @@ class TrainConfig:
         Cut-off of the validation metric (NDCG@k) of the ranking objective.
     valid_users : int
         Ranking: validation NDCG is computed on at most this many users per epoch.
+    validate_every : int
+        Ranking: validate (and so possibly keep or stop) after every this many epochs
+        and after the last one. Scoring the whole catalogue for the validation users can
+        cost as much as an epoch of steps (DenseNet on ml-latest-small: 0.29 s against
+        0.25 s); patience still counts epochs.
     init_biases : bool
         Rating objective, biased MF: start the global mean and the user/item biases from
         the damped bias baseline (:class:`recsys_export.baselines.BiasBaseline`, damping
@@ -157,6 +162,7 @@ class TrainConfig:
     threshold: float | None = None
     k: int = 10
     valid_users: int = 2000
+    validate_every: int = 1
     score_scale: float = 1.0
     init_biases: bool = False
     n_factors: int = 32
@@ -195,7 +201,7 @@ class TrainConfig:
             )
         if self.objective == "ranking" and self.mode == "post":
             raise ConfigError("the post's loop trains the rating objective; use --objective rating")
-        for name in ("negatives", "full_softmax_items", "k", "valid_users"):
+        for name in ("negatives", "full_softmax_items", "k", "valid_users", "validate_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_rating is not None and not math.isfinite(self.min_rating):
@@ -209,9 +215,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.optimizer == "sparse_adam" and self.objective == "ranking":
-            raise ConfigError(
-                "optimizer 'sparse_adam' is for --objective rating; use adam or sgd"
-            )
+            raise ConfigError("optimizer 'sparse_adam' is for --objective rating; use adam or sgd")
         if self.optimizer == "sparse_adam" and self.model != "mf":
             raise ConfigError("optimizer 'sparse_adam' is for --model mf; use adam or sgd")
         positive = {"n_factors": self.n_factors, "hidden": self.hidden, "epochs": self.epochs}
@@ -547,11 +551,17 @@ def _fit_ranking(
         postfix = f"loss {history.train_loss[-1]:.4f}"
         if average is not None:
             average.swap()  # validate (and keep) the averaged weights
-        if watch:
+        if watch and ((epoch + 1) % cfg.validate_every == 0 or epoch + 1 == cfg.epochs):
             assert valid is not None
             m = evaluate(
-                model, train, valid, k=k, threshold=threshold, max_users=cfg.valid_users,
-                seed=cfg.seed, rating_error=False,
+                model,
+                train,
+                valid,
+                k=k,
+                threshold=threshold,
+                max_users=cfg.valid_users,
+                seed=cfg.seed,
+                rating_error=False,
             )
             score = float(m[f"ndcg@{k}"])
             postfix += f" val_ndcg@{k} {score:.4f}"

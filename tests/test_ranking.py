@@ -359,8 +359,9 @@ def test_averaged_weights_are_the_ones_kept(kind: str) -> None:
     initial = build_from_config(cfg, r)
     for name, tensor in initial.state_dict().items():
         assert torch.allclose(model.state_dict()[name], tensor, atol=1e-6), name
-    moved, _ = fit(r, None, default_config(kind, epochs=2, patience=0, score_scale=1.0),
-                   progress=False)
+    moved, _ = fit(
+        r, None, default_config(kind, epochs=2, patience=0, score_scale=1.0), progress=False
+    )
     assert not torch.allclose(moved.user_factors.weight, initial.user_factors.weight)
 
 
@@ -416,12 +417,39 @@ def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
     assert not history.stopped_early and history.best_epoch == 5
 
 
+def test_patience_counts_epochs_when_only_some_are_validated() -> None:
+    """Updates every other epoch: patience 3 stops at the first validated epoch 3 or
+    more epochs after the last progress, not after 3 validations."""
+    from recsys_export.history import EarlyStopping, History
+
+    model = MatrixFactorization(2, 3, 2)
+    history = History()
+    stopping = EarlyStopping(history, patience=3, higher_is_better=True)
+    assert not stopping.update(model, 1, 0.1)  # progress at epoch 1 (0-based)
+    assert not stopping.update(model, 3, 0.1)  # 2 epochs without progress
+    assert stopping.update(model, 5, 0.1)  # 4 >= 3
+    assert history.valid_epochs == [2, 4, 6] and history.best_epoch == 2
+
+
+def test_validate_every_validates_those_epochs_and_the_last() -> None:
+    r = data.synthetic_ratings(60, 40, n_ratings=1500, seed=3)
+    train, valid = data.random_split(r, 0.2, seed=0)
+    cfg = default_config("mf", "ranking", epochs=5, patience=0, validate_every=2,
+                         n_factors=4, batch_size=16)  # fmt: skip
+    model, history = fit(train, valid, cfg, progress=False)
+    assert len(history.train_loss) == 5
+    assert history.valid_epochs == [2, 4, 5] and len(history.valid_scores) == 3
+    assert history.best_epoch in history.valid_epochs
+    with pytest.raises(ConfigError, match="validate_every"):
+        default_config("mf", "ranking", validate_every=0)
+
+
 def test_select_tolerance_flag_reaches_the_config_and_is_checked() -> None:
     from recsys_export.cli.parser import build_parser
     from recsys_export.cli.training import train_config
 
     args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
-    assert train_config(args).select_tolerance == 0.01  # the recipe's
+    assert train_config(args).select_tolerance == 0.05  # the recipe's
     args = build_parser().parse_args(["train", "toy", "--select-tolerance", "0"])
     assert train_config(args).select_tolerance == 0.0
     args = build_parser().parse_args(["train", "toy", "--select-tolerance", "1.5"])
