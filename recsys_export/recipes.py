@@ -95,6 +95,7 @@ _FLAGS = {
     "epochs": "--epochs",
     "patience": "--patience",
     "select_tolerance": "--select-tolerance",
+    "validate_every": "--validate-every",
 }
 
 

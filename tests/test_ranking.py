@@ -455,3 +455,7 @@ def test_select_tolerance_flag_reaches_the_config_and_is_checked() -> None:
     args = build_parser().parse_args(["train", "toy", "--select-tolerance", "1.5"])
     with pytest.raises(ConfigError, match="select_tolerance"):
         train_config(args)
+    args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
+    assert train_config(args).validate_every == 2  # the recipe's
+    args = build_parser().parse_args(["train", "toy", "--validate-every", "3"])
+    assert train_config(args).validate_every == 3

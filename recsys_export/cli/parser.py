@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         "keep the one whose validation top-k lists cover the most items (0 = the best); "
         "gains smaller than it do not reset --patience",
     )
+    h.add_argument(
+        "--validate-every",
+        type=int,
+        help="ranking: validate every N epochs and after the last (patience still counts "
+        "epochs)",
+    )
     _add_items_args(p)
     m = p.add_argument_group("metrics")
     m.add_argument("-k", "--k", type=int, help="cut-off of ranking metrics (default 10)")

@@ -54,6 +54,7 @@ def train_config(args: argparse.Namespace) -> Any:
         init_std=args.init_std,
         patience=args.patience,
         select_tolerance=args.select_tolerance,
+        validate_every=args.validate_every,
         loss=args.loss,
         min_rating=None if args.implicit else args.min_rating,
         weighting="binary" if args.implicit else None,
