@@ -231,8 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument(
         "--validate-every",
         type=int,
-        help="ranking: validate every N epochs and after the last (patience still counts "
-        "epochs)",
+        help="ranking: validate every N epochs and after the last (patience still counts epochs)",
     )
     _add_items_args(p)
     m = p.add_argument_group("metrics")
