@@ -97,8 +97,8 @@ class TrainConfig:
     validate_every : int
         Ranking: validate (and so possibly keep or stop) after every this many epochs
         and after the last one. Scoring the whole catalogue for the validation users can
-        cost as much as an epoch of steps (DenseNet on ml-latest-small: 0.29 s against
-        0.25 s); patience still counts epochs.
+        cost most of an epoch of steps (DenseNet on ml-latest-small: 0.29 s against
+        0.42 s); patience still counts epochs.
     init_biases : bool
         Rating objective, biased MF: start the global mean and the user/item biases from
         the damped bias baseline (:class:`recsys_export.baselines.BiasBaseline`, damping
