@@ -53,24 +53,32 @@ class EarlyStopping:
         Receives the scores, the kept epoch and whether training stopped early.
     patience : int
         Epochs without progress before stopping (0: never stop early). Progress is a
-        new best score that beats the score of the last progress by more than the tie
-        band below, so a plateau of ties and tiny gains does not keep training alive.
+        new best score that beats the score of the last progress by more than
+        ``min_gain``, so a plateau of tiny gains does not keep training alive.
     higher_is_better : bool
         True for scores such as NDCG, False for errors such as RMSE.
     tolerance : float
         Relative tie band: an epoch since the best one whose score is within
         ``tolerance x |best|`` of it ties with it, and of tied epochs the one with the
-        highest ``tiebreak`` (see :meth:`update`) is kept. 0 keeps the best epoch and
-        counts every new best as progress.
+        highest ``tiebreak`` (see :meth:`update`) is kept. 0 keeps the best epoch.
+    min_gain : float
+        Relative gain over the score of the last progress that a new best needs to be
+        progress; 0 counts every new best.
     """
 
     def __init__(
-        self, history: History, patience: int, higher_is_better: bool, tolerance: float = 0.0
+        self,
+        history: History,
+        patience: int,
+        higher_is_better: bool,
+        tolerance: float = 0.0,
+        min_gain: float = 0.0,
     ) -> None:
         self.history = history
         self.patience = patience
         self.sign = 1.0 if higher_is_better else -1.0
         self.tolerance = tolerance
+        self.min_gain = min_gain
         self.best, self.state = -math.inf, None
         self.progress = -math.inf  # the score of the last epoch that made progress
         self.progress_epoch = 0  # and its epoch (patience counts epochs, validated or not)
@@ -93,7 +101,7 @@ class EarlyStopping:
         if value > self.best + 1e-6:
             self.best = value
             self._keep(model, epoch, tiebreak)
-            if self.progress == -math.inf or value > self.progress + self.tolerance * abs(
+            if self.progress == -math.inf or value > self.progress + self.min_gain * abs(
                 self.progress
             ):
                 self.progress, self.progress_epoch = value, epoch

@@ -50,7 +50,7 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     # cover the most items (0.271 / 355 items -> 0.276 / 384 on ml-latest-small)
     ("mf", "ranking"): dict(
         n_factors=64, biased=True, loss="softmax", batch_size=64, lr=1e-2, l2=1e-2,
-        epochs=60, patience=5, positives="relevant", select_tolerance=0.01,
+        epochs=60, patience=5, positives="relevant", select_tolerance=0.01, min_gain=0.01,
     ),
     ("mf", "rating"): dict(
         n_factors=32, biased=True, batch_size=2048, lr=5e-3, l2=0.15, init_biases=True,
@@ -63,15 +63,15 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     # 419 s on MovieTweetings, the sized 64 126 s and ranked better); 64 hidden units
     # with dropout 0.25 and patience 7 (32 units, no dropout: 0.214 / 365 items, mean of
     # 3 seeds); of the epochs within 5% of the best validation NDCG, the one whose lists
-    # cover the most items (within 1%: 0.239 / 426 and 0.241 / 569 items on seeds 0 and
-    # 1; within 5%: 0.243 / 553, 0.245 / 728, 0.225 / 673 on seeds 0-2); validated every
-    # second epoch (scoring the catalogue for validation: 0.29 s, an epoch of steps 0.42
-    # s; fit 22 -> 16-20 s)
+    # cover the most items, and a gain of 1% resets patience; validated every third
+    # epoch (scoring the catalogue for validation: 0.29 s, an epoch of steps 0.42 s).
+    # Seeds 0-5: NDCG@10 0.224-0.248, 610-913 items (1% band, validated every epoch:
+    # 0.228-0.241, 287-706 items); see docs/training.md
     ("densenet", "ranking"): dict(
         n_factors=32, hidden=64, dropout=0.25, biased=True, loss="softmax", batch_size=None,
         lr=1e-2, l2=1e-3, weight_decay=1e-3, score_scale=5.0, full_softmax_items=2000,
         negatives=1000, epochs=50, patience=7, average_epochs=5, select_tolerance=0.05,
-        validate_every=2,
+        min_gain=0.01, validate_every=3,
     ),
     ("densenet", "rating"): dict(
         n_factors=32, hidden=64, biased=True, batch_size=2048, lr=5e-3, l2=0.05,
@@ -96,6 +96,7 @@ _FLAGS = {
     "epochs": "--epochs",
     "patience": "--patience",
     "select_tolerance": "--select-tolerance",
+    "min_gain": "--min-gain",
     "validate_every": "--validate-every",
 }
 

@@ -136,9 +136,11 @@ class TrainConfig:
         this selects on the validation rows only.
     patience : int
         Early stopping: epochs without improvement of the validation metric (RMSE, or
-        NDCG@k for ranking) before stopping; 0 disables early stopping. With a
-        ``select_tolerance``, only a gain of more than that fraction over the last
-        improvement counts as one.
+        NDCG@k for ranking) before stopping; 0 disables early stopping.
+    min_gain : float
+        Ranking: only a new best validation NDCG@k more than this fraction above the
+        last improvement counts as one (resets ``patience``), so a plateau of tiny gains
+        does not keep training alive; 0: every new best.
     average_epochs : float
         Ranking: validate, keep and export an exponential moving average of the weights
         spanning about this many epochs of steps (0: the live weights). See
@@ -179,6 +181,7 @@ class TrainConfig:
     init_std: float | None = 0.1
     patience: int = 3
     select_tolerance: float = 0.0
+    min_gain: float = 0.0
     average_epochs: float = 0.0
     seed: int = 0
     threads: int = 1
@@ -236,8 +239,9 @@ class TrainConfig:
             raise ConfigError(f"init_std must be > 0, got {self.init_std}")
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0, got {self.patience}")
-        if not 0.0 <= self.select_tolerance < 1.0:
-            raise ConfigError(f"select_tolerance must be in [0, 1), got {self.select_tolerance}")
+        for name in ("select_tolerance", "min_gain"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not (self.average_epochs >= 0 and math.isfinite(self.average_epochs)):
             raise ConfigError(f"average_epochs must be >= 0, got {self.average_epochs}")
 
@@ -501,7 +505,7 @@ def _fit_ranking(
     k = min(cfg.k, train.n_items)
     history.valid_metric = f"ndcg@{k}"
     watch = valid is not None and bool((valid.ratings >= threshold).any())
-    stopping = _EarlyStopping(history, cfg.patience, True, cfg.select_tolerance)
+    stopping = _EarlyStopping(history, cfg.patience, True, cfg.select_tolerance, cfg.min_gain)
     pair_users = torch.from_numpy(pos.users)
     pair_items = torch.from_numpy(pos.items)
     # softmax: a batch is users; bpr: a batch is (user, positive) pairs

@@ -378,16 +378,19 @@ def test_batch_sized_from_the_number_of_users(n: int, size: int) -> None:
 def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
     """With a tolerance, an epoch since the best whose score is within it ties, and the
     tied epoch with the highest tiebreak is kept; a new best resets the choice; patience
-    counts from the last new best that beat the previous progress by more than the band
+    counts from the last new best that beat the previous progress by more than min_gain
     (tiny gains on a plateau do not keep training alive); tolerance 0 keeps the best
-    epoch and counts every new best as progress."""
+    epoch and min_gain 0 counts every new best as progress."""
     from recsys_export.history import EarlyStopping, History
 
     model = MatrixFactorization(2, 3, 2)
 
-    def run(tolerance: float, series: list[tuple[float, float]]) -> tuple[History, float]:
+    def run(
+        tolerance: float, series: list[tuple[float, float]], min_gain: float | None = None
+    ) -> tuple[History, float]:
         history = History()
-        stopping = EarlyStopping(history, patience=3, higher_is_better=True, tolerance=tolerance)
+        gain = tolerance if min_gain is None else min_gain
+        stopping = EarlyStopping(history, 3, True, tolerance=tolerance, min_gain=gain)
         stop = False
         for epoch, (score, coverage) in enumerate(series):
             with torch.no_grad():
@@ -415,6 +418,14 @@ def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
     # a gain past the band is progress again
     history, _ = run(0.02, plateau[:4] + [(0.21, 50), (0.209, 45), (0.2095, 44)])
     assert not history.stopped_early and history.best_epoch == 5
+    # the tie band and the gain that counts as progress are separate: a 2% band with
+    # min_gain 0.4% keeps training on the plateau's +0.5% steps and still keeps the most
+    # covering tied epoch
+    climb = [(0.10, 10), (0.20, 20), (0.201, 30), (0.202, 40), (0.2015, 45), (0.198, 50)]
+    history, weights = run(0.02, climb, min_gain=0.004)
+    assert not history.stopped_early and history.best_epoch == 6 and weights == 5.0
+    history, _ = run(0.02, climb)
+    assert history.stopped_early
 
 
 def test_patience_counts_epochs_when_only_some_are_validated() -> None:
@@ -456,6 +467,13 @@ def test_select_tolerance_flag_reaches_the_config_and_is_checked() -> None:
     with pytest.raises(ConfigError, match="select_tolerance"):
         train_config(args)
     args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
-    assert train_config(args).validate_every == 2  # the recipe's
+    assert train_config(args).validate_every == 3  # the recipe's
+    assert train_config(args).min_gain == 0.01
+    args = build_parser().parse_args(["train", "toy", "--min-gain", "0.02"])
+    assert train_config(args).min_gain == 0.02
+    args = build_parser().parse_args(["train", "toy", "--min-gain", "-1"])
+    with pytest.raises(ConfigError, match="min_gain"):
+        train_config(args)
+    args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
     args = build_parser().parse_args(["train", "toy", "--validate-every", "3"])
     assert train_config(args).validate_every == 3

@@ -225,8 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--select-tolerance",
         type=float,
         help="ranking: of the epochs within this fraction of the best validation NDCG, "
-        "keep the one whose validation top-k lists cover the most items (0 = the best); "
-        "gains smaller than it do not reset --patience",
+        "keep the one whose validation top-k lists cover the most items (0 = the best)",
+    )
+    h.add_argument(
+        "--min-gain",
+        type=float,
+        help="ranking: a new best validation NDCG resets --patience only when it beats the "
+        "last reset by more than this fraction (0 = any new best)",
     )
     h.add_argument(
         "--validate-every",

@@ -54,6 +54,7 @@ def train_config(args: argparse.Namespace) -> Any:
         init_std=args.init_std,
         patience=args.patience,
         select_tolerance=args.select_tolerance,
+        min_gain=args.min_gain,
         validate_every=args.validate_every,
         loss=args.loss,
         min_rating=None if args.implicit else args.min_rating,
