@@ -455,25 +455,24 @@ def test_validate_every_validates_those_epochs_and_the_last() -> None:
         default_config("mf", "ranking", validate_every=0)
 
 
-def test_select_tolerance_flag_reaches_the_config_and_is_checked() -> None:
+@pytest.mark.parametrize(
+    "flag,field,recipe,value,bad",
+    [
+        ("--select-tolerance", "select_tolerance", 0.05, "0", "1.5"),
+        ("--min-gain", "min_gain", 0.01, "0.02", "-1"),
+        ("--validate-every", "validate_every", 3, "4", "0"),
+    ],
+)
+def test_stopping_flags_reach_the_config_and_are_checked(
+    flag: str, field: str, recipe: float, value: str, bad: str
+) -> None:
     from recsys_export.cli.parser import build_parser
     from recsys_export.cli.training import train_config
 
-    args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
-    assert train_config(args).select_tolerance == 0.05  # the recipe's
-    args = build_parser().parse_args(["train", "toy", "--select-tolerance", "0"])
-    assert train_config(args).select_tolerance == 0.0
-    args = build_parser().parse_args(["train", "toy", "--select-tolerance", "1.5"])
-    with pytest.raises(ConfigError, match="select_tolerance"):
-        train_config(args)
-    args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
-    assert train_config(args).validate_every == 3  # the recipe's
-    assert train_config(args).min_gain == 0.01
-    args = build_parser().parse_args(["train", "toy", "--min-gain", "0.02"])
-    assert train_config(args).min_gain == 0.02
-    args = build_parser().parse_args(["train", "toy", "--min-gain", "-1"])
-    with pytest.raises(ConfigError, match="min_gain"):
-        train_config(args)
-    args = build_parser().parse_args(["train", "toy", "--model", "densenet"])
-    args = build_parser().parse_args(["train", "toy", "--validate-every", "3"])
-    assert train_config(args).validate_every == 3
+    def config(*extra: str) -> object:
+        return train_config(build_parser().parse_args(["train", "toy", *extra]))
+
+    assert getattr(config("--model", "densenet"), field) == recipe  # the recipe's
+    assert getattr(config("--model", "densenet", flag, value), field) == float(value)
+    with pytest.raises(ConfigError, match=field):
+        config(flag, bad)
