@@ -553,10 +553,11 @@ def _fit_ranking(
         history.train_loss.append(total / max(steps, 1))
         _check_finite(history.train_loss[-1], epoch, cfg)
         postfix = f"loss {history.train_loss[-1]:.4f}"
-        if average is not None:
-            average.swap()  # validate (and keep) the averaged weights
+        stop = False
         if watch and ((epoch + 1) % cfg.validate_every == 0 or epoch + 1 == cfg.epochs):
             assert valid is not None
+            if average is not None:
+                average.swap()  # validate (and keep) the averaged weights
             m = evaluate(
                 model,
                 train,
@@ -570,10 +571,8 @@ def _fit_ranking(
             score = float(m[f"ndcg@{k}"])
             postfix += f" val_ndcg@{k} {score:.4f}"
             stop = stopping.update(model, epoch, score, float(m[f"coverage@{k}"]))
-        else:
-            stop = False
-        if average is not None:
-            average.swap()
+            if average is not None:
+                average.swap()
         bar.update(1, postfix)
         if stop:
             break
