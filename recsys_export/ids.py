@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.errors import BundleError, UnknownIdError
+from recsys_export.errors import BundleError, DataError, UnknownIdError
 
 _MAX_SHOWN = 5
 #: Integers a float64 (and JavaScript's Number) holds exactly: |x| <= 2^53 - 1.
@@ -32,6 +32,85 @@ def _preview(values: Iterable[Any]) -> str:
     return f"{shown}{more}"
 
 
+def _exact_int(value: float, name: str) -> int:
+    """An integral float within 2^53 as int; DataError for any other float."""
+    if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+        return int(value)
+    raise DataError(
+        f"{name} id {value!r} is a float that is not an exact integer (fractional, NaN, "
+        "infinite, or beyond 2^53 where floats skip integers); pass ids as int or str"
+    )
+
+
+def _raw_id(value: Any, name: str) -> int | str:
+    """One raw id as int or str; DataError for anything else (None, NaN, bool, ...)."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (bool, np.bool_)):
+        raise DataError(f"{name} id {value!r} is a boolean, not an id")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _exact_int(float(value), name)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    raise DataError(
+        f"{name} id {value!r} ({type(value).__name__}) is not an id; ids are integers or strings"
+    )
+
+
+def raw_id_array(values: Any, name: str) -> np.ndarray:
+    """Raw ids as an int64 array (all integers) or an object array of str.
+
+    Integral floats within 2^53 are integers (``5.0`` is id 5, never ``"5.0"``); other
+    floats (fractional, NaN, beyond 2^53 where ``9007199254740993.0`` is already
+    ``...992.0``), None, booleans and other objects are refused. A mix of integers and
+    strings becomes strings (``7`` -> ``"7"``).
+
+    Raises
+    ------
+    DataError
+        Naming the first value that is not an id (a ``ValueError`` too).
+    """
+    if isinstance(values, np.ndarray):
+        arr = values
+    else:
+        arr = np.empty(len(values := list(values)), dtype=object)
+        arr[:] = values
+    if arr.ndim != 1:
+        raise DataError(f"{name} ids must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"{name} id {int(arr.max())} exceeds int64")
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "b":
+        raise DataError(f"{name} ids cannot be booleans")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0) | (np.abs(arr) > MAX_SAFE_INTEGER)
+        if bad.any():
+            _exact_int(float(arr[np.flatnonzero(bad)[0]]), name)
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "US":
+        return np.array([_raw_id(v, name) for v in arr.tolist()], dtype=object)
+    if arr.dtype != object:
+        raise DataError(f"{name} ids must be integers or strings, got dtype {arr.dtype}")
+    ids = arr.tolist()
+    if all(type(v) is str for v in ids):  # the common case (a parsed column): as it is
+        return arr
+    ids = [_raw_id(v, name) for v in ids]
+    out = np.empty(len(ids), dtype=object)
+    if ids and all(type(v) is int for v in ids):
+        try:
+            return np.asarray(ids, dtype=np.int64)
+        except OverflowError:
+            raise DataError(f"{name} ids exceed int64") from None
+    out[:] = [str(v) for v in ids]
+    return out
+
+
 class IdMap:
     """Bijection between raw ids and dense indices ``0 .. n-1``.
 
@@ -44,19 +123,8 @@ class IdMap:
     """
 
     def __init__(self, raw_ids: Iterable[Any], name: str) -> None:
-        arr = np.asarray(list(raw_ids) if not isinstance(raw_ids, np.ndarray) else raw_ids)
-        if arr.ndim != 1:
-            raise ValueError("raw_ids must be one-dimensional")
-        if arr.size and np.issubdtype(arr.dtype, np.integer):
-            self.kind = "int"
-            self.raw_ids = arr.astype(np.int64)
-        elif arr.size and np.issubdtype(arr.dtype, np.bool_):
-            raise ValueError("raw ids cannot be booleans")
-        else:
-            self.kind = "str" if arr.size else "int"
-            self.raw_ids = arr.astype(object) if arr.size else arr.astype(np.int64)
-            if self.kind == "str":
-                self.raw_ids = np.array([str(v) for v in self.raw_ids], dtype=object)
+        self.raw_ids = raw_id_array(raw_ids, name)
+        self.kind = "str" if self.raw_ids.dtype == object else "int"
         self.name = name
         self._lookup: dict[Any, int] = {v: i for i, v in enumerate(self.raw_ids.tolist())}
         if len(self._lookup) != len(self.raw_ids):
@@ -72,8 +140,8 @@ class IdMap:
         (IdMap, codes)
             ``codes`` is an int64 array of dense indices, one per value.
         """
-        values = np.asarray(values)
-        if values.dtype == object or values.dtype.kind in "US":
+        values = raw_id_array(values, name)
+        if values.dtype == object:  # sorted as fixed-width str: faster than objects
             values = values.astype(str)
         uniques, codes = np.unique(values, return_inverse=True)
         return cls(uniques, name), codes.astype(np.int64).reshape(-1)
@@ -96,33 +164,47 @@ class IdMap:
     def coerce(self, raw: Any) -> Any:
         """Convert a raw id (an int, or text as on the command line) to this map's kind.
 
-        Text that is not a plain decimal integer (``"1_96"``, ``"0x10"``) stays as given
-        and is reported unknown by :meth:`to_index`.
+        In an int map, text that is not a plain ASCII decimal integer (``"1_96"``,
+        ``"0x10"``, Arabic-Indic digits) stays as given and is reported unknown by
+        :meth:`to_index`. In a str map, strings are looked up exactly and integers (and
+        integral floats) as their decimal text.
 
         Raises
         ------
         UnknownIdError
-            For a boolean (``True`` is not user 1), or, in an int map, a float that is not
-            an exact integer (fractional, non-finite, or beyond 2^53 where floats skip
-            integers: ``9007199254740995.0`` is stored as ``...996``).
+            For a boolean (``True`` is not user 1), a float that is not an exact integer
+            (fractional, NaN, or beyond 2^53 where floats skip integers:
+            ``9007199254740995.0`` is stored as ``...996``), None or any other object
+            (``None`` is not the user ``"None"``).
         """
         if isinstance(raw, (bool, np.bool_)):
             raise UnknownIdError(f"{self.name} id {raw!r} is a boolean, not an id")
+        if isinstance(raw, (float, np.floating)):
+            value = float(raw)
+            if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+                return int(value) if self.kind == "int" else str(int(value))
+            raise UnknownIdError(
+                f"{self.name} id {raw!r} is not an exact integer (a float holds integers "
+                f"exactly only up to 2^53); pass {self.name} ids as int or str"
+            )
         if self.kind == "int":
             if isinstance(raw, (int, np.integer)):
                 return int(raw)
-            if isinstance(raw, (float, np.floating)):
-                value = float(raw)
-                if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
-                    return int(value)
-                raise UnknownIdError(
-                    f"{self.name} id {raw!r} is not an exact integer (a float holds integers "
-                    f"exactly only up to 2^53); pass integer ids as int or str"
-                )
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            text = text.strip()
-            return int(text) if _INT_TEXT.fullmatch(text) else raw
-        return str(raw)
+            if isinstance(raw, (str, bytes)):
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+                text = text.strip()
+                return int(text) if _INT_TEXT.fullmatch(text) else raw
+        elif isinstance(raw, str):
+            return str(raw)
+        elif isinstance(raw, (int, np.integer)):
+            return str(int(raw))
+        elif isinstance(raw, bytes):
+            return raw.decode("utf-8", "replace")
+        raise UnknownIdError(
+            f"{self.name} id {raw!r} ({type(raw).__name__}) is not an id; this bundle's "
+            f"{self.name} ids are {'integers' if self.kind == 'int' else 'strings'}: pass "
+            f"them as {'int or str' if self.kind == 'int' else 'str'}"
+        )
 
     def to_index(self, raw_ids: Any, *, missing: int | None = None) -> np.ndarray:
         """Translate raw ids to indices.

@@ -395,14 +395,6 @@ CASES = [
         forbidden=["np.int64"],
     ),
     Case(
-        "train-out-missing-dir",
-        lambda w: (
-            ["train", "toy", "--preset", "tiny", "-q", "--out", str(w.tmp / "no" / "m.pt")],
-            w.tmp / "no" / "m.pt",
-        ),
-        ["does not exist"],
-    ),
-    Case(
         "train-bad-hyperparameter",
         lambda w: _train(w, "good.csv", GOOD, "--factors", "0"),
         ["n_factors", ">= 1"],
@@ -432,11 +424,6 @@ CASES = [
         "checkpoint-missing",
         lambda w: _export(w, w.tmp / "nowhere.pt"),
         ["no checkpoint", "nowhere.pt"],
-    ),
-    Case(
-        "export-out-missing-dir",
-        lambda w: _export(w, w.checkpoint, w.tmp / "missing" / "bundle"),
-        ["parent directory", "does not exist"],
     ),
     Case(
         "export-bad-formats",
@@ -495,11 +482,6 @@ CASES = [
         "score-unknown-item",
         lambda w: (["score", str(w.bundle), "--user", USERS[0], "--item", "no such film"], None),
         ["unknown item", "'no such film'"],
-    ),
-    Case(
-        "score-all-out-missing-dir",
-        lambda w: _score_all(w, w.tmp / "missing" / "scores.npy"),
-        ["missing", "does not exist"],
     ),
     Case(
         "score-all-out-under-a-file",

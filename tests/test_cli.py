@@ -140,7 +140,7 @@ def test_inspect_verify_recommend_score(toy_run, capsys, tmp_path):
     assert captured.err == ""  # the formats the bundle holds: nothing to warn about
     assert main(["recommend", str(bundle), "--user", "0", "--user", "3", "-k", "2", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
-    assert [r["user"] for r in recs] == ["0", "3"]
+    assert [r["user"] for r in recs] == [0, 3]  # raw ids as the bundle holds them
     # user 0 rated items 0, 1, 3 of the toy matrix: only item 2 is left to recommend
     assert recs[0]["items"] == [2] and len(recs[1]["items"]) == 2
     assert main(["score", str(bundle), "--user", "0", "--item", "0"]) == 0

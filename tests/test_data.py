@@ -265,16 +265,20 @@ def test_column_flag_errors(tmp_path: Path) -> None:
 
 
 def test_unicode_ids_with_inner_spaces(tmp_path: Path) -> None:
-    text = "user,item,rating\n  Zoë Smith ,  café au lait ,4\n李 雷,東京 タワー,5\nZoë Smith,x,1\n"
-    r = read_ratings(write(tmp_path, "r.csv", text))
+    text = "user,item,rating\n  Zoë Smith ,  café au lait ,4\n李 雷,東京 タワー,5\n"
+    r = read_ratings(write(tmp_path, "r.csv", text + "  Zoë Smith ,x,1\n"))
     assert r.user_map.kind == "str"
     assert raw_pairs(r) == [
-        ("Zoë Smith", "café au lait", 4.0),
+        ("Zoë Smith", "café au lait", 4.0),  # surrounding whitespace is stripped
         ("李 雷", "東京 タワー", 5.0),
         ("Zoë Smith", "x", 1.0),
     ]
-    assert r.n_users == 2  # stripped ids are the same user
+    assert r.n_users == 2
     assert sorted(r.user_map.raw_ids.tolist()) == r.user_map.raw_ids.tolist()
+    # two raw ids that differ only in surrounding whitespace are not merged silently
+    with pytest.raises(DataError, match=r"line 4: user id 'Zoë Smith' differs from "
+                       r"'  Zoë Smith ' \(line 2\) only in surrounding whitespace"):
+        read_ratings(write(tmp_path, "r2.csv", text + "Zoë Smith,x,1\n"))
 
 
 def test_leading_zero_ids_stay_strings(tmp_path: Path) -> None:

@@ -1,28 +1,38 @@
 """The ``recsys-export`` command line.
 
-Every user error (a :class:`~recsys_export.errors.RecsysExportError`) becomes one line
-on stderr and exit status 2; a failed parity check exits 1; Ctrl-C exits 130 without
-writing anything partial. Heavy imports (torch) happen inside the commands that need
-them, so ``recommend``/``score``/``inspect`` work with the runtime-only install.
+Every user error (a :class:`~recsys_export.errors.RecsysExportError`, a usage error,
+an option the command would ignore) becomes one line on stderr and exit status 2; a
+failed parity check exits 1; Ctrl-C exits 130 and SIGTERM 143 without writing anything
+partial (docs/cli.md, *The contract*). The parent directories of ``--out`` are created
+(``mkdir -p``) and removed again when the command fails while they are still empty.
+Output goes through :class:`~recsys_export.cli.terminal.SafeStdout`: no raw control
+character reaches the terminal. Heavy imports (torch) happen inside the commands that
+need them, so ``recommend``/``score``/``inspect`` work with the runtime-only install.
 
 Modules: :mod:`~recsys_export.cli.parser` (the options of every command),
-:mod:`~recsys_export.cli.training` (train, evaluate), :mod:`~recsys_export.cli.bundles`
-(export, verify, inspect), :mod:`~recsys_export.cli.serving` (recommend, score, bench).
-Each command parses, calls the library and prints.
+:mod:`~recsys_export.cli.ignored` (options a command would ignore, refused),
+:mod:`~recsys_export.cli.terminal` (escaping output), :mod:`~recsys_export.cli.training`
+(train, evaluate), :mod:`~recsys_export.cli.bundles` (export, verify, inspect),
+:mod:`~recsys_export.cli.serving` (recommend, score, bench). Each command parses, calls
+the library and prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from recsys_export.cli.bundles import cmd_export, cmd_inspect, cmd_verify
+from recsys_export.cli.ignored import refuse_ignored
 from recsys_export.cli.parser import build_parser
 from recsys_export.cli.serving import cmd_bench, cmd_recommend, cmd_score
+from recsys_export.cli.terminal import SafeStdout, safe_text
 from recsys_export.cli.training import cmd_evaluate, cmd_train
-from recsys_export.errors import ParityError, RecsysExportError
+from recsys_export.errors import ConfigError, ParityError, RecsysExportError
 
 __all__ = ["COMMANDS", "TRAIN_EXTRA_MODULES", "build_parser", "main"]
 
@@ -51,6 +61,37 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+def _make_parents(out: object) -> list[Path]:
+    """Create the missing parent directories of an ``--out`` path; the ones created,
+    deepest first (for :func:`_remove_empty`)."""
+    if not isinstance(out, Path):
+        return []
+    missing = [d for d in out.absolute().parents if not d.exists()]
+    if not missing:  # an existing parent (even a file) is the writer's to judge
+        return []
+    try:
+        out.absolute().parent.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the directory of --out {out}: {exc.strerror or exc}; choose "
+            "another --out"
+        ) from None
+    return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or gone): leave it
+            return
+
+
+def _error(command: str, exc: BaseException) -> str:
+    """The one stderr line of an error, control characters escaped (cli/terminal.py)."""
+    return f"recsys-export {command}: error: " + safe_text(" ".join(str(exc).split()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recsys-export`` console script."""
     parser = build_parser()
@@ -61,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    created: list[Path] = []
+    status = 2
     try:
-        return COMMANDS[args.command](args)
+        refuse_ignored(args)
+        created = _make_parents(getattr(args, "out", None))
+        with contextlib.redirect_stdout(SafeStdout(sys.stdout)):  # no raw control chars
+            status = COMMANDS[args.command](args)
+        return status
     except ParityError as exc:  # the export is wrong, not the user's input: exit 1
-        print(f"recsys-export {args.command}: error: {exc}", file=sys.stderr)
+        print(_error(args.command, exc), file=sys.stderr)
         return 1
     except RecsysExportError as exc:
-        message = " ".join(str(exc).split())
-        print(f"recsys-export {args.command}: error: {message}", file=sys.stderr)
+        print(_error(args.command, exc), file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
@@ -87,5 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsys-export {args.command}: terminated; nothing was written", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
+        if status != 0:
+            _remove_empty(created)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 from recsys_export import __version__
 from recsys_export.recipes import describe_recipes
@@ -42,6 +43,18 @@ Duplicate (user, item) rows keep the last occurrence (--duplicates to change).
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: a usage error is one line on stderr,
+    ``PROG: error: MESSAGE (see 'PROG --help')``, and exit status 2 (argparse prints
+    the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        from recsys_export.cli.terminal import safe_text
+
+        line = " ".join(safe_text(message).split())
+        self.exit(2, f"{self.prog}: error: {line} (see '{self.prog} --help')\n")
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None:
     p.add_argument("data", nargs="?" if optional else None, default=None, help=DATA_HELP)
     g = p.add_argument_group("reading the ratings file")
@@ -55,19 +68,16 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
     g.add_argument(
         "--duplicates",
         choices=["last", "first", "mean", "error"],
-        default="last",
-        help="policy for duplicate (user, item) rows (default: keep the last)",
+        help="policy for duplicate (user, item) rows (default: last, keep the last)",
     )
     s = p.add_argument_group("held-out rows (test, then validation carved from the rest)")
     s.add_argument(
         "--split",
         choices=["random", "time", "none"],
-        default="random",
-        help="test rows: random holdout, per-user latest ratings (needs timestamps), or none",
+        help="test rows: random holdout (default), per-user latest ratings (needs "
+        "timestamps), or none",
     )
-    s.add_argument(
-        "--test-fraction", type=float, default=0.2, help="test share of all rows (default 0.2)"
-    )
+    s.add_argument("--test-fraction", type=float, help="test share of all rows (default 0.2)")
     s.add_argument(
         "--valid-fraction",
         type=float,
@@ -111,11 +121,14 @@ def _budget(text: str) -> int:
     return int(value)
 
 
-def _add_plan_args(p: argparse.ArgumentParser) -> None:
-    """``--full`` / ``--budget`` of export and verify (the parity plan)."""
+def _add_plan_args(p: argparse.ArgumentParser, *, quick: bool = False) -> None:
+    """``--full`` / ``--budget`` of export and verify (the parity plan), and verify's
+    ``--quick`` (no plan), each excluding the others."""
     from recsys_export.plan import DEFAULT_BUDGET
 
     g = p.add_mutually_exclusive_group()
+    if quick:
+        g.add_argument("--quick", action="store_true", help="random batches only, no plan")
     g.add_argument(
         "--full",
         action="store_true",
@@ -133,7 +146,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="recsys-export",
         formatter_class=fmt,
         description=(
@@ -275,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--duplicates",
         choices=["last", "first", "mean", "error"],
-        default="last",
-        help="policy for duplicate (user, item) rows (default: keep the last)",
+        help="policy for duplicate (user, item) rows (default: last, keep the last)",
     )
     p.add_argument("-k", "--k", type=int, default=10, help="cut-off (default 10)")
     p.add_argument(
@@ -394,8 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checks, in priority order (default CPUExecutionProvider; e.g. "
         "CUDAExecutionProvider,CPUExecutionProvider with onnxruntime-gpu)",
     )
-    p.add_argument("--quick", action="store_true", help="random batches only, no plan")
-    _add_plan_args(p)
+    _add_plan_args(p, quick=True)
     p.add_argument(
         "--no-record",
         dest="record",
@@ -411,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         description="Print a bundle's model, sizes, files, entry points "
         "(inputs/outputs), metrics and parity summary. Verifies checksums.",
+        epilog="examples:\n  recsys-export inspect artifacts/mf\n"
+        "  recsys-export inspect artifacts/mf --json   # the manifest",
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -507,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score-all, recommend-all and single-user latency for MF and DenseNet: a "
         "bare onnxruntime graph of the same math (the ceiling), numpy, eager torch, "
         "TorchScript, torch.export and our runtime, in one process. Prints a table, writes "
-        "JSON (schema in the README) and, with matplotlib installed, a PNG chart.",
+        "JSON (schema in docs/performance.md) and, with matplotlib installed, a PNG chart.",
         epilog="examples:\n  recsys-export bench                 # tiny size, seconds\n"
         "  recsys-export bench --preset full   # 100k users x 20k items x 64 factors, 128 hidden",
     )

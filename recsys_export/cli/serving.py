@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from recsys_export.cli.terminal import safe_text
+
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """``recsys-export recommend``: top-k items per ``--user``."""
@@ -17,15 +19,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     k = args.k if args.k is not None else min(10, rec.n_items)
     result = rec.recommend(args.user, k=k, exclude_seen=not args.include_seen)
     names = result.names if result.names is not None else np.full(result.items.shape, None)
+    # each user as the bundle holds it (an int in an int map), like the items
+    users = rec.user_map.to_raw(rec.user_map.to_index(args.user))
     rows = []
-    for user, items, scores, titles in zip(args.user, result.items, result.scores, names):
+    for user, items, scores, titles in zip(users, result.items, result.scores, names):
         # slots no admissible item can fill (the user rated nearly everything) hold
         # item None and score -inf: leave them out rather than print "None -inf"
         filled = [
             (i, s, t) for i, s, t in zip(items, scores, titles) if i is not None and s != -np.inf
         ]
         row = {
-            "user": user,
+            "user": _jsonable(user),
             "items": [_jsonable(i) for i, _, _ in filled],
             "scores": [float(s) for _, s, _ in filled],
         }
@@ -36,10 +40,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"user {row['user']}:")
-            # rank. item  title  score, in columns (titles where the bundle has them)
-            ids = [str(i) for i in row["items"]]
-            titles = [t or "" for t in row.get("names", [])] or [""] * len(ids)
+            print(f"user {safe_text(row['user'])}:")
+            # rank. item  title  score, in columns (titles where the bundle has them),
+            # control characters escaped (terminal.py)
+            ids = [safe_text(i) for i in row["items"]]
+            titles = [safe_text(t or "") for t in row.get("names", [])] or [""] * len(ids)
             wid, wt = max(map(len, ids), default=0), max(map(len, titles), default=0)
             for rank, (item, title, score) in enumerate(zip(ids, titles, row["scores"]), 1):
                 named = f"{title:<{wt}}  " if wt else ""
@@ -48,10 +53,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _jsonable(value: Any) -> Any:
+    """A raw id for ``--json``: as the bundle holds it (int or str); an int beyond 2^53 - 1
+    as its decimal string, as in the bundle's ``ids/*.json``, so that JSON readers with
+    float64 numbers (JavaScript) read it exactly."""
+    from recsys_export.ids import MAX_SAFE_INTEGER
+
     if value is None:
         return None
     if hasattr(value, "item"):
-        return value.item()
+        value = value.item()
+    if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
+        return str(value)
     return value
 
 
@@ -121,7 +133,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.bundle, intra_op_threads=args.threads, providers=args.providers)
     scores = rec.score(args.user, args.item)
     for user, item, score in zip(args.user, args.item, scores):
-        print(f"{user}\t{item}\t{float(score):.6f}")
+        print(f"{safe_text(user)}\t{safe_text(item)}\t{float(score):.6f}")
     return 0
 
 

@@ -24,7 +24,7 @@ def _read_options(args: argparse.Namespace) -> dict[str, Any]:
         "rating_col": args.rating_col,
         "timestamp_col": args.timestamp_col,
         "sep": args.sep,
-        "duplicates": args.duplicates,
+        "duplicates": args.duplicates or "last",
     }
 
 
@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ratings.n_duplicates:
         print(
             f"note: {ratings.n_duplicates} duplicate (user, item) rows in {ratings.source}; "
-            f"kept the {args.duplicates} occurrence",
+            f"kept the {args.duplicates or 'last'} occurrence",
             file=sys.stderr,
         )
     if args.implicit:
@@ -132,14 +132,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt, results = train_checkpoint(
         ratings,
         cfg,
-        split=args.split,
-        test_fraction=args.test_fraction,
+        split=args.split or "random",
+        test_fraction=0.2 if args.test_fraction is None else args.test_fraction,
         valid_fraction=args.valid_fraction,
         seed=args.seed,
         test=test,
         progress=not args.quiet,
         data_info={
-            "duplicates": args.duplicates,
+            "duplicates": args.duplicates or "last",
             "columns": {
                 "user": args.user_col,
                 "item": args.item_col,

@@ -205,13 +205,39 @@ def _canonical_ints(text: np.ndarray) -> np.ndarray | None:
     return ints
 
 
-def _whole_floats(src: Source, arr: np.ndarray, what: str, expected: str) -> np.ndarray:
-    """A float column (e.g. Parquet) of whole numbers -> int64; the first other value fails."""
-    bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0)
+def _whole_floats(
+    src: Source, arr: np.ndarray, what: str, expected: str, limit: float = 2.0**62
+) -> np.ndarray:
+    """A float column (e.g. Parquet) of whole numbers up to ``limit`` -> int64; the first
+    other value fails (ids: ``limit`` 2^53 - 1, beyond which floats skip integers)."""
+    bad = ~np.isfinite(arr) | (np.mod(arr, 1) != 0) | (np.abs(arr) > limit)
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
-        raise src.fail(j, f"{what} {arr[j]!r} is not {expected}")
+        beyond = " (beyond 2^53 a float holds no exact integer)" if np.isfinite(arr[j]) else ""
+        raise src.fail(j, f"{what} {py_value(arr[j])!r} is not {expected}{beyond}")
     return arr.astype(np.int64)
+
+
+def _whitespace_clash(src: Source, text: np.ndarray, ids: np.ndarray, role: str) -> None:
+    """Fail when two distinct raw ids become one once surrounding whitespace is stripped
+    (``' x'`` and ``'x'``): the reader strips it, and must not merge two ids silently."""
+    changed = np.flatnonzero(ids != text)
+    if changed.size == 0:
+        return
+    first_form: dict[str, int] = {}
+    clashes = set(ids[changed].tolist())
+    for j, (raw, value) in enumerate(zip(text.tolist(), ids.tolist())):
+        if value not in clashes:
+            continue
+        k = first_form.setdefault(value, j)
+        if text[k] != raw:
+            raise src.fail(
+                j,
+                f"{role} id {show_value(raw)} differs from {show_value(text[k])} "
+                f"({src.locate(k)}) only in surrounding whitespace, which is not part of an "
+                "id (it is stripped, so they would merge); write them the same way, or "
+                "make them distinct ids",
+            )
 
 
 def parse_ids(src: Source, col: Any, role: str) -> np.ndarray:
@@ -220,7 +246,7 @@ def parse_ids(src: Source, col: Any, role: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating):
-        return _whole_floats(src, arr, f"{role} id", "an integer or a string id")
+        return _whole_floats(src, arr, f"{role} id", "an integer or a string id", limit=2.0**53 - 1)
     text = as_text(col)
     ints = _canonical_ints(text)
     if ints is not None:
@@ -235,7 +261,31 @@ def parse_ids(src: Source, col: Any, role: str) -> np.ndarray:
             "that no field is missing)",
         )
     ints = _canonical_ints(values)
+    if ints is None:
+        _whitespace_clash(src, text, values, role)
     return values if ints is None else ints
+
+
+def _first_odd_numeral(text: np.ndarray) -> int | None:
+    """Row of the first value that Python would read as a number but that is not a plain
+    ASCII numeral: ``"1_96"`` (``float`` reads 196.0), Arabic-Indic or other non-ASCII
+    digits, non-ASCII spaces. None when there is none (the common case costs one join)."""
+    strings = text.tolist()
+    joined = "".join(strings)
+    if joined.isascii() and "_" not in joined:
+        return None
+    return next(
+        (j for j, v in enumerate(strings) if (not v.isascii() or "_" in v) and is_number(v)),
+        None,
+    )
+
+
+def _odd_numeral_problem(what: str, value: str) -> str:
+    return (
+        f"{what} {show_value(value.strip())} is not a plain number: write numbers with "
+        "ASCII digits, '.', 'e' and a sign only (no '_' digit grouping, no non-ASCII "
+        "digits or spaces)"
+    )
 
 
 def parse_ratings(src: Source, col: Any) -> np.ndarray:
@@ -248,6 +298,9 @@ def parse_ratings(src: Source, col: Any) -> np.ndarray:
         vals = arr.astype(np.float64)
     else:
         text = as_text(col)
+        odd = _first_odd_numeral(text)
+        if odd is not None:
+            raise src.fail(odd, _odd_numeral_problem("rating", text[odd]))
         try:
             vals = text.astype(np.float64)
         except ValueError:
@@ -295,6 +348,9 @@ def parse_timestamps(src: Source, col: Any) -> np.ndarray:
         shown = col
     else:
         text = as_text(col)
+        odd = _first_odd_numeral(text)
+        if odd is not None:
+            raise src.fail(odd, _odd_numeral_problem("timestamp", text[odd]))
         try:
             return text.astype(np.int64)
         except (ValueError, OverflowError):
