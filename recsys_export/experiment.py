@@ -47,7 +47,9 @@ def map_test_file(
     Returns
     -------
     (Ratings, dict)
-        The mapped rows and the counts of :func:`recsys_export.data.align`.
+        The mapped rows and the counts of :func:`recsys_export.data.align`, plus
+        ``training_pairs``: kept rows whose (user, item) pair is a training row of the
+        model (ranking leaves those items out, so they can never be hits).
 
     Raises
     ------
@@ -55,6 +57,11 @@ def map_test_file(
         If no row of the test file has a known user and a known item.
     """
     mapped, stats = data.align(test, ckpt_or_ratings.user_map, ckpt_or_ratings.item_map)
+    if isinstance(ckpt_or_ratings, Ratings):
+        known = (ckpt_or_ratings.users, ckpt_or_ratings.items)
+    else:
+        known = (ckpt_or_ratings.seen_users, ckpt_or_ratings.seen_items)
+    stats["training_pairs"] = data.count_pairs_in(mapped, *known)
     if stats["kept"] == 0:
         raise DataError(
             f"{test.source}: none of its {stats['rows']} rows has a user and an item the model "

@@ -33,6 +33,7 @@ from recsys_export.data.columns import (
     py_value,
 )
 from recsys_export.data.ratings import default_dataset_path
+from recsys_export.data.readers import is_parquet, parquet_source, read_file
 from recsys_export.data.text import (
     decode_text,
     normalize_sep,
@@ -83,6 +84,10 @@ class ItemNames:
         Rows whose id is not in the item map (ignored).
     unknown_examples : list
         Up to five of those ids, as read.
+    n_renamed : int
+        Rows that name an item again with another name (the last name is kept).
+    renamed_examples : list
+        Up to five of those ids, as read.
     """
 
     names: list[str | None]
@@ -90,6 +95,8 @@ class ItemNames:
     n_rows: int
     n_unknown: int = 0
     unknown_examples: list[Any] = field(default_factory=list)
+    n_renamed: int = 0
+    renamed_examples: list[Any] = field(default_factory=list)
 
     @property
     def n_named(self) -> int:
@@ -102,6 +109,12 @@ class ItemNames:
         if self.n_unknown:
             shown = ", ".join(repr(v) for v in self.unknown_examples)
             text += f"; ignored {self.n_unknown:,} ids not in the ratings (e.g. {shown})"
+        if self.n_renamed:
+            shown = ", ".join(repr(v) for v in self.renamed_examples)
+            text += (
+                f"; {self.n_renamed:,} rows name an item again with another name, the last "
+                f"name kept (e.g. {shown})"
+            )
         return text
 
 
@@ -195,7 +208,8 @@ def read_item_names(
         Text (plain or gzip-compressed; UTF-8, or Latin-1 when it is not UTF-8) with
         fields separated by ``::`` (detected when every line has it), a tab, ``,``,
         ``;`` or ``|`` (sniffed as for ratings files; CSV quoting is honoured, so titles
-        may hold commas). ``sep`` overrides the detection.
+        may hold commas and line breaks). ``sep`` overrides the detection. Or Parquet
+        (``.parquet``/``.pq``, needs pyarrow), whose column names are the header.
 
     Columns
         The first row is a header when a field is a known column name (id: ``movieId``,
@@ -210,8 +224,9 @@ def read_item_names(
         Read as text, like the ratings' ids, and looked up in ``item_map``: an integer
         map also matches zero-padded ids (``"0114709"`` is item 114709), a string map
         matches the text exactly. Rows with ids the map lacks are ignored and counted; a
-        later row for the same id replaces an earlier one. Names are stripped; an empty
-        name counts as none.
+        later row for the same id replaces an earlier one, and rows that change a name
+        so are counted (``n_renamed``; ``train`` prints them). Names are stripped; an
+        empty name counts as none.
 
     Parameters
     ----------
@@ -235,34 +250,16 @@ def read_item_names(
         Missing, empty or binary file; no separator; fewer than two columns; a column
         that is not found or out of range; the same column for id and name; an empty id.
     """
-    p = Path(path)
     name = str(path)
-    if not p.is_file():
-        what = "is a directory, not a names file" if p.is_dir() else "file not found"
-        raise DataError(f"{name}: {what}; give a file of item ids and names, e.g. movies.csv")
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
-    text = decode_text(name, raw, fallback="latin-1") if raw else ""
-    if not text.strip():
-        raise DataError(f"{name}: the file is empty; expected rows of item id and name")
-    sep = normalize_sep(sep) if sep is not None else _sniff(name, text)
-    columns, line_of = split_table(name, text, sep)
+    raw = read_file(path, "a names file (item ids and names, e.g. movies.csv)")
+    if is_parquet(path, raw):
+        src = parquet_source(name, raw, "a names file needs an id column and a name column")
+        header: list[str] | None = src.header
+    else:
+        src = _text_names(name, raw, sep, [id_col, name_col])
+        header = src.header
+    columns = src.columns
     ncols = len(columns)
-    if ncols < 2:
-        raise DataError(
-            f"{name}: line {line_of(0)}: found 1 column when splitting on {sep_name(sep)}; "
-            "a names file needs an id column and a name column (e.g. 'movieId,title')"
-        )
-    first = [str(c[0]).strip() for c in columns]
-    second = [str(c[1]).strip() for c in columns] if len(columns[0]) > 1 else None
-    header = first if _looks_like_header(first, second, [id_col, name_col]) else None
-    offset = 1 if header is not None else 0
-    if header is not None:
-        columns = [c[1:] for c in columns]
-        if len(columns[0]) == 0:
-            raise DataError(f"{name}: has a header ({', '.join(header)}) but no rows")
     id_pos, name_pos = (
         None if arg is None else column_arg(name, _FLAGS[role], arg, header, ncols)
         for role, arg in (("id", id_col), ("name", name_col))
@@ -283,13 +280,15 @@ def read_item_names(
             f"{name}: the item id and name columns must differ (both are column {id_pos}); "
             "check --item-id-col and --item-name-col"
         )
-    src = Source(name, columns, header, lambda row: f"line {line_of(row + offset)}")
     ids = parse_ids(src, columns[id_pos], "item")
     texts = [t.strip() for t in as_text(columns[name_pos]).tolist()]
     index = item_map.to_index(ids, missing=-1)
     names: list[str | None] = [None] * len(item_map)
-    for i, title in zip(index.tolist(), texts):
+    repeated: list[Any] = []
+    for j, (i, title) in enumerate(zip(index.tolist(), texts)):
         if i >= 0:
+            if names[i] is not None and names[i] != (title or None):
+                repeated.append(py_value(ids[j]))
             names[i] = title or None
     unknown = np.flatnonzero(index < 0)
     return ItemNames(
@@ -298,4 +297,29 @@ def read_item_names(
         n_rows=len(ids),
         n_unknown=int(unknown.size),
         unknown_examples=[py_value(ids[j]) for j in unknown[:_MAX_EXAMPLES]],
+        n_renamed=len(repeated),
+        renamed_examples=repeated[:_MAX_EXAMPLES],
     )
+
+
+def _text_names(name: str, raw: bytes, sep: str | None, col_args: list[Any]) -> Source:
+    """The columns of a text names file, header detected (see :func:`read_item_names`)."""
+    text = decode_text(name, raw, fallback="latin-1") if raw else ""
+    if not text.strip():
+        raise DataError(f"{name}: the file is empty; expected rows of item id and name")
+    sep = normalize_sep(sep) if sep is not None else _sniff(name, text)
+    columns, line_of = split_table(name, text, sep)
+    if len(columns) < 2:
+        raise DataError(
+            f"{name}: line {line_of(0)}: found 1 column when splitting on {sep_name(sep)}; "
+            "a names file needs an id column and a name column (e.g. 'movieId,title')"
+        )
+    first = [str(c[0]).strip() for c in columns]
+    second = [str(c[1]).strip() for c in columns] if len(columns[0]) > 1 else None
+    header = first if _looks_like_header(first, second, col_args) else None
+    offset = 1 if header is not None else 0
+    if header is not None:
+        columns = [c[1:] for c in columns]
+        if len(columns[0]) == 0:
+            raise DataError(f"{name}: has a header ({', '.join(header)}) but no rows")
+    return Source(name, columns, header, lambda row: f"line {line_of(row + offset)}")

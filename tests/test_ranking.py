@@ -236,7 +236,10 @@ def test_train_and_evaluate_with_a_separate_test_file(tmp_path, capsys):
     argv = ["train", str(base), "--test", str(test), "--out", str(ckpt), "-q", "--epochs", "2"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "dropped 3 (1 unknown users, 2 unknown items)" in text
+    assert (
+        "dropped 3 rows: 2 with an unknown user (1 distinct), 1 with a known user but an "
+        "unknown item (1 distinct)"
+    ) in text
     assert main(["evaluate", str(ckpt), "--test", str(test), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["test_mapping"]["dropped"] == 3

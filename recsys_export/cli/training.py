@@ -172,11 +172,7 @@ def _print_results(
         )
     mapping = metrics.get("test_mapping") or results.get("test_mapping")
     if mapping:
-        print(
-            f"test file: {mapping['kept']:,} of {mapping['rows']:,} rows kept; dropped "
-            f"{mapping['dropped']:,} ({mapping['unknown_users']} unknown users, "
-            f"{mapping['unknown_items']} unknown items)"
-        )
+        _print_test_mapping(mapping)
     if history:
         print(
             f"training: {len(history['train_loss'])} epochs, best {history['best_epoch']} by "
@@ -194,6 +190,30 @@ def _print_results(
         f"{first.get('ranked_users', 0)} users ranked):"
     )
     print(format_comparison(table, k))
+
+
+def _print_test_mapping(mapping: dict[str, int]) -> None:
+    """The ``test file:`` line (rows kept and dropped, and why, in rows and distinct ids)
+    and a warning when kept rows are training pairs (they can never be hits)."""
+    line = f"test file: {mapping['kept']:,} of {mapping['rows']:,} rows kept"
+    if mapping["dropped"]:
+        line += (
+            f"; dropped {mapping['dropped']:,} rows: {mapping['rows_unknown_user']:,} with an "
+            f"unknown user ({mapping['unknown_users']:,} distinct), "
+            f"{mapping['rows_unknown_item']:,} with a known user but an unknown item "
+            f"({mapping['unknown_items']:,} distinct)"
+        )
+    print(line)
+    overlap = mapping.get("training_pairs", 0)
+    if overlap:
+        print(
+            f"warning: {overlap:,} of the {mapping['kept']:,} kept test rows "
+            f"({overlap / mapping['kept']:.0%}) are (user, item) pairs of the training data; "
+            "ranking leaves a user's training items out of the top-k lists, so these rows "
+            "can never be hits (every row such: all-zero ranking metrics). Is --test the "
+            "training file? Give held-out rows",
+            file=sys.stderr,
+        )
 
 
 def _warn_rating_scale(ratings: Any, threshold: float | None) -> None:

@@ -17,7 +17,8 @@ text, columns
 synthetic
     :func:`synthetic_ratings` and :func:`synthetic_interactions`.
 splits
-    :func:`split`, :func:`three_way_split`, :func:`align`, :func:`at_least`, ...
+    :func:`split`, :func:`three_way_split`, :func:`align`, :func:`count_pairs_in`,
+    :func:`at_least`, ...
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from recsys_export.data.splits import (
     VALID,
     align,
     at_least,
+    count_pairs_in,
     random_split,
     split,
     three_way_split,
@@ -55,6 +57,7 @@ __all__ = [
     "Ratings",
     "align",
     "at_least",
+    "count_pairs_in",
     "default_dataset_path",
     "from_matrix",
     "load_dataset",

@@ -112,20 +112,16 @@ def read_ratings(
             f"duplicates={duplicates!r} is not a policy; use one of "
             + ", ".join(repr(p) for p in DUPLICATE_POLICIES)
         )
-    p = Path(path)
     name = str(path)
-    if not p.exists():
-        raise DataError(f"{name}: file not found; check the path (cwd-relative paths allowed)")
-    if p.is_dir():
-        raise DataError(f"{name}: is a directory, not a ratings file; give the file inside it")
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
+    raw = read_file(path, "a ratings file")
     if not raw:
         raise DataError(f"{name}: the file is empty (0 bytes); expected rating rows")
-    if p.suffix.lower() in _PARQUET_SUFFIXES or raw[:4] == b"PAR1":
-        src = _parquet_source(name, raw)
+    if is_parquet(path, raw):
+        src = parquet_source(
+            name,
+            raw,
+            "a ratings file needs at least 2 (user, item), usually 3 (user, item, rating)",
+        )
     else:
         src = _text_source(name, raw, sep, (user_col, item_col, rating_col, timestamp_col))
     return _build(src, (user_col, item_col, rating_col, timestamp_col), duplicates)
@@ -159,7 +155,43 @@ def _text_source(
     return Source(name, columns, header, lambda row: f"line {line_of(row + offset)}")
 
 
-def _parquet_source(name: str, raw: bytes) -> Source:
+def read_file(path: str | Path, what: str) -> bytes:
+    """The bytes of a regular file; DataError naming ``path`` when it is missing, a
+    directory, or not a regular file (a FIFO or a device would block or never end).
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file should be, for messages (``"a ratings file"``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: file not found; check the path (cwd-relative paths allowed)")
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory, not {what}; give the file inside it")
+    if not p.is_file():
+        raise DataError(
+            f"{path}: is not a regular file (a FIFO, socket or device), which could block "
+            f"forever; save {what} to a file and give its path"
+        )
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+
+
+def is_parquet(path: str | Path, raw: bytes) -> bool:
+    """Whether a file is Parquet: by its suffix (``.parquet``, ``.pq``) or magic bytes."""
+    return Path(path).suffix.lower() in _PARQUET_SUFFIXES or raw[:4] == b"PAR1"
+
+
+def parquet_source(name: str, raw: bytes, need: str) -> Source:
+    """A Parquet file's columns (header: its column names; ``row N`` in messages).
+
+    ``need`` completes the message for fewer than 2 columns (``"a names file needs 2
+    (id, name)"``).
+    """
     try:
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - pyarrow is a declared extra
@@ -174,11 +206,10 @@ def _parquet_source(name: str, raw: bytes) -> Source:
         if table.num_columns:
             cols = ", ".join(table.column_names)
             raise DataError(f"{name}: has columns ({cols}) but no data rows")
-        raise DataError(f"{name}: the Parquet file is empty; expected rating rows")
+        raise DataError(f"{name}: the Parquet file is empty (no columns, no rows)")
     if table.num_columns < 2:
         raise DataError(
-            f"{name}: has {table.num_columns} column(s) ({', '.join(table.column_names)}); "
-            "a ratings file needs at least 2 (user, item), usually 3 (user, item, rating)"
+            f"{name}: has {table.num_columns} column(s) ({', '.join(table.column_names)}); {need}"
         )
     df = table.to_pandas()
     columns = [df.iloc[:, j] for j in range(df.shape[1])]

@@ -189,19 +189,24 @@ def align(r: Ratings, user_map: IdMap, item_map: IdMap) -> tuple[Ratings, dict[s
     Returns
     -------
     (Ratings, dict)
-        The kept rows with ``user_map``/``item_map`` as their maps, and the counts
-        ``rows``, ``kept``, ``dropped``, ``unknown_users`` and ``unknown_items``
-        (distinct ids).
+        The kept rows with ``user_map``/``item_map`` as their maps, and the counts:
+        ``rows``, ``kept``, ``dropped`` (rows); ``rows_unknown_user`` (rows dropped for
+        their user) and ``rows_unknown_item`` (rows of a known user dropped for their
+        item), which add up to ``dropped``; ``unknown_users`` and ``unknown_items``
+        (distinct ids among those rows).
     """
     u = user_map.to_index(r.user_map.raw_ids, missing=-1)[r.users]
     i = item_map.to_index(r.item_map.raw_ids, missing=-1)[r.items]
     keep = (u >= 0) & (i >= 0)
+    by_item = (u >= 0) & (i < 0)
     stats = {
         "rows": len(r),
         "kept": int(keep.sum()),
         "dropped": int((~keep).sum()),
+        "rows_unknown_user": int((u < 0).sum()),
+        "rows_unknown_item": int(by_item.sum()),
         "unknown_users": int(len(np.unique(r.users[u < 0]))),
-        "unknown_items": int(len(np.unique(r.items[i < 0]))),
+        "unknown_items": int(len(np.unique(r.items[by_item]))),
     }
     out = Ratings(
         users=u[keep],
@@ -215,6 +220,14 @@ def align(r: Ratings, user_map: IdMap, item_map: IdMap) -> tuple[Ratings, dict[s
         implicit=r.implicit,
     )
     return out, stats
+
+
+def count_pairs_in(r: Ratings, users: np.ndarray, items: np.ndarray) -> int:
+    """Rows of ``r`` whose (user, item) pair is among ``(users, items)`` (indices in
+    ``r``'s maps): a test file's rows that are also training rows, for instance."""
+    n = np.int64(max(r.n_items, 1))
+    known = np.unique(np.asarray(users, np.int64) * n + np.asarray(items, np.int64))
+    return int(np.isin(r.users * n + r.items, known).sum())
 
 
 def split(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -147,8 +148,46 @@ def decode_text(name: str, raw: bytes, *, fallback: str | None = None) -> str:
     return text
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their line breaks, lazily (for ``csv.reader``)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start : end + 1]
+        start = end + 1
+
+
+def _blank(record: list[str]) -> bool:
+    return not record or (len(record) == 1 and record[0].strip(" \r\x0b\x0c") == "")
+
+
+def records(text: str, sep: str, limit: int | None = None) -> Iterator[tuple[int, list[str]]]:
+    """``(first line, fields)`` of the non-blank records of ``text`` split on the
+    one-character ``sep``, honouring CSV quotes (a quoted field may hold ``sep`` and
+    line breaks, so a record may span lines); at most ``limit`` records."""
+    reader = csv.reader(_lines(text), delimiter=sep)
+    n, line = 0, 1
+    try:
+        for record in reader:
+            if not _blank(record):
+                yield line, record
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+            line = reader.line_num + 1
+    except csv.Error:  # a NUL or the like: the table parser reports it
+        return
+
+
 def sniff_sep(name: str, text: str) -> str:
-    r"""The field separator of the first 20 non-blank lines of ``text``.
+    r"""The field separator of the first 20 non-blank records of ``text``.
+
+    Quoted fields (which may hold a separator or a line break) are honoured. When no
+    separator splits every record but one splits most of them, the message names the
+    first record it does not split (rows with mixed separators).
 
     Returns
     -------
@@ -161,24 +200,37 @@ def sniff_sep(name: str, text: str) -> str:
         Only blank lines, or no separator that gives 2 or more columns.
     """
     lines = []
-    for line in text.split("\n"):
+    for line in itertools.islice(_lines(text), 100):
         if line.strip():
-            lines.append(line.rstrip("\r"))
+            lines.append(line.rstrip("\r\n"))
             if len(lines) >= 20:
                 break
     if not lines:
         raise DataError(f"{name}: the file is empty (only blank lines); expected rating rows")
     if all(line.count("::") >= 1 for line in lines):
         return "::"
-    best, best_min = None, 0
+    best, best_min, most, most_split = None, 0, None, 0
     for cand in ("\t", ",", ";", "|"):
-        m = min(line.count(cand) for line in lines)
-        if m > best_min:
-            best, best_min = cand, m
+        heads = list(records(text, cand, limit=20))
+        counts = [len(fields) - 1 for _, fields in heads]
+        if counts and min(counts) > best_min:
+            best, best_min = cand, min(counts)
+        n_split = sum(c > 0 for c in counts)
+        if n_split > most_split:
+            most, most_split = (cand, heads), n_split
     if best is not None:
         return best
     if all(len(line.split()) >= 3 for line in lines):
         return r"\s+"
+    if most is not None and most_split >= 2:  # rows with mixed separators
+        cand, heads = most
+        line_no, fields = next((ln, f) for ln, f in heads if len(f) < 2)
+        other = next(ln for ln, f in heads if len(f) >= 2)
+        raise DataError(
+            f"{name}: line {line_no}: no {sep_name(cand)} in {show_value(fields[0])}, while "
+            f"line {other} and others are separated by {sep_name(cand)}; every row must use "
+            "the same separator (fix the row, or pass the separator with --sep)"
+        )
     raise DataError(
         f"{name}: line 1: cannot find a field separator (no ',', ';', '|', tab or '::' "
         f"separating 2 or more columns in {show_value(lines[0])}); a ratings file needs at least "
@@ -257,10 +309,15 @@ def split_table(name: str, text: str, sep: str) -> tuple[list[np.ndarray], Calla
 
     def line_of(row: int) -> int:
         if "lines" not in cache:
-            nonblank = [
-                i + 1 for i, line in enumerate(text.split("\n")) if line.strip(" \r\x0b\x0c") != ""
-            ]
-            cache["lines"] = np.asarray(nonblank, dtype=np.int64)
+            if quoting == csv.QUOTE_MINIMAL and used_sep != r"\s+":  # records may span lines
+                starts = [line for line, _ in records(text, used_sep)]
+            else:
+                starts = [
+                    i + 1
+                    for i, line in enumerate(text.split("\n"))
+                    if line.strip(" \r\x0b\x0c") != ""
+                ]
+            cache["lines"] = np.asarray(starts, dtype=np.int64)
         lines = cache["lines"]
         return int(lines[row]) if row < len(lines) else row + 1
 
