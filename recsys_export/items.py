@@ -48,6 +48,8 @@ from recsys_export.ids import IdMap
 __all__ = [
     "ITEM_NAMES_FILE",
     "ItemNames",
+    "align_item_names",
+    "read_item_table",
     "check_item_names",
     "default_item_names_path",
     "read_item_names",
@@ -250,6 +252,24 @@ def read_item_names(
         Missing, empty or binary file; no separator; fewer than two columns; a column
         that is not found or out of range; the same column for id and name; an empty id.
     """
+    ids, names = read_item_table(path, id_col=id_col, name_col=name_col, sep=sep)
+    return align_item_names(ids, names, item_map, str(path))
+
+
+def read_item_table(
+    path: str | Path,
+    *,
+    id_col: str | int | None = None,
+    name_col: str | int | None = None,
+    sep: str | None = None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """The ids and names of a names file, in file order (see :func:`read_item_names`).
+
+    Returns
+    -------
+    (np.ndarray, list)
+        Raw ids (int64, or object array of str) and one name (None if empty) per row.
+    """
     name = str(path)
     raw = read_file(path, "a names file (item ids and names, e.g. movies.csv)")
     if is_parquet(path, raw):
@@ -281,20 +301,54 @@ def read_item_names(
             "check --item-id-col and --item-name-col"
         )
     ids = parse_ids(src, columns[id_pos], "item")
-    texts = [t.strip() for t in as_text(columns[name_pos]).tolist()]
-    index = item_map.to_index(ids, missing=-1)
-    names: list[str | None] = [None] * len(item_map)
+    return ids, [t.strip() or None for t in as_text(columns[name_pos]).tolist()]
+
+
+def align_item_names(ids: Any, names: Any, item_map: IdMap, source: str) -> ItemNames:
+    """Names given by raw id, in ``item_map``'s index order (``names[i]`` of item ``i``).
+
+    Parameters
+    ----------
+    ids : sequence
+        Raw item ids, looked up with :meth:`IdMap.to_index` (an int map matches
+        ``"0114709"`` and ``114709.0``; a str map the text exactly).
+    names : sequence of str or None
+        One name per id; ``""`` and None mean none.
+    item_map : IdMap
+        The model's items.
+    source : str
+        Where the names come from, for :meth:`ItemNames.summary`.
+
+    Returns
+    -------
+    ItemNames
+        Ids the map lacks are ignored and counted; a later name for the same item
+        replaces an earlier one and is counted when it differs.
+
+    Raises
+    ------
+    UnknownIdError
+        An id that is not an id at all (None, NaN, a boolean).
+    """
+    texts = list(names)
+    if len(texts) != len(ids):
+        raise DataError(f"{source}: {len(ids)} item ids but {len(texts)} names")
+    bad = next((t for t in texts if t is not None and not isinstance(t, str)), None)
+    if bad is not None:
+        raise DataError(f"{source}: item names must be strings or None, got {bad!r}")
+    index = item_map.to_index(ids, missing=-1) if len(texts) else np.zeros(0, np.int64)
+    out: list[str | None] = [None] * len(item_map)
     repeated: list[Any] = []
     for j, (i, title) in enumerate(zip(index.tolist(), texts)):
         if i >= 0:
-            if names[i] is not None and names[i] != (title or None):
+            if out[i] is not None and out[i] != (title or None):
                 repeated.append(py_value(ids[j]))
-            names[i] = title or None
+            out[i] = title or None
     unknown = np.flatnonzero(index < 0)
     return ItemNames(
-        names=names,
-        source=name,
-        n_rows=len(ids),
+        names=out,
+        source=source,
+        n_rows=len(texts),
         n_unknown=int(unknown.size),
         unknown_examples=[py_value(ids[j]) for j in unknown[:_MAX_EXAMPLES]],
         n_renamed=len(repeated),

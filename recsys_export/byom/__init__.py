@@ -172,6 +172,7 @@ def export_model(
     seen: Any = None,
     user_col: str | None = None,
     item_col: str | None = None,
+    item_names: Any = None,
     formats: str | Sequence[str] | None = None,
     verify: bool = True,
     keep_partial: bool = False,
@@ -210,6 +211,9 @@ def export_model(
         items.
     seen : mapping or (users, items), optional
         Seen items in raw ids, removed by ``recommend`` (default: ``ratings``' rows).
+    item_names : list or mapping, optional
+        Titles returned with recommendations: a list in item-index order (None for an
+        item without one) or ``{raw item id: name}`` (ids the model lacks are ignored).
     formats : str or sequence, optional
         Subset of ``onnx``, ``torchscript``, ``pt2``, or ``all``; default ``onnx`` and
         ``torchscript`` (``pt2`` is opt-in).
@@ -250,6 +254,7 @@ def export_model(
         "seen": seen,
         "user_col": user_col,
         "item_col": item_col,
+        "item_names": item_names,
         "verify": verify,
         "keep_partial": keep_partial,
         "overwrite": overwrite,
@@ -335,6 +340,7 @@ def _ids(opts: dict[str, Any], n_users: int, n_items: int) -> IdsAndSeen:
         seen=opts["seen"],
         user_col=opts["user_col"],
         item_col=opts["item_col"],
+        item_names=opts["item_names"],
     )
 
 
@@ -347,6 +353,7 @@ def _checkpoint(model: Any, ids: IdsAndSeen, origin: dict[str, Any]) -> Checkpoi
         seen_items=ids.seen_items,
         config={"origin": origin},
         data={"source": ids.source, "seen_pairs": int(ids.seen_users.size)},
+        item_names=None if ids.item_names is None else ids.item_names.names,
     )
 
 

@@ -13,6 +13,7 @@ from recsys_export.errors import (
     DataError,
 )
 from recsys_export.ids import IdMap
+from recsys_export.items import ItemNames, align_item_names
 
 
 def _id_column(df: Any, role: str, given: str | None) -> str:
@@ -32,6 +33,25 @@ def _id_column(df: Any, role: str, given: str | None) -> str:
     return str(hits[0])
 
 
+def _names(item_names: Any, imap: IdMap) -> ItemNames | None:
+    """``item_names=`` of :func:`resolve_ids` aligned with the item map."""
+    if item_names is None:
+        return None
+    if isinstance(item_names, Mapping):
+        return align_item_names(list(item_names), list(item_names.values()), imap, "item_names")
+    if isinstance(item_names, (str, bytes)) or not hasattr(item_names, "__len__"):
+        raise ConfigError(
+            "item_names must be a list in item-index order or a {raw item id: name} mapping"
+        )
+    names = list(item_names)
+    if len(names) != len(imap):
+        raise DataError(
+            f"item_names has {len(names)} entries, the model has {len(imap)} items; give "
+            "one name (or None) per item in index order, or a {raw item id: name} mapping"
+        )
+    return align_item_names(imap.raw_ids, names, imap, "item_names")
+
+
 @dataclass
 class IdsAndSeen:
     """Raw ids in index order and seen (user index, item index) pairs for a bundle."""
@@ -41,6 +61,7 @@ class IdsAndSeen:
     seen_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     seen_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     source: str = "indices"
+    item_names: ItemNames | None = None
 
 
 def _id_map(ids: Any, n: int, role: str, source: str = "") -> IdMap:
@@ -71,6 +92,7 @@ def resolve_ids(
     seen: Any = None,
     user_col: str | None = None,
     item_col: str | None = None,
+    item_names: Any = None,
 ) -> IdsAndSeen:
     """Id maps and seen pairs from the :func:`export_model` arguments.
 
@@ -78,6 +100,9 @@ def resolve_ids(
     raw ids (sorted unique values of its id columns, unless ``user_ids``/``item_ids`` are
     given) and the seen pairs (unless ``seen`` is given). ``seen`` is a mapping
     ``{raw user: [raw items]}`` or a pair ``(raw users, raw items)`` of equal length.
+    ``item_names`` is a list in item-index order (``None`` for an item without a name)
+    or a mapping ``{raw item: name}`` (items it lacks have none; ids the model lacks
+    are ignored and counted in :attr:`IdsAndSeen.item_names`).
     """
     from recsys_export.data import Ratings
 
@@ -114,7 +139,7 @@ def resolve_ids(
                 raise ConfigError("seen must be {user: [items]} or (users, items)") from None
             if ru.shape != ri.shape:
                 raise ConfigError("seen users and items differ in length")
-    out = IdsAndSeen(umap, imap, source=src)
+    out = IdsAndSeen(umap, imap, source=src, item_names=_names(item_names, imap))
     if ru is not None and len(ru):
         out.seen_users = umap.to_index(ru)
         out.seen_items = imap.to_index(ri)

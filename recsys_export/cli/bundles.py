@@ -19,6 +19,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if getattr(args, "model", None):
         return _export_own_model(args, t0)
     ckpt = load_checkpoint(args.checkpoint)
+    if args.items is not None:
+        from recsys_export.items import read_item_names
+
+        names = read_item_names(
+            args.items, item_map=ckpt.item_map, id_col=args.item_id_col, name_col=args.item_name_col
+        )
+        _note_items(args, names.summary())
+        ckpt.item_names = names.names
     manifest = export_bundle(
         ckpt,
         args.out,
@@ -77,11 +85,21 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
         raise ConfigError("--model-args must be a JSON object of constructor keywords")
     module = module_from_files(args.checkpoint, args.model, model_args)
     ratings = ids_from_file(args.ids_from) if args.ids_from else None
+    item_names = None
+    if args.items is not None:  # {raw id: name}, aligned with the model's ids by export_model
+        from recsys_export.items import read_item_table
+
+        ids, names = read_item_table(
+            args.items, id_col=args.item_id_col, name_col=args.item_name_col
+        )
+        item_names = dict(zip(ids.tolist(), names))
+        _note_items(args, f"{len(item_names):,} item names read from {args.items}")
     result = export_model(
         module,
         args.out,
         kind=args.model if args.model in ("mf", "densenet") else None,
         ratings=ratings,
+        item_names=item_names,
         formats=args.formats,
         verify=args.verify,
         keep_partial=args.keep_partial,
@@ -103,6 +121,11 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     )
     _print_export_summary(args, result.manifest, t0)
     return 0
+
+
+def _note_items(args: argparse.Namespace, summary: str) -> None:
+    if not args.quiet:
+        print(f"items: {summary}", file=sys.stderr)
 
 
 def _verify_formats(text: str | None) -> list[str] | None:

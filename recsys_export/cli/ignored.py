@@ -72,6 +72,11 @@ _RULES: dict[str, list[_Rule]] = {
     ],
     "export": [
         (
+            ("item_id_col", "item_name_col"),
+            lambda a: a.items is None,
+            "it picks a column of --items FILE; give --items",
+        ),
+        (
             ("keep_partial",),
             lambda a: not a.model,
             "it applies to a state dict exported with --model",

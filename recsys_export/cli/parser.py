@@ -94,15 +94,14 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
     s.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
 
 
-def _add_items_args(p: argparse.ArgumentParser) -> None:
+def _add_items_args(p: argparse.ArgumentParser, where: str) -> None:
     g = p.add_argument_group("item names (shown by 'recommend')")
     g.add_argument(
         "--items",
         type=Path,
         metavar="FILE",
         help="file of item ids and names (e.g. MovieLens movies.csv, MovieTweetings "
-        "movies.dat): stored in the checkpoint and the bundle; the bundled MovieLens "
-        "sample gets its titles without it",
+        f"movies.dat, or Parquet): {where}",
     )
     g.add_argument(
         "--item-id-col", help="id column of --items (name or 0-based position); detected"
@@ -251,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="ranking: validate every N epochs and after the last (patience still counts epochs)",
     )
-    _add_items_args(p)
+    _add_items_args(
+        p,
+        "stored in the checkpoint and the bundle; the bundled MovieLens sample gets its "
+        "titles without it",
+    )
     m = p.add_argument_group("metrics")
     m.add_argument("-k", "--k", type=int, help="cut-off of ranking metrics (default 10)")
     m.add_argument(
@@ -337,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-partial",
         action="store_true",
         help="when a format cannot be exported, write the others",
+    )
+    _add_items_args(
+        p,
+        "stored in the bundle, replacing the names a checkpoint holds (ids the model "
+        "lacks are ignored)",
     )
     p.add_argument(
         "--formats",
