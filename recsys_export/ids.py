@@ -183,6 +183,8 @@ class IdMap:
             value = float(raw)
             if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
                 return int(value) if self.kind == "int" else str(int(value))
+            if not np.isfinite(value):
+                raise UnknownIdError(f"{self.name} id {raw!r} is not an id (NaN or infinite)")
             raise UnknownIdError(
                 f"{self.name} id {raw!r} is not an exact integer (a float holds integers "
                 f"exactly only up to 2^53); pass {self.name} ids as int or str"
