@@ -232,7 +232,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{path} is not a recsys-export checkpoint (no '{CHECKPOINT_FORMAT}' header)"
+            f"{path} is not a recsys-export checkpoint (no '{CHECKPOINT_FORMAT}' header); "
+            "a state dict of a model trained elsewhere is exported with `recsys-export export "
+            "STATE_DICT --model mf|densenet|MODULE:CLASS` (docs/own-model.md)"
         )
     version = payload.get("format_version")
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:

@@ -1,7 +1,8 @@
 """The README stays a true front page: short, its links resolve, its commands exist.
 
-The detail lives in docs/; the pages with code are executed by the tests that own them
-(docs/runtimes.md by tests/test_embedding.py, docs/own-model.md by tests/test_own_model.py).
+The detail lives in docs/. Every shell and Python block of the README and of docs/ is
+run by tests/test_doc_snippets.py (the C++ and Node ones of docs/runtimes.md by
+tests/test_embedding.py).
 """
 
 from __future__ import annotations

@@ -115,8 +115,9 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
         print(args.out)
         return 0
     m = result.manifest["model"]
+    how = f"{result.kind} via the {result.path} path" if result.kind != result.path else "generic"
     print(
-        f"bundle: {args.out} ({result.kind} via the {result.path} path: {result.reason}; "
+        f"bundle: {args.out} ({how}: {result.reason}; "
         f"{m['n_users']} users x {m['n_items']} items)"
     )
     _print_export_summary(args, result.manifest, t0)
