@@ -117,8 +117,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     m = result.manifest["model"]
     how = f"{result.kind} via the {result.path} path" if result.kind != result.path else "generic"
     print(
-        f"bundle: {args.out} ({how}: {result.reason}; "
-        f"{m['n_users']} users x {m['n_items']} items)"
+        f"bundle: {args.out} ({how}: {result.reason}; {m['n_users']} users x {m['n_items']} items)"
     )
     _print_export_summary(args, result.manifest, t0)
     return 0

@@ -1,4 +1,5 @@
-"""The argument parser of ``recsys-export``: every sub-command and its options.
+"""The argument parser of ``recsys-export``: every sub-command and its options (the
+option groups several commands share are in :mod:`recsys_export.cli.options`).
 
 Only argparse and the standard library are imported here (torch never is), so that the
 runtime-only install can parse every command line.
@@ -8,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import NoReturn
 
 from recsys_export import __version__
-from recsys_export.recipes import describe_recipes
-
-DATA_HELP = (
-    "ratings file (CSV, TSV, '::'-separated .dat, MovieLens u.data, Parquet); "
-    "'movielens-small' (default) is the bundled MovieLens latest-small sample, "
-    "'toy' the post's 5x4 matrix"
+from recsys_export.cli.options import (
+    ArgumentParser,
+    add_data_args,
+    add_items_args,
+    add_plan_args,
+    comma_list,
 )
+from recsys_export.recipes import describe_recipes
 
 EPILOG_TRAIN = """\
 examples:
@@ -41,105 +42,6 @@ Presets: 'post' = the post's loop (per-rating SGD, lr 1e-3, 500 epochs, 3 factor
 no biases); 'tiny' = full-batch Adam for tiny data such as the toy matrix.
 Duplicate (user, item) rows keep the last occurrence (--duplicates to change).
 """
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the CLI's error contract: a usage error is one line on stderr,
-    ``PROG: error: MESSAGE (see 'PROG --help')``, and exit status 2 (argparse prints
-    the whole usage block first)."""
-
-    def error(self, message: str) -> NoReturn:
-        from recsys_export.cli.terminal import safe_text
-
-        line = " ".join(safe_text(message).split())
-        self.exit(2, f"{self.prog}: error: {line} (see '{self.prog} --help')\n")
-
-
-def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None:
-    p.add_argument("data", nargs="?" if optional else None, default=None, help=DATA_HELP)
-    g = p.add_argument_group("reading the ratings file")
-    g.add_argument(
-        "--user-col", help="user id column (name or 0-based position); detected by default"
-    )
-    g.add_argument("--item-col", help="item id column (name or position)")
-    g.add_argument("--rating-col", help="rating column (name or position)")
-    g.add_argument("--timestamp-col", help="timestamp column (name or position)")
-    g.add_argument("--sep", help="field separator (default: detected; e.g. ',', 'tab', '::')")
-    g.add_argument(
-        "--duplicates",
-        choices=["last", "first", "mean", "error"],
-        help="policy for duplicate (user, item) rows (default: last, keep the last)",
-    )
-    s = p.add_argument_group("held-out rows (test, then validation carved from the rest)")
-    s.add_argument(
-        "--split",
-        choices=["random", "time", "none"],
-        help="test rows: random holdout (default), per-user latest ratings (needs "
-        "timestamps), or none",
-    )
-    s.add_argument("--test-fraction", type=float, help="test share of all rows (default 0.2)")
-    s.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=0.1,
-        help="validation share of the remaining training rows, for early stopping "
-        "(default 0.1; 0 = no validation; none is carved when --patience is 0)",
-    )
-    s.add_argument(
-        "--test",
-        type=Path,
-        help="a separate test file (same columns as the data): mapped onto the training "
-        "file's ids, unknown users/items counted and dropped; replaces --split",
-    )
-    s.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
-
-
-def _add_items_args(p: argparse.ArgumentParser, where: str) -> None:
-    g = p.add_argument_group("item names (shown by 'recommend')")
-    g.add_argument(
-        "--items",
-        type=Path,
-        metavar="FILE",
-        help="file of item ids and names (e.g. MovieLens movies.csv, MovieTweetings "
-        f"movies.dat, or Parquet): {where}",
-    )
-    g.add_argument(
-        "--item-id-col", help="id column of --items (name or 0-based position); detected"
-    )
-    g.add_argument("--item-name-col", help="name column of --items (name or position); detected")
-
-
-def _budget(text: str) -> int:
-    """``--budget PAIRS``: a positive integer (``16000000``, ``16_000_000`` or ``1.6e7``)."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of pairs: {text!r}") from None
-    if not value >= 1 or value != int(value):
-        raise argparse.ArgumentTypeError(f"must be a positive whole number of pairs: {text!r}")
-    return int(value)
-
-
-def _add_plan_args(p: argparse.ArgumentParser, *, quick: bool = False) -> None:
-    """``--full`` / ``--budget`` of export and verify (the parity plan), and verify's
-    ``--quick`` (no plan), each excluding the others."""
-    from recsys_export.plan import DEFAULT_BUDGET
-
-    g = p.add_mutually_exclusive_group()
-    if quick:
-        g.add_argument("--quick", action="store_true", help="random batches only, no plan")
-    g.add_argument(
-        "--full",
-        action="store_true",
-        help="compare every user's whole row, whatever the budget",
-    )
-    g.add_argument(
-        "--budget",
-        type=_budget,
-        metavar="PAIRS",
-        help=f"(user, item) pairs compared per format: the whole matrix while it fits, "
-        f"else every item for a seeded, edge-covering sample of users (default {DEFAULT_BUDGET:,})",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of every row, and test metrics beside a popularity and a bias baseline.",
         epilog=EPILOG_TRAIN.replace("{recipes}", describe_recipes()),
     )
-    _add_data_args(p)
+    add_data_args(p)
     p.add_argument(
         "--model", choices=["mf", "densenet"], default="mf", help="model kind (default mf)"
     )
@@ -250,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="ranking: validate every N epochs and after the last (patience still counts epochs)",
     )
-    _add_items_args(
+    add_items_args(
         p,
         "stored in the checkpoint and the bundle; the bundled MovieLens sample gets its "
         "titles without it",
@@ -341,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when a format cannot be exported, write the others",
     )
-    _add_items_args(
+    add_items_args(
         p,
         "stored in the bundle, replacing the names a checkpoint holds (ids the model "
         "lacks are ignored)",
@@ -367,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--atol", type=float, default=1e-5, help="parity abs tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="parity rel tolerance (default 1e-5)")
-    _add_plan_args(p)
+    add_plan_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the bundle path")
 
     p = sub.add_parser(
@@ -409,12 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--providers",
-        type=_comma_list,
+        type=comma_list,
         help="comma list of onnxruntime execution providers of the onnx and runtime "
         "checks, in priority order (default CPUExecutionProvider; e.g. "
         "CUDAExecutionProvider,CPUExecutionProvider with onnxruntime-gpu)",
     )
-    _add_plan_args(p, quick=True)
+    add_plan_args(p, quick=True)
     p.add_argument(
         "--no-record",
         dest="record",
@@ -458,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
     p.add_argument(
         "--providers",
-        type=_comma_list,
+        type=comma_list,
         help="comma list of onnxruntime execution providers in priority order (default "
         "CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider with "
         "onnxruntime-gpu)",
@@ -514,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
     p.add_argument(
         "--providers",
-        type=_comma_list,
+        type=comma_list,
         help="comma list of onnxruntime execution providers in priority order (default "
         "CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider with "
         "onnxruntime-gpu): the local runtime's sessions, or with --engine ray (and no "
@@ -536,8 +438,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(p)
     return parser
-
-
-def _comma_list(text: str) -> list[str]:
-    """``"a, b,c"`` -> ``["a", "b", "c"]`` (argparse type of comma-separated options)."""
-    return [part.strip() for part in text.split(",") if part.strip()]
