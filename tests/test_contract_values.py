@@ -416,3 +416,42 @@ def test_output_directories_are_created(tmp_path):
     # a command that fails leaves no directory it created behind
     rc, _, err = _run(["export", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "a" / "b")])
     assert rc == 2 and not (tmp_path / "a").exists()
+
+
+def _help(command: str) -> str:
+    rc, out, err = _run([command, "--help"])
+    assert rc == 0, err
+    return out
+
+
+def test_help_texts_point_to_the_right_places():
+    bench = " ".join(_help("bench").split())
+    assert "schema in docs/performance.md" in bench and "in the README" not in bench
+    assert "examples:" in _help("inspect") and "recsys-export inspect artifacts/mf" in _help(
+        "inspect"
+    )
+    train = " ".join(_help("train").split())
+    assert "random holdout (default)" in train
+
+
+def test_a_state_dict_without_model_is_told_about_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "mf_state.pt"
+    torch.save(
+        {"user_factors.weight": torch.zeros(3, 2), "item_factors.weight": torch.zeros(4, 2)}, path
+    )
+    rc, _, err = _run(["export", str(path), "--out", str(tmp_path / "b")])
+    _one_error_line(rc, err, "not a recsys-export checkpoint", "--model mf|densenet|MODULE:CLASS")
+
+
+def test_export_items_attaches_titles(tmp_path):
+    names = _write(tmp_path, "names.csv", "id,title\n0,Zero\n1,One\n2,Two\n2,Deux\n9,Nine\n")
+    rc, _, err = _run(["train", "toy", "--preset", "tiny", "-q", "--out", str(tmp_path / "m.pt")])
+    assert rc == 0, err
+    argv = ["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "b"), "--formats", "onnx"]
+    rc, _, err = _run([*argv, "--items", str(names)])
+    assert rc == 0, err
+    assert "items: 3 of 4 items named from" in err and "1 rows name an item again" in err
+    from recsys_export.runtime import Recommender
+
+    assert Recommender.load(tmp_path / "b").item_names == ["Zero", "One", "Deux", None]
