@@ -97,10 +97,9 @@ def raw_id_array(values: Any, name: str) -> np.ndarray:
         return np.array([_raw_id(v, name) for v in arr.tolist()], dtype=object)
     if arr.dtype != object:
         raise DataError(f"{name} ids must be integers or strings, got dtype {arr.dtype}")
-    ids = arr.tolist()
-    if all(type(v) is str for v in ids):  # the common case (a parsed column): as it is
+    if all(type(v) is str for v in arr):  # the common case (a parsed column): as it is
         return arr
-    ids = [_raw_id(v, name) for v in ids]
+    ids = [_raw_id(v, name) for v in arr.tolist()]
     out = np.empty(len(ids), dtype=object)
     if ids and all(type(v) is int for v in ids):
         try:
@@ -117,9 +116,16 @@ class IdMap:
     Parameters
     ----------
     raw_ids : array-like
-        Unique raw ids in index order: integers or strings.
+        Unique raw ids in index order: integers or strings (see :func:`raw_id_array`:
+        integral floats within 2^53 are integers; None, NaN, booleans and inexact floats
+        are refused).
     name : str
         ``"user"`` or ``"item"``; used in error messages.
+
+    Raises
+    ------
+    DataError
+        A value that is not an id (a ``ValueError``); ``ValueError`` for repeated ids.
     """
 
     def __init__(self, raw_ids: Iterable[Any], name: str) -> None:

@@ -270,12 +270,11 @@ def _first_odd_numeral(text: np.ndarray) -> int | None:
     """Row of the first value that Python would read as a number but that is not a plain
     ASCII numeral: ``"1_96"`` (``float`` reads 196.0), Arabic-Indic or other non-ASCII
     digits, non-ASCII spaces. None when there is none (the common case costs one join)."""
-    strings = text.tolist()
-    joined = "".join(strings)
+    joined = "".join(text)
     if joined.isascii() and "_" not in joined:
         return None
     return next(
-        (j for j, v in enumerate(strings) if (not v.isascii() or "_" in v) and is_number(v)),
+        (j for j, v in enumerate(text) if (not v.isascii() or "_" in v) and is_number(v)),
         None,
     )
 
