@@ -251,6 +251,23 @@ def test_error_lines_and_score_lines_are_escaped(str_bundle):
     assert out.startswith("bob\\x1b[31m\ti1\t")
 
 
+def test_every_printed_line_is_escaped(str_bundle, tmp_path):
+    """Output with no explicit escaping (inspect's manifest fields) goes through the guard."""
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(str_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    manifest["created"] = "\x1b]0;pwned\x07today"
+    (bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    rc, out, err = _run(["inspect", str(bundle)])
+    assert rc == 0, err
+    _no_raw_controls(out)
+    assert "created \\x1b]0;pwned\\x07today)" in out
+    rc, out, err = _run(["inspect", str(bundle), "--json"])
+    assert rc == 0 and json.loads(out)["created"] == manifest["created"]
+
+
 def test_recommend_json_ids_are_typed_as_in_the_bundle(tmp_path):
     rc, _, err = _run(["train", "toy", "--preset", "tiny", "-q", "--out", str(tmp_path / "m.pt")])
     assert rc == 0, err
