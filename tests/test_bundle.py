@@ -439,6 +439,7 @@ def test_overwrite_uses_atomic_exchange(tmp_path: Path, monkeypatch: pytest.Monk
         real(src, dst, flags)
 
     monkeypatch.setattr(bundle_writer, "_renameat2", spy)
+    monkeypatch.setattr(atomic, "renameat2", spy)  # rename_noreplace's
     dest = make_bundle(tmp_path / "b")
     make_bundle(dest, onnx=b"second", overwrite=True)
     assert calls == [atomic.RENAME_NOREPLACE, atomic.RENAME_EXCHANGE]
@@ -453,6 +454,7 @@ def test_overwrite_falls_back_without_renameat2(
         raise OSError(errno.ENOSYS, "no renameat2")
 
     monkeypatch.setattr(bundle_writer, "_renameat2", unsupported)
+    monkeypatch.setattr(atomic, "renameat2", unsupported)
     dest = make_bundle(tmp_path / "b")  # dest absent: plain rename
     make_bundle(dest, onnx=b"second", overwrite=True)  # dest present: rename dance
     assert Bundle.load(dest).file("onnx/score.onnx").read_bytes() == b"second"

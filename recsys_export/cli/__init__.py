@@ -13,6 +13,7 @@ Each command parses, calls the library and prints.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -51,6 +52,22 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+#: SIGPIPE's number: a reader that closed the pipe early ends the command silently with
+#: 128 + SIGPIPE, as a Unix tool killed by SIGPIPE does.
+_SIGPIPE = getattr(signal, "SIGPIPE", 13)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush stays silent."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recsys-export`` console script."""
     parser = build_parser()
@@ -80,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except BrokenPipeError:  # `recsys-export inspect B | head -1`: the reader is gone
+        _silence_stdout()
+        return 128 + _SIGPIPE
     except KeyboardInterrupt:
         print(f"recsys-export {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
