@@ -146,7 +146,8 @@ class Recommender(BatchOutputs):
         bundle_path : path
             The bundle directory (exported with the ``onnx`` format).
         intra_op_threads : int, optional
-            Threads onnxruntime uses inside one call (default: ``os.cpu_count()``).
+            Threads onnxruntime uses inside one call (default: ``os.cpu_count()``; at
+            most 4 per core, :func:`~recsys_export.runtime.sessions.max_threads`).
         graph_optimization : {"all", "extended", "basic", "disable"}
             onnxruntime graph optimisation level.
         verify : bool
@@ -181,30 +182,21 @@ class Recommender(BatchOutputs):
         ConfigError
             Invalid options, or a provider this onnxruntime does not have.
         """
-        options: dict[str, Any] = {
-            "intra_op_threads": intra_op_threads,
-            "graph_optimization": graph_optimization,
-            "fast_paths": fast_paths,
-            "python_threads": python_threads,
-            "block_users": block_users,
-            "call_users": call_users,
-            "providers": providers,
-        }
-        for _attempt in range(3):
-            bundle = Bundle.load(bundle_path, verify=verify)
-            try:
-                rec = cls(bundle, **options)
-                rec._engine.first_session()  # fail early on a graph onnxruntime refuses
-            except BundleError:
-                if not bundle.swapped():
-                    raise
-                continue  # replaced by `export --force` while we read it: read the new one
-            if not bundle.swapped():
-                return rec
-        raise BundleError(
-            f"bundle {bundle.root} was replaced several times while it was being loaded; "
-            "load it again once the export is over"
+        # Bundle.load keeps the files it checked open: what the recommender reads now
+        # and later (graphs, id maps, seen items, names) is that bundle, whole, even if
+        # `export --force` replaces it meanwhile
+        rec = cls(
+            Bundle.load(bundle_path, verify=verify),
+            intra_op_threads=intra_op_threads,
+            graph_optimization=graph_optimization,
+            fast_paths=fast_paths,
+            python_threads=python_threads,
+            block_users=block_users,
+            call_users=call_users,
+            providers=providers,
         )
+        rec._engine.first_session()  # fail early on a graph onnxruntime refuses
+        return rec
 
     # ------------------------------------------------------------------ properties
     # n_users, n_items, kind: from BatchOutputs
