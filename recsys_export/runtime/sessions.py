@@ -41,7 +41,7 @@ def _detail(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-class BundleSession(ort.InferenceSession):  # type: ignore[misc]
+class BundleSession(ort.InferenceSession):
     """An ``onnxruntime.InferenceSession`` of one bundle graph whose run failures are
     :class:`BundleError` lines naming the graph and the bundle."""
 
