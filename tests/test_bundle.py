@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli_contract import dead_pid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,16 +67,6 @@ def write_manifest(root: Path, manifest: dict) -> None:
 
 def siblings(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir())
-
-
-def dead_pid() -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(proc.stdout)
 
 
 # ---------------------------------------------------------------------- basics

@@ -38,6 +38,7 @@ import torch
 from helpers.cli_contract import (
     assert_one_line_error,
     cli_env,
+    dead_pid,
     leftovers,
     run_inprocess,
     run_subprocess,
@@ -91,17 +92,6 @@ def _edit_manifest(bundle: Path, edit) -> None:  # type: ignore[no-untyped-def]
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
-
-
-def _dead_pid() -> int:
-    """The pid of a process that has exited (what a ``kill -9`` leaves in temp names)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(proc.stdout)
 
 
 def _snapshot(path: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -637,7 +627,7 @@ def test_a_refused_rerun_cleans_what_kill_9_left(
 ) -> None:
     """A killed run leaves ``.OUT.partial-PID-HEX``; the rerun refuses (OUT exists, no
     --force) and main left the temporary there for good."""
-    pid = _dead_pid()
+    pid = dead_pid()
     if command == "export":
         out = _copy(world["a"], tmp_path / "bundle")
         stale = tmp_path / f".bundle.partial-{pid}-0123abcd"

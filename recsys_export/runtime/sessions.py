@@ -49,29 +49,25 @@ class BundleSession(ort.InferenceSession):
         super().__init__(source, *args, **kwargs)
         self._what = what
 
-    def _failed(self, exc: Exception) -> BundleError:
-        return BundleError(
-            f"onnxruntime cannot run {self._what} ({_detail(exc)}); its inputs or outputs "
-            "do not match the bundle's entry points (an edited bundle?): export it again"
-        )
+    def _checked(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except (RecsysExportError, MemoryError):
+            raise
+        except Exception as exc:
+            raise BundleError(
+                f"onnxruntime cannot run {self._what} ({_detail(exc)}); its inputs or "
+                "outputs do not match the bundle's entry points (an edited bundle?): "
+                "export it again"
+            ) from None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """``InferenceSession.run``; onnxruntime's failures as :class:`BundleError`."""
-        try:
-            return super().run(*args, **kwargs)
-        except (RecsysExportError, MemoryError):
-            raise
-        except Exception as exc:
-            raise self._failed(exc) from None
+        return self._checked(super().run, *args, **kwargs)
 
     def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
         """``InferenceSession.run_with_iobinding``; failures as :class:`BundleError`."""
-        try:
-            return super().run_with_iobinding(*args, **kwargs)
-        except (RecsysExportError, MemoryError):
-            raise
-        except Exception as exc:
-            raise self._failed(exc) from None
+        return self._checked(super().run_with_iobinding, *args, **kwargs)
 
 
 def open_session(

@@ -54,6 +54,17 @@ def run_subprocess(
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (what a ``kill -9`` leaves in temp names)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(proc.stdout)
+
+
 def leftovers(directory: Path) -> list[str]:
     """Temporaries of killed or failed writes in ``directory`` (sorted names)."""
     if not directory.is_dir():
