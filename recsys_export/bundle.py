@@ -212,6 +212,9 @@ class Bundle:
                         f"{where}: id map {key!r} names {rel!r}, which is not listed in 'files'"
                     )
             opened.done_opening()
+        except OSError as exc:  # e.g. a directory that may be listed but not entered
+            opened.close()
+            raise opened.unreadable(repr(exc.filename or os.fspath(root)), exc) from None
         except BaseException:
             opened.close()
             raise
