@@ -210,6 +210,11 @@ def writing(
     A failed write (a full disk, a file-size limit, permissions) and, without
     ``overwrite``, a path that appeared meanwhile both raise ``error`` with a one-line
     message; the temporary is removed and ``path`` is left as it was.
+
+    Raises
+    ------
+    RecsysExportError
+        ``error`` (default :class:`~recsys_export.errors.ConfigError`), as above.
     """
     try:
         with replacing(path, overwrite=overwrite) as tmp:
@@ -254,10 +259,9 @@ def reserve_space(path: Path, nbytes: int) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling and a rename
-    (:func:`replacing`)."""
-    with replacing(path, overwrite=overwrite) as tmp:
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling and a rename."""
+    with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 

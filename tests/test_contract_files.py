@@ -187,13 +187,11 @@ def test_outputs_under_a_file_size_limit(world: dict[str, Path], tmp_path: Path,
 
 def test_reserve_space_reports_a_full_disk(small_disk: Path) -> None:
     """The library call behind the .npy writer: ENOSPC before any page is mapped."""
-    from recsys_export.runtime.writers import reserve_space
-
     sparse = small_disk / "sparse"
     with open(sparse, "wb") as fh:
         fh.truncate(1 << 20)  # a 1 MiB hole on a 128 KiB disk
     with pytest.raises(OSError) as exc:
-        reserve_space(sparse, 1 << 20)
+        atomic.reserve_space(sparse, 1 << 20)
     assert exc.value.errno == 28  # ENOSPC
 
 
