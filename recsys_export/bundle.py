@@ -19,7 +19,10 @@ via Linux ``renameat2(RENAME_EXCHANGE)``). A reader therefore sees either the pr
 bundle or the complete new one, also when the writing process is killed.
 
 Loading (:meth:`Bundle.load`) checks the format version, that every listed file name
-stays inside the bundle, and every file's size and sha256 before anything runs.
+stays inside the bundle, and every file's size and sha256 before anything runs. It
+keeps every listed file open (:class:`~recsys_export.bundle_format.OpenFiles`): what a
+loaded bundle reads later (:meth:`Bundle.read_bytes`) is what was checked, also after
+``export --force`` replaced it on disk.
 
 The format's helpers live in :mod:`recsys_export.bundle_format`, the writer in
 :mod:`recsys_export.bundle_writer`; this module holds the reader and
@@ -29,21 +32,27 @@ the standard library, numpy and torch-free parts of ``recsys_export``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recsys_export.atomic import stale_temporaries
 from recsys_export.bundle_format import (
-    _HEX64,
     _ID_MAP_NAMES,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
     RESERVED_KEYS,
+    OpenFiles,
     _check_rel,
+    _open_files,
+    _read_manifest,
+    check_seen_csr,
     enclosing_bundle,
     read_seen_csr,
     sha256_file,
@@ -97,12 +106,20 @@ class Bundle:
         The parsed ``manifest.json``.
     """
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, root: Path, manifest: dict[str, Any], files: OpenFiles | None = None
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self._maps: dict[str, IdMap] = {}
         self._identity = _dir_identity(root)
         self._spec: BundleSpec | None = None
+        self._open = files
+
+    def close(self) -> None:
+        """Close the bundle's files (also done when it is garbage-collected)."""
+        if self._open is not None:
+            self._open.close()
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.root)!r}, format_version={self.format_version})"
@@ -117,7 +134,9 @@ class Bundle:
         backslash, resolves inside the bundle even through symlinks), exists, has the
         recorded size and (with ``verify``) the recorded sha256; the id map files are
         listed. A bundle swapped in (``export --force``) while it is read is read again,
-        so the result is the old bundle or the new one, never a mix.
+        so the result is the old bundle or the new one, never a mix. The listed files
+        stay open: :meth:`read_bytes` (and the runtime) read the files that were
+        checked, whatever is at ``path`` later.
 
         Parameters
         ----------
@@ -168,109 +187,38 @@ class Bundle:
             raise BundleError(f"no bundle at {root}: the directory does not exist")
         if not root.is_dir():
             raise BundleError(f"no bundle at {root}: it is a file, not a bundle directory")
-        real_root = root.resolve()
-
-        mpath = root / MANIFEST_NAME
-        if not mpath.is_file():
-            raise BundleError(
-                f"{root} is not a recsys-export bundle: it has no {MANIFEST_NAME} (a partially "
-                "written or interrupted export has none); export the model again"
-            )
-        if not mpath.resolve().is_relative_to(real_root):
-            raise BundleError(f"{where}: {MANIFEST_NAME} is a symlink leaving the bundle")
+        opened = OpenFiles(root)
         try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(
-                f"{where}: {MANIFEST_NAME} is not valid JSON ({exc}); the bundle is corrupted, "
-                "export it again"
-            ) from None
-        except OSError as exc:
-            raise BundleError(f"{where}: cannot read {MANIFEST_NAME}: {exc}") from None
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{where}: {MANIFEST_NAME} must hold a JSON object")
-
-        fmt = manifest.get("format")
-        if fmt != FORMAT_NAME:
-            raise BundleError(
-                f"{where}: not a recsys-export bundle ({MANIFEST_NAME} format is {fmt!r}, "
-                f"expected {FORMAT_NAME!r})"
-            )
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise BundleError(
-                f"{where}: format_version must be a positive integer, got {version!r}; "
-                "the manifest is corrupted"
-            )
-        if version > FORMAT_VERSION:
-            raise BundleError(
-                f"{where} was written by a newer recsys-export (format {version} > "
-                f"{FORMAT_VERSION}): upgrade recsys-export to load it"
-            )
-
-        files = manifest.get("files")
-        if not isinstance(files, dict):
-            raise BundleError(
-                f"{where}: {MANIFEST_NAME} has no 'files' table (or it is not an object); "
-                "the manifest is corrupted"
-            )
-        # Pass 1 (cheap): names, entries, existence, sizes.
-        resolved: dict[str, Path] = {}
-        for rel, entry in files.items():
-            _check_rel(rel, where)
-            if rel == MANIFEST_NAME:
-                raise BundleError(f"{where}: {MANIFEST_NAME} cannot list itself")
-            if not (
-                isinstance(entry, dict)
-                and isinstance(entry.get("role"), str)
-                and isinstance(entry.get("sha256"), str)
-                and _HEX64.fullmatch(entry["sha256"])
-                and isinstance(entry.get("bytes"), int)
-                and not isinstance(entry.get("bytes"), bool)
-                and entry["bytes"] >= 0
-            ):
-                raise BundleError(
-                    f"{where}: malformed {MANIFEST_NAME} entry for {rel!r} (needs role, "
-                    f"64-hex sha256, bytes): {entry!r}"
-                )
-            full = (root / rel).resolve()
-            if not full.is_relative_to(real_root):
-                raise BundleError(
-                    f"{where}: file {rel!r} resolves to {full}, outside the bundle (a symlink "
-                    "leaving the bundle); refusing to load it"
-                )
-            if not full.exists():
-                raise BundleError(
-                    f"{where}: file {rel!r} is missing; the bundle is incomplete, export it again"
-                )
-            if not full.is_file():
-                raise BundleError(f"{where}: {rel!r} is not a regular file")
-            size = full.stat().st_size
-            if size != entry["bytes"]:
-                state = "truncated" if size < entry["bytes"] else "altered (it grew)"
-                raise BundleError(
-                    f"{where}: file {rel!r} is {state}: {size} bytes, the manifest records "
-                    f"{entry['bytes']}; export the bundle again"
-                )
-            resolved[rel] = full
-        # Pass 2 (expensive): checksums.
-        if verify:
-            for rel, full in resolved.items():
-                if sha256_file(full) != files[rel]["sha256"]:
+            manifest = _read_manifest(root, opened)
+            files = manifest["files"]
+            _open_files(root, files, opened)
+            if verify:  # the expensive pass: checksums of what was opened
+                for rel in files:
+                    try:
+                        digest = sha256_file(opened.fd(rel))
+                    except OSError as exc:
+                        raise opened.unreadable(repr(rel), exc) from None
+                    if digest != files[rel]["sha256"]:
+                        raise BundleError(
+                            f"{where}: file {rel!r} was altered/corrupted: checksum mismatch "
+                            "(sha256 differs from the manifest); export the bundle again"
+                        )
+            id_maps = manifest.get("id_maps", {})
+            if not isinstance(id_maps, dict):
+                raise BundleError(f"{where}: 'id_maps' in {MANIFEST_NAME} must be an object")
+            for key, rel in id_maps.items():
+                if not isinstance(rel, str) or rel not in files:
                     raise BundleError(
-                        f"{where}: file {rel!r} was altered/corrupted: checksum mismatch "
-                        "(sha256 differs from the manifest); export the bundle again"
+                        f"{where}: id map {key!r} names {rel!r}, which is not listed in 'files'"
                     )
-
-        id_maps = manifest.get("id_maps", {})
-        if not isinstance(id_maps, dict):
-            raise BundleError(f"{where}: 'id_maps' in {MANIFEST_NAME} must be an object")
-        for key, rel in id_maps.items():
-            if not isinstance(rel, str) or rel not in files:
-                raise BundleError(
-                    f"{where}: id map {key!r} names {rel!r}, which is not listed in 'files'"
-                )
-        return cls(root, manifest)
+            opened.done_opening()
+        except OSError as exc:  # e.g. a directory that may be listed but not entered
+            opened.close()
+            raise opened.unreadable(repr(exc.filename or os.fspath(root)), exc) from None
+        except BaseException:
+            opened.close()
+            raise
+        return cls(root, manifest, opened)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -332,13 +280,71 @@ class Bundle:
             if entry["role"].startswith(prefix)
         }
 
+    def read_bytes(self, rel: str) -> bytes:
+        """The content of a listed file (or of ``manifest.json``) as it was loaded.
+
+        Read from the descriptor :meth:`load` opened and checksummed, so a bundle
+        replaced on disk since (``export --force``) still reads whole, as loaded.
+
+        Raises
+        ------
+        BundleError
+            ``rel`` is not listed, or the file cannot be read.
+        """
+        if rel != MANIFEST_NAME:
+            self.file(rel)
+        if self._open is not None:
+            return self._open.read(rel)
+        try:
+            return (self.root / rel).read_bytes()
+        except OSError as exc:
+            raise BundleError(f"bundle {self.root}: cannot read {rel!r}: {exc.strerror}") from None
+
+    def is_loaded_file(self, rel: str, path: Path | None = None) -> bool:
+        """Whether ``path`` (default ``root / rel``) is the file of ``rel`` that was loaded
+        (for readers that need a path, such as onnxruntime with external weights)."""
+        if self._open is None:
+            return not self.swapped()
+        try:
+            now = os.stat(path if path is not None else self.root / rel)
+        except OSError:
+            return False
+        then = os.fstat(self._open.fd(rel))
+        return (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino)
+
     def read_json(self, rel: str) -> Any:
         """Parse a listed JSON file (BundleError if it is not valid JSON)."""
-        path = self.file(rel)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(self.read_bytes(rel).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"bundle {self.root}: {rel!r} is not valid JSON ({exc})") from None
+
+    def seen_csr(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr int64[n_users + 1], items int64[nnz])``: the items each user rated,
+        read as loaded and checked against the model's sizes.
+
+        Raises
+        ------
+        BundleError
+            The manifest has no ``seen`` entry (the items to leave out are unknown: it
+            is refused rather than serving rated items again), or its files are not
+            listed or malformed.
+        """
+        where = f"bundle {self.root}"
+        seen = self.spec.seen
+        if seen is None:
+            raise BundleError(
+                f"{where}: manifest.json has no 'seen' entry, so the items each user rated "
+                "cannot be left out; export the bundle again, or pass --include-seen "
+                "(exclude_seen=False) to serve rated items too"
+            )
+        try:
+            indptr, items = (
+                np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False) for rel in seen
+            )
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{where}: cannot read the seen items ({exc})") from None
+        return check_seen_csr(indptr, items, n_users, n_items, where)
 
     def _id_map(self, key: str) -> IdMap:
         if key not in self._maps:
@@ -395,9 +401,17 @@ def update_bundle(
     Raises
     ------
     BundleError
-        If the source bundle does not verify, or the updates are invalid.
+        If the source bundle does not verify, is read-only (its directory has no write
+        permission, or its file system is mounted read-only: root could still write
+        it, but it was made read-only on purpose), or the updates are invalid.
     """
     src = Bundle.load(path)
+    read_only = _read_only(src.root)
+    if read_only:
+        raise BundleError(
+            f"cannot update bundle {src.root}: it is read-only ({read_only}) and is left as "
+            "it is; make it writable (chmod -R u+w) to update it"
+        )
     if not isinstance(manifest_updates, dict):
         raise BundleError("manifest_updates must be a dict of top-level manifest keys")
     reserved = sorted(RESERVED_KEYS.intersection(manifest_updates))
@@ -426,12 +440,28 @@ def update_bundle(
             if rel in new_files:
                 continue
             target = writer.add(rel, entry["role"])
-            source = src.file(rel)
             try:
-                os.link(source, target)
+                os.link(src.file(rel), target)
             except OSError:  # other device, or links not supported
-                shutil.copy2(source, target)
+                pass
+            if not src.is_loaded_file(rel, target):  # not linked, or swapped meanwhile
+                target.unlink(missing_ok=True)
+                target.write_bytes(src.read_bytes(rel))
         for rel, (data, role) in new_files.items():
             writer.write_bytes(rel, bytes(data), role)
         writer.commit(manifest)
     return Bundle.load(dest)
+
+
+def _read_only(root: Path) -> str | None:
+    """Why the bundle directory ``root`` is read-only, or None if it is not."""
+    statvfs = getattr(os, "statvfs", None)  # not on Windows
+    try:
+        if statvfs is not None and statvfs(root).f_flag & getattr(os, "ST_RDONLY", 1):
+            return "its file system is mounted read-only"
+        mode = os.stat(root).st_mode
+    except OSError as exc:
+        return exc.strerror
+    if not mode & 0o222:
+        return f"its directory has mode {stat.filemode(mode)}"
+    return None

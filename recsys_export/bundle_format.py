@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import re
+import stat
+import weakref
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -23,7 +25,10 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "RESERVED_KEYS",
+    "OpenFiles",
     "enclosing_bundle",
+    "nested_bundles",
+    "check_seen_csr",
     "read_seen_csr",
     "sha256_file",
 ]
@@ -42,13 +47,14 @@ _ID_MAP_NAMES = {"users": "user", "items": "item"}
 
 
 # ---------------------------------------------------------------------- helpers
-def sha256_file(path: str | os.PathLike[str]) -> str:
+def sha256_file(path: str | os.PathLike[str] | int) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (constant memory).
 
     Parameters
     ----------
-    path : str or path-like
-        The file to hash.
+    path : str, path-like or int
+        The file to hash, or an open file descriptor (read from offset 0 with
+        ``pread``: its position is not used, so threads may share it).
 
     Returns
     -------
@@ -56,6 +62,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         64 lowercase hex digits.
     """
     digest = hashlib.sha256()
+    if isinstance(path, int):
+        offset = 0
+        while block := os.pread(path, _BLOCK, offset):
+            digest.update(block)
+            offset += len(block)
+        return digest.hexdigest()
     buf = bytearray(_BLOCK)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
@@ -65,6 +77,105 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
                 break
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+class OpenFiles:
+    """Open descriptors of a loaded bundle's files: what was checked is what is read.
+
+    Files are opened relative to one descriptor of the bundle directory, so they all
+    come from the directory that was loaded even if ``export --force`` swaps another
+    one in meanwhile; reads use ``pread`` on the kept descriptors, so a bundle replaced
+    (and deleted) after loading is still read whole, as it was: the old bundle's disk
+    space is freed when the last reader closes it. Closed by :meth:`close`, or when
+    the object is garbage-collected.
+
+    Raises
+    ------
+    BundleError
+        From every method, when a file cannot be opened or read (permissions, ...).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+        self._dir: int | None = None
+        self._closer = weakref.finalize(self, _close_fds, self._fds)
+        if os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY"):
+            try:
+                self._dir = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise self.unreadable("the bundle directory", exc) from None
+
+    def unreadable(self, what: str, exc: OSError) -> BundleError:
+        """The one-line error of a bundle file that cannot be opened or read."""
+        return BundleError(
+            f"bundle {self.root}: cannot read {what}: {exc.strerror or exc}; make it "
+            "readable or export the bundle again"
+        )
+
+    def dir_stat(self) -> os.stat_result | None:
+        """``fstat`` of the directory the files are opened from (None off POSIX)."""
+        return None if self._dir is None else os.fstat(self._dir)
+
+    def open(self, rel: str) -> int:
+        """Open ``rel`` (relative to the bundle directory) and keep its descriptor."""
+        if rel not in self._fds:
+            # O_NONBLOCK: a FIFO put in a file's place must not block the open
+            flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+            try:
+                if self._dir is None:
+                    fd = os.open(self.root / rel, flags)
+                else:
+                    fd = os.open(rel, flags, dir_fd=self._dir)
+            except OSError as exc:
+                raise self.unreadable(repr(rel), exc) from None
+            self._fds[rel] = fd
+        return self._fds[rel]
+
+    def done_opening(self) -> None:
+        """Close the directory descriptor: every file is open now."""
+        if self._dir is not None:
+            os.close(self._dir)
+            self._dir = None
+
+    def fd(self, rel: str) -> int:
+        """The kept descriptor of ``rel``."""
+        try:
+            return self._fds[rel]
+        except KeyError:
+            raise BundleError(
+                f"bundle {self.root}: {rel!r} is not open (the bundle was closed); load it again"
+            ) from None
+
+    def read(self, rel: str) -> bytes:
+        """The whole content of ``rel``, from the file that was loaded."""
+        fd = self.fd(rel)
+        parts, offset = [], 0
+        try:
+            size = os.fstat(fd).st_size
+            while offset < size:
+                part = os.pread(fd, min(size - offset, 1 << 28), offset)
+                if not part:
+                    break
+                parts.append(part)
+                offset += len(part)
+        except OSError as exc:
+            raise self.unreadable(repr(rel), exc) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        """Close every descriptor (reads then raise :class:`BundleError`)."""
+        self.done_opening()
+        _close_fds(self._fds)
+
+
+def _close_fds(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
 
 
 def _unsafe_reason(rel: object) -> str | None:
@@ -136,6 +247,107 @@ def enclosing_bundle(path: Path) -> Path | None:
     return None
 
 
+def _read_manifest(root: Path, opened: OpenFiles) -> dict[str, Any]:
+    """The bundle's manifest, read from the opened directory; format and version checked."""
+    where = f"bundle {root}"
+    mpath = root / MANIFEST_NAME
+    if not mpath.is_file():
+        raise BundleError(
+            f"{root} is not a recsys-export bundle: it has no {MANIFEST_NAME} (a partially "
+            "written or interrupted export has none); export the model again"
+        )
+    if not mpath.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"{where}: {MANIFEST_NAME} is a symlink leaving the bundle")
+    opened.open(MANIFEST_NAME)
+    try:
+        manifest = json.loads(opened.read(MANIFEST_NAME).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(
+            f"{where}: {MANIFEST_NAME} is not valid JSON ({exc}); the bundle is corrupted, "
+            "export it again"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: {MANIFEST_NAME} must hold a JSON object")
+    fmt = manifest.get("format")
+    if fmt != FORMAT_NAME:
+        raise BundleError(
+            f"{where}: not a recsys-export bundle ({MANIFEST_NAME} format is {fmt!r}, "
+            f"expected {FORMAT_NAME!r})"
+        )
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(
+            f"{where}: format_version must be a positive integer, got {version!r}; "
+            "the manifest is corrupted"
+        )
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{where} was written by a newer recsys-export (format {version} > "
+            f"{FORMAT_VERSION}): upgrade recsys-export to load it"
+        )
+    if not isinstance(manifest.get("files"), dict):
+        raise BundleError(
+            f"{where}: {MANIFEST_NAME} has no 'files' table (or it is not an object); "
+            "the manifest is corrupted"
+        )
+    return manifest
+
+
+def _open_files(root: Path, files: dict[str, Any], opened: OpenFiles) -> None:
+    """Check every listed file's entry, name, place and size, and open it (the cheap pass)."""
+    where = f"bundle {root}"
+    real_root = root.resolve()
+    for rel, entry in files.items():
+        _check_rel(rel, where)
+        if rel == MANIFEST_NAME:
+            raise BundleError(f"{where}: {MANIFEST_NAME} cannot list itself")
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("role"), str)
+            and isinstance(entry.get("sha256"), str)
+            and _HEX64.fullmatch(entry["sha256"])
+            and isinstance(entry.get("bytes"), int)
+            and not isinstance(entry.get("bytes"), bool)
+            and entry["bytes"] >= 0
+        ):
+            raise BundleError(
+                f"{where}: malformed {MANIFEST_NAME} entry for {rel!r} (needs role, "
+                f"64-hex sha256, bytes): {entry!r}"
+            )
+        full = (root / rel).resolve()
+        if not full.is_relative_to(real_root):
+            raise BundleError(
+                f"{where}: file {rel!r} resolves to {full}, outside the bundle (a symlink "
+                "leaving the bundle); refusing to load it"
+            )
+        if not full.exists():
+            raise BundleError(
+                f"{where}: file {rel!r} is missing; the bundle is incomplete, export it again"
+            )
+        if not full.is_file():
+            raise BundleError(f"{where}: {rel!r} is not a regular file")
+        st = os.fstat(opened.open(rel))
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{where}: {rel!r} is not a regular file")
+        if st.st_size != entry["bytes"]:
+            state = "truncated" if st.st_size < entry["bytes"] else "altered (it grew)"
+            raise BundleError(
+                f"{where}: file {rel!r} is {state}: {st.st_size} bytes, the manifest records "
+                f"{entry['bytes']}; export the bundle again"
+            )
+
+
+def nested_bundles(root: Path) -> list[Path]:
+    """Bundles inside the directory ``root`` (at any depth, ``root`` itself excluded)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath != os.fspath(root) and MANIFEST_NAME in filenames:
+            if enclosing_bundle(Path(dirpath)) == Path(dirpath):
+                found.append(Path(dirpath))
+                dirnames.clear()
+    return found
+
+
 def _is_bundle_like(path: Path) -> bool:
     """A directory that may be replaced by ``overwrite``: empty, or holding a manifest."""
     try:
@@ -175,6 +387,20 @@ def read_seen_csr(
         items = np.load(root / _check_rel(seen["items"], where), allow_pickle=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{where}: cannot read the seen items ({exc})") from None
+    return check_seen_csr(indptr, items, n_users, n_items, where)
+
+
+def check_seen_csr(
+    indptr: Any, items: Any, n_users: int, n_items: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a seen-items CSR against the model's sizes; ``(indptr, items)`` as int64.
+
+    Raises
+    ------
+    BundleError
+        A CSR that does not fit the model (e.g. an item index out of range in a
+        re-signed file), prefixed with ``where``.
+    """
     indptr = np.asarray(indptr).reshape(-1)
     items = np.asarray(items).reshape(-1)
     if not (

@@ -8,21 +8,24 @@ rename (or, when replacing a bundle, an atomic exchange via Linux
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from recsys_export.atomic import RENAME_EXCHANGE as _RENAME_EXCHANGE
-from recsys_export.atomic import RENAME_NOREPLACE as _RENAME_NOREPLACE
 from recsys_export.atomic import UNSUPPORTED_ERRNOS as _UNSUPPORTED
+from recsys_export.atomic import (
+    AppearedError,
+    remove_path,
+    remove_stale,
+    rename_noreplace,
+    temp_sibling,
+)
 from recsys_export.atomic import fsync_dir as _fsync_dir
 from recsys_export.atomic import fsync_file as _fsync_file
 from recsys_export.atomic import renameat2 as _renameat2
-from recsys_export.atomic import stale_temporaries, temp_sibling
 from recsys_export.bundle_format import (
     _ID_MAP_FILES,
     FORMAT_NAME,
@@ -32,6 +35,8 @@ from recsys_export.bundle_format import (
     _check_rel,
     _dumps,
     _is_bundle_like,
+    enclosing_bundle,
+    nested_bundles,
     sha256_file,
 )
 from recsys_export.errors import BundleError
@@ -56,8 +61,8 @@ class BundleWriter:
     fsyncs, and moves the directory into place atomically. Leaving the ``with`` block
     by an exception (or without calling :meth:`commit`) deletes the temporary directory
     and never touches ``dest``. Temporary directories left by killed processes (their
-    pid is no longer alive) are removed when the next writer for the same ``dest``
-    starts.
+    pid is no longer alive) are removed when the next writer for the same ``dest`` is
+    created, before it checks (and perhaps refuses) ``dest``.
 
     Parameters
     ----------
@@ -66,13 +71,14 @@ class BundleWriter:
     overwrite : bool, default False
         Replace an existing bundle at ``dest`` (atomically). An existing ``dest`` is
         refused otherwise, and also with ``overwrite`` if it is a non-empty directory
-        without a ``manifest.json`` (to never delete unrelated data).
+        without a ``manifest.json`` or a bundle holding another bundle (to never delete
+        unrelated data). A bundle is never written inside another one.
 
     Raises
     ------
     BundleError
-        If ``dest`` exists (without ``overwrite``), is not replaceable, or its parent is
-        missing or not writable.
+        If ``dest`` exists (without ``overwrite``), is not replaceable, lies inside a
+        bundle, or its parent is missing or not writable.
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, overwrite: bool = False) -> None:
@@ -81,6 +87,7 @@ class BundleWriter:
         parent = self.dest.parent
         if not self.dest.name or self.dest.name in (".", ".."):
             raise BundleError(f"invalid bundle destination {os.fspath(dest)!r}: name a directory")
+        remove_stale(self.dest, "partial|old")
         if not parent.is_dir():
             raise BundleError(
                 f"cannot write bundle {self.dest}: parent directory {parent} does not exist; "
@@ -90,6 +97,12 @@ class BundleWriter:
             raise BundleError(
                 f"cannot write bundle {self.dest}: parent directory {parent} is not writable; "
                 "choose another destination or fix its permissions"
+            )
+        outer = enclosing_bundle(parent)
+        if outer is not None:
+            raise BundleError(
+                f"cannot write bundle {self.dest}: it is inside the bundle {outer}, which "
+                "would delete it when it is replaced; choose a destination outside it"
             )
         self._check_dest()
         self._tmp: Path | None = None
@@ -103,8 +116,8 @@ class BundleWriter:
         dest = self.dest
         if dest.is_symlink():
             raise BundleError(
-                f"cannot write bundle {dest}: it is a symbolic link; pass the real directory "
-                f"({dest.resolve()}) instead"
+                f"cannot write bundle {dest}: it is a symbolic link (to "
+                f"{os.readlink(dest)!r}); pass a real directory instead"
             )
         if not dest.exists():
             return
@@ -124,11 +137,16 @@ class BundleWriter:
                 f"{MANIFEST_NAME}, not a recsys-export bundle; remove it yourself or choose "
                 "another destination"
             )
+        inner = nested_bundles(dest)
+        if inner:
+            raise BundleError(
+                f"refusing to replace {dest}: it holds another bundle ({inner[0]}) that "
+                "replacing it would delete; move that bundle out first"
+            )
 
     def __enter__(self) -> BundleWriter:
         if self._tmp is not None or self._closed:
             raise BundleError("a BundleWriter can be entered only once; create a new one")
-        self._cleanup_stale()
         tmp = temp_sibling(self.dest)
         try:
             os.mkdir(tmp)
@@ -145,19 +163,8 @@ class BundleWriter:
     ) -> None:
         self._closed = True
         if self._tmp is not None and not self._committed:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            remove_path(self._tmp)
         self._tmp = None
-
-    def _cleanup_stale(self) -> None:
-        """Remove temporary siblings of ``dest`` left by processes that no longer run."""
-        for entry, kind in stale_temporaries(self.dest, "partial|old"):
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            if kind == "old" and not self.dest.exists():
-                # A fallback swap was interrupted between its two renames: this is the only
-                # copy of the previous bundle. Leave it for the user to recover.
-                continue
-            shutil.rmtree(entry.path, ignore_errors=True)
 
     def _require_open(self) -> Path:
         if self._tmp is None or self._committed:
@@ -356,16 +363,12 @@ class BundleWriter:
         try:
             if not dest.exists():
                 try:
-                    _renameat2(tmp, dest, _RENAME_NOREPLACE)
-                except OSError as exc:
-                    if exc.errno == errno.EEXIST:
-                        raise BundleError(
-                            f"{dest} appeared while the bundle was being written; pass "
-                            "overwrite=True (--force) to replace it"
-                        ) from None
-                    if exc.errno not in _UNSUPPORTED:
-                        raise
-                    os.rename(tmp, dest)
+                    rename_noreplace(tmp, dest)
+                except AppearedError:
+                    raise BundleError(
+                        f"{dest} appeared while the bundle was being written and was left as "
+                        "it is; pass overwrite=True (--force) to replace it"
+                    ) from None
                 _fsync_dir(parent)
                 return
             try:
@@ -377,7 +380,7 @@ class BundleWriter:
                 return
             _fsync_dir(parent)
             # The previous bundle now sits at the temporary path.
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_path(tmp)
         except OSError as exc:
             raise BundleError(f"cannot move the new bundle into place at {dest}: {exc}") from None
 
@@ -392,4 +395,4 @@ class BundleWriter:
             os.rename(old, dest)  # put the previous bundle back
             raise
         _fsync_dir(dest.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_path(old)

@@ -7,6 +7,7 @@ executed. It is written to a temporary sibling and renamed into place.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_export.atomic import replacing
+from recsys_export.atomic import writing
 from recsys_export.errors import CheckpointError
 from recsys_export.ids import IdMap
 from recsys_export.items import check_item_names
@@ -75,8 +76,24 @@ class Checkpoint:
     def kind(self) -> str:
         return self.model.kind
 
-    def save(self, path: str | Path) -> Path:
-        """Write the checkpoint atomically (temporary file, then rename)."""
+    def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
+        """Write the checkpoint atomically (temporary file, then rename).
+
+        Parameters
+        ----------
+        path : str or Path
+            The checkpoint file.
+        overwrite : bool, default True
+            Replace a file at ``path``. False never replaces one, also one that appeared
+            while the checkpoint was being written (``train --out`` without ``--force``).
+
+        Raises
+        ------
+        CheckpointError
+            The directory is missing, the write fails (full disk, file-size limit,
+            permissions; nothing is left behind), or ``path`` exists without
+            ``overwrite``.
+        """
         path = Path(path)
         if not path.parent.is_dir():
             raise CheckpointError(
@@ -109,23 +126,24 @@ class Checkpoint:
         ):
             if arr is not None:
                 payload[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype))
-        try:
-            with replacing(path) as tmp:
-                try:
-                    # 0o666 less the umask, like any new file (mkstemp's 0600 would hide it
-                    # from other users), without reading the process-wide umask
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                except OSError as exc:
-                    raise CheckpointError(
-                        f"cannot write checkpoint {path}: {exc.strerror}"
-                    ) from None
-                with os.fdopen(fd, "wb") as fh:
-                    torch.save(payload, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        except PermissionError as exc:
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from None
+        # into memory first: torch's archive writer raises RuntimeError ("unexpected
+        # pos"), not OSError, when the disk fills up under it
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        _write_file(path, buf.getbuffer(), overwrite)
         return path
+
+
+def _write_file(path: Path, data: memoryview, overwrite: bool) -> None:
+    """``data`` to ``path`` through :func:`writing` (a temporary, then a rename), fsynced."""
+    with writing(path, overwrite=overwrite, error=CheckpointError) as tmp:
+        # 0o666 less the umask, like any new file (mkstemp's 0600 would hide it from
+        # other users), without reading the process-wide umask
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _require(payload: dict[str, Any], key: str, kind: type, path: Path) -> Any:
@@ -208,6 +226,19 @@ def check_finite_weights(state: Mapping[str, Any], where: str, hint: str = "") -
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
             if not torch.isfinite(tensor).all():
                 raise CheckpointError(f"{where}: weight {name} holds NaN or infinite values{hint}")
+
+
+def checkpoint_kind(path: str | Path) -> str | None:
+    """The model kind of the recsys-export checkpoint at ``path``; None when the file is
+    something else (a state dict trained elsewhere, or not readable as weights)."""
+    try:
+        payload = load_weights_only(Path(path), refusal="", unreadable="")
+    except CheckpointError:
+        return None
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        kind = payload.get("model_kind")
+        return kind if isinstance(kind, str) else "unknown"
+    return None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

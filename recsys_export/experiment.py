@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from recsys_export import data
+from recsys_export.atomic import remove_stale
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.data import TEST, TRAIN, VALID, Ratings
 from recsys_export.errors import ConfigError, DataError
@@ -286,6 +287,7 @@ def checkpoint_path(out: Path | None, model: str, *, force: bool = False) -> Pat
         filesystems and root on immutable directories).
     """
     path = out or Path("runs") / f"{model}.pt"
+    remove_stale(path)  # what a killed run left, also when the path is refused below
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it or choose another --out")
     if not path.parent.exists():

@@ -344,9 +344,10 @@ def _prepare_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
 
 def _bundle_payload(bundle: Bundle) -> dict[str, bytes]:
     """Every file of a (verified) bundle: manifest + listed files, rel name -> bytes."""
-    payload = {MANIFEST_NAME: (bundle.root / MANIFEST_NAME).read_bytes()}
+    # the files the bundle checked and holds open, even if it was replaced since
+    payload = {MANIFEST_NAME: bundle.read_bytes(MANIFEST_NAME)}
     for rel in bundle.files:
-        payload[rel] = bundle.file(rel).read_bytes()
+        payload[rel] = bundle.read_bytes(rel)
     return payload
 
 

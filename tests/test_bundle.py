@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli_contract import dead_pid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,16 +67,6 @@ def write_manifest(root: Path, manifest: dict) -> None:
 
 def siblings(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir())
-
-
-def dead_pid() -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(proc.stdout)
 
 
 # ---------------------------------------------------------------------- basics
@@ -439,6 +430,7 @@ def test_overwrite_uses_atomic_exchange(tmp_path: Path, monkeypatch: pytest.Monk
         real(src, dst, flags)
 
     monkeypatch.setattr(bundle_writer, "_renameat2", spy)
+    monkeypatch.setattr(atomic, "renameat2", spy)  # rename_noreplace's
     dest = make_bundle(tmp_path / "b")
     make_bundle(dest, onnx=b"second", overwrite=True)
     assert calls == [atomic.RENAME_NOREPLACE, atomic.RENAME_EXCHANGE]
@@ -453,6 +445,7 @@ def test_overwrite_falls_back_without_renameat2(
         raise OSError(errno.ENOSYS, "no renameat2")
 
     monkeypatch.setattr(bundle_writer, "_renameat2", unsupported)
+    monkeypatch.setattr(atomic, "renameat2", unsupported)
     dest = make_bundle(tmp_path / "b")  # dest absent: plain rename
     make_bundle(dest, onnx=b"second", overwrite=True)  # dest present: rename dance
     assert Bundle.load(dest).file("onnx/score.onnx").read_bytes() == b"second"

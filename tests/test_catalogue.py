@@ -29,20 +29,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from recsys_export.cli import main
+from helpers.cli_contract import assert_one_line_error as _assert_one_line_error
+from helpers.cli_contract import cli_env as _env
+from helpers.cli_contract import leftovers as _leftovers
+from helpers.cli_contract import run_inprocess as _run_inprocess
+from helpers.cli_contract import run_subprocess as _run_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,32 +65,6 @@ def _unicode_csv() -> str:
             if (u + i) % 3:  # every user leaves some items unrated
                 rows.append(f"{_csv_field(user)},{_csv_field(item)},{(u * i) % 5 + 1}")
     return "\n".join(rows) + "\n"
-
-
-def _run_inprocess(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONIOENCODING"] = "utf-8"
-    return env
-
-
-def _run_subprocess(argv: list[str]) -> tuple[int, str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "recsys_export.cli", *argv],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=_env(),
-        timeout=180,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 @dataclass
@@ -553,12 +529,6 @@ CASES = [
 ]
 
 
-def _leftovers(directory: Path) -> list[str]:
-    if not directory.is_dir():
-        return []
-    return sorted(p.name for p in directory.iterdir() if ".partial" in p.name or ".old-" in p.name)
-
-
 def _assert_contract(case: Case, world: World, argv: list[str], out: Path | None) -> None:
     runner = _run_subprocess if case.subprocess else _run_inprocess
     rc, stdout, stderr = runner(argv)
@@ -570,28 +540,6 @@ def _assert_contract(case: Case, world: World, argv: list[str], out: Path | None
     assert _leftovers(world.bundle.parent) == []
     if case.check is not None:
         case.check(world)
-
-
-def _assert_one_line_error(
-    rc: int,
-    stdout: str,
-    stderr: str,
-    command: str,
-    words: list[str],
-    forbidden: Sequence[str] = (),
-) -> str:
-    """Exit 2, exactly one ``recsys-export CMD: error: ...`` line naming ``words``."""
-    assert rc == 2, f"exit {rc}; stderr: {stderr!r}"
-    assert "Traceback" not in stdout + stderr
-    lines = stderr.strip("\n").split("\n")
-    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
-    line = lines[0]
-    assert line.startswith(f"recsys-export {command}: error: "), line
-    for word in words:
-        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
-    for word in forbidden:
-        assert word not in line, f"{word!r} in {line!r}"
-    return line
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -921,12 +869,13 @@ def _swap_on_first_call(
 
 @pytest.mark.runtime_only
 @pytest.mark.parametrize("stage", ["checksums", "graphs"])
-def test_bundle_swapped_while_loading_is_the_new_one_whole(
+def test_bundle_swapped_while_loading_is_one_whole(
     rt_world: World, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
     """``export --force`` swaps the DenseNet bundle in while the MF one loads: after the
-    manifest was read (``checksums``), or after the checksums, before the id maps and
-    graphs are read (``graphs``). The loader returns the new bundle, whole."""
+    manifest was read (``checksums``: the load reads again and returns the new bundle,
+    whole), or once the bundle was checked, before the id maps and graphs are read
+    (``graphs``: the files it checked are open, so it is the old bundle, whole)."""
     from recsys_export import bundle as bundle_mod
     from recsys_export.runtime import Recommender
 
@@ -937,9 +886,10 @@ def test_bundle_swapped_while_loading_is_the_new_one_whole(
     )
     calls = _swap_on_first_call(monkeypatch, owner, name, rt_world.bundle, other)
     rec = Recommender.load(rt_world.bundle)
-    assert calls["n"] > 1
-    assert rec.kind == "densenet" and not rec.bundle.swapped()
-    expected = json.loads((GOLDEN / "expected" / "toy-densenet.json").read_text())
+    assert calls["n"] > (1 if stage == "checksums" else 0)
+    kind = "densenet" if stage == "checksums" else "mf"
+    assert rec.kind == kind and rec.bundle.swapped() == (stage == "graphs")
+    expected = json.loads((GOLDEN / "expected" / f"toy-{kind}.json").read_text())
     users = np.asarray(expected["inputs"]["score_all"]["users"], dtype=np.int64)
     np.testing.assert_allclose(
         rec.score_all(users, by_index=True),
@@ -1131,7 +1081,7 @@ def test_verify_on_a_read_only_bundle_prints_the_table_first(world: World, tmp_p
     shutil.copytree(world.bundle, bundle)
     before = (bundle / "manifest.json").read_bytes()
     with _unwritable(parent):
-        rc, stdout, stderr = _run_inprocess(["verify", str(bundle), "--quick", "-q"])
+        rc, stdout, stderr = _run_inprocess(["verify", str(bundle), "--quick", "-q", "--record"])
     _assert_one_line_error(rc, stdout, stderr, "verify", ["cannot", str(parent)])
     assert "PASS: atol=1e-05" in stdout and "onnx" in stdout
     assert (bundle / "manifest.json").read_bytes() == before

@@ -65,7 +65,7 @@ def test_verify_records_report_and_keeps_checksums(mf_bundle, tmp_path):
 
     path = tmp_path / "b"
     shutil.copytree(src, path)
-    report = verify_bundle(path)
+    report = verify_bundle(path, record=True)
     assert report.passed
     bundle = Bundle.load(path)  # checksums rewritten atomically
     parity = bundle.read_json("parity.json")

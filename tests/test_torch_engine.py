@@ -373,7 +373,16 @@ def test_verify_device_cpu_equals_default(bundles, kind, tmp_path, capsys):
     # the CLI, recording into a copy of the bundle
     copy = tmp_path / "bundle"
     shutil.copytree(path, copy)
-    argv = ["verify", str(copy), "--device", "cpu", "--formats", "pt2,torch_engine", "-q"]
+    argv = [
+        "verify",
+        str(copy),
+        "--device",
+        "cpu",
+        "--formats",
+        "pt2,torch_engine",
+        "-q",
+        "--record",
+    ]
     assert main([*argv, "--providers", "CPUExecutionProvider", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     stored = json.loads((copy / "parity.json").read_text())

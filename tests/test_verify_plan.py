@@ -160,12 +160,12 @@ def test_sampled_edge_user_and_any_item_are_caught(small, tmp_path):
 def test_cli_flags_and_inspect(small, tmp_path, capsys):
     path = tmp_path / "b"
     shutil.copytree(small, path)
-    assert main(["verify", str(path), "--budget", "1_000", "-q"]) == 0
+    assert main(["verify", str(path), "--budget", "1_000", "-q", "--record"]) == 0
     out = capsys.readouterr().out
     assert "plan: sample: 20 of 60 users x 50 items = 1,000 pairs" in out
     assert main(["inspect", str(path)]) == 0
     assert "plan: sample: 20 of 60 users" in capsys.readouterr().out
-    assert main(["verify", str(path), "--full", "-q", "--json"]) == 0
+    assert main(["verify", str(path), "--full", "-q", "--json", "--record"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["plan"]["mode"] == "full" and report["plan"]["users"] == 60
     assert Bundle.load(path).manifest["parity"]["plan"]["mode"] == "full"

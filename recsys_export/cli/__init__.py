@@ -20,6 +20,7 @@ the library and prints.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -92,6 +93,22 @@ def _error(command: str, exc: BaseException) -> str:
     return f"recsys-export {command}: error: " + safe_text(" ".join(str(exc).split()))
 
 
+#: SIGPIPE's number: a reader that closed the pipe early ends the command silently with
+#: 128 + SIGPIPE, as a Unix tool killed by SIGPIPE does.
+_SIGPIPE = getattr(signal, "SIGPIPE", 13)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush stays silent."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recsys-export`` console script."""
     parser = build_parser()
@@ -126,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except BrokenPipeError:  # `recsys-export inspect B | head -1`: the reader is gone
+        _silence_stdout()
+        return 128 + _SIGPIPE
     except KeyboardInterrupt:
         print(f"recsys-export {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130

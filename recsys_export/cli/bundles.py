@@ -16,8 +16,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from recsys_export.export import export_bundle
 
     t0 = time.perf_counter()
-    if getattr(args, "model", None):
-        return _export_own_model(args, t0)
+    own = [
+        flag
+        for flag, given in (
+            ("--ids-from", getattr(args, "ids_from", None) is not None),
+            ("--model-args", getattr(args, "model_args", "{}") != "{}"),
+            ("--keep-partial", getattr(args, "keep_partial", False)),
+        )
+        if given
+    ]
+    if getattr(args, "model", None) or own:
+        if not _ours_as_checkpoint(args, own):
+            return _export_own_model(args, t0)
     ckpt = load_checkpoint(args.checkpoint)
     if args.items is not None:
         from recsys_export.items import read_item_names
@@ -47,6 +57,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"bundle: {args.out} ({ckpt.kind}, {m['n_users']} users x {m['n_items']} items)")
     _print_export_summary(args, manifest, t0)
     return 0
+
+
+def _ours_as_checkpoint(args: argparse.Namespace, own: list[str]) -> bool:
+    """Whether ``export CKPT --model ...`` names a checkpoint of ours, to export as one.
+
+    A recsys-export checkpoint keeps its own ids, item names and seen items: options
+    for a state dict trained elsewhere are refused with it, as is a ``--model`` of
+    another kind; ``--model`` of its own kind is a note.
+    """
+    from recsys_export.checkpoint import checkpoint_kind
+    from recsys_export.errors import ConfigError
+
+    kind = checkpoint_kind(args.checkpoint)
+    flags = f"{', '.join(own)} {'is' if len(own) == 1 else 'are'} for state dicts trained elsewhere"
+    if kind is None:
+        if not args.model:
+            raise ConfigError(
+                f"{flags}: give --model mf|densenet|MODULE:CLASS too (docs/own-model.md)"
+            )
+        return False
+    ours = (
+        f"{args.checkpoint} is a recsys-export checkpoint ({kind}): it carries its own "
+        "ids, item names and seen items"
+    )
+    if own:
+        raise ConfigError(f"{ours}; {flags}: leave {'it' if len(own) == 1 else 'them'} out")
+    if args.model != kind:
+        raise ConfigError(
+            f"{ours}, and --model {args.model} does not match it; export it without --model"
+        )
+    print(f"note: {ours}; exported as such (--model {kind} is not needed)", file=sys.stderr)
+    return True
 
 
 def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0: float) -> None:

@@ -281,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verification plan: the whole user x item matrix while it fits the budget, "
         "else every item for a seeded sample of users covering the edges, random "
         "pairs over the whole matrix, recommend with k in {1, 10, n_items}). Prints a "
-        "table and the plan, writes parity.json into the bundle. Exit 0 on pass, 1 on "
-        "failure.",
+        "table and the plan; reads the bundle only (--record writes the report into it). "
+        "Exit 0 on pass, 1 on failure.",
         epilog="examples:\n  recsys-export verify artifacts/mf\n"
         "  recsys-export verify artifacts/mf --device cuda --formats onnx,pt2,torch_engine",
     )
@@ -318,10 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_plan_args(p, quick=True)
     p.add_argument(
+        "--record",
+        action="store_true",
+        help="write parity.json into the bundle and the summary into its manifest (the "
+        "bundle is rewritten atomically; refused if it is read-only). Without it the "
+        "bundle is only read: --json > FILE keeps the report beside it",
+    )
+    p.add_argument(
         "--no-record",
         dest="record",
         action="store_false",
-        help="do not write parity.json / update the manifest",
+        help="read the bundle only (the default; the opposite of --record)",
     )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -150,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         item_names=item_names,
     )
-    ckpt.save(out)
+    ckpt.save(out, overwrite=args.force)
     if args.json:
         print(json.dumps({"checkpoint": str(out), "metrics": ckpt.metrics}, indent=2))
         return 0

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from recsys_export.bundle import Bundle, BundleWriter, read_seen_csr, update_bundle
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
-from recsys_export.errors import BundleError
+from recsys_export.checkpoint import Checkpoint, load_checkpoint, load_weights_only
+from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.manifest import ENTRY_POINTS, FORMATS, BundleSpec
 from recsys_export.models import BaseModel, build_model
 from recsys_export.parity.backends import (  # noqa: F401
@@ -85,9 +85,25 @@ def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
             f"bundle {root} was exported from your own module: its eager reference is that "
             "module; verify it from Python with recsys_export.byom.verify_module(module, bundle)"
         )
-    state = torch.load(root / ref, map_location="cpu", weights_only=True)
-    model = build_model(manifest["model"]["kind"], **manifest["model"]["hyperparameters"])
-    model.load_state_dict(state)
+    where = f"bundle {root}"
+    try:
+        state = load_weights_only(
+            root / ref,
+            refusal="the bundle's reference weights must be a plain state dict",
+            unreadable="state dict",
+        )
+    except CheckpointError as exc:
+        raise BundleError(f"{where}: {exc}; export the bundle again") from None
+    kind, hp = manifest["model"]["kind"], manifest["model"]["hyperparameters"]
+    try:
+        model = build_model(kind, **hp)
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:240]
+        raise BundleError(
+            f"{where}: its reference weights do not fit the manifest's {kind} model "
+            f"({detail}); the bundle is inconsistent, export it again"
+        ) from None
     return model.eval()
 
 
@@ -165,12 +181,13 @@ def verify_bundle(
     full_matrix: bool = True,
     budget: int | None = None,
     full: bool = False,
-    record: bool = True,
+    record: bool = False,
     progress: bool = False,
     device: str | torch.device | None = None,
     providers: list[str] | None = None,
 ) -> ParityReport:
-    """Verify a written bundle against its eager reference and record the report.
+    """Verify a written bundle against its eager reference (and, on request, record the
+    report in it).
 
     Parameters
     ----------
@@ -190,9 +207,10 @@ def verify_bundle(
         Pair budget of the plan (:func:`plan_parity`; default :data:`DEFAULT_BUDGET`).
     full : bool
         Every user's whole row whatever the budget (``verify --full``).
-    record : bool
+    record : bool, default False
         Write ``parity.json`` into the bundle and the summary into the manifest,
-        atomically (checksums rewritten).
+        atomically (checksums rewritten; ``verify --record``). Off by default: verifying
+        only reads the bundle. A read-only bundle is refused (:func:`update_bundle`).
     device : str or torch.device, optional
         ``"cpu"`` or ``"cuda[:N]"``: where the torch backends run, the eager reference
         included (TorchScript, ``.pt2``, the torch engine; ``verify --device``). Default:

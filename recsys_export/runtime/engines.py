@@ -12,7 +12,6 @@ user, and the top-k of many users in blocks.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
-from recsys_export.errors import BundleError, ConfigError
+from recsys_export.errors import ConfigError
 from recsys_export.manifest import BundleSpec
+from recsys_export.runtime.sessions import THREADS_PER_CORE, max_threads, open_session
 from recsys_export.topk import fill_empty, mask_pairs
 from recsys_export.validation import check_choice, check_int
 
@@ -44,8 +44,6 @@ OPT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
-#: onnxruntime's errors for a graph newer than it reads (IR version or opset).
-_TOO_NEW = re.compile(r"IR version|opset", re.IGNORECASE)
 #: Target size (x2 margin) of the [block, n_items] score matrix one graph call produces.
 #: MF at 20k items: blocks of 26 users ran at 2.55 ns/pair, 128-256 users at 2.0 (the
 #: GEMM needs rows to amortise streaming the item factors), so ~200 users per call.
@@ -161,28 +159,9 @@ class Sessions:
                     # recommend alternates these two: a pool spinning after its call
                     # takes the cores from the other (measured 1.5x slower recommend)
                     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                try:
-                    sess = ort.InferenceSession(
-                        str(self.bundle.file(rel)), opts, providers=self.providers
-                    )
-                except Exception as exc:  # onnxruntime raises its own exception types
-                    raise self._load_error(name, exc) from None
+                sess = open_session(self.bundle, name, rel, opts, self.providers)
                 self._sessions[name] = sess
         return sess
-
-    def _load_error(self, name: str, exc: Exception) -> BundleError:
-        detail = " ".join(str(exc).split())
-        where = f"bundle {self.bundle.root}"
-        if _TOO_NEW.search(detail):
-            written = self.bundle.spec.versions.get("onnxruntime", "unknown")
-            return BundleError(
-                f"{where}: the installed onnxruntime {ort.__version__} is too old for the "
-                f"{name} graph ({detail}); the bundle was verified with onnxruntime "
-                f"{written}: upgrade onnxruntime (pip install -U onnxruntime)"
-            )
-        return BundleError(
-            f"{where}: onnxruntime cannot load the {name} graph ({detail}); export the bundle again"
-        )
 
 
 def iter_blocks(
@@ -483,7 +462,14 @@ def make_engine(
         Invalid options, or an execution provider onnxruntime does not have.
     """
     providers = check_providers(providers)
-    threads = check_int("intra_op_threads", intra_op_threads, low=1, none_ok=True)
+    threads = check_int(
+        "intra_op_threads",
+        intra_op_threads,
+        low=1,
+        high=max_threads(),
+        none_ok=True,
+        hint=f" (--threads: at most {THREADS_PER_CORE} per core, {os.cpu_count()} cores here)",
+    )
     check_choice("graph_optimization", graph_optimization, OPT_LEVELS)
     block_users = check_int("block_users", block_users, low=1, none_ok=True)
     call_users = check_int("call_users", call_users, low=1, none_ok=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.bundle import Bundle, read_seen_csr
+from recsys_export.bundle import Bundle
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.ids import IdMap, runs_to_coo
 from recsys_export.items import check_item_names
@@ -146,7 +146,8 @@ class Recommender(BatchOutputs):
         bundle_path : path
             The bundle directory (exported with the ``onnx`` format).
         intra_op_threads : int, optional
-            Threads onnxruntime uses inside one call (default: ``os.cpu_count()``).
+            Threads onnxruntime uses inside one call (default: ``os.cpu_count()``; at
+            most 4 per core, :func:`~recsys_export.runtime.sessions.max_threads`).
         graph_optimization : {"all", "extended", "basic", "disable"}
             onnxruntime graph optimisation level.
         verify : bool
@@ -181,30 +182,21 @@ class Recommender(BatchOutputs):
         ConfigError
             Invalid options, or a provider this onnxruntime does not have.
         """
-        options: dict[str, Any] = {
-            "intra_op_threads": intra_op_threads,
-            "graph_optimization": graph_optimization,
-            "fast_paths": fast_paths,
-            "python_threads": python_threads,
-            "block_users": block_users,
-            "call_users": call_users,
-            "providers": providers,
-        }
-        for _attempt in range(3):
-            bundle = Bundle.load(bundle_path, verify=verify)
-            try:
-                rec = cls(bundle, **options)
-                rec._engine.first_session()  # fail early on a graph onnxruntime refuses
-            except BundleError:
-                if not bundle.swapped():
-                    raise
-                continue  # replaced by `export --force` while we read it: read the new one
-            if not bundle.swapped():
-                return rec
-        raise BundleError(
-            f"bundle {bundle.root} was replaced several times while it was being loaded; "
-            "load it again once the export is over"
+        # Bundle.load keeps the files it checked open: what the recommender reads now
+        # and later (graphs, id maps, seen items, names) is that bundle, whole, even if
+        # `export --force` replaces it meanwhile
+        rec = cls(
+            Bundle.load(bundle_path, verify=verify),
+            intra_op_threads=intra_op_threads,
+            graph_optimization=graph_optimization,
+            fast_paths=fast_paths,
+            python_threads=python_threads,
+            block_users=block_users,
+            call_users=call_users,
+            providers=providers,
         )
+        rec._engine.first_session()  # fail early on a graph onnxruntime refuses
+        return rec
 
     # ------------------------------------------------------------------ properties
     # n_users, n_items, kind: from BatchOutputs
@@ -247,11 +239,14 @@ class Recommender(BatchOutputs):
 
     # ------------------------------------------------------------------ helpers
     def _users(self, ids: Any, by_index: bool) -> np.ndarray:
+        ids = _ordered(ids, "user ids")
         if by_index:
             return self._user_map.check_indices(as_1d(ids))
         return self._user_map.to_index(ids)
 
     def _items(self, ids: Any, by_index: bool) -> np.ndarray:
+        if isinstance(ids, (set, frozenset)):  # include / exclude: any order will do
+            ids = list(ids)
         if by_index:
             return self._item_map.check_indices(as_1d(ids))
         return self._item_map.to_index(ids)
@@ -268,7 +263,7 @@ class Recommender(BatchOutputs):
         return self._seen
 
     def _load_seen(self) -> tuple[np.ndarray, np.ndarray]:
-        return load_seen_csr(self.bundle, self._n_users, self._n_items)
+        return self.bundle.seen_csr(self._n_users, self._n_items)
 
     def _name_table(self) -> np.ndarray | None:
         """``object[n_items + 1]`` of names, None last (index -1: an empty slot)."""
@@ -322,7 +317,7 @@ class Recommender(BatchOutputs):
             ``user_ids`` and ``item_ids`` differ in length.
         """
         users = self._users(user_ids, by_index)
-        items = self._items(item_ids, by_index)
+        items = self._items(_ordered(item_ids, "item ids"), by_index)
         if users.shape != items.shape:
             raise ConfigError(
                 f"score needs as many users as items, got {users.size} users and {items.size} items"
@@ -389,7 +384,7 @@ class Recommender(BatchOutputs):
         """
         k = self._check_k(k)
         check_choice("unknown", unknown, _UNKNOWN_POLICIES)
-        given = as_1d(user_ids)
+        given = as_1d(_ordered(user_ids, "user ids"))
         if not isinstance(user_ids, np.ndarray) and given.dtype.kind in "US":
             given = np.asarray(
                 [user_ids] if isinstance(user_ids, (str, bytes)) else list(user_ids), dtype=object
@@ -617,18 +612,24 @@ def _is_empty(values: Any) -> bool:
 
 
 def load_seen_csr(bundle: Bundle, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr int64[n_users + 1], items int64[nnz])`` of a bundle's seen items.
-
-    Empty (no user saw anything) when the manifest has no ``seen`` entry.
+    """``(indptr int64[n_users + 1], items int64[nnz])`` of a bundle's seen items
+    (:meth:`Bundle.seen_csr <recsys_export.bundle.Bundle.seen_csr>`).
 
     Raises
     ------
     BundleError
-        If the manifest names seen files it does not list, or they are malformed.
+        If the manifest has no ``seen`` entry, names seen files it does not list, or
+        they are malformed.
     """
-    seen = bundle.spec.seen
-    if seen is None:
-        return np.zeros(n_users + 1, dtype=np.int64), _EMPTY_I64
-    for rel in seen:
-        bundle.file(rel)  # BundleError unless the manifest lists (and checksums) it
-    return read_seen_csr(bundle.root, bundle.manifest["seen"], n_users, n_items)
+    return bundle.seen_csr(n_users, n_items)
+
+
+def _ordered(ids: Any, what: str) -> Any:
+    """``ids`` unless it is a set or a mapping: results follow the order of the request."""
+    if isinstance(ids, (set, frozenset, Mapping)):
+        raise ConfigError(
+            f"{what} must be one id or an ordered sequence of ids (list, tuple, array), "
+            f"got a {type(ids).__name__}: the results follow the order of the request; "
+            "pass a list (e.g. sorted(ids))"
+        )
+    return ids

@@ -3,7 +3,10 @@
 Shared by the onnxruntime :class:`~recsys_export.runtime.Recommender`, the torch engine
 and the Ray workers (:mod:`recsys_export.scale`), so their files are identical. Every
 file is written to a temporary sibling and renamed into place
-(:func:`recsys_export.atomic.replacing`). pyarrow is imported lazily, only for Parquet.
+(:func:`recsys_export.atomic.replacing`): without ``overwrite`` a file that appeared at
+the final path meanwhile is never replaced. A failed write (a full disk, a file-size
+limit) is one :class:`~recsys_export.errors.ConfigError` and leaves no temporary. pyarrow
+is imported lazily, only for Parquet.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.atomic import replacing, stale_temporaries
+from recsys_export.atomic import remove_stale, reserve_space, writing
 from recsys_export.bundle import enclosing_bundle
 from recsys_export.errors import ConfigError
 from recsys_export.ids import IdMap
@@ -43,7 +46,8 @@ def check_out_path(
 ) -> Path:
     """Validate an output file path: extension, directory, no bundle, ``overwrite``.
 
-    Temporaries of earlier runs killed while writing this path are removed.
+    Temporaries of earlier runs killed while writing this path are removed first, also
+    when the path is then refused.
 
     Parameters
     ----------
@@ -62,10 +66,16 @@ def check_out_path(
     Raises
     ------
     ConfigError
-        Bad extension, missing/unwritable directory, a path inside a bundle, or an
-        existing file without ``overwrite``.
+        Not a path, bad extension, missing/unwritable directory, a path inside a
+        bundle, or an existing file without ``overwrite``.
     """
+    if not isinstance(out_path, (str, os.PathLike)):
+        raise ConfigError(
+            f"the output path must be a str or os.PathLike, got {type(out_path).__name__} "
+            f"{out_path!r}"
+        )
     path = Path(os.path.abspath(os.fspath(out_path)))
+    remove_stale(path)
     if path.suffix.lower() not in suffixes:
         raise ConfigError(
             f"cannot write {path}: unsupported file extension {path.suffix or '(none)'!r}; "
@@ -91,16 +101,11 @@ def check_out_path(
             f"cannot write {path}: it is inside the bundle {bundle}, whose files are "
             "checksummed; write outside it"
         )
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise ConfigError(
             f"{path} already exists; pass --force (overwrite=True) to replace it, or choose "
             "another output path"
         )
-    for entry, _kind in stale_temporaries(path):
-        try:
-            os.unlink(entry.path)
-        except OSError:
-            pass
     return path
 
 
@@ -230,7 +235,13 @@ class BatchOutputs:
         users = self._user_indices(user_indices)
         size = self._chunk_size(None, memory_budget_mb)
         return write_npy_chunks(
-            path, users, self._n_items, size, self._score_all_into, progress=progress
+            path,
+            users,
+            self._n_items,
+            size,
+            self._score_all_into,
+            progress=progress,
+            overwrite=overwrite,
         )
 
     def topk_rows(
@@ -297,6 +308,7 @@ class BatchOutputs:
             lambda chunk: self.topk_rows(chunk, k, exclude_seen=exclude_seen),
             lambda: self.topk_schema(),
             progress=progress,
+            overwrite=overwrite,
         )
 
 
@@ -377,27 +389,30 @@ def write_npy_chunks(
     fill: Callable[[np.ndarray, np.ndarray], None],
     *,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a ``float32[len(users), n_items]`` ``.npy`` at ``path``, ``size`` users at a time.
 
     ``fill(chunk, out)`` writes the scores of the user indices ``chunk`` into ``out``
     (a slice of a memory map of a temporary file beside ``path``, renamed into place at
-    the end: a killed run leaves no ``.npy`` at ``path``). Written pages are released as
-    it goes. ``path`` must have passed :func:`check_out_path`.
+    the end: a killed run leaves no ``.npy`` at ``path``). The file's blocks are reserved
+    before the map is written (``posix_fallocate``), so a full disk is an error here,
+    never a ``SIGBUS`` in the middle of the map. Written pages are released as it goes.
+    ``path`` must have passed :func:`check_out_path`; without ``overwrite`` a file that
+    appeared there meanwhile is left as it is.
 
     Raises
     ------
     ConfigError
-        If the temporary file cannot be created.
+        If the file cannot be written (no space, a file-size limit, ...) or appeared
+        meanwhile without ``overwrite``; the temporary is removed.
     """
-    with replacing(path) as tmp:
-        try:
-            mm = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.float32, shape=(users.size, n_items)
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot write {path}: {exc}") from None
+    with writing(path, overwrite=overwrite) as tmp:
+        mm = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float32, shape=(users.size, n_items)
+        )
         raw = getattr(mm, "_mmap", None)
+        reserve_space(tmp, os.path.getsize(tmp))
         base = mm.ctypes.data - _mmap_address(raw) if raw is not None else 0
         row_bytes = n_items * 4
         page = mmap.PAGESIZE
@@ -428,18 +443,22 @@ def write_topk_chunks(
     schema: Callable[[], Any],
     *,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write top-k rows of every user to ``path`` (``.parquet`` or ``.csv``).
 
     ``rows(chunk)`` gives the flat rows of the user indices ``chunk`` (``size`` users at
     a time); ``schema()`` the Arrow schema (Parquet only). Written to a temporary file
     beside ``path``, then renamed into place. ``path`` must have passed
-    :func:`check_out_path`.
+    :func:`check_out_path`; without ``overwrite`` a file that appeared there meanwhile is
+    left as it is.
 
     Raises
     ------
     ConfigError
-        Parquet output without pyarrow installed.
+        Parquet output without pyarrow installed, a failed write (no space, a file-size
+        limit, ...), or a file that appeared at ``path`` without ``overwrite``; the
+        temporary is removed.
     """
     parquet = path.suffix.lower() == ".parquet"
     if parquet:
@@ -451,7 +470,7 @@ def write_topk_chunks(
                 "`pip install pyarrow` (or recsys-export[parquet]) or write a .csv instead"
             ) from None
     users_all = np.arange(n_users, dtype=np.int64)
-    with replacing(path) as tmp, contextlib.ExitStack() as stack:
+    with writing(path, overwrite=overwrite) as tmp, contextlib.ExitStack() as stack:
         if parquet:
             arrow_schema = schema()
             writer = pq.ParquetWriter(str(tmp), arrow_schema)
