@@ -7,7 +7,8 @@ them, so ``recommend``/``score``/``inspect`` work with the runtime-only install.
 
 Modules: :mod:`~recsys_export.cli.parser` (the options of every command),
 :mod:`~recsys_export.cli.training` (train, evaluate), :mod:`~recsys_export.cli.bundles`
-(export, verify, inspect), :mod:`~recsys_export.cli.serving` (recommend, score, bench).
+(export, verify, inspect), :mod:`~recsys_export.cli.serving` (recommend, score, bench),
+:mod:`~recsys_export.cli.serve` (serve).
 Each command parses, calls the library and prints.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from recsys_export.cli.bundles import cmd_export, cmd_inspect, cmd_verify
 from recsys_export.cli.parser import build_parser
+from recsys_export.cli.serve import cmd_serve
 from recsys_export.cli.serving import cmd_bench, cmd_recommend, cmd_score
 from recsys_export.cli.training import cmd_evaluate, cmd_train
 from recsys_export.errors import ParityError, RecsysExportError
@@ -35,6 +37,7 @@ COMMANDS = {
     "recommend": cmd_recommend,
     "score": cmd_score,
     "bench": cmd_bench,
+    "serve": cmd_serve,
 }
 
 
