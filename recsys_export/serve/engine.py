@@ -43,12 +43,13 @@ __all__ = [
 class RecommendRequest:
     """One ``/recommend`` (or OIP ``infer``) request, parsed.
 
-    ``exclude`` is a list of items for every user or a dict user -> items; ``unknown``
-    one of ``raise``, ``skip``, ``popular`` (as :meth:`Recommender.recommend`).
+    ``k`` None means 10, or every item if the model knows fewer (as the CLI); ``exclude``
+    is a list of items for every user or a dict user -> items; ``unknown`` one of
+    ``raise``, ``skip``, ``popular`` (as :meth:`Recommender.recommend`).
     """
 
     users: list[Any]
-    k: int = 10
+    k: int | None = None
     exclude_seen: bool = True
     exclude: list[Any] | dict[Any, list[Any]] | None = None
     include: list[Any] | None = None
@@ -58,10 +59,6 @@ class RecommendRequest:
     def batchable(self) -> bool:
         """Whether it can share an engine call with others of the same ``key``."""
         return self.exclude is None and self.include is None
-
-    @property
-    def key(self) -> tuple[int, bool]:
-        return self.k, self.exclude_seen
 
 
 @dataclass(eq=False)
@@ -192,20 +189,22 @@ class ServedModel:
         """
         out: list[Any] = [None] * len(reqs)
         groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        default_k = min(10, self.n_items)
         for i, req in enumerate(reqs):
+            k = default_k if req.k is None else req.k
             if req.batchable:
-                groups[req.key].append(i)
+                groups[k, req.exclude_seen].append(i)
             else:
-                out[i] = self._alone(req)
+                out[i] = self._alone(req, k)
         for (k, exclude_seen), members in groups.items():
             self._group(reqs, members, k, exclude_seen, out)
         return out
 
-    def _alone(self, req: RecommendRequest) -> Any:
+    def _alone(self, req: RecommendRequest, k: int) -> Any:
         try:
             res = self.rec.recommend(
                 req.users,
-                k=req.k,
+                k=k,
                 exclude_seen=req.exclude_seen,
                 exclude=req.exclude,
                 include=req.include,

@@ -6,7 +6,7 @@ Routes: ``GET /v2`` (server metadata), ``/v2/health/live``, ``/v2/health/ready``
 
 The model takes one input tensor, ``user_ids`` (``BYTES``, ``INT64`` or ``INT32``,
 shape ``[B]`` or ``[B, 1]``; an optional ``k`` tensor of one integer), and request
-parameters ``k`` (default 10), ``exclude_seen`` (default true) and ``unknown``
+parameters ``k`` (default 10, or every item if fewer), ``exclude_seen`` (default true) and ``unknown``
 (``raise``, ``skip``, ``popular``); it returns ``item_ids`` (``INT64`` for integer item
 ids, else ``BYTES``; ``[B, k]``; empty slots ``-1`` or ``""``) and ``scores`` (``FP32``
 ``[B, k]``; empty slots ``-inf``, the popularity fallback ``NaN``). Tensors travel as
@@ -109,7 +109,7 @@ async def model_metadata(server: Server, request: Request) -> Response:
             {"name": "item_ids", "datatype": _item_datatype(server), "shape": [-1, -1]},
             {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
         ],
-        "parameters": {"k": 10, "exclude_seen": True, "unknown": "raise"},
+        "parameters": {"k": min(10, served.n_items), "exclude_seen": True, "unknown": "raise"},
     }
     return server.json(meta, version=served.version)
 
@@ -207,13 +207,13 @@ def parse_infer(body: Any, binary: bytes, max_users: int) -> tuple[RecommendRequ
         raise HTTPError(400, "the input 'user_ids' is missing or empty")
     if len(users) > max_users:
         raise HTTPError(413, f"user_ids has {len(users)} ids; at most {max_users} (--max-users)")
-    k = params.get("k", 10)
+    k = params.get("k")
     if "k" in tensors:
         if len(tensors["k"]) != 1:
             raise HTTPError(400, "the input 'k' must hold one integer")
         k = tensors["k"][0]
     try:
-        k = check_int("k", k, low=1)
+        k = check_int("k", k, low=1, none_ok=True)
         unknown = check_choice("unknown", params.get("unknown", "raise"), _UNKNOWN)
     except ConfigError as exc:
         raise HTTPError(400, str(exc)) from None

@@ -104,7 +104,7 @@ def parse_recommend(body: Any, max_users: int) -> RecommendRequest:
     if not users:
         raise HTTPError(400, "users is empty; give at least one user id")
     try:
-        k = check_int("k", body.get("k", 10), low=1)
+        k = check_int("k", body.get("k"), low=1, none_ok=True)
         unknown = check_choice("unknown", body.get("unknown", "raise"), _UNKNOWN)
     except ConfigError as exc:
         raise HTTPError(400, str(exc)) from None
