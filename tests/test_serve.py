@@ -177,7 +177,10 @@ def test_oip_infer_equals_the_runtime_json_and_binary(bundles, kind):
                     )
                     items = result.as_numpy("item_ids")
                     if not int_items:
-                        items = np.vectorize(lambda v: v.decode(), otypes=[object])(items)
+                        decode = np.vectorize(
+                            lambda v: v.decode() if isinstance(v, bytes) else v, otypes=[object]
+                        )
+                        items = decode(items)
                     empty = -1 if int_items else ""  # the OIP's empty slot
                     want_items = np.where(np.equal(want.items, None), empty, want.items)
                     np.testing.assert_array_equal(items.astype(object), want_items)
