@@ -1,0 +1,60 @@
+"""One real server: ``recsys-export serve`` on uvicorn at 127.0.0.1 on an ephemeral
+port, driven over HTTP by httpx and by the Open Inference Protocol's reference client
+(``tritonclient.http``, unchanged). Loopback only; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from helpers.serving import ARTIFACTS, copy_bundle, start_server
+
+from recsys_export.runtime import Recommender
+from recsys_export.serve.engine import manifest_version
+
+
+def test_uvicorn_server_answers_http_and_tritonclient(tmp_path):
+    bundle = copy_bundle(ARTIFACTS / "toy-mf", tmp_path / "mf")
+    rec = Recommender.load(bundle)
+    version = manifest_version(rec.manifest)
+    with start_server(str(bundle), "--model-name", "toy") as (proc, url):
+        assert url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/readyz").json()["model_version"] == version
+            resp = client.post("/recommend", json={"users": ["1", 2], "k": 2})
+            assert resp.status_code == 200 and resp.headers["x-model-version"] == version
+            want = rec.recommend([1, 2], k=2)
+            got = resp.json()["results"]
+            assert [r["items"] for r in got] == [
+                [i for i in row if i is not None] for row in want.items.tolist()
+            ]
+            assert "recsys_requests_total" in client.get("/metrics").text
+
+        triton_client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+        try:
+            assert triton_client.is_server_live() and triton_client.is_server_ready()
+            assert triton_client.is_model_ready("toy")
+            meta = triton_client.get_model_metadata("toy")
+            assert meta["versions"] == [version]
+            assert [o["name"] for o in meta["outputs"]] == ["item_ids", "scores"]
+            users = np.array([b"0", b"3", b"4"], dtype=object)
+            tensor = triton.InferInput("user_ids", [3], "BYTES")
+            tensor.set_data_from_numpy(users)
+            result = triton_client.infer("toy", [tensor], parameters={"k": 3})
+            want = rec.recommend([0, 3, 4], k=3)
+            items = result.as_numpy("item_ids")
+            np.testing.assert_array_equal(
+                items, np.where(np.equal(want.items, None), -1, want.items).astype(np.int64)
+            )
+            np.testing.assert_allclose(result.as_numpy("scores"), want.scores, rtol=1e-6)
+            assert result.get_response()["model_version"] == version
+            with pytest.raises(triton.InferenceServerException, match="unknown user id"):
+                bad = triton.InferInput("user_ids", [1], "INT64")
+                bad.set_data_from_numpy(np.array([99], dtype=np.int64))
+                triton_client.infer("toy", [bad])
+        finally:
+            triton_client.close()
+    assert proc.returncode is not None
