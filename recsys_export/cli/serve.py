@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serve{' --ray' if args.ray else ''} needs the '{extra}' extra ({exc.name} is not "
             f"installed): pip install 'recsys-export[{'serve,ray' if args.ray else 'serve'}]'"
         ) from None
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn stops gracefully on SIGTERM, then re-raises it to this handler: exit 0
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
     serve_forever(config, log_level=args.log_level, access_log=args.access_log)
     return 0
 

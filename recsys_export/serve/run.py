@@ -1,6 +1,6 @@
 """Run the app on uvicorn (``recsys-export serve``), in this process.
 
-The socket is bound before uvicorn starts, so the line naming the address (with the
+The socket is bound and listening before uvicorn starts, so the line naming the address (with the
 real port when ``--port 0`` asked for an ephemeral one) is printed, flushed, before the
 first request can arrive: scripts and tests read it to find the server.
 """
@@ -72,6 +72,7 @@ def serve_forever(
         timeout_keep_alive=30,
     )
     sock = uv_config.bind_socket()
+    sock.listen(uv_config.backlog)  # connections wait in the backlog until uvicorn runs
     host, port = sock.getsockname()[:2]
     model = server_state.model
     print(

@@ -1,0 +1,373 @@
+"""Serve benchmark: ``recsys-export serve`` under load, beside the in-process ceiling.
+
+    python benchmarks/serve_bench.py                    # full: ~4 minutes, 2 cores
+    python benchmarks/serve_bench.py --preset smoke     # seconds (the test runs it)
+
+Scenarios (single-user top-10 requests, raw ids, seen items excluded):
+
+1. ``ml``: MF trained on MovieLens latest-small (610 x 9,724): closed loop with 64
+   connections (Python asyncio generator, and ``wrk`` when installed); open loop at
+   1,000 requests/s.
+2. ``mf100k``: a synthetic MF of 100k users x 20k items: closed loop, default dynamic
+   batching against ``--max-batch 1``; beside them the in-process ceiling of the same
+   requests through ``Recommender.recommend``, one call per request and batched.
+3. ``overload``: open loop at 2x the batched closed-loop rate, deadline 500 ms: every
+   request must be answered (200 or 503) within it; the server's RSS sampled.
+4. ``hotswap``: the two ML models alternately committed to the served path (the
+   exporter's atomic exchange) 20 times during a 60 s closed loop; every response
+   is checked: status, header version = body version, rows = that version's answer.
+
+Server and generator share the machine's cores: compare ratios within one run. Prints
+a table and writes JSON (``--json``, default ``runs/serve_bench/serve_bench.json``).
+Loopback only; every loop is bounded in time and count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serve_load import closed_loop, open_loop, wrk_closed_loop  # noqa: E402
+
+from recsys_export.runtime import Recommender  # noqa: E402
+from recsys_export.serve.engine import manifest_version  # noqa: E402
+
+PRESETS = {
+    "full": {"seconds": 10.0, "swap_seconds": 60.0, "swaps": 20, "big": (100_000, 20_000)},
+    "smoke": {"seconds": 1.0, "swap_seconds": 4.0, "swaps": 3, "big": (2_000, 1_000)},
+}
+HOST = "127.0.0.1"
+
+
+# ---------------------------------------------------------------------- bundles
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def ml_bundle(out: Path, seed: int, smoke: bool) -> Path:
+    """MF trained on the bundled MovieLens latest-small, exported (cached in ``out``)."""
+    bundle = out / f"ml-mf-{seed}"
+    if not (bundle / "manifest.json").exists():
+        ckpt = out / f"ml-mf-{seed}.pt"
+        cli = [sys.executable, "-m", "recsys_export.cli"]
+        train = [*cli, "train", "movielens-small", "--model", "mf", "--seed", str(seed)]
+        _run([*train, "--out", str(ckpt), *(["--epochs", "2"] if smoke else [])])
+        _run([*cli, "export", str(ckpt), "--out", str(bundle), "--force", "-q"])
+    return bundle
+
+
+def big_bundle(out: Path, n_users: int, n_items: int) -> Path:
+    """A synthetic MF bundle (64 factors, 20 seen items per user), cached."""
+    bundle = out / f"mf-{n_users}x{n_items}"
+    if not (bundle / "manifest.json").exists():
+        code = (
+            "import sys; from recsys_export.synthetic_models import synthetic_checkpoint as s; "
+            "from recsys_export.export import export_bundle as e; "
+            f"e(s('mf', {n_users}, {n_items}, factors=64, seen_per_user=20), sys.argv[1], "
+            "formats='onnx', verify=False)"
+        )
+        _run([sys.executable, "-c", code, str(bundle)])
+    return bundle
+
+
+def commit_copy(src: Path, dest: Path) -> str:
+    """Commit ``src``'s files to ``dest`` as ``export --force`` does; the new version."""
+    from recsys_export.bundle import RESERVED_KEYS, Bundle, BundleWriter
+
+    bundle = Bundle.load(src, verify=False)
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in RESERVED_KEYS}
+    manifest["id_maps"] = dict(bundle.id_maps)
+    with BundleWriter(dest, overwrite=True) as writer:
+        for rel, entry in bundle.files.items():
+            os.link(bundle.file(rel), writer.add(rel, entry["role"]))
+        writer.commit(manifest)
+    return manifest_version(Bundle.load(dest, verify=False).manifest)
+
+
+# ---------------------------------------------------------------------- server
+class Server:
+    """``recsys-export serve`` in a subprocess on an ephemeral loopback port."""
+
+    def __init__(self, bundle: Path, *options: str) -> None:
+        cmd = [sys.executable, "-m", "recsys_export.cli", "serve", str(bundle), "--port", "0"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning", *options],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if m is None:
+            self.proc.kill()
+            raise SystemExit(f"the server did not start: {line!r}")
+        self.port = int(m.group(1))
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{HOST}:{self.port}/metrics", timeout=30) as resp:
+            return resp.read().decode()
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def batch_histogram(before: str, after: str) -> dict[str, int]:
+    """Engine calls per batch-size bucket between two /metrics texts (non-cumulative)."""
+
+    def buckets(text: str) -> list[tuple[float, float]]:
+        pat = r'recsys_batch_size_bucket\{le="([^"]+)"\} (\S+)'
+        return [(float(le), float(v)) for le, v in re.findall(pat, text)]
+
+    b0, b1 = dict(buckets(before)), buckets(after)
+    out, prev = {}, 0.0
+    for le, total in b1:
+        count = total - b0.get(le, 0.0)
+        if count - prev > 0:
+            out["<=" + (f"{le:g}" if le != float("inf") else "inf")] = int(count - prev)
+        prev = count
+    return out
+
+
+def bodies_for(bundle: Path, n: int = 1000, seed: int = 0) -> tuple[list[bytes], list[Any]]:
+    rec = Recommender.load(bundle, verify=False)
+    users = np.random.default_rng(seed).choice(rec.user_map.raw_ids, n).tolist()
+    return [json.dumps({"users": [str(u)], "k": 10}).encode() for u in users], users
+
+
+async def served(
+    server: Server, bodies, *, seconds: float, rate: float | None = None, connections: int = 256
+) -> dict:
+    before = server.metrics()
+    if rate is None:
+        res = await closed_loop(HOST, server.port, bodies, connections=64, seconds=seconds)
+    else:
+        res = await open_loop(
+            HOST, server.port, bodies, rate=rate, seconds=seconds, connections=connections
+        )
+    out = res.summary()
+    out["batch_sizes"] = batch_histogram(before, server.metrics())
+    return out
+
+
+# ---------------------------------------------------------------------- ceilings
+def ceiling(bundle: Path, users: list[Any], batch: int, seconds: float) -> dict:
+    """The same requests through Recommender.recommend in this process."""
+    rec = Recommender.load(bundle, verify=False)
+    for u in users[:50]:
+        rec.recommend([u], k=10)
+    done, t0, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        chunk = [users[(i + j) % len(users)] for j in range(batch)]
+        rec.recommend(chunk, k=10)
+        i += batch
+        done += batch
+    elapsed = time.perf_counter() - t0
+    return {"requests": done, "req_per_s": done / elapsed, "batch": batch}
+
+
+# ---------------------------------------------------------------------- scenarios
+async def scenario_ml(bundle: Path, seconds: float) -> dict:
+    bodies, _ = bodies_for(bundle)
+    server = Server(bundle)
+    try:
+        out = {"closed_64": await served(server, bodies, seconds=seconds)}
+        wrk = wrk_closed_loop(HOST, server.port, bodies, connections=64, seconds=seconds)
+        if wrk is not None:
+            out["closed_64_wrk"] = wrk
+        out["open_1000"] = await served(server, bodies, seconds=seconds, rate=1000.0)
+    finally:
+        server.stop()
+    return out
+
+
+async def scenario_big(bundle: Path, seconds: float) -> dict:
+    bodies, users = bodies_for(bundle)
+    out: dict[str, Any] = {}
+    for name, options in (("batched", ()), ("batch_1", ("--max-batch", "1"))):
+        server = Server(bundle, *options)
+        try:
+            out[name] = await served(server, bodies, seconds=seconds)
+            if name == "batched":
+                rate = 2 * out[name]["req_per_s"]
+                out["overload"] = await overload(bundle, bodies, rate, seconds)
+        finally:
+            server.stop()
+    out["ceiling_1"] = ceiling(bundle, users, 1, seconds)
+    out["ceiling_64"] = ceiling(bundle, users, 64, seconds)
+    return out
+
+
+async def overload(bundle: Path, bodies, rate: float, seconds: float) -> dict:
+    server = Server(bundle, "--deadline-ms", "500")
+    rss, stop = [server.rss_mb()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.25):
+            rss.append(server.rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out = await served(server, bodies, seconds=seconds, rate=rate, connections=768)
+    finally:
+        stop.set()
+        sampler.join()
+        server.stop()
+    out.update(
+        offered_per_s=rate, deadline_ms=500, rss_start_mb=rss[0], rss_peak_mb=max(rss),
+        rss_end_mb=rss[-1],
+    )  # fmt: skip
+    return out
+
+
+async def scenario_hotswap(a: Path, b: Path, out_dir: Path, seconds: float, swaps: int) -> dict:
+    bodies, users = bodies_for(a, n=200)
+    expected = {}
+    for src in (a, b):
+        rec = Recommender.load(src, verify=False)
+        res = rec.recommend(users, k=10)
+        expected[src] = [[str(i) for i in row] for row in res.items.tolist()]
+    served_path = out_dir / "hotswap-served"
+    versions = {commit_copy(a, served_path): a}
+    server = Server(served_path, "--watch-interval", "0.05")
+
+    def check(version: str, i: int, doc: dict) -> bool:
+        src = versions.get(version)
+        return src is not None and [str(x) for x in doc["results"][0]["items"]] == expected[src][i]
+
+    async def swapper() -> None:
+        for s in range(swaps):
+            await asyncio.sleep(seconds / (swaps + 1))
+            src = b if s % 2 == 0 else a
+            version = await asyncio.to_thread(commit_copy, src, served_path)
+            versions[version] = src
+
+    try:
+        load = closed_loop(HOST, server.port, bodies, connections=16, seconds=seconds, check=check)
+        res, _ = await asyncio.gather(load, swapper())
+        text = server.metrics()
+    finally:
+        server.stop()
+    out = res.summary()
+    swapped = re.search(r'recsys_bundle_swaps_total\{outcome="swapped"\} (\S+)', text)
+    out.update(
+        swaps=swaps, swaps_seen_by_server=int(float(swapped.group(1))) if swapped else 0,
+        versions_served=len(res.versions), mixed=res.mixed, wrong=res.wrong,
+    )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def table(results: dict) -> str:
+    rows = [("scenario", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "batch sizes")]
+
+    def add(name: str, r: dict) -> None:
+        rows.append(
+            (
+                name, f"{r['req_per_s']:,.0f}", f"{r.get('p50_ms', float('nan')):.2f}",
+                f"{r.get('p99_ms', float('nan')):.2f}", f"{r.get('p999_ms', float('nan')):.2f}",
+                str(r.get("errors", "")), " ".join(f"{k}:{v}" for k, v in
+                                                   r.get("batch_sizes", {}).items()),
+            )
+        )  # fmt: skip
+
+    ml, big = results["ml"], results["mf100k"]
+    add("ml MF closed 64 conns (python)", ml["closed_64"])
+    if "closed_64_wrk" in ml:
+        add("ml MF closed 64 conns (wrk)", ml["closed_64_wrk"])
+    add("ml MF open 1,000/s", ml["open_1000"])
+    add("big MF closed 64, batched", big["batched"])
+    add("big MF closed 64, max-batch 1", big["batch_1"])
+    add("big MF in-process, 1 per call", big["ceiling_1"])
+    add("big MF in-process, 64 per call", big["ceiling_64"])
+    add(f"big MF open {big['overload']['offered_per_s']:,.0f}/s (2x)", big["overload"])
+    add("hot swap closed 16", results["hotswap"])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    r = results["ratios"]
+    lines.append("")
+    lines.append(
+        f"ratios: batched / max-batch-1 req/s {r['batching_speedup']:.2f}x (p99 "
+        f"{r['p99_batched_over_b1']:.2f}x); served / in-process batched ceiling "
+        f"{r['served_over_batched_ceiling']:.2f}; hot swap: {results['hotswap']['swaps']} swaps, "
+        f"{results['hotswap']['versions_served']} versions served, "
+        f"{results['hotswap']['errors']} failed, {results['hotswap']['mixed']} mixed, "
+        f"{results['hotswap']['wrong']} wrong; overload: answered within "
+        f"{big['overload']['max_service_ms']:.0f} ms of sending (deadline 500; "
+        f"{big['overload']['status']}), RSS {big['overload']['rss_start_mb']:.0f} -> peak "
+        f"{big['overload']['rss_peak_mb']:.0f} MB"
+    )
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    preset = PRESETS[args.preset]
+    out_dir = ROOT / "runs" / "serve_bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    smoke = args.preset == "smoke"
+    a, b = ml_bundle(out_dir, 0, smoke), ml_bundle(out_dir, 1, smoke)
+    big = big_bundle(out_dir, *preset["big"])
+    secs = preset["seconds"]
+    results: dict[str, Any] = {"preset": args.preset, "cpus": os.cpu_count()}
+    results["ml"] = await scenario_ml(a, secs)
+    results["mf100k"] = await scenario_big(big, secs)
+    results["hotswap"] = await scenario_hotswap(
+        a, b, out_dir, preset["swap_seconds"], preset["swaps"]
+    )
+    bg = results["mf100k"]
+    results["ratios"] = {
+        "batching_speedup": bg["batched"]["req_per_s"] / bg["batch_1"]["req_per_s"],
+        "p99_batched_over_b1": bg["batched"]["p99_ms"] / bg["batch_1"]["p99_ms"],
+        "served_over_batched_ceiling": bg["batched"]["req_per_s"] / bg["ceiling_64"]["req_per_s"],
+        "served_over_single_ceiling": bg["batched"]["req_per_s"] / bg["ceiling_1"]["req_per_s"],
+    }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    p.add_argument("--json", type=Path, help="where to write the results")
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    results = runner(main_async(args))
+    print(table(results))
+    path = args.json or ROOT / "runs" / "serve_bench" / "serve_bench.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
