@@ -62,9 +62,10 @@ def _run(cmd: list[str]) -> None:
 
 def ml_bundle(out: Path, seed: int, smoke: bool) -> Path:
     """MF trained on the bundled MovieLens latest-small, exported (cached in ``out``)."""
-    bundle = out / f"ml-mf-{seed}"
+    name = f"ml-mf-{seed}" + ("-smoke" if smoke else "")
+    bundle = out / name
     if not (bundle / "manifest.json").exists():
-        ckpt = out / f"ml-mf-{seed}.pt"
+        ckpt = out / f"{name}.pt"
         cli = [sys.executable, "-m", "recsys_export.cli"]
         train = [*cli, "train", "movielens-small", "--model", "mf", "--seed", str(seed)]
         _run([*train, "--out", str(ckpt), *(["--epochs", "2"] if smoke else [])])
