@@ -160,18 +160,45 @@ def bodies_for(bundle: Path, n: int = 1000, seed: int = 0) -> tuple[list[bytes],
 
 
 async def served(
-    server: Server, bodies, *, seconds: float, rate: float | None = None, connections: int = 256
+    server: Server,
+    bodies,
+    *,
+    seconds: float,
+    rate: float | None = None,
+    connections: int = 256,
+    generator: str = "wrk",
 ) -> dict:
+    """One load run; ``generator`` ``wrk`` (closed loop, when installed) or ``python``."""
     before = server.metrics()
-    if rate is None:
+    out = None
+    if rate is None and generator == "wrk":
+        out = wrk_closed_loop(HOST, server.port, bodies, connections=64, seconds=seconds)
+        if out is not None:
+            out["generator"] = "wrk"
+    if out is None and rate is None:
         res = await closed_loop(HOST, server.port, bodies, connections=64, seconds=seconds)
-    else:
+        out = {**res.summary(), "generator": "python"}
+    elif out is None:
         res = await open_loop(
             HOST, server.port, bodies, rate=rate, seconds=seconds, connections=connections
         )
-    out = res.summary()
-    out["batch_sizes"] = batch_histogram(before, server.metrics())
+        out = {**res.summary(), "generator": "python"}
+    text = server.metrics()
+    out["batch_sizes"] = batch_histogram(before, text)
+    out["server_over_500ms"] = slow_requests(before, text, 0.5)
     return out
+
+
+def slow_requests(before: str, after: str, seconds: float) -> int:
+    """Requests the server itself took longer than ``seconds`` to answer (its histogram)."""
+
+    def counts(text: str) -> tuple[float, float]:
+        pat = r'recsys_request_duration_seconds_bucket\{le="([^"]+)",route="/recommend"\} (\S+)'
+        found = {le: float(v) for le, v in re.findall(pat, text)}
+        return found.get(f"{seconds}", 0.0), found.get("+Inf", 0.0)
+
+    (w0, t0), (w1, t1) = counts(before), counts(after)
+    return int((t1 - t0) - (w1 - w0))
 
 
 # ---------------------------------------------------------------------- ceilings
@@ -195,9 +222,9 @@ async def scenario_ml(bundle: Path, seconds: float) -> dict:
     bodies, _ = bodies_for(bundle)
     server = Server(bundle)
     try:
-        out = {"closed_64": await served(server, bodies, seconds=seconds)}
-        wrk = wrk_closed_loop(HOST, server.port, bodies, connections=64, seconds=seconds)
-        if wrk is not None:
+        out = {"closed_64": await served(server, bodies, seconds=seconds, generator="python")}
+        wrk = await served(server, bodies, seconds=seconds)
+        if wrk["generator"] == "wrk":
             out["closed_64_wrk"] = wrk
         out["open_1000"] = await served(server, bodies, seconds=seconds, rate=1000.0)
     finally:
@@ -282,6 +309,59 @@ async def scenario_hotswap(a: Path, b: Path, out_dir: Path, seconds: float, swap
     return out
 
 
+#: ``--sweep``: the batching knobs one at a time around the defaults (big MF, closed loop).
+SWEEP = [
+    ("defaults", ()),
+    ("max-batch 16", ("--max-batch", "16")),
+    ("max-batch 256", ("--max-batch", "256")),
+    ("max-delay-us 0", ("--max-delay-us", "0")),
+    ("max-delay-us 2000", ("--max-delay-us", "2000")),
+    ("concurrency 2", ("--concurrency", "2")),
+    ("threads 1", ("--threads", "1")),
+    ("threads 2", ("--threads", "2")),
+]
+
+
+async def sweep(bundle: Path, seconds: float, rounds: int) -> dict:
+    """Closed loop (64 connections) per setting of :data:`SWEEP`, and open loop at 1,000/s;
+    ``rounds`` interleaved rounds, the median of each number (the machine is shared)."""
+    bodies, _ = bodies_for(bundle)
+    runs: dict[str, list[dict]] = {name: [] for name, _ in SWEEP}
+    for _ in range(rounds):
+        for name, options in SWEEP:
+            server = Server(bundle, *options)
+            try:
+                runs[name].append(
+                    {
+                        "closed": await served(server, bodies, seconds=seconds),
+                        "open_1000": await served(server, bodies, seconds=seconds, rate=1000.0),
+                    }
+                )
+            finally:
+                server.stop()
+    return {name: {"rounds": r, **median_of(r)} for name, r in runs.items()}
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Per load kind, the median of each number over rounds."""
+    out = {}
+    for kind in runs[0]:
+        keys = ("req_per_s", "p50_ms", "p99_ms", "p999_ms")
+        out[kind] = {k: float(np.median([r[kind][k] for r in runs])) for k in keys}
+    return out
+
+
+def sweep_table(results: dict) -> str:
+    lines = ["setting            closed req/s  p99 ms   open 1,000/s p50 ms  p99 ms"]
+    for name, r in results.items():
+        c, o = r["closed"], r["open_1000"]
+        lines.append(
+            f"{name:<18} {c['req_per_s']:>12,.0f}  {c['p99_ms']:>6.1f}   "
+            f"{o['p50_ms']:>19.2f}  {o['p99_ms']:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------- report
 def table(results: dict) -> str:
     rows = [("scenario", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "batch sizes")]
@@ -354,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--json", type=Path, help="where to write the results")
+    p.add_argument(
+        "--sweep", action="store_true", help="only sweep the batching knobs on the big MF bundle"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -361,9 +445,18 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    results = runner(main_async(args))
-    print(table(results))
-    path = args.json or ROOT / "runs" / "serve_bench" / "serve_bench.json"
+    if args.sweep:
+        preset = PRESETS[args.preset]
+        out_dir = ROOT / "runs" / "serve_bench"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        big = big_bundle(out_dir, *preset["big"])
+        results = runner(sweep(big, preset["seconds"], args.rounds))
+        print(sweep_table(results))
+    else:
+        results = runner(main_async(args))
+        print(table(results))
+    name = "sweep.json" if args.sweep else "serve_bench.json"
+    path = args.json or ROOT / "runs" / "serve_bench" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
