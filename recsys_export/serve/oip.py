@@ -6,10 +6,11 @@ Routes: ``GET /v2`` (server metadata), ``/v2/health/live``, ``/v2/health/ready``
 
 The model takes one input tensor, ``user_ids`` (``BYTES``, ``INT64`` or ``INT32``,
 shape ``[B]`` or ``[B, 1]``; an optional ``k`` tensor of one integer), and request
-parameters ``k`` (default 10, or every item if fewer), ``exclude_seen`` (default true) and ``unknown``
-(``raise``, ``skip``, ``popular``); it returns ``item_ids`` (``INT64`` for integer item
-ids, else ``BYTES``; ``[B, k]``; empty slots ``-1`` or ``""``) and ``scores`` (``FP32``
-``[B, k]``; empty slots ``-inf``, the popularity fallback ``NaN``). Tensors travel as
+parameters ``k`` (default 10, or every item if fewer), ``exclude_seen`` (default
+true) and ``unknown`` (``raise``, ``skip``, ``popular``); it returns ``item_ids``
+(``INT64`` for integer item ids, else ``BYTES``; ``[B, k]``; empty slots ``-1`` or
+``""``) and ``scores`` (``FP32`` ``[B, k]``; empty slots ``-inf``, the popularity
+fallback ``NaN``). Tensors travel as
 JSON ``data`` or with the binary tensor data extension (``Inference-Header-Content-
 Length``), both ways, as Triton does. The version is the bundle's version.
 """
@@ -24,10 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from recsys_export import __version__
-from recsys_export.errors import ConfigError
 from recsys_export.serve.engine import RecommendRequest
-from recsys_export.serve.schema import HTTPError, dumps, finite_or_none, parse_json
-from recsys_export.validation import check_choice, check_int
+from recsys_export.serve.schema import (
+    HTTPError,
+    dumps,
+    finite_or_none,
+    parse_json,
+    recommend_options,
+)
 
 if TYPE_CHECKING:
     from recsys_export.serve.app import Server
@@ -38,7 +43,6 @@ HEADER_LENGTH = "inference-header-content-length"
 _INT_TYPES = {"INT64": "<i8", "INT32": "<i4"}
 _PARAMETERS = ("k", "exclude_seen", "unknown", "binary_data_output", "timeout", "priority")
 _OUTPUTS = ("item_ids", "scores")
-_UNKNOWN = ("raise", "skip", "popular")
 
 
 def encode_bytes(values: list[bytes]) -> bytes:
@@ -212,14 +216,9 @@ def parse_infer(body: Any, binary: bytes, max_users: int) -> tuple[RecommendRequ
         if len(tensors["k"]) != 1:
             raise HTTPError(400, "the input 'k' must hold one integer")
         k = tensors["k"][0]
-    try:
-        k = check_int("k", k, low=1, none_ok=True)
-        unknown = check_choice("unknown", params.get("unknown", "raise"), _UNKNOWN)
-    except ConfigError as exc:
-        raise HTTPError(400, str(exc)) from None
-    exclude_seen = params.get("exclude_seen", True)
-    if not isinstance(exclude_seen, bool):
-        raise HTTPError(400, f"exclude_seen must be true or false, got {exclude_seen!r}")
+    k, unknown, exclude_seen = recommend_options(
+        k, params.get("unknown", "raise"), params.get("exclude_seen", True)
+    )
     wanted = _wanted_outputs(body.get("outputs"), bool(params.get("binary_data_output", False)))
     timeout = params.get("timeout")  # Triton's: microseconds
     if timeout is not None and (

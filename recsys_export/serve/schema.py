@@ -25,6 +25,7 @@ __all__ = [
     "parse_json",
     "parse_recommend",
     "parse_score",
+    "recommend_options",
     "recommendation_rows",
 ]
 
@@ -92,6 +93,18 @@ def _id_list(value: Any, what: str, *, limit: int | None = None) -> list[Any]:
     return value
 
 
+def recommend_options(k: Any, unknown: Any, exclude_seen: Any) -> tuple[int | None, str, bool]:
+    """Check ``k`` (None: the default), ``unknown`` and ``exclude_seen`` (HTTPError 400)."""
+    try:
+        k = check_int("k", k, low=1, none_ok=True)
+        unknown = check_choice("unknown", unknown, _UNKNOWN)
+    except ConfigError as exc:
+        raise HTTPError(400, str(exc)) from None
+    if not isinstance(exclude_seen, bool):
+        raise HTTPError(400, f"exclude_seen must be true or false, got {exclude_seen!r}")
+    return k, unknown, exclude_seen
+
+
 def parse_recommend(body: Any, max_users: int) -> RecommendRequest:
     """A ``/recommend`` body -> :class:`RecommendRequest`.
 
@@ -103,14 +116,9 @@ def parse_recommend(body: Any, max_users: int) -> RecommendRequest:
     users = _id_list(body["users"], "users", limit=max_users)
     if not users:
         raise HTTPError(400, "users is empty; give at least one user id")
-    try:
-        k = check_int("k", body.get("k"), low=1, none_ok=True)
-        unknown = check_choice("unknown", body.get("unknown", "raise"), _UNKNOWN)
-    except ConfigError as exc:
-        raise HTTPError(400, str(exc)) from None
-    exclude_seen = body.get("exclude_seen", True)
-    if not isinstance(exclude_seen, bool):
-        raise HTTPError(400, f"exclude_seen must be true or false, got {exclude_seen!r}")
+    k, unknown, exclude_seen = recommend_options(
+        body.get("k"), body.get("unknown", "raise"), body.get("exclude_seen", True)
+    )
     exclude = body.get("exclude")
     if isinstance(exclude, dict):
         exclude = {u: _id_list(v, f"exclude[{u!r}]") for u, v in exclude.items()}
