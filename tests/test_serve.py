@@ -462,3 +462,26 @@ def test_a_bundle_that_cannot_be_served_fails_before_binding(bundles, tmp_path, 
     assert main(["serve", str(bad), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "checksum mismatch" in err
+
+
+def test_work_queued_past_the_deadline_is_refused_at_once(bundles):
+    app = _app(bundles["mf"], max_batch=1, concurrency=1, deadline_ms=1000)
+    server = app.state.server
+    gate = _gate(app)
+
+    async def body():
+        async with running(app) as client:
+            post = lambda: client.post("/recommend", json={"users": [1]})  # noqa: E731
+            first = asyncio.create_task(post())
+            await until(lambda: _true(server.recommender._slots == 0), "the first engine call")
+            server.recommender._row_seconds = 0.6  # as if engine calls took 0.6 s per user
+            second = asyncio.create_task(post())  # 1 row queued: admitted
+            await until(lambda: _true(len(server.recommender._queue) == 1), "one queued")
+            refused = await post()  # (1 queued + 1) rows x 0.6 s = 1.2 s > the 1 s deadline
+            gate.set()
+            return refused, await first, await second
+
+    refused, first, second = run(body())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "about 1200 ms of work queued" in refused.json()["error"]
+    assert first.status_code == second.status_code == 200

@@ -553,7 +553,7 @@ def _add_serve_parser(sub: Any, fmt: Any) -> None:
     g.add_argument("--deadline-ms", type=int, default=D.deadline_ms, help="503 if not answered")
     g.add_argument("--max-body-bytes", type=int, default=D.max_body_bytes, help="413 past it")
     g.add_argument("--max-users", type=int, default=D.max_users, help="users/pairs per request")
-    g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: shared)")
+    g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: cores-1)")
     g.add_argument(
         "--watch-interval", type=float, default=D.watch_interval_s, help="seconds between checks"
     )

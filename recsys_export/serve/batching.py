@@ -8,10 +8,12 @@ batch to fill; a batch that is already full goes at once, and while every slot i
 the queue fills by itself. The engine call returns one result (or exception) per job,
 which is carved back to its caller.
 
-Overload is answered, never queued without bound: past ``max_queue`` waiting jobs
-:meth:`Batcher.submit` raises :class:`Overloaded` at once, and a job still unanswered
-at its deadline raises :class:`DeadlineExceeded` (the HTTP layer turns both into
-``503`` with ``Retry-After``). Standard library only (plus the metrics object).
+Overload is answered, never queued without bound: past ``max_queue`` waiting jobs, or
+when the rows queued would take longer than the job's deadline at the rate the engine
+calls have been draining them, :meth:`Batcher.submit` raises :class:`Overloaded` at
+once; a job still unanswered at its deadline raises :class:`DeadlineExceeded` (the
+HTTP layer turns both into ``503`` with ``Retry-After``). Standard library only (plus
+the metrics object).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +92,8 @@ class Batcher:
         self._metrics = metrics
         self._queue: collections.deque[_Job] = collections.deque()
         self._rows = 0
+        self._concurrency = concurrency
+        self._row_seconds: float | None = None  # engine seconds per row (moving average)
         self._slots = concurrency
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"serve-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,6 +143,14 @@ class Batcher:
             raise Overloaded(
                 f"the server is overloaded ({self.max_queue} requests waiting); retry later"
             )
+        if self._rows >= self.max_batch * self._concurrency and self._row_seconds is not None:
+            wait = (self._rows + rows) * self._row_seconds / self._concurrency
+            if wait > timeout_s:  # it would expire in the queue: say so now
+                self._metrics.rejected.labels("queue_full").inc()
+                raise Overloaded(
+                    f"the server is overloaded (about {wait * 1000:.0f} ms of work queued, "
+                    f"more than the {timeout_s * 1000:.0f} ms deadline); retry later"
+                )
         job = _Job(payload, rows, loop.create_future(), loop.time())
         job.timer = loop.call_later(timeout_s, self._expire, job, timeout_s)
         self._queue.append(job)
@@ -235,10 +248,14 @@ class Batcher:
     async def _call(self, batch: list[_Job]) -> None:
         assert self._loop is not None
         self._metrics.in_flight.inc()
+        start = time.perf_counter()
         try:
             tag, results = await self._loop.run_in_executor(
                 self._executor, self._run, [job.payload for job in batch]
             )
+            per_row = (time.perf_counter() - start) / max(1, sum(job.rows for job in batch))
+            old = self._row_seconds
+            self._row_seconds = per_row if old is None else 0.8 * old + 0.2 * per_row
         except Exception as exc:  # the runner failed as a whole: every job gets it
             tag, results = None, [exc] * len(batch)
         finally:

@@ -51,7 +51,8 @@ class ServeConfig:
     watch_interval_s : float or None
         How often the bundle path is checked for a new bundle (None: not watched).
     threads : int or None
-        onnxruntime intra-op threads (default: 1 per engine call in flight).
+        onnxruntime intra-op threads per engine call (default: the cores but one,
+        shared by the calls in flight).
     token : str or None
         The bearer token every route but the health probes requires.
     insecure : bool
@@ -104,8 +105,9 @@ class ServeConfig:
 
     @property
     def engine_threads(self) -> int:
-        """onnxruntime intra-op threads of each session."""
-        return self.threads or max(1, (os.cpu_count() or 1) // self.concurrency)
+        """onnxruntime intra-op threads of each session: by default one core is left to
+        the event loop (HTTP) and the rest shared by the engine calls in flight."""
+        return self.threads or max(1, ((os.cpu_count() or 1) - 1) // self.concurrency)
 
 
 #: The defaults, for docs and the benchmark.
