@@ -5,11 +5,17 @@ port, driven over HTTP by httpx and by the Open Inference Protocol's reference c
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from helpers.serving import ARTIFACTS, copy_bundle, start_server
+from helpers.serving import ARTIFACTS, ROOT, copy_bundle, start_server
 
 from recsys_export.runtime import Recommender
 from recsys_export.serve.engine import manifest_version
@@ -58,3 +64,24 @@ def test_uvicorn_server_answers_http_and_tritonclient(tmp_path):
         finally:
             triton_client.close()
     assert proc.returncode is not None
+
+
+def _bash_blocks(page: Path) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+
+
+def test_serving_doc_commands_run():
+    """docs/serving.md's shell blocks, as written (each starts and stops its server)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    blocks = _bash_blocks(ROOT / "docs" / "serving.md")
+    assert len(blocks) == 2
+    outputs = []
+    for block in blocks:
+        done = subprocess.run(
+            ["bash", "-e", "-c", block], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout)
+    assert '"results":[{"user":1,"items":' in outputs[0] and '"kind":"mf"' in outputs[0]
+    assert '{"ready":true}' in outputs[1] and "[[" in outputs[1]

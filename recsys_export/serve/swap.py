@@ -73,7 +73,10 @@ class ModelHolder:
     async def _watch(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # never let the watcher die: the old bundle keeps serving
+                log.exception("the bundle watcher failed; still serving %s", self.model.version)
 
     async def check(self) -> bool:
         """Look at the path once; load and swap in a new bundle there. True if swapped."""
@@ -87,8 +90,10 @@ class ModelHolder:
         old = self.model
         try:
             new = ServedModel.load(self.path, threads=self._threads)
-        except RecsysExportError as exc:
+        except Exception as exc:  # a bundle error, or anything loading it raised
             self._metrics.swaps.labels("refused").inc()
+            if not isinstance(exc, RecsysExportError):
+                log.exception("loading the new bundle failed")
             message = " ".join(str(exc).split())
             log.warning(
                 "refused the new bundle: %s; still serving version %s", message, old.version
