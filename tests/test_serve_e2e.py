@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,7 @@ import pytest
 import tritonclient.http as triton
 from helpers.serving import ARTIFACTS, ROOT, copy_bundle, start_server
 
+from recsys_export.cli import main
 from recsys_export.runtime import Recommender
 from recsys_export.serve.engine import manifest_version
 
@@ -85,3 +88,61 @@ def test_serving_doc_commands_run():
         outputs.append(done.stdout)
     assert '"results":[{"user":1,"items":' in outputs[0] and '"kind":"mf"' in outputs[0]
     assert '{"ready":true}' in outputs[1] and "[[" in outputs[1]
+
+
+def test_serve_without_the_serve_extra_names_it(tmp_path):
+    """A runtime-only install (starlette, uvicorn, prometheus_client unimportable)."""
+    code = (
+        "import sys\n"
+        "for name in ('starlette', 'uvicorn', 'prometheus_client'):\n"
+        "    sys.modules[name] = None\n"
+        "from recsys_export.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "serve", str(ARTIFACTS / "toy-mf")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs the 'serve' extra" in lines[0], done.stderr
+    assert "pip install 'recsys-export[serve]'" in lines[0]
+
+
+@pytest.mark.slow
+def test_export_force_onto_the_served_path_is_picked_up_under_load(ml_checkpoints, tmp_path):
+    """The real thing: ``recsys-export export --force`` over the bundle a server serves."""
+    served = tmp_path / "served"
+    assert main(["export", str(ml_checkpoints["mf"]), "--out", str(served), "-q"]) == 0
+    old = manifest_version(Recommender.load(served).manifest)
+    user = Recommender.load(served).user_map.raw_ids[0].item()
+    with start_server(str(served), "--watch-interval", "0.1") as (_, url):
+        stop, log = threading.Event(), []
+
+        def load() -> None:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                while not stop.is_set() and len(log) < 200_000:
+                    resp = client.post("/recommend", json={"users": [user], "k": 5})
+                    log.append((resp.status_code, resp.headers.get("x-model-version"), resp))
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            argv = ["export", str(ml_checkpoints["densenet"]), "--out", str(served)]
+            assert main([*argv, "--force", "-q"]) == 0
+            new = manifest_version(Recommender.load(served).manifest)
+            deadline = time.monotonic() + 60
+            with httpx.Client(base_url=url, timeout=30) as client:
+                while client.get("/model").json()["version"] != new:
+                    assert time.monotonic() < deadline, "the server never swapped"
+                    time.sleep(0.05)
+            seen_new = len(log)
+            while len(log) < seen_new + 20:  # more answers from the new bundle
+                assert time.monotonic() < deadline and worker.is_alive()
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            worker.join(60)
+    assert {status for status, _, _ in log} == {200}
+    assert {version for _, version, _ in log} == {old, new}
+    assert all(resp.json()["model_version"] == version for _, version, resp in log)
