@@ -485,3 +485,27 @@ def test_work_queued_past_the_deadline_is_refused_at_once(bundles):
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "about 1200 ms of work queued" in refused.json()["error"]
     assert first.status_code == second.status_code == 200
+
+
+def test_a_congested_queue_refuses_before_reading_the_body(bundles):
+    app = _app(bundles["mf"], max_batch=1, concurrency=1, deadline_ms=60_000)
+    server = app.state.server
+    gate = _gate(app)
+
+    async def body():
+        async with running(app) as client:
+            post = lambda: client.post("/recommend", json={"users": [1]})  # noqa: E731
+            first = asyncio.create_task(post())
+            await until(lambda: _true(server.recommender._slots == 0), "the first engine call")
+            second = asyncio.create_task(post())
+            await until(lambda: _true(len(server.recommender._queue) == 1), "one queued")
+            server.recommender._queue[0].arrived -= 31.0  # as if it had waited 31 s
+            refused = await client.post("/recommend", content=b"not even JSON")
+            gate.set()
+            return refused, await first, await second, (await client.get("/metrics")).text
+
+    refused, first, second, text = run(body())
+    assert refused.status_code == 503 and "ms in the queue); retry later" in refused.text
+    assert int(refused.json()["error"].split("waited ")[1].split()[0]) >= 31_000
+    assert first.status_code == second.status_code == 200
+    assert metric(text, "recsys_rejected_total", reason="queue_delay") == 1

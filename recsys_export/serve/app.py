@@ -96,6 +96,10 @@ class Server:
                 ) from None
         return ms / 1000.0
 
+    def admit(self, batcher: Batcher, request: Request) -> None:
+        """Refuse a request before reading its body while the queue is congested."""
+        batcher.admit(self._timeout(request))
+
     async def recommend(
         self, req: RecommendRequest, request: Request, limit_s: float | None = None
     ) -> tuple[str, Any]:

@@ -138,6 +138,7 @@ class Batcher:
         loop = self._loop
         if loop is None or self._closed:
             raise Overloaded("the server is not serving (starting or shutting down)")
+        self.admit(timeout_s)
         if len(self._queue) >= self.max_queue:
             self._metrics.rejected.labels("queue_full").inc()
             raise Overloaded(
@@ -160,6 +161,28 @@ class Batcher:
         if wake is not None and not wake.done() and (len(self._queue) == 1 or self.full):
             wake.set_result(None)
         return await job.future
+
+    def admit(self, timeout_s: float) -> None:
+        """Refuse new work while the oldest queued job has waited over half a deadline.
+
+        Under a flood the event loop itself falls behind and jobs age in the queue; new
+        requests are then answered 503 at once (the HTTP layer calls this before reading
+        a body), which keeps the loop's work per refused request small until the queue
+        is young again.
+
+        Raises
+        ------
+        Overloaded
+            The queue is congested.
+        """
+        if self._queue and self._loop is not None:
+            waited = self._loop.time() - self._queue[0].arrived
+            if waited > timeout_s / 2:
+                self._metrics.rejected.labels("queue_delay").inc()
+                raise Overloaded(
+                    f"the server is overloaded (requests have waited {waited * 1000:.0f} ms "
+                    "in the queue); retry later"
+                )
 
     @property
     def full(self) -> bool:

@@ -6,7 +6,7 @@ counters). Names (docs/serving.md lists them):
 * ``recsys_requests_total{route, status}``, ``recsys_request_duration_seconds{route}``;
 * ``recsys_batch_size`` (requests per engine call), ``recsys_batch_users`` (users or
   pairs per engine call), ``recsys_queue_depth``, ``recsys_batches_in_flight``;
-* ``recsys_rejected_total{reason}`` (``queue_full``, ``deadline``);
+* ``recsys_rejected_total{reason}`` (``queue_full``, ``queue_delay``, ``deadline``);
 * ``recsys_bundle_info{version, kind}`` (1 for the served bundle) and
   ``recsys_bundle_swaps_total{outcome}`` (``swapped``, ``refused``).
 """

@@ -252,6 +252,7 @@ def _wanted_outputs(outputs: Any, binary_default: bool) -> dict[str, bool]:
 async def infer(server: Server, request: Request) -> Response:
     """``POST /v2/models/{name}[/versions/{version}]/infer``."""
     _check_model(server, request)
+    server.admit(server.recommender, request)
     body, binary = _split_body(await server.read_body(request), request.headers.get(HEADER_LENGTH))
     req, info = parse_infer(body, binary, server.config.max_users)
     version, recs = await server.recommend(req, request, info["timeout_s"])

@@ -27,6 +27,7 @@ __all__ = ["ROUTES"]
 
 async def recommend(server: Server, request: Request) -> Response:
     """``POST /recommend``: top-k items per user (see docs/serving.md)."""
+    server.admit(server.recommender, request)
     body = parse_json(await server.read_body(request))
     req = parse_recommend(body, server.config.max_users)
     version, recs = await server.recommend(req, request)
@@ -38,6 +39,7 @@ async def recommend(server: Server, request: Request) -> Response:
 
 async def score(server: Server, request: Request) -> Response:
     """``POST /score``: the scores of ``[user, item]`` pairs."""
+    server.admit(server.scorer, request)
     body = parse_json(await server.read_body(request))
     req = parse_score(body, server.config.max_users)
     version, scores = await server.score(req, request)
