@@ -187,7 +187,22 @@ async def served(
     text = server.metrics()
     out["batch_sizes"] = batch_histogram(before, text)
     out["server_over_500ms"] = slow_requests(before, text, 0.5)
+    out["server_over_1s"] = slow_requests(before, text, 1.0)
+    out["rejected"] = rejected(before, text)
     return out
+
+
+def rejected(before: str, after: str) -> dict[str, int]:
+    """503s by reason between two /metrics texts."""
+
+    def counts(text: str) -> dict[str, float]:
+        pat = r'recsys_rejected_total\{reason="([^"]+)"\} (\S+)'
+        return {reason: float(v) for reason, v in re.findall(pat, text)}
+
+    c0, c1 = counts(before), counts(after)
+    return {
+        reason: int(v - c0.get(reason, 0.0)) for reason, v in c1.items() if v > c0.get(reason, 0)
+    }
 
 
 def slow_requests(before: str, after: str, seconds: float) -> int:
