@@ -1,17 +1,12 @@
 """``recsys-export serve``, in process: the JSON API and the Open Inference Protocol equal
-the runtime's outputs (MF, DenseNet, a generic own model); batching carves responses
-back under concurrency; overload answers 503 at once; auth off loopback; every
-malformed request gets a one-line 4xx JSON error.
-
-The engine is made to block on an event where a test needs a full queue: the tests
-never depend on timing.
+the runtime's outputs (MF, DenseNet, a generic own model); auth off loopback; every
+malformed request gets a one-line 4xx JSON error; metrics. Batching and overload:
+tests/test_serve_batching.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +15,13 @@ import tritonclient.http as triton
 from helpers.serving import (
     ARTIFACTS,
     copy_bundle,
+    expected_rows,
     generic_bundle,
     metric,
     name_items,
     run,
     running,
-    until,
+    same_rows,
 )
 
 from recsys_export.cli import main
@@ -50,35 +46,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _app(bundle: Path, **options):
     return create_app(ServeConfig(bundle=bundle, **options), watch=False)
-
-
-def _expected_rows(rec: Recommender, user_ids, **kwargs) -> list[dict]:
-    """What /recommend must answer: the runtime's result, empty slots left out."""
-    res = rec.recommend(user_ids, **kwargs)
-    rows = []
-    for r, user in enumerate(res.users.tolist()):
-        keep = [j for j, s in enumerate(res.scores[r]) if s != -np.inf]
-        row = {
-            "user": user,
-            "items": [res.items[r][j] for j in keep],
-            "scores": [None if np.isnan(s) else float(s) for s in res.scores[r][keep]],
-        }
-        if res.names is not None:
-            row["names"] = [res.names[r][j] for j in keep]
-        if res.fallback.size and res.fallback[r]:
-            row["fallback"] = True
-        rows.append(row)
-    return rows
-
-
-def _same_rows(got: list[dict], want: list[dict]) -> None:
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g["user"] == w["user"] and g["items"] == w["items"]
-        assert g.get("names") == w.get("names") and g.get("fallback") == w.get("fallback")
-        gs = np.array([np.nan if s is None else s for s in g["scores"]], dtype=np.float64)
-        ws = np.array([np.nan if s is None else s for s in w["scores"]], dtype=np.float64)
-        np.testing.assert_allclose(gs, ws, rtol=1e-6, atol=1e-7, equal_nan=True)
 
 
 def _cases(rec: Recommender) -> list[tuple[dict, dict]]:
@@ -123,7 +90,7 @@ def test_recommend_and_score_equal_the_runtime(bundles, kind):
                 assert resp.status_code == 200, resp.text
                 assert resp.headers["x-model-version"] == version
                 assert resp.json()["model_version"] == version
-                _same_rows(resp.json()["results"], _expected_rows(rec, **kwargs))
+                same_rows(resp.json()["results"], expected_rows(rec, **kwargs))
             resp = await client.post(
                 "/recommend", json={"users": [rec.user_map.raw_ids[0].item(), "nobody"],
                                     "unknown": "skip", "k": 1}
@@ -204,113 +171,11 @@ def test_names_and_empty_slots_are_rendered_like_the_cli(bundles):
             # k = n_items: users who rated items have empty slots, left out
             resp = await client.post("/recommend", json={"users": [0, 1, 2], "k": rec.n_items})
             rows = resp.json()["results"]
-            _same_rows(rows, _expected_rows(rec, [0, 1, 2], k=rec.n_items))
+            same_rows(rows, expected_rows(rec, [0, 1, 2], k=rec.n_items))
             assert any(len(r["items"]) < rec.n_items for r in rows)
             assert all(set(r["names"]) <= {"Alpha", None, "Gamma", "Delta"} for r in rows)
 
     run(body())
-
-
-def _gate(app) -> threading.Event:
-    """Make the served model's recommend block until the returned event is set."""
-    model = app.state.server.model
-    gate = threading.Event()
-    original = model.recommend_batch
-
-    def gated(reqs):
-        assert gate.wait(30), "the test never opened the gate"
-        return original(reqs)
-
-    model.recommend_batch = gated
-    return gate
-
-
-def test_batching_carves_each_response_out_of_one_engine_call(bundles):
-    rec = Recommender.load(bundles["mf"])
-    app = _app(bundles["mf"], max_batch=8, max_delay_us=0, concurrency=1)
-    server = app.state.server
-    gate = _gate(app)
-    users = [0, 1, 2, 3, 4, 0, 1, 2]
-    ks = [1, 2, 3, 4, 1, 2, 3, 4]
-
-    async def body():
-        async with running(app) as client:
-            first = asyncio.create_task(client.post("/recommend", json={"users": [4], "k": 2}))
-            await until(lambda: _true(server.recommender._slots == 0), "the first engine call")
-            tasks = [
-                asyncio.create_task(client.post("/recommend", json={"users": [u], "k": k}))
-                for u, k in zip(users, ks)
-            ]
-            tasks.append(asyncio.create_task(client.post("/recommend", json={"users": [2, 3]})))
-            await until(lambda: _true(len(server.recommender._queue) == 9), "9 queued requests")
-            gate.set()
-            responses = await asyncio.gather(first, *tasks)
-            text = (await client.get("/metrics")).text
-            return responses, text
-
-    responses, text = run(body())
-    assert all(r.status_code == 200 for r in responses)
-    for resp, u, k in zip(responses[1:], users, ks):
-        _same_rows(resp.json()["results"], _expected_rows(rec, [u], k=k))
-    _same_rows(responses[-1].json()["results"], _expected_rows(rec, [2, 3], k=4))
-    # engine calls: the first alone, then 8 requests (8 users: max_batch), then the last
-    assert metric(text, "recsys_batch_size_count") == 3
-    assert metric(text, "recsys_batch_size_sum") == 10
-    assert metric(text, "recsys_batch_size_bucket", le="1.0") == 2
-    assert metric(text, "recsys_batch_users_sum") == 11
-    assert metric(text, "recsys_requests_total", route="/recommend", status="200") == 10
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-def test_overload_answers_503_at_once(bundles):
-    app = _app(bundles["mf"], max_batch=1, max_queue=3, concurrency=1, deadline_ms=60_000)
-    server = app.state.server
-    gate = _gate(app)
-
-    async def body():
-        async with running(app) as client:
-            post = lambda: client.post("/recommend", json={"users": [1]})  # noqa: E731
-            running_call = asyncio.create_task(post())
-            await until(lambda: _true(server.recommender._slots == 0), "the first engine call")
-            queued = [asyncio.create_task(post()) for _ in range(3)]
-            await until(lambda: _true(len(server.recommender._queue) == 3), "a full queue")
-            rejected = await post()  # answered while the engine is still blocked
-            gate.set()
-            done = await asyncio.gather(running_call, *queued)
-            return rejected, done, (await client.get("/metrics")).text
-
-    rejected, done, text = run(body())
-    assert rejected.status_code == 503 and rejected.headers["retry-after"] == "1"
-    assert "overloaded (3 requests waiting)" in rejected.json()["error"]
-    assert [r.status_code for r in done] == [200] * 4
-    assert metric(text, "recsys_rejected_total", reason="queue_full") == 1
-    assert metric(text, "recsys_rejected_total", reason="deadline") == 0
-    assert metric(text, "recsys_queue_depth") == 0
-
-
-def test_deadline_passes_in_the_queue(bundles):
-    app = _app(bundles["mf"], max_batch=1, concurrency=1)
-    server = app.state.server
-    gate = _gate(app)
-
-    async def body():
-        async with running(app) as client:
-            blocked = asyncio.create_task(client.post("/recommend", json={"users": [1]}))
-            await until(lambda: _true(server.recommender._slots == 0), "the first engine call")
-            late = await client.post(
-                "/recommend", json={"users": [2]}, headers={"X-Deadline-Ms": "20"}
-            )
-            gate.set()
-            return late, await blocked, (await client.get("/metrics")).text
-
-    late, blocked, text = run(body())
-    assert late.status_code == 503 and "within its deadline (20 ms)" in late.json()["error"]
-    assert blocked.status_code == 200
-    assert metric(text, "recsys_rejected_total", reason="deadline") == 1
-    assert metric(text, "recsys_queue_depth") == 0
 
 
 MALFORMED = [
@@ -462,50 +327,3 @@ def test_a_bundle_that_cannot_be_served_fails_before_binding(bundles, tmp_path, 
     assert main(["serve", str(bad), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "checksum mismatch" in err
-
-
-def test_work_queued_past_the_deadline_is_refused_at_once(bundles):
-    app = _app(bundles["mf"], max_batch=1, concurrency=1, deadline_ms=1000)
-    server = app.state.server
-    gate = _gate(app)
-
-    async def body():
-        async with running(app) as client:
-            post = lambda: client.post("/recommend", json={"users": [1]})  # noqa: E731
-            first = asyncio.create_task(post())
-            await until(lambda: _true(server.recommender._slots == 0), "the first engine call")
-            server.recommender._row_seconds = 0.6  # as if engine calls took 0.6 s per user
-            second = asyncio.create_task(post())  # 1 row queued: admitted
-            await until(lambda: _true(len(server.recommender._queue) == 1), "one queued")
-            refused = await post()  # (1 queued + 1) rows x 0.6 s = 1.2 s > the 1 s deadline
-            gate.set()
-            return refused, await first, await second
-
-    refused, first, second = run(body())
-    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-    assert "about 1200 ms of work queued" in refused.json()["error"]
-    assert first.status_code == second.status_code == 200
-
-
-def test_a_congested_queue_refuses_before_reading_the_body(bundles):
-    app = _app(bundles["mf"], max_batch=1, concurrency=1, deadline_ms=60_000)
-    server = app.state.server
-    gate = _gate(app)
-
-    async def body():
-        async with running(app) as client:
-            post = lambda: client.post("/recommend", json={"users": [1]})  # noqa: E731
-            first = asyncio.create_task(post())
-            await until(lambda: _true(server.recommender._slots == 0), "the first engine call")
-            second = asyncio.create_task(post())
-            await until(lambda: _true(len(server.recommender._queue) == 1), "one queued")
-            server.recommender._queue[0].arrived -= 31.0  # as if it had waited 31 s
-            refused = await client.post("/recommend", content=b"not even JSON")
-            gate.set()
-            return refused, await first, await second, (await client.get("/metrics")).text
-
-    refused, first, second, text = run(body())
-    assert refused.status_code == 503 and "ms in the queue); retry later" in refused.text
-    assert int(refused.json()["error"].split("waited ")[1].split()[0]) >= 31_000
-    assert first.status_code == second.status_code == 200
-    assert metric(text, "recsys_rejected_total", reason="queue_delay") == 1

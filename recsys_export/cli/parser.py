@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from recsys_export import __version__
 from recsys_export.recipes import describe_recipes
@@ -501,7 +500,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--device) every Ray worker's",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_serve_parser(sub, fmt)
+    from recsys_export.cli.serve import DESCRIPTION as SERVE_DESCRIPTION
+    from recsys_export.cli.serve import EPILOG as SERVE_EPILOG
+    from recsys_export.cli.serve import add_arguments as add_serve_arguments
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a bundle over HTTP (JSON API, Open Inference Protocol, metrics)",
+        formatter_class=fmt,
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+    )
+    add_serve_arguments(p)
     p = sub.add_parser(
         "bench",
         help="benchmark every format and the runtime side by side",
@@ -517,53 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(p)
     return parser
-
-
-def _add_serve_parser(sub: Any, fmt: Any) -> None:
-    """``serve``: one compact block (the options of recsys_export.serve.config)."""
-    from recsys_export.serve.config import DEFAULTS as D
-
-    p = sub.add_parser(
-        "serve",
-        help="serve a bundle over HTTP (JSON API, Open Inference Protocol, metrics)",
-        formatter_class=fmt,
-        description="Serve BUNDLE as a recommendation service: POST /recommend, POST /score, "
-        "GET /model, /healthz, /readyz, GET /metrics (Prometheus) and the Open Inference "
-        "Protocol (/v2/...). Concurrent requests are batched; a new bundle exported to the "
-        "path (export --force) is swapped in without failing a request. Needs the 'serve' "
-        "extra. Binds loopback unless told otherwise. Reference: docs/serving.md.",
-        epilog="examples:\n  recsys-export serve artifacts/mf                 # http://127.0.0.1:8000\n"
-        '  curl -s localhost:8000/recommend -d \'{"users": ["42"], "k": 10}\'\n'
-        "  recsys-export serve artifacts/mf --host 0.0.0.0 --token-file token.txt\n"
-        "  recsys-export serve artifacts/mf --ray --replicas 2",
-    )
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--host", default=D.host, help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=D.port, help="port (default 8000; 0: any free)")
-    p.add_argument("--model-name", help="name on the /v2 routes (default: the bundle's dir name)")
-    p.add_argument("--token-file", type=Path, help="bearer token clients must send")
-    p.add_argument("--insecure", action="store_true", help="non-loopback bind without a token")
-    g = p.add_argument_group("batching and overload (defaults measured: docs/serving.md)")
-    g.add_argument("--max-batch", type=int, default=D.max_batch, help="users per engine call")
-    g.add_argument(
-        "--max-delay-us", type=int, default=D.max_delay_us, help="longest wait for a batch to fill"
-    )
-    g.add_argument("--max-queue", type=int, default=D.max_queue, help="requests waiting; 503 past")
-    g.add_argument("--concurrency", type=int, default=D.concurrency, help="engine calls at once")
-    g.add_argument("--deadline-ms", type=int, default=D.deadline_ms, help="503 if not answered")
-    g.add_argument("--max-body-bytes", type=int, default=D.max_body_bytes, help="413 past it")
-    g.add_argument("--max-users", type=int, default=D.max_users, help="users/pairs per request")
-    g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: cores-1)")
-    g.add_argument(
-        "--watch-interval", type=float, default=D.watch_interval_s, help="seconds between checks"
-    )
-    g.add_argument("--no-watch", action="store_true", help="do not watch for a new bundle")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    g.add_argument("--access-log", action="store_true", help="log every request (slower)")
-    r = p.add_argument_group("Ray Serve (needs the 'ray' extra too)")
-    r.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
-    r.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
-    r.add_argument("--address", help="Ray cluster address (default: a local Ray)")
 
 
 def _comma_list(text: str) -> list[str]:

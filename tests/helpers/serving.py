@@ -17,12 +17,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsys_export.atomic import RENAME_EXCHANGE, renameat2, temp_sibling
@@ -60,6 +62,54 @@ def name_items(bundle: Path, names: list[str | None]) -> None:
         manifest_updates={"item_names": "ids/item_names.json"},
         new_files={"ids/item_names.json": (data, "item_names")},
     )
+
+
+def expected_rows(rec: Any, user_ids: Any, **kwargs: Any) -> list[dict]:
+    """What /recommend must answer: the runtime's result, empty slots left out."""
+    res = rec.recommend(user_ids, **kwargs)
+    rows = []
+    for r, user in enumerate(res.users.tolist()):
+        keep = [j for j, s in enumerate(res.scores[r]) if s != -np.inf]
+        row = {
+            "user": user,
+            "items": [res.items[r][j] for j in keep],
+            "scores": [None if np.isnan(s) else float(s) for s in res.scores[r][keep]],
+        }
+        if res.names is not None:
+            row["names"] = [res.names[r][j] for j in keep]
+        if res.fallback.size and res.fallback[r]:
+            row["fallback"] = True
+        rows.append(row)
+    return rows
+
+
+def same_rows(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g["user"] == w["user"] and g["items"] == w["items"]
+        assert g.get("names") == w.get("names") and g.get("fallback") == w.get("fallback")
+        gs = np.array([np.nan if s is None else s for s in g["scores"]], dtype=np.float64)
+        ws = np.array([np.nan if s is None else s for s in w["scores"]], dtype=np.float64)
+        np.testing.assert_allclose(gs, ws, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+def gate_engine(app: Any) -> threading.Event:
+    """Make the served model's recommend block until the returned event is set."""
+    model = app.state.server.model
+    gate = threading.Event()
+    original = model.recommend_batch
+
+    def gated(reqs):
+        assert gate.wait(30), "the test never opened the gate"
+        return original(reqs)
+
+    model.recommend_batch = gated
+    return gate
+
+
+async def now(value: bool) -> bool:
+    """``value`` as an awaitable (the checks :func:`until` polls)."""
+    return value
 
 
 def run(coro: Awaitable[Any]) -> Any:
