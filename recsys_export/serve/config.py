@@ -66,7 +66,7 @@ class ServeConfig:
     max_batch: int = 64
     max_delay_us: int = 500
     max_queue: int = 1024
-    concurrency: int = 1
+    concurrency: int = 2
     deadline_ms: int = 2000
     max_body_bytes: int = 1 << 20
     max_users: int = 1024
