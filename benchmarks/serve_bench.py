@@ -312,8 +312,11 @@ async def scenario_hotswap(a: Path, b: Path, out_dir: Path, seconds: float, swap
         return src is not None and [str(x) for x in doc["results"][0]["items"]] == expected[src][i]
 
     async def swapper() -> None:
-        for s in range(swaps):
-            await asyncio.sleep(seconds / (swaps + 1))
+        start = time.perf_counter()
+        for s in range(swaps):  # at fixed times, all within the load (the last at 95%)
+            await asyncio.sleep(
+                max(0.0, start + seconds * (s + 1) / (swaps + 1.05) - time.perf_counter())
+            )
             src = b if s % 2 == 0 else a
             version = await asyncio.to_thread(commit_copy, src, served_path)
             versions[version] = src
