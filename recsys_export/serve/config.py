@@ -64,7 +64,7 @@ class ServeConfig:
     port: int = 8000
     model_name: str | None = None
     max_batch: int = 64
-    max_delay_us: int = 500
+    max_delay_us: int = 0
     max_queue: int = 1024
     concurrency: int = 2
     deadline_ms: int = 2000
