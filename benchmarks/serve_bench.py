@@ -291,7 +291,7 @@ async def overload(bundle: Path, bodies, rate: float, seconds: float) -> dict:
         server.stop()
     out.update(
         offered_per_s=rate, deadline_ms=500, rss_start_mb=rss[0], rss_peak_mb=max(rss),
-        rss_end_mb=rss[-1],
+        rss_end_mb=rss[-1], rss_mb_every_second=[round(v, 1) for v in rss[::4]],
     )  # fmt: skip
     return out
 
