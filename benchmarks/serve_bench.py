@@ -435,7 +435,7 @@ def table(results: dict) -> str:
 
 async def main_async(args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
-    out_dir = ROOT / "runs" / "serve_bench"
+    out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     smoke = args.preset == "smoke"
     a, b = ml_bundle(out_dir, 0, smoke), ml_bundle(out_dir, 1, smoke)
@@ -462,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--json", type=Path, help="where to write the results")
     p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "serve_bench",
+        help="bundles (cached) and results (default runs/serve_bench)",
+    )
+    p.add_argument(
         "--sweep", action="store_true", help="only sweep the batching knobs on the big MF bundle"
     )
     p.add_argument(
@@ -478,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     if args.sweep:
         preset = PRESETS[args.preset]
-        out_dir = ROOT / "runs" / "serve_bench"
+        out_dir = args.out
         out_dir.mkdir(parents=True, exist_ok=True)
         big = big_bundle(out_dir, *preset["big"])
         results = runner(sweep(big, preset["seconds"], args.rounds))
@@ -487,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         results = runner(main_async(args))
         print(table(results))
     name = "sweep.json" if args.sweep else "serve_bench.json"
-    path = args.json or ROOT / "runs" / "serve_bench" / name
+    path = args.json or args.out / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")

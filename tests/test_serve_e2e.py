@@ -5,6 +5,7 @@ port, driven over HTTP by httpx and by the Open Inference Protocol's reference c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -146,3 +147,26 @@ def test_export_force_onto_the_served_path_is_picked_up_under_load(ml_checkpoint
     assert {status for status, _, _ in log} == {200}
     assert {version for _, version, _ in log} == {old, new}
     assert all(resp.json()["model_version"] == version for _, version, resp in log)
+
+
+@pytest.mark.slow
+def test_serve_bench_smoke(tmp_path):
+    """benchmarks/serve_bench.py runs end to end (tiny sizes) and writes complete JSON."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/serve_bench.py", "--preset", "smoke", "--out", str(tmp_path),
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in-process, 64 per call" in done.stdout and "ratios:" in done.stdout
+
+    results = json.loads(out.read_text())
+    for row in (results["ml"]["closed_64"], results["ml"]["open_1000"], results["hotswap"]):
+        assert row["errors"] == 0 and row["requests"] > 0
+    assert results["hotswap"]["mixed"] == results["hotswap"]["wrong"] == 0
+    assert results["hotswap"]["versions_served"] >= 2
+    assert set(results["ratios"]) >= {"batching_speedup", "served_over_batched_ceiling"}
+    overload = results["mf100k"]["overload"]
+    assert sum(overload["status"].values()) == overload["requests"]
+    assert set(overload["status"]) <= {"200", "503"}
