@@ -122,6 +122,15 @@ def test_deadline_passes_in_the_queue(bundles):
     assert metric(text, "recsys_queue_depth") == 0
 
 
+async def _one_running_one_queued(client, server) -> tuple[asyncio.Task, asyncio.Task]:
+    """One request in the (gated) engine, then one waiting in the queue."""
+    first = asyncio.create_task(client.post("/recommend", json={"users": [1]}))
+    await until(lambda: now(server.recommender._slots == 0), "the first engine call")
+    second = asyncio.create_task(client.post("/recommend", json={"users": [1]}))
+    await until(lambda: now(len(server.recommender._queue) == 1), "one queued")
+    return first, second
+
+
 def test_work_queued_past_the_deadline_is_refused_at_once(bundles):
     app = _app(bundles["mf"], max_batch=1, concurrency=1, deadline_ms=1000)
     server = app.state.server
@@ -129,13 +138,10 @@ def test_work_queued_past_the_deadline_is_refused_at_once(bundles):
 
     async def body():
         async with running(app) as client:
-            post = lambda: client.post("/recommend", json={"users": [1]})  # noqa: E731
-            first = asyncio.create_task(post())
-            await until(lambda: now(server.recommender._slots == 0), "the first engine call")
+            first, second = await _one_running_one_queued(client, server)
             server.recommender._row_seconds = 0.6  # as if engine calls took 0.6 s per user
-            second = asyncio.create_task(post())  # 1 row queued: admitted
-            await until(lambda: now(len(server.recommender._queue) == 1), "one queued")
-            refused = await post()  # (1 queued + 1) rows x 0.6 s = 1.2 s > the 1 s deadline
+            refused = await client.post("/recommend", json={"users": [1]})
+            # (1 queued + 1) rows x 0.6 s = 1.2 s > the 1 s deadline
             gate.set()
             return refused, await first, await second
 
@@ -152,11 +158,7 @@ def test_a_congested_queue_refuses_before_reading_the_body(bundles):
 
     async def body():
         async with running(app) as client:
-            post = lambda: client.post("/recommend", json={"users": [1]})  # noqa: E731
-            first = asyncio.create_task(post())
-            await until(lambda: now(server.recommender._slots == 0), "the first engine call")
-            second = asyncio.create_task(post())
-            await until(lambda: now(len(server.recommender._queue) == 1), "one queued")
+            first, second = await _one_running_one_queued(client, server)
             server.recommender._queue[0].arrived -= 31.0  # as if it had waited 31 s
             refused = await client.post("/recommend", content=b"not even JSON")
             gate.set()
