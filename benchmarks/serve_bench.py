@@ -341,10 +341,9 @@ SWEEP = [
     ("defaults", ()),
     ("max-batch 16", ("--max-batch", "16")),
     ("max-batch 256", ("--max-batch", "256")),
-    ("max-delay-us 0", ("--max-delay-us", "0")),
+    ("max-delay-us 500", ("--max-delay-us", "500")),
     ("max-delay-us 2000", ("--max-delay-us", "2000")),
-    ("concurrency 2", ("--concurrency", "2")),
-    ("threads 1", ("--threads", "1")),
+    ("concurrency 1", ("--concurrency", "1")),
     ("threads 2", ("--threads", "2")),
 ]
 
@@ -358,12 +357,9 @@ async def sweep(bundle: Path, seconds: float, rounds: int) -> dict:
         for name, options in SWEEP:
             server = Server(bundle, *options)
             try:
-                runs[name].append(
-                    {
-                        "closed": await served(server, bodies, seconds=seconds),
-                        "open_1000": await served(server, bodies, seconds=seconds, rate=1000.0),
-                    }
-                )
+                closed = await served(server, bodies, seconds=seconds)
+                opened = await served(server, bodies, seconds=seconds, rate=1000.0)
+                runs[name].append({"closed": closed, "open_1000": opened})
             finally:
                 server.stop()
     return {name: {"rounds": r, **median_of(r)} for name, r in runs.items()}
@@ -461,12 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--json", type=Path, help="where to write the results")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "runs" / "serve_bench",
-        help="bundles (cached) and results (default runs/serve_bench)",
-    )
+    out_help = "bundles (cached) and results (default runs/serve_bench)"
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "serve_bench", help=out_help)
     p.add_argument(
         "--sweep", action="store_true", help="only sweep the batching knobs on the big MF bundle"
     )
