@@ -1,5 +1,5 @@
 # The two commands of the README (both create .venv on first use, with nothing but
-# python3 on the machine, and install the package with its train, dev and ray extras):
+# python3 on the machine, and install the package with its train, dev, ray and serve extras):
 #   make demo        train -> export -> verify -> recommend on the bundled MovieLens sample
 #   make test        the whole test suite (what CI runs)
 # For development:
@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Modules and packages that mypy checks: the torch-free layer (docs/architecture.md).
 # Each name is passed as `-p recsys_export.NAME`, so a module that becomes a package
 # keeps its entry.
-TYPED := errors manifest progress ids plan bundle bundle_format bundle_writer topk atomic validation runtime items data baselines scale cli demo bench_report recipes
+TYPED := errors manifest progress ids plan bundle bundle_format bundle_writer topk atomic validation runtime items data baselines scale cli demo bench_report recipes serve
 
 .PHONY: help demo test test-fast lint bench clean
 
@@ -26,7 +26,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[train,dev,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev,ray,serve]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -69,6 +69,7 @@ __all__ = [
     "RESERVED_KEYS",
     "Bundle",
     "BundleWriter",
+    "dir_identity",
     "enclosing_bundle",
     "read_seen_csr",
     "sha256_file",
@@ -82,7 +83,7 @@ __all__ = [
 _SWAP_RETRIES = 5
 
 
-def _dir_identity(path: Path) -> tuple[int, int, int] | None:
+def dir_identity(path: Path) -> tuple[int, int, int] | None:
     """(device, inode, ctime) of the directory at ``path``, or None if there is none.
 
     A rename changes the moved directory's ctime, so two swaps that bring the same
@@ -112,7 +113,7 @@ class Bundle:
         self.root = root
         self.manifest = manifest
         self._maps: dict[str, IdMap] = {}
-        self._identity = _dir_identity(root)
+        self._identity = dir_identity(root)
         self._spec: BundleSpec | None = None
         self._open = files
 
@@ -160,14 +161,14 @@ class Bundle:
         # `export --force` swaps a new bundle in while we read: a read that saw parts of
         # both (the directory at `root` changed under it) is repeated on the new one.
         for _attempt in range(_SWAP_RETRIES):
-            before = _dir_identity(root)
+            before = dir_identity(root)
             try:
                 bundle = cls._load_once(root, verify)
             except BundleError:
-                if _dir_identity(root) == before:
+                if dir_identity(root) == before:
                     raise  # the bundle itself is wrong, not a swap
                 continue
-            if _dir_identity(root) == before:
+            if dir_identity(root) == before:
                 bundle._identity = before
                 return bundle
         raise BundleError(
@@ -177,7 +178,7 @@ class Bundle:
 
     def swapped(self) -> bool:
         """Whether another directory was moved to :attr:`root` since this was loaded."""
-        return _dir_identity(self.root) != self._identity
+        return dir_identity(self.root) != self._identity
 
     @classmethod
     def _load_once(cls, root: Path, verify: bool) -> Bundle:

@@ -13,8 +13,9 @@ Modules: :mod:`~recsys_export.cli.parser` (the options of every command),
 :mod:`~recsys_export.cli.ignored` (options a command would ignore, refused),
 :mod:`~recsys_export.cli.terminal` (escaping output), :mod:`~recsys_export.cli.training`
 (train, evaluate), :mod:`~recsys_export.cli.bundles` (export, verify, inspect),
-:mod:`~recsys_export.cli.serving` (recommend, score, bench). Each command parses, calls
-the library and prints.
+:mod:`~recsys_export.cli.serving` (recommend, score, bench),
+:mod:`~recsys_export.cli.serve` (serve). Each command parses, calls the library and
+prints.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from recsys_export.cli.bundles import cmd_export, cmd_inspect, cmd_verify
 from recsys_export.cli.ignored import refuse_ignored
 from recsys_export.cli.parser import build_parser
+from recsys_export.cli.serve import cmd_serve
 from recsys_export.cli.serving import cmd_bench, cmd_recommend, cmd_score
 from recsys_export.cli.terminal import SafeStdout, safe_text
 from recsys_export.cli.training import cmd_evaluate, cmd_train
@@ -46,6 +48,7 @@ COMMANDS = {
     "recommend": cmd_recommend,
     "score": cmd_score,
     "bench": cmd_bench,
+    "serve": cmd_serve,
 }
 
 

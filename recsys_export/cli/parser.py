@@ -430,6 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--device) every Ray worker's",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from recsys_export.cli.serve import DESCRIPTION as SERVE_DESCRIPTION
+    from recsys_export.cli.serve import EPILOG as SERVE_EPILOG
+    from recsys_export.cli.serve import add_arguments as add_serve_arguments
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a bundle over HTTP (JSON API, Open Inference Protocol, metrics)",
+        formatter_class=fmt,
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+    )
+    add_serve_arguments(p)
     p = sub.add_parser(
         "bench",
         help="benchmark every format and the runtime side by side",

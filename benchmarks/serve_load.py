@@ -1,0 +1,245 @@
+"""Bounded HTTP load generators for serve_bench.py (loopback only).
+
+* :func:`closed_loop`: N keep-alive connections, each sending its next request when the
+  previous answer arrived, for a fixed time.
+* :func:`open_loop`: requests scheduled at a fixed rate (arrival i at ``t0 + i/rate``),
+  latency measured from the *scheduled* time, so a slow server cannot hide its queue
+  (no coordinated omission); a pool of connections carries them.
+* :func:`wrk_closed_loop`: the same closed loop with ``wrk`` when it is installed (a C
+  generator leaves more of the 2 cores to the server).
+
+The Python generators speak HTTP/1.1 over asyncio streams directly (uvloop when there):
+an HTTP client library's per-request overhead would cap the generator before the server.
+Every loop stops by itself (time and count bounds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class LoadResult:
+    """Latencies (seconds) and outcomes of one load run."""
+
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    service: list[float] = field(default_factory=list)  # from the send, not the schedule
+    statuses: Counter = field(default_factory=Counter)
+    errors: int = 0  # connection errors and non-200/503 statuses
+    versions: Counter = field(default_factory=Counter)
+    mixed: int = 0  # header version != body version
+    wrong: int = 0  # body differs from what that version must answer
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies) * 1e3
+        n = len(lat)
+        pct = (lambda q: float(np.percentile(lat, q))) if n else (lambda q: float("nan"))
+        return {
+            "requests": n,
+            "req_per_s": n / self.seconds if self.seconds else 0.0,
+            "p50_ms": pct(50),
+            "p99_ms": pct(99),
+            "p999_ms": pct(99.9),
+            "max_ms": float(lat.max()) if n else float("nan"),
+            "max_service_ms": max(self.service) * 1e3 if self.service else float("nan"),
+            "status": {str(k): v for k, v in sorted(self.statuses.items())},
+            "errors": self.errors,
+        }
+
+
+def _request(path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _exchange(reader, writer, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    writer.write(raw)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+def _check_host(host: str) -> None:
+    if host not in _ALLOWED_HOSTS:
+        raise SystemExit(f"load generators only target loopback, not {host}")
+
+
+async def closed_loop(
+    host: str,
+    port: int,
+    bodies: list[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    path: str = "/recommend",
+    check: Any = None,
+) -> LoadResult:
+    """``connections`` clients, each back to back, for ``seconds``."""
+    _check_host(host)
+    raws = [_request(path, b) for b in bodies]
+    result = LoadResult(seconds)
+    stop_at = time.perf_counter() + seconds
+
+    async def client(offset: int) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            result.errors += 1
+            return
+        i = offset
+        while time.perf_counter() < stop_at:
+            raw = raws[i % len(raws)]
+            t0 = time.perf_counter()
+            try:
+                status, headers, body = await _exchange(reader, writer, raw)
+            except (OSError, asyncio.IncompleteReadError):
+                result.errors += 1
+                break
+            result.latencies.append(time.perf_counter() - t0)
+            _account(result, status, headers, body, i % len(raws), check)
+            i += connections
+        writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(j) for j in range(connections)))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+async def open_loop(
+    host: str,
+    port: int,
+    bodies: list[bytes],
+    *,
+    rate: float,
+    seconds: float,
+    connections: int = 256,
+    path: str = "/recommend",
+) -> LoadResult:
+    """Requests at ``rate`` per second for ``seconds`` (latency from the scheduled time)."""
+    _check_host(host)
+    raws = [_request(path, b) for b in bodies]
+    total = int(rate * seconds)
+    result = LoadResult(seconds)
+    clock = time.perf_counter  # not loop.time(): uvloop's clock ticks in milliseconds
+    t0 = clock() + 0.05
+    counter = iter(range(total))
+
+    async def client() -> None:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            result.errors += 1
+            return
+        for i in counter:
+            when = t0 + i / rate
+            delay = when - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent = clock()
+            try:
+                status, headers, body = await _exchange(reader, writer, raws[i % len(raws)])
+            except (OSError, asyncio.IncompleteReadError):
+                result.errors += 1
+                break
+            done = clock()
+            result.latencies.append(done - when)
+            result.service.append(done - sent)
+            _account(result, status, headers, body, i, None)
+        writer.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    result.seconds = seconds
+    return result
+
+
+def _account(result: LoadResult, status: int, headers: dict, body: bytes, i: int, check) -> None:
+    result.statuses[status] += 1
+    if status not in (200, 503):
+        result.errors += 1
+    version = headers.get("x-model-version")
+    if version is not None:
+        result.versions[version] += 1
+    if check is not None and status == 200:
+        doc = json.loads(body)
+        if doc.get("model_version") != version:
+            result.mixed += 1
+        elif not check(version, i, doc):
+            result.wrong += 1
+
+
+_WRK_LUA = """
+local bodies = {}
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/recommend", {["Content-Type"] = "application/json"},
+                    bodies[(i %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%d %%d %%f %%f %%f %%f\\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.max))
+end
+"""
+
+
+def wrk_closed_loop(
+    host: str, port: int, bodies: list[bytes], *, connections: int, seconds: float
+) -> dict[str, Any] | None:
+    """The closed loop with ``wrk`` (None when wrk is not installed)."""
+    _check_host(host)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = Path(tmp) / "bodies.txt"
+        lines.write_bytes(b"\n".join(bodies) + b"\n")
+        script = Path(tmp) / "post.lua"
+        script.write_text(_WRK_LUA % lines)
+        cmd = [wrk, "-t2", f"-c{connections}", f"-d{int(seconds)}s", "-s", str(script)]
+        out = subprocess.run(
+            [*cmd, f"http://{host}:{port}"], capture_output=True, text=True, timeout=seconds + 60
+        ).stdout
+    m = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\S+) (\S+) (\S+) (\S+)", out)
+    if m is None:
+        return None
+    n, errors, bad_status, micros = (int(m.group(i)) for i in range(1, 5))
+    p50, p99, p999, worst = (float(m.group(i)) / 1e3 for i in range(5, 9))
+    return {
+        "requests": n,
+        "req_per_s": n / (micros / 1e6),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p999_ms": p999,
+        "max_ms": worst,
+        "status": {"non-2xx/3xx": bad_status},
+        "errors": errors + bad_status,
+    }

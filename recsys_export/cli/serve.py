@@ -1,0 +1,124 @@
+"""``recsys-export serve``: the bundle as an HTTP service (uvicorn, or Ray Serve)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recsys_export.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recsys_export.serve.config import ServeConfig
+
+DESCRIPTION = (
+    "Serve BUNDLE as a recommendation service: POST /recommend, POST /score, GET /model, "
+    "/healthz, /readyz, GET /metrics (Prometheus) and the Open Inference Protocol (/v2/...). "
+    "Concurrent requests are batched; a new bundle exported to the path (export --force) is "
+    "swapped in without failing a request. Needs the 'serve' extra. Binds loopback unless "
+    "told otherwise. Reference: docs/serving.md."
+)
+EPILOG = (
+    "examples:\n  recsys-export serve artifacts/mf                 # http://127.0.0.1:8000\n"
+    '  curl -s localhost:8000/recommend -d \'{"users": ["42"], "k": 10}\'\n'
+    "  recsys-export serve artifacts/mf --host 0.0.0.0 --token-file token.txt\n"
+    "  recsys-export serve artifacts/mf --ray --replicas 2"
+)
+
+#: The serve extra's modules: without them ``serve`` names the extra.
+SERVE_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "prometheus_client", "httptools"})
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``serve`` (those of :class:`~recsys_export.serve.config.ServeConfig`)."""
+    from recsys_export.serve.config import DEFAULTS as D
+
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--host", default=D.host, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=D.port, help="port (default 8000; 0: any free)")
+    p.add_argument("--model-name", help="name on the /v2 routes (default: the bundle's dir name)")
+    p.add_argument("--token-file", type=Path, help="bearer token clients must send")
+    p.add_argument("--insecure", action="store_true", help="non-loopback bind without a token")
+    g = p.add_argument_group("batching and overload (defaults measured: docs/serving.md)")
+    g.add_argument("--max-batch", type=int, default=D.max_batch, help="users per engine call")
+    g.add_argument(
+        "--max-delay-us", type=int, default=D.max_delay_us, help="longest wait for a batch to fill"
+    )
+    g.add_argument("--max-queue", type=int, default=D.max_queue, help="requests waiting; 503 past")
+    g.add_argument("--concurrency", type=int, default=D.concurrency, help="engine calls at once")
+    g.add_argument("--deadline-ms", type=int, default=D.deadline_ms, help="503 if not answered")
+    g.add_argument("--max-body-bytes", type=int, default=D.max_body_bytes, help="413 past it")
+    g.add_argument("--max-users", type=int, default=D.max_users, help="users/pairs per request")
+    g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: cores-1)")
+    g.add_argument(
+        "--watch-interval", type=float, default=D.watch_interval_s, help="seconds between checks"
+    )
+    g.add_argument("--no-watch", action="store_true", help="do not watch for a new bundle")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    r = p.add_argument_group("Ray Serve (needs the 'ray' extra too)")
+    r.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
+    r.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
+    r.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+
+
+def _config(args: argparse.Namespace) -> ServeConfig:
+    from recsys_export.serve.config import ServeConfig, read_token
+
+    return ServeConfig(
+        bundle=args.bundle,
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        max_batch=args.max_batch,
+        max_delay_us=args.max_delay_us,
+        max_queue=args.max_queue,
+        concurrency=args.concurrency,
+        deadline_ms=args.deadline_ms,
+        max_body_bytes=args.max_body_bytes,
+        max_users=args.max_users,
+        watch_interval_s=None if args.no_watch else args.watch_interval,
+        threads=args.threads,
+        token=read_token(args.token_file) if args.token_file else None,
+        insecure=args.insecure,
+    ).check()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``recsys-export serve BUNDLE``: serve until Ctrl-C / SIGTERM."""
+    try:
+        config = _config(args)
+        if args.ray:
+            return _serve_ray(args, config)
+        from recsys_export.serve.run import serve_forever
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in SERVE_EXTRA_MODULES | {"ray"}:
+            raise
+        extra = "ray" if top == "ray" else "serve"
+        raise ConfigError(
+            f"serve{' --ray' if args.ray else ''} needs the '{extra}' extra ({exc.name} is not "
+            f"installed): pip install 'recsys-export[{'serve,ray' if args.ray else 'serve'}]'"
+        ) from None
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn stops gracefully on SIGTERM, then re-raises it to this handler: exit 0
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    serve_forever(config, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def _serve_ray(args: argparse.Namespace, config: ServeConfig) -> int:
+    from ray import serve
+
+    from recsys_export.serve.ray_app import start_on_ray
+
+    url = start_on_ray(config, replicas=args.replicas, address=args.address)
+    print(f"serving {config.name} on {url} with {args.replicas} Ray Serve replica(s)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()

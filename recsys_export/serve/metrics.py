@@ -1,0 +1,95 @@
+"""Prometheus metrics of one server (``GET /metrics``).
+
+Each app has its own registry (two apps in one process, as in the tests, do not share
+counters). Names (docs/serving.md lists them):
+
+* ``recsys_requests_total{route, status}``, ``recsys_request_duration_seconds{route}``;
+* ``recsys_batch_size`` (requests per engine call), ``recsys_batch_users`` (users or
+  pairs per engine call), ``recsys_queue_depth``, ``recsys_batches_in_flight``;
+* ``recsys_rejected_total{reason}`` (``queue_full``, ``queue_delay``, ``deadline``);
+* ``recsys_bundle_info{version, kind}`` (1 for the served bundle) and
+  ``recsys_bundle_swaps_total{outcome}`` (``swapped``, ``refused``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+__all__ = ["BATCH_BUCKETS", "Metrics"]
+
+#: Request latency buckets (seconds): 0.5 ms .. 10 s.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+#: Batch size buckets: powers of two.
+BATCH_BUCKETS = tuple(float(2**i) for i in range(11))
+
+
+class Metrics:
+    """The metrics of one server, in their own registry."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # no ``*_created`` series (process-wide setting)
+        reg = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "recsys_requests", "HTTP requests by route and status", ["route", "status"],
+            registry=reg,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "recsys_request_duration_seconds", "Request latency by route", ["route"],
+            buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "recsys_batch_size", "Requests coalesced into one engine call",
+            buckets=BATCH_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.batch_users = Histogram(
+            "recsys_batch_users", "Users (or score pairs) in one engine call",
+            buckets=BATCH_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.queue_depth = Gauge("recsys_queue_depth", "Requests waiting for a batch", registry=reg)
+        self.in_flight = Gauge("recsys_batches_in_flight", "Engine calls running", registry=reg)
+        self.rejected = Counter(
+            "recsys_rejected", "Requests answered 503 (queue full, deadline passed)",
+            ["reason"], registry=reg,
+        )  # fmt: skip
+        self.bundle = Gauge(
+            "recsys_bundle_info", "The served bundle (value 1)", ["version", "kind"],
+            registry=reg,
+        )  # fmt: skip
+        self.swaps = Counter(
+            "recsys_bundle_swaps", "New bundles at the watched path, by outcome", ["outcome"],
+            registry=reg,
+        )  # fmt: skip
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._served: tuple[str, str] | None = None
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        child = self._children.get((route, status))
+        if child is None:
+            child = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._children[(route, status)] = child
+        child[0].inc()
+        child[1].observe(seconds)
+
+    def serving(self, version: str, kind: str) -> None:
+        """Mark ``version`` as the served bundle (the previous one's series is removed)."""
+        if self._served is not None:
+            self.bundle.remove(*self._served)
+        self._served = (version, kind)
+        self.bundle.labels(version, kind).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
