@@ -103,9 +103,17 @@ def _mf_bundle(cwd: Path, request: pytest.FixtureRequest) -> None:
     shutil.copytree(bundles["mf"], cwd / "artifacts" / "mf")
 
 
+def _toy_bundles(cwd: Path, request: pytest.FixtureRequest) -> None:
+    """`artifacts/toy-mf`, `artifacts/toy-densenet`: the committed bundles, as a reader
+    in the repository's root has them."""
+    for name in ("toy-mf", "toy-densenet"):
+        shutil.copytree(ROOT / "artifacts" / name, cwd / "artifacts" / name)
+
+
 SETUPS: dict[str, Callable[[Path, pytest.FixtureRequest], None]] = {
     "post-mf-state": _post_mf_state,
     "mf-bundle": _mf_bundle,
+    "toy-bundles": _toy_bundles,
 }
 
 
