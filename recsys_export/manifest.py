@@ -79,6 +79,9 @@ KERNELS_VERSION = 2
 KERNELS_DIR = "onnx/kernels"
 #: The kernel graphs, by manifest key.
 KERNEL_NAMES = ("score_all", "topk", "recommend_one")
+#: Optional kernel graphs (MF: ``score_groups``, the scores with their group maxima for
+#: the runtime's threshold top-k; with the manifest's ``groups``, their count).
+OPTIONAL_KERNELS = ("score_groups",)
 #: Kernel versions the runtime reads, per model kind (MF's graphs did not change in 2;
 #: DenseNet's version-1 tiles were driven one session call per tile and are not read).
 KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}
@@ -126,12 +129,16 @@ class KernelSpec:
     block_users : int
         Users per DenseNet ``score_all`` kernel call.
     files : dict
-        :data:`KERNEL_NAMES` -> bundle-relative file name (listed in the manifest).
+        :data:`KERNEL_NAMES` (and the :data:`OPTIONAL_KERNELS` present) -> bundle-relative
+        file name (listed in the manifest).
+    groups : int
+        Item groups of the ``score_groups`` kernel (0 when the bundle has none).
     """
 
     version: int
     block_users: int
     files: dict[str, str]
+    groups: int = 0
 
 
 @dataclass(frozen=True)
@@ -255,4 +262,14 @@ def _parse_kernels(entry: Any, kind: str, listed: Collection[str]) -> KernelSpec
         if not isinstance(rel, str) or rel not in listed:
             return None
         files[name] = rel
-    return KernelSpec(int(entry["version"]), block_users, files)
+    groups = entry.get("groups")
+    rel = entry.get("score_groups")
+    if isinstance(rel, str) and rel in listed and _positive_int(groups):
+        files["score_groups"] = rel
+    else:
+        groups = 0
+    return KernelSpec(int(entry["version"]), block_users, files, int(groups or 0))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -20,6 +20,7 @@ __all__ = [
     "EMPTY_SCORE",
     "check_k",
     "fill_empty",
+    "group_topk",
     "mask_pairs",
     "take_columns",
     "topk",
@@ -144,3 +145,93 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     out_v[:, :kk] = vals
     out_c[:, :kk] = np.where(np.isneginf(vals), EMPTY_ITEM, cols)
     return out_v, out_c
+
+
+def _descending_key(values: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort float32 ``values`` descending (``-0.0`` equal to ``0.0``)."""
+    bits = (values + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 is +0.0
+    ascending = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+    return ~ascending
+
+
+def group_topk(
+    scores: np.ndarray,
+    group_max: np.ndarray,
+    k: int,
+    rows: np.ndarray,
+    items: np.ndarray,
+    out_scores: np.ndarray,
+    out_items: np.ndarray,
+    *,
+    max_survivors: int | None = None,
+) -> bool:
+    """Exact top-``k`` per row from group maxima: the k-th best group maximum is a
+    threshold that rejects all but a few groups with one compare.
+
+    The items of a row are cut into ``G`` consecutive groups of ``w`` items
+    (``scores.shape[1] == G * w``; padding columns hold ``-inf``) whose maxima are
+    given. The ``k``-th largest group maximum ``T`` is at most the row's ``k``-th
+    largest score (``k`` groups reach it), so every top-``k`` item lies in a group whose
+    maximum is ``>= T``: only those groups are read again, and only their scores
+    ``>= T`` are sorted. The lists are exactly :func:`topk`'s and the exported TopK's:
+    descending score, ties by ascending item index, ``-inf`` slots empty.
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        ``float32[B, G * w]``, C-contiguous; the excluded pairs are set to ``-inf`` in
+        place.
+    group_max : np.ndarray
+        ``float32[B, G]``: the maxima of ``scores`` before the exclusions (corrected in
+        place where an excluded item was its group's maximum).
+    k : int
+        ``1 <= k <= G``.
+    rows, items : np.ndarray
+        COO exclusions (row positions, item indices).
+    out_scores, out_items : np.ndarray
+        ``float32[B, k]`` and ``int64[B, k]`` results (the empty-slot rule).
+    max_survivors : int, optional
+        Give up (return False, outputs unspecified) when more scores than this reach
+        the thresholds (rows of ties); the caller then runs a full top-k. Default
+        ``B * max(64, 8 * k)``.
+
+    Returns
+    -------
+    bool
+        True when the outputs are filled.
+    """
+    b, n_groups = group_max.shape
+    width = scores.shape[1] // n_groups
+    grouped = scores.reshape(b, n_groups, width)
+    if rows.size:
+        g = items // width
+        before = scores[rows, items]
+        scores[rows, items] = EMPTY_SCORE
+        dirty = before >= group_max[rows, g]  # the excluded item was its group's maximum
+        if dirty.any():
+            rd, gd = rows[dirty], g[dirty]
+            group_max[rd, gd] = grouped[rd, gd].max(axis=1)
+    thresh = np.partition(group_max, n_groups - k, axis=1)[:, n_groups - k]
+    cand_rows, cand_groups = np.nonzero(group_max >= thresh[:, None])
+    vals = grouped[cand_rows, cand_groups]  # [candidates, w]
+    hit = np.flatnonzero(vals >= thresh[cand_rows, None])
+    limit = b * max(64, 8 * k) if max_survivors is None else max_survivors
+    if hit.size > limit:
+        return False
+    j = hit // width
+    r = cand_rows[j]
+    item = cand_groups[j] * width + (hit - j * width)
+    v = vals.reshape(-1)[hit]
+    # hits are in (row, item) order: a stable sort by (row, descending score) keeps it
+    key = (r.astype(np.uint64) << np.uint64(32)) | _descending_key(v).astype(np.uint64)
+    order = np.argsort(key, kind="stable")
+    r, item, v = r[order], item[order], v[order]
+    rank = np.arange(r.size) - np.searchsorted(r, np.arange(b))[r]
+    keep = rank < k
+    out_scores.fill(EMPTY_SCORE)
+    out_items.fill(EMPTY_ITEM)
+    rk, ck = r[keep], rank[keep]
+    out_scores[rk, ck] = v[keep]
+    out_items[rk, ck] = item[keep]
+    fill_empty(out_items, out_scores)
+    return True
