@@ -202,25 +202,28 @@ def group_topk(
     """
     b, n_groups = group_max.shape
     width = scores.shape[1] // n_groups
-    grouped = scores.reshape(b, n_groups, width)
+    flat_scores = scores.reshape(-1)  # flat indices: faster than 2-d fancy indexing
+    flat_max = group_max.reshape(-1)
+    groups = scores.reshape(b * n_groups, width)
     if rows.size:
-        g = items // width
-        before = scores[rows, items]
-        scores[rows, items] = EMPTY_SCORE
-        dirty = before >= group_max[rows, g]  # the excluded item was its group's maximum
-        if dirty.any():
-            rd, gd = rows[dirty], g[dirty]
-            group_max[rd, gd] = grouped[rd, gd].max(axis=1)
+        pos = rows * scores.shape[1] + items
+        gpos = pos // width  # row * n_groups + group
+        before = flat_scores[pos]
+        flat_scores[pos] = EMPTY_SCORE
+        dirty = gpos[before >= flat_max[gpos]]  # the excluded item was its group's maximum
+        if dirty.size:
+            flat_max[dirty] = groups[dirty].max(axis=1)
     thresh = np.partition(group_max, n_groups - k, axis=1)[:, n_groups - k]
-    cand_rows, cand_groups = np.nonzero(group_max >= thresh[:, None])
-    vals = grouped[cand_rows, cand_groups]  # [candidates, w]
+    cand = np.flatnonzero(group_max >= thresh[:, None])  # row * n_groups + group
+    cand_rows = cand // n_groups
+    vals = groups[cand]  # [candidates, w]
     hit = np.flatnonzero(vals >= thresh[cand_rows, None])
     limit = b * max(64, 8 * k) if max_survivors is None else max_survivors
     if hit.size > limit:
         return False
     j = hit // width
     r = cand_rows[j]
-    item = cand_groups[j] * width + (hit - j * width)
+    item = (cand[j] - r * n_groups) * width + (hit - j * width)
     v = vals.reshape(-1)[hit]
     # hits are in (row, item) order: a stable sort by (row, descending score) keeps it
     key = (r.astype(np.uint64) << np.uint64(32)) | _descending_key(v).astype(np.uint64)

@@ -66,6 +66,20 @@ MF_GROUPS = 128
 MF_GROUP_MIN_WIDTH = 32
 
 
+def mf_augmented(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """MF factors augmented so that one dot product is the score: users ``[P, bu, 1]``
+    and items ``[Q, 1, bi + mu]``, float32 ``[n, factors + 2]`` each."""
+
+    def buf(name: str) -> np.ndarray:
+        return getattr(module, name).detach().cpu().numpy().astype(np.float32)
+
+    p, q = buf("user_factors"), buf("item_factors")
+    bu, bi = buf("user_bias"), buf("item_bias")
+    pa = np.concatenate([p, bu[:, None], np.ones((p.shape[0], 1), np.float32)], axis=1)
+    qa = np.concatenate([q, np.ones((q.shape[0], 1), np.float32), bi[:, None]], axis=1)
+    return pa, qa
+
+
 def mf_groups(n_items: int) -> int:
     """Item groups of the MF ``score_groups`` kernel for a catalogue of ``n_items``."""
     return int(max(1, min(MF_GROUPS, n_items // MF_GROUP_MIN_WIDTH)))
@@ -202,17 +216,15 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
         init(np.array([0], dtype=np.int64), "axis0"),
     ]
     if kind == "mf":
-        p, q = buf("user_factors"), buf("item_factors")
-        bu, bi = buf("user_bias"), buf("item_bias")
-        pa = np.concatenate([p, bu[:, None], np.ones((p.shape[0], 1), np.float32)], axis=1)
-        qa_t = np.concatenate([q, np.ones((q.shape[0], 1), np.float32), bi[:, None]], axis=1).T
+        pa, qa = mf_augmented(module)
+        qa_t = qa.T
         gather = node("Gather", ["user_aug", "users"], ["x"], axis=0)
         weights = [init(pa, "user_aug"), init(qa_t, "item_aug_t")]
         out["score_all"] = _kernel_model(
             [gather, node("MatMul", ["x", "item_aug_t"], ["scores"])],
             "mf_score_all",
             [vi("users", i64, ["batch"])],
-            [vi("scores", f32, ["batch", q.shape[0]])],
+            [vi("scores", f32, ["batch", qa.shape[0]])],
             weights,
             kind,
         )
@@ -274,8 +286,6 @@ def write_kernels(
     module: torch.nn.Module, kind: str, writer: BundleWriter, *, external_data: bool | None
 ) -> dict[str, Any]:
     """Write :func:`build_kernels` into ``onnx/kernels/`` and return the manifest entry."""
-    import onnx
-
     if kind not in ("mf", "densenet"):  # other models (byom's generic path): no fast paths
         return {}
     entry: dict[str, Any] = {"version": KERNELS_VERSION}
@@ -284,21 +294,32 @@ def write_kernels(
     else:
         entry["groups"] = mf_groups(int(module.item_factors.shape[0]))
     for name, obj in build_kernels(module, kind).items():
-        rel = f"{KERNELS_DIR}/{name}.onnx"
-        path = writer.add(rel, f"onnx-kernel:{name}")
-        size = sum(len(t.raw_data) for t in obj.graph.initializer)
-        ext = external_data if external_data is not None else size > ONNX_SINGLE_FILE_LIMIT
-        if ext:
-            onnx.save_model(
-                obj,
-                str(path),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=f"{name}.onnx.data",
-            )
-            if path.with_name(f"{name}.onnx.data").exists():  # small graphs stay inline
-                writer.add(f"{KERNELS_DIR}/{name}.onnx.data", f"onnx-kernel-data:{name}")
-        else:
-            onnx.save_model(obj, str(path))
-        entry[name] = rel
+        entry[name] = save_graph(obj, writer, KERNELS_DIR, name, "onnx-kernel", external_data)
     return entry
+
+
+def save_graph(
+    obj: Any, writer: BundleWriter, folder: str, name: str, role: str, external_data: bool | None
+) -> str:
+    """Write the graph ``obj`` to ``folder/name.onnx`` in the bundle (weights in a
+    ``.data`` file beside it when ``external_data``, or when None and over protobuf's
+    limit) and return its bundle-relative name."""
+    import onnx
+
+    rel = f"{folder}/{name}.onnx"
+    path = writer.add(rel, f"{role}:{name}")
+    size = sum(len(t.raw_data) for t in obj.graph.initializer)
+    ext = external_data if external_data is not None else size > ONNX_SINGLE_FILE_LIMIT
+    if ext:
+        onnx.save_model(
+            obj,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{name}.onnx.data",
+        )
+        if path.with_name(f"{name}.onnx.data").exists():  # small graphs stay inline
+            writer.add(f"{folder}/{name}.onnx.data", f"{role}-data:{name}")
+    else:
+        onnx.save_model(obj, str(path))
+    return rel
