@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsys_export.errors import BundleError
+from recsys_export.validation import check_choice
 
 #: Every export format, in the order they are written and listed.
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -88,6 +89,82 @@ KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}
 #: DenseNet ``score_all`` kernel: users per call the runtime sends (the manifest's
 #: ``block_users``, this when it does not say), and what the exporter sizes tiles for.
 DN_BLOCK_USERS = 8
+
+
+# ---------------------------------------------------------------------- precision variants
+#: Precisions of ``export --precision``: ``fp32`` is the exact bundle; ``fp16`` and
+#: ``int8`` add an approximate variant under ``VARIANTS_DIR/<precision>/``, listed under
+#: ``formats.onnx.variants`` and loaded only when asked for.
+PRECISIONS = ("fp32", "fp16", "int8")
+VARIANTS_DIR = "onnx/variants"
+
+
+def check_precision(precision: Any) -> str:
+    """Validate a precision name (one of :data:`PRECISIONS`).
+
+    Raises
+    ------
+    ConfigError
+        Any other value.
+    """
+    return str(check_choice("precision", precision, PRECISIONS))
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """An approximate variant (``formats.onnx.variants.<precision>``).
+
+    Attributes
+    ----------
+    precision : str
+        ``fp16`` or ``int8``.
+    graphs : dict
+        ``score_all``, ``score`` (and for int8 ``score_groups``) -> file.
+    groups : int
+        Item groups of ``score_groups`` (0 without it).
+    rerank : dict or None
+        int8: ``users``, ``items`` -> the ``.npy`` float32 factors of the exact re-rank.
+    kernel_score_all : bool
+        fp16: ``score_all`` is the tiled fast-path kernel (sized like the exact one).
+    entry : dict
+        The manifest entry as written (sizes, the parity judgement).
+    """
+
+    precision: str
+    graphs: dict[str, str]
+    groups: int
+    rerank: dict[str, str] | None
+    kernel_score_all: bool
+    entry: dict[str, Any]
+
+
+def _parse_variants(entry: Any, listed: Collection[str]) -> dict[str, VariantSpec]:
+    out: dict[str, VariantSpec] = {}
+    if not isinstance(entry, dict):
+        return out
+    for precision, spec in entry.items():
+        if precision not in PRECISIONS[1:] or not isinstance(spec, dict):
+            continue
+        graphs = spec.get("graphs")
+        if not isinstance(graphs, dict) or not all(
+            isinstance(graphs.get(g), str) and graphs[g] in listed for g in ("score_all", "score")
+        ):
+            continue
+        groups = spec.get("groups")
+        ok_groups = _positive_int(groups) and graphs.get("score_groups") in listed
+        rerank = spec.get("rerank")
+        ok_rerank = isinstance(rerank, dict) and all(
+            isinstance(rerank.get(a), str) and rerank[a] in listed for a in ("users", "items")
+        )
+        out[precision] = VariantSpec(
+            precision=precision,
+            graphs={g: f for g, f in graphs.items() if isinstance(f, str) and f in listed},
+            groups=int(groups) if ok_groups else 0,
+            rerank={"users": rerank["users"], "items": rerank["items"]} if ok_rerank else None,
+            kernel_score_all=bool(spec.get("kernel_score_all")),
+            entry=dict(spec),
+        )
+    return out
 
 
 # ---------------------------------------------------------------------- typed spec
@@ -163,6 +240,8 @@ class BundleSpec:
         The manifest's ``item_names`` entry as written (checked by :meth:`names_file`).
     versions : dict
         Library versions the bundle was written and verified with.
+    variants : dict
+        Precision -> :class:`VariantSpec`: the approximate variants present.
     """
 
     where: str
@@ -173,6 +252,7 @@ class BundleSpec:
     seen: tuple[str, str] | None
     item_names: Any
     versions: dict[str, Any]
+    variants: dict[str, VariantSpec]
 
     @classmethod
     def parse(
@@ -218,6 +298,7 @@ class BundleSpec:
             else None,
             item_names=manifest.get("item_names"),
             versions=dict(manifest.get("versions") or {}),
+            variants=_parse_variants(onnx_fmt.get("variants"), listed),
         )
 
     def require_onnx(self, who: str = "the runtime needs them") -> dict[str, str]:
@@ -234,6 +315,23 @@ class BundleSpec:
                 f"{', '.join(ENTRY_POINTS)}); {who}: re-export with --formats onnx"
             )
         return self.onnx_graphs
+
+    def variant(self, precision: str) -> VariantSpec:
+        """The approximate variant of ``precision``.
+
+        Raises
+        ------
+        BundleError
+            The bundle has none (exported without ``--precision``).
+        """
+        found = self.variants.get(precision)
+        if found is None:
+            have = ", ".join(["fp32", *sorted(self.variants)])
+            raise BundleError(
+                f"{self.where} has no {precision} variant (it has {have}); export it with "
+                f"--precision {precision}, or load the exact one (precision='fp32')"
+            )
+        return found
 
     def names_file(self) -> str | None:
         """The item-names file, or None when the bundle has none.

@@ -33,8 +33,15 @@ from recsys_export.export.formats import (
 )
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
+from recsys_export.export.precision import write_variant
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import DEFAULT_FORMATS, ENTRY_POINTS, FORMATS, entry_point_spec
+from recsys_export.manifest import (
+    DEFAULT_FORMATS,
+    ENTRY_POINTS,
+    FORMATS,
+    check_precision,
+    entry_point_spec,
+)
 
 REFERENCE_FILE = "reference/state_dict.pt"
 
@@ -133,6 +140,7 @@ def export_bundle(
     budget: int | None = None,
     full: bool = False,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Export a checkpoint to a bundle directory, atomically, and verify it.
 
@@ -159,6 +167,10 @@ def export_bundle(
         the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
     full : bool
         Verify every user's whole row whatever the budget.
+    precision : {"fp32", "fp16", "int8"}
+        ``fp16``/``int8`` also write an approximate variant beside the exact graphs
+        (:mod:`recsys_export.export.precision`), judged on recall of the exact top-k
+        lists when ``verify`` (:mod:`recsys_export.parity.approx`).
 
     Returns
     -------
@@ -170,6 +182,7 @@ def export_bundle(
     from recsys_export.parity import check_tolerances
 
     check_tolerances(atol, rtol)
+    precision = check_precision(precision)
     fmts = parse_formats(formats)
     _check_finite(ckpt)
     if verify and budget is not None:
@@ -237,6 +250,12 @@ def export_bundle(
                 module, model.kind, writer, external_data=external_data
             )
             timings["onnx"] = time.perf_counter() - t0
+        if precision != "fp32":
+            t0 = time.perf_counter()
+            files["onnx_variant"] = write_variant(
+                module, model.kind, precision, writer, files, external_data=external_data
+            )
+            timings[precision] = time.perf_counter() - t0
         manifest = build_manifest(ckpt, files, timings)
         if verify:
             from recsys_export.parity import verify_staged_bundle
@@ -252,11 +271,29 @@ def export_bundle(
                 progress=progress,
             )
             manifest["parity"] = report.summary()
-            writer.write_json("parity.json", report.to_dict(), "parity:report")
+            doc = report.to_dict()
             if not report.passed:
+                writer.write_json("parity.json", doc, "parity:report")
                 report.raise_failure()  # leaving the block deletes the staged bundle
+            if precision != "fp32":
+                doc["variants"] = judge_staged_variant(writer, manifest, precision)
+            writer.write_json("parity.json", doc, "parity:report")
         dest = writer.commit(manifest)
     return Bundle.load(dest, verify=False).manifest
+
+
+def judge_staged_variant(
+    writer: BundleWriter, manifest: dict[str, Any], precision: str
+) -> dict[str, Any]:
+    """Judge the staged bundle's ``precision`` variant against its exact graphs
+    (:func:`recsys_export.parity.approx.judge_variant`), record the result as the
+    variant's ``quality`` in ``manifest`` and return ``{precision: result}``."""
+    from recsys_export.parity.approx import judge_variant
+
+    root = writer.stage(manifest)
+    quality = judge_variant(root, precision)
+    manifest["formats"]["onnx"]["variants"][precision]["quality"] = quality
+    return {precision: quality}
 
 
 def build_manifest(
@@ -273,6 +310,9 @@ def build_manifest(
         if files.get("onnx_kernels"):
             # optional fast paths for the runtime (older bundles lack them)
             formats["onnx"]["kernels"] = files["onnx_kernels"]
+        variant = files.get("onnx_variant")
+        if variant:  # an approximate variant, loaded only when asked for
+            formats["onnx"]["variants"] = {variant["precision"]: variant}
     if "torchscript" in files:
         formats["torchscript"] = files["torchscript"]
     if "pt2" in files:

@@ -21,7 +21,9 @@ from recsys_export.bundle import Bundle, read_seen_csr
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.ids import IdMap, runs_to_coo
 from recsys_export.items import check_item_names
+from recsys_export.manifest import check_precision
 from recsys_export.runtime.engines import Engine, iter_blocks, make_engine
+from recsys_export.runtime.variant import VariantEngine
 from recsys_export.runtime.writers import BatchOutputs, as_1d
 from recsys_export.topk import (
     EMPTY_ITEM,
@@ -97,8 +99,10 @@ class Recommender(BatchOutputs):
         block_users: int | None = None,
         call_users: int | None = None,
         providers: list[str] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.bundle = bundle
+        self._precision = check_precision(precision)
         self._engine: Engine = make_engine(
             bundle,
             intra_op_threads=intra_op_threads,
@@ -109,6 +113,10 @@ class Recommender(BatchOutputs):
             call_users=call_users,
             providers=providers,
         )
+        if self._precision != "fp32":  # an approximate variant: only when asked for
+            variant = bundle.spec.variant(self._precision)
+            self._engine = VariantEngine(self._engine, variant, bundle)
+            self._engine.resize(block_users, call_users)
         model = bundle.spec.model
         self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
         self._user_map = bundle.user_map()
@@ -138,6 +146,7 @@ class Recommender(BatchOutputs):
         block_users: int | None = None,
         call_users: int | None = None,
         providers: list[str] | None = None,
+        precision: str = "fp32",
     ) -> Recommender:
         """Load a bundle (checksums verified unless ``verify=False``).
 
@@ -173,11 +182,17 @@ class Recommender(BatchOutputs):
             ``onnxruntime.get_available_providers()``. Only the CPU provider is tested
             here: the GPU providers are passed through untested, and the runtime's
             numpy steps (masking, id mapping) stay on the CPU.
+        precision : {"fp32", "fp16", "int8"}
+            ``fp32`` (default): the exact graphs. ``fp16``/``int8``: the bundle's
+            approximate variant (``export --precision``), never loaded unless asked for;
+            its measured cost in ranking (recall of the exact lists, score error) is in
+            the manifest (``formats.onnx.variants``) and ``parity.json``.
 
         Raises
         ------
         BundleError
-            Missing/corrupted bundle, or one without ONNX graphs.
+            Missing/corrupted bundle, one without ONNX graphs, or without the variant of
+            ``precision``.
         ConfigError
             Invalid options, or a provider this onnxruntime does not have.
         """
@@ -189,6 +204,7 @@ class Recommender(BatchOutputs):
             "block_users": block_users,
             "call_users": call_users,
             "providers": providers,
+            "precision": precision,
         }
         for _attempt in range(3):
             bundle = Bundle.load(bundle_path, verify=verify)
@@ -212,6 +228,11 @@ class Recommender(BatchOutputs):
     def fast_paths(self) -> bool:
         """Whether the bundle's fast-path graphs are in use."""
         return self._engine.fast
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` (the exact graphs) or the approximate variant in use."""
+        return self._precision
 
     @property
     def block_users(self) -> int:
