@@ -80,9 +80,10 @@ KERNELS_VERSION = 2
 KERNELS_DIR = "onnx/kernels"
 #: The kernel graphs, by manifest key.
 KERNEL_NAMES = ("score_all", "topk", "recommend_one")
-#: Optional kernel graphs (MF: ``score_groups``, the scores with their group maxima for
-#: the runtime's threshold top-k; with the manifest's ``groups``, their count).
-OPTIONAL_KERNELS = ("score_groups",)
+#: Optional kernel graphs (MF): ``score_groups``, the scores with their group maxima for
+#: the runtime's threshold top-k (with the manifest's ``groups``, their count), and
+#: ``recommend_user``, one user's top-k with the exclusions' -inf given by the caller.
+OPTIONAL_KERNELS = ("score_groups", "recommend_user")
 #: Kernel versions the runtime reads, per model kind (MF's graphs did not change in 2;
 #: DenseNet's version-1 tiles were driven one session call per tile and are not read).
 KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}
@@ -360,13 +361,15 @@ def _parse_kernels(entry: Any, kind: str, listed: Collection[str]) -> KernelSpec
         if not isinstance(rel, str) or rel not in listed:
             return None
         files[name] = rel
+    for name in OPTIONAL_KERNELS:
+        rel = entry.get(name)
+        if isinstance(rel, str) and rel in listed:
+            files[name] = rel
     groups = entry.get("groups")
-    rel = entry.get("score_groups")
-    if isinstance(rel, str) and rel in listed and _positive_int(groups):
-        files["score_groups"] = rel
-    else:
+    if not (_positive_int(groups) and "score_groups" in files):
+        files.pop("score_groups", None)
         groups = 0
-    return KernelSpec(int(entry["version"]), block_users, files, int(groups or 0))
+    return KernelSpec(int(entry["version"]), block_users, files, int(groups))
 
 
 def _positive_int(value: Any) -> bool:

@@ -163,7 +163,11 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
       scores float32[1, k], items int64[1, k]`` (one user, one call; ``-1`` in empty slots).
     * MF ``score_all``: ``users int64[B] -> scores float32[B, N]``, one MatMul of augmented
       factors ``[P, bu, 1] x [Q, 1, bi + mu]^T``; MF ``score_groups``
-      (:func:`mf_score_groups`): the same scores with their group maxima.
+      (:func:`mf_score_groups`): the same scores with their group maxima; MF
+      ``recommend_user``: ``users int64[1], k int64[1], exclude int64[1, M],
+      exclude_scores float32[1, M] (-inf) -> scores, items`` (four nodes: the runtime
+      passes the -inf and applies the empty-slot rule, where ``recommend_one`` builds
+      and applies them in five more).
     * DenseNet ``score_all``: ``users int64[B] -> scores float32[B, N]``: the user half
       ``a = P[u] Wu^T``, then item tiles of :func:`dn_tile_width` items, each ``Max(a,
       -C^T tile)`` and ``MatMul`` with the ``w2`` row in ``[B, H, T]`` layout, plus the
@@ -237,6 +241,24 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
             kind,
         )
         out["score_groups"] = mf_score_groups(pa, qa_t, kind)
+        out["recommend_user"] = _kernel_model(
+            [
+                gather,
+                node("MatMul", ["x", "item_aug_t"], ["row"]),
+                node("ScatterElements", ["row", "exclude", "exclude_scores"], ["masked"], axis=1),
+                node("TopK", ["masked", "k"], ["scores", "items"], axis=1, largest=1, sorted=1),
+            ],
+            "mf_recommend_user",
+            [
+                vi("users", i64, [1]),
+                vi("k", i64, [1]),
+                vi("exclude", i64, [1, "m"]),
+                vi("exclude_scores", f32, [1, "m"]),
+            ],
+            one_outputs,
+            weights,
+            kind,
+        )
     else:
         p, w1u_t, w2_row = buf("user_factors"), buf("w1_user_t"), buf("w2_row")
         neg_c_t, offset = buf("neg_c_t"), buf("item_offset")

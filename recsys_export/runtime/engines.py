@@ -29,7 +29,7 @@ from recsys_export.runtime.sessions import (  # noqa: F401  (re-exported)
     Sessions,
     check_providers,
 )
-from recsys_export.topk import fill_empty, mask_pairs
+from recsys_export.topk import EMPTY_SCORE, fill_empty, mask_pairs
 from recsys_export.validation import check_choice, check_int
 
 __all__ = [
@@ -306,6 +306,8 @@ class KernelEngine(GraphEngine):
             if python_threads:
                 self.python_threads = threads
         self._kernel_threads = 1 if self._dn and python_threads else None
+        self._user_kernel = "recommend_user" in self._kernels
+        self._neg_inf = np.full((1, 256), EMPTY_SCORE, dtype=np.float32)  # grown on need
         self._groups: GroupTopK | None = None
         if spec.kernels.groups and "score_groups" in self._kernels:
             self._groups = GroupTopK(
@@ -326,6 +328,21 @@ class KernelEngine(GraphEngine):
     def recommend_one(
         self, user: int, k: int, ex_items: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
+        if self._user_kernel:  # MF: four nodes, the -inf given here
+            m = ex_items.size
+            neg_inf = self._neg_inf
+            if m > neg_inf.size:
+                self._neg_inf = neg_inf = np.full((1, 2 * m), EMPTY_SCORE, dtype=np.float32)
+            s, it = self._kernel("recommend_user").run(
+                None,
+                {
+                    "users": np.array([user], dtype=np.int64),
+                    "k": _k_vector(k),
+                    "exclude": ex_items.reshape(1, m),
+                    "exclude_scores": neg_inf[:, :m],
+                },
+            )
+            return s, fill_empty(it, s)
         res = self._kernel("recommend_one").run(
             None,
             {

@@ -410,6 +410,15 @@ class Recommender(BatchOutputs):
         """
         k = self._check_k(k)
         check_choice("unknown", unknown, _UNKNOWN_POLICIES)
+        if (
+            by_index
+            and exclude is None
+            and include is None
+            and isinstance(user_ids, (int, np.integer))
+            and not isinstance(user_ids, bool)
+            and 0 <= user_ids < self._n_users
+        ):  # one index, the seen items excluded: the latency path, no array round trips
+            return self._one_by_index(int(user_ids), k, exclude_seen)
         given = as_1d(user_ids)
         if not isinstance(user_ids, np.ndarray) and given.dtype.kind in "US":
             given = np.asarray(
@@ -447,6 +456,13 @@ class Recommender(BatchOutputs):
         table = self._name_table()
         names = None if table is None else table[items]
         return RecommendResult(out_users, out_items, scores, skipped, fallback, names)
+
+    def _one_by_index(self, user: int, k: int, exclude_seen: bool) -> RecommendResult:
+        scores, items = self._recommend_one(user, k, exclude_seen)
+        table = self._name_table()
+        names = None if table is None else table[items]
+        users = np.array([user], dtype=np.int64)
+        return RecommendResult(users, items, scores, [], np.zeros(1, dtype=bool), names)
 
     def _recommend_one(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, ...]:
         if exclude_seen:
