@@ -111,6 +111,20 @@ def check_precision(precision: Any) -> str:
     return str(check_choice("precision", precision, PRECISIONS))
 
 
+def parse_precisions(precision: Any) -> list[str]:
+    """The approximate variants an export writes: ``"fp16,int8"``, a sequence, or one
+    name (``fp32`` alone: none).
+
+    Raises
+    ------
+    ConfigError
+        An unknown name.
+    """
+    names = precision.split(",") if isinstance(precision, str) else list(precision)
+    checked = [check_precision(str(p).strip()) for p in names if str(p).strip()]
+    return [p for p in PRECISIONS[1:] if p in checked]
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """An approximate variant (``formats.onnx.variants.<precision>``).

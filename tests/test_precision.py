@@ -165,3 +165,20 @@ def test_fp16_densenet_and_cli(tmp_path, capsys):
     assert "fp16 variant (loaded only when asked for): recall@10" in capsys.readouterr().out
     assert main(["recommend", str(bundle), "--user", user, "--precision", "int8"]) == 2
     assert "has no int8 variant" in capsys.readouterr().err
+
+
+def test_two_variants_in_one_export(tmp_path):
+    from recsys_export.export import export_bundle
+    from recsys_export.synthetic_models import synthetic_checkpoint
+
+    ck = synthetic_checkpoint("mf", 40, 300, factors=8, seen_per_user=4)
+    manifest = export_bundle(ck, tmp_path / "mf", formats="onnx", precision="int8, fp16")
+    variants = manifest["formats"]["onnx"]["variants"]
+    assert set(variants) == {"fp16", "int8"}
+    doc = json.loads((tmp_path / "mf" / "parity.json").read_text())
+    assert set(doc["variants"]) == {"fp16", "int8"}
+    for precision in ("fp16", "int8"):
+        rec = Recommender.load(tmp_path / "mf", precision=precision)
+        assert rec.recommend(np.arange(40), 5, by_index=True).items.shape == (40, 5)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        export_bundle(ck, tmp_path / "bad", precision="fp16,int4", verify=False)

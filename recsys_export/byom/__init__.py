@@ -65,7 +65,7 @@ from recsys_export.errors import (
 )
 from recsys_export.export.build import export_bundle, parse_formats
 from recsys_export.export.formats import export_programs, quiet_exporters
-from recsys_export.manifest import check_precision
+from recsys_export.manifest import parse_precisions
 from recsys_export.models import BaseModel
 
 PATHS = ("auto", "converted", "generic")
@@ -182,7 +182,7 @@ def export_model(
     rtol: float = 1e-5,
     block_pairs: int = DEFAULT_BLOCK_PAIRS,
     progress: bool = False,
-    precision: str = "fp32",
+    precision: str | Sequence[str] = "fp32",
 ) -> ExportResult:
     """Export a recommender trained elsewhere to a verified bundle.
 
@@ -222,8 +222,8 @@ def export_model(
         :attr:`ExportResult.failed`) instead of failing.
     block_pairs : int
         Generic path: pairs per ``score_all`` block (bounds its memory).
-    precision : {"fp32", "fp16", "int8"}
-        Also write an approximate variant (:func:`~recsys_export.export.export_bundle`):
+    precision : str or sequence of str
+        Also write approximate variants (:func:`~recsys_export.export.export_bundle`):
         ``fp16`` for any path, ``int8`` for MF (refused otherwise).
 
     Returns
@@ -263,7 +263,7 @@ def export_model(
         "rtol": rtol,
         "block_pairs": block_pairs,
         "progress": progress,
-        "precision": check_precision(precision),
+        "precision": parse_precisions(precision),
     }
     if not isinstance(module, nn.Module):
         if not isinstance(module, Mapping):

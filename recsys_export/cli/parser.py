@@ -131,16 +131,22 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_precision(p: argparse.ArgumentParser, export: bool = False) -> None:
-    """--precision of export (write a variant) and recommend/score (use one)."""
+    """--precision of export (write variants) and recommend/score (use one)."""
+    if export:
+        p.add_argument(
+            "--precision",
+            default="fp32",
+            metavar="fp16,int8",
+            help="also write approximate variants beside the exact graphs: fp16 weights, "
+            "int8 per-row factors (MF), or both; each is judged on recall of the exact top-k "
+            "lists (default fp32: none)",
+        )
+        return
     p.add_argument(
         "--precision",
         choices=("fp32", "fp16", "int8"),
         default="fp32",
-        help="also write an approximate variant beside the exact graphs: fp16 weights, or "
-        "int8 per-row factors (MF), judged on recall of the exact top-k lists (default "
-        "fp32: none)"
-        if export
-        else "run the bundle's approximate variant (export --precision; default fp32: the "
+        help="run the bundle's approximate variant (export --precision; default fp32: the "
         "exact graphs)",
     )
 

@@ -39,8 +39,8 @@ from recsys_export.manifest import (
     DEFAULT_FORMATS,
     ENTRY_POINTS,
     FORMATS,
-    check_precision,
     entry_point_spec,
+    parse_precisions,
 )
 
 REFERENCE_FILE = "reference/state_dict.pt"
@@ -140,7 +140,7 @@ def export_bundle(
     budget: int | None = None,
     full: bool = False,
     progress: bool = False,
-    precision: str = "fp32",
+    precision: str | Sequence[str] = "fp32",
 ) -> dict[str, Any]:
     """Export a checkpoint to a bundle directory, atomically, and verify it.
 
@@ -167,10 +167,11 @@ def export_bundle(
         the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
     full : bool
         Verify every user's whole row whatever the budget.
-    precision : {"fp32", "fp16", "int8"}
-        ``fp16``/``int8`` also write an approximate variant beside the exact graphs
-        (:mod:`recsys_export.export.precision`), judged on recall of the exact top-k
-        lists when ``verify`` (:mod:`recsys_export.parity.approx`).
+    precision : str or sequence of str
+        ``fp16``, ``int8`` or both (``"fp16,int8"``) also write approximate variants
+        beside the exact graphs (:mod:`recsys_export.export.precision`), judged on recall
+        of the exact top-k lists when ``verify`` (:mod:`recsys_export.parity.approx`);
+        ``fp32`` (default): none.
 
     Returns
     -------
@@ -182,7 +183,7 @@ def export_bundle(
     from recsys_export.parity import check_tolerances
 
     check_tolerances(atol, rtol)
-    precision = check_precision(precision)
+    variants = parse_precisions(precision)
     fmts = parse_formats(formats)
     _check_finite(ckpt)
     if verify and budget is not None:
@@ -250,12 +251,13 @@ def export_bundle(
                 module, model.kind, writer, external_data=external_data
             )
             timings["onnx"] = time.perf_counter() - t0
-        if precision != "fp32":
+        files["onnx_variants"] = {}
+        for name in variants:
             t0 = time.perf_counter()
-            files["onnx_variant"] = write_variant(
-                module, model.kind, precision, writer, files, external_data=external_data
+            files["onnx_variants"][name] = write_variant(
+                module, model.kind, name, writer, files, external_data=external_data
             )
-            timings[precision] = time.perf_counter() - t0
+            timings[name] = time.perf_counter() - t0
         manifest = build_manifest(ckpt, files, timings)
         if verify:
             from recsys_export.parity import verify_staged_bundle
@@ -275,25 +277,27 @@ def export_bundle(
             if not report.passed:
                 writer.write_json("parity.json", doc, "parity:report")
                 report.raise_failure()  # leaving the block deletes the staged bundle
-            if precision != "fp32":
-                doc["variants"] = judge_staged_variant(writer, manifest, precision)
+            if variants:
+                doc["variants"] = judge_staged_variants(writer, manifest, variants)
             writer.write_json("parity.json", doc, "parity:report")
         dest = writer.commit(manifest)
     return Bundle.load(dest, verify=False).manifest
 
 
-def judge_staged_variant(
-    writer: BundleWriter, manifest: dict[str, Any], precision: str
+def judge_staged_variants(
+    writer: BundleWriter, manifest: dict[str, Any], precisions: list[str]
 ) -> dict[str, Any]:
-    """Judge the staged bundle's ``precision`` variant against its exact graphs
-    (:func:`recsys_export.parity.approx.judge_variant`), record the result as the
+    """Judge the staged bundle's variants against its exact graphs
+    (:func:`recsys_export.parity.approx.judge_variant`), record each result as the
     variant's ``quality`` in ``manifest`` and return ``{precision: result}``."""
     from recsys_export.parity.approx import judge_variant
 
     root = writer.stage(manifest)
-    quality = judge_variant(root, precision)
-    manifest["formats"]["onnx"]["variants"][precision]["quality"] = quality
-    return {precision: quality}
+    out = {}
+    for precision in precisions:
+        out[precision] = judge_variant(root, precision)
+        manifest["formats"]["onnx"]["variants"][precision]["quality"] = out[precision]
+    return out
 
 
 def build_manifest(
@@ -310,9 +314,8 @@ def build_manifest(
         if files.get("onnx_kernels"):
             # optional fast paths for the runtime (older bundles lack them)
             formats["onnx"]["kernels"] = files["onnx_kernels"]
-        variant = files.get("onnx_variant")
-        if variant:  # an approximate variant, loaded only when asked for
-            formats["onnx"]["variants"] = {variant["precision"]: variant}
+        if files.get("onnx_variants"):  # approximate variants, loaded only when asked for
+            formats["onnx"]["variants"] = files["onnx_variants"]
     if "torchscript" in files:
         formats["torchscript"] = files["torchscript"]
     if "pt2" in files:

@@ -296,7 +296,7 @@ def write_variant(
     precision = check_precision(precision)
     if precision == "fp32":
         return None
-    if "onnx" not in files:
+    if not files.get("onnx"):
         raise ConfigError(f"--precision {precision} needs the onnx format (--formats onnx)")
     folder = f"{VARIANTS_DIR}/{precision}"
     role = f"onnx-variant-{precision}"
