@@ -134,11 +134,14 @@ class VariantSpec:
     precision : str
         ``fp16`` or ``int8``.
     graphs : dict
-        ``score_all``, ``score`` (and for int8 ``score_groups``) -> file.
+        ``score`` and either ``score_all`` or (int8) ``score_all_partial`` (the scores
+        without the user bias, which the runtime adds from ``arrays["user_bias"]``), and
+        for int8 ``score_groups`` -> file.
     groups : int
         Item groups of ``score_groups`` (0 without it).
-    rerank : dict or None
-        int8: ``users``, ``items`` -> the ``.npy`` float32 factors of the exact re-rank.
+    arrays : dict
+        int8: ``users``, ``items`` (the float32 augmented factors of the exact re-rank)
+        and ``user_bias`` -> ``.npy`` file.
     kernel_score_all : bool
         fp16: ``score_all`` is the tiled fast-path kernel (sized like the exact one).
     entry : dict
@@ -148,9 +151,15 @@ class VariantSpec:
     precision: str
     graphs: dict[str, str]
     groups: int
-    rerank: dict[str, str] | None
+    arrays: dict[str, str]
     kernel_score_all: bool
     entry: dict[str, Any]
+
+
+def _listed_files(value: Any, listed: Collection[str]) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: f for k, f in value.items() if isinstance(f, str) and f in listed}
 
 
 def _parse_variants(entry: Any, listed: Collection[str]) -> dict[str, VariantSpec]:
@@ -160,22 +169,18 @@ def _parse_variants(entry: Any, listed: Collection[str]) -> dict[str, VariantSpe
     for precision, spec in entry.items():
         if precision not in PRECISIONS[1:] or not isinstance(spec, dict):
             continue
-        graphs = spec.get("graphs")
-        if not isinstance(graphs, dict) or not all(
-            isinstance(graphs.get(g), str) and graphs[g] in listed for g in ("score_all", "score")
-        ):
+        graphs = _listed_files(spec.get("graphs"), listed)
+        arrays = _listed_files(spec.get("arrays"), listed)
+        partial = "score_all_partial" in graphs and "user_bias" in arrays
+        if "score" not in graphs or not ("score_all" in graphs or partial):
             continue
         groups = spec.get("groups")
-        ok_groups = _positive_int(groups) and graphs.get("score_groups") in listed
-        rerank = spec.get("rerank")
-        ok_rerank = isinstance(rerank, dict) and all(
-            isinstance(rerank.get(a), str) and rerank[a] in listed for a in ("users", "items")
-        )
+        ok_groups = _positive_int(groups) and "score_groups" in graphs
         out[precision] = VariantSpec(
             precision=precision,
-            graphs={g: f for g, f in graphs.items() if isinstance(f, str) and f in listed},
+            graphs=graphs,
             groups=int(groups) if ok_groups else 0,
-            rerank={"users": rerank["users"], "items": rerank["items"]} if ok_rerank else None,
+            arrays=arrays,
             kernel_score_all=bool(spec.get("kernel_score_all")),
             entry=dict(spec),
         )

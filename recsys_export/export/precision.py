@@ -10,7 +10,8 @@ manifest.
 * ``int8`` (MF only): per-row scaled int8 factors (one float32 scale per user and per
   item), scored with onnxruntime's u8 x s8 integer product (``DynamicQuantizeLinear``
   + ``MatMulInteger``, fused by onnxruntime into one kernel: the user rows are
-  quantized per call); biases stay float32. Graphs: ``score_all``, ``score`` and
+  quantized per call); biases stay float32. Graphs: ``score_all_partial`` (the scores
+  without the user bias, added by the runtime from ``user_bias.npy``), ``score`` and
   ``score_groups`` (the scores over items padded to groups, with the group maxima, for
   the threshold top-k). Recommendations re-rank the int8 candidates exactly: the
   float32 augmented factors are stored as ``.npy`` beside the graphs and read through
@@ -109,13 +110,12 @@ def fp16_weights(model: Any, what: str) -> Any:
     return out
 
 
-def _user_rows(prefix: list[Any]) -> list[Any]:
+def _user_rows() -> list[Any]:
     """Nodes ``users -> x float32[B, f]``: the users' int8 rows times their scales."""
     from onnx import TensorProto, helper
 
     node = helper.make_node
     return [
-        *prefix,
         node("Gather", ["user_q", "users"], ["uq"], axis=0),
         node("Cast", ["uq"], ["uqf"], to=TensorProto.FLOAT),
         node("Gather", ["user_scale", "users"], ["us"], axis=0),
@@ -143,12 +143,18 @@ def _int8_product(item_q_t: str, item_scale: str, item_bias: str, out: str) -> l
 def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
     """The int8 graphs of an MF inference module, its re-rank arrays and its sizes.
 
+    ``score_all_partial`` leaves out the user bias (a per-row term would cost
+    onnxruntime a second pass over the scores: the runtime adds it in place, on a block
+    still in cache); ``score_groups`` leaves it out too (it does not change a user's
+    ranking).
+
     Returns
     -------
     (dict, dict, dict)
-        ``score_all``, ``score``, ``score_groups`` -> ``onnx.ModelProto``; ``users``,
-        ``items`` -> the float32 augmented factors for the exact re-rank; ``groups`` and
-        the bytes of the int8 and float32 factor matrices.
+        ``score_all_partial``, ``score``, ``score_groups`` -> ``onnx.ModelProto``;
+        ``users``, ``items`` (the float32 augmented factors for the exact re-rank) and
+        ``user_bias`` -> arrays; ``groups`` and the bytes of the int8 and float32 factor
+        matrices.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -180,23 +186,17 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
         init(user_scale, "user_scale"),
         init(np.array([1], dtype=np.int64), "axis1"),
     ]
-    add_user_bias = [
-        node("Gather", ["user_bias", "users"], ["ub"], axis=0),
-        node("Unsqueeze", ["ub", "axis1"], ["ub2"]),
-    ]
     graphs = {
-        "score_all": _kernel_model(
+        "score_all_partial": _kernel_model(
             [
-                *_user_rows(add_user_bias),
-                *_int8_product("item_q_t", "item_scale", "item_bias", "partial"),
-                node("Add", ["partial", "ub2"], ["scores"]),
+                *_user_rows(),
+                *_int8_product("item_q_t", "item_scale", "item_bias", "scores"),
             ],
-            "mf_int8_score_all",
+            "mf_int8_score_all_partial",
             users_in,
             [vi("scores", f32, ["batch", n_items])],
             [
                 *user_inits,
-                init(user_bias, "user_bias"),
                 init(item_q.T, "item_q_t"),
                 init(item_scale, "item_scale"),
                 init(item_bias, "item_bias"),
@@ -205,7 +205,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
         ),
         "score_groups": _kernel_model(
             [
-                *_user_rows([]),
+                *_user_rows(),
                 *_int8_product("item_q_t", "item_scale", "item_bias", "scores"),
                 node("Reshape", ["scores", "grouped_shape"], ["grouped"]),
                 node("ReduceMax", ["grouped", "axis2"], ["group_max"], keepdims=0),
@@ -225,7 +225,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
         ),
         "score": _kernel_model(
             [
-                *_user_rows(add_user_bias),
+                *_user_rows(),
                 node("Gather", ["item_q", "items"], ["iq"], axis=0),
                 node("Cast", ["iq"], ["iqf"], to=f32),
                 node("Gather", ["item_scale", "items"], ["is"], axis=0),
@@ -258,7 +258,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
             "fp32": int(4 * (user_q.size + item_q.size)),
         },
     }
-    return graphs, {"users": pa, "items": qa}, sizes
+    return graphs, {"users": pa, "items": qa, "user_bias": user_bias}, sizes
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -307,16 +307,16 @@ def write_variant(
                 f"--precision int8 is available for MF bundles (per-row int8 factors); a "
                 f"{kind} model can be exported with --precision fp16"
             )
-        graphs, rerank, sizes = mf_int8_graphs(module)
+        graphs, arrays, sizes = mf_int8_graphs(module)
         for name, obj in graphs.items():
             entry["graphs"][name] = save_graph(obj, writer, folder, name, role, external_data)
         entry["groups"] = sizes["groups"]
         entry["factor_bytes"] = sizes["factor_bytes"]
-        entry["rerank"] = {}
-        for name, arr in rerank.items():
-            rel = f"{folder}/rerank_{name}.npy"
-            writer.write_bytes(rel, _npy_bytes(arr), f"{role}-rerank:{name}")
-            entry["rerank"][name] = rel
+        entry["arrays"] = {}
+        for name, arr in arrays.items():
+            rel = f"{folder}/{'rerank_' if name != 'user_bias' else ''}{name}.npy"
+            writer.write_bytes(rel, _npy_bytes(arr), f"{role}-array:{name}")
+            entry["arrays"][name] = rel
         return entry
     kernels = files.get("onnx_kernels") or {}
     sources = {

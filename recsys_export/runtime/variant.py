@@ -28,6 +28,9 @@ __all__ = ["RERANK_EXTRA", "VariantEngine", "describe_variant", "rerank_candidat
 
 #: Candidates per user the int8 variant re-ranks exactly: ``k + max(k, RERANK_EXTRA)``.
 RERANK_EXTRA = 10
+#: Users per int8 ``score_all_partial`` call: 32 x 20k scores (2.5 MB) stay in cache for
+#: the user-bias add (measured 0.47 ns/pair against 0.57 with the add in the graph).
+PARTIAL_CALL_USERS = 32
 
 
 def describe_variant(entry: dict[str, Any]) -> str:
@@ -112,11 +115,18 @@ class VariantEngine(Engine):
         tiled = variant.kernel_score_all and isinstance(base, KernelEngine)
         self.python_threads = base.python_threads if tiled else 1
         self._call_threads = getattr(base, "_kernel_threads", None) if tiled else None
+        self._user_bias: np.ndarray | None = None
+        self._score_graph = "score_all"
+        if "score_all_partial" in variant.graphs:  # int8: the user bias added here
+            self._score_graph = "score_all_partial"
+            self._user_bias = np.load(bundle.file(variant.arrays["user_bias"]))
+            self.call_users = PARTIAL_CALL_USERS  # the block stays in cache for the add
+            self.python_threads, self._call_threads = base.threads, 1
         self._groups: GroupTopK | None = None
         self._rerank: tuple[np.ndarray, np.ndarray] | None = None
-        if variant.rerank is not None:
+        if "users" in variant.arrays and "items" in variant.arrays:
             users, items = (
-                np.load(bundle.file(variant.rerank[a]), mmap_mode="r") for a in ("users", "items")
+                np.load(bundle.file(variant.arrays[a]), mmap_mode="r") for a in ("users", "items")
             )
             self._rerank = (users, items)
             if variant.groups:
@@ -127,6 +137,30 @@ class VariantEngine(Engine):
                     self._full_topk,
                 )
 
+    def score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out[len(users), n_items]`` with the variant's scores (int8: the partial
+        scores of each call, then its users' bias added in place)."""
+        bias = self._user_bias
+        if bias is None:
+            super().score_all_into(users, out)
+            return
+        sess = self._score_session()
+        n_items, block = self.n_items, self.call_users
+
+        def work(my_starts: list[int]) -> None:
+            for start in my_starts:
+                u = np.ascontiguousarray(users[start : start + block])
+                dst = out[start : start + u.size]
+                binding = sess.io_binding()
+                binding.bind_cpu_input("users", u)
+                binding.bind_output(
+                    "scores", "cpu", 0, np.float32, [u.size, n_items], dst.ctypes.data
+                )
+                sess.run_with_iobinding(binding)
+                dst += bias[u][:, None]
+
+        self.spread(list(range(0, users.size, block)), work, self.python_threads)
+
     def _graph(self, name: str, threads: int | None = None) -> ort.InferenceSession:
         key = f"variant:{self.precision}:{name}" + ("" if threads is None else f":{threads}")
         return self.sessions.get(key, self.variant.graphs[name], threads)
@@ -136,7 +170,7 @@ class VariantEngine(Engine):
         self._score_session()
 
     def _score_session(self) -> ort.InferenceSession:
-        return self._graph("score_all", self._call_threads)
+        return self._graph(self._score_graph, self._call_threads)
 
     def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Pairwise scores of validated indices (the variant's ``score`` graph)."""
