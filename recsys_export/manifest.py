@@ -175,11 +175,11 @@ def _parse_variants(entry: Any, listed: Collection[str]) -> dict[str, VariantSpe
         if "score" not in graphs or not ("score_all" in graphs or partial):
             continue
         groups = spec.get("groups")
-        ok_groups = _positive_int(groups) and "score_groups" in graphs
+        ok_groups = isinstance(groups, int) and _positive_int(groups) and "score_groups" in graphs
         out[precision] = VariantSpec(
             precision=precision,
             graphs=graphs,
-            groups=int(groups) if ok_groups else 0,
+            groups=groups if ok_groups and isinstance(groups, int) else 0,
             arrays=arrays,
             kernel_score_all=bool(spec.get("kernel_score_all")),
             entry=dict(spec),
@@ -385,10 +385,10 @@ def _parse_kernels(entry: Any, kind: str, listed: Collection[str]) -> KernelSpec
         if isinstance(rel, str) and rel in listed:
             files[name] = rel
     groups = entry.get("groups")
-    if not (_positive_int(groups) and "score_groups" in files):
+    if not (isinstance(groups, int) and _positive_int(groups) and "score_groups" in files):
         files.pop("score_groups", None)
         groups = 0
-    return KernelSpec(int(entry["version"]), block_users, files, int(groups))
+    return KernelSpec(int(entry["version"]), block_users, files, groups)
 
 
 def _positive_int(value: Any) -> bool:
