@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from recsys_export.bundle import Bundle, read_seen_csr
+from recsys_export.bundle import Bundle
 from recsys_export.errors import BundleError, ConfigError
-from recsys_export.ids import IdMap, runs_to_coo
+from recsys_export.ids import IdMap
 from recsys_export.items import check_item_names
 from recsys_export.manifest import check_precision
 from recsys_export.runtime.engines import Engine, iter_blocks, make_engine
+from recsys_export.runtime.exclusions import (  # noqa: F401  (load_seen_csr: re-exported)
+    exclusion_pairs,
+    is_empty,
+    load_seen_csr,
+    popular_topk,
+    raw_items,
+)
 from recsys_export.runtime.variant import VariantEngine
 from recsys_export.runtime.writers import BatchOutputs, as_1d
 from recsys_export.topk import (
@@ -504,7 +511,7 @@ class Recommender(BatchOutputs):
             return scores, items
         cols = None
         if include is not None:
-            cols = np.unique(self._items(include, by_index)) if not _is_empty(include) else None
+            cols = np.unique(self._items(include, by_index)) if not is_empty(include) else None
             if cols is None or cols.size == 0:
                 return scores, items  # no candidate item: every slot stays empty
         known_pos = np.flatnonzero(known)
@@ -554,118 +561,3 @@ class Recommender(BatchOutputs):
             _, seen = self.seen_csr()
             self._popular_counts = np.bincount(seen, minlength=self._n_items).astype(np.int64)
         return self._popular_counts
-
-
-def exclusion_pairs(
-    users: np.ndarray,
-    known: np.ndarray,
-    seen: tuple[np.ndarray, np.ndarray] | None,
-    exclude: Any,
-    user_index: Callable[[list[Any]], np.ndarray],
-    item_index: Callable[[Any], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """COO exclusions (row positions, item indices) for a batch of user indices.
-
-    Parameters
-    ----------
-    users : np.ndarray
-        User indices (anything where ``known`` is False).
-    known : np.ndarray
-        ``bool``: which users are known (only they have seen items).
-    seen : (indptr, items) or None
-        The seen-items CSR, or None not to exclude seen items.
-    exclude : iterable, dict or None
-        Items to drop for every user, or a dict user -> items.
-    user_index, item_index : callable
-        Validate ids (or indices) and return indices.
-    """
-    rows_parts: list[np.ndarray] = []
-    items_parts: list[np.ndarray] = []
-    b = users.size
-    if seen is not None and b:
-        indptr, seen_items = seen
-        u = np.where(known, users, 0)
-        starts = indptr[u]
-        rows, items = runs_to_coo(starts, np.where(known, indptr[u + 1], starts), seen_items)
-        if rows.size:
-            rows_parts.append(rows)
-            items_parts.append(items)
-    if isinstance(exclude, Mapping):
-        if exclude:
-            keys = list(exclude)
-            for key, uidx in zip(keys, user_index(keys).tolist(), strict=True):
-                ex = item_index(exclude[key])
-                pos = np.flatnonzero(users == uidx)
-                if pos.size and ex.size:
-                    rows_parts.append(np.repeat(pos, ex.size))
-                    items_parts.append(np.tile(ex, pos.size))
-    elif exclude is not None:
-        ex = item_index(exclude) if not _is_empty(exclude) else _EMPTY_I64
-        if ex.size and b:
-            rows_parts.append(np.repeat(np.arange(b, dtype=np.int64), ex.size))
-            items_parts.append(np.tile(ex, b))
-    if not rows_parts:
-        return _EMPTY_I64, _EMPTY_I64
-    if len(rows_parts) == 1:
-        return rows_parts[0], items_parts[0]
-    return np.concatenate(rows_parts), np.concatenate(items_parts)
-
-
-def popular_topk(
-    counts: np.ndarray,
-    b: int,
-    k: int,
-    rows: np.ndarray,
-    ex_items: np.ndarray,
-    cols: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The popularity fallback: the ``k`` most rated admissible items for ``b`` users.
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray)
-        Scores (NaN: no model score; ``-inf`` in empty slots) and items ``[b, k]``.
-    """
-    n_items = counts.size
-    sc = np.broadcast_to(counts, (b, n_items))
-    sc = sc if cols is None else sc[:, cols]
-    sc = np.array(sc, dtype=np.float64)
-    mask_pairs(sc, rows, ex_items, cols, n_items)
-    v, c = topk(sc, k)
-    items = c if cols is None else take_columns(cols, c)
-    return np.where(np.isneginf(v), EMPTY_SCORE, np.nan), items
-
-
-def raw_items(item_map: IdMap, items: np.ndarray) -> np.ndarray:
-    """Raw ids of item indices; ``None`` (in an object array) where ``items`` is ``-1``."""
-    raw = item_map.raw_ids
-    empty = items < 0
-    if not empty.any():
-        return raw[items]
-    out = raw[np.where(empty, 0, items)].astype(object)
-    out[empty] = None
-    return out
-
-
-def _is_empty(values: Any) -> bool:
-    if isinstance(values, (str, bytes)):
-        return False
-    return np.ndim(values) > 0 and len(values) == 0
-
-
-def load_seen_csr(bundle: Bundle, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr int64[n_users + 1], items int64[nnz])`` of a bundle's seen items.
-
-    Empty (no user saw anything) when the manifest has no ``seen`` entry.
-
-    Raises
-    ------
-    BundleError
-        If the manifest names seen files it does not list, or they are malformed.
-    """
-    seen = bundle.spec.seen
-    if seen is None:
-        return np.zeros(n_users + 1, dtype=np.int64), _EMPTY_I64
-    for rel in seen:
-        bundle.file(rel)  # BundleError unless the manifest lists (and checksums) it
-    return read_seen_csr(bundle.root, bundle.manifest["seen"], n_users, n_items)
