@@ -80,10 +80,11 @@ KERNELS_VERSION = 2
 KERNELS_DIR = "onnx/kernels"
 #: The kernel graphs, by manifest key.
 KERNEL_NAMES = ("score_all", "topk", "recommend_one")
-#: Optional kernel graphs (MF): ``score_groups``, the scores with their group maxima for
-#: the runtime's threshold top-k (with the manifest's ``groups``, their count), and
+#: Optional kernel graphs (MF): ``score_groups`` and ``group_max``, the scores over items
+#: padded to groups and their group maxima, for the runtime's threshold top-k (with the
+#: manifest's ``groups``, their count), and
 #: ``recommend_user``, one user's top-k with the exclusions' -inf given by the caller.
-OPTIONAL_KERNELS = ("score_groups", "recommend_user")
+OPTIONAL_KERNELS = ("score_groups", "group_max", "recommend_user")
 #: Kernel versions the runtime reads, per model kind (MF's graphs did not change in 2;
 #: DenseNet's version-1 tiles were driven one session call per tile and are not read).
 KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}
@@ -175,7 +176,11 @@ def _parse_variants(entry: Any, listed: Collection[str]) -> dict[str, VariantSpe
         if "score" not in graphs or not ("score_all" in graphs or partial):
             continue
         groups = spec.get("groups")
-        ok_groups = isinstance(groups, int) and _positive_int(groups) and "score_groups" in graphs
+        ok_groups = (
+            isinstance(groups, int)
+            and _positive_int(groups)
+            and {"score_groups", "group_max"} <= set(graphs)
+        )
         out[precision] = VariantSpec(
             precision=precision,
             graphs=graphs,
@@ -385,8 +390,13 @@ def _parse_kernels(entry: Any, kind: str, listed: Collection[str]) -> KernelSpec
         if isinstance(rel, str) and rel in listed:
             files[name] = rel
     groups = entry.get("groups")
-    if not (isinstance(groups, int) and _positive_int(groups) and "score_groups" in files):
+    if not (
+        isinstance(groups, int)
+        and _positive_int(groups)
+        and {"score_groups", "group_max"} <= set(files)
+    ):
         files.pop("score_groups", None)
+        files.pop("group_max", None)
         groups = 0
     return KernelSpec(int(entry["version"]), block_users, files, groups)
 

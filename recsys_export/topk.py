@@ -97,7 +97,10 @@ def mask_pairs(
     if not rows.size:
         return
     if cols is None:
-        scores[rows, items] = EMPTY_SCORE
+        if scores.flags.c_contiguous:  # flat indices: faster than 2-d fancy indexing
+            scores.reshape(-1)[rows * scores.shape[1] + items] = EMPTY_SCORE
+        else:
+            scores[rows, items] = EMPTY_SCORE
         return
     pos = np.full(n_items, -1, dtype=np.int64)
     pos[cols] = np.arange(cols.size)
@@ -158,8 +161,6 @@ def group_topk(
     scores: np.ndarray,
     group_max: np.ndarray,
     k: int,
-    rows: np.ndarray,
-    items: np.ndarray,
     out_scores: np.ndarray,
     out_items: np.ndarray,
     *,
@@ -179,15 +180,12 @@ def group_topk(
     Parameters
     ----------
     scores : np.ndarray
-        ``float32[B, G * w]``, C-contiguous; the excluded pairs are set to ``-inf`` in
-        place.
+        ``float32[B, G * w]``, C-contiguous, excluded pairs already ``-inf``
+        (:func:`mask_pairs`).
     group_max : np.ndarray
-        ``float32[B, G]``: the maxima of ``scores`` before the exclusions (corrected in
-        place where an excluded item was its group's maximum).
+        ``float32[B, G]``: the maxima of ``scores``' groups (after the exclusions).
     k : int
         ``1 <= k <= G``.
-    rows, items : np.ndarray
-        COO exclusions (row positions, item indices).
     out_scores, out_items : np.ndarray
         ``float32[B, k]`` and ``int64[B, k]`` results (the empty-slot rule).
     max_survivors : int, optional
@@ -202,17 +200,7 @@ def group_topk(
     """
     b, n_groups = group_max.shape
     width = scores.shape[1] // n_groups
-    flat_scores = scores.reshape(-1)  # flat indices: faster than 2-d fancy indexing
-    flat_max = group_max.reshape(-1)
     groups = scores.reshape(b * n_groups, width)
-    if rows.size:
-        pos = rows * scores.shape[1] + items
-        gpos = pos // width  # row * n_groups + group
-        before = flat_scores[pos]
-        flat_scores[pos] = EMPTY_SCORE
-        dirty = gpos[before >= flat_max[gpos]]  # the excluded item was its group's maximum
-        if dirty.size:
-            flat_max[dirty] = groups[dirty].max(axis=1)
     thresh = np.partition(group_max, n_groups - k, axis=1)[:, n_groups - k]
     cand = np.flatnonzero(group_max >= thresh[:, None])  # row * n_groups + group
     cand_rows = cand // n_groups

@@ -36,7 +36,7 @@ def test_new_kernels_and_variants_are_at_the_exported_ir_and_opset(tmp_path):
     onnx_files = [rel for rel in manifest["files"] if rel.endswith(".onnx")]
     assert "onnx/kernels/score_groups.onnx" in onnx_files
     assert "onnx/kernels/recommend_user.onnx" in onnx_files
-    assert sum(rel.startswith("onnx/variants/") for rel in onnx_files) == 5
+    assert sum(rel.startswith("onnx/variants/") for rel in onnx_files) == 6
     for rel in onnx_files:
         _check(rel, onnx.load(str(tmp_path / "mf" / rel)))
     assert np.load(tmp_path / "mf" / "onnx/variants/int8/rerank_items.npy").shape == (300, 6)

@@ -80,7 +80,7 @@ def test_int8_variant_is_judged_and_recorded(int8_bundle):
     path, manifest = int8_bundle
     variant = manifest["formats"]["onnx"]["variants"]["int8"]
     assert manifest["parity"]["passed"]  # the exact graphs are still verified
-    assert set(variant["graphs"]) == {"score_all_partial", "score", "score_groups"}
+    assert set(variant["graphs"]) == {"score_all_partial", "score", "score_groups", "group_max"}
     assert set(variant["arrays"]) == {"users", "items", "user_bias"}
     for rel in [*variant["graphs"].values(), *variant["arrays"].values()]:
         assert rel.startswith("onnx/variants/int8/") and rel in manifest["files"]

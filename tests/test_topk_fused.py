@@ -33,10 +33,12 @@ def _grouped(scores: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run(scores, groups, k, rows, items, **kw):
-    padded, gmax = _grouped(scores, groups)
+    masked = scores.copy()
+    topk.mask_pairs(masked, rows, items)
+    padded, gmax = _grouped(masked, groups)
     out_v = np.empty((scores.shape[0], k), dtype=np.float32)
     out_i = np.empty((scores.shape[0], k), dtype=np.int64)
-    done = topk.group_topk(padded, gmax, k, rows, items, out_v, out_i, **kw)
+    done = topk.group_topk(padded, gmax, k, out_v, out_i, **kw)
     return done, out_v, out_i
 
 
@@ -176,19 +178,25 @@ def test_runtime_exclusions_leave_fewer_than_k(tied_bundle):
 
 
 def test_kernel_spec_reads_score_groups_only_when_complete():
-    files = {f"onnx/kernels/{n}.onnx" for n in ("score_all", "topk", "recommend_one")}
-    entry = {
-        "version": 2,
-        **{n: f"onnx/kernels/{n}.onnx" for n in ("score_all", "topk", "recommend_one")},
+    names = ("score_all", "topk", "recommend_one")
+    files = {f"onnx/kernels/{n}.onnx" for n in names}
+    entry = {"version": 2, **{n: f"onnx/kernels/{n}.onnx" for n in names}}
+    manifest = {
+        "model": {"kind": "mf", "n_users": 2, "n_items": 3},
+        "formats": {"onnx": {"kernels": entry}},
     }
-    base = {"model": {"kind": "mf", "n_users": 2, "n_items": 3}}
-    manifest = {**base, "formats": {"onnx": {"kernels": entry}}}
     assert BundleSpec.parse(manifest, "b", files).kernels.groups == 0  # an older bundle
-    entry.update(score_groups="onnx/kernels/score_groups.onnx", groups=4)
-    assert BundleSpec.parse(manifest, "b", files).kernels.groups == 0  # file not listed
-    listed = files | {"onnx/kernels/score_groups.onnx"}
+    entry.update(
+        score_groups="onnx/kernels/score_groups.onnx",
+        group_max="onnx/kernels/group_max.onnx",
+        groups=4,
+    )
+    assert BundleSpec.parse(manifest, "b", files).kernels.groups == 0  # files not listed
+    partial = files | {"onnx/kernels/score_groups.onnx"}
+    assert BundleSpec.parse(manifest, "b", partial).kernels.groups == 0  # group_max missing
+    listed = partial | {"onnx/kernels/group_max.onnx"}
     spec = BundleSpec.parse(manifest, "b", listed).kernels
-    assert spec.groups == 4 and "score_groups" in spec.files
+    assert spec.groups == 4 and {"score_groups", "group_max"} <= set(spec.files)
     entry["groups"] = True
     assert BundleSpec.parse(manifest, "b", listed).kernels.groups == 0
 

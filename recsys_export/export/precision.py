@@ -11,11 +11,11 @@ manifest.
   item), scored with onnxruntime's u8 x s8 integer product (``DynamicQuantizeLinear``
   + ``MatMulInteger``, fused by onnxruntime into one kernel: the user rows are
   quantized per call); biases stay float32. Graphs: ``score_all_partial`` (the scores
-  without the user bias, added by the runtime from ``user_bias.npy``), ``score`` and
-  ``score_groups`` (the scores over items padded to groups, with the group maxima, for
-  the threshold top-k). Recommendations re-rank the int8 candidates exactly: the
-  float32 augmented factors are stored as ``.npy`` beside the graphs and read through
-  a memory map, only the candidates' rows.
+  without the user bias, added by the runtime from ``user_bias.npy``), ``score``,
+  ``score_groups`` (the scores over items padded to groups, without the user bias) and
+  ``group_max`` (their group maxima), for the threshold top-k. Recommendations re-rank
+  the int8 candidates exactly: the float32 augmented factors are stored as ``.npy``
+  beside the graphs and read through a memory map, only the candidates' rows.
 * ``fp16``: the float32 weight matrices of the graphs the runtime runs (``score_all``
   and ``score``: MF/DenseNet kernels, or a generic model's entry points) stored as
   float16 and cast to float32 in the graph, which onnxruntime folds at load: about half
@@ -37,6 +37,7 @@ from recsys_export.bundle import BundleWriter
 from recsys_export.errors import ConfigError
 from recsys_export.export.kernels import (
     _kernel_model,
+    group_max_graph,
     mf_augmented,
     mf_groups,
     save_graph,
@@ -146,12 +147,13 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
     ``score_all_partial`` leaves out the user bias (a per-row term would cost
     onnxruntime a second pass over the scores: the runtime adds it in place, on a block
     still in cache); ``score_groups`` leaves it out too (it does not change a user's
-    ranking).
+    ranking); ``group_max`` is :func:`~recsys_export.export.kernels.group_max_graph`.
 
     Returns
     -------
     (dict, dict, dict)
-        ``score_all_partial``, ``score``, ``score_groups`` -> ``onnx.ModelProto``;
+        ``score_all_partial``, ``score``, ``score_groups``, ``group_max`` ->
+        ``onnx.ModelProto``;
         ``users``, ``items`` (the float32 augmented factors for the exact re-rank) and
         ``user_bias`` -> arrays; ``groups`` and the bytes of the int8 and float32 factor
         matrices.
@@ -204,25 +206,19 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
             "mf",
         ),
         "score_groups": _kernel_model(
-            [
-                *_user_rows(),
-                *_int8_product("item_q_t", "item_scale", "item_bias", "scores"),
-                node("Reshape", ["scores", "grouped_shape"], ["grouped"]),
-                node("ReduceMax", ["grouped", "axis2"], ["group_max"], keepdims=0),
-            ],
+            [*_user_rows(), *_int8_product("item_q_t", "item_scale", "item_bias", "scores")],
             "mf_int8_score_groups",
             users_in,
-            [vi("scores", f32, ["batch", padded]), vi("group_max", f32, ["batch", groups])],
+            [vi("scores", f32, ["batch", padded])],
             [
                 *user_inits,
                 init(pad_q, "item_q_t"),
                 init(pad_scale, "item_scale"),
                 init(pad_bias, "item_bias"),
-                init(np.array([0, groups, width], dtype=np.int64), "grouped_shape"),
-                init(np.array([2], dtype=np.int64), "axis2"),
             ],
             "mf",
         ),
+        "group_max": group_max_graph(groups, width, "mf"),
         "score": _kernel_model(
             [
                 *_user_rows(),

@@ -309,9 +309,9 @@ class KernelEngine(GraphEngine):
         self._user_kernel = "recommend_user" in self._kernels
         self._neg_inf = np.full((1, 256), EMPTY_SCORE, dtype=np.float32)  # grown on need
         self._groups: GroupTopK | None = None
-        if spec.kernels.groups and "score_groups" in self._kernels:
+        if spec.kernels.groups:
             self._groups = GroupTopK(
-                lambda t: self._kernel("score_groups", t),
+                self._kernel,
                 self.n_items,
                 spec.kernels.groups,
                 self._full_topk,

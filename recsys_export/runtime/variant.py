@@ -131,7 +131,7 @@ class VariantEngine(Engine):
             self._rerank = (users, items)
             if variant.groups:
                 self._groups = GroupTopK(
-                    lambda t: self._graph("score_groups", t),
+                    self._graph,
                     self.n_items,
                     variant.groups,
                     self._full_topk,
