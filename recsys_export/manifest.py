@@ -138,8 +138,8 @@ class VariantSpec:
         ``score`` and either ``score_all`` or (int8) ``score_all_partial`` (the scores
         without the user bias, which the runtime adds from ``arrays["user_bias"]``), and
         for int8 ``score_groups`` -> file.
-    groups : int
-        Item groups of ``score_groups`` (0 without it).
+    groups, group_width : int
+        Item groups of ``score_groups`` and their width (0 without it).
     arrays : dict
         int8: ``users``, ``items`` (the float32 augmented factors of the exact re-rank)
         and ``user_bias`` -> ``.npy`` file.
@@ -152,6 +152,7 @@ class VariantSpec:
     precision: str
     graphs: dict[str, str]
     groups: int
+    group_width: int
     arrays: dict[str, str]
     kernel_score_all: bool
     entry: dict[str, Any]
@@ -175,16 +176,12 @@ def _parse_variants(entry: Any, listed: Collection[str]) -> dict[str, VariantSpe
         partial = "score_all_partial" in graphs and "user_bias" in arrays
         if "score" not in graphs or not ("score_all" in graphs or partial):
             continue
-        groups = spec.get("groups")
-        ok_groups = (
-            isinstance(groups, int)
-            and _positive_int(groups)
-            and {"score_groups", "group_max"} <= set(graphs)
-        )
+        groups, width = _group_shape(spec, graphs)
         out[precision] = VariantSpec(
             precision=precision,
             graphs=graphs,
-            groups=groups if ok_groups and isinstance(groups, int) else 0,
+            groups=groups,
+            group_width=width,
             arrays=arrays,
             kernel_score_all=bool(spec.get("kernel_score_all")),
             entry=dict(spec),
@@ -233,14 +230,16 @@ class KernelSpec:
     files : dict
         :data:`KERNEL_NAMES` (and the :data:`OPTIONAL_KERNELS` present) -> bundle-relative
         file name (listed in the manifest).
-    groups : int
-        Item groups of the ``score_groups`` kernel (0 when the bundle has none).
+    groups, group_width : int
+        Item groups of the ``score_groups`` kernel and their width (0 when the bundle
+        has none).
     """
 
     version: int
     block_users: int
     files: dict[str, str]
     groups: int = 0
+    group_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -389,16 +388,25 @@ def _parse_kernels(entry: Any, kind: str, listed: Collection[str]) -> KernelSpec
         rel = entry.get(name)
         if isinstance(rel, str) and rel in listed:
             files[name] = rel
-    groups = entry.get("groups")
-    if not (
+    groups, width = _group_shape(entry, files)
+    return KernelSpec(int(entry["version"]), block_users, files, groups, width)
+
+
+def _group_shape(entry: dict[str, Any], files: dict[str, str]) -> tuple[int, int]:
+    """``(groups, group_width)`` of a kernel or variant entry whose ``score_groups`` and
+    ``group_max`` graphs are both in ``files``; else ``(0, 0)``, those graphs dropped."""
+    groups, width = entry.get("groups"), entry.get("group_width")
+    if (
         isinstance(groups, int)
+        and isinstance(width, int)
         and _positive_int(groups)
+        and _positive_int(width)
         and {"score_groups", "group_max"} <= set(files)
     ):
-        files.pop("score_groups", None)
-        files.pop("group_max", None)
-        groups = 0
-    return KernelSpec(int(entry["version"]), block_users, files, groups)
+        return groups, width
+    files.pop("score_groups", None)
+    files.pop("group_max", None)
+    return 0, 0
 
 
 def _positive_int(value: Any) -> bool:

@@ -190,6 +190,7 @@ def test_kernel_spec_reads_score_groups_only_when_complete():
         score_groups="onnx/kernels/score_groups.onnx",
         group_max="onnx/kernels/group_max.onnx",
         groups=4,
+        group_width=8,
     )
     assert BundleSpec.parse(manifest, "b", files).kernels.groups == 0  # files not listed
     partial = files | {"onnx/kernels/score_groups.onnx"}

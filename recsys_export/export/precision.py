@@ -39,7 +39,7 @@ from recsys_export.export.kernels import (
     _kernel_model,
     group_max_graph,
     mf_augmented,
-    mf_groups,
+    mf_group_shape,
     save_graph,
 )
 from recsys_export.manifest import VARIANTS_DIR, check_precision
@@ -166,8 +166,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
     user_q, user_scale = quantize_rows(pa[:, :f])
     item_q, item_scale = quantize_rows(qa[:, :f])
     user_bias, item_bias = pa[:, f], qa[:, f + 1]
-    groups = mf_groups(n_items)
-    width = -(-n_items // groups)
+    groups, width = mf_group_shape(n_items)
     padded = groups * width
     pad_q = np.zeros((f, padded), dtype=np.int8)
     pad_q[:, :n_items] = item_q.T
@@ -249,6 +248,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
     }
     sizes = {
         "groups": groups,
+        "group_width": width,
         "factor_bytes": {
             "int8": int(user_q.nbytes + item_q.nbytes + user_scale.nbytes + item_scale.nbytes),
             "fp32": int(4 * (user_q.size + item_q.size)),
@@ -306,7 +306,7 @@ def write_variant(
         graphs, arrays, sizes = mf_int8_graphs(module)
         for name, obj in graphs.items():
             entry["graphs"][name] = save_graph(obj, writer, folder, name, role, external_data)
-        entry["groups"] = sizes["groups"]
+        entry["groups"], entry["group_width"] = sizes["groups"], sizes["group_width"]
         entry["factor_bytes"] = sizes["factor_bytes"]
         entry["arrays"] = {}
         for name, arr in arrays.items():

@@ -314,6 +314,7 @@ class KernelEngine(GraphEngine):
                 self._kernel,
                 self.n_items,
                 spec.kernels.groups,
+                spec.kernels.group_width,
                 self._full_topk,
             )
             self._group_threads = threads if python_threads else 1

@@ -36,8 +36,8 @@ class GroupTopK:
         ``session(name, threads)`` -> the session of the ``score_groups`` or
         ``group_max`` graph with that many intra-op threads (1 when Python threads drive
         it).
-    n_items, groups : int
-        Catalogue size and the kernel's item groups.
+    n_items, groups, width : int
+        Catalogue size, the kernel's item groups and their width.
     fallback : Callable
         ``fallback(masked_scores [b, n_items], k) -> (scores, items)``: the full TopK of
         a block whose thresholds let too many scores through (rows of ties).
@@ -48,12 +48,13 @@ class GroupTopK:
         session: Callable[[str, int | None], ort.InferenceSession],
         n_items: int,
         groups: int,
+        width: int,
         fallback: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
     ) -> None:
         self._session = session
         self.n_items = n_items
         self.groups = groups
-        self.width = -(-n_items // groups)
+        self.width = width
         self._fallback = fallback
 
     def serves(self, k: int) -> bool:

@@ -134,6 +134,7 @@ class VariantEngine(Engine):
                     self._graph,
                     self.n_items,
                     variant.groups,
+                    variant.group_width,
                     self._full_topk,
                 )
 
