@@ -156,8 +156,12 @@ class Engine:
                     "scores", "cpu", 0, np.float32, [u.size, n_items], dst.ctypes.data
                 )
                 sess.run_with_iobinding(binding)
+                self._after_call(u, dst)
 
         self.spread(starts, work, self.python_threads)
+
+    def _after_call(self, users: np.ndarray, scores: np.ndarray) -> None:
+        """Finish one ``score_all`` call's scores in place (nothing here)."""
 
     def spread(self, chunks: list[Any], work: Callable[[list[Any]], None], threads: int) -> None:
         """Run ``work`` on ``chunks[i::threads]`` in ``threads`` threads (the caller is

@@ -138,29 +138,10 @@ class VariantEngine(Engine):
                     self._full_topk,
                 )
 
-    def score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
-        """Fill ``out[len(users), n_items]`` with the variant's scores (int8: the partial
-        scores of each call, then its users' bias added in place)."""
-        bias = self._user_bias
-        if bias is None:
-            super().score_all_into(users, out)
-            return
-        sess = self._score_session()
-        n_items, block = self.n_items, self.call_users
-
-        def work(my_starts: list[int]) -> None:
-            for start in my_starts:
-                u = np.ascontiguousarray(users[start : start + block])
-                dst = out[start : start + u.size]
-                binding = sess.io_binding()
-                binding.bind_cpu_input("users", u)
-                binding.bind_output(
-                    "scores", "cpu", 0, np.float32, [u.size, n_items], dst.ctypes.data
-                )
-                sess.run_with_iobinding(binding)
-                dst += bias[u][:, None]
-
-        self.spread(list(range(0, users.size, block)), work, self.python_threads)
+    def _after_call(self, users: np.ndarray, scores: np.ndarray) -> None:
+        """int8: add the users' bias to a call's partial scores, in place (in cache)."""
+        if self._user_bias is not None:
+            scores += self._user_bias[users][:, None]
 
     def _graph(self, name: str, threads: int | None = None) -> ort.InferenceSession:
         key = f"variant:{self.precision}:{name}" + ("" if threads is None else f":{threads}")
