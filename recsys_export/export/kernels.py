@@ -126,6 +126,45 @@ def mf_score_groups(pa: np.ndarray, qa_t: np.ndarray, kind: str = "mf") -> Any:
     )
 
 
+def mf_topk_kernels(pa: np.ndarray, qa: np.ndarray, kind: str = "mf") -> dict[str, Any]:
+    """The MF top-k kernels beside ``score_all``/``topk``/``recommend_one``:
+    ``score_groups`` and ``group_max`` (recommend-all, :func:`mf_score_groups`) and
+    ``recommend_user`` (one user: gather, product, ``ScatterElements`` of the seen items
+    with the ``-inf`` the runtime passes, TopK; four nodes where ``recommend_one`` has
+    nine), from the augmented factors (:func:`mf_augmented`)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    vi, node = helper.make_tensor_value_info, helper.make_node
+    qa_t = np.ascontiguousarray(qa.T)
+    user_kernel = _kernel_model(
+        [
+            node("Gather", ["user_aug", "users"], ["x"], axis=0),
+            node("MatMul", ["x", "item_aug_t"], ["row"]),
+            node("ScatterElements", ["row", "exclude", "exclude_scores"], ["masked"], axis=1),
+            node("TopK", ["masked", "k"], ["scores", "items"], axis=1, largest=1, sorted=1),
+        ],
+        "mf_recommend_user",
+        [
+            vi("users", i64, [1]),
+            vi("k", i64, [1]),
+            vi("exclude", i64, [1, "m"]),
+            vi("exclude_scores", f32, [1, "m"]),
+        ],
+        [vi("scores", f32, [1, "k"]), vi("items", i64, [1, "k"])],
+        [
+            numpy_helper.from_array(np.ascontiguousarray(pa), "user_aug"),
+            numpy_helper.from_array(qa_t, "item_aug_t"),
+        ],
+        kind,
+    )
+    return {
+        "score_groups": mf_score_groups(pa, qa_t, kind),
+        "group_max": group_max_graph(*mf_group_shape(qa.shape[0]), kind),
+        "recommend_user": user_kernel,
+    }
+
+
 def group_max_graph(groups: int, width: int, kind: str) -> Any:
     """``scores float32[B, groups * width] -> group_max float32[B, groups]`` (Reshape,
     ReduceMax): the maxima of consecutive groups of ``width`` items. A graph of its own
@@ -185,13 +224,7 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
     * ``recommend_one``: ``users int64[1], k int64[1], exclude_items int64[M] ->
       scores float32[1, k], items int64[1, k]`` (one user, one call; ``-1`` in empty slots).
     * MF ``score_all``: ``users int64[B] -> scores float32[B, N]``, one MatMul of augmented
-      factors ``[P, bu, 1] x [Q, 1, bi + mu]^T``; MF ``score_groups``
-      (:func:`mf_score_groups`): the same scores over items padded to groups, and
-      ``group_max`` (:func:`group_max_graph`) their group maxima; MF
-      ``recommend_user``: ``users int64[1], k int64[1], exclude int64[1, M],
-      exclude_scores float32[1, M] (-inf) -> scores, items`` (four nodes: the runtime
-      passes the -inf and applies the empty-slot rule, where ``recommend_one`` builds
-      and applies them in five more).
+      factors ``[P, bu, 1] x [Q, 1, bi + mu]^T``; and :func:`mf_topk_kernels`.
     * DenseNet ``score_all``: ``users int64[B] -> scores float32[B, N]``: the user half
       ``a = P[u] Wu^T``, then item tiles of :func:`dn_tile_width` items, each ``Max(a,
       -C^T tile)`` and ``MatMul`` with the ``w2`` row in ``[B, H, T]`` layout, plus the
@@ -264,26 +297,7 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
             [*weights, *common],
             kind,
         )
-        out["score_groups"] = mf_score_groups(pa, qa_t, kind)
-        out["group_max"] = group_max_graph(*mf_group_shape(qa.shape[0]), kind)
-        out["recommend_user"] = _kernel_model(
-            [
-                gather,
-                node("MatMul", ["x", "item_aug_t"], ["row"]),
-                node("ScatterElements", ["row", "exclude", "exclude_scores"], ["masked"], axis=1),
-                node("TopK", ["masked", "k"], ["scores", "items"], axis=1, largest=1, sorted=1),
-            ],
-            "mf_recommend_user",
-            [
-                vi("users", i64, [1]),
-                vi("k", i64, [1]),
-                vi("exclude", i64, [1, "m"]),
-                vi("exclude_scores", f32, [1, "m"]),
-            ],
-            one_outputs,
-            weights,
-            kind,
-        )
+        out.update(mf_topk_kernels(pa, qa, kind))
     else:
         p, w1u_t, w2_row = buf("user_factors"), buf("w1_user_t"), buf("w2_row")
         neg_c_t, offset = buf("neg_c_t"), buf("item_offset")
