@@ -1,5 +1,6 @@
-"""Exclusions and fallbacks of ``recommend``: COO exclusion pairs, the popularity
-fallback for unknown users, raw ids of item indices, and the bundle's seen-items CSR."""
+"""What ``recommend`` needs besides the engine: COO exclusion pairs, top-k over an
+``include`` subset, the popularity fallback for unknown users, raw ids and names of item
+indices, and the bundle's seen-items CSR."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle import Bundle, read_seen_csr
+from recsys_export.errors import BundleError
 from recsys_export.ids import IdMap, runs_to_coo
+from recsys_export.items import check_item_names
+from recsys_export.runtime.engines import Engine, iter_blocks
 from recsys_export.topk import EMPTY_SCORE, mask_pairs, take_columns, topk
 
-__all__ = ["exclusion_pairs", "is_empty", "load_seen_csr", "popular_topk", "raw_items"]
+__all__ = [
+    "columns_topk",
+    "exclusion_pairs",
+    "is_empty",
+    "load_name_table",
+    "load_seen_csr",
+    "popular_topk",
+    "raw_items",
+]
 
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
@@ -130,3 +142,48 @@ def load_seen_csr(bundle: Bundle, n_users: int, n_items: int) -> tuple[np.ndarra
     for rel in seen:
         bundle.file(rel)  # BundleError unless the manifest lists (and checksums) it
     return read_seen_csr(bundle.root, bundle.manifest["seen"], n_users, n_items)
+
+
+def columns_topk(
+    engine: Engine,
+    users: np.ndarray,
+    k: int,
+    rows: np.ndarray,
+    ex_items: np.ndarray,
+    cols: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of validated users among the items ``cols`` (``include``), in the
+    engine's blocks: ``score_all``, the columns, the exclusions, numpy's top-k."""
+    b, n_items = users.size, engine.n_items
+    scores = np.empty((b, k), dtype=np.float32)
+    items = np.empty((b, k), dtype=np.int64)
+    for start, stop, r, e in iter_blocks(b, engine.block, rows, ex_items):
+        u = users[start:stop]
+        full = np.empty((u.size, n_items), dtype=np.float32)
+        engine.score_all_into(u, full)
+        sub = full[:, cols]
+        mask_pairs(sub, r, e, cols, n_items)
+        s, c = topk(sub, k)
+        scores[start:stop], items[start:stop] = s, take_columns(cols, c)
+    return scores, items
+
+
+def load_name_table(bundle: Bundle, n_items: int) -> np.ndarray | None:
+    """``object[n_items + 1]`` of item names, None last (index -1: an empty slot), or
+    None when the bundle has no names.
+
+    Raises
+    ------
+    BundleError
+        A names file that does not match the items.
+    """
+    rel = bundle.spec.names_file()
+    if rel is None:
+        return None
+    try:
+        names = check_item_names(bundle.read_json(rel), n_items)
+    except ValueError as exc:
+        raise BundleError(f"bundle {bundle.root}: {rel!r}: {exc}; export it again") from None
+    table = np.empty(n_items + 1, dtype=object)
+    table[:n_items] = names
+    return table

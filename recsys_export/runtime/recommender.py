@@ -20,12 +20,13 @@ import numpy as np
 from recsys_export.bundle import Bundle
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.ids import IdMap
-from recsys_export.items import check_item_names
 from recsys_export.manifest import check_precision
-from recsys_export.runtime.engines import Engine, iter_blocks, make_engine
+from recsys_export.runtime.engines import Engine, make_engine
 from recsys_export.runtime.exclusions import (  # noqa: F401  (load_seen_csr: re-exported)
+    columns_topk,
     exclusion_pairs,
     is_empty,
+    load_name_table,
     load_seen_csr,
     popular_topk,
     raw_items,
@@ -36,9 +37,6 @@ from recsys_export.topk import (
     EMPTY_ITEM,
     EMPTY_SCORE,
     check_k,
-    mask_pairs,
-    take_columns,
-    topk,
 )
 from recsys_export.validation import check_choice
 
@@ -307,17 +305,7 @@ class Recommender(BatchOutputs):
         return self._names[0]
 
     def _load_names(self) -> np.ndarray | None:
-        rel = self.bundle.spec.names_file()
-        if rel is None:
-            return None
-        where = f"bundle {self.bundle.root}"
-        try:
-            names = check_item_names(self.bundle.read_json(rel), self._n_items)
-        except ValueError as exc:
-            raise BundleError(f"{where}: {rel!r}: {exc}; export it again") from None
-        table = np.empty(self._n_items + 1, dtype=object)
-        table[: self._n_items] = names
-        return table
+        return load_name_table(self.bundle, self._n_items)
 
     @property
     def item_names(self) -> list[str | None] | None:
@@ -532,28 +520,12 @@ class Recommender(BatchOutputs):
         return scores, items
 
     def _topk_block(
-        self,
-        users: np.ndarray,
-        k: int,
-        rows: np.ndarray,
-        ex_items: np.ndarray,
-        cols: np.ndarray | None,
+        self, users: np.ndarray, k: int, rows: np.ndarray, ex: np.ndarray, cols: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of known users in blocks: the engine, or numpy over ``cols`` (include)."""
         if cols is None:
-            return self._engine.topk(users, k, rows, ex_items)
-        b = users.size
-        scores = np.empty((b, k), dtype=np.float32)
-        items = np.empty((b, k), dtype=np.int64)
-        for start, stop, r, e in iter_blocks(b, self._engine.block, rows, ex_items):
-            u = users[start:stop]
-            full = np.empty((u.size, self._n_items), dtype=np.float32)
-            self._score_all_into(u, full)
-            sub = full[:, cols]
-            mask_pairs(sub, r, e, cols, self._n_items)
-            s, c = topk(sub, k)
-            scores[start:stop], items[start:stop] = s, take_columns(cols, c)
-        return scores, items
+            return self._engine.topk(users, k, rows, ex)
+        return columns_topk(self._engine, users, k, rows, ex, cols)
 
     def _popularity(self) -> np.ndarray:
         """Number of ratings per item (from the seen CSR)."""
