@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bench_report import SCHEMA, format_table, plot
-from recsys_export.bench_rows import row
+from recsys_export.bench_timing import row
 
 __all__ = ["SCHEMA", "add_arguments", "format_table", "main", "plot", "run"]
 

@@ -1,102 +1,24 @@
 """The rows of ``recsys-export bench`` for one model: score_all, recommend-all, single user.
 
 :func:`bench_model` measures one synthetic model's bundle (built by
-:mod:`recsys_export.bench`) section by section. Rows of a section run in interleaved
-rounds after a warm-up (:class:`Rounds`), so a drift of the machine's speed hits every
-row alike; ratios are to the section's ceiling, a bare onnxruntime graph
+:mod:`recsys_export.bench`) section by section, timed by :mod:`recsys_export.bench_timing`;
+ratios are to the section's ceiling, a bare onnxruntime graph
 (:mod:`recsys_export.bench_graphs`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recsys_export.bench_graphs import dn_bare, mf_bare, mf_one_topk, parallel, session
+from recsys_export.bench_timing import Rounds, latency, timed
 
-__all__ = ["Rounds", "bench_model", "row", "timed"]
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
-    """Seconds of ``repeat`` calls of ``fn``."""
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return runs
-
-
-def row(runs: list[float], users: int, n_items: int, flops: int) -> dict[str, Any]:
-    """A ROW of the report (see :data:`recsys_export.bench_report.SCHEMA`)."""
-    med = float(np.median(runs))
-    pairs = users * n_items
-    return {
-        "users": users,
-        "runs_s": [round(r, 6) for r in runs],
-        "median_s": med,
-        "min_s": float(min(runs)),
-        "max_s": float(max(runs)),
-        "pairs_per_s": pairs / med,
-        "ns_per_pair": med / pairs * 1e9,
-        "gflops": flops * pairs / med / 1e9,
-    }
-
-
-@dataclass
-class Rounds:
-    """Rows of one section, timed in interleaved rounds after one warm-up round (a
-    first run over 2 s counts as a run)."""
-
-    n_items: int
-    flops: int
-    repeat: int
-    pending: list[tuple[dict, str, Callable[[], Any], int]] = field(default_factory=list)
-
-    def add(self, table: dict, name: str, fn: Callable[[], Any], users: int) -> None:
-        table[name] = {}  # keeps the row order; filled by flush()
-        self.pending.append((table, name, fn, users))
-
-    def flush(self, ceiling: float | None = None) -> float:
-        """Time the pending rows; ratios to ``ceiling`` ns/pair (default: the ``ceiling``
-        row of the first table). Returns the ceiling used."""
-        runs = []
-        for _t, _n, fn, _u in self.pending:
-            first = timed(fn, 1)
-            runs.append(first if first[0] > 2.0 else [])
-        for _ in range(max(1, self.repeat)):
-            for (_t, _n, fn, _u), got in zip(self.pending, runs):
-                if len(got) < max(1, self.repeat):
-                    got.extend(timed(fn, 1))
-        for (table, name, _fn, users), got in zip(self.pending, runs):
-            table[name] = row(got, users, self.n_items, self.flops)
-        if ceiling is None:
-            ceiling = self.pending[0][0]["ceiling"]["ns_per_pair"]
-        for table, name, _fn, _u in self.pending:
-            table[name]["ratio_to_ceiling"] = table[name]["ns_per_pair"] / ceiling
-        self.pending.clear()
-        return float(ceiling)
-
-
-def _latency(fn: Callable[[int], Any], picks: list[int]) -> dict[str, Any]:
-    for u in picks[:50]:
-        fn(u)
-    lat = np.empty(len(picks))
-    for j, u in enumerate(picks):
-        t0 = time.perf_counter()
-        fn(u)
-        lat[j] = time.perf_counter() - t0
-    return {
-        "p50_us": float(np.percentile(lat, 50) * 1e6),
-        "p99_us": float(np.percentile(lat, 99) * 1e6),
-        "mean_us": float(lat.mean() * 1e6),
-        "calls": len(picks),
-    }
+__all__ = ["bench_model"]
 
 
 @dataclass
@@ -414,19 +336,19 @@ def _single_section(ctx: _Ctx) -> dict:
         pa, qa = mf_augmented(ctx.module)
         bare = session(mf_one_topk(np.ascontiguousarray(qa.T)), ctx.cfg["threads"])
         k1 = np.array([k], dtype=np.int64)
-        single["ceiling"] = _latency(lambda u: bare.run(None, {"x": pa[u : u + 1], "k": k1}), picks)
-    single["runtime"] = _latency(lambda u: rec.recommend(u, k, by_index=True), picks)
+        single["ceiling"] = latency(lambda u: bare.run(None, {"x": pa[u : u + 1], "k": k1}), picks)
+    single["runtime"] = latency(lambda u: rec.recommend(u, k, by_index=True), picks)
     raw = rec.user_map.raw_ids
-    single["runtime_raw_ids"] = _latency(lambda u: rec.recommend(raw[u], k), picks)
+    single["runtime_raw_ids"] = latency(lambda u: rec.recommend(raw[u], k), picks)
     for precision, r in ctx.variants.items():
-        single[f"runtime_{precision}"] = _latency(
+        single[f"runtime_{precision}"] = latency(
             lambda u, r=r: r.recommend(u, k, by_index=True), picks
         )
     if "fallback" in ctx.skip:
         single["runtime_fallback"] = {"skipped": "--skip fallback"}
     else:
         fb = ctx.fallback
-        single["runtime_fallback"] = _latency(lambda u: fb.recommend(u, k, by_index=True), picks)
+        single["runtime_fallback"] = latency(lambda u: fb.recommend(u, k, by_index=True), picks)
     if "torch" in ctx.skip:
         single["torch_eager"] = {"skipped": "--skip torch"}
     else:
@@ -439,10 +361,16 @@ def _single_section(ctx: _Ctx) -> dict:
                     torch.tensor([u]), k, torch.zeros(ex.numel(), dtype=torch.int64), ex
                 )
 
-        single["torch_eager"] = _latency(eager_one, picks)
+        single["torch_eager"] = latency(eager_one, picks)
     if ctx.kind == "mf":
         fn = _implicit_row(ctx, k) if "implicit" not in ctx.skip else "--skip implicit"
-        single["implicit"] = _latency(fn, picks) if callable(fn) else {"skipped": fn}
+        if callable(fn):
+            from threadpoolctl import threadpool_limits  # implicit's dependency
+
+            with threadpool_limits(1, "blas"):  # as implicit asks (its pool stalls otherwise)
+                single["implicit"] = latency(fn, picks)
+        else:
+            single["implicit"] = {"skipped": fn}
     ceiling = single.get("ceiling", {}).get("p50_us")
     for values in single.values():
         if ceiling and "p50_us" in values:
