@@ -65,6 +65,7 @@ from recsys_export.errors import (
 )
 from recsys_export.export.build import export_bundle, parse_formats
 from recsys_export.export.formats import export_programs, quiet_exporters
+from recsys_export.manifest import parse_precisions
 from recsys_export.models import BaseModel
 
 PATHS = ("auto", "converted", "generic")
@@ -182,6 +183,7 @@ def export_model(
     rtol: float = 1e-5,
     block_pairs: int = DEFAULT_BLOCK_PAIRS,
     progress: bool = False,
+    precision: str | Sequence[str] = "fp32",
 ) -> ExportResult:
     """Export a recommender trained elsewhere to a verified bundle.
 
@@ -224,6 +226,9 @@ def export_model(
         :attr:`ExportResult.failed`) instead of failing.
     block_pairs : int
         Generic path: pairs per ``score_all`` block (bounds its memory).
+    precision : str or sequence of str
+        Also write approximate variants (:func:`~recsys_export.export.export_bundle`):
+        ``fp16`` for any path, ``int8`` for MF (refused otherwise).
 
     Returns
     -------
@@ -263,6 +268,7 @@ def export_model(
         "rtol": rtol,
         "block_pairs": block_pairs,
         "progress": progress,
+        "precision": parse_precisions(precision),
     }
     if not isinstance(module, nn.Module):
         if not isinstance(module, Mapping):
@@ -368,6 +374,7 @@ def _export(ckpt: Checkpoint, out: str | Path, fmts: list[str], opts: dict[str, 
         atol=opts["atol"],
         rtol=opts["rtol"],
         progress=opts["progress"],
+        precision=opts["precision"],
     )
 
 

@@ -49,6 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         budget=args.budget,
         full=args.full,
         progress=not args.quiet,
+        precision=args.precision,
     )
     if args.quiet:
         print(args.out)
@@ -95,6 +96,7 @@ def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0
     import time
 
     from recsys_export.plan import describe_plan
+    from recsys_export.runtime.variant import describe_variant
 
     times = manifest["timings"]["export_seconds"]
     print("export seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
@@ -111,6 +113,8 @@ def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0
         print(f"parity: {'PASS' if parity['passed'] else 'FAIL'} (details: {args.out}/parity.json)")
     else:
         print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
+    for precision, variant in manifest["formats"].get("onnx", {}).get("variants", {}).items():
+        print(f"{precision} variant: " + describe_variant(variant))
     print(f"total {time.perf_counter() - t0:.1f}s")
 
 
@@ -150,6 +154,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
         atol=args.atol,
         rtol=args.rtol,
         progress=not args.quiet,
+        precision=args.precision,
     )
     for fmt, why in result.failed.items():
         print(f"recsys-export export: warning: {fmt} not exported: {why}", file=sys.stderr)
@@ -229,6 +234,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """``recsys-export inspect``: describe a bundle (checksums verified)."""
     from recsys_export.bundle import Bundle
     from recsys_export.plan import describe_plan
+    from recsys_export.runtime.variant import describe_variant
 
     bundle = Bundle.load(args.bundle)
     man = bundle.manifest
@@ -264,4 +270,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(describe_plan(parity["plan"]))
     else:
         print("parity: not recorded; run 'recsys-export verify'")
+    for precision, variant in sorted(bundle.spec.variants.items()):
+        print(
+            f"{precision} variant (loaded only when asked for): " + describe_variant(variant.entry)
+        )
     return 0

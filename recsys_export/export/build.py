@@ -33,8 +33,15 @@ from recsys_export.export.formats import (
 )
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
+from recsys_export.export.precision import write_variant
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import DEFAULT_FORMATS, ENTRY_POINTS, FORMATS, entry_point_spec
+from recsys_export.manifest import (
+    DEFAULT_FORMATS,
+    ENTRY_POINTS,
+    FORMATS,
+    entry_point_spec,
+    parse_precisions,
+)
 
 REFERENCE_FILE = "reference/state_dict.pt"
 
@@ -133,6 +140,7 @@ def export_bundle(
     budget: int | None = None,
     full: bool = False,
     progress: bool = False,
+    precision: str | Sequence[str] = "fp32",
 ) -> dict[str, Any]:
     """Export a checkpoint to a bundle directory, atomically, and verify it.
 
@@ -159,6 +167,11 @@ def export_bundle(
         the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
     full : bool
         Verify every user's whole row whatever the budget.
+    precision : str or sequence of str
+        ``fp16``, ``int8`` or both (``"fp16,int8"``) also write approximate variants
+        beside the exact graphs (:mod:`recsys_export.export.precision`), judged on recall
+        of the exact top-k lists when ``verify`` (:mod:`recsys_export.parity.approx`);
+        ``fp32`` (default): none.
 
     Returns
     -------
@@ -170,6 +183,7 @@ def export_bundle(
     from recsys_export.parity import check_tolerances
 
     check_tolerances(atol, rtol)
+    variants = parse_precisions(precision)
     fmts = parse_formats(formats)
     _check_finite(ckpt)
     if verify and budget is not None:
@@ -237,6 +251,13 @@ def export_bundle(
                 module, model.kind, writer, external_data=external_data
             )
             timings["onnx"] = time.perf_counter() - t0
+        files["onnx_variants"] = {}
+        for name in variants:
+            t0 = time.perf_counter()
+            files["onnx_variants"][name] = write_variant(
+                module, model.kind, name, writer, files, external_data=external_data
+            )
+            timings[name] = time.perf_counter() - t0
         manifest = build_manifest(ckpt, files, timings)
         if verify:
             from recsys_export.parity import verify_staged_bundle
@@ -252,11 +273,31 @@ def export_bundle(
                 progress=progress,
             )
             manifest["parity"] = report.summary()
-            writer.write_json("parity.json", report.to_dict(), "parity:report")
+            doc = report.to_dict()
             if not report.passed:
+                writer.write_json("parity.json", doc, "parity:report")
                 report.raise_failure()  # leaving the block deletes the staged bundle
+            if variants:
+                doc["variants"] = judge_staged_variants(writer, manifest, variants)
+            writer.write_json("parity.json", doc, "parity:report")
         dest = writer.commit(manifest)
     return Bundle.load(dest, verify=False).manifest
+
+
+def judge_staged_variants(
+    writer: BundleWriter, manifest: dict[str, Any], precisions: list[str]
+) -> dict[str, Any]:
+    """Judge the staged bundle's variants against its exact graphs
+    (:func:`recsys_export.parity.approx.judge_variant`), record each result as the
+    variant's ``quality`` in ``manifest`` and return ``{precision: result}``."""
+    from recsys_export.parity.approx import judge_variant
+
+    root = writer.stage(manifest)
+    out = {}
+    for precision in precisions:
+        out[precision] = judge_variant(root, precision)
+        manifest["formats"]["onnx"]["variants"][precision]["quality"] = out[precision]
+    return out
 
 
 def build_manifest(
@@ -273,6 +314,8 @@ def build_manifest(
         if files.get("onnx_kernels"):
             # optional fast paths for the runtime (older bundles lack them)
             formats["onnx"]["kernels"] = files["onnx_kernels"]
+        if files.get("onnx_variants"):  # approximate variants, loaded only when asked for
+            formats["onnx"]["variants"] = files["onnx_variants"]
     if "torchscript" in files:
         formats["torchscript"] = files["torchscript"]
     if "pt2" in files:
