@@ -79,6 +79,10 @@ KERNELS_VERSION = 2
 KERNELS_DIR = "onnx/kernels"
 #: The kernel graphs, by manifest key.
 KERNEL_NAMES = ("score_all", "topk", "recommend_one")
+#: Where an export that verified the kernels and found them failing records them (under
+#: ``formats.onnx``, instead of ``kernels``: the runtime then runs the entry-point
+#: graphs), with the one-line ``reason``.
+KERNELS_FALLBACK = "kernels_fallback"
 #: Kernel versions the runtime reads, per model kind (MF's graphs did not change in 2;
 #: DenseNet's version-1 tiles were driven one session call per tile and are not read).
 KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}

@@ -30,11 +30,13 @@ module as the three entry points), :mod:`.ids` (id maps and seen items) and this
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -54,6 +56,7 @@ from recsys_export.byom.generic import (  # noqa: F401
     _eval_mode,
     _frozen_copy,
     _sizes_from_embeddings,
+    source_missing,
 )
 from recsys_export.byom.ids import IdsAndSeen, resolve_ids  # noqa: F401
 from recsys_export.checkpoint import Checkpoint
@@ -91,6 +94,9 @@ class ExportResult:
         Formats that could not be exported -> the exporter's reason (with ``keep_partial``).
     reason : str
         Why this path was taken.
+    notes : list of str
+        What the export did differently, one line each (e.g. TorchScript written by
+        ``torch.jit.trace`` because ``torch.jit.script`` could not read the source).
     """
 
     path: str
@@ -99,6 +105,7 @@ class ExportResult:
     manifest: dict[str, Any]
     failed: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def parity(self) -> dict[str, Any] | None:
@@ -177,10 +184,10 @@ def export_model(
     keep_partial: bool = False,
     overwrite: bool = False,
     external_data: bool | None = None,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     block_pairs: int = DEFAULT_BLOCK_PAIRS,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> ExportResult:
     """Export a recommender trained elsewhere to a verified bundle.
 
@@ -214,12 +221,17 @@ def export_model(
         Subset of ``onnx``, ``torchscript``, ``pt2``, or ``all``; default ``onnx`` and
         ``torchscript`` (``pt2`` is opt-in).
     verify : bool
-        Check parity of every format (and the runtime) against the user's module.
+        Check parity of every format (and the runtime) against the user's module: its
+        float64 scores, within what float32 rounding allows (docs/parity.md).
     keep_partial : bool
         When a format cannot be exported, write the others (listed in
         :attr:`ExportResult.failed`) instead of failing.
+    atol, rtol : float, optional
+        Explicit parity tolerances instead of the float32 error bound.
     block_pairs : int
         Generic path: pairs per ``score_all`` block (bounds its memory).
+    progress : bool, optional
+        A progress line on stderr while verifying; default: when stderr is a terminal.
 
     Returns
     -------
@@ -231,7 +243,7 @@ def export_model(
     ExportError
         A format cannot be exported (one line: the format and the exporter's reason).
     ParityError
-        An export does not reproduce the user's module within ``atol``/``rtol``.
+        An export does not reproduce the user's module within the bound.
     CheckpointError, ConfigError, DataError
         A state dict that is not the post's class, bad sizes, ids or options.
     """
@@ -257,7 +269,7 @@ def export_model(
         "atol": atol,
         "rtol": rtol,
         "block_pairs": block_pairs,
-        "progress": progress,
+        "progress": _show_progress(progress),
     }
     if not isinstance(module, nn.Module):
         if not isinstance(module, Mapping):
@@ -301,9 +313,12 @@ def export_model(
 
 
 def _conversion_mismatch(
-    converted: BaseModel, module: nn.Module, atol: float, rtol: float
+    converted: BaseModel, module: nn.Module, atol: float | None, rtol: float | None
 ) -> str | None:
-    """None when our converted model scores a sample of pairs like the user's module."""
+    """None when the user's module scores a sample of pairs like our converted model:
+    within the float32 error bound of its float64 reference (or ``atol``/``rtol``)."""
+    from recsys_export.parity.bounds import reference_for
+
     gen = torch.Generator().manual_seed(0)
     n = 256
     users = torch.randint(0, converted.n_users, (n,), generator=gen)
@@ -313,16 +328,16 @@ def _conversion_mismatch(
     try:
         with torch.no_grad(), _eval_mode(module):
             theirs = module(users, items)
-            ours = converted(users, items)
-        theirs = theirs.reshape(-1).to(torch.float32)
+        theirs = theirs.reshape(-1).to(torch.float64)
     except Exception as exc:
         return _first_line(exc)
-    if theirs.shape != ours.shape:
+    if theirs.shape != (n,):
         return f"output shape {tuple(theirs.shape)}"
-    diff = (theirs - ours).abs()
-    if bool((diff <= atol + rtol * ours.abs()).all()):
+    want, bound = reference_for(converted, atol, rtol).score(users.numpy(), items.numpy())
+    diff = np.abs(theirs.numpy() - want)
+    if bool((diff <= bound).all()):
         return None
-    return f"max abs difference {float(diff.max()):.3g} on sample pairs"
+    return f"max abs difference {float(np.nanmax(diff)):.3g} on sample pairs"
 
 
 def _ids(opts: dict[str, Any], n_users: int, n_items: int) -> IdsAndSeen:
@@ -419,6 +434,14 @@ def _export_generic(
             "reason": reason,
             "failed_formats": failed,
         }
+        notes = []
+        missing = source_missing(module) if "torchscript" in ok else None
+        if missing is not None:
+            origin["torchscript"] = f"torch.jit.trace on (users, items): {missing}"
+            notes.append(
+                "torchscript: written with torch.jit.trace on the (users, items) signature "
+                f"(torch.jit.script cannot read the source: {missing}); parity checks it"
+            )
         try:
             manifest = _export(_checkpoint(wrapper, ids, origin), out, ok, opts)
         except RecsysExportError:
@@ -430,7 +453,7 @@ def _export_generic(
                 raise ExportError(_failure_line(module, failed)) from None
             origin["failed_formats"] = failed
             manifest = _export(_checkpoint(wrapper, ids, origin), out, ok, opts)
-    return ExportResult(GENERIC_KIND, GENERIC_KIND, Path(out), manifest, failed, reason)
+    return ExportResult(GENERIC_KIND, GENERIC_KIND, Path(out), manifest, failed, reason, notes)
 
 
 def _count(ids: Any) -> int | None:
@@ -450,9 +473,21 @@ def _failure_line(module: nn.Module, failed: dict[str, str]) -> str:
 
 
 def verify_module(
-    module: nn.Module, bundle: str | Path, *, atol: float = 1e-5, rtol: float = 1e-5
+    module: nn.Module,
+    bundle: str | Path,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    budget: int | None = None,
+    full: bool = False,
+    progress: bool | None = None,
 ) -> Any:
     """Parity of a written generic bundle against the user's module (nothing recorded).
+
+    The plan, the float64 reference and its bound are those of the export
+    (:func:`export_model`): a sample of rows sized by the module's cost per pair
+    (``budget``, ``full`` as for ``recsys-export verify``), calls sized by its memory
+    per pair.
 
     Returns
     -------
@@ -461,26 +496,43 @@ def verify_module(
     from recsys_export.bundle import Bundle
     from recsys_export.parity import (
         CHECKED_BACKENDS,
-        EagerBackend,
         bundle_seen,
+        check_tolerances,
         load_backends,
-        run_parity,
+        planned_parity,
     )
 
+    check_tolerances(atol, rtol)
     b = Bundle.load(bundle)
     m = b.manifest["model"]
-    wrapper = ModuleRecommender(module, int(m["n_users"]), int(m["n_items"]))
+    hp = m.get("hyperparameters") or {}
+    wrapper = ModuleRecommender(
+        module,
+        int(m["n_users"]),
+        int(m["n_items"]),
+        block_pairs=int(hp.get("block_pairs", DEFAULT_BLOCK_PAIRS)),
+    )
     backends = load_backends(b.root, b.manifest, CHECKED_BACKENDS)
+    seen = bundle_seen(b.root, b.manifest)
     with _eval_mode(module):
-        return run_parity(
-            EagerBackend(wrapper),  # type: ignore[arg-type]
+        return planned_parity(
+            wrapper,  # type: ignore[arg-type]
             backends,
-            wrapper.n_users,
-            wrapper.n_items,
-            seen=bundle_seen(b.root, b.manifest),
-            atol=atol,
-            rtol=rtol,
+            seen,
+            atol,
+            rtol,
+            budget,
+            full,
+            True,
+            _show_progress(progress),
         )
+
+
+def _show_progress(progress: bool | None) -> bool:
+    """``progress``, or (None) whether stderr is a terminal."""
+    if progress is None:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(progress)
 
 
 __all__ = [

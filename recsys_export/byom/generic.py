@@ -161,6 +161,101 @@ class ModuleRecommender(nn.Module):
         """A frozen copy for the exporters (eval mode, no gradients)."""
         return _frozen_copy(self)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: this wrapper, with the user's module
+        traced (:func:`trace_module`) when Python keeps no source for it (a class
+        defined in ``python -`` or ``exec``), so TorchScript can still be written."""
+        if source_missing(self.module) is None:
+            return self
+        clone = copy.copy(self)
+        clone._modules = dict(self._modules)
+        clone.module = trace_module(self.module, self.n_users, self.n_items)
+        return clone
+
+    def pair_bytes(self) -> int:
+        """Bytes of activations one pair costs in the module (float32), measured."""
+        return measure_pair_bytes(self.module, self.n_users, self.n_items)
+
+    def pair_cost(self) -> int:
+        """What one pair costs in MF pairs of a parity budget: the module's dense
+        (non-embedding) parameters / :data:`DENSE_PARAMS_PER_PAIR`, at least 1."""
+        dense = sum(
+            p.numel()
+            for m in self.module.modules()
+            if not isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+            for p in m.parameters(recurse=False)
+        )
+        return max(1, -(-dense // DENSE_PARAMS_PER_PAIR))
+
+    def call_pairs(self) -> int:
+        """Pairs per call of the module in float64 (the parity reference) within
+        :data:`REFERENCE_CALL_BYTES`."""
+        return max(256, min(1 << 16, REFERENCE_CALL_BYTES // (2 * self.pair_bytes())))
+
+
+#: A pair of a generic module costs (dense parameters / this) MF pairs of the parity
+#: budget: an MF pair at 64 factors is ~64 multiply-adds, a dense layer one per weight.
+DENSE_PARAMS_PER_PAIR = 64
+#: Memory of one call of the user's module in float64 during parity.
+REFERENCE_CALL_BYTES = 64 << 20
+
+
+@torch.no_grad()
+def measure_pair_bytes(module: nn.Module, n_users: int, n_items: int, pairs: int = 64) -> int:
+    """Bytes per pair of the module's activations: the outputs of its submodules and its
+    own output on ``pairs`` pairs (forward hooks), times 2 for what hooks cannot see
+    (functional ops inside ``forward``). At least 64."""
+    total = 0
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal total
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor):
+                total += t.numel() * t.element_size()
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in {*leaves, module}]
+    users = torch.arange(pairs, dtype=torch.int64) % n_users
+    items = torch.arange(pairs, dtype=torch.int64) % n_items
+    try:
+        module(users, items)
+    except Exception:  # the module's own checks report it later; assume a wide one
+        return 1 << 12
+    finally:
+        for h in handles:
+            h.remove()
+    return max(64, 2 * total // pairs)
+
+
+def source_missing(module: nn.Module) -> str | None:
+    """Why ``torch.jit.script`` cannot read the source of ``module`` (a class of it
+    defined in ``python -``, ``exec`` or a notebook cell Python keeps no file for), or
+    None when every class has its source."""
+    import inspect
+
+    for m in module.modules():
+        cls = type(m)
+        if cls.__module__.startswith("torch."):
+            continue
+        try:
+            inspect.getsource(cls)
+        except (OSError, TypeError) as exc:
+            return f"no source for {cls.__qualname__} ({type(exc).__name__}: {exc})"
+    return None
+
+
+def trace_module(module: nn.Module, n_users: int, n_items: int) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` of ``module`` on the ``(users, items)`` signature: 8 example
+    pairs, checked on 3 others (a trace that depends on the batch raises)."""
+    from recsys_export.export.formats import quiet_exporters
+
+    def pairs(n: int, offset: int) -> tuple[Tensor, Tensor]:
+        idx = torch.arange(offset, offset + n, dtype=torch.int64)
+        return idx % n_users, (idx * 7) % n_items
+
+    with quiet_exporters(), torch.no_grad():
+        return torch.jit.trace(module, pairs(8, 0), check_inputs=[pairs(3, 5)])
+
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy in eval mode without gradients (the exporters' input).

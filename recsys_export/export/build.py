@@ -34,7 +34,13 @@ from recsys_export.export.formats import (
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import DEFAULT_FORMATS, ENTRY_POINTS, FORMATS, entry_point_spec
+from recsys_export.manifest import (
+    DEFAULT_FORMATS,
+    ENTRY_POINTS,
+    FORMATS,
+    KERNELS_FALLBACK,
+    entry_point_spec,
+)
 
 REFERENCE_FILE = "reference/state_dict.pt"
 
@@ -128,8 +134,8 @@ def export_bundle(
     overwrite: bool = False,
     external_data: bool | None = None,
     verify: bool = True,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     budget: int | None = None,
     full: bool = False,
     progress: bool = False,
@@ -154,6 +160,8 @@ def export_bundle(
         included) on the staged bundle and record ``parity.json``. On a failure
         :class:`ParityError` is raised before the bundle is moved into place: nothing
         that fails parity is left behind, and an existing bundle at ``out`` is kept.
+    atol, rtol : float, optional
+        Explicit parity tolerances instead of the float32 error bound (docs/parity.md).
     budget : int, optional
         Pair budget of the verification plan (:func:`recsys_export.parity.plan_parity`):
         the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
@@ -241,22 +249,62 @@ def export_bundle(
         if verify:
             from recsys_export.parity import verify_staged_bundle
 
-            report = verify_staged_bundle(
-                writer,
-                manifest,
-                ckpt,
-                atol=atol,
-                rtol=rtol,
-                budget=budget,
-                full=full,
-                progress=progress,
-            )
+            verify_opts = {"atol": atol, "rtol": rtol, "budget": budget, "full": full}
+            report = verify_staged_bundle(writer, manifest, ckpt, progress=progress, **verify_opts)
+            if _kernels_alone_failed(report, manifest):
+                report = _without_kernels(writer, manifest, ckpt, report, progress, verify_opts)
             manifest["parity"] = report.summary()
             writer.write_json("parity.json", report.to_dict(), "parity:report")
             if not report.passed:
                 report.raise_failure()  # leaving the block deletes the staged bundle
         dest = writer.commit(manifest)
     return Bundle.load(dest, verify=False).manifest
+
+
+#: Runtime rows the fast-path kernels serve (``score`` always runs its ONNX graph).
+_KERNEL_ROWS = {("runtime", "score_all"), ("runtime", "recommend")}
+
+
+def _kernels_alone_failed(report: Any, manifest: dict[str, Any]) -> bool:
+    """Whether parity failed only where the runtime ran its fast-path kernels."""
+    failed = {(r["format"], r["entry_point"]) for r in report.rows() if not r["passed"]}
+    has_kernels = bool(manifest["formats"].get("onnx", {}).get("kernels"))
+    return has_kernels and bool(failed) and failed <= _KERNEL_ROWS
+
+
+def _without_kernels(
+    writer: BundleWriter,
+    manifest: dict[str, Any],
+    ckpt: Checkpoint,
+    report: Any,
+    progress: bool,
+    verify_opts: dict[str, Any],
+) -> Any:
+    """The runtime's fast paths failed parity where the portable graphs passed: drop
+    them from the manifest (``formats.onnx.kernels_fallback`` records why; the files
+    stay in the bundle), verify the runtime again on the entry-point graphs and return
+    the report with its runtime rows replaced and one line saying so (``notes``)."""
+    onnx_fmt = manifest["formats"]["onnx"]
+    failed = [
+        f"{r['entry_point']} (err/bound {r['max_ratio']:.3g})"
+        for r in report.rows()
+        if not r["passed"]
+    ]
+    reason = "the runtime's fast-path kernels failed parity: " + ", ".join(failed)
+    onnx_fmt[KERNELS_FALLBACK] = {"reason": reason, "kernels": onnx_fmt.pop("kernels")}
+    from recsys_export.parity import verify_staged_bundle
+
+    again = verify_staged_bundle(
+        writer, manifest, ckpt, progress=progress, formats=["runtime"], **verify_opts
+    )
+    report.comparisons = [c for c in report.comparisons if c.format != "runtime"]
+    report.comparisons += again.comparisons
+    report.timings["runtime (portable graphs)"] = again.timings.get("runtime", {})
+    report.notes.append(
+        f"runtime: {reason}; it serves this bundle from the portable ONNX graphs "
+        f"(manifest formats.onnx.{KERNELS_FALLBACK})"
+    )
+    return report
 
 
 def build_manifest(
