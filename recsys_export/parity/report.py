@@ -399,7 +399,9 @@ class ParityReport:
         why = f"worst err/bound {self.max_ratio:.3g}; {self.tolerance()}"
         if any(c.format == REFERENCE_ROW and not c.passed for c in self.comparisons):
             why = "the model's own scores are not finite; " + why
-        raise ParityError(
+        exc = ParityError(
             "parity check failed for " + ", ".join(failed) + f" ({why}); see the table "
             f"above or parity.json\n{self.table()}"
         )
+        exc.report = self  # type: ignore[attr-defined]
+        raise exc

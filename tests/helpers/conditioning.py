@@ -51,4 +51,6 @@ def checkpoint_of(model: DenseNet, seen_per_user: int = 3) -> Checkpoint:
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(n_u, dtype=np.int64), seen_per_user)
     items = rng.integers(0, n_i, size=users.size, dtype=np.int64)
-    return Checkpoint(model, IdMap(np.arange(n_u), "user"), IdMap(np.arange(n_i), "item"), users, items)
+    return Checkpoint(
+        model, IdMap(np.arange(n_u), "user"), IdMap(np.arange(n_i), "item"), users, items
+    )
