@@ -132,12 +132,14 @@ def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str
             failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
     if "pt2" in fmts or "onnx" in fmts:
         try:
-            export_programs(frozen, wrapper.n_users, wrapper.n_items)
+            programs = export_programs(frozen, wrapper.n_users, wrapper.n_items)
         except Exception as exc:
             reason = "torch.export: " + _first_line(exc)
             for f in ("pt2", "onnx"):
                 if f in fmts:
                     failed[f] = reason
+        else:  # the export reuses them: torch.export is most of a generic export's time
+            wrapper.keep_exported(frozen, programs)
     return failed
 
 

@@ -59,6 +59,8 @@ class ModuleRecommender(nn.Module):
     """
 
     kind = GENERIC_KIND
+    #: Python-side state TorchScript leaves alone (:meth:`keep_exported`)
+    __jit_ignored_attributes__ = ["exported_programs", "_kept"]
 
     def __init__(
         self,
@@ -158,8 +160,16 @@ class ModuleRecommender(nn.Module):
         }
 
     def inference_module(self) -> nn.Module:
-        """A frozen copy for the exporters (eval mode, no gradients)."""
-        return _frozen_copy(self)
+        """A frozen copy for the exporters (eval mode, no gradients): the one
+        :meth:`keep_exported` kept, with its ``exported_programs``, if any."""
+        kept = self.__dict__.get("_kept")
+        return kept if kept is not None else _frozen_copy(self)
+
+    def keep_exported(self, frozen: nn.Module, programs: dict[str, Any]) -> None:
+        """Keep a frozen copy and its ``torch.export`` programs (``export_programs``)
+        for :meth:`inference_module`, so the export does not run torch.export again."""
+        object.__setattr__(frozen, "exported_programs", programs)
+        object.__setattr__(self, "_kept", frozen)  # not a submodule: not in state_dict
 
     def __prepare_scriptable__(self) -> nn.Module:
         """What ``torch.jit.script`` compiles: this wrapper, with the user's module

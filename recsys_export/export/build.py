@@ -202,8 +202,9 @@ def export_bundle(
         buf = io.BytesIO()  # torch.save to a file raises RuntimeError, not OSError, on a full disk
         torch.save(state, buf)
         writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
-        programs = None
-        if "pt2" in fmts:
+        # programs a caller already exported from this very module (byom's probe)
+        programs = getattr(module, "exported_programs", None)
+        if "pt2" in fmts and programs is None:
             t0 = time.perf_counter()
             programs = export_programs(module, n_users, n_items)
             timings["torch.export"] = time.perf_counter() - t0
