@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -98,7 +101,10 @@ def test_mf_bound_is_the_documented_formula():
     values, bounds = reference_for(model).score(np.array([2]), np.array([1]))
     p = model.user_factors.weight[2].detach().double().numpy()
     q = model.item_factors.weight[1].detach().double().numpy()
-    bu, bi = float(model.user_bias.weight[2, 0]), float(model.item_bias.weight[1, 0])
+    bu, bi = (
+        float(model.user_bias.weight[2, 0].detach()),
+        float(model.item_bias.weight[1, 0].detach()),
+    )
     terms = np.abs(p * q).sum() + abs(bu) + abs(bi) + 3.5
     n = 5 + 4
     assert values[0] == pytest.approx(float(p @ q) + bu + bi + 3.5, abs=1e-12)
@@ -351,3 +357,36 @@ def test_module_scoring_nan_is_a_named_parity_failure(tmp_path):
     json.dumps(report.to_dict(), allow_nan=False)  # parity.json is writable
     assert {r["format"] for r in report.rows() if not r["passed"]} == {"reference"}
     assert not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------- the doc
+
+_DOC_BLOCK = re.compile(r"<!-- parity-test -->\n```(python|bash)\n(.*?)\n```", re.S)
+
+
+def test_doc_check_by_hand_runs_and_matches_the_code(tmp_path, monkeypatch, capsys):
+    """docs/parity.md's marked blocks run as written; its DenseNet formula gives the
+    bound the code computes."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "parity.md").read_text()
+    blocks = _DOC_BLOCK.findall(doc)
+    assert [lang for lang, _ in blocks] == ["bash", "python", "python"]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for lang, body in blocks:
+        if lang == "python":
+            exec(compile(body, "parity.md", "exec"), namespace)
+            continue
+        for line in body.splitlines():
+            assert main(shlex.split(line)[1:]) == 0
+    assert "|diff|" in capsys.readouterr().out
+    model = ill_conditioned_densenet(n_users=5, n_items=7)
+    ref = reference_for(model)
+    w = {k: v.double() for k, v in model.state_dict().items()}
+    for u, i in [(0, 0), (3, 6), (4, 2)]:
+        want = ref.score(np.array([u]), np.array([i]))[1][0]
+        got = namespace["densenet_bound"](
+            w["user_factors.weight"], w["item_factors.weight"], w["linear1.weight"],
+            w["linear1.bias"], w["linear2.weight"][0], float(w["linear2.bias"]),
+            float(w["global_mean"]), u, i, ref.rule,
+        )  # fmt: skip
+        assert got == pytest.approx(want, rel=1e-9)
