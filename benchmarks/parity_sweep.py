@@ -43,7 +43,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+#: the shared data sets: beside the checkout (``/work/main`` -> ``/work/shared``), above
+#: a worktree of it (``/work/wt/NAME``), or ``RECSYS_EXPORT_SHARED``
+_HERE = Path(__file__).resolve()
+SHARED = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("RECSYS_EXPORT_SHARED", "/nonexistent")),
+            _HERE.parents[2] / "shared" / "datasets",
+            _HERE.parents[3] / "shared" / "datasets",
+        )
+        if p.is_dir()
+    ),
+    _HERE.parents[2] / "shared" / "datasets",
+)
 FILES = {
     "ml-latest-small": SHARED / "ml-latest-small" / "ratings.csv",
     "movietweetings-100k": SHARED / "movietweetings-100k" / "ratings.dat",
