@@ -36,16 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from recsys_export.byom.convert import (  # noqa: F401
+    _conversion_mismatch,
     _key_problems,
     load_state_dict_file,
     model_from_state_dict,
     recognise,
 )
+from recsys_export.byom.files import ids_from_file, load_class, module_from_files  # noqa: F401
 from recsys_export.byom.generic import (  # noqa: F401
     DEFAULT_BLOCK_PAIRS,
     GENERIC_KIND,
@@ -53,21 +53,22 @@ from recsys_export.byom.generic import (  # noqa: F401
     MIN_ITEM_BLOCK,
     ModuleRecommender,
     _against_user,
+    _check_scores,
     _eval_mode,
+    _first_line,
     _frozen_copy,
+    _probe_formats,
     _sizes_from_embeddings,
     source_missing,
 )
 from recsys_export.byom.ids import IdsAndSeen, resolve_ids  # noqa: F401
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import (
-    CheckpointError,
     ConfigError,
     ExportError,
     RecsysExportError,
 )
 from recsys_export.export.build import export_bundle, parse_formats
-from recsys_export.export.formats import export_programs, quiet_exporters
 from recsys_export.models import BaseModel
 
 PATHS = ("auto", "converted", "generic")
@@ -110,61 +111,6 @@ class ExportResult:
     @property
     def parity(self) -> dict[str, Any] | None:
         return self.manifest.get("parity")
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        line = " ".join(line.split())
-        if line:
-            return f"{type(exc).__name__}: {line}"[:300]
-    return type(exc).__name__
-
-
-def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
-    """Formats the module cannot be exported to -> the exporter's reason (cheap steps)."""
-    failed: dict[str, str] = {}
-    frozen = _frozen_copy(wrapper)
-    if "torchscript" in fmts:
-        try:
-            with quiet_exporters():
-                torch.jit.script(frozen)
-        except Exception as exc:
-            failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
-    if "pt2" in fmts or "onnx" in fmts:
-        try:
-            programs = export_programs(frozen, wrapper.n_users, wrapper.n_items)
-        except Exception as exc:
-            reason = "torch.export: " + _first_line(exc)
-            for f in ("pt2", "onnx"):
-                if f in fmts:
-                    failed[f] = reason
-        else:  # the export reuses them: torch.export is most of a generic export's time
-            wrapper.keep_exported(frozen, programs)
-    return failed
-
-
-def _check_scores(wrapper: ModuleRecommender) -> None:
-    """The module takes int64 users and items and returns one float per pair."""
-    n = 3
-    users = torch.tensor([0, wrapper.n_users - 1, 0], dtype=torch.int64)
-    items = torch.tensor([0, wrapper.n_items - 1, wrapper.n_items - 1], dtype=torch.int64)
-    name = type(wrapper.module).__name__
-    try:
-        with torch.no_grad():
-            out = wrapper.module(users, items)
-    except Exception as exc:
-        raise ConfigError(
-            f"{name}(users, items) failed on int64 indices ({_first_line(exc)}); the generic "
-            "path needs forward(users int64[N], items int64[N]) -> scores[N]"
-        ) from None
-    if not isinstance(out, Tensor) or tuple(out.shape) not in ((n,), (n, 1)):
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ConfigError(
-            f"{name}(users, items) returned {shape} for {n} pairs; the generic path needs one "
-            "score per pair ([N] or [N, 1])"
-        )
-    if not out.is_floating_point():
-        raise ConfigError(f"{name}(users, items) returned {out.dtype} scores, not floats")
 
 
 def export_model(
@@ -312,34 +258,6 @@ def export_model(
     return _export_generic(
         module, out, reason or f"{name} is not one of the post's classes", fmts, opts
     )
-
-
-def _conversion_mismatch(
-    converted: BaseModel, module: nn.Module, atol: float | None, rtol: float | None
-) -> str | None:
-    """None when the user's module scores a sample of pairs like our converted model:
-    within the float32 error bound of its float64 reference (or ``atol``/``rtol``)."""
-    from recsys_export.parity.bounds import reference_for
-
-    gen = torch.Generator().manual_seed(0)
-    n = 256
-    users = torch.randint(0, converted.n_users, (n,), generator=gen)
-    items = torch.randint(0, converted.n_items, (n,), generator=gen)
-    users[:2] = torch.tensor([0, converted.n_users - 1])
-    items[:2] = torch.tensor([0, converted.n_items - 1])
-    try:
-        with torch.no_grad(), _eval_mode(module):
-            theirs = module(users, items)
-        theirs = theirs.reshape(-1).to(torch.float64)
-    except Exception as exc:
-        return _first_line(exc)
-    if theirs.shape != (n,):
-        return f"output shape {tuple(theirs.shape)}"
-    want, bound = reference_for(converted, atol, rtol).score(users.numpy(), items.numpy())
-    diff = np.abs(theirs.numpy() - want)
-    if bool((diff <= bound).all()):
-        return None
-    return f"max abs difference {float(np.nanmax(diff)):.3g} on sample pairs"
 
 
 def _ids(opts: dict[str, Any], n_users: int, n_items: int) -> IdsAndSeen:
@@ -548,86 +466,3 @@ __all__ = [
     "resolve_ids",
     "verify_module",
 ]
-
-
-# --------------------------------------------------------------------------- CLI helpers
-
-
-def load_class(spec: str) -> type[nn.Module]:
-    """``package.module:Class`` or ``path/to/file.py:Class`` -> the class (its code runs).
-
-    Raises
-    ------
-    ConfigError
-        A malformed spec, a module or file that cannot be imported, or no such class.
-    """
-    import importlib
-    import importlib.util
-
-    target, sep, cls_name = spec.rpartition(":")
-    if not sep or not target or not cls_name.isidentifier():
-        raise ConfigError(
-            f"--model {spec!r}: expected mf, densenet, package.module:Class or file.py:Class"
-        )
-    try:
-        if target.endswith(".py"):
-            file = Path(target)
-            if not file.is_file():
-                raise ConfigError(f"--model {spec!r}: no file {file}")
-            mod_spec = importlib.util.spec_from_file_location(f"_byom_{file.stem}", file)
-            assert mod_spec is not None and mod_spec.loader is not None
-            mod = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(target)
-    except RecsysExportError:
-        raise
-    except Exception as exc:
-        raise ConfigError(
-            f"--model {spec!r}: cannot import {target} ({_first_line(exc)})"
-        ) from None
-    cls = getattr(mod, cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"--model {spec!r}: {target} has no nn.Module subclass {cls_name}")
-    return cls
-
-
-def module_from_files(
-    state_path: str | Path, spec: str, model_args: Mapping[str, Any] | None = None
-) -> nn.Module | dict[str, Tensor]:
-    """What ``recsys-export export STATE_DICT --model SPEC`` exports.
-
-    ``mf``/``densenet``: the state dict itself (sizes read from the tensors). Otherwise
-    ``SPEC`` names a class, built with ``model_args`` and loaded with the state dict
-    (strictly: a message lists missing and unexpected keys).
-    """
-    state = load_state_dict_file(state_path)
-    if spec in ("mf", "densenet"):
-        return state
-    cls = load_class(spec)
-    try:
-        module = cls(**dict(model_args or {}))
-    except Exception as exc:
-        raise ConfigError(
-            f"cannot build {cls.__name__}(**model_args): {_first_line(exc)}"
-        ) from None
-    expected = module.state_dict()
-    problem = _key_problems(state, list(expected), [])
-    if problem:
-        raise CheckpointError(f"{state_path} does not match {cls.__name__}: {problem}")
-    shapes = [
-        f"{k} is {list(v.shape)}, {cls.__name__} expects {list(expected[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if shapes:
-        raise CheckpointError(f"{state_path} does not match {cls.__name__}: " + "; ".join(shapes))
-    module.load_state_dict(state)
-    return module.eval()
-
-
-def ids_from_file(path: str | Path, **columns: Any) -> Any:
-    """The ratings file of ``--ids-from`` (:func:`recsys_export.data.read_ratings`)."""
-    from recsys_export.data import read_ratings
-
-    return read_ratings(path, **{k: v for k, v in columns.items() if v is not None})

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from recsys_export.errors import (
     ConfigError,
 )
+from recsys_export.export.formats import export_programs, quiet_exporters
 from recsys_export.models import (
     BaseModel,
     DenseNet,
@@ -30,6 +31,15 @@ DEFAULT_BLOCK_PAIRS = 1 << 15
 #: :data:`MAX_ITEM_TILES` tiles (each tile is a copy of the module in the exported graph).
 MIN_ITEM_BLOCK = 8192
 MAX_ITEM_TILES = 64
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first non-empty line`` of an exception, at most 300 characters."""
+    for line in str(exc).splitlines():
+        line = " ".join(line.split())
+        if line:
+            return f"{type(exc).__name__}: {line}"[:300]
+    return type(exc).__name__
 
 
 def _exporting() -> bool:
@@ -343,3 +353,50 @@ def _sizes_from_embeddings(module: nn.Module) -> tuple[int | None, int | None]:
                     found[role].add(sub.num_embeddings)
     pick = [next(iter(v)) if len(v) == 1 else None for v in found.values()]
     return pick[0], pick[1]
+
+
+def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
+    """Formats the module cannot be exported to -> the exporter's reason (cheap steps)."""
+    failed: dict[str, str] = {}
+    frozen = _frozen_copy(wrapper)
+    if "torchscript" in fmts:
+        try:
+            with quiet_exporters():
+                torch.jit.script(frozen)
+        except Exception as exc:
+            failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
+    if "pt2" in fmts or "onnx" in fmts:
+        try:
+            programs = export_programs(frozen, wrapper.n_users, wrapper.n_items)
+        except Exception as exc:
+            reason = "torch.export: " + _first_line(exc)
+            for f in ("pt2", "onnx"):
+                if f in fmts:
+                    failed[f] = reason
+        else:  # the export reuses them: torch.export is most of a generic export's time
+            wrapper.keep_exported(frozen, programs)
+    return failed
+
+
+def _check_scores(wrapper: ModuleRecommender) -> None:
+    """The module takes int64 users and items and returns one float per pair."""
+    n = 3
+    users = torch.tensor([0, wrapper.n_users - 1, 0], dtype=torch.int64)
+    items = torch.tensor([0, wrapper.n_items - 1, wrapper.n_items - 1], dtype=torch.int64)
+    name = type(wrapper.module).__name__
+    try:
+        with torch.no_grad():
+            out = wrapper.module(users, items)
+    except Exception as exc:
+        raise ConfigError(
+            f"{name}(users, items) failed on int64 indices ({_first_line(exc)}); the generic "
+            "path needs forward(users int64[N], items int64[N]) -> scores[N]"
+        ) from None
+    if not isinstance(out, Tensor) or tuple(out.shape) not in ((n,), (n, 1)):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"{name}(users, items) returned {shape} for {n} pairs; the generic path needs one "
+            "score per pair ([N] or [N, 1])"
+        )
+    if not out.is_floating_point():
+        raise ConfigError(f"{name}(users, items) returned {out.dtype} scores, not floats")
