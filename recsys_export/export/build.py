@@ -248,18 +248,31 @@ def export_bundle(
             timings["onnx"] = time.perf_counter() - t0
         manifest = build_manifest(ckpt, files, timings)
         if verify:
-            from recsys_export.parity import verify_staged_bundle
-
-            verify_opts = {"atol": atol, "rtol": rtol, "budget": budget, "full": full}
-            report = verify_staged_bundle(writer, manifest, ckpt, progress=progress, **verify_opts)
-            if _kernels_alone_failed(report, manifest):
-                report = _without_kernels(writer, manifest, ckpt, report, progress, verify_opts)
-            manifest["parity"] = report.summary()
-            writer.write_json("parity.json", report.to_dict(), "parity:report")
-            if not report.passed:
-                report.raise_failure()  # leaving the block deletes the staged bundle
+            opts = {"atol": atol, "rtol": rtol, "budget": budget, "full": full}
+            _verify(writer, manifest, ckpt, progress, opts)
         dest = writer.commit(manifest)
     return Bundle.load(dest, verify=False).manifest
+
+
+def _verify(
+    writer: BundleWriter,
+    manifest: dict[str, Any],
+    ckpt: Checkpoint,
+    progress: bool,
+    opts: dict[str, Any],
+) -> None:
+    """Parity of the staged bundle (the kernels' fallback included), recorded in the
+    manifest and ``parity.json``; :class:`ParityError` when it fails (the caller's
+    ``with`` block then deletes the staged bundle)."""
+    from recsys_export.parity import verify_staged_bundle
+
+    report = verify_staged_bundle(writer, manifest, ckpt, progress=progress, **opts)
+    if _kernels_alone_failed(report, manifest):
+        report = _without_kernels(writer, manifest, ckpt, report, progress, opts)
+    manifest["parity"] = report.summary()
+    writer.write_json("parity.json", report.to_dict(), "parity:report")
+    if not report.passed:
+        report.raise_failure()
 
 
 #: Runtime rows the fast-path kernels serve (``score`` always runs its ONNX graph).

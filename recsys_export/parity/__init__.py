@@ -205,8 +205,7 @@ def verify_bundle(
     path : path
         The bundle (checksums are verified first).
     atol, rtol : float, optional
-        Explicit tolerances (``verify --atol/--rtol``) instead of the float32 error
-        bound (:mod:`recsys_export.parity.bounds`).
+        Explicit tolerances instead of the float32 error bound (:mod:`.bounds`).
     checkpoint : path, optional
         Compare against this checkpoint's model instead of the bundle's reference
         weights (a bundle checked against the wrong checkpoint fails).
