@@ -210,7 +210,9 @@ class DenseNetReference(Reference):
 
 class GenericReference(Reference):
     """Any pairwise module (``forward(users, items)``) in float64; the bound is eager
-    float32's measured error on a calibration sample, times :data:`GENERIC_FACTOR`.
+    float32's measured error, times :data:`GENERIC_FACTOR`: the larger of its largest
+    error on a calibration sample and its own error on that very value (so a pair whose
+    arithmetic is badly conditioned gets the bound its conditioning calls for).
 
     Parameters
     ----------
@@ -242,6 +244,7 @@ class GenericReference(Reference):
     ) -> None:
         self.n_items = n_items
         self.pairs_per_call = max(1, int(pairs_per_call))
+        self.module32 = module
         self.module = copy.deepcopy(module).to(torch.float64).eval()
         rng = np.random.default_rng([seed, 3])
         n = CALIBRATION_PAIRS
@@ -253,26 +256,34 @@ class GenericReference(Reference):
         finite = np.isfinite(ref) & np.isfinite(got)
         err = float(np.abs(got - ref)[finite].max(initial=0.0))
         size = float(np.abs(ref[finite]).max(initial=0.0))
-        self.bound_value = GENERIC_FACTOR * max(err, U32 * size, TINY32)
+        self.floor = max(err, U32 * size, TINY32)
         self.rule = {
             "model": "generic",
-            "formula": "c_g * max(E, u * S): E = max |eager32 - ref64| and S = max |ref64| "
-            "on the calibration pairs",
+            "formula": "c_g * max(E, u * S, |eager32 - ref64| of the value): E = max "
+            "|eager32 - ref64| and S = max |ref64| on the calibration pairs",
             "c_g": GENERIC_FACTOR,
             "u": U32,
             "calibration_pairs": n,
             "E": err,
             "S": size,
-            "bound": self.bound_value,
+            "bound": GENERIC_FACTOR * self.floor,
         }
+
+    def _bound(self, val: np.ndarray, own: np.ndarray) -> Scored:
+        """``c_g * max(floor, |own - val|)`` (NaN errors: the floor)."""
+        with np.errstate(invalid="ignore"):
+            err = np.abs(own - val, out=own)
+            np.fmax(err, self.floor, out=err)
+        return val, np.multiply(err, GENERIC_FACTOR, out=err)
 
     def score(self, users: np.ndarray, items: np.ndarray) -> Scored:
         val = _module_pairs(self.module, users, items, self.pairs_per_call)
-        return val, np.full(val.shape, self.bound_value)
+        return self._bound(val, _module_pairs(self.module32, users, items, self.pairs_per_call))
 
     def score_all(self, users: np.ndarray) -> Scored:
         val = _module_rows(self.module, users, self.n_items, self.pairs_per_call)
-        return val, np.full(val.shape, self.bound_value)
+        own = _module_rows(self.module32, users, self.n_items, self.pairs_per_call)
+        return self._bound(val, own)
 
 
 class Float32Reference(Reference):
