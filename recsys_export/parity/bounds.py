@@ -125,8 +125,9 @@ class DenseNetReference(Reference):
     u``), so ``relu(z_h)`` by at most ``e_h = min(g Z_h, relu(z_h + g Z_h))``: zero for
     a unit held below ``-g Z_h``. ``bound = sum_h |w2_h| e_h + c N2 u (sum_h |w2_h|
     relu(z_h) + |b2| + |mu|) + floor``. Values are float64; the bounds of a
-    ``score_all`` tile are computed in float32 (``z_h``'s own float32 error is ``<= Z_h
-    u N1``, half the gate: the bound only grows).
+    ``score_all`` tile are computed in float32 (there ``z_h`` is within ``3 u Z_h`` of
+    the exact value, far inside the margin ``c = 2`` leaves over the worst case ``N1 u
+    Z_h``).
     """
 
     def __init__(self, model: DenseNet) -> None:
