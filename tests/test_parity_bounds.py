@@ -390,3 +390,45 @@ def test_doc_check_by_hand_runs_and_matches_the_code(tmp_path, monkeypatch, caps
             float(w["global_mean"]), u, i, ref.rule,
         )  # fmt: skip
         assert got == pytest.approx(want, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_ab_tiny(tmp_path, capsys):
+    """The old kernel fails the badly conditioned net's bound, the new one does not."""
+    out = tmp_path / "ab.json"
+    assert _bench_module("densenet_kernel_ab").main(["--tiny", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["relu"]["worst_err_over_bound"] < 0.1
+    assert rows["max rewrite"]["worst_err_over_bound"] > 1
+    assert "relu / max rewrite time" in capsys.readouterr().out
+
+
+def test_parity_sweep_tiny(tmp_path, capsys):
+    sweep = _bench_module("parity_sweep")
+    out = tmp_path / "sweep.json"
+    argv = ["--tiny", "--seeds", "0", "--models", "mf", "--json", str(out)]
+    assert sweep.main([*argv, "--datasets", "synthetic-ratings,toy-post"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    keys = {(r["dataset"], r["objective"]) for r in rows}
+    assert keys == {("synthetic-ratings", "ranking"), ("synthetic-ratings", "rating"),
+                    ("toy-post", "rating")}  # fmt: skip
+    assert all(r["passed"] and r["topk_agree"] for r in rows)
+    assert all(0 < r["ratio"][b] <= 1 for r in rows for b in sweep.BACKENDS)
+    table = capsys.readouterr().out
+    assert "3 models: 3 passed, 0 failed, 0 errors" in table
+    # a second run resumes: nothing left to do, the same rows
+    assert sweep.main([*argv, "--datasets", "toy-post"]) == 0
+    assert json.loads(out.read_text())["rows"] == rows
