@@ -432,3 +432,28 @@ def test_parity_sweep_tiny(tmp_path, capsys):
     # a second run resumes: nothing left to do, the same rows
     assert sweep.main([*argv, "--datasets", "toy-post"]) == 0
     assert json.loads(out.read_text())["rows"] == rows
+
+
+class _Float32Inside(torch.nn.Module):
+    """Keeps a float32 tensor outside its parameters: it cannot run in float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user_embedding = torch.nn.Embedding(6, 3)
+        self.item_embedding = torch.nn.Embedding(5, 3)
+        self.mix = torch.eye(3) * 0.5  # a plain attribute: .to(float64) leaves it float32
+
+    def forward(self, users, items):
+        return ((self.user_embedding(users) @ self.mix) * self.item_embedding(items)).sum(1)
+
+
+def test_module_without_float64_is_checked_with_the_fixed_rule(tmp_path):
+    from recsys_export.byom import export_model
+
+    result = export_model(_Float32Inside(), tmp_path / "b", n_users=6, n_items=5,
+                          formats="torchscript")  # fmt: skip
+    parity = result.parity
+    assert parity["passed"] and (parity["atol"], parity["rtol"]) == (1e-5, 1e-5)
+    assert parity["tolerance"] == "atol=1e-05 rtol=1e-05"
+    assert parity["reference"].startswith("float32 eager (the module cannot run in float64")
+    assert parity["bound"]["formula"] == "atol + rtol * |ref|"

@@ -13,7 +13,7 @@ import torch
 
 from recsys_export.models import BaseModel, topk_excluding
 from recsys_export.parity.backends import Backend, EagerBackend, NotApplicable, _seen_for
-from recsys_export.parity.bounds import Reference, Scored, reference_for
+from recsys_export.parity.bounds import FixedTolerance, Reference, Scored, reference_for
 from recsys_export.parity.report import REFERENCE_ROW, Comparison, ParityReport
 from recsys_export.plan import (
     BLOCK_BYTES,
@@ -426,10 +426,9 @@ def run_parity(
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, PARITY_TORCH_THREADS))
     start = time.perf_counter()
-    report = ParityReport(atol=atol, rtol=rtol, bound=reference.rule)
-    if atol is not None or rtol is not None:
-        report.atol = 1e-5 if atol is None else atol
-        report.rtol = 1e-5 if rtol is None else rtol
+    report = ParityReport(bound=reference.rule)
+    if isinstance(reference, FixedTolerance):  # given, or a module without float64
+        report.atol, report.rtol = reference.atol, reference.rtol
     if "reference" in reference.rule:
         report.reference = reference.rule["reference"]
     rng = np.random.default_rng(seed)
