@@ -51,7 +51,7 @@ REF_TILE_BYTES = 2 << 20
 #: caller's: see ``recsys_export.byom.generic.pair_bytes``).
 GENERIC_PAIRS_PER_CALL = 1 << 14
 
-Scored = tuple[np.ndarray, np.ndarray]  # (float64 values, float64 bounds)
+Scored = tuple[np.ndarray, np.ndarray]  # (float64 values, float32 bounds)
 
 
 def _i64(a: np.ndarray) -> torch.Tensor:
@@ -60,6 +60,11 @@ def _i64(a: np.ndarray) -> torch.Tensor:
 
 def _w64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64)
+
+
+def _w32(t: torch.Tensor) -> torch.Tensor:
+    """The float32 weights on the CPU, not copied when they are there already."""
+    return t.detach().to("cpu", torch.float32)
 
 
 class Reference:
@@ -76,18 +81,24 @@ class Reference:
 
 
 class MFReference(Reference):
-    """Matrix factorization in float64; ``bound = c N u T + floor`` (module docstring)."""
+    """Matrix factorization in float64; ``bound = c N u T + floor`` (module docstring).
+
+    The user side stays the model's float32 weights, cast per call (a float64 copy of
+    every user would cost more memory than the rest of the pass); bounds are float32.
+    """
 
     def __init__(self, model: MatrixFactorization) -> None:
         k = model.n_factors
-        self.p, self.q = _w64(model.user_factors.weight), _w64(model.item_factors.weight)
+        self.p = _w32(model.user_factors.weight)
+        self.q = _w64(model.item_factors.weight)
+        self.q_abs32 = self.q.abs().float()
         mu = float(model.global_mean)
         if model.biased:
-            self.bu = _w64(model.user_bias.weight).reshape(-1)
+            self.bu = _w32(model.user_bias.weight).reshape(-1)
             self.bi = _w64(model.item_bias.weight).reshape(-1) + mu
             self.bi_abs = _w64(model.item_bias.weight).reshape(-1).abs() + abs(mu)
         else:
-            self.bu = torch.zeros(model.n_users, dtype=torch.float64)
+            self.bu = torch.zeros(model.n_users)
             self.bi = self.bi_abs = torch.zeros(model.n_items, dtype=torch.float64)
         self.n = k + 4
         self.scale = SAFETY * self.n * U32
@@ -104,18 +115,22 @@ class MFReference(Reference):
     @torch.no_grad()
     def score(self, users: np.ndarray, items: np.ndarray) -> Scored:
         u, i = _i64(users), _i64(items)
-        p, q = self.p[u], self.q[i]
-        val = (p * q).sum(1) + self.bu[u] + self.bi[i]
-        terms = (p * q).abs_().sum(1) + self.bu[u].abs() + self.bi_abs[i]
-        return val.numpy(), (terms * self.scale + self.floor).numpy()
+        p, q, bu = self.p[u].double(), self.q[i], self.bu[u].double()
+        val = (p * q).sum(1) + bu + self.bi[i]
+        terms = (p * q).abs_().sum(1) + bu.abs() + self.bi_abs[i]
+        return val.numpy(), (terms * self.scale + self.floor).float().numpy()
 
     @torch.no_grad()
     def score_all(self, users: np.ndarray) -> Scored:
         u = _i64(users)
-        p = self.p[u]
-        val = p @ self.q.t() + self.bu[u].unsqueeze(1) + self.bi
-        terms = p.abs() @ self.q.abs().t() + self.bu[u].abs().unsqueeze(1) + self.bi_abs
-        return val.numpy(), (terms.mul_(self.scale).add_(self.floor)).numpy()
+        p, bu = self.p[u], self.bu[u]
+        val = p.double() @ self.q.t()
+        val += bu.double().unsqueeze(1)
+        val += self.bi
+        terms = p.abs() @ self.q_abs32.t()
+        terms += bu.abs().unsqueeze(1)
+        terms += self.bi_abs.float()
+        return val.numpy(), terms.mul_(self.scale).add_(self.floor).numpy()
 
 
 class DenseNetReference(Reference):
@@ -124,33 +139,34 @@ class DenseNetReference(Reference):
     Per hidden unit, float32 rounding moves ``z_h`` by at most ``g Z_h`` (``g = c N1
     u``), so ``relu(z_h)`` by at most ``e_h = min(g Z_h, relu(z_h + g Z_h))``: zero for
     a unit held below ``-g Z_h``. ``bound = sum_h |w2_h| e_h + c N2 u (sum_h |w2_h|
-    relu(z_h) + |b2| + |mu|) + floor``. Values are float64; the bounds of a
-    ``score_all`` tile are computed in float32 (there ``z_h`` is within ``3 u Z_h`` of
-    the exact value, far inside the margin ``c = 2`` leaves over the worst case ``N1 u
-    Z_h``).
+    relu(z_h) + |b2| + |mu|) + floor``. Values are float64; bounds are float32, and
+    those of a ``score_all`` tile are computed in float32 (there ``z_h`` is within ``3 u
+    Z_h`` of the exact value, far inside the margin ``c = 2`` leaves over the worst case
+    ``N1 u Z_h``). The user half is computed per call from the model's float32 weights.
     """
 
     def __init__(self, model: DenseNet) -> None:
         k, hidden = model.n_factors, model.hidden
         w1 = _w64(model.linear1.weight)
         b1 = _w64(model.linear1.bias)
-        p, q = _w64(model.user_factors.weight), _w64(model.item_factors.weight)
+        q = _w64(model.item_factors.weight)
         self.n1, self.n2 = 2 * k + 2, hidden + 3
-        gate = SAFETY * self.n1 * U32
-        # the first layer split into the user half a and the item half c; g * term sums
-        self.a, self.a_gate = p @ w1[:, :k].t(), gate * (p.abs() @ w1[:, :k].abs().t())
-        self.c = q @ w1[:, k:].t() + b1
-        self.c_gate = gate * (q.abs() @ w1[:, k:].abs().t() + b1.abs())
+        self.gate = SAFETY * self.n1 * U32
+        # the first layer split into the user half a = P Wu^T (per call) and the item
+        # half c = Q Wi^T + b1 (once, hidden units first: [H, n_items]), g * term sums
+        self.p = _w32(model.user_factors.weight)
+        self.wu_t = w1[:, :k].t().contiguous()
+        self.wu_abs_t = self.wu_t.abs()
+        self.c_t = (q @ w1[:, k:].t() + b1).t().contiguous()
+        self.c_t32 = self.c_t.float()
+        cg = self.gate * (q.abs() @ w1[:, k:].abs().t() + b1.abs())
+        self.cg_t32 = cg.t().contiguous().float()
         self.w2 = _w64(model.linear2.weight).reshape(-1)
         b2, mu = float(model.linear2.bias.detach()), float(model.global_mean)
         self.tail, self.tail_abs = b2 + mu, abs(b2) + abs(mu)
         self.second = SAFETY * self.n2 * U32
         self.floor = (self.n1 + self.n2) * TINY32
         self.hidden = hidden
-        # float32 copies for the tiles' bounds, hidden units first ([H, n_items])
-        self.c_t32 = self.c.t().contiguous().float()
-        self.cg_t32 = self.c_gate.t().contiguous().float()
-        self.c_t = self.c.t().contiguous()
         self.rule = {
             "model": "densenet",
             "formula": (
@@ -164,23 +180,29 @@ class DenseNetReference(Reference):
             "tiny32": TINY32,
         }
 
+    def _user_half(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``a = P[u] Wu^T`` (float64) and ``g`` times its term sums (float64)."""
+        p = self.p[u].double()
+        return p @ self.wu_t, (p.abs() @ self.wu_abs_t).mul_(self.gate)
+
     @torch.no_grad()
     def score(self, users: np.ndarray, items: np.ndarray) -> Scored:
         u, i = _i64(users), _i64(items)
-        z = self.a[u] + self.c[i]  # [N, H]
-        gz = self.a_gate[u] + self.c_gate[i]
+        a, ag = self._user_half(u)
+        z = a + self.c_t[:, i].t()  # [N, H]
+        gz = ag + self.cg_t32[:, i].t().double()
         err = torch.minimum((z + gz).relu_(), gz)
         z.relu_()
         val = z @ self.w2 + self.tail
         w2_abs = self.w2.abs()
         bound = err @ w2_abs + self.second * (z @ w2_abs + self.tail_abs) + self.floor
-        return val.numpy(), bound.numpy()
+        return val.numpy(), bound.float().numpy()
 
     @torch.no_grad()
     def score_all(self, users: np.ndarray) -> Scored:
-        u = _i64(users)
-        b, n, h = len(users), self.c.shape[0], self.hidden
-        a64, a32, ag32 = self.a[u], self.a[u].float(), self.a_gate[u].float()
+        b, n, h = len(users), self.c_t.shape[1], self.hidden
+        a64, ag = self._user_half(_i64(users))
+        a32, ag32 = a64.float(), ag.float()
         val = torch.empty((b, 1, n), dtype=torch.float64)
         err = torch.empty((b, 1, n), dtype=torch.float32)
         act = torch.empty((b, 1, n), dtype=torch.float32)
@@ -196,7 +218,7 @@ class DenseNetReference(Reference):
                 t1 = min(n, t0 + width)
                 shape, size = (r, h, t1 - t0), r * h * (t1 - t0)
                 x = x64[:size].view(shape)
-                add_relu_into(x, a64[r0 : r0 + r].unsqueeze(2), self.c_t[:, t0:t1].unsqueeze(0))
+                add_relu_into(x, a64[r0 : r0 + r, :, None], self.c_t[None, :, t0:t1])
                 torch.bmm(w2_rows[:r], x, out=val[r0 : r0 + r, :, t0:t1])
                 zt, gt, et = z[:size].view(shape), gz[:size].view(shape), e[:size].view(shape)
                 torch.add(a32[r0 : r0 + r, :, None], self.c_t32[None, :, t0:t1], out=zt)
@@ -204,8 +226,8 @@ class DenseNetReference(Reference):
                 torch.minimum(torch.add(zt, gt, out=et).relu_(), gt, out=et)  # e_h
                 torch.bmm(w2a_rows[:r], et, out=err[r0 : r0 + r, :, t0:t1])
                 torch.bmm(w2a_rows[:r], zt.relu_(), out=act[r0 : r0 + r, :, t0:t1])
-        bound = err.view(b, n).double()
-        bound.add_(act.view(b, n).double().add_(self.tail_abs), alpha=self.second)
+        bound = err.view(b, n)
+        bound.add_(act.view(b, n).add_(self.tail_abs), alpha=self.second)
         return (val.view(b, n) + self.tail).numpy(), bound.add_(self.floor).numpy()
 
 
@@ -275,7 +297,7 @@ class GenericReference(Reference):
         with np.errstate(invalid="ignore"):
             err = np.abs(own - val, out=own)
             np.fmax(err, self.floor, out=err)
-        return val, np.multiply(err, GENERIC_FACTOR, out=err)
+        return val, np.multiply(err, GENERIC_FACTOR, out=err).astype(np.float32)
 
     def score(self, users: np.ndarray, items: np.ndarray) -> Scored:
         val = _module_pairs(self.module, users, items, self.pairs_per_call)
@@ -297,11 +319,11 @@ class Float32Reference(Reference):
 
     def score(self, users: np.ndarray, items: np.ndarray) -> Scored:
         val = _module_pairs(self.module, users, items, self.pairs_per_call)
-        return val, np.zeros_like(val)
+        return val, np.zeros(val.shape, dtype=np.float32)
 
     def score_all(self, users: np.ndarray) -> Scored:
         val = _module_rows(self.module, users, self.n_items, self.pairs_per_call)
-        return val, np.zeros_like(val)
+        return val, np.zeros(val.shape, dtype=np.float32)
 
 
 @torch.no_grad()
@@ -348,8 +370,8 @@ class FixedTolerance(Reference):
 
     def _bound(self, scored: Scored) -> Scored:
         val = scored[0]
-        with np.errstate(invalid="ignore"):
-            bound = np.abs(val) * self.rtol + self.atol
+        with np.errstate(invalid="ignore", over="ignore"):
+            bound = (np.abs(val) * self.rtol + self.atol).astype(np.float32)
         bound[~np.isfinite(bound)] = self.atol
         return val, bound
 

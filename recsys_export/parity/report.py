@@ -24,6 +24,8 @@ HIST_LABELS = ["0", "<1e-7", "<1e-6", "<1e-5", "<1e-4", "<1e-3", "<1e-2", "<1e-1
 SCHEMA = "recsys-export-parity/2"
 #: The row of checks on the reference itself (its scores must be finite).
 REFERENCE_ROW = "reference"
+#: Values compared at a time (bounds the comparison's float64 temporaries: ~24 MB).
+CHUNK_VALUES = 1 << 20
 
 
 def json_safe(obj: Any) -> Any:
@@ -99,7 +101,7 @@ class Comparison:
         actual: np.ndarray,
         dtype: Any = np.float32,
     ) -> None:
-        """Fold one chunk into the statistics.
+        """Fold one case's values into the statistics, :data:`CHUNK_VALUES` at a time.
 
         Parameters
         ----------
@@ -116,31 +118,36 @@ class Comparison:
         if actual.dtype != np.dtype(dtype):
             self.dtype_ok = False
             self.problems.append(f"dtype {actual.dtype} != expected {np.dtype(dtype)}")
-        e = np.asarray(expected, dtype=np.float64).ravel()
-        b = np.asarray(bound, dtype=np.float64).ravel()
-        diff = np.array(actual, dtype=np.float64).ravel()  # a copy, made the difference
+        e, b, a = (np.ravel(x) for x in (expected, bound, actual))
         self.n_values += e.size
+        for s in range(0, e.size, CHUNK_VALUES):
+            sl = slice(s, s + CHUNK_VALUES)
+            self._add_chunk(e[sl], b[sl], a[sl], s)
+
+    def _add_chunk(self, e: np.ndarray, bound: np.ndarray, a: np.ndarray, offset: int) -> None:
         if not e.size:
             return
+        b = bound.astype(np.float64)
+        diff = a.astype(np.float64)  # a copy, made the difference in place
         with np.errstate(invalid="ignore"):  # inf - inf: handled below
             np.subtract(diff, e, out=diff)
         np.abs(diff, out=diff)
         if not np.isfinite(diff).all():
-            self._non_finite(e, np.asarray(actual).ravel(), diff)
+            self._non_finite(np.asarray(e, dtype=np.float64), a, diff, offset)
         dmax = float(diff.max())
         self.max_abs_diff = max(self.max_abs_diff, dmax)
         self.min_bound = min(self.min_bound, float(b.min()))
         self.max_bound = max(self.max_bound, float(b.max()))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = diff / b
-        ratio[diff == 0] = 0.0  # 0 / 0: an exact value under a zero bound
-        j = int(np.argmax(ratio))
-        if ratio[j] > self.max_ratio or self.worst_bound == 0.0:
-            self.max_ratio = max(self.max_ratio, float(ratio[j]))
-            self.worst_error, self.worst_bound = float(diff[j]), float(b[j])
-            self.worst_reference = float(e[j])
         self.n_out_of_bound += int(np.count_nonzero(diff > b))
-        del ratio
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(diff, b, out=b)  # the ratios, in the bounds' copy
+        b[diff == 0] = 0.0  # 0 / 0: an exact value under a zero bound
+        j = int(np.argmax(b))
+        if b[j] > self.max_ratio or self.worst_bound == 0.0:
+            self.max_ratio = max(self.max_ratio, float(b[j]))
+            self.worst_error, self.worst_bound = float(diff[j]), float(bound[j])
+            self.worst_reference = float(e[j])
+        del b
         # histogram by decade from cumulative counts (edges above the max cost nothing)
         below = [int(np.count_nonzero(diff == 0))]
         for edge in HIST_EDGES[1:]:
@@ -149,7 +156,7 @@ class Comparison:
         for k in range(len(HIST_LABELS)):
             self.histogram[k] += below[k] - (below[k - 1] if k else 0)
 
-    def _non_finite(self, e: np.ndarray, a: np.ndarray, diff: np.ndarray) -> None:
+    def _non_finite(self, e: np.ndarray, a: np.ndarray, diff: np.ndarray, offset: int = 0) -> None:
         """NaN / infinite differences: equal infinities (empty top-k slots) and NaN where
         the reference is NaN (reported on the reference's own row) are exact; anything
         else is infinitely wrong and counted."""
@@ -165,7 +172,7 @@ class Comparison:
             if not self.n_nonfinite:
                 first = int(np.flatnonzero(out)[0])
                 self.problems.append(
-                    f"non-finite outputs ({a[first]} at flat position {first} of case "
+                    f"non-finite outputs ({a[first]} at flat position {offset + first} of case "
                     f"{self.case!r}, reference {e[first]:.6g})"
                 )
             self.n_nonfinite += n

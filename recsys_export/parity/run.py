@@ -254,12 +254,7 @@ class _Run:
         t0 = time.perf_counter()
         fn = getattr(self.reference, entry)
         if entry == "score_all" and self._pool is not None and len(args[0]) >= 16:
-            # the reference costs about what a backend does: both cores, halves of the rows
-            half = len(args[0]) // 2
-            parts = [self._pool.submit(fn, u) for u in (args[0][:half], args[0][half:])]
-            got = [f.result() for f in parts]
-            out = (np.concatenate([got[0][0], got[1][0]]), np.concatenate([got[0][1], got[1][1]]))
-            del got, parts
+            out = self._both_cores(fn, args[0])
         else:
             out = fn(*args)
         self.tick(REFERENCE_ROW, entry, t0)
@@ -278,6 +273,21 @@ class _Run:
                 f"{int(users[where[0]])}, item index {item}); fix the model or its weights"
             )
         return out
+
+    def _both_cores(self, fn: Callable[[np.ndarray], Scored], users: np.ndarray) -> Scored:
+        """``fn(users)`` as two halves of the rows on the pool (the reference costs
+        about what a backend does), each written into one output as it finishes."""
+        vals = np.empty((len(users), self.n_items), dtype=np.float64)
+        bounds = np.empty((len(users), self.n_items), dtype=np.float32)
+
+        def half(sl: slice) -> None:
+            v, b = fn(users[sl])
+            vals[sl], bounds[sl] = v, b
+
+        mid = len(users) // 2
+        for f in [self._pool.submit(half, sl) for sl in (slice(0, mid), slice(mid, None))]:
+            f.result()
+        return vals, bounds
 
     def batch(self, rng: np.random.Generator, b: int, n_users: int) -> None:
         """Random ids (repeats, unsorted): ``score`` on ``b`` pairs, ``score_all`` and
