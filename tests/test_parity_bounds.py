@@ -37,6 +37,17 @@ from recsys_export.parity import verify_bundle
 from recsys_export.parity.bounds import SAFETY, TINY32, U32, reference_for
 from recsys_export.runtime import Recommender
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def _mf(seed: int = 0) -> MatrixFactorization:
     """A well-conditioned MF: 16 factors, no biases, weights of one scale."""
@@ -154,21 +165,6 @@ def test_ill_conditioned_densenet_passes_every_backend(dn_bundle):
     assert all(r["topk_agree"] == r["topk_users"] for r in parity["rows"])
 
 
-def _old_max_rewrite_tiles(neg_c_t, width):
-    """The kernel tiles before the fix: ``Max(a, -c) . w2`` (the item term ``c . w2`` is
-    then added back by the caller's offset)."""
-    nodes, inits, parts = [], [], []
-    for k, t0 in enumerate(range(0, neg_c_t.shape[1], width)):
-        tile = np.ascontiguousarray(neg_c_t[:, t0 : t0 + width])
-        inits.append(numpy_helper.from_array(tile, f"neg_c_t_{k}"))
-        nodes.append(helper.make_node("Max", ["a3", f"neg_c_t_{k}"], [f"m_{k}"]))
-        nodes.append(helper.make_node("MatMul", ["w2_row", f"m_{k}"], [f"y3_{k}"]))
-        parts.append(f"y3_{k}")
-    nodes.append(helper.make_node("Concat", parts, ["y3"], axis=2))
-    nodes.append(helper.make_node("Squeeze", ["y3", "axis1"], ["y"]))
-    return nodes, inits
-
-
 @pytest.fixture
 def old_kernel(monkeypatch):
     """Exports write the cancelling DenseNet kernel of recsys-export <= the fix."""
@@ -182,7 +178,8 @@ def old_kernel(monkeypatch):
             self.item_offset = (-self.neg_c_t).t() @ self.w2 + self.b2
 
     monkeypatch.setattr(frozen.DenseNetInference, "__init__", init)
-    monkeypatch.setattr(kernels, "_dn_item_tiles", _old_max_rewrite_tiles)
+    # the tiles before the fix: Max(a, -c) . w2 (the item term c . w2 in the offset)
+    monkeypatch.setattr(kernels, "_dn_item_tiles", _bench_module("densenet_kernel_ab")._max_tiles)
 
 
 def test_failing_kernel_falls_back_to_the_portable_graphs(old_kernel, tmp_path, capsys):
@@ -390,20 +387,6 @@ def test_doc_check_by_hand_runs_and_matches_the_code(tmp_path, monkeypatch, caps
             float(w["global_mean"]), u, i, ref.rule,
         )  # fmt: skip
         assert got == pytest.approx(want, rel=1e-9)
-
-
-# --------------------------------------------------------------------------- benchmarks
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _bench_module(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_kernel_ab_tiny(tmp_path, capsys):
