@@ -85,6 +85,10 @@ KERNEL_NAMES = ("score_all", "topk", "recommend_one")
 #: manifest's ``groups``, their count), and
 #: ``recommend_user``, one user's top-k with the exclusions' -inf given by the caller.
 OPTIONAL_KERNELS = ("score_groups", "group_max", "recommend_user")
+#: Where an export that verified the kernels and found them failing records them (under
+#: ``formats.onnx``, instead of ``kernels``: the runtime then runs the entry-point
+#: graphs), with the one-line ``reason``.
+KERNELS_FALLBACK = "kernels_fallback"
 #: Kernel versions the runtime reads, per model kind (MF's graphs did not change in 2;
 #: DenseNet's version-1 tiles were driven one session call per tile and are not read).
 KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}

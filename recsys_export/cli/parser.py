@@ -289,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep ONNX weights in a side file (automatic above 2 GB)",
     )
     _add_precision(p, export=True)
-    p.add_argument("--atol", type=float, default=1e-5, help="parity abs tolerance (default 1e-5)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="parity rel tolerance (default 1e-5)")
+    p.add_argument(
+        "--atol", type=float, default=None, help="parity abs tolerance (default: float32 bound)"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=None, help="parity rel tolerance (default: float32 bound)"
+    )
     add_plan_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the bundle path")
 
@@ -322,8 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
         "fast-path graphs, 'torch_engine' the torch batch engine of score --engine torch, "
         "on --device)",
     )
-    p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
+    p.add_argument(
+        "--atol", type=float, default=None, help="abs tolerance (default: float32 bound)"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=None, help="rel tolerance (default: float32 bound)"
+    )
     p.add_argument(
         "--device",
         default=None,

@@ -39,6 +39,7 @@ from recsys_export.manifest import (
     DEFAULT_FORMATS,
     ENTRY_POINTS,
     FORMATS,
+    KERNELS_FALLBACK,
     entry_point_spec,
     parse_precisions,
 )
@@ -135,8 +136,8 @@ def export_bundle(
     overwrite: bool = False,
     external_data: bool | None = None,
     verify: bool = True,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     budget: int | None = None,
     full: bool = False,
     progress: bool = False,
@@ -162,6 +163,8 @@ def export_bundle(
         included) on the staged bundle and record ``parity.json``. On a failure
         :class:`ParityError` is raised before the bundle is moved into place: nothing
         that fails parity is left behind, and an existing bundle at ``out`` is kept.
+    atol, rtol : float, optional
+        Explicit parity tolerances instead of the float32 error bound (docs/parity.md).
     budget : int, optional
         Pair budget of the verification plan (:func:`recsys_export.parity.plan_parity`):
         the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
@@ -208,8 +211,9 @@ def export_bundle(
         buf = io.BytesIO()  # torch.save to a file raises RuntimeError, not OSError, on a full disk
         torch.save(state, buf)
         writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
-        programs = None
-        if "pt2" in fmts:
+        # programs a caller already exported from this very module (byom's probe)
+        programs = getattr(module, "exported_programs", None)
+        if "pt2" in fmts and programs is None:
             t0 = time.perf_counter()
             programs = export_programs(module, n_users, n_items)
             timings["torch.export"] = time.perf_counter() - t0
@@ -260,26 +264,8 @@ def export_bundle(
             timings[name] = time.perf_counter() - t0
         manifest = build_manifest(ckpt, files, timings)
         if verify:
-            from recsys_export.parity import verify_staged_bundle
-
-            report = verify_staged_bundle(
-                writer,
-                manifest,
-                ckpt,
-                atol=atol,
-                rtol=rtol,
-                budget=budget,
-                full=full,
-                progress=progress,
-            )
-            manifest["parity"] = report.summary()
-            doc = report.to_dict()
-            if not report.passed:
-                writer.write_json("parity.json", doc, "parity:report")
-                report.raise_failure()  # leaving the block deletes the staged bundle
-            if variants:
-                doc["variants"] = judge_staged_variants(writer, manifest, variants)
-            writer.write_json("parity.json", doc, "parity:report")
+            opts = {"atol": atol, "rtol": rtol, "budget": budget, "full": full}
+            _verify(writer, manifest, ckpt, progress, opts, variants)
         dest = writer.commit(manifest)
     return Bundle.load(dest, verify=False).manifest
 
@@ -298,6 +284,79 @@ def judge_staged_variants(
         out[precision] = judge_variant(root, precision)
         manifest["formats"]["onnx"]["variants"][precision]["quality"] = out[precision]
     return out
+
+
+def _verify(
+    writer: BundleWriter,
+    manifest: dict[str, Any],
+    ckpt: Checkpoint,
+    progress: bool,
+    opts: dict[str, Any],
+    variants: list[str],
+) -> None:
+    """Parity of the staged bundle (the kernels' fallback included), recorded in the
+    manifest and ``parity.json``; :class:`ParityError` when it fails (the caller's
+    ``with`` block then deletes the staged bundle). A passing bundle's approximate
+    ``variants`` are then judged (:func:`judge_staged_variants`) into the report."""
+    from recsys_export.parity import verify_staged_bundle
+
+    report = verify_staged_bundle(writer, manifest, ckpt, progress=progress, **opts)
+    if _kernels_alone_failed(report, manifest):
+        report = _without_kernels(writer, manifest, ckpt, report, progress, opts)
+    manifest["parity"] = report.summary()
+    doc = report.to_dict()
+    if not report.passed:
+        writer.write_json("parity.json", doc, "parity:report")
+        report.raise_failure()
+    if variants:
+        doc["variants"] = judge_staged_variants(writer, manifest, variants)
+    writer.write_json("parity.json", doc, "parity:report")
+
+
+#: Runtime rows the fast-path kernels serve (``score`` always runs its ONNX graph).
+_KERNEL_ROWS = {("runtime", "score_all"), ("runtime", "recommend")}
+
+
+def _kernels_alone_failed(report: Any, manifest: dict[str, Any]) -> bool:
+    """Whether parity failed only where the runtime ran its fast-path kernels."""
+    failed = {(r["format"], r["entry_point"]) for r in report.rows() if not r["passed"]}
+    has_kernels = bool(manifest["formats"].get("onnx", {}).get("kernels"))
+    return has_kernels and bool(failed) and failed <= _KERNEL_ROWS
+
+
+def _without_kernels(
+    writer: BundleWriter,
+    manifest: dict[str, Any],
+    ckpt: Checkpoint,
+    report: Any,
+    progress: bool,
+    verify_opts: dict[str, Any],
+) -> Any:
+    """The runtime's fast paths failed parity where the portable graphs passed: drop
+    them from the manifest (``formats.onnx.kernels_fallback`` records why; the files
+    stay in the bundle), verify the runtime again on the entry-point graphs and return
+    the report with its runtime rows replaced and one line saying so (``notes``)."""
+    onnx_fmt = manifest["formats"]["onnx"]
+    failed = [
+        f"{r['entry_point']} (err/bound {r['max_ratio']:.3g})"
+        for r in report.rows()
+        if not r["passed"]
+    ]
+    reason = "the runtime's fast-path kernels failed parity: " + ", ".join(failed)
+    onnx_fmt[KERNELS_FALLBACK] = {"reason": reason, "kernels": onnx_fmt.pop("kernels")}
+    from recsys_export.parity import verify_staged_bundle
+
+    again = verify_staged_bundle(
+        writer, manifest, ckpt, progress=progress, formats=["runtime"], **verify_opts
+    )
+    report.comparisons = [c for c in report.comparisons if c.format != "runtime"]
+    report.comparisons += again.comparisons
+    report.timings["runtime (portable graphs)"] = again.timings.get("runtime", {})
+    report.notes.append(
+        f"runtime: {reason}; it serves this bundle from the portable ONNX graphs "
+        f"(manifest formats.onnx.{KERNELS_FALLBACK})"
+    )
+    return report
 
 
 def build_manifest(

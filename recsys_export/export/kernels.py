@@ -38,9 +38,15 @@ def dn_tile_width(hidden: int, n_items: int, users: int) -> int:
 def _dn_item_tiles(neg_c_t: np.ndarray, width: int) -> tuple[list[Any], list[Any]]:
     """Nodes ``a3[B, H, 1] -> y[B, N]`` over item tiles of ``width``, and their weights.
 
-    Each tile is ``Max(a3, -C^T tile) -> MatMul(w2 row) -> [B, 1, T]``; onnxruntime's
-    planner reuses one intermediate buffer for every tile, so it stays in cache, and the
-    whole row costs one session call instead of one per tile.
+    Each tile is ``Relu(Sub(a3, -C^T tile)) -> MatMul(w2 row) -> [B, 1, T]``: the
+    hidden layer ``relu(a + c)`` exactly as the portable graphs compute it (``a - (-c)``
+    is ``a + c`` bit for bit), so the sum over hidden units has only the terms of the
+    units that are on. (The rewrite ``max(a, -c) . w2 + c . w2`` saved one elementwise
+    pass but summed two large opposite terms per item: on DenseNets whose item terms
+    reach ~50 it lost 1.7e-5 on scores near 0, past the float32 error bound of the
+    model's own arithmetic.) onnxruntime's planner reuses one intermediate buffer for
+    every tile, so it stays in cache, and the whole row costs one session call instead
+    of one per tile.
     """
     from onnx import helper, numpy_helper
 
@@ -48,7 +54,8 @@ def _dn_item_tiles(neg_c_t: np.ndarray, width: int) -> tuple[list[Any], list[Any
     for k, t0 in enumerate(range(0, neg_c_t.shape[1], width)):
         tile = np.ascontiguousarray(neg_c_t[:, t0 : t0 + width])
         inits.append(numpy_helper.from_array(tile, f"neg_c_t_{k}"))
-        nodes.append(helper.make_node("Max", ["a3", f"neg_c_t_{k}"], [f"m_{k}"]))
+        nodes.append(helper.make_node("Sub", ["a3", f"neg_c_t_{k}"], [f"z_{k}"]))
+        nodes.append(helper.make_node("Relu", [f"z_{k}"], [f"m_{k}"]))
         nodes.append(helper.make_node("MatMul", ["w2_row", f"m_{k}"], [f"y3_{k}"]))
         parts.append(f"y3_{k}")
     if len(parts) == 1:
@@ -226,9 +233,9 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
     * MF ``score_all``: ``users int64[B] -> scores float32[B, N]``, one MatMul of augmented
       factors ``[P, bu, 1] x [Q, 1, bi + mu]^T``; and :func:`mf_topk_kernels`.
     * DenseNet ``score_all``: ``users int64[B] -> scores float32[B, N]``: the user half
-      ``a = P[u] Wu^T``, then item tiles of :func:`dn_tile_width` items, each ``Max(a,
-      -C^T tile)`` and ``MatMul`` with the ``w2`` row in ``[B, H, T]`` layout, plus the
-      precomputed item term. Its ``recommend_one`` uses the same tiles sized for one user.
+      ``a = P[u] Wu^T``, then item tiles of :func:`dn_tile_width` items, each ``Relu(a -
+      (-C^T tile))`` and ``MatMul`` with the ``w2`` row in ``[B, H, T]`` layout, plus the
+      output bias. Its ``recommend_one`` uses the same tiles sized for one user.
 
     Returns
     -------
