@@ -37,7 +37,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -344,9 +344,10 @@ class Bundle:
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
                 if dtype.hasobject:
                     raise ValueError("object arrays are not read from bundles")
-                order = "F" if fortran else "C"
+                order: Literal["C", "F"] = "F" if fortran else "C"
+                handle: Any = f  # np.memmap reads file objects; its stubs say paths
                 return np.memmap(
-                    f, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order=order
+                    handle, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order=order
                 )
         except (ValueError, OSError) as exc:
             raise BundleError(
