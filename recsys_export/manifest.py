@@ -213,13 +213,6 @@ class ModelSpec:
     n_items: int
     hyperparameters: dict[str, Any]
 
-    def int_hp(self, name: str, default: int = 0) -> int:
-        """An integer hyperparameter (``default`` when absent, ``None``/0 or not an int)."""
-        value = self.hyperparameters.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return default
-        return value
-
 
 @dataclass(frozen=True)
 class KernelSpec:

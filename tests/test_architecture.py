@@ -1,4 +1,7 @@
-"""The package's shape (issue #18): no import cycles, no huge modules or classes.
+"""The package's shape (issues #18, #29): no import cycles, no import from a lower layer
+back up (``recsys_export/_layers.py``), no private name imported across modules, no
+huge modules or classes, and the ``export`` command's calls do not climb back up
+(``scripts/callclimb.py``).
 
 Read with :mod:`ast` only (nothing is imported), so it runs anywhere, the runtime-only
 install included. An import counts wherever it stands (module level or inside a
@@ -13,11 +16,17 @@ fails, so an entry goes as soon as its module is fixed.
 from __future__ import annotations
 
 import ast
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "recsys_export"
+from recsys_export._layers import LAYERS, layer_of
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "recsys_export"
 MAX_MODULE_LINES = 700
 MAX_CLASS_LINES = 450
 
@@ -25,6 +34,47 @@ MAX_CLASS_LINES = 450
 LONG_MODULES_ALLOWED: set[str] = set()
 LONG_CLASSES_ALLOWED: set[str] = set()
 CYCLES_ALLOWED: set[frozenset[str]] = set()
+#: Imports of a higher layer (importer, imported), issue #29's refactor removes them.
+LAYER_VIOLATIONS_ALLOWED: set[tuple[str, str]] = {
+    ("recsys_export.parity.backends", "recsys_export.export.formats"),
+    ("recsys_export.runtime.exclusions", "recsys_export.items"),
+    ("recsys_export.torch_engine", "recsys_export.models"),
+    ("recsys_export.torch_engine", "recsys_export.runtime"),
+    ("recsys_export.torch_engine", "recsys_export.runtime.writers"),
+}
+#: ``from recsys_export.X import _name`` in another module (importer, "X._name").
+PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str]] = {
+    ("recsys_export.bench_graphs", "recsys_export.export._dn_item_tiles"),
+    ("recsys_export.bundle", "recsys_export.bundle_format._ID_MAP_NAMES"),
+    ("recsys_export.bundle", "recsys_export.bundle_format._check_rel"),
+    ("recsys_export.bundle", "recsys_export.bundle_format._open_files"),
+    ("recsys_export.bundle", "recsys_export.bundle_format._read_manifest"),
+    ("recsys_export.bundle_writer", "recsys_export.bundle_format._ID_MAP_FILES"),
+    ("recsys_export.bundle_writer", "recsys_export.bundle_format._check_rel"),
+    ("recsys_export.bundle_writer", "recsys_export.bundle_format._dumps"),
+    ("recsys_export.bundle_writer", "recsys_export.bundle_format._is_bundle_like"),
+    ("recsys_export.byom", "recsys_export.byom.convert._conversion_mismatch"),
+    ("recsys_export.byom", "recsys_export.byom.convert._key_problems"),
+    ("recsys_export.byom", "recsys_export.byom.generic._against_user"),
+    ("recsys_export.byom", "recsys_export.byom.generic._check_scores"),
+    ("recsys_export.byom", "recsys_export.byom.generic._eval_mode"),
+    ("recsys_export.byom", "recsys_export.byom.generic._first_line"),
+    ("recsys_export.byom", "recsys_export.byom.generic._frozen_copy"),
+    ("recsys_export.byom", "recsys_export.byom.generic._probe_formats"),
+    ("recsys_export.byom", "recsys_export.byom.generic._sizes_from_embeddings"),
+    ("recsys_export.byom.convert", "recsys_export.byom.generic._eval_mode"),
+    ("recsys_export.byom.convert", "recsys_export.byom.generic._first_line"),
+    ("recsys_export.byom.files", "recsys_export.byom.convert._key_problems"),
+    ("recsys_export.byom.files", "recsys_export.byom.generic._first_line"),
+    ("recsys_export.export.precision", "recsys_export.export.kernels._kernel_model"),
+    ("recsys_export.parity.run", "recsys_export.parity.backends._seen_for"),
+    ("recsys_export.runtime.variant", "recsys_export.runtime.engines._k_vector"),
+}
+#: Climbs of the ``export`` command's calls (``scripts/callclimb.py --follow calls``):
+#: 6 with the script of the issue's plan, 4 once it stopped guessing at an attribute
+#: holding a callable and at file methods (issue #29's start); at most half of that.
+MAX_EXPORT_CLIMBS = 4
+EXPORT_ENTRY = "recsys_export.cli.bundles:cmd_export"
 
 
 def _modules() -> dict[str, Path]:
@@ -172,3 +222,95 @@ def test_no_class_over_450_lines() -> None:
         f"now at most {MAX_CLASS_LINES} lines: drop "
         f"{sorted(LONG_CLASSES_ALLOWED - set(long))} from LONG_CLASSES_ALLOWED"
     )
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imported(name, path, modules) for name, path in modules.items()}
+
+
+@pytest.mark.runtime_only
+def test_every_module_has_a_layer() -> None:
+    """A new top-level module or package is placed in ``_layers.LAYERS``."""
+    missing = sorted(name for name in _modules() if layer_of(name) is None)
+    assert not missing, f"add to recsys_export/_layers.py LAYERS: {missing}"
+    names = [n for layer in LAYERS for n in layer]
+    assert len(names) == len(set(names)), "a name is in two layers"
+
+
+@pytest.mark.runtime_only
+def test_layer_order() -> None:
+    """No module imports a module of a higher layer (lazily either)."""
+    up = {
+        (name, dep)
+        for name, deps in _graph().items()
+        for dep in deps
+        if (layer_of(dep) or 0) > (layer_of(name) or 0)
+    }
+    new = sorted(up - LAYER_VIOLATIONS_ALLOWED)
+    assert not new, f"imports of a higher layer (recsys_export/_layers.py): {new}"
+    assert not LAYER_VIOLATIONS_ALLOWED - up, (
+        f"gone: drop {sorted(LAYER_VIOLATIONS_ALLOWED - up)} from LAYER_VIOLATIONS_ALLOWED"
+    )
+
+
+@pytest.mark.runtime_only
+def test_no_private_imports() -> None:
+    """No module imports another module's private (``_name``) names."""
+    found = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level:
+                continue
+            source = node.module or ""
+            if source.split(".")[0] != "recsys_export" or source == name:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.add((name, f"{source}.{alias.name}"))
+    assert not found - PRIVATE_IMPORTS_ALLOWED, (
+        f"private names imported across modules: {sorted(found - PRIVATE_IMPORTS_ALLOWED)}"
+    )
+    assert not PRIVATE_IMPORTS_ALLOWED - found, (
+        f"gone: drop {sorted(PRIVATE_IMPORTS_ALLOWED - found)} from PRIVATE_IMPORTS_ALLOWED"
+    )
+
+
+def _callclimb() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("callclimb", ROOT / "scripts" / "callclimb.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("callclimb", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.runtime_only
+def test_export_call_climbs() -> None:
+    """Following every call of ``export`` from the CLI climbs back up at most
+    :data:`MAX_EXPORT_CLIMBS` times (a lower layer calling a higher one)."""
+    result = _callclimb().run(ROOT, EXPORT_ENTRY, True, "calls")
+    assert result["functions_reached"] > 100  # the walk really followed the export
+    climbs = [f"{e['caller']} -> {e['callee']}" for e in result["edges"] if e["climb"]]
+    assert len(climbs) <= MAX_EXPORT_CLIMBS, climbs
+
+
+def test_callclimb_counts_a_climb(tmp_path: Path) -> None:
+    """The measure itself: a call from a lower layer to a higher one is a climb."""
+    pkg = tmp_path / "recsys_export"
+    (pkg / "cli").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_layers.py").write_text('LAYERS = (("",), ("bundle",), ("export",), ("cli",))\n')
+    sources = {
+        "bundle.py": "def low():\n    from recsys_export.export import high\n    high()\n",
+        "export.py": "from recsys_export.bundle import low\n\n"
+        "def high():\n    pass\n\ndef run():\n    low()\n",
+        "cli/__init__.py": "",
+        "cli/main.py": "from recsys_export.export import run\n\ndef cmd():\n    run()\n",
+    }
+    for rel, source in sources.items():
+        (pkg / rel).write_text(source)
+    result = _callclimb().run(tmp_path, "recsys_export.cli.main:cmd", True, "calls")
+    assert [(e["caller"], e["callee"]) for e in result["edges"] if e["climb"]] == [
+        ("recsys_export.bundle:low", "recsys_export.export:high")
+    ]

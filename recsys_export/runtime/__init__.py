@@ -39,16 +39,10 @@ from recsys_export.runtime.writers import (
     write_npy_chunks,
     write_topk_chunks,
 )
-from recsys_export.topk import check_k
-
-#: The old name of :func:`recsys_export.topk.check_k`.
-check_k_range = check_k
-
 __all__ = [
     "RecommendResult",
     "Recommender",
     "TopkRows",
-    "check_k_range",
     "check_out_path",
     "flat_topk_rows",
     "load_seen_csr",

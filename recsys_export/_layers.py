@@ -1,0 +1,53 @@
+"""The package's layers, bottom to top: the one table the architecture tests read.
+
+A module may import (at module level or inside a function) only modules of its own
+layer or of a lower one; ``tests/test_architecture.py`` checks every import against
+this table, and that every top-level module or package of ``recsys_export`` is in it.
+``scripts/callclimb.py`` reads it to count the calls that climb back up. Data only: no
+import, so that any install (the runtime-only one included) can read it.
+"""
+
+from __future__ import annotations
+
+#: Top-level names (``""`` is ``recsys_export/__init__.py``), one tuple per layer,
+#: bottom first. Old flat modules sit in the layer of the package they belong to.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # 0 the leaves every layer may use
+    ("", "_layers", "errors", "datasets", "validation", "atomic", "progress", "ids", "topk"),
+    # 1 the bundle format: schema, files, writer, loader
+    ("bundle", "bundle_format", "bundle_writer", "manifest"),
+    # 2 a bundle's torch programs at run time
+    ("torch_engine",),
+    # 3 serving a bundle: engines, recommender, writers, Ray
+    ("runtime", "scale"),
+    # 4 the HTTP server over the runtime
+    ("serve",),
+    # 5 ratings files, splits, item names
+    ("data", "items"),
+    # 6 the networks, checkpoints, synthetic models
+    ("models", "checkpoint", "synthetic_models"),
+    # 7 training and evaluation
+    ("train", "objectives", "history", "evaluate", "baselines", "experiment", "recipes"),
+    # 8 parity: the plan, backends, bounds, reports
+    ("parity", "plan"),
+    # 9 export: formats, kernels, variants, the bundle build
+    ("export",),
+    # 10 models trained elsewhere
+    ("byom",),
+    # 11 the benchmark
+    ("bench", "bench_report", "bench_rows", "bench_timing", "bench_graphs", "torch_bench"),
+    # 12 the command line
+    ("cli", "demo"),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of a dotted module name of the package (None: not in the table)."""
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 and parts[0] == "recsys_export" else ""
+    if parts[0] != "recsys_export":
+        return None
+    for rank, names in enumerate(LAYERS):
+        if top in names:
+            return rank
+    return None
