@@ -13,7 +13,7 @@ from __future__ import annotations
 #: bottom first. Old flat modules sit in the layer of the package they belong to.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0 the leaves every layer may use
-    ("", "_layers", "errors", "datasets", "validation", "atomic", "progress", "ids", "topk"),
+    ("", "_layers", "errors", "datasets", "core"),
     # 1 the bundle format: schema, files, writer, loader
     ("bundle", "bundle_format", "bundle_writer", "manifest"),
     # 2 a bundle's torch programs at run time

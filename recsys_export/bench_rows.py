@@ -247,7 +247,7 @@ def _today(rec: Any) -> Any:
 
 
 def _recommend_section(ctx: _Ctx, rounds: Rounds, ceiling: float) -> dict:
-    from recsys_export.topk import mask_pairs, topk
+    from recsys_export.core.topk import mask_pairs, topk
 
     recs: dict[str, Any] = {}
     n_users, k = ctx.cfg["users"], ctx.cfg["k"]

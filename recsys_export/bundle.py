@@ -41,7 +41,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from recsys_export.atomic import stale_temporaries
 from recsys_export.bundle_format import (
     _ID_MAP_NAMES,
     FORMAT_NAME,
@@ -58,8 +57,9 @@ from recsys_export.bundle_format import (
     sha256_file,
 )
 from recsys_export.bundle_writer import BundleWriter
+from recsys_export.core.atomic import stale_temporaries
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import BundleError
-from recsys_export.ids import IdMap
 from recsys_export.manifest import BundleSpec
 
 __all__ = [

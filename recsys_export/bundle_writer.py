@@ -14,18 +14,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from recsys_export.atomic import RENAME_EXCHANGE as _RENAME_EXCHANGE
-from recsys_export.atomic import UNSUPPORTED_ERRNOS as _UNSUPPORTED
-from recsys_export.atomic import (
-    AppearedError,
-    remove_path,
-    remove_stale,
-    rename_noreplace,
-    temp_sibling,
-)
-from recsys_export.atomic import fsync_dir as _fsync_dir
-from recsys_export.atomic import fsync_file as _fsync_file
-from recsys_export.atomic import renameat2 as _renameat2
 from recsys_export.bundle_format import (
     _ID_MAP_FILES,
     FORMAT_NAME,
@@ -39,8 +27,20 @@ from recsys_export.bundle_format import (
     nested_bundles,
     sha256_file,
 )
+from recsys_export.core.atomic import RENAME_EXCHANGE as _RENAME_EXCHANGE
+from recsys_export.core.atomic import UNSUPPORTED_ERRNOS as _UNSUPPORTED
+from recsys_export.core.atomic import (
+    AppearedError,
+    remove_path,
+    remove_stale,
+    rename_noreplace,
+    temp_sibling,
+)
+from recsys_export.core.atomic import fsync_dir as _fsync_dir
+from recsys_export.core.atomic import fsync_file as _fsync_file
+from recsys_export.core.atomic import renameat2 as _renameat2
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import BundleError
-from recsys_export.ids import IdMap
 
 __all__ = ["BundleWriter"]
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_export.atomic import writing
+from recsys_export.core.atomic import writing
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import CheckpointError
-from recsys_export.ids import IdMap
 from recsys_export.items import check_item_names
 from recsys_export.models import BaseModel, build_model
 

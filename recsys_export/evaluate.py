@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from recsys_export.baselines import BiasBaseline, PopularityBaseline
+from recsys_export.core.ids import runs_to_coo
 from recsys_export.errors import ConfigError
-from recsys_export.ids import runs_to_coo
 from recsys_export.models import BaseModel, check_k, topk_excluding
 
 if TYPE_CHECKING:

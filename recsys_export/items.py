@@ -4,7 +4,7 @@ A names file holds an id column and a name column, for example MovieLens ``movie
 (``movieId,title,genres``), MovieTweetings' ``movies.dat`` (``id::Title (year)::genres``,
 no header) or a ``|``-separated Latin-1 file like MovieLens 100k's ``u.item``.
 :func:`read_item_names` maps the file's raw ids through the model's item
-:class:`~recsys_export.ids.IdMap`, so ``names[i]`` is the name of item index ``i``; items
+:class:`~recsys_export.core.ids.IdMap`, so ``names[i]`` is the name of item index ``i``; items
 the file does not name get None, and rows whose id the model does not know are ignored
 and counted.
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
 from recsys_export.data.columns import (
     COLUMN_NAMES,
     Source,
@@ -43,7 +44,6 @@ from recsys_export.data.text import (
     split_table,
 )
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
 
 __all__ = [
     "ITEM_NAMES_FILE",

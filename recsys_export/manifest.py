@@ -16,8 +16,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from recsys_export.core.validation import check_choice
 from recsys_export.errors import BundleError
-from recsys_export.validation import check_choice
 
 #: Every export format, in the order they are written and listed.
 FORMATS = ("onnx", "torchscript", "pt2")

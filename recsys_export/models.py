@@ -15,7 +15,7 @@ mean the same in every export format (docs/bundle-format.md, "Entry points"):
     item ``-1`` and score ``-inf``.
 
 Top-k lives in one place, :func:`topk_excluding`, used by every model and export; its
-empty-slot constants and ``k`` check come from the torch-free :mod:`recsys_export.topk`.
+empty-slot constants and ``k`` check come from the torch-free :mod:`recsys_export.core.topk`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys_export.core.topk import EMPTY_ITEM
+from recsys_export.core.topk import check_k as _check_k
 from recsys_export.errors import ConfigError
-from recsys_export.topk import EMPTY_ITEM
-from recsys_export.topk import check_k as _check_k
 
 MODEL_KINDS = ("mf", "densenet")
 
@@ -70,7 +70,7 @@ def topk_excluding(
     exclude_rows, exclude_items : Tensor
         ``int64[M]`` each: row positions and item indices to exclude (COO pairs).
     empty_item : int
-        Item of empty slots: :data:`recsys_export.topk.EMPTY_ITEM` (a default argument,
+        Item of empty slots: :data:`recsys_export.core.topk.EMPTY_ITEM` (a default argument,
         since TorchScript cannot read module constants).
 
     Returns
@@ -134,7 +134,7 @@ class DropoutMasks:
 
 def check_k(k: int, n_items: int) -> None:
     """Raise :class:`ConfigError` unless ``1 <= k <= n_items`` (see
-    :func:`recsys_export.topk.check_k`)."""
+    :func:`recsys_export.core.topk.check_k`)."""
     _check_k(k, n_items)
 
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recsys_export.core.ids import runs_to_coo
 from recsys_export.errors import ConfigError
-from recsys_export.ids import runs_to_coo
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
 
 if TYPE_CHECKING:

@@ -67,12 +67,12 @@ from typing import Any
 import numpy as np
 
 from recsys_export import errors as _errors
-from recsys_export.atomic import remove_path, replacing, temp_sibling, write_text_atomic
 from recsys_export.bundle import MANIFEST_NAME, Bundle
+from recsys_export.core.atomic import remove_path, replacing, temp_sibling, write_text_atomic
+from recsys_export.core.progress import Progress
+from recsys_export.core.topk import check_k
+from recsys_export.core.validation import check_choice, check_int
 from recsys_export.errors import ConfigError, RecsysExportError, WorkerError
-from recsys_export.progress import Progress
-from recsys_export.topk import check_k
-from recsys_export.validation import check_choice, check_int
 
 __all__ = [
     "PART_PATTERN",

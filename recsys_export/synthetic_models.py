@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from recsys_export.checkpoint import Checkpoint
-from recsys_export.ids import IdMap
+from recsys_export.core.ids import IdMap
+from recsys_export.core.validation import check_choice, check_int
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
-from recsys_export.validation import check_choice, check_int
 
 __all__ = ["synthetic_checkpoint", "synthetic_model", "synthetic_seen"]
 

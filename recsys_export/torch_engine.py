@@ -36,11 +36,11 @@ except ImportError:  # a runtime-only install
     ) from None
 
 from recsys_export.bundle import Bundle
+from recsys_export.core.topk import check_k
+from recsys_export.core.validation import check_choice, check_positive
 from recsys_export.models import topk_excluding
 from recsys_export.runtime import load_seen_csr
 from recsys_export.runtime.writers import BatchOutputs
-from recsys_export.topk import check_k
-from recsys_export.validation import check_choice, check_positive
 
 __all__ = ["TorchEngine", "resolve_device"]
 

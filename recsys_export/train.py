@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recsys_export.core.progress import Progress
 from recsys_export.errors import ConfigError, TrainingDiverged
 from recsys_export.evaluate import predict as predict  # recsys_export.train.predict stays
 from recsys_export.evaluate import rmse
@@ -50,7 +51,6 @@ from recsys_export.objectives import (
     fold_scale,
     softmax_loss,
 )
-from recsys_export.progress import Progress
 from recsys_export.recipes import PRESETS, RECIPES
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from helpers.cli_contract import dead_pid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_export import atomic, bundle_writer
 from recsys_export import bundle as bundle_mod
+from recsys_export import bundle_writer
 from recsys_export.bundle import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -28,8 +28,9 @@ from recsys_export.bundle import (
     sha256_file,
     update_bundle,
 )
+from recsys_export.core import atomic
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import BundleError, RecsysExportError
-from recsys_export.ids import IdMap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).resolve().parent / "helpers" / "slow_bundle_writer.py"

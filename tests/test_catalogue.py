@@ -784,7 +784,7 @@ def test_include_empty_and_load_none(rt_world: World) -> None:
 def _big_id_bundle(world: World) -> tuple[Path, list[int]]:
     """The golden MF bundle with user ids just above 2^53, written by the bundle module."""
     from recsys_export.bundle import update_bundle
-    from recsys_export.ids import IdMap
+    from recsys_export.core.ids import IdMap
 
     ids = [BIG + 1, BIG, BIG + 3, BIG + 4, -(BIG + 1)]  # pairs a float64 merges
     text = json.dumps(IdMap(np.array(ids, dtype=np.int64), "user").to_json())
@@ -849,7 +849,7 @@ def _swap_on_first_call(
 ):
     """Make ``owner.name`` exchange directories ``a`` and ``b`` (as ``export --force``
     does) the first time it is called, then behave as before."""
-    from recsys_export import atomic
+    from recsys_export.core import atomic
 
     original = getattr(owner, name)
     calls = {"n": 0}

@@ -44,9 +44,9 @@ from helpers.cli_contract import (
     run_subprocess,
 )
 
-from recsys_export import atomic
 from recsys_export.bundle import Bundle, BundleWriter
 from recsys_export.checkpoint import load_checkpoint
+from recsys_export.core import atomic
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.export import export_bundle
 from recsys_export.runtime import Recommender

@@ -26,9 +26,9 @@ import pytest
 
 from recsys_export.cli import main
 from recsys_export.cli.terminal import safe_text
+from recsys_export.core.ids import IdMap
 from recsys_export.data import read_ratings
 from recsys_export.errors import DataError, UnknownIdError
-from recsys_export.ids import IdMap
 from recsys_export.items import read_item_names
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -142,8 +142,8 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from recsys_export.checkpoint import Checkpoint
+    from recsys_export.core.ids import IdMap
     from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
     from recsys_export.models import MatrixFactorization
 
     torch.manual_seed(0)

@@ -20,8 +20,8 @@ from onnx import numpy_helper
 
 from recsys_export.bundle import Bundle, update_bundle
 from recsys_export.checkpoint import Checkpoint
+from recsys_export.core.ids import IdMap
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
 from recsys_export.models import DenseNet, MatrixFactorization
 from recsys_export.parity import (
     CHECKED_BACKENDS,

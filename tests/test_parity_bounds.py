@@ -29,9 +29,9 @@ from onnx import helper, numpy_helper
 from recsys_export.bundle import Bundle, update_bundle
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.cli import main
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import ParityError
 from recsys_export.export import export_bundle, kernels
-from recsys_export.ids import IdMap
 from recsys_export.models import MatrixFactorization
 from recsys_export.parity import verify_bundle
 from recsys_export.parity.bounds import SAFETY, TINY32, U32, reference_for

@@ -1,4 +1,4 @@
-"""recsys_export.topk (numpy) agrees with the exported graphs' top-k, and checks k once."""
+"""recsys_export.core.topk (numpy) agrees with the exported graphs' top-k, and checks k once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from recsys_export import topk
+from recsys_export.core import topk
 from recsys_export.errors import ConfigError
 
 N_USERS, N_ITEMS = 6, 9

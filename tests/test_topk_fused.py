@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_export import topk
+from recsys_export.core import topk
 from recsys_export.manifest import BundleSpec
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import (
     ConfigError,
     DataError,
 )
-from recsys_export.ids import IdMap
 from recsys_export.items import ItemNames, align_item_names
 
 

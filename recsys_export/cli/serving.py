@@ -61,7 +61,7 @@ def _jsonable(value: Any) -> Any:
     """A raw id for ``--json``: as the bundle holds it (int or str); an int beyond 2^53 - 1
     as its decimal string, as in the bundle's ``ids/*.json``, so that JSON readers with
     float64 numbers (JavaScript) read it exactly."""
-    from recsys_export.ids import MAX_SAFE_INTEGER
+    from recsys_export.core.ids import MAX_SAFE_INTEGER
 
     if value is None:
         return None

@@ -1,7 +1,7 @@
 """The :class:`Ratings` container, dense matrices and the bundled data sets.
 
 A :class:`Ratings` holds one rating per row as dense user/item indices plus the
-:class:`~recsys_export.ids.IdMap` objects that translate them back to the raw ids of the
+:class:`~recsys_export.core.ids.IdMap` objects that translate them back to the raw ids of the
 file. Everything here is numpy-first.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
 
 #: Largest matrix :meth:`Ratings.to_matrix` builds (cells).
 MAX_DENSE_CELLS = 50_000_000

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
 from recsys_export.data.columns import (
     Source,
     looks_like_header,
@@ -27,7 +28,6 @@ from recsys_export.data.columns import (
 from recsys_export.data.ratings import Ratings, default_dataset_path, toy_ratings
 from recsys_export.data.text import decode_text, normalize_sep, sep_name, sniff_sep, split_table
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
 
 #: Accepted values of ``read_ratings(duplicates=...)``.
 DUPLICATE_POLICIES = ("last", "first", "mean", "error")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, topk_excluding
-from recsys_export.topk import EMPTY_ITEM, EMPTY_SCORE
 
 
 class _FrozenRecommender(nn.Module):

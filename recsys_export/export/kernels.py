@@ -14,9 +14,9 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import BundleWriter
+from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
 from recsys_export.export.formats import ONNX_IR_VERSION, ONNX_OPSET, ONNX_SINGLE_FILE_LIMIT
 from recsys_export.manifest import DN_BLOCK_USERS, KERNELS_DIR, KERNELS_VERSION
-from recsys_export.topk import EMPTY_ITEM, EMPTY_SCORE
 
 #: The kernel version and directory, and the DenseNet ``score_all`` kernel's users per
 #: call (``DN_BLOCK_USERS``) are in :mod:`recsys_export.manifest`. The bytes of one
@@ -106,7 +106,7 @@ def mf_score_groups(pa: np.ndarray, qa_t: np.ndarray, kind: str = "mf") -> Any:
     (:func:`mf_group_shape`; a padding item scores ``-inf``: its bias entry is ``-inf``,
     the entry the user bias multiplies 0). The runtime masks the exclusions in the output,
     takes the group maxima (:func:`group_max_graph`) and keeps only the groups that can
-    hold a top-k item (:func:`recsys_export.topk.group_topk`). Scores of real items are
+    hold a top-k item (:func:`recsys_export.core.topk.group_topk`). Scores of real items are
     bitwise those of the ``score_all`` kernel (the same product, column by column).
     """
     from onnx import TensorProto, helper, numpy_helper

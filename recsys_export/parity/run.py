@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_export.core.progress import Progress
 from recsys_export.models import BaseModel, topk_excluding
 from recsys_export.parity.backends import Backend, EagerBackend, NotApplicable, _seen_for
 from recsys_export.parity.bounds import FixedTolerance, Reference, Scored, reference_for
@@ -24,7 +25,6 @@ from recsys_export.plan import (
     ParityPlan,
     plan_parity,
 )
-from recsys_export.progress import Progress
 
 BATCH_SIZES = (1, 2, 7, 1024)
 

@@ -39,6 +39,7 @@ from recsys_export.runtime.writers import (
     write_npy_chunks,
     write_topk_chunks,
 )
+
 __all__ = [
     "RecommendResult",
     "Recommender",

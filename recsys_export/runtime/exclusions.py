@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle import Bundle
+from recsys_export.core.ids import IdMap, runs_to_coo
+from recsys_export.core.topk import EMPTY_SCORE, mask_pairs, take_columns, topk
 from recsys_export.errors import BundleError
-from recsys_export.ids import IdMap, runs_to_coo
 from recsys_export.items import check_item_names
 from recsys_export.runtime.engines import Engine, iter_blocks
-from recsys_export.topk import EMPTY_SCORE, mask_pairs, take_columns, topk
 
 __all__ = [
     "columns_topk",

@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle import Bundle
+from recsys_export.core.ids import IdMap
+from recsys_export.core.topk import (
+    EMPTY_ITEM,
+    EMPTY_SCORE,
+    check_k,
+)
+from recsys_export.core.validation import check_choice
 from recsys_export.errors import BundleError, ConfigError
-from recsys_export.ids import IdMap
 from recsys_export.manifest import check_precision
 from recsys_export.runtime.engines import Engine, make_engine
 from recsys_export.runtime.exclusions import (  # noqa: F401  (load_seen_csr: re-exported)
@@ -33,12 +39,6 @@ from recsys_export.runtime.exclusions import (  # noqa: F401  (load_seen_csr: re
 )
 from recsys_export.runtime.variant import VariantEngine
 from recsys_export.runtime.writers import BatchOutputs, as_1d
-from recsys_export.topk import (
-    EMPTY_ITEM,
-    EMPTY_SCORE,
-    check_k,
-)
-from recsys_export.validation import check_choice
 
 __all__ = ["RecommendResult", "Recommender", "load_seen_csr"]
 

@@ -3,7 +3,7 @@
 Shared by the onnxruntime :class:`~recsys_export.runtime.Recommender`, the torch engine
 and the Ray workers (:mod:`recsys_export.scale`), so their files are identical. Every
 file is written to a temporary sibling and renamed into place
-(:func:`recsys_export.atomic.replacing`): without ``overwrite`` a file that appeared at
+(:func:`recsys_export.core.atomic.replacing`): without ``overwrite`` a file that appeared at
 the final path meanwhile is never replaced. A failed write (a full disk, a file-size
 limit) is one :class:`~recsys_export.errors.ConfigError` and leaves no temporary. pyarrow
 is imported lazily, only for Parquet.
@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.atomic import remove_stale, reserve_space, writing
 from recsys_export.bundle import enclosing_bundle
+from recsys_export.core.atomic import remove_stale, reserve_space, writing
+from recsys_export.core.ids import IdMap
+from recsys_export.core.progress import Progress
+from recsys_export.core.validation import check_int, check_positive
 from recsys_export.errors import ConfigError
-from recsys_export.ids import IdMap
-from recsys_export.progress import Progress
-from recsys_export.validation import check_int, check_positive
 
 __all__ = [
     "BatchOutputs",

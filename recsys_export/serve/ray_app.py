@@ -62,7 +62,7 @@ def start_on_ray(
     import ray
     from ray import serve
 
-    from recsys_export.validation import check_int
+    from recsys_export.core.validation import check_int
 
     replicas = check_int("--replicas", replicas, low=1)
     config.check()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from recsys_export.checkpoint import Checkpoint
-from recsys_export.ids import IdMap
+from recsys_export.core.ids import IdMap
 from recsys_export.models import DenseNet
 
 
