@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 1 the bundle format: schema, files, writer, loader
     ("bundle", "bundle_format", "bundle_writer", "manifest"),
     # 2 a bundle's torch programs at run time
-    ("torch_engine",),
+    ("torch_runtime", "torch_engine"),
     # 3 serving a bundle: engines, recommender, writers, Ray
     ("runtime", "scale"),
     # 4 the HTTP server over the runtime

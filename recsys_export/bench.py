@@ -39,7 +39,7 @@ version: :mod:`recsys_export.bench_graphs`):
   ``runtime_fallback``, ``torch_eager`` and ``implicit`` (MF: the implicit library's
   ``recommend`` on the same factors, when it is installed: it is no dependency).
 * GPU rows, when torch sees a CUDA device: ``gpu_torch_engine`` (the torch engine,
-  :class:`~recsys_export.torch_engine.TorchEngine`, on ``cuda``: score_all of every
+  :class:`~recsys_export.torch_runtime.engine.TorchEngine`, on ``cuda``: score_all of every
   user; in ``recommend_all`` top-k with exclusions) next to ``gpu_ceiling`` (a bare
   ``torch.matmul``, + ``torch.topk``, of the same shape in the same blocks), timed in
   the same run (:mod:`recsys_export.torch_bench`); their ratios are to ``gpu_ceiling``.

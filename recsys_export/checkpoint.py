@@ -10,10 +10,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import pickle
-import re
-import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +22,7 @@ from recsys_export.core.ids import IdMap
 from recsys_export.errors import CheckpointError
 from recsys_export.items import check_item_names
 from recsys_export.models import BaseModel, build_model
+from recsys_export.torch_runtime.io import check_finite_weights, load_weights_only
 
 CHECKPOINT_FORMAT = "recsys-export-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -152,82 +149,6 @@ def _require(payload: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     return payload[key]
 
 
-def _unpickling_detail(exc: Exception) -> str:
-    """The informative part of torch's weights-only error, without its boilerplate."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds a sentence with ANSI codes
-    found = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
-    if found:
-        detail = found.group(1)
-    else:
-        boilerplate = (
-            "Weights only load failed",
-            "Please file an issue",
-            "Check the documentation",
-            "(1)",
-            "(2)",
-        )
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        useful = [ln for ln in lines if not ln.startswith(boilerplate)]
-        detail = useful[0] if useful else "unsafe content"
-    return detail.split(". Please")[0].strip()[:160]
-
-
-def load_weights_only(path: Path, *, refusal: str, unreadable: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, failures as one-line errors.
-
-    Parameters
-    ----------
-    refusal : str
-        Advice after "refusing to load PATH: it holds objects that are not plain weights".
-    unreadable : str
-        What the file is not, after "PATH is not a readable " (torch's detail follows).
-
-    Raises
-    ------
-    CheckpointError
-        A pickle that tries to run code, or a file torch cannot read.
-    """
-    try:
-        with warnings.catch_warnings():
-            # e.g. "Detected pickle protocol 4": would add lines to the CLI's one-line error
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refusing to load {path}: it holds objects that are not plain weights "
-            f"({_unpickling_detail(exc)}); {refusal}"
-        ) from None
-    except Exception as exc:  # any other failure: not a readable torch file
-        # torch's own messages for such files are cryptic ("101", "[Errno 22] Invalid
-        # argument"): say what is wrong first, keep torch's detail in parentheses
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable {unreadable} ({detail[:200]})") from None
-
-
-def check_finite_weights(state: Mapping[str, Any], where: str, hint: str = "") -> None:
-    """Refuse weights holding NaN or infinite values.
-
-    Parameters
-    ----------
-    state : Mapping
-        A state dict (name -> tensor; other values are skipped).
-    where : str
-        The message's prefix (a path, ``"refusing to export"``, ...).
-    hint : str
-        Appended to the message (what to do).
-
-    Raises
-    ------
-    CheckpointError
-        Naming the first floating-point tensor that is not finite.
-    """
-    for name, tensor in state.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            if not torch.isfinite(tensor).all():
-                raise CheckpointError(f"{where}: weight {name} holds NaN or infinite values{hint}")
-
-
 def checkpoint_kind(path: str | Path) -> str | None:
     """The model kind of the recsys-export checkpoint at ``path``; None when the file is
     something else (a state dict trained elsewhere, or not readable as weights)."""
@@ -253,13 +174,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         pickle that tries to run code, or non-finite weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train one with `recsys-export train`")
     payload = load_weights_only(
         path,
         refusal="only load checkpoints written by recsys-export",
         unreadable="checkpoint: the file is corrupted, truncated or not a checkpoint written "
         "by `recsys-export train`",
+        missing=f"no checkpoint at {path}: train one with `recsys-export train`",
     )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys_export.core.topk import EMPTY_ITEM
 from recsys_export.core.topk import check_k as _check_k
 from recsys_export.errors import ConfigError
+from recsys_export.torch_runtime.ops import topk_excluding
 
 MODEL_KINDS = ("mf", "densenet")
 
@@ -50,40 +50,6 @@ def add_relu_into(out: Tensor, x: Tensor, y: Tensor) -> Tensor:
     if _FUSED_ADD_RELU is not None:
         return _FUSED_ADD_RELU(x, y, out=out)
     return torch.add(x, y, out=out).relu_()
-
-
-def topk_excluding(
-    scores: Tensor,
-    k: int,
-    exclude_rows: Tensor,
-    exclude_items: Tensor,
-    empty_item: int = EMPTY_ITEM,
-) -> tuple[Tensor, Tensor]:
-    """Top-``k`` items per row of ``scores`` after removing excluded (row, item) pairs.
-
-    Parameters
-    ----------
-    scores : Tensor
-        ``float32[B, n_items]``.
-    k : int
-        Number of items to return, ``1 <= k <= n_items``.
-    exclude_rows, exclude_items : Tensor
-        ``int64[M]`` each: row positions and item indices to exclude (COO pairs).
-    empty_item : int
-        Item of empty slots: :data:`recsys_export.core.topk.EMPTY_ITEM` (a default argument,
-        since TorchScript cannot read module constants).
-
-    Returns
-    -------
-    (Tensor, Tensor)
-        Scores ``float32[B, k]`` sorted descending and item indices ``int64[B, k]``;
-        slots that no admissible item can fill hold ``-inf`` and ``-1``.
-    """
-    neg_inf = torch.full_like(exclude_items, 0, dtype=scores.dtype) - float("inf")
-    masked = scores.index_put((exclude_rows, exclude_items), neg_inf)
-    values, items = torch.topk(masked, k, dim=1, largest=True, sorted=True)
-    items = torch.where(torch.isneginf(values), torch.full_like(items, empty_item), items)
-    return values, items
 
 
 class DropoutMasks:

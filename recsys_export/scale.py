@@ -33,7 +33,7 @@ Design (see ``docs/scaling.md``):
   directory).
 
 * With ``device`` set, each actor runs the torch engine
-  (:class:`~recsys_export.torch_engine.TorchEngine`, the bundle's pt2/TorchScript
+  (:class:`~recsys_export.torch_runtime.engine.TorchEngine`, the bundle's pt2/TorchScript
   program) instead of onnxruntime: ``device="cuda"`` places one actor per GPU (Ray's
   ``num_gpus=1``; Ray sets each actor's ``CUDA_VISIBLE_DEVICES``, so it sees its GPU as
   ``cuda:0``); ``device="cpu"`` runs the same code on CPU actors.
@@ -144,7 +144,7 @@ def _materialize(payload: dict[str, bytes], job: str) -> Path:
 
 class BlockScorer:
     """The actor: one loaded :class:`Recommender` (or, with ``device``, a
-    :class:`~recsys_export.torch_engine.TorchEngine`), scoring blocks of user indices.
+    :class:`~recsys_export.torch_runtime.engine.TorchEngine`), scoring blocks of user indices.
 
     Construction never raises (a failed actor constructor is not restarted by Ray and
     its error is hard to read): errors are kept and reported by :meth:`info` and
@@ -204,7 +204,7 @@ class BlockScorer:
             else:
                 import torch
 
-                from recsys_export.torch_engine import TorchEngine
+                from recsys_export.torch_runtime.engine import TorchEngine
 
                 if device == "cpu":
                     torch.set_num_threads(threads)
@@ -361,7 +361,7 @@ def _check_device(device: str | None) -> str | None:
             f"unsupported device {device!r} for the ray engine: use cpu or cuda (Ray gives "
             "each worker its own GPU, which it sees as cuda:0)"
         )
-    import recsys_export.torch_engine  # noqa: F401  (ConfigError without torch)
+    import recsys_export.torch_runtime.engine  # noqa: F401  (ConfigError without torch)
 
     return device
 

@@ -1,6 +1,6 @@
 """Timing helpers of the torch engine on a device, shared by ``bench`` and the GPU check.
 
-:func:`device_timings` times :class:`~recsys_export.torch_engine.TorchEngine` (score_all
+:func:`device_timings` times :class:`~recsys_export.torch_runtime.engine.TorchEngine` (score_all
 over every user, top-k for every user, on the device, no writing) next to a bare
 ``torch.matmul`` (+ ``torch.topk``) ceiling of the same shape in the same blocks: the
 rows ``recsys-export bench`` adds when a CUDA device is visible, and
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_export.torch_engine import TorchEngine
+from recsys_export.torch_runtime.engine import TorchEngine
 
 __all__ = ["cuda_unavailable_reason", "device_timings", "matmul_ceiling", "sync", "timed_runs"]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from recsys_export.errors import ConfigError
-from recsys_export.models import DenseNet, MatrixFactorization, build_model, topk_excluding
+from recsys_export.models import DenseNet, MatrixFactorization, build_model
+from recsys_export.torch_runtime.ops import topk_excluding
 
 
 def _models():

@@ -249,7 +249,7 @@ def test_missing_ray_is_a_config_error(monkeypatch, tmp_path):
 def torch_case(tmp_path_factory):
     """A small bundle with every format; the local onnxruntime and torch-engine outputs."""
     pytest.importorskip("torch")
-    from recsys_export.torch_engine import TorchEngine
+    from recsys_export.torch_runtime.engine import TorchEngine
 
     root = tmp_path_factory.mktemp("scale_torch")
     ck = synthetic_checkpoint(

@@ -56,7 +56,7 @@ _ITEMS = np.array([0, 4, *range(1, N_ITEMS), *range(N_ITEMS)], dtype=np.int64)
 def test_numpy_topk_agrees_with_exported_graphs(bundle, k):
     import torch
 
-    from recsys_export.models import topk_excluding
+    from recsys_export.torch_runtime.ops import topk_excluding
 
     model, path = bundle
     users = np.arange(4, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""Tests of the torch batch engine (recsys_export.torch_engine) on the CPU device,
+"""Tests of the torch batch engine (recsys_export.torch_runtime.engine) on the CPU device,
 against the onnxruntime runtime's files (the same writers, so the same formats)."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
 from recsys_export.runtime import Recommender
 from recsys_export.synthetic_models import synthetic_checkpoint
-from recsys_export.torch_engine import TorchEngine, resolve_device
+from recsys_export.torch_runtime.device import resolve_device
+from recsys_export.torch_runtime.engine import TorchEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS = 37, 29
@@ -275,7 +276,7 @@ def test_runtime_still_imports_without_torch():
         "import sys; sys.modules['torch'] = None\n"
         "import recsys_export.runtime\n"
         "try:\n"
-        "    import recsys_export.torch_engine\n"
+        "    import recsys_export.torch_runtime.engine\n"
         "except Exception as e:\n"
         "    print(type(e).__name__, e)\n"
     )

@@ -15,7 +15,7 @@ Two paths:
     Any other ``nn.Module`` whose ``forward(users, items)`` returns one score per pair
     (``[N]`` or ``[N, 1]``). ``score`` is the module, ``score_all`` broadcasts users x
     items through it in bounded blocks (:class:`ModuleRecommender`), ``recommend`` is
-    :func:`~recsys_export.models.topk_excluding` on that. The bundle has no fast-path
+    :func:`~recsys_export.torch_runtime.ops.topk_excluding` on that. The bundle has no fast-path
     kernels; the runtime runs its ONNX entry points.
 
 Either way, parity is checked against the user's own module (not only our copy of it):

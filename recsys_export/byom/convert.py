@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from recsys_export.byom.generic import _eval_mode, _first_line
-from recsys_export.checkpoint import check_finite_weights, load_weights_only
 from recsys_export.errors import (
     CheckpointError,
     ConfigError,
@@ -22,6 +21,7 @@ from recsys_export.models import (
     DenseNet,
     MatrixFactorization,
 )
+from recsys_export.torch_runtime.io import check_finite_weights, load_weights_only
 
 _MF_REQUIRED = ("user_factors.weight", "item_factors.weight")
 _MF_OPTIONAL = ("user_bias.weight", "item_bias.weight", "global_mean")
@@ -181,12 +181,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         Missing, unreadable or not a state dict, or it holds anything but weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no state dict at {path}")
     obj = load_weights_only(
         path,
         refusal="save model.state_dict(), not the model",
         unreadable="torch file",
+        missing=f"no state dict at {path}",
     )
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict"):

@@ -13,14 +13,10 @@ from torch import Tensor, nn
 from recsys_export.errors import (
     ConfigError,
 )
-from recsys_export.export.formats import export_programs, quiet_exporters
-from recsys_export.models import (
-    BaseModel,
-    DenseNet,
-    MatrixFactorization,
-    check_k,
-    topk_excluding,
-)
+from recsys_export.export.formats import export_programs
+from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, check_k
+from recsys_export.torch_runtime.io import quiet_exporters
+from recsys_export.torch_runtime.ops import topk_excluding
 
 #: ``model.kind`` of bundles exported through the generic path.
 GENERIC_KIND = "generic"
@@ -267,7 +263,7 @@ def source_missing(module: nn.Module) -> str | None:
 def trace_module(module: nn.Module, n_users: int, n_items: int) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` of ``module`` on the ``(users, items)`` signature: 8 example
     pairs, checked on 3 others (a trace that depends on the batch raises)."""
-    from recsys_export.export.formats import quiet_exporters
+    from recsys_export.torch_runtime.io import quiet_exporters
 
     def pairs(n: int, offset: int) -> tuple[Tensor, Tensor]:
         idx = torch.arange(offset, offset + n, dtype=torch.int64)

@@ -160,7 +160,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _score_all_torch(args: argparse.Namespace) -> int:
     """``score --all --engine torch``: the bundle's torch program on ``--device``."""
     from recsys_export.errors import ConfigError
-    from recsys_export.torch_engine import TorchEngine  # ConfigError without torch
+    from recsys_export.torch_runtime.engine import TorchEngine  # ConfigError without torch
 
     if args.top_k is None and args.out.suffix != ".npy":
         raise ConfigError(f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)")

@@ -33,7 +33,6 @@ _NAMES = {
         "OnnxSource",
         "export_programs",
         "onnx_sources",
-        "quiet_exporters",
         "write_onnx",
         "write_pt2",
         "write_torchscript",

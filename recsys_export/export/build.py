@@ -21,7 +21,7 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import Bundle, BundleWriter
-from recsys_export.checkpoint import Checkpoint, check_finite_weights
+from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import BundleError, CheckpointError, ConfigError
 from recsys_export.export.formats import (
     ONNX_OPSET,
@@ -43,6 +43,7 @@ from recsys_export.manifest import (
     entry_point_spec,
     parse_precisions,
 )
+from recsys_export.torch_runtime.io import check_finite_weights
 
 REFERENCE_FILE = "reference/state_dict.pt"
 

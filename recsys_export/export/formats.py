@@ -8,11 +8,7 @@ what the exporters made of it and writes one format's files for the bundle contr
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ from recsys_export.export.frozen import (
     ScoreEntry,
 )
 from recsys_export.manifest import ENTRY_POINTS
+from recsys_export.torch_runtime.io import quiet_exporters
 
 ONNX_OPSET = 20
 #: IR version written into every graph: 9 is what opset 20 needs and what onnxruntime
@@ -34,41 +31,6 @@ ONNX_OPSET = 20
 ONNX_IR_VERSION = 9
 #: Protobuf's hard limit: larger ONNX models must keep weights in an external file.
 ONNX_SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2
-
-
-@contextlib.contextmanager
-def quiet_exporters() -> Iterator[None]:
-    """Silence the exporters' progress prints, warnings and log lines.
-
-    ``torch.onnx.export(dynamo=True)`` prints progress to stdout and logs warnings;
-    TorchScript emits DeprecationWarnings. None of that belongs in our users' output.
-    """
-    loggers = [
-        logging.getLogger(n)
-        for n in (
-            "torch.onnx",
-            "torch.export",
-            "torch._export",
-            "onnxscript",
-            "torch._dynamo",
-            "torch.fx",
-        )
-    ]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    sink = io.StringIO()
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(sink),
-            contextlib.redirect_stderr(sink),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _example_inputs(n_users: int, n_items: int) -> dict[str, tuple[torch.Tensor, ...]]:

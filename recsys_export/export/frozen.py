@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
-from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, topk_excluding
+from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
+from recsys_export.torch_runtime.ops import topk_excluding
 
 
 class _FrozenRecommender(nn.Module):
@@ -180,7 +181,7 @@ class RecommendEntry(nn.Module):
 class OnnxRecommendEntry(nn.Module):
     """``recommend`` for the TorchScript-based ONNX exporter (traced, ``k`` a tensor).
 
-    The same computation as :func:`~recsys_export.models.topk_excluding` on
+    The same computation as :func:`~recsys_export.torch_runtime.ops.topk_excluding` on
     ``score_all``, written so that tracing keeps ``k`` a run-time input: the 0-d ``k``
     goes straight into ``topk`` (the tracer records it as a value, not a constant) and
     the empty-slot test is ``== -inf`` (that exporter has no ``isneginf``); exclusions

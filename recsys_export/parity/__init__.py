@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from recsys_export.bundle import Bundle, BundleWriter, read_seen_csr, update_bundle
-from recsys_export.checkpoint import Checkpoint, load_checkpoint, load_weights_only
+from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.manifest import ENTRY_POINTS, FORMATS, BundleSpec
 from recsys_export.models import BaseModel, build_model
@@ -72,6 +72,7 @@ from recsys_export.plan import (
     describe_plan,
     plan_parity,
 )
+from recsys_export.torch_runtime.io import load_weights_only
 
 # --------------------------------------------------------------------------- bundles
 
@@ -266,7 +267,7 @@ def verify_bundle(
         ``exc.report``.
     """
     from recsys_export.runtime.engines import check_providers
-    from recsys_export.torch_engine import resolve_device
+    from recsys_export.torch_runtime.device import resolve_device
 
     check_tolerances(atol, rtol)
     dev = None if device is None else resolve_device(device)  # before any loading

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from recsys_export.core.ids import runs_to_coo
-from recsys_export.export.formats import quiet_exporters
 from recsys_export.manifest import FORMATS
-from recsys_export.models import BaseModel, DenseNet, check_k, topk_excluding
+from recsys_export.models import BaseModel, DenseNet, check_k
 from recsys_export.plan import (
     PARITY_WORKERS,
 )
-from recsys_export.torch_engine import load_exported_module
+from recsys_export.torch_runtime.io import load_exported_module, load_torchscript, quiet_exporters
+from recsys_export.torch_runtime.ops import topk_excluding
 
 #: What export and ``verify`` check by default: every format, and the torch-free runtime.
 CHECKED_BACKENDS = (*FORMATS, "runtime")
@@ -70,7 +70,7 @@ class EagerBackend(Backend):
     DenseNet's ``score_all`` is the model's own computation (split first layer, ReLU,
     second layer) done in tiles of users x items, so its ``[B, n_items, hidden]``
     activations never exist at once: memory stays at :data:`EAGER_TILE_BYTES` and the
-    tile stays in cache. ``recommend`` is :func:`~recsys_export.models.topk_excluding`
+    tile stays in cache. ``recommend`` is :func:`~recsys_export.torch_runtime.ops.topk_excluding`
     on ``score_all``, whose last block is kept: a parity block asks for ``score_all``
     and then ``recommend`` with several ``k`` on the same users.
 
@@ -147,8 +147,7 @@ class TorchScriptBackend(Backend):
 
     def __init__(self, path: Path, device: torch.device | None = None) -> None:
         self.device = device
-        with quiet_exporters():
-            self.module = torch.jit.load(str(path), map_location=device or "cpu")
+        self.module = load_torchscript(path, device)
 
     @torch.no_grad()
     def score(self, users, items):
@@ -276,7 +275,7 @@ class RuntimeBackend(Backend):
 
 
 class TorchEngineBackend(RuntimeBackend):
-    """The torch batch engine (:class:`~recsys_export.torch_engine.TorchEngine`) on
+    """The torch batch engine (:class:`~recsys_export.torch_runtime.engine.TorchEngine`) on
     ``device`` (default CPU): the bundle's pt2/TorchScript program with the engine's own
     exclusion and top-k (opt-in: ``verify --formats ...,torch_engine``). Pairs
     (``score``) do not apply."""
@@ -285,7 +284,7 @@ class TorchEngineBackend(RuntimeBackend):
     chunks_itself = False
 
     def __init__(self, path: Path, device: torch.device | None = None) -> None:
-        from recsys_export.torch_engine import TorchEngine
+        from recsys_export.torch_runtime.engine import TorchEngine
 
         self.rec = TorchEngine.load(  # type: ignore[assignment]
             path, device=device or "cpu", verify=False
@@ -327,7 +326,7 @@ def load_backends(
         both torch versions; without it the load error propagates.
     device : torch.device, optional
         Where the torch backends (TorchScript, ``.pt2``, the torch engine) run; checked
-        by the caller (:func:`~recsys_export.torch_engine.resolve_device`). Default: the
+        by the caller (:func:`~recsys_export.torch_runtime.device.resolve_device`). Default: the
         CPU path as before.
     providers : list of str, optional
         onnxruntime execution providers of the ONNX and runtime backends, validated by
