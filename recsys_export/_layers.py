@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 0 the leaves every layer may use
     ("", "_layers", "errors", "datasets", "core"),
     # 1 the bundle format: schema, files, writer, loader
-    ("bundle", "bundle_format", "bundle_writer", "manifest"),
+    ("bundle",),
     # 2 a bundle's torch programs at run time
     ("torch_runtime", "torch_engine"),
     # 3 serving a bundle: engines, recommender, writers, Ray

@@ -43,14 +43,6 @@ LAYER_VIOLATIONS_ALLOWED: set[tuple[str, str]] = {
 #: ``from recsys_export.X import _name`` in another module (importer, "X._name").
 PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str]] = {
     ("recsys_export.bench_graphs", "recsys_export.export._dn_item_tiles"),
-    ("recsys_export.bundle", "recsys_export.bundle_format._ID_MAP_NAMES"),
-    ("recsys_export.bundle", "recsys_export.bundle_format._check_rel"),
-    ("recsys_export.bundle", "recsys_export.bundle_format._open_files"),
-    ("recsys_export.bundle", "recsys_export.bundle_format._read_manifest"),
-    ("recsys_export.bundle_writer", "recsys_export.bundle_format._ID_MAP_FILES"),
-    ("recsys_export.bundle_writer", "recsys_export.bundle_format._check_rel"),
-    ("recsys_export.bundle_writer", "recsys_export.bundle_format._dumps"),
-    ("recsys_export.bundle_writer", "recsys_export.bundle_format._is_bundle_like"),
     ("recsys_export.byom", "recsys_export.byom.convert._conversion_mismatch"),
     ("recsys_export.byom", "recsys_export.byom.convert._key_problems"),
     ("recsys_export.byom", "recsys_export.byom.generic._against_user"),

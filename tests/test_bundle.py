@@ -17,8 +17,6 @@ from helpers.cli_contract import dead_pid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_export import bundle as bundle_mod
-from recsys_export import bundle_writer
 from recsys_export.bundle import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -28,6 +26,8 @@ from recsys_export.bundle import (
     sha256_file,
     update_bundle,
 )
+from recsys_export.bundle import files as bundle_files
+from recsys_export.bundle import writer as bundle_writer
 from recsys_export.core import atomic
 from recsys_export.core.ids import IdMap
 from recsys_export.errors import BundleError, RecsysExportError
@@ -652,7 +652,7 @@ def test_update_bundle_copies_when_links_fail(
     def no_link(src: object, dst: object) -> None:
         raise OSError(errno.EXDEV, "cross-device link")
 
-    monkeypatch.setattr(bundle_mod.os, "link", no_link)
+    monkeypatch.setattr(os, "link", no_link)
     b = update_bundle(dest, manifest_updates={"x": 1})
     assert b.file("onnx/score.onnx").read_bytes() == ONNX_BYTES
     assert b.manifest["x"] == 1
@@ -692,7 +692,7 @@ def test_update_bundle_refuses_bad_new_files(tmp_path: Path) -> None:
 def test_any_accepted_name_stays_inside(rel: str) -> None:
     root = Path("/bundle/root")
     try:
-        bundle_mod._check_rel(rel, "test")
+        bundle_files.check_rel(rel, "test")
     except BundleError:
         return
     full = os.path.normpath(root / rel)

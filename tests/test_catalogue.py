@@ -877,12 +877,13 @@ def test_bundle_swapped_while_loading_is_one_whole(
     whole), or once the bundle was checked, before the id maps and graphs are read
     (``graphs``: the files it checked are open, so it is the old bundle, whole)."""
     from recsys_export import bundle as bundle_mod
+    from recsys_export.bundle import load as bundle_load
     from recsys_export.runtime import Recommender
 
     other = rt_world.tmp / "golden-densenet"
     shutil.copytree(GOLDEN / "toy-densenet", other)
     owner, name = (
-        (bundle_mod, "sha256_file") if stage == "checksums" else (bundle_mod.Bundle, "user_map")
+        (bundle_load, "sha256_file") if stage == "checksums" else (bundle_mod.Bundle, "user_map")
     )
     calls = _swap_on_first_call(monkeypatch, owner, name, rt_world.bundle, other)
     rec = Recommender.load(rt_world.bundle)

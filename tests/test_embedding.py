@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_export.bundle.schema import ENTRY_POINTS
 from recsys_export.export import export_bundle
-from recsys_export.manifest import ENTRY_POINTS
 from recsys_export.synthetic_models import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ import torch
 
 from recsys_export import data
 from recsys_export.bundle import Bundle
+from recsys_export.bundle.schema import DEFAULT_FORMATS, FORMATS
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError, ConfigError, ParityError
 from recsys_export.export import ONNX_OPSET, export_bundle, parse_formats
-from recsys_export.manifest import DEFAULT_FORMATS, FORMATS
 from recsys_export.parity import (
     EagerBackend,
     OnnxBackend,

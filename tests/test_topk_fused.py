@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recsys_export.bundle.schema import BundleSpec
 from recsys_export.core import topk
-from recsys_export.manifest import BundleSpec
 
 
 def exact_lists(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ assert not bad, f"{name} imports torch: {bad[:5]}"
 
 
 def test_layer_lists_the_runtime():
-    assert {"runtime", "bundle", "core", "manifest", "errors", "serve"} <= set(torch_free_layer())
+    assert {"runtime", "bundle", "core", "errors", "serve"} <= set(torch_free_layer())
 
 
 @pytest.mark.parametrize("name", torch_free_layer())

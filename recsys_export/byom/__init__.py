@@ -38,6 +38,7 @@ from typing import Any
 
 from torch import nn
 
+from recsys_export.bundle.schema import parse_precisions
 from recsys_export.byom.convert import (  # noqa: F401
     _conversion_mismatch,
     _key_problems,
@@ -69,7 +70,6 @@ from recsys_export.errors import (
     RecsysExportError,
 )
 from recsys_export.export.build import export_bundle, parse_formats
-from recsys_export.manifest import parse_precisions
 from recsys_export.models import BaseModel
 
 PATHS = ("auto", "converted", "generic")

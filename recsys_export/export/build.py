@@ -21,6 +21,14 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import Bundle, BundleWriter
+from recsys_export.bundle.schema import (
+    DEFAULT_FORMATS,
+    ENTRY_POINTS,
+    FORMATS,
+    KERNELS_FALLBACK,
+    entry_point_spec,
+    parse_precisions,
+)
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import BundleError, CheckpointError, ConfigError
 from recsys_export.export.formats import (
@@ -35,14 +43,6 @@ from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
 from recsys_export.export.precision import write_variant
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import (
-    DEFAULT_FORMATS,
-    ENTRY_POINTS,
-    FORMATS,
-    KERNELS_FALLBACK,
-    entry_point_spec,
-    parse_precisions,
-)
 from recsys_export.torch_runtime.io import check_finite_weights
 
 REFERENCE_FILE = "reference/state_dict.pt"
@@ -101,13 +101,13 @@ def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
     ----------
     formats : str or sequence of str or None
         ``"onnx,torchscript,pt2"`` or a sequence of names; ``all`` stands for every
-        format (:data:`~recsys_export.manifest.FORMATS`); None gives
-        :data:`~recsys_export.manifest.DEFAULT_FORMATS` (``pt2`` is opt-in).
+        format (:data:`~recsys_export.bundle.schema.FORMATS`); None gives
+        :data:`~recsys_export.bundle.schema.DEFAULT_FORMATS` (``pt2`` is opt-in).
 
     Returns
     -------
     list of str
-        The formats named, in :data:`~recsys_export.manifest.FORMATS` order.
+        The formats named, in :data:`~recsys_export.bundle.schema.FORMATS` order.
 
     Raises
     ------

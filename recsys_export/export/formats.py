@@ -16,13 +16,13 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import FORMAT_VERSION
+from recsys_export.bundle.schema import ENTRY_POINTS
 from recsys_export.export.frozen import (
     OnnxRecommendEntry,
     RecommendEntry,
     ScoreAllEntry,
     ScoreEntry,
 )
-from recsys_export.manifest import ENTRY_POINTS
 from recsys_export.torch_runtime.io import quiet_exporters
 
 ONNX_OPSET = 20

@@ -14,12 +14,12 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import BundleWriter
+from recsys_export.bundle.schema import DN_BLOCK_USERS, KERNELS_DIR, KERNELS_VERSION
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
 from recsys_export.export.formats import ONNX_IR_VERSION, ONNX_OPSET, ONNX_SINGLE_FILE_LIMIT
-from recsys_export.manifest import DN_BLOCK_USERS, KERNELS_DIR, KERNELS_VERSION
 
 #: The kernel version and directory, and the DenseNet ``score_all`` kernel's users per
-#: call (``DN_BLOCK_USERS``) are in :mod:`recsys_export.manifest`. The bytes of one
+#: call (``DN_BLOCK_USERS``) are in :mod:`recsys_export.bundle.schema`. The bytes of one
 #: ``[users, hidden, items]`` intermediate a tile may take: 8 x 128 x 512 floats = 2 MB
 #: measured fastest on 2 cores (8 MB L3, 512 KB L2 per core); 4 MB tiles thrash L3 once
 #: both cores run, 16 MB is slower even on one.

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from recsys_export.bundle import BundleWriter
+from recsys_export.bundle.schema import VARIANTS_DIR, check_precision
 from recsys_export.core.topk import EMPTY_SCORE
 from recsys_export.errors import ConfigError
 from recsys_export.export.kernels import (
@@ -43,7 +44,6 @@ from recsys_export.export.kernels import (
     mf_group_shape,
     save_graph,
 )
-from recsys_export.manifest import VARIANTS_DIR, check_precision
 
 __all__ = ["fp16_weights", "mf_int8_graphs", "quantize_rows", "write_variant"]
 

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from recsys_export.bundle import Bundle, BundleWriter, read_seen_csr, update_bundle
+from recsys_export.bundle.schema import ENTRY_POINTS, FORMATS, BundleSpec
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError
-from recsys_export.manifest import ENTRY_POINTS, FORMATS, BundleSpec
 from recsys_export.models import BaseModel, build_model
 from recsys_export.parity.backends import (  # noqa: F401
     CHECKED_BACKENDS,

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_export.bundle.schema import FORMATS
 from recsys_export.core.ids import runs_to_coo
-from recsys_export.manifest import FORMATS
 from recsys_export.models import BaseModel, DenseNet, check_k
 from recsys_export.plan import (
     PARITY_WORKERS,

@@ -21,9 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
+from recsys_export.bundle.schema import BundleSpec
 from recsys_export.core.topk import EMPTY_SCORE, fill_empty, mask_pairs
 from recsys_export.core.validation import check_choice, check_int
-from recsys_export.manifest import BundleSpec
 from recsys_export.runtime.group_topk import GroupTopK
 from recsys_export.runtime.sessions import (  # noqa: F401  (re-exported)
     DEFAULT_PROVIDERS,

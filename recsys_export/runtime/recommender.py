@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle import Bundle
+from recsys_export.bundle.schema import check_precision
 from recsys_export.core.ids import IdMap
 from recsys_export.core.topk import (
     EMPTY_ITEM,
@@ -26,7 +27,6 @@ from recsys_export.core.topk import (
 )
 from recsys_export.core.validation import check_choice
 from recsys_export.errors import BundleError, ConfigError
-from recsys_export.manifest import check_precision
 from recsys_export.runtime.engines import Engine, make_engine
 from recsys_export.runtime.exclusions import (  # noqa: F401  (load_seen_csr: re-exported)
     columns_topk,

@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
+from recsys_export.bundle.schema import VariantSpec
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE, fill_empty, mask_pairs, topk
-from recsys_export.manifest import VariantSpec
 from recsys_export.runtime.engines import Engine, KernelEngine, _k_vector, iter_blocks
 from recsys_export.runtime.group_topk import GroupTopK
 

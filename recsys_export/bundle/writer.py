@@ -14,16 +14,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from recsys_export.bundle_format import (
-    _ID_MAP_FILES,
+from recsys_export.bundle.files import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    ID_MAP_FILES,
     MANIFEST_NAME,
     RESERVED_KEYS,
-    _check_rel,
-    _dumps,
-    _is_bundle_like,
+    check_rel,
+    dumps_json,
     enclosing_bundle,
+    is_bundle_like,
     nested_bundles,
     sha256_file,
 )
@@ -131,7 +131,7 @@ class BundleWriter:
                 f"cannot replace {dest}: it is a file, not a bundle directory; remove it or "
                 "choose another destination"
             )
-        if not _is_bundle_like(dest):
+        if not is_bundle_like(dest):
             raise BundleError(
                 f"refusing to replace {dest}: it is a non-empty directory without "
                 f"{MANIFEST_NAME}, not a recsys-export bundle; remove it yourself or choose "
@@ -189,7 +189,7 @@ class BundleWriter:
             If ``rel`` is unsafe (absolute, ``..``, backslash, ...) or is ``manifest.json``.
         """
         tmp = self._require_open()
-        rel = _check_rel(rel, f"bundle {self.dest}")
+        rel = check_rel(rel, f"bundle {self.dest}")
         if rel == MANIFEST_NAME:
             raise BundleError(
                 f"{MANIFEST_NAME} is written by commit(); pass its contents to commit() instead"
@@ -237,7 +237,7 @@ class BundleWriter:
 
     def write_json(self, rel: str, obj: Any, role: str) -> Path:
         """Write ``obj`` as JSON (indent 2, sorted keys, no NaN) to ``rel``; returns its path."""
-        text = _dumps(obj, f"{rel!r} into bundle {self.dest}")
+        text = dumps_json(obj, f"{rel!r} into bundle {self.dest}")
         return self.write_bytes(rel, (text + "\n").encode("utf-8"), role)
 
     def write_id_maps(self, user_map: IdMap, item_map: IdMap) -> None:
@@ -245,8 +245,8 @@ class BundleWriter:
         for key, idmap in (("users", user_map), ("items", item_map)):
             if not isinstance(idmap, IdMap):
                 raise BundleError(f"{key} id map must be an IdMap, got {type(idmap).__name__}")
-            self.write_json(_ID_MAP_FILES[key], idmap.to_json(), role=f"id_map:{key}")
-        self._id_maps = dict(_ID_MAP_FILES)
+            self.write_json(ID_MAP_FILES[key], idmap.to_json(), role=f"id_map:{key}")
+        self._id_maps = dict(ID_MAP_FILES)
 
     # ------------------------------------------------------------------ commit
     def stage(self, manifest: dict[str, Any]) -> Path:
@@ -318,7 +318,7 @@ class BundleWriter:
             id_maps=dict(id_maps),
             files=files,
         )
-        text = _dumps(out, f"{MANIFEST_NAME} of bundle {self.dest}") + "\n"
+        text = dumps_json(out, f"{MANIFEST_NAME} of bundle {self.dest}") + "\n"
         manifest_path = tmp / MANIFEST_NAME
         with open(manifest_path, "w", encoding="utf-8") as fh:
             fh.write(text)

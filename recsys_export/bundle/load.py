@@ -20,13 +20,13 @@ bundle or the complete new one, also when the writing process is killed.
 
 Loading (:meth:`Bundle.load`) checks the format version, that every listed file name
 stays inside the bundle, and every file's size and sha256 before anything runs. It
-keeps every listed file open (:class:`~recsys_export.bundle_format.OpenFiles`): what a
+keeps every listed file open (:class:`~recsys_export.bundle.files.OpenFiles`): what a
 loaded bundle reads later (:meth:`Bundle.read_bytes`) is what was checked, also after
 ``export --force`` replaced it on disk.
 
-The format's helpers live in :mod:`recsys_export.bundle_format`, the writer in
-:mod:`recsys_export.bundle_writer`; this module holds the reader and
-:func:`update_bundle`, and re-exports the rest. It must stay torch-free: it imports only
+The format's helpers live in :mod:`recsys_export.bundle.files`, the writer in
+:mod:`recsys_export.bundle.writer`; this module holds the reader and
+:func:`update_bundle`. It must stay torch-free: it imports only
 the standard library, numpy and torch-free parts of ``recsys_export``.
 """
 
@@ -41,41 +41,23 @@ from typing import Any, Literal
 
 import numpy as np
 
-from recsys_export.bundle_format import (
-    _ID_MAP_NAMES,
-    FORMAT_NAME,
-    FORMAT_VERSION,
+from recsys_export.bundle.files import (
+    ID_MAP_NAMES,
     MANIFEST_NAME,
     RESERVED_KEYS,
     OpenFiles,
-    _check_rel,
-    _open_files,
-    _read_manifest,
+    check_rel,
     check_seen_csr,
-    enclosing_bundle,
-    read_seen_csr,
+    open_files,
+    read_manifest,
     sha256_file,
 )
-from recsys_export.bundle_writer import BundleWriter
-from recsys_export.core.atomic import stale_temporaries
+from recsys_export.bundle.schema import BundleSpec
+from recsys_export.bundle.writer import BundleWriter
 from recsys_export.core.ids import IdMap
 from recsys_export.errors import BundleError
-from recsys_export.manifest import BundleSpec
 
-__all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MANIFEST_NAME",
-    "RESERVED_KEYS",
-    "Bundle",
-    "BundleWriter",
-    "dir_identity",
-    "enclosing_bundle",
-    "read_seen_csr",
-    "sha256_file",
-    "stale_temporaries",
-    "update_bundle",
-]
+__all__ = ["Bundle", "dir_identity", "update_bundle"]
 
 
 # ---------------------------------------------------------------------- reading
@@ -190,9 +172,9 @@ class Bundle:
             raise BundleError(f"no bundle at {root}: it is a file, not a bundle directory")
         opened = OpenFiles(root)
         try:
-            manifest = _read_manifest(root, opened)
+            manifest = read_manifest(root, opened)
             files = manifest["files"]
-            _open_files(root, files, opened)
+            open_files(root, files, opened)
             if verify:  # the expensive pass: checksums of what was opened
                 for rel in files:
                     try:
@@ -234,7 +216,7 @@ class Bundle:
 
     @property
     def spec(self) -> BundleSpec:
-        """The manifest parsed and checked once (:class:`~recsys_export.manifest.BundleSpec`).
+        """The manifest parsed and checked once (:class:`~recsys_export.bundle.schema.BundleSpec`).
 
         Raises
         ------
@@ -390,7 +372,7 @@ class Bundle:
                     "write_id_maps()"
                 )
             try:
-                self._maps[key] = IdMap.from_json(self.read_json(rel), name=_ID_MAP_NAMES[key])
+                self._maps[key] = IdMap.from_json(self.read_json(rel), name=ID_MAP_NAMES[key])
             except BundleError as exc:
                 raise BundleError(f"bundle {self.root}: {rel!r}: {exc}") from None
         return self._maps[key]
@@ -457,7 +439,7 @@ def update_bundle(
         )
     new_files = dict(new_files or {})
     for rel, value in new_files.items():
-        _check_rel(rel, f"update of bundle {src.root}")
+        check_rel(rel, f"update of bundle {src.root}")
         if not (
             isinstance(value, tuple)
             and len(value) == 2

@@ -42,8 +42,8 @@ RESERVED_KEYS = frozenset({"format", "format_version", "created", "id_maps", "fi
 
 _BLOCK = 1 << 20  # 1 MiB
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_ID_MAP_FILES = {"users": "ids/users.json", "items": "ids/items.json"}
-_ID_MAP_NAMES = {"users": "user", "items": "item"}
+ID_MAP_FILES = {"users": "ids/users.json", "items": "ids/items.json"}
+ID_MAP_NAMES = {"users": "user", "items": "item"}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -198,7 +198,7 @@ def _unsafe_reason(rel: object) -> str | None:
     return None
 
 
-def _check_rel(rel: object, what: str) -> str:
+def check_rel(rel: object, what: str) -> str:
     reason = _unsafe_reason(rel)
     if reason is not None:
         raise BundleError(
@@ -220,7 +220,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def _dumps(obj: Any, what: str) -> str:
+def dumps_json(obj: Any, what: str) -> str:
     try:
         return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
     except ValueError as exc:  # NaN / inf, circular reference
@@ -247,7 +247,7 @@ def enclosing_bundle(path: Path) -> Path | None:
     return None
 
 
-def _read_manifest(root: Path, opened: OpenFiles) -> dict[str, Any]:
+def read_manifest(root: Path, opened: OpenFiles) -> dict[str, Any]:
     """The bundle's manifest, read from the opened directory; format and version checked."""
     where = f"bundle {root}"
     mpath = root / MANIFEST_NAME
@@ -293,12 +293,12 @@ def _read_manifest(root: Path, opened: OpenFiles) -> dict[str, Any]:
     return manifest
 
 
-def _open_files(root: Path, files: dict[str, Any], opened: OpenFiles) -> None:
+def open_files(root: Path, files: dict[str, Any], opened: OpenFiles) -> None:
     """Check every listed file's entry, name, place and size, and open it (the cheap pass)."""
     where = f"bundle {root}"
     real_root = root.resolve()
     for rel, entry in files.items():
-        _check_rel(rel, where)
+        check_rel(rel, where)
         if rel == MANIFEST_NAME:
             raise BundleError(f"{where}: {MANIFEST_NAME} cannot list itself")
         if not (
@@ -348,7 +348,7 @@ def nested_bundles(root: Path) -> list[Path]:
     return found
 
 
-def _is_bundle_like(path: Path) -> bool:
+def is_bundle_like(path: Path) -> bool:
     """A directory that may be replaced by ``overwrite``: empty, or holding a manifest."""
     try:
         return (path / MANIFEST_NAME).is_file() or not any(path.iterdir())
@@ -383,8 +383,8 @@ def read_seen_csr(
     """
     where = f"bundle {root}"
     try:
-        indptr = np.load(root / _check_rel(seen["indptr"], where), allow_pickle=False)
-        items = np.load(root / _check_rel(seen["items"], where), allow_pickle=False)
+        indptr = np.load(root / check_rel(seen["indptr"], where), allow_pickle=False)
+        items = np.load(root / check_rel(seen["items"], where), allow_pickle=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{where}: cannot read the seen items ({exc})") from None
     return check_seen_csr(indptr, items, n_users, n_items, where)
