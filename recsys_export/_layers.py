@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 4 the HTTP server over the runtime
     ("serve",),
     # 5 ratings files, splits, item names
-    ("data", "items"),
+    ("data",),
     # 6 the networks, checkpoints, synthetic models
     ("models", "checkpoint", "synthetic_models"),
     # 7 training and evaluation

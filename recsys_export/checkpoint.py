@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_export.bundle.files import check_item_names
 from recsys_export.core.atomic import writing
 from recsys_export.core.ids import IdMap
 from recsys_export.errors import CheckpointError
-from recsys_export.items import check_item_names
 from recsys_export.models import BaseModel, build_model
 from recsys_export.torch_runtime.io import check_finite_weights, load_weights_only
 
@@ -54,7 +54,7 @@ class Checkpoint:
         (reported metrics only); see :func:`recsys_export.data.three_way_split`.
     item_names : list of str or None, optional
         Display names (titles) in item-index order, None for unnamed items
-        (:func:`recsys_export.items.read_item_names`); exported to the bundle.
+        (:func:`recsys_export.data.items.read_item_names`); exported to the bundle.
     """
 
     model: BaseModel

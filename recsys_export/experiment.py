@@ -109,7 +109,7 @@ def train_checkpoint(
     data_info : dict, optional
         Extra provenance stored in the checkpoint's ``data``.
     item_names : list, optional
-        Display names in item-index order (:func:`recsys_export.items.read_item_names`).
+        Display names in item-index order (:func:`recsys_export.data.items.read_item_names`).
 
     Returns
     -------

@@ -28,8 +28,8 @@ from recsys_export.cli import main
 from recsys_export.cli.terminal import safe_text
 from recsys_export.core.ids import IdMap
 from recsys_export.data import read_ratings
+from recsys_export.data.items import read_item_names
 from recsys_export.errors import DataError, UnknownIdError
-from recsys_export.items import read_item_names
 
 ROOT = Path(__file__).resolve().parents[1]
 ESC_TITLE = "Evil \x1b]0;pwned\x07 \x1b[2J\x9b31m title"  # retitle, clear, C1 CSI

@@ -28,6 +28,7 @@ __all__ = [
     "OpenFiles",
     "enclosing_bundle",
     "nested_bundles",
+    "check_item_names",
     "check_seen_csr",
     "read_seen_csr",
     "sha256_file",
@@ -421,3 +422,33 @@ def check_seen_csr(
             f"indices in 0..{n_items - 1}); export it again"
         )
     return indptr, items
+
+
+def check_item_names(obj: Any, n_items: int) -> list[str | None]:
+    """Validate stored names: a list of ``n_items`` entries, each a string or None.
+
+    Parameters
+    ----------
+    obj : Any
+        What a checkpoint or bundle holds.
+    n_items : int
+        Number of items of the model.
+
+    Returns
+    -------
+    list of str or None
+        A new list of plain ``str`` (numpy strings converted) and None.
+
+    Raises
+    ------
+    ValueError
+        Saying what is wrong; callers wrap it in their own error with the file name.
+    """
+    if not isinstance(obj, list):
+        raise ValueError(f"item names must be a list, got {type(obj).__name__}")
+    if len(obj) != n_items:
+        raise ValueError(f"{len(obj)} item names for a model of {n_items} items")
+    bad = next((v for v in obj if v is not None and not isinstance(v, str)), None)
+    if bad is not None:
+        raise ValueError(f"item names must be strings or null, found {type(bad).__name__}")
+    return [None if v is None else str(v) for v in obj]

@@ -28,6 +28,9 @@ FORMATS = ("onnx", "torchscript", "pt2")
 #: and again for parity to load them back (docs/performance.md).
 DEFAULT_FORMATS = ("onnx", "torchscript")
 
+#: Bundle-relative file of the item names (a JSON list in item-index order).
+ITEM_NAMES_FILE = "ids/item_names.json"
+
 ENTRY_POINTS: dict[str, dict[str, Any]] = {
     "score": {
         "doc": "Pairwise scores: the post's forward(users, items).",

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from recsys_export.core.ids import IdMap
+from recsys_export.data.items import ItemNames, align_item_names
 from recsys_export.errors import (
     ConfigError,
     DataError,
 )
-from recsys_export.items import ItemNames, align_item_names
 
 
 def _id_column(df: Any, role: str, given: str | None) -> str:

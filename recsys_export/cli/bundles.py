@@ -30,7 +30,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             return _export_own_model(args, t0)
     ckpt = load_checkpoint(args.checkpoint)
     if args.items is not None:
-        from recsys_export.items import read_item_names
+        from recsys_export.data.items import read_item_names
 
         names = read_item_names(
             args.items, item_map=ckpt.item_map, id_col=args.item_id_col, name_col=args.item_name_col
@@ -126,7 +126,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     ratings = ids_from_file(args.ids_from) if args.ids_from else None
     item_names = None
     if args.items is not None:  # {raw id: name}, aligned with the model's ids by export_model
-        from recsys_export.items import read_item_table
+        from recsys_export.data.items import read_item_table
 
         ids, names = read_item_table(
             args.items, id_col=args.item_id_col, name_col=args.item_name_col

@@ -79,7 +79,7 @@ def load_item_names(args: argparse.Namespace, ratings: Any) -> list[str | None] 
     list or None
         One name (or None) per item index; a summary goes to stderr unless ``-q``.
     """
-    from recsys_export.items import default_item_names_path, read_item_names
+    from recsys_export.data.items import default_item_names_path, read_item_names
 
     path = args.items
     if path is None and args.data in (None, "movielens-small"):

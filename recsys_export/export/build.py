@@ -21,10 +21,12 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import Bundle, BundleWriter
+from recsys_export.bundle.files import check_item_names
 from recsys_export.bundle.schema import (
     DEFAULT_FORMATS,
     ENTRY_POINTS,
     FORMATS,
+    ITEM_NAMES_FILE,
     KERNELS_FALLBACK,
     entry_point_spec,
     parse_precisions,
@@ -42,7 +44,6 @@ from recsys_export.export.formats import (
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
 from recsys_export.export.precision import write_variant
-from recsys_export.items import ITEM_NAMES_FILE, check_item_names
 from recsys_export.torch_runtime.io import check_finite_weights
 
 REFERENCE_FILE = "reference/state_dict.pt"

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle import Bundle
+from recsys_export.bundle.files import check_item_names
 from recsys_export.core.ids import IdMap, runs_to_coo
 from recsys_export.core.topk import EMPTY_SCORE, mask_pairs, take_columns, topk
 from recsys_export.errors import BundleError
-from recsys_export.items import check_item_names
 from recsys_export.runtime.engines import Engine, iter_blocks
 
 __all__ = [

@@ -9,10 +9,10 @@ the file does not name get None, and rows whose id the model does not know are i
 and counted.
 
 The names travel in the checkpoint (``Checkpoint.item_names``) and in the bundle
-(:data:`ITEM_NAMES_FILE`, a JSON list in item-index order, checksummed and listed in the
-manifest under ``item_names``); the runtime returns them with recommendations.
-
-Torch-free: the runtime imports :func:`check_item_names` from here.
+(:data:`~recsys_export.bundle.schema.ITEM_NAMES_FILE`, a JSON list in item-index order,
+checksummed and listed in the manifest under ``item_names``; validated by
+:func:`~recsys_export.bundle.files.check_item_names`); the runtime returns them with
+recommendations. Torch-free.
 """
 
 from __future__ import annotations
@@ -46,17 +46,13 @@ from recsys_export.data.text import (
 from recsys_export.errors import DataError
 
 __all__ = [
-    "ITEM_NAMES_FILE",
     "ItemNames",
     "align_item_names",
     "read_item_table",
-    "check_item_names",
     "default_item_names_path",
     "read_item_names",
 ]
 
-#: Bundle-relative file of the item names (a JSON list in item-index order).
-ITEM_NAMES_FILE = "ids/item_names.json"
 
 _ID_COLUMNS = frozenset(norm_name(n) for n in (*COLUMN_NAMES["item"], "id"))
 _NAME_COLUMNS = frozenset(
@@ -123,36 +119,6 @@ class ItemNames:
 def default_item_names_path() -> Path:
     """Path of the MovieLens ``ml-latest-small`` titles (``movies.csv``) in the package."""
     return default_dataset_path().with_name("movies.csv")
-
-
-def check_item_names(obj: Any, n_items: int) -> list[str | None]:
-    """Validate stored names: a list of ``n_items`` entries, each a string or None.
-
-    Parameters
-    ----------
-    obj : Any
-        What a checkpoint or bundle holds.
-    n_items : int
-        Number of items of the model.
-
-    Returns
-    -------
-    list of str or None
-        A new list of plain ``str`` (numpy strings converted) and None.
-
-    Raises
-    ------
-    ValueError
-        Saying what is wrong; callers wrap it in their own error with the file name.
-    """
-    if not isinstance(obj, list):
-        raise ValueError(f"item names must be a list, got {type(obj).__name__}")
-    if len(obj) != n_items:
-        raise ValueError(f"{len(obj)} item names for a model of {n_items} items")
-    bad = next((v for v in obj if v is not None and not isinstance(v, str)), None)
-    if bad is not None:
-        raise ValueError(f"item names must be strings or null, found {type(bad).__name__}")
-    return [None if v is None else str(v) for v in obj]
 
 
 def _sniff(name: str, text: str) -> str:
