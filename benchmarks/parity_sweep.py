@@ -140,7 +140,7 @@ def run_one(
         try:
             manifest = export_bundle(load_checkpoint(ckpt), Path(tmp) / "bundle")
             report = json.loads((Path(tmp) / "bundle" / "parity.json").read_text())
-            row["passed"] = bool(manifest["parity"]["passed"])
+            row["passed"] = manifest.parity is not None and manifest.parity.passed
         except ParityError as exc:
             report = exc.report.to_dict()  # type: ignore[attr-defined]
             row["passed"] = False

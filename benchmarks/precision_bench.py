@@ -152,26 +152,27 @@ def measure(name: str, ckpt_path: Path, precision: str | None, args: argparse.Na
         t0 = time.perf_counter()
         manifest = export_bundle(ckpt, Path(tmp) / name, precision=precision)
         export_s = time.perf_counter() - t0
-        variant = manifest["formats"]["onnx"]["variants"][precision]
-        files = manifest["files"]
+        variant = manifest.variant(precision)
         variant_bytes = sum(
-            f["bytes"] for rel, f in files.items() if rel.startswith(f"onnx/variants/{precision}/")
+            f.bytes
+            for rel, f in manifest.files.items()
+            if rel.startswith(f"onnx/variants/{precision}/")
         )
         exact = Recommender.load(Path(tmp) / name, intra_op_threads=args.threads)
         approx = Recommender.load(
             Path(tmp) / name, intra_op_threads=args.threads, precision=precision
         )
         times = _time_rows(exact, approx, args.repeat, args.calls)
-    q = variant["quality"]
+    q = variant.quality
     return {
         "model": name,
         "kind": ckpt.kind,
         "precision": precision,
-        "users": manifest["model"]["n_users"],
-        "items": manifest["model"]["n_items"],
+        "users": manifest.model.n_users,
+        "items": manifest.model.n_items,
         "export_s": round(export_s, 2),
         "quality": q,
-        "factor_bytes": variant.get("factor_bytes"),
+        "factor_bytes": variant.factor_bytes,
         "variant_file_bytes": variant_bytes,
         **times,
     }

@@ -90,14 +90,14 @@ def big_bundle(out: Path, n_users: int, n_items: int) -> Path:
 
 def commit_copy(src: Path, dest: Path) -> str:
     """Commit ``src``'s files to ``dest`` as ``export --force`` does; the new version."""
-    from recsys_export.bundle import RESERVED_KEYS, Bundle, BundleWriter
+    from recsys_export.bundle import Bundle, BundleWriter
 
     bundle = Bundle.load(src, verify=False)
-    manifest = {k: v for k, v in bundle.manifest.items() if k not in RESERVED_KEYS}
+    manifest = bundle.manifest.without_generic_keys()
     manifest["id_maps"] = dict(bundle.id_maps)
     with BundleWriter(dest, overwrite=True) as writer:
         for rel, entry in bundle.files.items():
-            os.link(bundle.file(rel), writer.add(rel, entry["role"]))
+            os.link(bundle.file(rel), writer.add(rel, entry.role))
         writer.commit(manifest)
     return manifest_version(Bundle.load(dest, verify=False).manifest)
 

@@ -169,7 +169,7 @@ def _synthetic(
     return {
         "model": model,
         "bundle": dest,
-        "export_seconds": manifest["timings"]["export_seconds"],
+        "export_seconds": dict(manifest.timings.export_seconds),
         "export_total_seconds": total,
     }
 

@@ -189,12 +189,15 @@ def _torch_rows(ctx: _Ctx, rounds: Rounds, score: dict) -> None:
         import warnings
 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        scripted = torch.jit.load(str(ctx.bundle / "torchscript" / "model.pt"))
+        loaded = ctx.rec.bundle
+        scripted = torch.jit.load(str(loaded.file(loaded.manifest.formats.torchscript.module)))
         rounds.add(score, "torchscript", rows_of(scripted.score_all), t_users)
     if "pt2" in ctx.skip:
         score["pt2"] = {"skipped": "--skip pt2"}
     else:
-        prog = torch.export.load(str(ctx.bundle / "pt2" / "score_all.pt2")).module()
+        loaded = ctx.rec.bundle
+        programs = loaded.manifest.formats.pt2.programs
+        prog = torch.export.load(str(loaded.file(programs["score_all"]))).module()
         rounds.add(score, "pt2", rows_of(lambda u: prog(u)), t_users)
 
 
@@ -395,7 +398,7 @@ def bench_model(kind: str, cfg: dict[str, Any], built: dict[str, Any]) -> dict[s
     rec = Recommender.load(bundle, intra_op_threads=threads)
     variants = {
         p: Recommender.load(bundle, intra_op_threads=threads, precision=p)
-        for p in sorted(rec.bundle.spec.variants)
+        for p in sorted(rec.bundle.manifest.require_onnx().variants)
     }
     ctx = _Ctx(
         kind=kind,

@@ -393,11 +393,10 @@ def _check_providers(
 
 
 def _model_sizes(bundle: Bundle, device: str | None = None) -> tuple[int, int, str, int]:
-    spec = bundle.spec
     if device is None:
-        spec.require_onnx("the runtime (and the ray engine) needs them")
-    model = spec.model
-    return model.n_users, model.n_items, model.kind, int(model.hyperparameters.get("hidden") or 0)
+        bundle.manifest.require_onnx("the runtime (and the ray engine) needs them")
+    model = bundle.manifest.model
+    return model.n_users, model.n_items, model.kind, model.hidden
 
 
 def _write_success(out: Path, summary: dict[str, Any]) -> None:

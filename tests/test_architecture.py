@@ -36,7 +36,6 @@ LONG_CLASSES_ALLOWED: set[str] = set()
 CYCLES_ALLOWED: set[frozenset[str]] = set()
 #: Imports of a higher layer (importer, imported), issue #29's refactor removes them.
 LAYER_VIOLATIONS_ALLOWED: set[tuple[str, str]] = {
-    ("recsys_export.torch_runtime.engine", "recsys_export.runtime"),
     ("recsys_export.torch_runtime.engine", "recsys_export.runtime.writers"),
 }
 #: ``from recsys_export.X import _name`` in another module (importer, "X._name").
@@ -303,3 +302,75 @@ def test_callclimb_counts_a_climb(tmp_path: Path) -> None:
     assert [(e["caller"], e["callee"]) for e in result["edges"] if e["climb"]] == [
         ("recsys_export.bundle:low", "recsys_export.export:high")
     ]
+
+
+#: Keys only a manifest has. Generic ones ("model", "n_users", "files", "items", ...)
+#: are left out: checkpoints, plans and reports use them too; a read of those needs
+#: the raw dict, which nothing outside ``recsys_export.bundle`` gets (checked below).
+MANIFEST_ONLY_KEYS = frozenset(
+    {
+        "id_maps", "entry_points", "formats", "graphs", "kernels", "kernels_fallback",
+        "variants", "programs", "torchscript", "pt2", "seen", "reference", "state_dict",
+        "versions", "training", "timings", "parity", "hyperparameters", "block_users",
+    }
+)  # fmt: skip
+#: Reads of those keys that are not the manifest's: (module, key) -> what they read.
+NOT_MANIFEST_READS = {
+    ("recsys_export.parity.bounds", "reference"): "the bound rule's reference (parity.json)",
+    ("recsys_export.parity.run", "reference"): "the bound rule's reference (parity.json)",
+    ("recsys_export.byom", "seen"): "export_model's seen= option (its options dict)",
+}
+
+
+def _key_read(node: ast.AST) -> str | None:
+    """The constant key of ``X["key"]`` (a load) or ``X.get/pop/setdefault("key", ...)``."""
+    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+        key = node.slice
+        return key.value if isinstance(key, ast.Constant) and isinstance(key.value, str) else None
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("get", "pop", "setdefault")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
+        return node.args[0].value
+    return None
+
+
+@pytest.mark.runtime_only
+def test_no_raw_manifest_keys() -> None:
+    """Only ``recsys_export.bundle.schema`` reads manifest keys; nothing outside the bundle
+    package gets at the raw JSON (``Manifest._raw``) or names ``manifest.json``."""
+    bad, seen_allowed = [], set()
+    for name, path in _modules().items():
+        in_schema = name == "recsys_export.bundle.schema" or name.startswith(
+            "recsys_export.bundle.schema."
+        )
+        in_bundle = name == "recsys_export.bundle" or name.startswith("recsys_export.bundle.")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{_rel(path)}:{getattr(node, 'lineno', 0)}"
+            if not in_bundle:
+                if isinstance(node, ast.Attribute) and node.attr == "_raw":
+                    bad.append(f"{where} ._raw")
+                if isinstance(node, ast.Constant) and node.value == "manifest.json":
+                    bad.append(f"{where} 'manifest.json'")
+            key = _key_read(node)
+            if in_schema or key not in MANIFEST_ONLY_KEYS:
+                continue
+            if (name, key) in NOT_MANIFEST_READS:
+                seen_allowed.add((name, key))
+                continue
+            bad.append(f"{where} {key!r}")
+    assert not bad, f"manifest keys read outside recsys_export.bundle.schema: {bad}"
+    assert seen_allowed == set(NOT_MANIFEST_READS), (
+        f"gone: drop {sorted(set(NOT_MANIFEST_READS) - seen_allowed)} from NOT_MANIFEST_READS"
+    )
+
+
+def test_raw_key_check_finds_a_read() -> None:
+    """The check itself: a subscript load and a ``.get`` of a manifest key are found."""
+    tree = ast.parse("a = m['parity']\nb = m.get('formats')\nm['seen'] = 1\n")
+    keys = [k for node in ast.walk(tree) if (k := _key_read(node)) in MANIFEST_ONLY_KEYS]
+    assert sorted(keys) == ["formats", "parity"]

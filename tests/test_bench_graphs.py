@@ -32,7 +32,7 @@ def test_new_kernels_and_variants_are_at_the_exported_ir_and_opset(tmp_path):
     ck = synthetic_checkpoint("mf", 20, 300, factors=4, seen_per_user=3)
     manifest = export_bundle(
         ck, tmp_path / "mf", formats="onnx", precision="fp16,int8", verify=False
-    )
+    ).to_dict()
     onnx_files = [rel for rel in manifest["files"] if rel.endswith(".onnx")]
     assert "onnx/kernels/score_groups.onnx" in onnx_files
     assert "onnx/kernels/recommend_user.onnx" in onnx_files

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import ENTRY_POINTS
 from recsys_export.export import export_bundle
 from recsys_export.synthetic_models import synthetic_checkpoint
@@ -217,7 +218,7 @@ class BundleCase:
 
     @property
     def formats(self) -> dict[str, Any]:
-        return self.manifest.get("formats", {})
+        return self.manifest.to_dict().get("formats", {})
 
 
 def _input_cases(n_users: int, n_items: int) -> dict[str, str]:
@@ -307,7 +308,7 @@ def _make_case(path: Path, model: torch.nn.Module | None) -> BundleCase:
     if model is None and manifest.get("reference", {}).get("state_dict"):
         from recsys_export.parity import reference_model
 
-        model = reference_model(path, manifest)
+        model = reference_model(Bundle.load(path))
     case = BundleCase(path, manifest, model)
     n_users, n_items = manifest["model"]["n_users"], manifest["model"]["n_items"]
     case.cases = _input_cases(n_users, n_items)

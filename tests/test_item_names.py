@@ -225,10 +225,10 @@ def named_bundle(tmp_path_factory) -> Path:
 
 def test_bundle_lists_checksummed_names(named_bundle):
     bundle = Bundle.load(named_bundle)
-    assert bundle.manifest["item_names"] == ITEM_NAMES_FILE
+    assert bundle.manifest.to_dict()["item_names"] == ITEM_NAMES_FILE
     entry = bundle.files[ITEM_NAMES_FILE]
-    assert entry["role"] == "item_names"
-    assert entry["sha256"] == sha256_file(named_bundle / ITEM_NAMES_FILE)
+    assert entry.role == "item_names"
+    assert entry.sha256 == sha256_file(named_bundle / ITEM_NAMES_FILE)
     assert bundle.read_json(ITEM_NAMES_FILE) == NAMES
     # aligned with the item id map
     assert bundle.read_json(bundle.id_maps["items"])["ids"] == ITEM_IDS
@@ -290,7 +290,9 @@ def test_bundles_without_names_still_work(tmp_path):
 
 
 def test_verified_export_with_names(tmp_path):
-    manifest = export_bundle(_checkpoint(NAMES), tmp_path / "v", formats="onnx", verify=True)
+    manifest = export_bundle(
+        _checkpoint(NAMES), tmp_path / "v", formats="onnx", verify=True
+    ).to_dict()
     assert manifest["parity"]["passed"] and manifest["item_names"] == ITEM_NAMES_FILE
     assert Recommender.load(tmp_path / "v").item_names == NAMES
 
@@ -328,7 +330,7 @@ def test_cli_train_export_recommend_prints_titles(cli_files, capsys):
     assert load_checkpoint(root / "m.pt").item_names == NAMES
     bundle = root / "bundle"
     assert main(["export", str(root / "m.pt"), "--out", str(bundle), "--force", "-q", *QUICK]) == 0
-    assert Bundle.load(bundle).files[ITEM_NAMES_FILE]["role"] == "item_names"
+    assert Bundle.load(bundle).files[ITEM_NAMES_FILE].role == "item_names"
     capsys.readouterr()
     assert (
         main(["recommend", str(bundle), "--user", "u0", "--user", "u1", "-k", "3", "--json"]) == 0

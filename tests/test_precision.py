@@ -72,7 +72,7 @@ def int8_bundle(tmp_path_factory):
 
     ck = synthetic_checkpoint("mf", 300, 2000, factors=16, init_std=0.5, seen_per_user=20)
     path = tmp_path_factory.mktemp("int8") / "mf"
-    manifest = export_bundle(ck, path, formats="onnx", precision="int8")
+    manifest = export_bundle(ck, path, formats="onnx", precision="int8").to_dict()
     return path, manifest
 
 
@@ -173,7 +173,7 @@ def test_two_variants_in_one_export(tmp_path):
     from recsys_export.synthetic_models import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 40, 300, factors=8, seen_per_user=4)
-    manifest = export_bundle(ck, tmp_path / "mf", formats="onnx", precision="int8, fp16")
+    manifest = export_bundle(ck, tmp_path / "mf", formats="onnx", precision="int8, fp16").to_dict()
     variants = manifest["formats"]["onnx"]["variants"]
     assert set(variants) == {"fp16", "int8"}
     doc = json.loads((tmp_path / "mf" / "parity.json").read_text())

@@ -1,8 +1,9 @@
-"""The bundle format's constants and helpers shared by the writer and the reader.
+"""The bundle's files: what the writer and the reader share below the manifest.
 
-Format name and version, the manifest's file name and reserved keys, file hashing,
-safe bundle-relative names, JSON encoding, and the seen-items CSR reader. Torch-free:
-the standard library, numpy and ``recsys_export.errors`` only.
+File hashing, the open descriptors of a loaded bundle (:class:`OpenFiles`), safe
+bundle-relative names, JSON encoding, reading the manifest's JSON, and the checks of
+the seen-items CSR and the item names. Torch-free: the standard library, numpy and
+``recsys_export.errors`` only.
 """
 
 from __future__ import annotations
@@ -10,41 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import stat
 import weakref
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
+from recsys_export.bundle.schema.contract import FORMAT_NAME, MANIFEST_NAME
 from recsys_export.errors import BundleError
 
 __all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MANIFEST_NAME",
-    "RESERVED_KEYS",
     "OpenFiles",
     "enclosing_bundle",
     "nested_bundles",
     "check_item_names",
     "check_seen_csr",
-    "read_seen_csr",
     "sha256_file",
 ]
 
-FORMAT_NAME = "recsys-export-bundle"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-
-#: Manifest keys filled by :meth:`BundleWriter.commit`; callers cannot set them.
-RESERVED_KEYS = frozenset({"format", "format_version", "created", "id_maps", "files"})
-
 _BLOCK = 1 << 20  # 1 MiB
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-ID_MAP_FILES = {"users": "ids/users.json", "items": "ids/items.json"}
-ID_MAP_NAMES = {"users": "user", "items": "item"}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -248,8 +235,9 @@ def enclosing_bundle(path: Path) -> Path | None:
     return None
 
 
-def read_manifest(root: Path, opened: OpenFiles) -> dict[str, Any]:
-    """The bundle's manifest, read from the opened directory; format and version checked."""
+def read_manifest(root: Path, opened: OpenFiles) -> Any:
+    """The JSON of the bundle's manifest, read from the opened directory (its keys are
+    :class:`~recsys_export.bundle.schema.Manifest`'s to check)."""
     where = f"bundle {root}"
     mpath = root / MANIFEST_NAME
     if not mpath.is_file():
@@ -261,60 +249,23 @@ def read_manifest(root: Path, opened: OpenFiles) -> dict[str, Any]:
         raise BundleError(f"{where}: {MANIFEST_NAME} is a symlink leaving the bundle")
     opened.open(MANIFEST_NAME)
     try:
-        manifest = json.loads(opened.read(MANIFEST_NAME).decode("utf-8"))
+        return json.loads(opened.read(MANIFEST_NAME).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(
             f"{where}: {MANIFEST_NAME} is not valid JSON ({exc}); the bundle is corrupted, "
             "export it again"
         ) from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{where}: {MANIFEST_NAME} must hold a JSON object")
-    fmt = manifest.get("format")
-    if fmt != FORMAT_NAME:
-        raise BundleError(
-            f"{where}: not a recsys-export bundle ({MANIFEST_NAME} format is {fmt!r}, "
-            f"expected {FORMAT_NAME!r})"
-        )
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise BundleError(
-            f"{where}: format_version must be a positive integer, got {version!r}; "
-            "the manifest is corrupted"
-        )
-    if version > FORMAT_VERSION:
-        raise BundleError(
-            f"{where} was written by a newer recsys-export (format {version} > "
-            f"{FORMAT_VERSION}): upgrade recsys-export to load it"
-        )
-    if not isinstance(manifest.get("files"), dict):
-        raise BundleError(
-            f"{where}: {MANIFEST_NAME} has no 'files' table (or it is not an object); "
-            "the manifest is corrupted"
-        )
-    return manifest
 
 
-def open_files(root: Path, files: dict[str, Any], opened: OpenFiles) -> None:
-    """Check every listed file's entry, name, place and size, and open it (the cheap pass)."""
+def open_files(root: Path, sizes: Mapping[str, int], opened: OpenFiles) -> None:
+    """Check every listed file's name, place and size (rel -> bytes), and open it (the
+    cheap pass)."""
     where = f"bundle {root}"
     real_root = root.resolve()
-    for rel, entry in files.items():
+    for rel, size in sizes.items():
         check_rel(rel, where)
         if rel == MANIFEST_NAME:
             raise BundleError(f"{where}: {MANIFEST_NAME} cannot list itself")
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("role"), str)
-            and isinstance(entry.get("sha256"), str)
-            and _HEX64.fullmatch(entry["sha256"])
-            and isinstance(entry.get("bytes"), int)
-            and not isinstance(entry.get("bytes"), bool)
-            and entry["bytes"] >= 0
-        ):
-            raise BundleError(
-                f"{where}: malformed {MANIFEST_NAME} entry for {rel!r} (needs role, "
-                f"64-hex sha256, bytes): {entry!r}"
-            )
         full = (root / rel).resolve()
         if not full.is_relative_to(real_root):
             raise BundleError(
@@ -330,11 +281,11 @@ def open_files(root: Path, files: dict[str, Any], opened: OpenFiles) -> None:
         st = os.fstat(opened.open(rel))
         if not stat.S_ISREG(st.st_mode):
             raise BundleError(f"{where}: {rel!r} is not a regular file")
-        if st.st_size != entry["bytes"]:
-            state = "truncated" if st.st_size < entry["bytes"] else "altered (it grew)"
+        if st.st_size != size:
+            state = "truncated" if st.st_size < size else "altered (it grew)"
             raise BundleError(
                 f"{where}: file {rel!r} is {state}: {st.st_size} bytes, the manifest records "
-                f"{entry['bytes']}; export the bundle again"
+                f"{size}; export the bundle again"
             )
 
 
@@ -355,40 +306,6 @@ def is_bundle_like(path: Path) -> bool:
         return (path / MANIFEST_NAME).is_file() or not any(path.iterdir())
     except OSError:
         return False
-
-
-def read_seen_csr(
-    root: Path, seen: Any, n_users: int, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate a bundle's seen-items CSR (``manifest["seen"]``).
-
-    Parameters
-    ----------
-    root : Path
-        The bundle directory.
-    seen : dict
-        ``{"indptr": rel, "items": rel}``.
-    n_users, n_items : int
-        The model's sizes: ``indptr`` has ``n_users + 1`` entries, items lie in
-        ``0 .. n_items - 1``.
-
-    Returns
-    -------
-    (indptr, items) : int64 arrays
-
-    Raises
-    ------
-    BundleError
-        Unreadable files, or a CSR that does not fit the model (e.g. an item index out
-        of range in a re-signed file).
-    """
-    where = f"bundle {root}"
-    try:
-        indptr = np.load(root / check_rel(seen["indptr"], where), allow_pickle=False)
-        items = np.load(root / check_rel(seen["items"], where), allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{where}: cannot read the seen items ({exc})") from None
-    return check_seen_csr(indptr, items, n_users, n_items, where)
 
 
 def check_seen_csr(

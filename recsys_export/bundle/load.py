@@ -8,9 +8,9 @@ A bundle looks like::
       ids/items.json
       onnx/score.onnx ...  # whatever else the exporter registered
 
-This module owns the generic manifest keys (``format``, ``format_version``, ``created``,
-``id_maps`` and ``files``); every other top-level key (``model``, ``entry_points``,
-``parity``, ...) is passed through untouched.
+The manifest is read through its schema (:class:`~recsys_export.bundle.schema.Manifest`,
+:attr:`Bundle.manifest`): the generic keys (``format``, ``format_version``, ``files``,
+``id_maps``) are checked at load, every section is typed.
 
 Writing goes through :class:`BundleWriter` only: files are written into a hidden temporary
 sibling directory, the manifest last, everything is fsynced, and the directory is then
@@ -42,17 +42,21 @@ from typing import Any, Literal
 import numpy as np
 
 from recsys_export.bundle.files import (
-    ID_MAP_NAMES,
-    MANIFEST_NAME,
-    RESERVED_KEYS,
     OpenFiles,
+    check_item_names,
     check_rel,
     check_seen_csr,
     open_files,
     read_manifest,
     sha256_file,
 )
-from recsys_export.bundle.schema import BundleSpec
+from recsys_export.bundle.schema import (
+    ID_MAP_NAMES,
+    MANIFEST_NAME,
+    RESERVED_KEYS,
+    FileEntry,
+    Manifest,
+)
 from recsys_export.bundle.writer import BundleWriter
 from recsys_export.core.ids import IdMap
 from recsys_export.errors import BundleError
@@ -85,18 +89,15 @@ class Bundle:
     ----------
     root : Path
         Absolute path of the bundle directory.
-    manifest : dict
-        The parsed ``manifest.json``.
+    manifest : Manifest
+        The parsed ``manifest.json``, typed (:class:`~recsys_export.bundle.schema.Manifest`).
     """
 
-    def __init__(
-        self, root: Path, manifest: dict[str, Any], files: OpenFiles | None = None
-    ) -> None:
+    def __init__(self, root: Path, manifest: Manifest, files: OpenFiles | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self._maps: dict[str, IdMap] = {}
         self._identity = dir_identity(root)
-        self._spec: BundleSpec | None = None
         self._open = files
 
     def close(self) -> None:
@@ -172,28 +173,20 @@ class Bundle:
             raise BundleError(f"no bundle at {root}: it is a file, not a bundle directory")
         opened = OpenFiles(root)
         try:
-            manifest = read_manifest(root, opened)
-            files = manifest["files"]
-            open_files(root, files, opened)
+            manifest = Manifest.parse(read_manifest(root, opened), where)
+            files = manifest.files
+            open_files(root, {rel: entry.bytes for rel, entry in files.items()}, opened)
             if verify:  # the expensive pass: checksums of what was opened
                 for rel in files:
                     try:
                         digest = sha256_file(opened.fd(rel))
                     except OSError as exc:
                         raise opened.unreadable(repr(rel), exc) from None
-                    if digest != files[rel]["sha256"]:
+                    if digest != files[rel].sha256:
                         raise BundleError(
                             f"{where}: file {rel!r} was altered/corrupted: checksum mismatch "
                             "(sha256 differs from the manifest); export the bundle again"
                         )
-            id_maps = manifest.get("id_maps", {})
-            if not isinstance(id_maps, dict):
-                raise BundleError(f"{where}: 'id_maps' in {MANIFEST_NAME} must be an object")
-            for key, rel in id_maps.items():
-                if not isinstance(rel, str) or rel not in files:
-                    raise BundleError(
-                        f"{where}: id map {key!r} names {rel!r}, which is not listed in 'files'"
-                    )
             opened.done_opening()
         except OSError as exc:  # e.g. a directory that may be listed but not entered
             opened.close()
@@ -207,35 +200,22 @@ class Bundle:
     @property
     def format_version(self) -> int:
         """The bundle's format version."""
-        return int(self.manifest["format_version"])
+        return int(self.manifest.format_version or 0)
 
     @property
     def created(self) -> str | None:
         """UTC ISO-8601 time the bundle was committed."""
-        return self.manifest.get("created")
+        return self.manifest.created
 
     @property
-    def spec(self) -> BundleSpec:
-        """The manifest parsed and checked once (:class:`~recsys_export.bundle.schema.BundleSpec`).
-
-        Raises
-        ------
-        BundleError
-            The manifest's ``model`` lacks ``n_users``/``n_items``.
-        """
-        if self._spec is None:
-            self._spec = BundleSpec.parse(self.manifest, f"bundle {self.root}", self.files)
-        return self._spec
-
-    @property
-    def files(self) -> dict[str, dict[str, Any]]:
-        """The manifest's ``files`` table: rel -> {role, sha256, bytes}."""
-        return self.manifest["files"]
+    def files(self) -> dict[str, FileEntry]:
+        """The manifest's ``files`` table: rel -> :class:`FileEntry` (role, sha256, bytes)."""
+        return self.manifest.files
 
     @property
     def id_maps(self) -> dict[str, str]:
         """Id map name (``users``/``items``) -> bundle-relative file name."""
-        return self.manifest.get("id_maps", {})
+        return self.manifest.id_maps
 
     def file(self, rel: str) -> Path:
         """Absolute path of a file listed in the manifest.
@@ -253,14 +233,14 @@ class Bundle:
     def role(self, rel: str) -> str:
         """Role of a listed file."""
         self.file(rel)
-        return self.files[rel]["role"]
+        return self.files[rel].role
 
     def files_with_role(self, prefix: str) -> dict[str, Path]:
         """Listed files whose role starts with ``prefix``: rel -> absolute path (sorted)."""
         return {
             rel: self.root / rel
             for rel, entry in sorted(self.files.items())
-            if entry["role"].startswith(prefix)
+            if entry.role.startswith(prefix)
         }
 
     def read_bytes(self, rel: str) -> bytes:
@@ -336,7 +316,7 @@ class Bundle:
                 f"bundle {self.root}: {rel!r} is not a valid .npy array ({exc}); export it again"
             ) from None
 
-    def seen_csr(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
         """``(indptr int64[n_users + 1], items int64[nnz])``: the items each user rated,
         read as loaded and checked against the model's sizes.
 
@@ -348,20 +328,39 @@ class Bundle:
             listed or malformed.
         """
         where = f"bundle {self.root}"
-        seen = self.spec.seen
+        seen = self.manifest.seen
         if seen is None:
             raise BundleError(
                 f"{where}: manifest.json has no 'seen' entry, so the items each user rated "
                 "cannot be left out; export the bundle again, or pass --include-seen "
                 "(exclude_seen=False) to serve rated items too"
             )
+        model = self.manifest.model
         try:
             indptr, items = (
-                np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False) for rel in seen
+                np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
+                for rel in (seen.indptr, seen.items)
             )
         except (OSError, ValueError) as exc:
             raise BundleError(f"{where}: cannot read the seen items ({exc})") from None
-        return check_seen_csr(indptr, items, n_users, n_items, where)
+        return check_seen_csr(indptr, items, model.n_users, model.n_items, where)
+
+    def item_names(self) -> list[str | None] | None:
+        """The item names (titles) in index order, None for unnamed items; None when the
+        bundle has none.
+
+        Raises
+        ------
+        BundleError
+            A names file that does not match the items.
+        """
+        rel = self.manifest.item_names_file
+        if rel is None:
+            return None
+        try:
+            return check_item_names(self.read_json(rel), self.manifest.model.n_items)
+        except ValueError as exc:
+            raise BundleError(f"bundle {self.root}: {rel!r}: {exc}; export it again") from None
 
     def _id_map(self, key: str) -> IdMap:
         if key not in self._maps:
@@ -448,7 +447,7 @@ def update_bundle(
         ):
             raise BundleError(f"new_files[{rel!r}] must be a (bytes, role) tuple")
 
-    manifest = {k: v for k, v in src.manifest.items() if k not in RESERVED_KEYS}
+    manifest = src.manifest.without_generic_keys()
     manifest.update(manifest_updates)
     manifest["id_maps"] = dict(src.id_maps)
     dest = src.root.resolve()
@@ -456,7 +455,7 @@ def update_bundle(
         for rel, entry in src.files.items():
             if rel in new_files:
                 continue
-            target = writer.add(rel, entry["role"])
+            target = writer.add(rel, entry.role)
             try:
                 os.link(src.file(rel), target)
             except OSError:  # other device, or links not supported

@@ -9,17 +9,13 @@ rename (or, when replacing a bundle, an atomic exchange via Linux
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from recsys_export.bundle.files import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    ID_MAP_FILES,
-    MANIFEST_NAME,
-    RESERVED_KEYS,
     check_rel,
     dumps_json,
     enclosing_bundle,
@@ -27,6 +23,8 @@ from recsys_export.bundle.files import (
     nested_bundles,
     sha256_file,
 )
+from recsys_export.bundle.schema import ID_MAP_FILES, MANIFEST_NAME
+from recsys_export.bundle.schema.manifest import id_maps_to_write, with_generic_keys
 from recsys_export.core.atomic import RENAME_EXCHANGE as _RENAME_EXCHANGE
 from recsys_export.core.atomic import UNSUPPORTED_ERRNOS as _UNSUPPORTED
 from recsys_export.core.atomic import (
@@ -249,7 +247,7 @@ class BundleWriter:
         self._id_maps = dict(ID_MAP_FILES)
 
     # ------------------------------------------------------------------ commit
-    def stage(self, manifest: dict[str, Any]) -> Path:
+    def stage(self, manifest: Mapping[str, Any]) -> Path:
         """Write ``manifest.json`` into the temporary directory without moving it.
 
         The staged directory is then a complete bundle that :meth:`Bundle.load` and the
@@ -265,17 +263,12 @@ class BundleWriter:
         """
         return self._write_manifest(manifest)
 
-    def _write_manifest(self, manifest: dict[str, Any]) -> Path:
+    def _write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         """Checksum every registered file and write ``manifest.json`` into the temp dir."""
         tmp = self._require_open()
-        if not isinstance(manifest, dict):
+        if not isinstance(manifest, Mapping):
             raise BundleError(f"manifest must be a dict, got {type(manifest).__name__}")
-        out = {k: v for k, v in manifest.items() if k not in RESERVED_KEYS}
-        id_maps = self._id_maps if self._id_maps is not None else manifest.get("id_maps", {})
-        if not isinstance(id_maps, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in id_maps.items()
-        ):
-            raise BundleError(f"id_maps must map names to file names, got {id_maps!r}")
+        id_maps = id_maps_to_write(manifest, self._id_maps)
         missing_maps = sorted(v for v in id_maps.values() if v not in self._files)
         if missing_maps:
             raise BundleError(
@@ -311,11 +304,10 @@ class BundleWriter:
                 "registered; register each with writer.add(rel, role) so that it is checksummed"
             )
 
-        out.update(
-            format=FORMAT_NAME,
-            format_version=FORMAT_VERSION,
+        out = with_generic_keys(
+            manifest,
             created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            id_maps=dict(id_maps),
+            id_maps=id_maps,
             files=files,
         )
         text = dumps_json(out, f"{MANIFEST_NAME} of bundle {self.dest}") + "\n"
@@ -329,16 +321,17 @@ class BundleWriter:
 
         return tmp
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
+    def commit(self, manifest: Mapping[str, Any]) -> Path:
         """Finish the bundle: write ``manifest.json`` last and move it into place atomically.
 
         Parameters
         ----------
-        manifest : dict
-            Top-level keys to store (``model``, ``entry_points``, ...). The generic keys
-            ``format``, ``format_version``, ``created``, ``id_maps`` and ``files`` are
-            filled here (``id_maps`` is taken from ``manifest`` if :meth:`write_id_maps`
-            was not called).
+        manifest : Mapping
+            Top-level keys to store (``model``, ``entry_points``, ...:
+            :meth:`Manifest.to_dict() <recsys_export.bundle.schema.Manifest.to_dict>`).
+            The generic keys ``format``, ``format_version``, ``created``, ``id_maps`` and
+            ``files`` are filled here (``id_maps`` is taken from ``manifest`` if
+            :meth:`write_id_maps` was not called).
 
         Returns
         -------

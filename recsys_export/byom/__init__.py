@@ -38,7 +38,7 @@ from typing import Any
 
 from torch import nn
 
-from recsys_export.bundle.schema import parse_precisions
+from recsys_export.bundle.schema import Manifest, ParitySummary, parse_precisions
 from recsys_export.byom.convert import (  # noqa: F401
     _conversion_mismatch,
     _key_problems,
@@ -90,8 +90,8 @@ class ExportResult:
         ``model.kind`` in the manifest: ``mf``, ``densenet`` or ``generic``.
     bundle : Path
         The bundle directory.
-    manifest : dict
-        The manifest as written.
+    manifest : Manifest
+        The manifest as written (:class:`~recsys_export.bundle.schema.Manifest`).
     failed : dict
         Formats that could not be exported -> the exporter's reason (with ``keep_partial``).
     reason : str
@@ -104,14 +104,15 @@ class ExportResult:
     path: str
     kind: str
     bundle: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     failed: dict[str, str] = field(default_factory=dict)
     reason: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property
-    def parity(self) -> dict[str, Any] | None:
-        return self.manifest.get("parity")
+    def parity(self) -> ParitySummary | None:
+        """The recorded parity summary (None: exported without verification)."""
+        return self.manifest.parity
 
 
 def export_model(
@@ -298,7 +299,9 @@ def _checkpoint(model: Any, ids: IdsAndSeen, origin: dict[str, Any]) -> Checkpoi
     )
 
 
-def _export(ckpt: Checkpoint, out: str | Path, fmts: list[str], opts: dict[str, Any]) -> dict:
+def _export(
+    ckpt: Checkpoint, out: str | Path, fmts: list[str], opts: dict[str, Any]
+) -> Manifest:
     return export_bundle(
         ckpt,
         out,
@@ -438,16 +441,15 @@ def verify_module(
 
     check_tolerances(atol, rtol)
     b = Bundle.load(bundle)
-    m = b.manifest["model"]
-    hp = m.get("hyperparameters") or {}
+    m = b.manifest.model
     wrapper = ModuleRecommender(
         module,
-        int(m["n_users"]),
-        int(m["n_items"]),
-        block_pairs=int(hp.get("block_pairs", DEFAULT_BLOCK_PAIRS)),
+        m.n_users,
+        m.n_items,
+        block_pairs=int(m.hyperparameters.get("block_pairs", DEFAULT_BLOCK_PAIRS)),
     )
-    backends = load_backends(b.root, b.manifest, CHECKED_BACKENDS)
-    seen = bundle_seen(b.root, b.manifest)
+    backends = load_backends(b, CHECKED_BACKENDS)
+    seen = bundle_seen(b)
     with _eval_mode(module):
         return planned_parity(
             wrapper,  # type: ignore[arg-type]

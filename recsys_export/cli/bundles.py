@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -54,8 +55,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.quiet:
         print(args.out)
         return 0
-    m = manifest["model"]
-    print(f"bundle: {args.out} ({ckpt.kind}, {m['n_users']} users x {m['n_items']} items)")
+    m = manifest.model
+    print(f"bundle: {args.out} ({ckpt.kind}, {m.n_users} users x {m.n_items} items)")
     _print_export_summary(args, manifest, t0)
     return 0
 
@@ -92,22 +93,19 @@ def _ours_as_checkpoint(args: argparse.Namespace, own: list[str]) -> bool:
     return True
 
 
-def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0: float) -> None:
+def _print_export_summary(args: argparse.Namespace, manifest: Any, t0: float) -> None:
     import time
 
-    from recsys_export.plan import describe_parity
-    from recsys_export.runtime.variant import describe_variant
-
-    times = manifest["timings"]["export_seconds"]
+    times = manifest.timings.export_seconds
     print("export seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
-    parity = manifest.get("parity")
-    if parity:
-        lines = describe_parity(parity)
+    if manifest.parity is not None:
+        lines = manifest.parity.describe()
         print("\n".join(lines[1:] + [f"{lines[0]} (details: {args.out}/parity.json)"]))
     else:
         print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
-    for precision, variant in manifest["formats"].get("onnx", {}).get("variants", {}).items():
-        print(f"{precision} variant: " + describe_variant(variant))
+    onnx = manifest.formats.onnx
+    for precision, variant in (onnx.variants if onnx is not None else {}).items():
+        print(f"{precision} variant: " + variant.describe())
     print(f"total {time.perf_counter() - t0:.1f}s")
 
 
@@ -154,11 +152,9 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     if args.quiet:
         print(args.out)
         return 0
-    m = result.manifest["model"]
+    m = result.manifest.model
     how = f"{result.kind} via the {result.path} path" if result.kind != result.path else "generic"
-    print(
-        f"bundle: {args.out} ({how}: {result.reason}; {m['n_users']} users x {m['n_items']} items)"
-    )
+    print(f"bundle: {args.out} ({how}: {result.reason}; {m.n_users} users x {m.n_items} items)")
     _print_export_summary(args, result.manifest, t0)
     return 0
 
@@ -212,7 +208,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _format_metrics(metrics: dict[str, Any]) -> str:
+def _format_metrics(metrics: Mapping[str, Any]) -> str:
     """One line of the main metrics (``inspect``)."""
     parts = []
     for key in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10"):
@@ -226,40 +222,36 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``recsys-export inspect``: describe a bundle (checksums verified)."""
     from recsys_export.bundle import Bundle
-    from recsys_export.plan import describe_parity
-    from recsys_export.runtime.variant import describe_variant
 
     bundle = Bundle.load(args.bundle)
     man = bundle.manifest
     if args.json:
-        print(json.dumps(man, indent=2))
+        print(json.dumps(man.to_dict(), indent=2))
         return 0
-    model = bundle.spec.model
-    print(f"bundle {bundle.root}  (format {man['format_version']}, created {man.get('created')})")
+    model = man.model
+    print(f"bundle {bundle.root}  (format {man.format_version}, created {man.created})")
     print(f"model: {model.kind}  {model.n_users} users x {model.n_items} items")
     hp = model.hyperparameters
     print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
-    total = sum(f["bytes"] for f in man["files"].values())
+    total = sum(f.bytes for f in man.files.values())
     print(f"files ({total / 1e6:.2f} MB, checksums verified):")
-    for rel, f in sorted(man["files"].items()):
-        print(f"  {rel:<32} {f['bytes'] / 1e6:9.3f} MB  {f['role']}")
-    print("formats: " + ", ".join(bundle.spec.formats))
-    for name, ep in man.get("entry_points", {}).items():
-        ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"])
-        outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in ep["outputs"])
+    for rel, f in sorted(man.files.items()):
+        print(f"  {rel:<32} {f.bytes / 1e6:9.3f} MB  {f.role}")
+    print("formats: " + ", ".join(man.formats.names))
+    for name, ep in man.entry_points.items():
+        ins = ", ".join(f"{i.name}:{i.dtype}{list(i.shape)}" for i in ep.inputs)
+        outs = ", ".join(f"{o.name}:{o.dtype}{list(o.shape)}" for o in ep.outputs)
         print(f"  {name}({ins}) -> {outs}")
-    metrics = man.get("training", {}).get("metrics", {})
+    metrics = man.training.metrics
     if metrics:
         print("test " + _format_metrics(metrics))
         for name, base in (metrics.get("baselines") or {}).items():
             print(f"  baseline {name}: " + _format_metrics(base).removeprefix("metrics: "))
-    parity = man.get("parity")
-    if parity:
-        print("\n".join(describe_parity(parity, details=False)))
+    if man.parity is not None:
+        print("\n".join(man.parity.describe(details=False)))
     else:
         print("parity: not recorded; run 'recsys-export verify'")
-    for precision, variant in sorted(bundle.spec.variants.items()):
-        print(
-            f"{precision} variant (loaded only when asked for): " + describe_variant(variant.entry)
-        )
+    onnx = man.formats.onnx
+    for precision, variant in sorted((onnx.variants if onnx is not None else {}).items()):
+        print(f"{precision} variant (loaded only when asked for): " + variant.describe())
     return 0

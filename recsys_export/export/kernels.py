@@ -14,7 +14,12 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import BundleWriter
-from recsys_export.bundle.schema import DN_BLOCK_USERS, KERNELS_DIR, KERNELS_VERSION
+from recsys_export.bundle.schema import (
+    DN_BLOCK_USERS,
+    KERNELS_DIR,
+    KERNELS_VERSION,
+    KernelsSection,
+)
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
 from recsys_export.export.formats import ONNX_IR_VERSION, ONNX_OPSET, ONNX_SINGLE_FILE_LIMIT
 
@@ -352,18 +357,19 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
 
 def write_kernels(
     module: torch.nn.Module, kind: str, writer: BundleWriter, *, external_data: bool | None
-) -> dict[str, Any]:
-    """Write :func:`build_kernels` into ``onnx/kernels/`` and return the manifest entry."""
-    if kind not in ("mf", "densenet"):  # other models (byom's generic path): no fast paths
-        return {}
-    entry: dict[str, Any] = {"version": KERNELS_VERSION}
-    if kind == "densenet":
-        entry["block_users"] = DN_BLOCK_USERS  # what the score_all tiles are sized for
-    else:
-        entry["groups"], entry["group_width"] = mf_group_shape(module.item_factors.shape[0])
-    for name, obj in build_kernels(module, kind).items():
-        entry[name] = save_graph(obj, writer, KERNELS_DIR, name, "onnx-kernel", external_data)
-    return entry
+) -> KernelsSection | None:
+    """Write :func:`build_kernels` into ``onnx/kernels/``; their manifest section (None
+    for other models: byom's generic path has no fast paths)."""
+    if kind not in ("mf", "densenet"):
+        return None
+    files = {
+        name: save_graph(obj, writer, KERNELS_DIR, name, "onnx-kernel", external_data)
+        for name, obj in build_kernels(module, kind).items()
+    }
+    if kind == "densenet":  # block_users: what the score_all tiles are sized for
+        return KernelsSection(KERNELS_VERSION, files, block_users=DN_BLOCK_USERS)
+    groups, width = mf_group_shape(module.item_factors.shape[0])
+    return KernelsSection(KERNELS_VERSION, files, groups=groups, group_width=width)
 
 
 def save_graph(

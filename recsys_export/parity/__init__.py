@@ -29,13 +29,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from recsys_export.bundle import Bundle, BundleWriter, read_seen_csr, update_bundle
-from recsys_export.bundle.schema import ENTRY_POINTS, FORMATS, BundleSpec
+from recsys_export.bundle import Bundle, BundleWriter, update_bundle
+from recsys_export.bundle.schema import ENTRY_POINTS, FORMATS, Manifest, describe_plan
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.models import BaseModel, build_model
@@ -69,7 +68,6 @@ from recsys_export.plan import (
     BATCH_BYTES,
     DEFAULT_BUDGET,
     ParityPlan,
-    describe_plan,
     plan_parity,
 )
 from recsys_export.torch_runtime.io import load_weights_only
@@ -77,30 +75,38 @@ from recsys_export.torch_runtime.io import load_weights_only
 # --------------------------------------------------------------------------- bundles
 
 
-def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
-    """Rebuild the eager model from a bundle's reference state dict (weights only)."""
-    ref = manifest.get("reference", {}).get("state_dict")
-    if not ref:
+def reference_model(bundle: Bundle) -> BaseModel:
+    """Rebuild the eager model from a bundle's reference state dict (weights only).
+
+    Raises
+    ------
+    BundleError
+        The bundle has no reference weights (its own module: ``byom``), or they do not
+        load into the manifest's model.
+    """
+    manifest, where = bundle.manifest, f"bundle {bundle.root}"
+    model_entry = manifest.model
+    if model_entry.is_generic:  # recsys_export.byom's generic path
         raise BundleError(
-            f"bundle {root} has no eager reference weights; pass --checkpoint CKPT to verify"
-        )
-    if manifest["model"].get("kind") == "generic":  # recsys_export.byom's generic path
-        raise BundleError(
-            f"bundle {root} was exported from your own module: its eager reference is that "
+            f"{where} was exported from your own module: its eager reference is that "
             "module; verify it from Python with recsys_export.byom.verify_module(module, bundle)"
         )
-    where = f"bundle {root}"
+    ref = manifest.reference_weights
+    if ref is None:
+        raise BundleError(
+            f"{where} has no eager reference weights; pass --checkpoint CKPT to verify"
+        )
     try:
         state = load_weights_only(
-            root / ref,
+            bundle.file(ref),
             refusal="the bundle's reference weights must be a plain state dict",
             unreadable="state dict",
         )
     except CheckpointError as exc:
         raise BundleError(f"{where}: {exc}; export the bundle again") from None
-    kind, hp = manifest["model"]["kind"], manifest["model"]["hyperparameters"]
+    kind = model_entry.kind
     try:
-        model = build_model(kind, **hp)
+        model = build_model(kind, **model_entry.hyperparameters)
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
         detail = " ".join(str(exc).split())[:240]
@@ -111,17 +117,14 @@ def reference_model(root: Path, manifest: dict[str, Any]) -> BaseModel:
     return model.eval()
 
 
-def bundle_seen(root: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The bundle's seen-items CSR, validated (:class:`BundleError`), or None."""
-    spec = BundleSpec.parse(manifest, f"bundle {root}")
-    if spec.seen is None:
-        return None
-    return read_seen_csr(root, manifest["seen"], spec.model.n_users, spec.model.n_items)
+def bundle_seen(bundle: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bundle's seen-items CSR (validated: :class:`BundleError`), or None."""
+    return bundle.seen_csr() if bundle.manifest.seen is not None else None
 
 
 def verify_staged_bundle(
     writer: BundleWriter,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     ckpt: Checkpoint,
     *,
     atol: float | None = None,
@@ -141,13 +144,13 @@ def verify_staged_bundle(
     touches ``dest``: a previous bundle there stays as it was. ``formats`` narrows the
     backends (the eager float32 row is checked only with every default one).
     """
-    root = writer.stage(manifest)
+    staged = Bundle.load(writer.stage(manifest.to_dict()), verify=False)  # just checksummed
     formats = list(formats)
-    backends = load_backends(root, manifest, formats)
+    backends = load_backends(staged, formats)
     return planned_parity(
         ckpt.model,
         backends,
-        bundle_seen(root, manifest),
+        bundle_seen(staged),
         atol,
         rtol,
         budget,
@@ -275,15 +278,11 @@ def verify_bundle(
     ort_providers = check_providers(providers)
     device_name = str(dev or "cpu")
     bundle = Bundle.load(path)
-    manifest = bundle.manifest
-    _check_model_entry(bundle)
+    sizes = bundle.manifest.model  # checked: kind, sizes, hyperparameters
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint)
         model = ckpt.model
-        if (model.n_users, model.n_items) != (
-            manifest["model"]["n_users"],
-            manifest["model"]["n_items"],
-        ):
+        if (model.n_users, model.n_items) != (sizes.n_users, sizes.n_items):
             report = ParityReport(
                 atol=atol,
                 rtol=rtol,
@@ -294,17 +293,17 @@ def verify_bundle(
             c = Comparison("checkpoint", "all", "sizes")
             c.problems.append(
                 f"checkpoint has {model.n_users} users x {model.n_items} items, the bundle "
-                f"{manifest['model']['n_users']} x {manifest['model']['n_items']}"
+                f"{sizes.n_users} x {sizes.n_items}"
             )
             report.comparisons.append(c)
             return report
         ref_name = f"{checkpoint} in float64"
     else:
-        model = reference_model(bundle.root, manifest)
+        model = reference_model(bundle)
         ref_name = "eager in float64 (bundle reference weights)"
     wanted = list(formats) if formats is not None else list(CHECKED_BACKENDS)
     skipped: dict[str, str] = {}
-    held = manifest.get("formats") or {}
+    held = bundle.manifest.formats.names
     absent = [f for f in FORMATS if f in wanted and f not in held]
     if formats is not None:  # asked for by name: say why it is not checked
         for name in absent:
@@ -312,21 +311,14 @@ def verify_bundle(
                 f"{name} not checked: the bundle has no {name} files (re-export with "
                 f"--formats all to write every format)"
             )
-    backends = load_backends(
-        bundle.root,
-        manifest,
-        wanted,
-        skipped=skipped,
-        device=dev,
-        providers=ort_providers,
-    )
+    backends = load_backends(bundle, wanted, skipped=skipped, device=dev, providers=ort_providers)
     if not backends:
         raise BundleError(
             f"bundle {bundle.root} holds none of the formats {list(formats or FORMATS)} "
             f"(it holds {', '.join(held) or 'none'}; re-export with --formats all to write "
             "every format)"
         )
-    seen = bundle_seen(bundle.root, manifest)
+    seen = bundle_seen(bundle)
     report = planned_parity(
         model, backends, seen, atol, rtol, budget, full, full_matrix, progress, dev
     )
@@ -337,7 +329,7 @@ def verify_bundle(
         try:
             update_bundle(
                 bundle.root,
-                manifest_updates={"parity": report.summary()},
+                manifest_updates={"parity": report.summary().to_dict()},
                 new_files={
                     "parity.json": (
                         json.dumps(report.to_dict(), indent=2).encode(),
@@ -349,24 +341,6 @@ def verify_bundle(
             exc.report = report  # type: ignore[attr-defined]
             raise
     return report
-
-
-def _check_model_entry(bundle: Bundle) -> None:
-    """The manifest's ``model`` (kind, sizes, hyperparameters), or :class:`BundleError`."""
-    model = bundle.manifest.get("model")
-    if not (
-        isinstance(model, dict)
-        and isinstance(model.get("kind"), str)
-        and isinstance(model.get("hyperparameters"), dict)
-        and all(
-            isinstance(model.get(k), int) and not isinstance(model.get(k), bool)
-            for k in ("n_users", "n_items")
-        )
-    ):
-        raise BundleError(
-            f"bundle {bundle.root}: manifest.json has no valid 'model' entry (kind, "
-            "hyperparameters, n_users, n_items); the manifest is corrupted, export it again"
-        )
 
 
 __all__ = [

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import FORMATS
 from recsys_export.core.ids import runs_to_coo
 from recsys_export.models import BaseModel, DenseNet, check_k
@@ -301,8 +301,7 @@ class TorchEngineBackend(RuntimeBackend):
 
 
 def load_backends(
-    root: Path,
-    manifest: dict[str, Any],
+    bundle: Bundle,
     formats: Iterable[str] | None = None,
     *,
     skipped: dict[str, str] | None = None,
@@ -313,10 +312,9 @@ def load_backends(
 
     Parameters
     ----------
-    root : Path
-        The bundle directory.
-    manifest : dict
-        Its manifest.
+    bundle : Bundle
+        The loaded bundle (a staged one during ``export``); every file is resolved
+        through :meth:`~recsys_export.bundle.Bundle.file` (listed and checksummed).
     formats : iterable of str, optional
         Formats to load (default: the export formats, :data:`FORMATS`); ``runtime`` and
         ``torch_engine`` add the Python runtime and the torch batch engine.
@@ -326,11 +324,11 @@ def load_backends(
         both torch versions; without it the load error propagates.
     device : torch.device, optional
         Where the torch backends (TorchScript, ``.pt2``, the torch engine) run; checked
-        by the caller (:func:`~recsys_export.torch_runtime.device.resolve_device`). Default: the
-        CPU path as before.
+        by the caller (:func:`~recsys_export.torch_runtime.device.resolve_device`).
+        Default: the CPU path as before.
     providers : list of str, optional
         onnxruntime execution providers of the ONNX and runtime backends, validated by
-        the caller (:func:`~recsys_export.runtime.engines.check_providers`); default
+        the caller (:func:`~recsys_export.runtime.sessions.check_providers`); default
         ``["CPUExecutionProvider"]``.
 
     Returns
@@ -339,37 +337,35 @@ def load_backends(
         Format name -> backend, for the formats the bundle has.
     """
     wanted = list(formats) if formats is not None else list(FORMATS)
-    fm = manifest.get("formats", {})
+    fm = bundle.manifest.formats
     out: dict[str, Backend] = {}
     torch_loaded: dict[str, Callable[[], Backend]] = {}
-    if "torchscript" in fm and "torchscript" in wanted:
-        torch_loaded["torchscript"] = lambda: TorchScriptBackend(
-            root / fm["torchscript"]["module"], device
-        )
-    if "pt2" in fm and "pt2" in wanted:
-        torch_loaded["pt2"] = lambda: Pt2Backend(
-            {e: root / p for e, p in fm["pt2"]["programs"].items()}, device
-        )
+    if fm.torchscript is not None and "torchscript" in wanted:
+        module = bundle.file(fm.torchscript.module)
+        torch_loaded["torchscript"] = lambda: TorchScriptBackend(module, device)
+    if fm.pt2 is not None and "pt2" in wanted:
+        programs = {e: bundle.file(p) for e, p in fm.pt2.programs.items()}
+        torch_loaded["pt2"] = lambda: Pt2Backend(programs, device)
     for name, make in torch_loaded.items():
         try:
             out[name] = make()
         except Exception as exc:  # torch raises KeyError, RuntimeError, ... for newer files
             if skipped is None:
                 raise
-            written = (manifest.get("versions") or {}).get("torch", "an unknown version")
+            written = bundle.manifest.versions.torch or "an unknown version"
             detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             skipped[name] = (
                 f"{name} not checked: the installed torch {torch.__version__} cannot read the "
                 f"{name} files written by torch {written} ({detail}); check them with torch "
                 f"{written}"
             )
-    if "onnx" in fm and "onnx" in wanted:
-        graphs = {e: root / p for e, p in fm["onnx"]["graphs"].items()}
-        out["onnx"] = OnnxBackend(graphs, providers)
-    if "onnx" in fm and "runtime" in wanted and (root / "manifest.json").exists():
-        out["runtime"] = RuntimeBackend(root, providers)
-    if ({"pt2", "torchscript"} & set(fm)) and "torch_engine" in wanted:
-        out["torch_engine"] = TorchEngineBackend(root, device)
+    onnx = fm.onnx if fm.onnx is not None and fm.onnx.complete else None
+    if onnx is not None and "onnx" in wanted:
+        out["onnx"] = OnnxBackend({e: bundle.file(p) for e, p in onnx.graphs.items()}, providers)
+    if onnx is not None and "runtime" in wanted:
+        out["runtime"] = RuntimeBackend(bundle.root, providers)
+    if (fm.pt2 is not None or fm.torchscript is not None) and "torch_engine" in wanted:
+        out["torch_engine"] = TorchEngineBackend(bundle.root, device)
     return out
 
 

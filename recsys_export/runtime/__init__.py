@@ -29,7 +29,7 @@ only to write Parquet.
 
 from __future__ import annotations
 
-from recsys_export.runtime.recommender import Recommender, RecommendResult, load_seen_csr
+from recsys_export.runtime.recommender import Recommender, RecommendResult
 from recsys_export.runtime.writers import (
     TopkRows,
     check_out_path,
@@ -46,7 +46,6 @@ __all__ = [
     "TopkRows",
     "check_out_path",
     "flat_topk_rows",
-    "load_seen_csr",
     "rows_table",
     "topk_schema",
     "write_npy_chunks",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.bundle import Bundle
+from recsys_export.bundle import Bundle, Manifest
 from recsys_export.bundle.schema import check_precision
 from recsys_export.core.ids import IdMap
 from recsys_export.core.topk import (
@@ -28,19 +28,18 @@ from recsys_export.core.topk import (
 from recsys_export.core.validation import check_choice
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.runtime.engines import Engine, make_engine
-from recsys_export.runtime.exclusions import (  # noqa: F401  (load_seen_csr: re-exported)
+from recsys_export.runtime.exclusions import (
     columns_topk,
     exclusion_pairs,
     is_empty,
-    load_name_table,
-    load_seen_csr,
+    name_table,
     popular_topk,
     raw_items,
 )
 from recsys_export.runtime.variant import VariantEngine
 from recsys_export.runtime.writers import BatchOutputs, as_1d
 
-__all__ = ["RecommendResult", "Recommender", "load_seen_csr"]
+__all__ = ["RecommendResult", "Recommender"]
 
 _UNKNOWN_POLICIES = ("raise", "skip", "popular")
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
@@ -119,10 +118,10 @@ class Recommender(BatchOutputs):
             providers=providers,
         )
         if self._precision != "fp32":  # an approximate variant: only when asked for
-            variant = bundle.spec.variant(self._precision)
+            variant = bundle.manifest.variant(self._precision)
             self._engine = VariantEngine(self._engine, variant, bundle)
             self._engine.resize(block_users, call_users)
-        model = bundle.spec.model
+        model = bundle.manifest.model
         self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
         self._user_map = bundle.user_map()
         self._item_map = bundle.item_map()
@@ -253,8 +252,8 @@ class Recommender(BatchOutputs):
         return self._item_map
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        """The bundle's manifest."""
+    def manifest(self) -> Manifest:
+        """The bundle's manifest (typed: :class:`~recsys_export.bundle.schema.Manifest`)."""
         return self.bundle.manifest
 
     def __repr__(self) -> str:
@@ -289,7 +288,7 @@ class Recommender(BatchOutputs):
         return self._seen
 
     def _load_seen(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.bundle.seen_csr(self._n_users, self._n_items)
+        return self.bundle.seen_csr()
 
     def _name_table(self) -> np.ndarray | None:
         """``object[n_items + 1]`` of names, None last (index -1: an empty slot)."""
@@ -300,7 +299,7 @@ class Recommender(BatchOutputs):
         return self._names[0]
 
     def _load_names(self) -> np.ndarray | None:
-        return load_name_table(self.bundle, self._n_items)
+        return name_table(self.bundle.item_names(), self._n_items)
 
     @property
     def item_names(self) -> list[str | None] | None:

@@ -239,7 +239,7 @@ def _create(
         detail = _detail(exc)
         where = f"bundle {bundle.root}"
         if _TOO_NEW.search(detail):
-            written = bundle.spec.versions.get("onnxruntime", "unknown")
+            written = bundle.manifest.versions.onnxruntime or "unknown"
             raise BundleError(
                 f"{where}: the installed onnxruntime {ort.__version__} is too old for the "
                 f"{name} graph ({detail}); the bundle was verified with onnxruntime "

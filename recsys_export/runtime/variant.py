@@ -19,43 +19,18 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
-from recsys_export.bundle.schema import VariantSpec
+from recsys_export.bundle.schema import VariantSection
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE, fill_empty, mask_pairs, topk
 from recsys_export.runtime.engines import Engine, KernelEngine, _k_vector, iter_blocks
 from recsys_export.runtime.group_topk import GroupTopK
 
-__all__ = ["RERANK_EXTRA", "VariantEngine", "describe_variant", "rerank_candidates"]
+__all__ = ["RERANK_EXTRA", "VariantEngine", "rerank_candidates"]
 
 #: Candidates per user the int8 variant re-ranks exactly: ``k + max(k, RERANK_EXTRA)``.
 RERANK_EXTRA = 10
 #: Users per int8 ``score_all_partial`` call: 32 x 20k scores (2.5 MB) stay in cache for
 #: the user-bias add (measured 0.47 ns/pair against 0.57 with the add in the graph).
 PARTIAL_CALL_USERS = 32
-
-
-def describe_variant(entry: dict[str, Any]) -> str:
-    """One line on a variant's manifest entry: its judged quality and its factor bytes."""
-    q = entry.get("quality")
-    parts = []
-    if isinstance(q, dict):
-        recall = ", ".join(
-            f"recall@{k} {q[f'recall@{k}']:.4f}"
-            for k in (10, 100)
-            if q.get(f"recall@{k}") is not None
-        )
-        parts.append(
-            f"{recall} of the exact lists ({q.get('users')} users), score error max "
-            f"{q.get('score_abs_max', float('nan')):.2e}"
-        )
-    else:
-        parts.append("not judged (exported with --no-verify)")
-    sizes = entry.get("factor_bytes")
-    if isinstance(sizes, dict) and sizes.get("int8") and sizes.get("fp32"):
-        parts.append(
-            f"factors {sizes['int8'] / 1e6:.2f} MB int8 vs {sizes['fp32'] / 1e6:.2f} MB fp32 "
-            f"({sizes['fp32'] / sizes['int8']:.2f}x smaller)"
-        )
-    return "; ".join(parts)
 
 
 def rerank_candidates(
@@ -99,14 +74,14 @@ class VariantEngine(Engine):
     ----------
     base : Engine
         The exact engine of the same bundle (sizes, Python threads, the TopK kernel).
-    variant : VariantSpec
+    variant : VariantSection
         The variant to run.
     bundle : Bundle
         For the re-rank arrays' paths.
     """
 
-    def __init__(self, base: Engine, variant: VariantSpec, bundle: Bundle) -> None:
-        super().__init__(base.spec, base.sessions, base.threads)
+    def __init__(self, base: Engine, variant: VariantSection, bundle: Bundle) -> None:
+        super().__init__(base.manifest, base.sessions, base.threads)
         self.variant = variant
         self.precision = variant.precision
         self._base = base

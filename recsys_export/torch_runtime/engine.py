@@ -37,7 +37,6 @@ except ImportError:  # a runtime-only install
 from recsys_export.bundle import Bundle
 from recsys_export.core.topk import check_k
 from recsys_export.core.validation import check_choice, check_positive
-from recsys_export.runtime import load_seen_csr
 from recsys_export.runtime.writers import BatchOutputs
 from recsys_export.torch_runtime.device import resolve_device
 from recsys_export.torch_runtime.io import load_exported_module, load_torchscript
@@ -82,13 +81,11 @@ class TorchEngine(BatchOutputs):
         self.device = device
         self.source = source
         self._score_all = score_all
-        model = bundle.spec.model
+        model = bundle.manifest.model
         self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
-        hp = model.hyperparameters
         if self._kind == "densenet":
             # the frozen module's relu(a + c) holds [B, hidden, n_items] at once
-            hidden = int(hp.get("hidden", 1))
-            self._bytes_per_user = self._n_items * 4 * (hidden + 3)
+            self._bytes_per_user = self._n_items * 4 * (max(1, model.hidden) + 3)
         else:
             # scores, their masked copy
             self._bytes_per_user = self._n_items * 4 * 2
@@ -132,12 +129,11 @@ class TorchEngine(BatchOutputs):
         check_choice("prefer", prefer, ("pt2", "torchscript"))
         dev = resolve_device(device)
         bundle = Bundle.load(bundle_path, verify=verify)
-        formats = bundle.manifest.get("formats") or {}
         order = ("pt2", "torchscript") if prefer == "pt2" else ("torchscript", "pt2")
         problems = []
         for source in order:
             try:
-                fn = _load_program(bundle, formats, source, dev)
+                fn = _load_program(bundle, source, dev)
             except _Absent:
                 continue
             except Exception as exc:  # torch raises many types; fall back, then report
@@ -270,7 +266,7 @@ class TorchEngine(BatchOutputs):
     def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
         """``(indptr int64[n_users + 1], items int64[nnz])``: every item each user rated."""
         if self._seen_host is None:
-            self._seen_host = load_seen_csr(self.bundle, self._n_users, self._n_items)
+            self._seen_host = self.bundle.seen_csr()
         return self._seen_host
 
     def seen_on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,15 +327,16 @@ class _Absent(Exception):
 
 
 def _load_program(
-    bundle: Bundle, formats: dict[str, Any], source: str, device: torch.device
+    bundle: Bundle, source: str, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The bundle's ``score_all`` as a callable on ``device`` (raises :class:`_Absent`)."""
+    formats = bundle.manifest.formats
     if source == "pt2":
-        rel = ((formats.get("pt2") or {}).get("programs") or {}).get("score_all")
-        if not isinstance(rel, str):
+        rel = formats.pt2.programs.get("score_all") if formats.pt2 is not None else None
+        if rel is None:
             raise _Absent(source)
         return load_exported_module(bundle.file(rel), device)
-    rel = (formats.get("torchscript") or {}).get("module")
-    if not isinstance(rel, str):
+    if formats.torchscript is None:
         raise _Absent(source)
-    return load_torchscript(bundle.file(rel), device).score_all  # type: ignore[no-any-return]
+    module = load_torchscript(bundle.file(formats.torchscript.module), device)
+    return module.score_all  # type: ignore[no-any-return]
