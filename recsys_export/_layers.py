@@ -16,10 +16,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "_layers", "errors", "datasets", "core"),
     # 1 the bundle format: schema, files, writer, loader
     ("bundle",),
-    # 2 a bundle's torch programs at run time
+    # 2 serving a bundle without torch: the engine contract, the onnxruntime engine,
+    #   the recommender, the batch writers
+    ("runtime",),
+    # 3 a bundle's torch programs at run time: the torch engine, torch I/O
     ("torch_runtime", "torch_engine"),
-    # 3 serving a bundle: engines, recommender, writers, Ray
-    ("runtime", "scale"),
+    # 4 the one engine factory, and the Ray job whose workers open engines with it
+    ("engines", "scale"),
     # 4 the HTTP server over the runtime
     ("serve",),
     # 5 ratings files, splits, item names

@@ -212,7 +212,7 @@ def _runtime_all(r: Any, users: int) -> Callable[[], None]:
 
 
 def _score_section(ctx: _Ctx, rounds: Rounds) -> tuple[dict, float]:
-    from recsys_export.runtime import Recommender
+    from recsys_export.engines import open_engine
 
     score: dict[str, Any] = {}
     n_users = ctx.cfg["users"]
@@ -227,7 +227,7 @@ def _score_section(ctx: _Ctx, rounds: Rounds) -> tuple[dict, float]:
     if ctx.kind == "densenet":
         # the other way to use the cores: one caller, onnxruntime's intra-op threads
         threads = ctx.cfg["threads"]
-        intra = Recommender.load(ctx.bundle, intra_op_threads=threads, python_threads=False)
+        intra = open_engine(ctx.bundle, threads=threads, python_threads=False)
         rounds.add(score, "runtime_intra_op", _runtime_all(intra, n_users), n_users)
     for precision, r in ctx.variants.items():
         rounds.add(score, f"runtime_{precision}", _runtime_all(r, n_users), n_users)
@@ -242,9 +242,9 @@ def _score_section(ctx: _Ctx, rounds: Rounds) -> tuple[dict, float]:
 # --------------------------------------------------------------------------- recommend
 def _today(rec: Any) -> Any:
     """The same bundle on today's top-k path (scores masked in numpy, the TopK kernel)."""
-    from recsys_export.runtime import Recommender
+    from recsys_export.engines import open_engine
 
-    r = Recommender.load(rec.bundle.root, intra_op_threads=rec._engine.threads, verify=False)
+    r = open_engine(rec.bundle.root, threads=rec._engine.threads, verify=False)
     r._engine._groups = None  # the threshold path off: what the bundles before it ran
     return r
 
@@ -386,8 +386,8 @@ def bench_model(kind: str, cfg: dict[str, Any], built: dict[str, Any]) -> dict[s
     """Every row of one model (``built``: the synthetic model and its exported bundle)."""
     import torch
 
+    from recsys_export.engines import open_engine
     from recsys_export.export.frozen import inference_module
-    from recsys_export.runtime import Recommender
 
     threads = cfg["threads"]
     torch.set_num_threads(threads)
@@ -395,9 +395,9 @@ def bench_model(kind: str, cfg: dict[str, Any], built: dict[str, Any]) -> dict[s
     slow_users = cfg["users"]
     if kind == "densenet" and cfg["slow_users"]:
         slow_users = min(cfg["users"], cfg["slow_users"])
-    rec = Recommender.load(bundle, intra_op_threads=threads)
+    rec = open_engine(bundle, threads=threads)
     variants = {
-        p: Recommender.load(bundle, intra_op_threads=threads, precision=p)
+        p: open_engine(bundle, threads=threads, precision=p)
         for p in sorted(rec.bundle.manifest.require_onnx().variants)
     }
     ctx = _Ctx(
@@ -407,7 +407,7 @@ def bench_model(kind: str, cfg: dict[str, Any], built: dict[str, Any]) -> dict[s
         module=inference_module(built["model"]),
         bundle=bundle,
         rec=rec,
-        fallback=Recommender.load(bundle, intra_op_threads=threads, fast_paths=False),
+        fallback=open_engine(bundle, threads=threads, fast_paths=False),
         variants=variants,
         notes=[],
         slow_users=slow_users,

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
+from recsys_export.engines import open_engine
 from recsys_export.torch_runtime.engine import TorchEngine
 
 __all__ = ["cuda_unavailable_reason", "device_timings", "matmul_ceiling", "sync", "timed_runs"]
@@ -111,7 +112,7 @@ def device_timings(
     if isinstance(bundle, TorchEngine):
         eng = bundle
     else:
-        eng = TorchEngine.load(bundle, device=device)
+        eng = cast(TorchEngine, open_engine(bundle, engine="torch", device=str(device)))
     sync(eng.device)
     load_s = time.perf_counter() - t0
     block = eng.block_size(memory_budget_mb)

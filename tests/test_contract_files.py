@@ -267,7 +267,7 @@ def test_score_all_never_replaces_a_file_that_appeared(
 ) -> None:
     """Main checked ``--out`` at the start only, then ``os.replace``-d over the file."""
     out = tmp_path / f"scores.{ext}"
-    hook = "_score_all_into" if ext == "npy" else "topk_rows"
+    hook = "score_all_into" if ext == "npy" else "topk"
     _appear_during(monkeypatch, Recommender, hook, out)
     argv = ["score", str(world["a"]), *SCORE_OUTPUTS[ext][:1], "--out", str(out), "-q"]
     if ext == "csv":

@@ -299,9 +299,7 @@ def _checkpoint(model: Any, ids: IdsAndSeen, origin: dict[str, Any]) -> Checkpoi
     )
 
 
-def _export(
-    ckpt: Checkpoint, out: str | Path, fmts: list[str], opts: dict[str, Any]
-) -> Manifest:
+def _export(ckpt: Checkpoint, out: str | Path, fmts: list[str], opts: dict[str, Any]) -> Manifest:
     return export_bundle(
         ckpt,
         out,

@@ -78,71 +78,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from recsys_export.runtime import Recommender
 
     if args.all:
-        if args.providers is not None and args.engine == "torch":
-            raise ConfigError(
-                "--providers is for the onnxruntime engines (--engine local or ray), not "
-                "--engine torch, which runs the bundle's torch program on --device"
-            )
-        if args.out is None:
-            raise ConfigError("--all needs --out FILE (.npy, or .parquet/.csv with --top-k)")
-        if args.precision != "fp32" and args.engine != "local":
-            raise ConfigError(
-                f"--precision {args.precision} runs with the local runtime (--engine local); "
-                f"--engine {args.engine} runs the exact model"
-            )
-        if args.engine == "ray":
-            if args.top_k is None:
-                raise ConfigError("--engine ray needs --top-k K (it writes top-k Parquet parts)")
-            from recsys_export.scale import score_topk_ray
-
-            score_topk_ray(
-                args.bundle,
-                args.out,
-                k=args.top_k,
-                exclude_seen=not args.include_seen,
-                address=args.address,
-                workers=args.workers,
-                progress=not args.quiet,
-                overwrite=args.force,
-                device=args.device,
-                providers=args.providers,
-            )
-            print(args.out)
-            return 0
-        if args.engine == "torch":
-            return _score_all_torch(args)
-        if args.device not in (None, "cpu"):
-            raise ConfigError(
-                "--device needs --engine torch or ray (the local runtime runs on CPU)"
-            )
-        rec = Recommender.load(
-            args.bundle,
-            intra_op_threads=args.threads,
-            providers=args.providers,
-            precision=args.precision,
-        )
-        if args.top_k is not None:
-            path = rec.write_topk(
-                args.out,
-                k=args.top_k,
-                exclude_seen=not args.include_seen,
-                memory_budget_mb=args.memory_mb,
-                progress=not args.quiet,
-                overwrite=args.force,
-            )
-        else:
-            if args.out.suffix != ".npy":
-                raise ConfigError(
-                    f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)"
-                )
-            path = rec.write_score_matrix(
-                args.out,
-                memory_budget_mb=args.memory_mb,
-                progress=not args.quiet,
-                overwrite=args.force,
-            )
-        print(path)
-        return 0
+        return _score_all(args)
     if not args.user or not args.item or len(args.user) != len(args.item):
         raise ConfigError("give --user and --item the same number of times, or use --all")
     rec = Recommender.load(
@@ -157,29 +93,56 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score_all_torch(args: argparse.Namespace) -> int:
-    """``score --all --engine torch``: the bundle's torch program on ``--device``."""
+def _score_all(args: argparse.Namespace) -> int:
+    """``score --all``: the engine :func:`~recsys_export.engines.open_engine` picks (or the
+    Ray job) writes the matrix or the top-k table of every user."""
+    from recsys_export.engines import EngineOptions, open_engine
     from recsys_export.errors import ConfigError
-    from recsys_export.torch_runtime.engine import TorchEngine  # ConfigError without torch
+    from recsys_export.runtime import writers
 
-    if args.top_k is None and args.out.suffix != ".npy":
-        raise ConfigError(f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)")
-    engine = TorchEngine.load(args.bundle, device=args.device or "cpu")
-    # --memory-mb sizes CPU blocks; on CUDA the free device memory does
-    budget = None if engine.device.type == "cuda" else args.memory_mb
-    if args.top_k is not None:
-        path = engine.write_topk(
+    options = EngineOptions(
+        args.engine, args.device, args.providers, args.threads, args.precision
+    ).checked()
+    if args.out is None:
+        raise ConfigError("--all needs --out FILE (.npy, or .parquet/.csv with --top-k)")
+    if options.engine == "ray":
+        if args.top_k is None:
+            raise ConfigError("--engine ray needs --top-k K (it writes top-k Parquet parts)")
+        from recsys_export.scale import score_topk_ray
+
+        score_topk_ray(
+            args.bundle,
             args.out,
             k=args.top_k,
             exclude_seen=not args.include_seen,
-            memory_budget_mb=budget,
+            address=args.address,
+            workers=args.workers,
             progress=not args.quiet,
             overwrite=args.force,
+            device=options.device,
+            providers=options.providers,
+        )
+        print(args.out)
+        return 0
+    if args.top_k is None and args.out.suffix != ".npy":
+        raise ConfigError(f"--all writes a .npy matrix; got {args.out} (use --top-k for tables)")
+    engine = open_engine(
+        args.bundle,
+        engine=options.engine,
+        device=options.device,
+        providers=options.providers,
+        threads=options.threads,
+        precision=options.precision,
+    )
+    # --memory-mb sizes CPU blocks; on CUDA the free device memory does
+    budget = None if options.device not in (None, "cpu") else args.memory_mb
+    common = {"memory_budget_mb": budget, "progress": not args.quiet, "overwrite": args.force}
+    if args.top_k is not None:
+        path = writers.write_topk(
+            engine, args.out, args.top_k, exclude_seen=not args.include_seen, **common
         )
     else:
-        path = engine.write_score_matrix(
-            args.out, memory_budget_mb=budget, progress=not args.quiet, overwrite=args.force
-        )
+        path = writers.write_score_matrix(engine, args.out, **common)
     print(path)
     return 0
 

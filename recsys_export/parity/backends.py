@@ -18,10 +18,12 @@ import torch
 from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import FORMATS
 from recsys_export.core.ids import runs_to_coo
+from recsys_export.engines import open_engine
 from recsys_export.models import BaseModel, DenseNet, check_k
 from recsys_export.plan import (
     PARITY_WORKERS,
 )
+from recsys_export.runtime.protocol import Engine
 from recsys_export.torch_runtime.io import load_exported_module, load_torchscript, quiet_exporters
 from recsys_export.torch_runtime.ops import topk_excluding
 
@@ -233,33 +235,38 @@ class NotApplicable(Exception):
     """A backend cannot express this case (e.g. arbitrary exclusions); the case is skipped."""
 
 
-class RuntimeBackend(Backend):
-    """The torch-free :class:`~recsys_export.runtime.Recommender` (with its fast paths).
+class EngineBackend(Backend):
+    """An engine of the contract (:func:`recsys_export.engines.open_engine`): the
+    torch-free onnxruntime engine with its fast paths (``runtime``), or the torch batch
+    engine on ``device`` (``torch_engine``, opt-in: ``verify --formats ...,torch_engine``).
 
-    ``score`` and ``score_all`` take any indices. ``recommend`` runs the runtime's own
-    ``exclude_seen`` path, so it applies where the exclusions are exactly the users' seen
-    items (the full-matrix pass); other cases raise :class:`NotApplicable`.
+    ``score`` and ``score_all`` take any indices (validated here). ``recommend`` runs the
+    engine's own ``exclude_seen`` path, so it applies where the exclusions are exactly
+    the users' seen items (the full-matrix pass); other cases raise
+    :class:`NotApplicable`.
     """
 
-    name = "runtime"
-    chunks_itself = True
-
-    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
-        from recsys_export.runtime import Recommender
-
-        # checksums: verified by the caller
-        self.rec = Recommender.load(path, verify=False, providers=providers)
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        # the onnxruntime engine sizes its own calls; the torch engine is fed parity's
+        self.chunks_itself = engine.name == "onnx"
 
     def score(self, users, items):
-        return self.rec.score(users, items, by_index=True)
+        users = self.engine.user_map.check_indices(np.asarray(users, dtype=np.int64))
+        items = self.engine.item_map.check_indices(np.asarray(items, dtype=np.int64))
+        return self.engine.score_pairs(users, items)
 
     def score_all(self, users):
-        return self.rec.score_all(users, by_index=True)
+        users = self.engine.user_map.check_indices(np.asarray(users, dtype=np.int64))
+        out = np.empty((users.size, self.engine.n_items), dtype=np.float32)
+        self.engine.score_all_into(users, out)
+        return out
 
     def recommend(self, users, k, rows, items):
         if len(np.unique(users)) != len(users):
             raise NotApplicable("repeated users")
-        want_rows, want_items = _seen_for(users, *self.rec.seen_csr())
+        want_rows, want_items = _seen_for(users, *self.engine.seen_csr())
         got = np.lexsort((items, rows))
         want = np.lexsort((want_items, want_rows))
         if not (
@@ -267,37 +274,12 @@ class RuntimeBackend(Backend):
             and np.array_equal(items[got], want_items[want])
         ):
             raise NotApplicable("exclusions other than the seen items")
-        return self._topk(users, int(k))
-
-    def _topk(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        result = self.rec.recommend(users, k, exclude_seen=True, by_index=True)
-        return result.scores, result.items
+        users = self.engine.user_map.check_indices(np.asarray(users, dtype=np.int64))
+        return self.engine.topk(users, int(k), exclude_seen=True)
 
 
-class TorchEngineBackend(RuntimeBackend):
-    """The torch batch engine (:class:`~recsys_export.torch_runtime.engine.TorchEngine`) on
-    ``device`` (default CPU): the bundle's pt2/TorchScript program with the engine's own
-    exclusion and top-k (opt-in: ``verify --formats ...,torch_engine``). Pairs
-    (``score``) do not apply."""
-
-    name = "torch_engine"
-    chunks_itself = False
-
-    def __init__(self, path: Path, device: torch.device | None = None) -> None:
-        from recsys_export.torch_runtime.engine import TorchEngine
-
-        self.rec = TorchEngine.load(  # type: ignore[assignment]
-            path, device=device or "cpu", verify=False
-        )
-
-    def score(self, users, items):
-        raise NotApplicable("the torch engine scores whole rows only")
-
-    def score_all(self, users):
-        return self.rec.score_all(users)
-
-    def _topk(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.rec.topk(users, k, exclude_seen=True)  # type: ignore[attr-defined]
+#: The onnxruntime engine's backend (the name parity reports use: ``runtime``).
+RuntimeBackend = EngineBackend
 
 
 def load_backends(
@@ -363,9 +345,13 @@ def load_backends(
     if onnx is not None and "onnx" in wanted:
         out["onnx"] = OnnxBackend({e: bundle.file(p) for e, p in onnx.graphs.items()}, providers)
     if onnx is not None and "runtime" in wanted:
-        out["runtime"] = RuntimeBackend(bundle.root, providers)
+        # checksums: verified by the caller
+        engine = open_engine(bundle, engine="onnx", providers=providers, verify=False)
+        out["runtime"] = EngineBackend(engine, "runtime")
     if (fm.pt2 is not None or fm.torchscript is not None) and "torch_engine" in wanted:
-        out["torch_engine"] = TorchEngineBackend(bundle.root, device)
+        dev = "cpu" if device is None else str(device)
+        engine = open_engine(bundle, engine="torch", device=dev, verify=False)
+        out["torch_engine"] = EngineBackend(engine, "torch_engine")
     return out
 
 

@@ -36,7 +36,7 @@ from recsys_export.runtime.sessions import (  # noqa: F401  (re-exported)
 
 __all__ = [
     "OPT_LEVELS",
-    "Engine",
+    "SessionEngine",
     "GraphEngine",
     "KernelEngine",
     "Sessions",
@@ -86,7 +86,7 @@ def iter_blocks(
             yield start, stop, rows[lo:hi] - start, ex_items[lo:hi]
 
 
-class Engine:
+class SessionEngine:
     """What the runtime asks of a scoring engine (the base class of both).
 
     Attributes
@@ -224,7 +224,7 @@ class Engine:
         raise NotImplementedError
 
 
-class GraphEngine(Engine):
+class GraphEngine(SessionEngine):
     """The three entry-point graphs (``formats.onnx.graphs``)."""
 
     def __init__(self, manifest: Manifest, sessions: Sessions, threads: int) -> None:
@@ -406,7 +406,7 @@ def make_engine(
     block_users: int | None = None,
     call_users: int | None = None,
     providers: list[str] | None = None,
-) -> Engine:
+) -> SessionEngine:
     """The engine for a bundle, chosen once: kernels when the bundle has usable ones
     (and ``fast_paths``), the entry-point graphs otherwise. See
     :meth:`recsys_export.runtime.Recommender.load` for the options.
@@ -434,7 +434,7 @@ def make_engine(
     manifest = bundle.manifest
     onnx = manifest.require_onnx()
     sessions = Sessions(bundle, threads, graph_optimization, providers)
-    engine: Engine
+    engine: SessionEngine
     if fast_paths and onnx.kernels is not None:
         engine = KernelEngine(manifest, sessions, threads, bool(python_threads))
     else:

@@ -11,7 +11,7 @@ import numpy as np
 
 from recsys_export.core.ids import IdMap, runs_to_coo
 from recsys_export.core.topk import EMPTY_SCORE, mask_pairs, take_columns, topk
-from recsys_export.runtime.engines import Engine, iter_blocks
+from recsys_export.runtime.engines import SessionEngine, iter_blocks
 
 __all__ = [
     "columns_topk",
@@ -123,7 +123,7 @@ def is_empty(values: Any) -> bool:
 
 
 def columns_topk(
-    engine: Engine,
+    engine: SessionEngine,
     users: np.ndarray,
     k: int,
     rows: np.ndarray,

@@ -21,10 +21,10 @@ import onnxruntime as ort
 from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import VariantSection
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE, fill_empty, mask_pairs, topk
-from recsys_export.runtime.engines import Engine, KernelEngine, _k_vector, iter_blocks
+from recsys_export.runtime.engines import KernelEngine, SessionEngine, _k_vector, iter_blocks
 from recsys_export.runtime.group_topk import GroupTopK
 
-__all__ = ["RERANK_EXTRA", "VariantEngine", "rerank_candidates"]
+__all__ = ["RERANK_EXTRA", "VariantEngine", "rerank_candidates", "with_precision"]
 
 #: Candidates per user the int8 variant re-ranks exactly: ``k + max(k, RERANK_EXTRA)``.
 RERANK_EXTRA = 10
@@ -67,12 +67,12 @@ def rerank_candidates(
     return out_s, fill_empty(out_i, out_s)
 
 
-class VariantEngine(Engine):
+class VariantEngine(SessionEngine):
     """Scores with a variant's graphs, sized like the exact ``base`` engine.
 
     Parameters
     ----------
-    base : Engine
+    base : SessionEngine
         The exact engine of the same bundle (sizes, Python threads, the TopK kernel).
     variant : VariantSection
         The variant to run.
@@ -80,7 +80,7 @@ class VariantEngine(Engine):
         For the re-rank arrays' paths.
     """
 
-    def __init__(self, base: Engine, variant: VariantSection, bundle: Bundle) -> None:
+    def __init__(self, base: SessionEngine, variant: VariantSection, bundle: Bundle) -> None:
         super().__init__(base.manifest, base.sessions, base.threads)
         self.variant = variant
         self.precision = variant.precision
@@ -178,3 +178,19 @@ class VariantEngine(Engine):
                 u_rows, item_rows, cand[start:stop], k
             )
         return out_s, out_i
+
+
+def with_precision(
+    engine: SessionEngine,
+    bundle: Bundle,
+    precision: str,
+    block_users: int | None = None,
+    call_users: int | None = None,
+) -> SessionEngine:
+    """``engine`` for ``fp32`` (the exact graphs), else the bundle's approximate variant
+    of ``precision`` over it (loaded only when asked for)."""
+    if precision == "fp32":
+        return engine
+    variant = VariantEngine(engine, bundle.manifest.variant(precision), bundle)
+    variant.resize(block_users, call_users)
+    return variant

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle import Manifest, dir_identity
+from recsys_export.engines import open_engine
 from recsys_export.errors import BundleError, RecsysExportError
 from recsys_export.runtime import Recommender
 
@@ -130,7 +131,7 @@ class ServedModel:
             Invalid ``threads``.
         """
         identity = dir_identity(Path(os.path.abspath(os.fspath(path))))
-        rec = Recommender.load(path, intra_op_threads=threads)
+        rec = open_engine(path, threads=threads)
         parity = rec.manifest.parity
         if parity is not None and not parity.passed:
             failed = parity.failed()

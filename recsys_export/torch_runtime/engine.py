@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,10 @@ except ImportError:  # a runtime-only install
     ) from None
 
 from recsys_export.bundle import Bundle
+from recsys_export.core.ids import IdMap
 from recsys_export.core.topk import check_k
 from recsys_export.core.validation import check_choice, check_positive
-from recsys_export.runtime.writers import BatchOutputs
+from recsys_export.runtime import writers
 from recsys_export.torch_runtime.device import resolve_device
 from recsys_export.torch_runtime.io import load_exported_module, load_torchscript
 from recsys_export.torch_runtime.ops import topk_excluding
@@ -51,13 +53,15 @@ _MAX_BLOCK = 4096
 _CUDA_FREE_SHARE = 0.5
 
 
-class TorchEngine(BatchOutputs):
+class TorchEngine:
     """A bundle's torch program on a device, for whole-catalogue batch scoring.
 
-    Create it with :meth:`load`. Users are dense indices (``0 .. n_users - 1``). The
-    batch outputs (:meth:`write_score_matrix`, :meth:`write_topk`, :meth:`topk_rows`,
-    :meth:`topk_table`, :meth:`iter_score_all`) are the runtime's own
-    (:class:`~recsys_export.runtime.writers.BatchOutputs`, shared with
+    Create it with :meth:`load` (or :func:`recsys_export.engines.open_engine` with
+    ``engine="torch"``). The torch engine of the contract
+    (:class:`~recsys_export.runtime.protocol.Engine`, ``name == "torch"``). Users are
+    dense indices (``0 .. n_users - 1``). The batch outputs (:meth:`write_score_matrix`,
+    :meth:`write_topk`, :meth:`topk_rows`, :meth:`topk_table`, :meth:`iter_score_all`)
+    are the runtime's writers (:mod:`recsys_export.runtime.writers`, shared with
     :class:`~recsys_export.runtime.Recommender`): same files, atomicity and progress
     bar. A ``memory_budget_mb`` of None sizes blocks from the free device memory on
     CUDA, from 256 MB on CPU (:meth:`block_size`).
@@ -69,6 +73,8 @@ class TorchEngine(BatchOutputs):
     source : str
         ``"pt2"`` or ``"torchscript"``: which bundle program scores.
     """
+
+    name = "torch"
 
     def __init__(
         self,
@@ -167,7 +173,31 @@ class TorchEngine(BatchOutputs):
             )
 
     # ------------------------------------------------------------------ properties
-    # n_users, n_items, kind: from BatchOutputs
+    @property
+    def n_users(self) -> int:
+        """Number of users the model knows."""
+        return self._n_users
+
+    @property
+    def n_items(self) -> int:
+        """Number of items the model knows."""
+        return self._n_items
+
+    @property
+    def kind(self) -> str:
+        """Model kind (``"mf"`` or ``"densenet"``)."""
+        return self._kind
+
+    @property
+    def user_map(self) -> IdMap:
+        """Raw user ids in index order."""
+        return self._user_map
+
+    @property
+    def item_map(self) -> IdMap:
+        """Raw item ids in index order."""
+        return self._item_map
+
     @property
     def bytes_per_user(self) -> int:
         """Bytes of device memory per user in one ``score_all`` block (block sizing)."""
@@ -210,23 +240,61 @@ class TorchEngine(BatchOutputs):
             return self._score_all(u.repeat(2))[:1]
         return self._score_all(u)
 
-    # BatchOutputs hooks: chunk sizing, scores into a buffer, k, top-k by index
-    def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float | None) -> int:
-        if chunk_size is not None:
-            return super()._chunk_size(chunk_size, memory_budget_mb)
+    # ------------------------------------------------------------------ the engine contract
+    def chunk_users(self, memory_budget_mb: float | None = None) -> int:
+        """Users per block of the batch writers: :meth:`block_size`."""
         return self.block_size(memory_budget_mb)
 
-    def _score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
+    def score_all_into(self, users: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out[len(users), n_items]`` with validated users' scores (on the host)."""
         with torch.inference_mode():
             out[...] = self._scores(users).cpu().numpy()
 
-    def _check_k(self, k: Any) -> int:
+    def check_k(self, k: Any) -> int:
+        """``k`` as an int in ``1 .. n_items``, or :class:`ConfigError`."""
         return check_k(k, self._n_items)
 
-    def _topk_by_index(
-        self, users: np.ndarray, k: int, exclude_seen: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return self.topk(users, k, exclude_seen=exclude_seen)
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``float32[n]`` scores of validated index pairs (each distinct user's row once)."""
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        if users.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        distinct, row = np.unique(users, return_inverse=True)
+        out = np.empty(users.size, dtype=np.float32)
+        size = self.block_size()
+        for start in range(0, distinct.size, size):
+            block = distinct[start : start + size]
+            scores = np.empty((block.size, self._n_items), dtype=np.float32)
+            self.score_all_into(block, scores)
+            mine = (row >= start) & (row < start + block.size)
+            out[mine] = scores[row[mine] - start, items[mine]]
+        return out
+
+    def close(self) -> None:
+        """Drop the seen items held on the device (the program goes with the object)."""
+        self._seen = None
+
+    # ------------------------------------------------------------------ batch outputs
+    def iter_score_all(self, user_indices: Any = None, **options: Any) -> Iterator[Any]:
+        """:func:`recsys_export.runtime.writers.iter_score_all` of this engine."""
+        return writers.iter_score_all(self, user_indices, **options)
+
+    def write_score_matrix(self, out_path: str | os.PathLike[str], **options: Any) -> Path:
+        """:func:`recsys_export.runtime.writers.write_score_matrix` of this engine."""
+        return writers.write_score_matrix(self, out_path, **options)
+
+    def write_topk(self, out_path: str | os.PathLike[str], k: int = 10, **options: Any) -> Path:
+        """:func:`recsys_export.runtime.writers.write_topk` of this engine."""
+        return writers.write_topk(self, out_path, k, **options)
+
+    def topk_rows(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
+        """:func:`recsys_export.runtime.writers.topk_rows` of this engine."""
+        return writers.topk_rows(self, user_indices, k, exclude_seen=exclude_seen)
+
+    def topk_table(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
+        """:func:`recsys_export.runtime.writers.topk_table` of this engine."""
+        return writers.topk_table(self, user_indices, k, exclude_seen=exclude_seen)
 
     def score_all_blocks(
         self, user_indices: Any = None, *, memory_budget_mb: float | None = None
@@ -241,7 +309,7 @@ class TorchEngine(BatchOutputs):
         UnknownIdError
             An index out of range.
         """
-        users = self._user_indices(user_indices)
+        users = writers.users_of(self, user_indices)
         size = self.block_size(memory_budget_mb)
         with torch.inference_mode():
             for start in range(0, users.size, size):
@@ -256,11 +324,11 @@ class TorchEngine(BatchOutputs):
         UnknownIdError
             An index out of range.
         """
-        users = self._user_indices(user_indices)
+        users = writers.users_of(self, user_indices)
         out = np.empty((users.size, self._n_items), dtype=np.float32)
         size = self.block_size()
         for start in range(0, users.size, size):
-            self._score_all_into(users[start : start + size], out[start : start + size])
+            self.score_all_into(users[start : start + size], out[start : start + size])
         return out
 
     def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
@@ -306,7 +374,7 @@ class TorchEngine(BatchOutputs):
             An index out of range.
         """
         k = check_k(k, self._n_items)
-        users = self._user_indices(users)
+        users = writers.users_of(self, users)
         with torch.inference_mode():
             return self._topk_block(users, k, exclude_seen)
 

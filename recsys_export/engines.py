@@ -1,0 +1,225 @@
+"""One factory for the engines that score a bundle: :func:`open_engine`.
+
+It owns which engine runs and which options each accepts (as implicit's factory picks a
+CPU or a GPU class), so the CLI, the Ray job (:mod:`recsys_export.scale`), parity, the
+benchmark and the server ask here instead of re-checking options of their own:
+
+=============  =====================  ==========================  =========================
+option         ``onnx``               ``torch``                   ``ray`` (a job of workers)
+=============  =====================  ==========================  =========================
+``device``     None or ``cpu``        ``cpu`` / ``cuda[:N]``      None: onnx workers;
+                                                                  ``cpu``/``cuda``: torch
+``providers``  onnxruntime providers  refused                     onnx workers only
+``threads``    intra-op threads       ``torch.set_num_threads``   threads per worker
+``precision``  fp32, fp16, int8       fp32 only                   fp32 only
+=============  =====================  ==========================  =========================
+
+Every engine implements :class:`~recsys_export.runtime.protocol.Engine`; the batch
+writers (:mod:`recsys_export.runtime.writers`) take any of them. ``ray`` is not an
+in-process engine: :func:`recsys_export.scale.score_topk_ray` checks its options here
+(:meth:`EngineOptions.checked`) and every worker opens its engine with
+:meth:`EngineOptions.for_workers`. Torch is imported only for ``engine="torch"``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from recsys_export.bundle import Bundle
+from recsys_export.core.validation import check_choice
+from recsys_export.errors import ConfigError
+from recsys_export.runtime.protocol import Engine
+
+if TYPE_CHECKING:
+    from recsys_export.runtime import Recommender
+
+__all__ = ["ENGINES", "EngineOptions", "open_engine"]
+
+#: The engines, by name (the CLI's ``--engine local`` is ``onnx``).
+ENGINES = ("onnx", "torch", "ray")
+_ALIASES = {"local": "onnx"}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Which engine runs a bundle, and its options (see the module's table).
+
+    Attributes
+    ----------
+    engine : {"onnx", "torch", "ray"}
+        ``"local"`` is accepted for ``"onnx"``.
+    device : str, optional
+        ``cpu``/``cuda[:N]`` for ``torch``; ``cpu``/``cuda`` for ``ray``'s torch workers.
+    providers : list of str, optional
+        onnxruntime execution providers (``onnx``, and ``ray`` without ``device``).
+    threads : int, optional
+        Threads per engine (per worker for ``ray``).
+    precision : {"fp32", "fp16", "int8"}
+        An approximate variant of the bundle (``onnx`` only).
+    """
+
+    engine: str = "onnx"
+    device: str | None = None
+    providers: list[str] | None = None
+    threads: int | None = None
+    precision: str = "fp32"
+
+    def checked(self) -> EngineOptions:
+        """These options with ``engine`` normalised, or the :class:`ConfigError` that
+        names the flag that does not go with the engine."""
+        engine = _ALIASES.get(str(self.engine), self.engine)
+        check_choice("engine", engine, ENGINES)
+        if self.precision != "fp32" and engine != "onnx":
+            raise ConfigError(
+                f"--precision {self.precision} runs with the local runtime (--engine local); "
+                f"--engine {'local' if engine == 'onnx' else engine} runs the exact model"
+            )
+        device = None if self.device is None else str(self.device).strip().lower()
+        if engine == "onnx" and device not in (None, "cpu"):
+            raise ConfigError(
+                "--device needs --engine torch or ray (the local runtime runs on CPU)"
+            )
+        if engine == "torch" and self.providers is not None:
+            raise ConfigError(
+                "--providers is for the onnxruntime engines (--engine local or ray), not "
+                "--engine torch, which runs the bundle's torch program on --device"
+            )
+        if engine == "ray" and device not in (None, "cpu", "cuda"):
+            raise ConfigError(
+                f"unsupported device {device!r} for the ray engine: use cpu or cuda (Ray gives "
+                "each worker its own GPU, which it sees as cuda:0)"
+            )
+        if engine == "ray" and device is not None and self.providers is not None:
+            raise ConfigError(
+                f"providers are for the onnxruntime workers, but device={device!r} runs the "
+                "torch engine on the workers: drop --providers, or --device to use onnxruntime"
+            )
+        if engine == "onnx":
+            device = None
+        return replace(self, engine=engine, device=device)
+
+    def for_workers(self) -> EngineOptions:
+        """The in-process engine each worker of a ``ray`` job opens (torch with a device)."""
+        checked = self.checked()
+        if checked.engine != "ray":
+            return checked
+        return replace(checked, engine="onnx" if checked.device is None else "torch")
+
+
+@overload
+def open_engine(
+    bundle: str | os.PathLike[str] | Bundle,
+    *,
+    engine: Literal["onnx", "local"] = ...,
+    device: str | None = ...,
+    providers: list[str] | None = ...,
+    threads: int | None = ...,
+    precision: str = ...,
+    verify: bool = ...,
+    **engine_options: Any,
+) -> Recommender: ...
+
+
+@overload
+def open_engine(
+    bundle: str | os.PathLike[str] | Bundle,
+    *,
+    engine: str,
+    device: str | None = ...,
+    providers: list[str] | None = ...,
+    threads: int | None = ...,
+    precision: str = ...,
+    verify: bool = ...,
+    **engine_options: Any,
+) -> Engine: ...
+
+
+def open_engine(
+    bundle: str | os.PathLike[str] | Bundle,
+    *,
+    engine: str = "onnx",
+    device: str | None = None,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    precision: str = "fp32",
+    verify: bool = True,
+    **engine_options: Any,
+) -> Engine:
+    """Open ``bundle`` with the engine that ``engine`` names.
+
+    Parameters
+    ----------
+    bundle : path or Bundle
+        A bundle directory (checksums verified unless ``verify=False``), or a loaded
+        :class:`~recsys_export.bundle.Bundle`.
+    engine : {"onnx", "torch"}
+        ``onnx`` (alias ``local``): :class:`~recsys_export.runtime.Recommender`, torch-free
+        (its raw-id ``recommend``/``score`` too); ``torch``:
+        :class:`~recsys_export.torch_runtime.engine.TorchEngine`.
+    device, providers, threads, precision
+        See :class:`EngineOptions`.
+    verify : bool
+        Check every file's sha256 (sizes and names are always checked).
+    **engine_options
+        The engine's own options: ``fast_paths``, ``python_threads``, ``block_users``,
+        ``call_users``, ``graph_optimization`` for ``onnx``; ``prefer`` for ``torch``.
+
+    Returns
+    -------
+    Engine
+        Loaded and probed: a graph or program that cannot run fails here.
+
+    Raises
+    ------
+    ConfigError
+        An option that does not go with ``engine`` (the message names the flag),
+        ``engine="ray"`` (a job: :func:`recsys_export.scale.score_topk_ray`), or torch
+        missing for ``engine="torch"``.
+    BundleError
+        A missing, corrupted or incomplete bundle.
+    """
+    options = EngineOptions(engine, device, providers, threads, precision).checked()
+    if options.engine == "ray":
+        raise ConfigError(
+            "the ray engine is a job over many workers, not an engine in this process: "
+            "use recsys_export.scale.score_topk_ray (score --all --engine ray)"
+        )
+    if options.engine == "torch":
+        from recsys_export.torch_runtime.engine import TorchEngine  # ConfigError without torch
+
+        allowed = {"prefer"}
+        _refuse_others(engine_options, allowed, "torch")
+        if threads is not None and (options.device or "cpu") == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
+        path = bundle.root if isinstance(bundle, Bundle) else bundle
+        return TorchEngine.load(
+            path, device=options.device or "cpu", verify=verify, **engine_options
+        )
+    from recsys_export.runtime import Recommender
+
+    _refuse_others(
+        engine_options,
+        {"fast_paths", "python_threads", "block_users", "call_users", "graph_optimization"},
+        "onnx",
+    )
+    return Recommender.load(
+        bundle,
+        verify=verify,
+        intra_op_threads=threads,
+        providers=providers,
+        precision=precision,
+        **engine_options,
+    )
+
+
+def _refuse_others(given: dict[str, Any], allowed: set[str], engine: str) -> None:
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise ConfigError(
+            f"option(s) {', '.join(extra)} do not apply to the {engine} engine; "
+            f"it takes {', '.join(sorted(allowed))}"
+        )
