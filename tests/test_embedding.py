@@ -218,7 +218,7 @@ class BundleCase:
 
     @property
     def formats(self) -> dict[str, Any]:
-        return self.manifest.to_dict().get("formats", {})
+        return self.manifest.get("formats", {})
 
 
 def _input_cases(n_users: int, n_items: int) -> dict[str, str]:
