@@ -317,6 +317,7 @@ NOT_MANIFEST_READS = {
     ("recsys_export.parity.bounds", "reference"): "the bound rule's reference (parity.json)",
     ("recsys_export.parity.run", "reference"): "the bound rule's reference (parity.json)",
     ("recsys_export.byom", "seen"): "export_model's seen= option (its options dict)",
+    ("recsys_export.parity.verify", "variants"): "parity.json's variants (verify --record)",
 }
 
 

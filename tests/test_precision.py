@@ -183,3 +183,26 @@ def test_two_variants_in_one_export(tmp_path):
         assert rec.recommend(np.arange(40), 5, by_index=True).items.shape == (40, 5)
     with pytest.raises(ConfigError, match="precision must be one of"):
         export_bundle(ck, tmp_path / "bad", precision="fp16,int4", verify=False)
+
+
+def test_verify_record_keeps_the_variants_quality(int8_bundle, tmp_path):
+    """``verify --record`` rewrites parity.json with the new report; what export measured
+    besides parity (the variants' recall) stays there, beside the manifest's copy."""
+    import shutil
+
+    from recsys_export.bundle import Bundle
+    from recsys_export.parity import verify_bundle
+
+    path = tmp_path / "mf"
+    shutil.copytree(int8_bundle[0], path)
+    before = json.loads((path / "parity.json").read_text())
+    report = verify_bundle(path, record=True, full_matrix=False)
+    assert report.passed
+    after = json.loads((path / "parity.json").read_text())
+    assert after["variants"] == before["variants"]
+    assert (
+        after["variants"]["int8"]
+        == int8_bundle[1]["formats"]["onnx"]["variants"]["int8"]["quality"]
+    )
+    assert after["rows"] != before["rows"] or after.get("plan") != before.get("plan")
+    Bundle.load(path)  # checksums rewritten with it
