@@ -16,7 +16,7 @@ from recsys_export.bundle import Bundle, sha256_file, update_bundle
 from recsys_export.bundle.schema import ITEM_NAMES_FILE
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.cli import main
-from recsys_export.cli.training import load_item_names
+from recsys_export.cli.train import load_item_names
 from recsys_export.core.ids import IdMap
 from recsys_export.data.items import default_item_names_path, read_item_names
 from recsys_export.errors import BundleError, CheckpointError, DataError, UnknownIdError

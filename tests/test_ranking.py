@@ -470,7 +470,7 @@ def test_stopping_flags_reach_the_config_and_are_checked(
     flag: str, field: str, recipe: float, value: str, bad: str
 ) -> None:
     from recsys_export.cli.parser import build_parser
-    from recsys_export.cli.training import train_config
+    from recsys_export.cli.train import train_config
 
     def config(*extra: str) -> object:
         return train_config(build_parser().parse_args(["train", "toy", *extra]))

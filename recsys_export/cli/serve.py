@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recsys_export.cli.options import Command
 from recsys_export.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -122,3 +123,13 @@ def _serve_ray(args: argparse.Namespace, config: ServeConfig) -> int:
             time.sleep(3600)
     finally:
         serve.shutdown()
+
+
+SERVE = Command(
+    name="serve",
+    help="serve a bundle over HTTP (JSON API, Open Inference Protocol, metrics)",
+    description=DESCRIPTION,
+    epilog=EPILOG,
+    add_options=add_arguments,
+    run=cmd_serve,
+)

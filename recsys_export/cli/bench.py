@@ -1,0 +1,35 @@
+"""``bench``: every format and the runtime side by side (:mod:`recsys_export.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from recsys_export.cli.options import Command
+
+
+def add_bench_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``bench`` (:func:`recsys_export.bench.add_arguments`)."""
+    from recsys_export.bench import add_arguments
+
+    add_arguments(p)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``recsys-export bench``: :func:`recsys_export.bench.run`."""
+    from recsys_export.bench import run
+
+    return run(args)
+
+
+BENCH = Command(
+    name="bench",
+    help="benchmark every format and the runtime side by side",
+    description="Score-all, recommend-all and single-user latency for MF and DenseNet: a "
+    "bare onnxruntime graph of the same math (the ceiling), numpy, eager torch, "
+    "TorchScript, torch.export and our runtime, in one process. Prints a table, writes "
+    "JSON (schema in docs/performance.md) and, with matplotlib installed, a PNG chart.",
+    epilog="examples:\n  recsys-export bench                 # tiny size, seconds\n"
+    "  recsys-export bench --preset full   # 100k users x 20k items x 64 factors, 128 hidden",
+    add_options=add_bench_options,
+    run=cmd_bench,
+)
