@@ -23,6 +23,7 @@ import numpy as np
 
 from recsys_export.bundle import enclosing_bundle
 from recsys_export.core.atomic import remove_stale, reserve_space, writing
+from recsys_export.core.defaults import DEFAULT_MEMORY_MB
 from recsys_export.core.ids import IdMap
 from recsys_export.core.progress import Progress
 from recsys_export.core.validation import check_int, check_positive
@@ -130,7 +131,7 @@ class BatchOutputs:
     """
 
     #: Memory budget (MB) per chunk of the writers when none is given.
-    _DEFAULT_BUDGET_MB: float = 256
+    _DEFAULT_BUDGET_MB: float = DEFAULT_MEMORY_MB
     _n_users: int
     _n_items: int
     _kind: str

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.defaults import DEFAULT_MEMORY_MB
 from recsys_export.errors import BundleError, ConfigError
 
 try:
@@ -199,7 +200,7 @@ class TorchEngine(BatchOutputs):
             free, _total = torch.cuda.mem_get_info(self.device)
             budget = int(free * _CUDA_FREE_SHARE)
         else:
-            budget = 256 << 20
+            budget = DEFAULT_MEMORY_MB << 20
         return int(min(_MAX_BLOCK, max(1, budget // self._bytes_per_user)))
 
     def _scores(self, users: np.ndarray) -> torch.Tensor:
