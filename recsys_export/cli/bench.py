@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from recsys_export.bench_config import add_arguments, config_from_args
 from recsys_export.cli.options import Command
 
 
-def add_bench_options(p: argparse.ArgumentParser) -> None:
-    """The options of ``bench`` (:func:`recsys_export.bench.add_arguments`)."""
-    from recsys_export.bench import add_arguments
-
-    add_arguments(p)
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``recsys-export bench``: :func:`recsys_export.bench.run`."""
+    """``recsys-export bench``: :func:`recsys_export.bench.run` of the options'
+    :class:`~recsys_export.bench_config.BenchConfig`."""
     from recsys_export.bench import run
 
-    return run(args)
+    run(config_from_args(args))
+    return 0
 
 
 BENCH = Command(
@@ -30,6 +26,6 @@ BENCH = Command(
     "JSON (schema in docs/performance.md) and, with matplotlib installed, a PNG chart.",
     epilog="examples:\n  recsys-export bench                 # tiny size, seconds\n"
     "  recsys-export bench --preset full   # 100k users x 20k items x 64 factors, 128 hidden",
-    add_options=add_bench_options,
+    add_options=add_arguments,
     run=cmd_bench,
 )

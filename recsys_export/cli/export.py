@@ -18,6 +18,7 @@ from recsys_export.cli.options import (
     add_tolerance_options,
     opt,
 )
+from recsys_export.core.defaults import MODEL_KINDS
 
 OWN_MODEL_OPTIONS = (
     opt(
@@ -28,7 +29,7 @@ OWN_MODEL_OPTIONS = (
         "tensors; or of the nn.Module class MODULE:CLASS (package.module:Class or "
         "file.py:Class, built with --model-args) whose forward(users, items) scores pairs",
     ),
-    opt("--model-args", default="{}", metavar="JSON", help="constructor keywords for MODULE:CLASS"),
+    opt("--model-args", metavar="JSON", help="constructor keywords for MODULE:CLASS"),
     opt(
         "--ids-from",
         type=Path,
@@ -102,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         flag
         for flag, given in (
             ("--ids-from", getattr(args, "ids_from", None) is not None),
-            ("--model-args", getattr(args, "model_args", "{}") != "{}"),
+            ("--model-args", getattr(args, "model_args", None) is not None),
             ("--keep-partial", getattr(args, "keep_partial", False)),
         )
         if given
@@ -196,7 +197,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     from recsys_export.errors import ConfigError
 
     try:
-        model_args = json.loads(args.model_args)
+        model_args = json.loads("{}" if args.model_args is None else args.model_args)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--model-args is not JSON: {exc}") from None
     if not isinstance(model_args, dict):
@@ -215,7 +216,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     result = export_model(
         module,
         args.out,
-        kind=args.model if args.model in ("mf", "densenet") else None,
+        kind=args.model if args.model in MODEL_KINDS else None,
         ratings=ratings,
         item_names=item_names,
         formats=args.formats,

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
+from recsys_export.core.defaults import (
+    DEFAULT_DUPLICATES,
+    DUPLICATE_POLICIES,
+    PARITY_BUDGET,
+    PRECISIONS,
+)
+
 DATA_HELP = (
     "ratings file (CSV, TSV, '::'-separated .dat, MovieLens u.data, Parquet); "
     "'movielens-small' (default) is the bundled MovieLens latest-small sample, "
@@ -26,7 +33,10 @@ PROVIDERS_HELP = (
     "onnxruntime-gpu)"
 )
 THREADS_HELP = "onnxruntime intra-op threads (default: cores)"
-DUPLICATES_HELP = "policy for duplicate (user, item) rows (default: last, keep the last)"
+DUPLICATES_HELP = (
+    f"policy for duplicate (user, item) rows (default: {DEFAULT_DUPLICATES}, keep the "
+    f"{DEFAULT_DUPLICATES})"
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -105,7 +115,7 @@ DATA_COLUMNS = (
     opt("--rating-col", help="rating column (name or position)"),
     opt("--timestamp-col", help="timestamp column (name or position)"),
     opt("--sep", help="field separator (default: detected; e.g. ',', 'tab', '::')"),
-    opt("--duplicates", choices=["last", "first", "mean", "error"], help=DUPLICATES_HELP),
+    opt("--duplicates", choices=DUPLICATE_POLICIES, help=DUPLICATES_HELP),
 )
 #: How evaluate reads its --test FILE.
 TEST_FILE_COLUMNS = (
@@ -114,7 +124,7 @@ TEST_FILE_COLUMNS = (
     opt("--rating-col", help="rating column (name or 0-based position)"),
     opt("--timestamp-col", help="timestamp column (name or position)"),
     opt("--sep", help="field separator (default: detected)"),
-    opt("--duplicates", choices=["last", "first", "mean", "error"], help=DUPLICATES_HELP),
+    opt("--duplicates", choices=DUPLICATE_POLICIES, help=DUPLICATES_HELP),
 )
 SPLIT_OPTIONS = (
     opt(
@@ -127,7 +137,6 @@ SPLIT_OPTIONS = (
     opt(
         "--valid-fraction",
         type=float,
-        default=0.1,
         help="validation share of the remaining training rows, for early stopping "
         "(default 0.1; 0 = no validation; none is carved when --patience is 0)",
     ),
@@ -137,7 +146,7 @@ SPLIT_OPTIONS = (
         help="a separate test file (same columns as the data): mapped onto the training "
         "file's ids, unknown users/items counted and dropped; replaces --split",
     ),
-    opt("--seed", type=int, default=0, help="seed of the split, init and shuffling"),
+    opt("--seed", type=int, help="seed of the split, init and shuffling (default 0)"),
 )
 
 
@@ -181,8 +190,6 @@ def budget_pairs(text: str) -> int:
 def add_plan_options(p: argparse.ArgumentParser, *, quick: bool = False) -> None:
     """``--full`` / ``--budget`` of export and verify (the parity plan), and verify's
     ``--quick`` (no plan), each excluding the others."""
-    from recsys_export.plan import DEFAULT_BUDGET as PARITY_BUDGET
-
     g = p.add_mutually_exclusive_group()
     if quick:
         g.add_argument("--quick", action="store_true", help="random batches only, no plan")
@@ -207,7 +214,6 @@ def add_tolerance_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
         p.add_argument(
             flag,
             type=float,
-            default=None,
             help=f"{prefix}{what} tolerance (default: float32 bound)",
         )
 
@@ -217,7 +223,6 @@ def add_precision_option(p: argparse.ArgumentParser, *, export: bool = False) ->
     if export:
         p.add_argument(
             "--precision",
-            default="fp32",
             metavar="fp16,int8",
             help="also write approximate variants beside the exact graphs: fp16 weights, "
             "int8 per-row factors (MF), or both; each is judged on recall of the exact top-k "
@@ -226,8 +231,7 @@ def add_precision_option(p: argparse.ArgumentParser, *, export: bool = False) ->
         return
     p.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8"),
-        default="fp32",
+        choices=PRECISIONS,
         help="run the bundle's approximate variant (export --precision; default fp32: the "
         "exact graphs)",
     )

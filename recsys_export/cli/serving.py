@@ -16,6 +16,14 @@ from recsys_export.cli.options import (
     opt,
 )
 from recsys_export.cli.terminal import safe_text
+from recsys_export.core.defaults import (
+    DEFAULT_ENGINE,
+    DEFAULT_K,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_PRECISION,
+    ENGINES,
+    resolve_k,
+)
 
 RECOMMEND_OPTIONS = (
     opt("--user", action="append", required=True, help="raw user id (repeatable)"),
@@ -23,8 +31,7 @@ RECOMMEND_OPTIONS = (
         "-k",
         "--k",
         type=int,
-        default=None,
-        help="number of items (default 10, or every item if the model knows fewer)",
+        help=f"number of items (default {DEFAULT_K}, or every item if the model knows fewer)",
     ),
     opt("--include-seen", action="store_true", help="do not remove already-rated items"),
     opt("--json", action="store_true", help="print JSON"),
@@ -38,10 +45,10 @@ SCORE_OPTIONS = (
     opt("--out", type=Path, help="output file (.npy, or .parquet/.csv with --top-k)"),
     opt(
         "--engine",
-        choices=("local", "ray", "torch"),
-        default="local",
-        help="with --all: 'local' is the onnxruntime runtime; 'ray' (with --top-k) scores "
-        "user blocks on a Ray cluster and writes a directory of Parquet parts to --out; "
+        choices=ENGINES,
+        help=f"with --all (default {DEFAULT_ENGINE}): 'local' is the onnxruntime runtime; "
+        "'ray' (with --top-k) scores user blocks on a Ray cluster and writes a directory of "
+        "Parquet parts to --out; "
         "'torch' runs the bundle's pt2/TorchScript program on --device (needs torch)",
     ),
     opt(
@@ -59,7 +66,7 @@ SCORE_OPTIONS = (
         action="store_true",
         help="replace an existing --out file (with --engine ray: a previous output dir)",
     ),
-    opt("--memory-mb", type=int, default=256, help="memory budget per chunk (default 256)"),
+    opt("--memory-mb", type=int, help=f"memory budget per chunk (default {DEFAULT_MEMORY_MB})"),
 )
 
 
@@ -96,8 +103,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         providers=args.providers,
         precision=args.precision,
     )
-    k = args.k if args.k is not None else min(10, rec.n_items)
-    result = rec.recommend(args.user, k=k, exclude_seen=not args.include_seen)
+    result = rec.recommend(
+        args.user, k=resolve_k(args.k, rec.n_items), exclude_seen=not args.include_seen
+    )
     names = result.names if result.names is not None else np.full(result.items.shape, None)
     # each user as the bundle holds it (an int in an int map), like the items
     users = rec.user_map.to_raw(rec.user_map.to_index(args.user))
@@ -152,20 +160,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     from recsys_export.errors import ConfigError
     from recsys_export.runtime import Recommender
 
+    engine = args.engine or DEFAULT_ENGINE
     if args.all:
-        if args.providers is not None and args.engine == "torch":
+        if args.providers is not None and engine == "torch":
             raise ConfigError(
                 "--providers is for the onnxruntime engines (--engine local or ray), not "
                 "--engine torch, which runs the bundle's torch program on --device"
             )
         if args.out is None:
             raise ConfigError("--all needs --out FILE (.npy, or .parquet/.csv with --top-k)")
-        if args.precision != "fp32" and args.engine != "local":
+        if args.precision not in (None, DEFAULT_PRECISION) and engine != "local":
             raise ConfigError(
                 f"--precision {args.precision} runs with the local runtime (--engine local); "
-                f"--engine {args.engine} runs the exact model"
+                f"--engine {engine} runs the exact model"
             )
-        if args.engine == "ray":
+        if engine == "ray":
             if args.top_k is None:
                 raise ConfigError("--engine ray needs --top-k K (it writes top-k Parquet parts)")
             from recsys_export.scale import score_topk_ray
@@ -184,7 +193,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
             print(args.out)
             return 0
-        if args.engine == "torch":
+        if engine == "torch":
             return _score_all_torch(args)
         if args.device not in (None, "cpu"):
             raise ConfigError(

@@ -18,6 +18,8 @@ from recsys_export.cli.options import (
     add_options,
     opt,
 )
+from recsys_export.core.defaults import DEFAULT_K, MODEL_KINDS
+from recsys_export.recipes import PRESETS
 
 EPILOG_TRAIN = """\
 examples:
@@ -43,14 +45,13 @@ Duplicate (user, item) rows keep the last occurrence (--duplicates to change).
 """
 
 TRAIN_OPTIONS = (
-    opt("--model", choices=["mf", "densenet"], default="mf", help="model kind (default mf)"),
+    opt("--model", choices=MODEL_KINDS, help=f"model kind (default {MODEL_KINDS[0]})"),
     opt("--out", type=Path, help="checkpoint path (default runs/MODEL.pt)"),
     opt("--force", action="store_true", help="overwrite an existing checkpoint"),
     opt(
         "--preset",
-        choices=["default", "post", "tiny"],
-        default="default",
-        help="hyperparameter preset (see below)",
+        choices=("default", *PRESETS),
+        help="hyperparameter preset (see below; default: default)",
     ),
 )
 OBJECTIVE_OPTIONS = (
@@ -119,7 +120,7 @@ HYPERPARAMETER_OPTIONS = (
     ),
 )
 METRIC_OPTIONS = (
-    opt("-k", "--k", type=int, help="cut-off of ranking metrics (default 10)"),
+    opt("-k", "--k", type=int, help=f"cut-off of ranking metrics (default {DEFAULT_K})"),
     opt(
         "--threshold",
         type=float,
@@ -156,7 +157,7 @@ def add_evaluate_options(p: argparse.ArgumentParser) -> None:
         help="test file in raw ids (mapped onto the checkpoint's ids; unknown ones dropped)",
     )
     add_group(p, "reading the --test file", TEST_FILE_COLUMNS)
-    p.add_argument("-k", "--k", type=int, default=10, help="cut-off (default 10)")
+    p.add_argument("-k", "--k", type=int, help=f"cut-off (default {DEFAULT_K})")
     p.add_argument(
         "--threshold", type=float, help="relevance threshold (default: the one of training)"
     )
@@ -169,158 +170,93 @@ def _train_epilog() -> str:
     return EPILOG_TRAIN.replace("{recipes}", describe_recipes())
 
 
-def _load_data(args: argparse.Namespace) -> Any:
-    """The ratings of ``DATA`` (a file, ``toy`` or ``movielens-small``) with the flags."""
-    from recsys_export.data import load_dataset
+#: ``train`` options that are :func:`~recsys_export.train.default_config` keywords
+#: (option attribute -> keyword).
+_CONFIG_OVERRIDES = {
+    "factors": "n_factors",
+    "hidden": "hidden",
+    "biased": "biased",
+    "dropout": "dropout",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "l2": "l2",
+    "weight_decay": "weight_decay",
+    "threads": "threads",
+    "init_std": "init_std",
+    "patience": "patience",
+    "select_tolerance": "select_tolerance",
+    "min_gain": "min_gain",
+    "validate_every": "validate_every",
+    "loss": "loss",
+}
 
-    return load_dataset(args.data, **_read_options(args))
+
+def read_options(args: argparse.Namespace) -> Any:
+    """The :class:`~recsys_export.training_run.ReadOptions` of the column flags."""
+    from recsys_export.training_run import ReadOptions
+
+    return ReadOptions(
+        user_col=args.user_col,
+        item_col=args.item_col,
+        rating_col=args.rating_col,
+        timestamp_col=args.timestamp_col,
+        sep=args.sep,
+        duplicates=args.duplicates,
+    )
 
 
-def _read_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``read_ratings`` keywords of the column, separator and duplicates flags."""
-    return {
-        "user_col": args.user_col,
-        "item_col": args.item_col,
-        "rating_col": args.rating_col,
-        "timestamp_col": args.timestamp_col,
-        "sep": args.sep,
-        "duplicates": args.duplicates or "last",
-    }
+def train_request(args: argparse.Namespace) -> Any:
+    """The :class:`~recsys_export.training_run.TrainRequest` of ``train``'s flags."""
+    from recsys_export.training_run import TrainRequest
 
-
-def train_config(args: argparse.Namespace) -> Any:
-    """The TrainConfig of ``train``'s flags: preset or recipe, then the flags."""
-    from recsys_export.train import default_config
-
-    objective = args.objective
-    if objective is None and getattr(args, "_implicit_data", False):
-        objective = "ranking"
-    return default_config(
-        args.model,
-        objective,
-        args.preset,
-        seed=args.seed,
-        n_factors=args.factors,
-        hidden=args.hidden,
-        biased=args.biased,
-        dropout=args.dropout,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        l2=args.l2,
-        weight_decay=args.weight_decay,
-        threads=args.threads,
-        init_std=args.init_std,
-        patience=args.patience,
-        select_tolerance=args.select_tolerance,
-        min_gain=args.min_gain,
-        validate_every=args.validate_every,
-        loss=args.loss,
-        min_rating=None if args.implicit else args.min_rating,
-        weighting="binary" if args.implicit else None,
+    return TrainRequest(
+        data=args.data,
+        read=read_options(args),
+        model=args.model,
+        preset=args.preset,
+        objective=args.objective,
+        implicit=args.implicit,
+        min_rating=args.min_rating,
         threshold=args.threshold,
         k=args.k,
+        overrides={key: getattr(args, attr) for attr, key in _CONFIG_OVERRIDES.items()},
+        split=args.split,
+        test_fraction=args.test_fraction,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        test=args.test,
+        items=args.items,
+        item_id_col=args.item_id_col,
+        item_name_col=args.item_name_col,
+        out=args.out,
+        force=args.force,
+        progress=not args.quiet,
     )
 
 
-def load_item_names(args: argparse.Namespace, ratings: Any) -> list[str | None] | None:
-    """Names from ``--items``, or the bundled titles for the bundled ratings; else None.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        ``train``'s flags (``--items``, ``--item-id-col``, ``--item-name-col``, ``DATA``).
-    ratings : Ratings
-        The training ratings, whose item map orders the names.
-
-    Returns
-    -------
-    list or None
-        One name (or None) per item index; a summary goes to stderr unless ``-q``.
-    """
-    from recsys_export.data.items import default_item_names_path, read_item_names
-
-    path = args.items
-    if path is None and args.data in (None, "movielens-small"):
-        path = default_item_names_path()
-    if path is None:
-        return None
-    names = read_item_names(
-        path, item_map=ratings.item_map, id_col=args.item_id_col, name_col=args.item_name_col
-    )
-    if not args.quiet:
-        print(f"items: {names.summary()}", file=sys.stderr)
-    return names.names
-
-
-def _read_test_file(args: argparse.Namespace) -> Any:
-    from recsys_export.data import read_ratings
-
-    return read_ratings(args.test, **_read_options(args))
+def _note(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``recsys-export train``: read, split, train, write the checkpoint, print metrics."""
-    from recsys_export.experiment import as_implicit, checkpoint_path, train_checkpoint
+    """``recsys-export train``: :func:`~recsys_export.training_run.run_training`, then
+    the metrics."""
+    from recsys_export.training_run import run_training
 
-    out = checkpoint_path(args.out, args.model, force=args.force)
-    ratings = _load_data(args)
-    args._implicit_data = ratings.implicit
-    cfg = train_config(args)
-    item_names = load_item_names(args, ratings)
-    if ratings.n_duplicates:
-        print(
-            f"note: {ratings.n_duplicates} duplicate (user, item) rows in {ratings.source}; "
-            f"kept the {args.duplicates or 'last'} occurrence",
-            file=sys.stderr,
-        )
-    if args.implicit:
-        ratings = as_implicit(ratings, args.min_rating)
-    elif not ratings.implicit:
-        _warn_rating_scale(ratings, args.threshold)
-    test = _read_test_file(args) if args.test is not None else None
-    if test is not None and args.implicit:
-        test = as_implicit(test, args.min_rating)
-    if not args.quiet:
-        kind = "interactions" if ratings.implicit else "ratings"
-        print(
-            f"data: {len(ratings):,} {kind}, {ratings.n_users:,} users, {ratings.n_items:,} "
-            f"items from {ratings.source}; objective {cfg.objective} ({cfg.model})",
-            file=sys.stderr,
-        )
-    ckpt, results = train_checkpoint(
-        ratings,
-        cfg,
-        split=args.split or "random",
-        test_fraction=0.2 if args.test_fraction is None else args.test_fraction,
-        valid_fraction=args.valid_fraction,
-        seed=args.seed,
-        test=test,
-        progress=not args.quiet,
-        data_info={
-            "duplicates": args.duplicates or "last",
-            "columns": {
-                "user": args.user_col,
-                "item": args.item_col,
-                "rating": args.rating_col,
-                "timestamp": args.timestamp_col,
-            },
-            "sep": args.sep,
-        },
-        item_names=item_names,
-    )
-    ckpt.save(out, overwrite=args.force)
+    outcome = run_training(train_request(args), note=_note)
+    ckpt = outcome.checkpoint
     if args.json:
-        print(json.dumps({"checkpoint": str(out), "metrics": ckpt.metrics}, indent=2))
+        print(json.dumps({"checkpoint": str(outcome.path), "metrics": ckpt.metrics}, indent=2))
         return 0
-    _print_results(results, ckpt.metrics, cfg.k, ckpt.config.get("history"))
-    print(f"checkpoint: {out}")
+    _print_results(outcome.results, ckpt.metrics, outcome.config.k, ckpt.config.get("history"))
+    print(f"checkpoint: {outcome.path}")
     return 0
 
 
 def _print_results(
-    results: dict[str, Any], metrics: dict[str, Any], k: int, history: dict | None = None
+    results: dict[str, Any], metrics: dict[str, Any], k: int | None, history: dict | None = None
 ) -> None:
     from recsys_export.evaluate import format_comparison
 
@@ -376,34 +312,13 @@ def _print_test_mapping(mapping: dict[str, int]) -> None:
         )
 
 
-def _warn_rating_scale(ratings: Any, threshold: float | None) -> None:
-    """Warn (stderr) about negative ratings: accepted, but rarely what a user meant.
-
-    The rating objective regresses on whatever scale the file uses; the ranking
-    objective weighs every row alike (binary weights) unless --min-rating leaves the
-    negative ones out; the metrics count held-out ratings >= the threshold as relevant.
-    """
-    from recsys_export.evaluate import default_threshold
-
-    if len(ratings) and float(ratings.ratings.min()) < 0:
-        lo, hi = float(ratings.ratings.min()), float(ratings.ratings.max())
-        t = default_threshold(ratings) if threshold is None else threshold
-        print(
-            f"warning: ratings range from {lo:g} to {hi:g} (some are negative); ranking "
-            f"metrics count held-out ratings >= --threshold {t:g} as relevant, and the "
-            "ranking objective learns from every row unless --min-rating drops some; "
-            "training continues on the ratings as given",
-            file=sys.stderr,
-        )
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``recsys-export evaluate``: a checkpoint's metrics beside the baselines."""
     from recsys_export.checkpoint import load_checkpoint
     from recsys_export.experiment import evaluate_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
-    test = _read_test_file(args) if args.test is not None else None
+    test = read_options(args).read(args.test) if args.test is not None else None
     results = evaluate_checkpoint(ckpt, test=test, k=args.k, threshold=args.threshold)
     if args.json:
         print(json.dumps(results, indent=2))
