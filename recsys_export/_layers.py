@@ -30,7 +30,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 6 the networks, checkpoints, synthetic models
     ("models", "checkpoint", "synthetic_models"),
     # 7 training and evaluation
-    ("train", "objectives", "history", "evaluate", "baselines", "experiment", "recipes"),
+    (
+        "train",
+        "objectives",
+        "history",
+        "evaluate",
+        "baselines",
+        "experiment",
+        "recipes",
+        "training_run",
+    ),
     # 8 parity: the plan, backends, bounds, reports
     ("parity", "plan"),
     # 9 export: formats, kernels, variants, the bundle build
@@ -38,7 +47,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 10 models trained elsewhere
     ("byom",),
     # 11 the benchmark
-    ("bench", "bench_report", "bench_rows", "bench_timing", "bench_graphs", "torch_bench"),
+    (
+        "bench",
+        "bench_config",
+        "bench_report",
+        "bench_rows",
+        "bench_timing",
+        "bench_graphs",
+        "torch_bench",
+    ),
     # 12 the command line
     ("cli", "demo"),
 )

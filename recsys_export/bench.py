@@ -77,57 +77,36 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.bench_config import (
+    PRESETS,
+    ROW_GROUPS,
+    BenchConfig,
+    add_arguments,
+    config_from_args,
+)
 from recsys_export.bench_report import SCHEMA, format_table, plot
 from recsys_export.bench_timing import row
+from recsys_export.core.defaults import MODEL_KINDS
+from recsys_export.errors import RecsysExportError
 
-__all__ = ["SCHEMA", "add_arguments", "format_table", "main", "plot", "run"]
+__all__ = [
+    "PRESETS",
+    "ROW_GROUPS",
+    "SCHEMA",
+    "BenchConfig",
+    "add_arguments",
+    "config_from_args",
+    "format_table",
+    "main",
+    "plot",
+    "run",
+]
 
-PRESETS = {
-    "tiny": {"users": 300, "items": 400, "factors": 16, "hidden": 32},
-    "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
-}
-ROW_GROUPS = ("torch", "torchscript", "pt2", "numpy", "fallback", "gpu", "precision", "implicit")
 #: The approximate variants each model's bundle is exported with (``--skip precision``:
 #: none): MF int8 and fp16, DenseNet fp16 (int8 is MF-only).
 PRECISIONS = {"mf": "fp16,int8", "densenet": "fp16"}
 #: Device of the GPU rows (tests point it at the CPU to run that code path).
 _GPU_DEVICE = "cuda"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``recsys-export bench``."""
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="tiny",
-        help="sizes: tiny (seconds) or full (100k x 20k, 64 factors, 128 hidden)",
-    )
-    parser.add_argument("--users", type=int, default=None, help="override the preset")
-    parser.add_argument("--items", type=int, default=None, help="override the preset")
-    parser.add_argument("--factors", type=int, default=None, help="override the preset")
-    parser.add_argument("--hidden", type=int, default=None, help="DenseNet hidden units")
-    parser.add_argument("--models", default="mf,densenet", help="comma list: mf,densenet")
-    parser.add_argument("--seen", type=int, default=50, help="excluded items per user")
-    parser.add_argument("--k", type=int, default=10, help="top-k size")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per row (median)")
-    parser.add_argument("--calls", type=int, default=2000, help="single-user calls")
-    parser.add_argument(
-        "--slow-users",
-        type=int,
-        default=None,
-        help="measure torch/numpy/fallback DenseNet rows on this many users (default: "
-        "all for tiny, 2000 for full)",
-    )
-    parser.add_argument(
-        "--skip", default="", help=f"comma list of row groups to skip: {','.join(ROW_GROUPS)}"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: nproc)")
-    parser.add_argument("--train", default=None, metavar="DATA", help="also train on DATA")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs with --train")
-    parser.add_argument(
-        "--json", type=Path, default=None, help="JSON report (default .bench/bench-<preset>.json)"
-    )
-    parser.add_argument("--plot", type=Path, default=None, help="PNG chart (needs matplotlib)")
 
 
 def _loadavg() -> list[float]:
@@ -181,7 +160,7 @@ def _train(path: str, epochs: int, factors: int, hidden: int) -> dict[str, Any]:
     ratings = data.read_ratings(path)
     train, valid = data.random_split(ratings, 0.2, seed=0)
     out = {}
-    for kind in ("mf", "densenet"):
+    for kind in MODEL_KINDS:
         cfg = TrainConfig(model=kind, n_factors=factors, hidden=hidden, epochs=epochs)
         t0 = time.perf_counter()
         _, history = fit(train, valid, cfg, progress=False)
@@ -298,39 +277,33 @@ def _gpu_status(skip: list[str]) -> dict[str, Any]:
     return {"device": _GPU_DEVICE, "name": _GPU_DEVICE}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark described by ``args`` (see :func:`add_arguments`)."""
+def run(config: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark ``config`` describes; print the table, write the JSON report (and
+    the chart with ``config.plot``) and return the report.
+
+    Raises
+    ------
+    ConfigError
+        A bad size, model, row group or ``k`` (:meth:`BenchConfig.sizes`).
+    """
+    sizes = config.sizes()  # a bad option fails before the heavy imports
     import onnx
     import onnxruntime
     import torch
 
-    sizes = dict(PRESETS[args.preset])
-    for key in ("users", "items", "factors", "hidden"):
-        if getattr(args, key) is not None:
-            sizes[key] = int(getattr(args, key))
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
-    bad = [m for m in models if m not in ("mf", "densenet")] + [
-        s for s in skip if s not in ROW_GROUPS
-    ]
-    if bad or not models or min(sizes.values()) < 1 or args.k < 1 or args.k > sizes["items"]:
-        print(f"recsys-export bench: bad options {bad or sizes}", file=sys.stderr)
-        return 2
-    slow = args.slow_users
-    if slow is None:
-        slow = 2000 if args.preset == "full" else 0
+    skip = list(config.skip)
     gpu = _gpu_status(skip)
     if "skipped" in gpu:
         print(f"recsys-export bench: GPU rows skipped: {gpu['skipped']}", file=sys.stderr)
     cfg = {
         **sizes,
         "gpu_skipped": gpu.get("skipped"),
-        "k": args.k,
-        "repeat": max(1, args.repeat),
-        "calls": args.calls,
+        "k": config.k,
+        "repeat": config.repeat,
+        "calls": config.calls,
         "skip": skip,
-        "slow_users": slow,
-        "threads": args.threads or os.cpu_count() or 1,
+        "slow_users": config.slow,
+        "threads": config.threads or os.cpu_count() or 1,
     }
     report: dict[str, Any] = {
         "schema_version": 1,
@@ -347,34 +320,40 @@ def run(args: argparse.Namespace) -> int:
                 "onnx": onnx.__version__,
             },
         },
-        "config": {**cfg, "preset": args.preset, "seen": args.seen, "train": args.train},
+        "config": {**cfg, "preset": config.preset, "seen": config.seen, "train": config.train},
         "gpu": gpu,
         "models": {},
     }
     trained = (
-        _train(args.train, args.epochs, sizes["factors"], sizes["hidden"]) if args.train else {}
+        _train(config.train, config.epochs, sizes["factors"], sizes["hidden"])
+        if config.train
+        else {}
     )
     with tempfile.TemporaryDirectory(prefix="recsys_bench_") as tmp:
-        for kind in models:
-            res = _model_report(kind, cfg, args.seen, Path(tmp))
+        for kind in config.models:
+            res = _model_report(kind, cfg, config.seen, Path(tmp))
             res["train"] = trained.get(kind)
             report["models"][kind] = res
     report["machine"]["loadavg_end"] = _loadavg()
     print(format_table(report))
-    json_path = args.json or Path(".bench") / f"bench-{args.preset}.json"
+    json_path = config.json_path
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2))
     print(f"\nJSON written to {json_path}")
-    if args.plot is not None:
-        print(plot(report, args.plot))
-    return 0
+    if config.plot is not None:
+        print(plot(report, config.plot))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m recsys_export.bench``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        run(config_from_args(parser.parse_args(argv)))
+    except RecsysExportError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.defaults import DEFAULT_PROVIDERS
+
 __all__ = [
     "bench_graphs",
     "bench_model",
@@ -46,7 +48,7 @@ def session(model: Any, threads: int) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=list(DEFAULT_PROVIDERS))
 
 
 def mf_bare(qt: np.ndarray) -> Any:

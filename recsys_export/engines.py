@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from recsys_export.bundle import Bundle
+from recsys_export.core import defaults
 from recsys_export.core.validation import check_choice
 from recsys_export.errors import ConfigError
 from recsys_export.runtime.protocol import Engine
@@ -37,9 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ENGINES", "EngineOptions", "open_engine"]
 
-#: The engines, by name (the CLI's ``--engine local`` is ``onnx``).
-ENGINES = ("onnx", "torch", "ray")
+#: The CLI's ``--engine local`` is the onnxruntime engine, ``onnx`` here.
 _ALIASES = {"local": "onnx"}
+#: The engines, by name (:data:`recsys_export.core.defaults.ENGINES`, ``local`` as ``onnx``).
+ENGINES = tuple(_ALIASES.get(e, e) for e in defaults.ENGINES)
 
 
 @dataclass(frozen=True)
@@ -48,32 +50,34 @@ class EngineOptions:
 
     Attributes
     ----------
-    engine : {"onnx", "torch", "ray"}
-        ``"local"`` is accepted for ``"onnx"``.
+    engine : {"onnx", "torch", "ray"}, optional
+        ``"local"`` is accepted for ``"onnx"``; None: the default engine (``onnx``).
     device : str, optional
         ``cpu``/``cuda[:N]`` for ``torch``; ``cpu``/``cuda`` for ``ray``'s torch workers.
     providers : list of str, optional
         onnxruntime execution providers (``onnx``, and ``ray`` without ``device``).
     threads : int, optional
         Threads per engine (per worker for ``ray``).
-    precision : {"fp32", "fp16", "int8"}
-        An approximate variant of the bundle (``onnx`` only).
+    precision : {"fp32", "fp16", "int8"}, optional
+        An approximate variant of the bundle (``onnx`` only; None: ``fp32``).
     """
 
-    engine: str = "onnx"
+    engine: str | None = None
     device: str | None = None
     providers: list[str] | None = None
     threads: int | None = None
-    precision: str = "fp32"
+    precision: str | None = None
 
     def checked(self) -> EngineOptions:
         """These options with ``engine`` normalised, or the :class:`ConfigError` that
         names the flag that does not go with the engine."""
-        engine = _ALIASES.get(str(self.engine), self.engine)
+        name = defaults.DEFAULT_ENGINE if self.engine is None else self.engine
+        engine = _ALIASES.get(str(name), name)
         check_choice("engine", engine, ENGINES)
-        if self.precision != "fp32" and engine != "onnx":
+        precision = defaults.DEFAULT_PRECISION if self.precision is None else self.precision
+        if precision != defaults.DEFAULT_PRECISION and engine != "onnx":
             raise ConfigError(
-                f"--precision {self.precision} runs with the local runtime (--engine local); "
+                f"--precision {precision} runs with the local runtime (--engine local); "
                 f"--engine {'local' if engine == 'onnx' else engine} runs the exact model"
             )
         device = None if self.device is None else str(self.device).strip().lower()
@@ -98,7 +102,7 @@ class EngineOptions:
             )
         if engine == "onnx":
             device = None
-        return replace(self, engine=engine, device=device)
+        return replace(self, engine=engine, device=device, precision=precision)
 
     def for_workers(self) -> EngineOptions:
         """The in-process engine each worker of a ``ray`` job opens (torch with a device)."""
@@ -112,11 +116,11 @@ class EngineOptions:
 def open_engine(
     bundle: str | os.PathLike[str] | Bundle,
     *,
-    engine: Literal["onnx", "local"] = ...,
+    engine: Literal["onnx", "local"] | None = ...,
     device: str | None = ...,
     providers: list[str] | None = ...,
     threads: int | None = ...,
-    precision: str = ...,
+    precision: str | None = ...,
     verify: bool = ...,
     **engine_options: Any,
 ) -> Recommender: ...
@@ -130,7 +134,7 @@ def open_engine(
     device: str | None = ...,
     providers: list[str] | None = ...,
     threads: int | None = ...,
-    precision: str = ...,
+    precision: str | None = ...,
     verify: bool = ...,
     **engine_options: Any,
 ) -> Engine: ...
@@ -139,11 +143,11 @@ def open_engine(
 def open_engine(
     bundle: str | os.PathLike[str] | Bundle,
     *,
-    engine: str = "onnx",
+    engine: str | None = None,
     device: str | None = None,
     providers: list[str] | None = None,
     threads: int | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     verify: bool = True,
     **engine_options: Any,
 ) -> Engine:
@@ -154,8 +158,8 @@ def open_engine(
     bundle : path or Bundle
         A bundle directory (checksums verified unless ``verify=False``), or a loaded
         :class:`~recsys_export.bundle.Bundle`.
-    engine : {"onnx", "torch"}
-        ``onnx`` (alias ``local``): :class:`~recsys_export.runtime.Recommender`, torch-free
+    engine : {"onnx", "torch"}, optional
+        None or ``onnx`` (alias ``local``): :class:`~recsys_export.runtime.Recommender`, torch-free
         (its raw-id ``recommend``/``score`` too); ``torch``:
         :class:`~recsys_export.torch_runtime.engine.TorchEngine`.
     device, providers, threads, precision
@@ -211,7 +215,7 @@ def open_engine(
         verify=verify,
         intra_op_threads=threads,
         providers=providers,
-        precision=precision,
+        precision=options.precision or defaults.DEFAULT_PRECISION,
         **engine_options,
     )
 

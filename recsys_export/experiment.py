@@ -20,6 +20,7 @@ import numpy as np
 from recsys_export import data
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.core.atomic import remove_stale
+from recsys_export.core.defaults import DEFAULT_K
 from recsys_export.data import TEST, TRAIN, VALID, Ratings
 from recsys_export.errors import ConfigError, DataError
 from recsys_export.evaluate import check_threshold, compare_with_baselines, default_threshold
@@ -200,7 +201,7 @@ def evaluate_checkpoint(
     ckpt: Checkpoint,
     *,
     test: Ratings | None = None,
-    k: int = 10,
+    k: int | None = None,
     threshold: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Model and baselines on the checkpoint's test rows, or on a separate test file.
@@ -212,8 +213,9 @@ def evaluate_checkpoint(
     test : Ratings, optional
         A test file in raw ids, mapped onto the checkpoint's maps (unknown ids dropped
         and counted under ``"test_mapping"``); every recorded row is then "known".
-    k : int
-        Cut-off.
+    k : int, optional
+        Cut-off (default :data:`~recsys_export.core.defaults.DEFAULT_K`; at most the
+        number of items).
     threshold : float, optional
         Relevance threshold; default: the one the model was trained with.
 
@@ -253,7 +255,7 @@ def evaluate_checkpoint(
         train,
         valid,
         test_rows,
-        k=min(k, ckpt.model.n_items),
+        k=min(DEFAULT_K if k is None else k, ckpt.model.n_items),
         threshold=threshold,
         rating_error=ckpt.config.get("objective", "rating") == "rating",
     )

@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.core.topk import check_k as _check_k
 from recsys_export.errors import ConfigError
 from recsys_export.torch_runtime.ops import topk_excluding
-
-MODEL_KINDS = ("mf", "densenet")
 
 #: Most elements of a ``[users, items, hidden]`` block DenseNet forms at once when
 #: training (2 MiB of float32, which stays in cache); see :meth:`DenseNet._output`.

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle.schema import describe_plan
+from recsys_export.core.defaults import PARITY_BUDGET
 from recsys_export.errors import ConfigError
 
 #: Default verification budget: (user, item) pairs compared per backend through
 #: ``score_all`` (and ``recommend``). The whole matrix is compared while it fits; beyond
 #: it, every item for a sample of ``budget // n_items`` users.
-DEFAULT_BUDGET = 16_000_000
+DEFAULT_BUDGET = PARITY_BUDGET
 #: Pairwise ``score`` gets at most ``budget // SCORE_PAIRS_DIVISOR`` random pairs (16 per
 #: user and per item are plenty; pairwise DenseNet costs ~100x a ``score_all`` pair), every
 #: pair when that covers the matrix; ``recommend`` with ``k = n_items`` (a full sort per

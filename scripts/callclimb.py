@@ -10,8 +10,7 @@ imported, torch is not needed, it runs on any checkout) and
 1. indexes every module: top-level functions, classes (methods, bases, properties),
    imports at module level and inside functions (a lazy import is followed too), the
    lazy ``_NAMES`` tables of packages such as ``recsys_export.export``;
-2. starts at ``--entry`` (default ``recsys_export.cli.bundles:cmd_export``; after the
-   refactor pass the new place, e.g. ``recsys_export.cli.export:cmd_export``) and walks
+2. starts at ``--entry`` (default ``recsys_export.cli.export:cmd_export``) and walks
    the static call graph depth-first, in source order, expanding each function once;
 3. resolves a call ``f(...)``, ``mod.f(...)``, ``Class(...)`` (-> ``__init__``,
    ``__post_init__``), ``Class.m(...)``, ``self.m(...)``, ``obj.m(...)`` where ``obj``'s
@@ -34,7 +33,7 @@ Usage::
 
     python scripts/callclimb.py                          # this checkout, follow args
     python scripts/callclimb.py --follow calls --show climbs   # every call; list climbs
-    python scripts/callclimb.py --repo ../old --entry recsys_export.cli.bundles:cmd_export
+    python scripts/callclimb.py --repo ../old --entry recsys_export.cli.export:cmd_export
     python scripts/callclimb.py --json out.json
 
 Exit status 0; with ``--max-climbs N`` it exits 1 when the walk climbs more than N
@@ -826,7 +825,7 @@ def run(repo: Path, entry: str, guess: bool, follow: str = "args") -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repo", type=Path, default=Path("."), help="checkout holding recsys_export/")
-    p.add_argument("--entry", default="recsys_export.cli.bundles:cmd_export")
+    p.add_argument("--entry", default="recsys_export.cli.export:cmd_export")
     p.add_argument("--no-guess", action="store_true", help="follow only resolved calls")
     p.add_argument(
         "--follow",

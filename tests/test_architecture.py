@@ -60,7 +60,7 @@ PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str]] = {
 #: 6 with the script of the issue's plan, 4 once it stopped guessing at an attribute
 #: holding a callable and at file methods (issue #29's start); at most half of that.
 MAX_EXPORT_CLIMBS = 1
-EXPORT_ENTRY = "recsys_export.cli.bundles:cmd_export"
+EXPORT_ENTRY = "recsys_export.cli.export:cmd_export"
 
 
 def _modules() -> dict[str, Path]:

@@ -141,9 +141,9 @@ def test_the_matrix_normalises_what_it_accepts() -> None:
     assert EngineOptions("local", device="CPU").checked().device is None
     assert EngineOptions("torch", device="CUDA:1").checked().device == "cuda:1"
     assert EngineOptions("ray").for_workers().engine == "onnx"
-    assert EngineOptions("ray", device="cuda").for_workers() == EngineOptions(
-        "torch", device="cuda"
-    )
+    workers = EngineOptions("ray", device="cuda").for_workers()
+    assert (workers.engine, workers.device, workers.precision) == ("torch", "cuda", "fp32")
+    assert EngineOptions().checked() == EngineOptions("onnx", precision="fp32")
     assert set(ENGINES) == {"onnx", "torch", "ray"}
 
 

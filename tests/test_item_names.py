@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from pathlib import Path
@@ -16,13 +15,13 @@ from recsys_export.bundle import Bundle, sha256_file, update_bundle
 from recsys_export.bundle.schema import ITEM_NAMES_FILE
 from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.cli import main
-from recsys_export.cli.training import load_item_names
 from recsys_export.core.ids import IdMap
 from recsys_export.data.items import default_item_names_path, read_item_names
 from recsys_export.errors import BundleError, CheckpointError, DataError, UnknownIdError
 from recsys_export.export import export_bundle
 from recsys_export.models import MatrixFactorization
 from recsys_export.runtime import Recommender
+from recsys_export.training_run import TrainRequest, load_item_names
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ITEM_IDS = ["m01", "m02", "m03", "m04", "m05", "m06"]
@@ -156,16 +155,13 @@ def test_binary_file_is_refused(tmp_path):
 def test_bundled_movielens_titles(movielens):
     path = default_item_names_path()
     assert path.is_file() and path.parent == data.default_dataset_path().parent
-    args = argparse.Namespace(
-        items=None, data=None, item_id_col=None, item_name_col=None, quiet=True
-    )
-    names = load_item_names(args, movielens)
+    names = load_item_names(TrainRequest(), movielens)
     assert len(names) == movielens.n_items
     by_id = dict(zip(movielens.item_map.raw_ids.tolist(), names))
     assert by_id[1] == "Toy Story (1995)" and by_id[318] == "Shawshank Redemption, The (1994)"
     assert all(n is not None for n in names)  # every rated movie has a title
-    args.data = "ratings.csv"  # another file: no titles unless --items
-    assert load_item_names(args, movielens) is None
+    # another file: no titles unless --items
+    assert load_item_names(TrainRequest(data="ratings.csv"), movielens) is None
 
 
 # ------------------------------------------------------------------ checkpoint

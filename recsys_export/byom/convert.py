@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys_export.byom.generic import _eval_mode, _first_line
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.errors import (
     CheckpointError,
     ConfigError,
@@ -79,7 +80,7 @@ def model_from_state_dict(
     ConfigError
         ``kind`` is neither ``"mf"`` nor ``"densenet"``.
     """
-    if kind not in ("mf", "densenet"):
+    if kind not in MODEL_KINDS:
         raise ConfigError(f"unknown model kind {kind!r}; choose mf or densenet")
     required, optional = (
         (_MF_REQUIRED, _MF_OPTIONAL) if kind == "mf" else (_DN_REQUIRED, _DN_OPTIONAL)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from recsys_export.byom.convert import _key_problems, load_state_dict_file
 from recsys_export.byom.generic import _first_line
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.errors import CheckpointError, ConfigError, RecsysExportError
 
 
@@ -68,7 +69,7 @@ def module_from_files(
     (strictly: a message lists missing and unexpected keys).
     """
     state = load_state_dict_file(state_path)
-    if spec in ("mf", "densenet"):
+    if spec in MODEL_KINDS:
         return state
     cls = load_class(spec)
     try:

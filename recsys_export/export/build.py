@@ -24,8 +24,6 @@ from recsys_export import __version__
 from recsys_export.bundle import Bundle, BundleWriter
 from recsys_export.bundle.files import check_item_names
 from recsys_export.bundle.schema import (
-    DEFAULT_FORMATS,
-    FORMATS,
     ITEM_NAMES_FILE,
     KERNELS_FALLBACK,
     Formats,
@@ -43,7 +41,8 @@ from recsys_export.bundle.schema import (
     parse_precisions,
 )
 from recsys_export.checkpoint import Checkpoint
-from recsys_export.errors import BundleError, CheckpointError, ConfigError
+from recsys_export.core.defaults import resolve_formats as parse_formats
+from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.export.formats import (
     ONNX_OPSET,
     export_programs,
@@ -106,41 +105,6 @@ def _disk_errors(out: str | Path) -> Iterator[None]:
             + (f" ({exc.filename})" if exc.filename else "")
             + "; nothing was written, free some space or choose another --out"
         ) from None
-
-
-def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
-    """Validate a format list.
-
-    Parameters
-    ----------
-    formats : str or sequence of str or None
-        ``"onnx,torchscript,pt2"`` or a sequence of names; ``all`` stands for every
-        format (:data:`~recsys_export.bundle.schema.FORMATS`); None gives
-        :data:`~recsys_export.bundle.schema.DEFAULT_FORMATS` (``pt2`` is opt-in).
-
-    Returns
-    -------
-    list of str
-        The formats named, in :data:`~recsys_export.bundle.schema.FORMATS` order.
-
-    Raises
-    ------
-    ConfigError
-        An unknown name, or an empty list.
-    """
-    if formats is None:
-        return list(DEFAULT_FORMATS)
-    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
-    items = [f for f in items if f]
-    if "all" in items:
-        items = [f for f in items if f != "all"] + list(FORMATS)
-    unknown = [f for f in items if f not in FORMATS]
-    if unknown or not items:
-        raise ConfigError(
-            f"unknown export format(s) {unknown or items}; choose from "
-            f"{', '.join(FORMATS)} or all (every format)"
-        )
-    return [f for f in FORMATS if f in items]
 
 
 def export_bundle(

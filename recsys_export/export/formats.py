@@ -17,6 +17,7 @@ import torch
 from recsys_export import __version__
 from recsys_export.bundle import FORMAT_VERSION
 from recsys_export.bundle.schema import ENTRY_POINTS
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.export.frozen import (
     OnnxRecommendEntry,
     RecommendEntry,
@@ -112,7 +113,7 @@ _REGISTRY: list[Any] = []
 #: ~0.05-0.5 s per graph where the dynamo exporter takes 1-5 s (decompositions and its
 #: torchlib registry). Other modules (``byom``'s generic path: Python loops over the
 #: batch) go through ``torch.export`` and the dynamo exporter.
-TRACED_ONNX_KINDS = ("mf", "densenet")
+TRACED_ONNX_KINDS = MODEL_KINDS
 #: Weights above this size take the dynamo exporter (it writes external data itself).
 TRACED_ONNX_MAX_BYTES = 1 << 30
 

@@ -20,6 +20,7 @@ from recsys_export.bundle.schema import (
     KERNELS_VERSION,
     KernelsSection,
 )
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
 from recsys_export.export.formats import ONNX_IR_VERSION, ONNX_OPSET, ONNX_SINGLE_FILE_LIMIT
 
@@ -360,7 +361,7 @@ def write_kernels(
 ) -> KernelsSection | None:
     """Write :func:`build_kernels` into ``onnx/kernels/``; their manifest section (None
     for other models: byom's generic path has no fast paths)."""
-    if kind not in ("mf", "densenet"):
+    if kind not in MODEL_KINDS:
         return None
     files = {
         name: save_graph(obj, writer, KERNELS_DIR, name, "onnx-kernel", external_data)

@@ -202,7 +202,7 @@ class OnnxBackend(Backend):
     def __init__(self, paths: dict[str, Path], providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
-        from recsys_export.runtime.engines import DEFAULT_PROVIDERS
+        from recsys_export.core.defaults import DEFAULT_PROVIDERS
 
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bundle.schema import ParitySummary, describe_plan
+from recsys_export.core.defaults import DEFAULT_PROVIDERS
 from recsys_export.errors import ConfigError, ParityError
 
 #: Bin edges of the abs-diff histogram: exact 0, then decades up to 1 and beyond.
@@ -278,7 +279,7 @@ class ParityReport:
     device: str = "cpu"
     #: onnxruntime execution providers of the ONNX and runtime backends (``verify
     #: --providers``; the default is the runtime's, ``DEFAULT_PROVIDERS``)
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    providers: list[str] = field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     #: one line each: what the export did about a failing fast path (kernel fallback)
     notes: list[str] = field(default_factory=list)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from recsys_export.bundle import enclosing_bundle
 from recsys_export.core.atomic import remove_stale, reserve_space, writing
+from recsys_export.core.defaults import DEFAULT_MEMORY_MB
 from recsys_export.core.ids import IdMap
 from recsys_export.core.progress import Progress
 from recsys_export.core.validation import check_int, check_positive
@@ -134,7 +135,7 @@ def as_1d(values: Any) -> np.ndarray:
 TopkRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 #: Memory budget (MB) per chunk of the writers when none is given.
-DEFAULT_BUDGET_MB: float = 256
+DEFAULT_BUDGET_MB: float = DEFAULT_MEMORY_MB
 
 
 def chunk_users_for(bytes_per_user: int, memory_budget_mb: float | None = None) -> int:

@@ -48,10 +48,14 @@ def deployment(config: ServeConfig, replicas: int, cpus_per_replica: float = 1.0
     ).bind()
 
 
+#: Ray Serve replicas of ``serve --ray`` when none are asked for.
+DEFAULT_REPLICAS = 1
+
+
 def start_on_ray(
     config: ServeConfig,
     *,
-    replicas: int,
+    replicas: int = DEFAULT_REPLICAS,
     address: str | None = None,
 ) -> str:
     """Start Ray (or join ``address``), deploy ``replicas`` replicas behind Ray's proxy.

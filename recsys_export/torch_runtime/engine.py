@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.defaults import DEFAULT_MEMORY_MB
 from recsys_export.errors import BundleError, ConfigError
 
 try:
@@ -229,7 +230,7 @@ class TorchEngine:
             free, _total = torch.cuda.mem_get_info(self.device)
             budget = int(free * _CUDA_FREE_SHARE)
         else:
-            budget = 256 << 20
+            budget = DEFAULT_MEMORY_MB << 20
         return int(min(_MAX_BLOCK, max(1, budget // self._bytes_per_user)))
 
     def _scores(self, users: np.ndarray) -> torch.Tensor:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from recsys_export.core.defaults import DEFAULT_FORMATS as DEFAULT_FORMATS
+from recsys_export.core.defaults import DEFAULT_PRECISION
+from recsys_export.core.defaults import FORMATS as FORMATS
+from recsys_export.core.defaults import PRECISIONS as PRECISIONS
 from recsys_export.core.validation import check_choice
 
 #: The ``format`` of every manifest.
@@ -27,14 +31,9 @@ RESERVED_KEYS = frozenset({"format", "format_version", "created", "id_maps", "fi
 ID_MAP_FILES = {"users": "ids/users.json", "items": "ids/items.json"}
 ID_MAP_NAMES = {"users": "user", "items": "item"}
 
-#: Every export format, in the order they are written and listed.
-FORMATS = ("onnx", "torchscript", "pt2")
-
-#: The formats an export writes when none are named: ONNX (the torch-free runtime) and
-#: TorchScript (libtorch). ``pt2`` (torch.export) is opt-in (``--formats all``): it adds
-#: several seconds per export, mostly importing ``torch._dynamo`` to write the programs
-#: and again for parity to load them back (docs/performance.md).
-DEFAULT_FORMATS = ("onnx", "torchscript")
+#: Every export format (``FORMATS``), those written when none are named
+#: (``DEFAULT_FORMATS``) and the precisions (``PRECISIONS``): owned by
+#: :mod:`recsys_export.core.defaults`, named here for the schema's readers.
 
 #: Bundle-relative file of the item names (a JSON list in item-index order).
 ITEM_NAMES_FILE = "ids/item_names.json"
@@ -109,10 +108,8 @@ DN_BLOCK_USERS = 8
 
 
 # ---------------------------------------------------------------------- precision variants
-#: Precisions of ``export --precision``: ``fp32`` is the exact bundle; ``fp16`` and
-#: ``int8`` add an approximate variant under ``VARIANTS_DIR/<precision>/``, listed under
-#: ``formats.onnx.variants`` and loaded only when asked for.
-PRECISIONS = ("fp32", "fp16", "int8")
+#: The approximate variants (``PRECISIONS[1:]``) live under ``VARIANTS_DIR/<precision>/``,
+#: listed under ``formats.onnx.variants`` and loaded only when asked for.
 VARIANTS_DIR = "onnx/variants"
 
 
@@ -125,13 +122,15 @@ def at_least(value: Any, low: int) -> int | None:
 
 
 def check_precision(precision: Any) -> str:
-    """Validate a precision name (one of :data:`PRECISIONS`).
+    """Validate a precision name (one of :data:`PRECISIONS`; None: ``fp32``).
 
     Raises
     ------
     ConfigError
         Any other value.
     """
+    if precision is None:
+        return DEFAULT_PRECISION
     return str(check_choice("precision", precision, PRECISIONS))
 
 
@@ -144,6 +143,8 @@ def parse_precisions(precision: Any) -> list[str]:
     ConfigError
         An unknown name.
     """
+    if precision is None:
+        return []
     names = precision.split(",") if isinstance(precision, str) else list(precision)
     checked = [check_precision(str(p).strip()) for p in names if str(p).strip()]
     return [p for p in PRECISIONS[1:] if p in checked]

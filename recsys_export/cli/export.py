@@ -1,12 +1,94 @@
-"""``export``, ``verify`` and ``inspect``: bundles written, checked and described."""
+"""``export``: a checkpoint (or a state dict trained elsewhere) to a verified bundle."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from recsys_export.cli.options import (
+    Command,
+    add_group,
+    add_items_options,
+    add_options,
+    add_plan_options,
+    add_precision_option,
+    add_tolerance_options,
+    opt,
+)
+from recsys_export.core.defaults import MODEL_KINDS
+
+OWN_MODEL_OPTIONS = (
+    opt(
+        "--model",
+        metavar="mf|densenet|MODULE:CLASS",
+        help="CHECKPOINT is a torch.save'd state dict (loaded with weights_only=True): of "
+        "the post's MatrixFactorization (mf) or DenseNet (densenet), sizes read from the "
+        "tensors; or of the nn.Module class MODULE:CLASS (package.module:Class or "
+        "file.py:Class, built with --model-args) whose forward(users, items) scores pairs",
+    ),
+    opt("--model-args", metavar="JSON", help="constructor keywords for MODULE:CLASS"),
+    opt(
+        "--ids-from",
+        type=Path,
+        metavar="RATINGS",
+        help="ratings file giving raw ids (sorted unique values = the model's indices) and "
+        "the seen items recommend removes",
+    ),
+    opt(
+        "--keep-partial",
+        action="store_true",
+        help="when a format cannot be exported, write the others",
+    ),
+)
+OUTPUT_OPTIONS = (
+    opt(
+        "--formats",
+        default=None,
+        help="comma-separated subset of onnx,torchscript,pt2, or all (default: "
+        "onnx,torchscript). pt2 (torch.export) is opt-in, as it adds several seconds per "
+        "export: add it with --formats all or --formats onnx,torchscript,pt2",
+    ),
+    opt("--force", action="store_true", help="replace an existing bundle"),
+    opt(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the parity check (not recommended)",
+    ),
+    opt(
+        "--external-data",
+        action="store_true",
+        help="keep ONNX weights in a side file (automatic above 2 GB)",
+    ),
+)
+
+
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``export``."""
+    p.add_argument(
+        "checkpoint", type=Path, help="checkpoint written by 'train' (or a state dict: --model)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    add_group(
+        p,
+        "your own model (docs/own-model.md)",
+        OWN_MODEL_OPTIONS,
+        "export a state dict trained elsewhere, e.g.\n  recsys-export export mf_state.pt "
+        "--model mf --ids-from ratings.csv --out artifacts/mine",
+    )
+    add_items_options(
+        p,
+        "stored in the bundle, replacing the names a checkpoint holds (ids the model "
+        "lacks are ignored)",
+    )
+    add_options(p, OUTPUT_OPTIONS)
+    add_precision_option(p, export=True)
+    add_tolerance_options(p, "parity ")
+    add_plan_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the bundle path")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -21,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         flag
         for flag, given in (
             ("--ids-from", getattr(args, "ids_from", None) is not None),
-            ("--model-args", getattr(args, "model_args", "{}") != "{}"),
+            ("--model-args", getattr(args, "model_args", None) is not None),
             ("--keep-partial", getattr(args, "keep_partial", False)),
         )
         if given
@@ -115,7 +197,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     from recsys_export.errors import ConfigError
 
     try:
-        model_args = json.loads(args.model_args)
+        model_args = json.loads("{}" if args.model_args is None else args.model_args)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--model-args is not JSON: {exc}") from None
     if not isinstance(model_args, dict):
@@ -134,7 +216,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     result = export_model(
         module,
         args.out,
-        kind=args.model if args.model in ("mf", "densenet") else None,
+        kind=args.model if args.model in MODEL_KINDS else None,
         ratings=ratings,
         item_names=item_names,
         formats=args.formats,
@@ -164,94 +246,14 @@ def _note_items(args: argparse.Namespace, summary: str) -> None:
         print(f"items: {summary}", file=sys.stderr)
 
 
-def _verify_formats(text: str | None) -> list[str] | None:
-    """--formats of verify: export formats plus ``runtime`` (the Python runtime) and
-    ``torch_engine`` (the torch batch engine on the CPU)."""
-    if not text:
-        return None
-    from recsys_export.export import parse_formats
-
-    names = [f.strip() for f in text.split(",") if f.strip()]
-    extra = [f for f in ("runtime", "torch_engine") if f in names]
-    rest = [f for f in names if f not in extra]
-    return (parse_formats(rest) if rest else []) + extra
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    """``recsys-export verify``: parity of a bundle; exit 1 when it fails."""
-    from recsys_export.errors import BundleError
-    from recsys_export.parity import verify_bundle
-
-    try:
-        report = verify_bundle(
-            args.bundle,
-            checkpoint=args.checkpoint,
-            formats=_verify_formats(args.formats),
-            atol=args.atol,
-            rtol=args.rtol,
-            full_matrix=not args.quick,
-            budget=args.budget,
-            full=args.full,
-            record=args.record,
-            progress=not args.quiet,
-            device=args.device,
-            providers=args.providers,
-        )
-    except BundleError as exc:  # checked, but not recorded (a read-only bundle): show it
-        partial = getattr(exc, "report", None)
-        if partial is not None:
-            print(json.dumps(partial.to_dict(), indent=2) if args.json else partial.table())
-        raise
-    for reason in report.skipped.values():
-        print(f"recsys-export verify: warning: {reason}", file=sys.stderr)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
-    return 0 if report.passed else 1
-
-
-def _format_metrics(metrics: Mapping[str, Any]) -> str:
-    """One line of the main metrics (``inspect``)."""
-    parts = []
-    for key in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10"):
-        if metrics.get(key) is not None:
-            parts.append(f"{key} {metrics[key]:.4f}")
-    if "train_seconds" in metrics:
-        parts.append(f"train {metrics['train_seconds']:.1f}s")
-    return "metrics: " + ", ".join(parts) if parts else "metrics: (no test data)"
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """``recsys-export inspect``: describe a bundle (checksums verified)."""
-    from recsys_export.bundle import Bundle
-
-    bundle = Bundle.load(args.bundle)
-    man = bundle.manifest
-    if args.json:
-        print(json.dumps(man.to_dict(), indent=2))
-        return 0
-    model = man.model
-    print(f"bundle {bundle.root}  (format {man.format_version}, created {man.created})")
-    print(f"model: {model.kind}  {model.n_users} users x {model.n_items} items")
-    hp = model.hyperparameters
-    print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
-    total = sum(f.bytes for f in man.files.values())
-    print(f"files ({total / 1e6:.2f} MB, checksums verified):")
-    for rel, f in sorted(man.files.items()):
-        print(f"  {rel:<32} {f.bytes / 1e6:9.3f} MB  {f.role}")
-    print("formats: " + ", ".join(man.formats.names))
-    for name, ep in man.entry_points.items():
-        ins = ", ".join(f"{i.name}:{i.dtype}{list(i.shape)}" for i in ep.inputs)
-        outs = ", ".join(f"{o.name}:{o.dtype}{list(o.shape)}" for o in ep.outputs)
-        print(f"  {name}({ins}) -> {outs}")
-    metrics = man.training.metrics
-    if metrics:
-        print("test " + _format_metrics(metrics))
-        for name, base in (metrics.get("baselines") or {}).items():
-            print(f"  baseline {name}: " + _format_metrics(base).removeprefix("metrics: "))
-    if man.parity is not None:
-        print("\n".join(man.parity.describe(details=False)))
-    else:
-        print("parity: not recorded; run 'recsys-export verify'")
-    onnx = man.formats.onnx
-    for precision, variant in sorted((onnx.variants if onnx is not None else {}).items()):
-        print(f"{precision} variant (loaded only when asked for): " + variant.describe())
-    return 0
+EXPORT = Command(
+    name="export",
+    help="export a checkpoint to a verified bundle",
+    description="Write ONNX and TorchScript files (and, with --formats all, "
+    "torch.export .pt2 programs) for score, score_all and recommend into a bundle "
+    "directory (atomically), then verify parity with the eager model (on by default).",
+    epilog="examples:\n  recsys-export export runs/mf.pt --out artifacts/mf\n"
+    "  recsys-export export runs/mf.pt --out artifacts/mf --formats all",
+    add_options=add_export_options,
+    run=cmd_export,
+)
