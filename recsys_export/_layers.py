@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 5 ratings files, splits, item names
     ("data",),
     # 6 the networks, checkpoints, synthetic models
-    ("models", "checkpoint", "synthetic_models"),
+    ("models",),
     # 7 training and evaluation
     ("train", "objectives", "history", "evaluate", "baselines", "experiment", "recipes"),
     # 8 parity: the plan, backends, bounds, reports

@@ -148,7 +148,7 @@ def _synthetic(
     """Build a synthetic model and export it (every format, ``precision``'s variants, no
     parity pass)."""
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     n_items = cfg["items"]
     per_user = min(seen, max(0, n_items - cfg["k"]))

@@ -23,8 +23,9 @@ import torch
 
 from recsys_export.baselines import BiasBaseline, PopularityBaseline
 from recsys_export.core.ids import runs_to_coo
+from recsys_export.core.topk import check_k
 from recsys_export.errors import ConfigError
-from recsys_export.models import BaseModel, check_k
+from recsys_export.models import BaseModel
 from recsys_export.torch_runtime.ops import topk_excluding
 
 if TYPE_CHECKING:

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from recsys_export import data
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.core.atomic import remove_stale
 from recsys_export.data import TEST, TRAIN, VALID, Ratings
 from recsys_export.errors import ConfigError, DataError
 from recsys_export.evaluate import check_threshold, compare_with_baselines, default_threshold
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.train import TrainConfig, fit
 
 

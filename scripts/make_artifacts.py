@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from recsys_export import data
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.export import export_bundle
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.recipes import TINY_DATA_PRESET
 from recsys_export.train import TrainConfig, fit
 

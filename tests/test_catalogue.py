@@ -601,7 +601,7 @@ def test_duplicates_default_policy_reports_count(tmp_path: Path) -> None:
         f"note: 2 duplicate (user, item) rows in {data}; kept the last occurrence"
     )
     assert out.is_file()
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     assert load_checkpoint(out).data["n_duplicates"] == 2
 
@@ -959,7 +959,7 @@ def test_train_out_is_checked_before_training(
 
 def test_utf16_ratings_are_read(tmp_path: Path) -> None:
     """UTF-16 (what some Windows tools save) is read as text, with or without a BOM."""
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     text = _unicode_csv()
     for encoding in ("utf-16", "utf-16-le"):

@@ -14,7 +14,6 @@ import torch
 from recsys_export import data
 from recsys_export.bundle import Bundle, sha256_file, update_bundle
 from recsys_export.bundle.schema import ITEM_NAMES_FILE
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.cli import main
 from recsys_export.cli.training import load_item_names
 from recsys_export.core.ids import IdMap
@@ -22,6 +21,7 @@ from recsys_export.data.items import default_item_names_path, read_item_names
 from recsys_export.errors import BundleError, CheckpointError, DataError, UnknownIdError
 from recsys_export.export import export_bundle
 from recsys_export.models import MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.runtime import Recommender
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

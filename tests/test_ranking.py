@@ -257,7 +257,7 @@ def test_evaluate_checkpoint_reproduces_training_report(tmp_path):
     r = data.synthetic_ratings(100, 40, density=0.2, seed=0)
     ckpt, results = train_checkpoint(r, default_config("mf", epochs=3), progress=False)
     path = ckpt.save(tmp_path / "m.pt")
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     again = evaluate_checkpoint(load_checkpoint(path))
     for name in ("model", "popularity", "bias"):
@@ -311,7 +311,7 @@ def test_fold_scale_multiplies_every_entry_point(kind):
 
 def test_checkpoint_without_recorded_parts(tmp_path, capsys):
     """Checkpoints of older versions: evaluate needs --test, and ranks without ratings."""
-    from recsys_export.checkpoint import Checkpoint
+    from recsys_export.models.checkpoint import Checkpoint
 
     r = data.synthetic_ratings(60, 30, density=0.3, seed=0)
     tr, te = data.random_split(r, 0.2, seed=0)

@@ -239,8 +239,8 @@ def _warn_rating_scale(ratings: Any, threshold: float | None) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``recsys-export evaluate``: a checkpoint's metrics beside the baselines."""
-    from recsys_export.checkpoint import load_checkpoint
     from recsys_export.experiment import evaluate_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     test = _read_test_file(args) if args.test is not None else None

@@ -35,9 +35,9 @@ import torch
 
 from recsys_export.bundle import Bundle, BundleWriter, update_bundle
 from recsys_export.bundle.schema import ENTRY_POINTS, FORMATS, Manifest, describe_plan
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.models import BaseModel, build_model
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.parity.backends import (  # noqa: F401
     CHECKED_BACKENDS,
     EAGER_TILE_BYTES,
