@@ -66,8 +66,8 @@ def _train_real(name: str, datasets: Path, out: Path) -> str | None:
 
 def _train_synthetic(out: Path) -> None:
     from recsys_export.data import synthetic_ratings
-    from recsys_export.experiment import train_checkpoint
-    from recsys_export.train import default_config
+    from recsys_export.training.config import default_config
+    from recsys_export.training.experiment import train_checkpoint
 
     s = SYNTHETIC
     ratings = synthetic_ratings(

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 6 the networks, checkpoints, synthetic models
     ("models",),
     # 7 training and evaluation
-    ("train", "objectives", "history", "evaluate", "baselines", "experiment", "recipes"),
+    ("training",),
     # 8 parity: the plan, backends, bounds, reports
     ("parity", "plan"),
     # 9 export: formats, kernels, variants, the bundle build

@@ -176,7 +176,8 @@ def _synthetic(
 
 def _train(path: str, epochs: int, factors: int, hidden: int) -> dict[str, Any]:
     from recsys_export import data
-    from recsys_export.train import TrainConfig, fit
+    from recsys_export.training.config import TrainConfig
+    from recsys_export.training.fit import fit
 
     ratings = data.read_ratings(path)
     train, valid = data.random_split(ratings, 0.2, seed=0)

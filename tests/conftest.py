@@ -15,7 +15,8 @@ import pytest
 
 from recsys_export import data
 from recsys_export.models.checkpoint import Checkpoint
-from recsys_export.train import TrainConfig, fit
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.fit import fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

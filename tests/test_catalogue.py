@@ -936,12 +936,12 @@ def test_train_out_is_checked_before_training(
 ) -> None:
     """``--out`` naming a directory (even with --force) or an unwritable place fails
     before any training, and the directory keeps what it held."""
-    from recsys_export import train
+    from recsys_export.training import experiment
 
     def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr(train, "fit", no_training)
+    monkeypatch.setattr(experiment, "fit", no_training)
     target = world.tmp / "runs"
     target.mkdir()
     (target / "keep.txt").write_text("mine", encoding="utf-8")

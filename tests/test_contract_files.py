@@ -284,7 +284,7 @@ def test_score_all_never_replaces_a_file_that_appeared(
 def test_train_never_replaces_a_checkpoint_that_appeared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsys_export import experiment
+    from recsys_export.training import experiment
 
     out = tmp_path / "model.pt"
     _appear_during(monkeypatch, experiment, "train_checkpoint", out)

@@ -30,7 +30,8 @@ from recsys_export.parity import (
     reference_model,
 )
 from recsys_export.plan import BATCH_BYTES
-from recsys_export.train import TrainConfig, fit
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from recsys_export.cli.options import (
     add_plan_args,
     comma_list,
 )
-from recsys_export.recipes import describe_recipes
+from recsys_export.training.recipes import describe_recipes
 
 EPILOG_TRAIN = """\
 examples:

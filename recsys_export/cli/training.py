@@ -1,4 +1,4 @@
-"""``train`` and ``evaluate``: flags to library calls (:mod:`recsys_export.experiment`),
+"""``train`` and ``evaluate``: flags to library calls (:mod:`recsys_export.training.experiment`),
 results to text or JSON."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _read_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_config(args: argparse.Namespace) -> Any:
     """The TrainConfig of ``train``'s flags: preset or recipe, then the flags."""
-    from recsys_export.train import default_config
+    from recsys_export.training.config import default_config
 
     objective = args.objective
     if objective is None and getattr(args, "_implicit_data", False):
@@ -102,7 +102,7 @@ def _read_test_file(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``recsys-export train``: read, split, train, write the checkpoint, print metrics."""
-    from recsys_export.experiment import as_implicit, checkpoint_path, train_checkpoint
+    from recsys_export.training.experiment import as_implicit, checkpoint_path, train_checkpoint
 
     out = checkpoint_path(args.out, args.model, force=args.force)
     ratings = _load_data(args)
@@ -162,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_results(
     results: dict[str, Any], metrics: dict[str, Any], k: int, history: dict | None = None
 ) -> None:
-    from recsys_export.evaluate import format_comparison
+    from recsys_export.training.evaluate import format_comparison
 
     parts = metrics.get("parts")
     if parts:
@@ -223,7 +223,7 @@ def _warn_rating_scale(ratings: Any, threshold: float | None) -> None:
     objective weighs every row alike (binary weights) unless --min-rating leaves the
     negative ones out; the metrics count held-out ratings >= the threshold as relevant.
     """
-    from recsys_export.evaluate import default_threshold
+    from recsys_export.training.evaluate import default_threshold
 
     if len(ratings) and float(ratings.ratings.min()) < 0:
         lo, hi = float(ratings.ratings.min()), float(ratings.ratings.max())
@@ -239,8 +239,8 @@ def _warn_rating_scale(ratings: Any, threshold: float | None) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``recsys-export evaluate``: a checkpoint's metrics beside the baselines."""
-    from recsys_export.experiment import evaluate_checkpoint
     from recsys_export.models.checkpoint import load_checkpoint
+    from recsys_export.training.experiment import evaluate_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     test = _read_test_file(args) if args.test is not None else None

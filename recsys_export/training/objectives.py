@@ -32,12 +32,10 @@ from torch import Tensor
 from recsys_export.core.ids import runs_to_coo
 from recsys_export.errors import ConfigError
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
+from recsys_export.training.config import WEIGHTINGS
 
 if TYPE_CHECKING:
     from recsys_export.data import Ratings
-
-LOSSES = ("softmax", "bpr")
-WEIGHTINGS = ("rating", "binary")
 
 
 class Positives:
