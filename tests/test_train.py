@@ -151,8 +151,8 @@ def test_divergence_raises_clear_error():
 @pytest.mark.parametrize(
     "change,match",
     [
-        ({"model": "svd"}, "unknown model"),
-        ({"optimizer": "lbfgs"}, "unknown optimizer"),
+        ({"model": "svd"}, "model must be one of mf, densenet"),
+        ({"optimizer": "lbfgs"}, "optimizer must be one of"),
         ({"lr": -1.0}, "lr must be"),
         ({"epochs": 0}, "epochs must be"),
         ({"model": "densenet", "optimizer": "sparse_adam"}, "sparse_adam"),

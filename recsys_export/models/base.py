@@ -26,7 +26,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from recsys_export.core.topk import check_k
-from recsys_export.errors import ConfigError
+from recsys_export.core.validation import check_int
 from recsys_export.torch_runtime.ops import topk_excluding
 
 
@@ -41,12 +41,9 @@ class BaseModel(nn.Module):
 
     def __init__(self, n_users: int, n_items: int, n_factors: int) -> None:
         super().__init__()
-        for name, value in (("n_users", n_users), ("n_items", n_items), ("n_factors", n_factors)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        self.n_users = n_users
-        self.n_items = n_items
-        self.n_factors = n_factors
+        self.n_users: int = check_int("n_users", n_users, low=1)
+        self.n_items: int = check_int("n_items", n_items, low=1)
+        self.n_factors: int = check_int("n_factors", n_factors, low=1)
 
     def score_all(self, users: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Scores of every item for each user: ``float32[B, n_items]``."""

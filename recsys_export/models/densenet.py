@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys_export.errors import ConfigError
+from recsys_export.core.validation import check_fraction, check_int
 from recsys_export.models.base import BaseModel
 
 #: Most elements of a ``[users, items, hidden]`` block DenseNet forms at once when
@@ -118,12 +118,8 @@ class DenseNet(BaseModel):
         init_std: float | None = None,
     ) -> None:
         super().__init__(n_users, n_items, n_factors)
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"hidden must be a positive integer, got {hidden!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.hidden = hidden
-        self.dropout = float(dropout)
+        self.hidden: int = check_int("hidden", hidden, low=1)
+        self.dropout = check_fraction("dropout", dropout)
         self._masks = DropoutMasks()
         self.init_std = init_std
         self.user_factors = nn.Embedding(n_users, n_factors)

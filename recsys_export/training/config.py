@@ -14,6 +14,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from recsys_export.core.defaults import MODEL_KINDS
+from recsys_export.core.validation import (
+    check_choice,
+    check_finite,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from recsys_export.errors import ConfigError
 from recsys_export.training.recipes import PRESET_NAMES, PRESETS, RECIPES
 
@@ -40,6 +48,35 @@ WEIGHTINGS = ("rating", "binary")
 #: Training loops: shuffled minibatches, or the post's per-rating loop.
 MODES = ("minibatch", "post")
 OPTIMIZERS = ("adam", "sparse_adam", "sgd")
+
+
+#: What :meth:`TrainConfig.validate` checks, field by field (then three cross-field rules).
+_CHOICES = {
+    "model": MODEL_KINDS,
+    "objective": OBJECTIVES,
+    "loss": LOSSES,
+    "positives": POSITIVES,
+    "weighting": WEIGHTINGS,
+    "mode": MODES,
+    "optimizer": OPTIMIZERS,
+}
+#: Integer fields and their least value.
+_INTS_MIN = {
+    "negatives": 1,
+    "full_softmax_items": 1,
+    "k": 1,
+    "valid_users": 1,
+    "validate_every": 1,
+    "n_factors": 1,
+    "hidden": 1,
+    "epochs": 1,
+    "threads": 1,
+    "patience": 0,
+}
+_FRACTIONS = ("dropout", "select_tolerance", "min_gain")  # in [0, 1)
+_NONNEGATIVE = ("l2", "weight_decay", "average_epochs")  # finite, >= 0
+_POSITIVE = ("lr", "score_scale")  # finite, > 0
+_FINITE_OR_NONE = ("min_rating", "threshold")
 
 
 @dataclass
@@ -170,62 +207,26 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for any invalid setting."""
-        if self.model not in MODEL_KINDS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {MODEL_KINDS}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(
-                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}"
-            )
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.positives not in POSITIVES:
-            raise ConfigError(f"unknown positives {self.positives!r}; choose relevant or all")
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(
-                f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}"
-            )
+        for name, choices in _CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
+        for name, low in _INTS_MIN.items():
+            check_int(name, getattr(self, name), low=low)
+        check_int("batch_size", self.batch_size, low=0, none_ok=True, hint=" (0: full batch)")
+        for name in _FRACTIONS:
+            check_fraction(name, getattr(self, name))
+        for name in _NONNEGATIVE:
+            check_nonnegative(name, getattr(self, name))
+        for name in _POSITIVE:
+            check_positive(name, getattr(self, name))
+        for name in _FINITE_OR_NONE:
+            check_finite(name, getattr(self, name), none_ok=True)
+        check_positive("init_std", self.init_std, none_ok=True)
         if self.objective == "ranking" and self.mode == "post":
             raise ConfigError("the post's loop trains the rating objective; use --objective rating")
-        for name in ("negatives", "full_softmax_items", "k", "valid_users", "validate_every"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.min_rating is not None and not math.isfinite(self.min_rating):
-            raise ConfigError(f"min_rating must be a finite number, got {self.min_rating}")
-        if not (self.score_scale > 0 and math.isfinite(self.score_scale)):
-            raise ConfigError(f"score_scale must be a positive number, got {self.score_scale}")
-        if self.threshold is not None and not math.isfinite(self.threshold):
-            raise ConfigError(f"threshold must be a finite number, got {self.threshold}")
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; choose 'minibatch' or 'post'")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.optimizer == "sparse_adam" and self.objective == "ranking":
             raise ConfigError("optimizer 'sparse_adam' is for --objective rating; use adam or sgd")
         if self.optimizer == "sparse_adam" and self.model != "mf":
             raise ConfigError("optimizer 'sparse_adam' is for --model mf; use adam or sgd")
-        positive = {"n_factors": self.n_factors, "hidden": self.hidden, "epochs": self.epochs}
-        for name, value in positive.items():
-            if int(value) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        if self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
-        if self.batch_size is not None and self.batch_size < 0:
-            raise ConfigError(f"batch_size must be >= 0 (0 = full batch), got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.l2 < 0 or self.weight_decay < 0:
-            raise ConfigError("l2 and weight_decay must be >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init_std is not None and not self.init_std > 0:
-            raise ConfigError(f"init_std must be > 0, got {self.init_std}")
-        if self.patience < 0:
-            raise ConfigError(f"patience must be >= 0, got {self.patience}")
-        for name in ("select_tolerance", "min_gain"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not (self.average_epochs >= 0 and math.isfinite(self.average_epochs)):
-            raise ConfigError(f"average_epochs must be >= 0, got {self.average_epochs}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -255,14 +256,11 @@ def default_config(
     ConfigError
         Unknown model, objective or preset, or invalid settings.
     """
-    if model not in MODEL_KINDS:
-        raise ConfigError(f"unknown model {model!r}; choose one of {MODEL_KINDS}")
-    if preset not in PRESET_NAMES:
-        raise ConfigError(f"unknown preset {preset!r}; choose default, post or tiny")
+    check_choice("model", model, MODEL_KINDS)
+    check_choice("preset", preset, PRESET_NAMES)
     if objective is None:
         objective = "ranking" if preset == "default" else "rating"
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    check_choice("objective", objective, OBJECTIVES)
     base: dict[str, Any] = {"model": model, "objective": objective}
     if preset == "default":
         base.update(RECIPES[(model, objective)])

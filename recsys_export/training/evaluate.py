@@ -23,6 +23,7 @@ import torch
 
 from recsys_export.core.ids import runs_to_coo
 from recsys_export.core.topk import check_k
+from recsys_export.core.validation import check_finite
 from recsys_export.errors import ConfigError
 from recsys_export.models import BaseModel
 from recsys_export.torch_runtime.ops import topk_excluding
@@ -62,9 +63,7 @@ def check_threshold(threshold: float, ratings: Ratings) -> float:
         If the threshold is not finite or is above the highest rating (nothing would be
         relevant and every ranking metric would be undefined).
     """
-    t = float(threshold)
-    if not np.isfinite(t):
-        raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+    t = float(check_finite("threshold", threshold))
     if len(ratings) and t > float(ratings.ratings.max()):
         raise ConfigError(
             f"relevance threshold {t:g} is above the highest rating in {ratings.source} "
