@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.core.ids import IdMap
 from recsys_export.core.validation import check_choice, check_int
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
@@ -58,7 +59,7 @@ def synthetic_model(
     -------
     BaseModel
     """
-    check_choice("kind", kind, ("mf", "densenet"))
+    check_choice("kind", kind, MODEL_KINDS)
     torch.manual_seed(seed)
     model: BaseModel
     if kind == "mf":
