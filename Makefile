@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Modules and packages that mypy checks: the torch-free layer (docs/architecture.md).
 # Each name is passed as `-p recsys_export.NAME`, so a module that becomes a package
 # keeps its entry.
-TYPED := _layers errors core plan bundle runtime engines data baselines scale cli demo bench_config bench_report recipes serve
+TYPED := _layers errors core plan bundle runtime engines data training.baselines training.recipes training.config scale cli demo bench_config bench_report serve
 
 .PHONY: help demo test test-fast lint bench clean
 

@@ -66,8 +66,8 @@ def _train_real(name: str, datasets: Path, out: Path) -> str | None:
 
 def _train_synthetic(out: Path) -> None:
     from recsys_export.data import synthetic_ratings
-    from recsys_export.experiment import train_checkpoint
-    from recsys_export.train import default_config
+    from recsys_export.training.config import default_config
+    from recsys_export.training.experiment import train_checkpoint
 
     s = SYNTHETIC
     ratings = synthetic_ratings(
@@ -142,8 +142,8 @@ def _time_rows(exact: Any, approx: Any, repeat: int, calls: int) -> dict[str, An
 
 def measure(name: str, ckpt_path: Path, precision: str | None, args: argparse.Namespace) -> dict:
     """Export one checkpoint with its variant, read the judgement, time both."""
-    from recsys_export.checkpoint import load_checkpoint
     from recsys_export.export import export_bundle
+    from recsys_export.models.checkpoint import load_checkpoint
     from recsys_export.runtime import Recommender
 
     ckpt = load_checkpoint(ckpt_path)

@@ -79,7 +79,7 @@ def big_bundle(out: Path, n_users: int, n_items: int) -> Path:
     bundle = out / f"mf-{n_users}x{n_items}"
     if not (bundle / "manifest.json").exists():
         code = (
-            "import sys; from recsys_export.synthetic_models import synthetic_checkpoint as s; "
+            "import sys; from recsys_export.models.synthetic import synthetic_checkpoint as s; "
             "from recsys_export.export import export_bundle as e; "
             f"e(s('mf', {n_users}, {n_items}, factors=64, seen_per_user=20), sys.argv[1], "
             "formats='onnx', verify=False)"

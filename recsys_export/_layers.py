@@ -28,18 +28,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 5 ratings files, splits, item names
     ("data",),
     # 6 the networks, checkpoints, synthetic models
-    ("models", "checkpoint", "synthetic_models"),
+    ("models",),
     # 7 training and evaluation
-    (
-        "train",
-        "objectives",
-        "history",
-        "evaluate",
-        "baselines",
-        "experiment",
-        "recipes",
-        "training_run",
-    ),
+    ("training",),
     # 8 parity: the plan, backends, bounds, reports
     ("parity", "plan"),
     # 9 export: formats, kernels, variants, the bundle build

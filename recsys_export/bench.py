@@ -127,7 +127,7 @@ def _synthetic(
     """Build a synthetic model and export it (every format, ``precision``'s variants, no
     parity pass)."""
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     n_items = cfg["items"]
     per_user = min(seen, max(0, n_items - cfg["k"]))
@@ -155,7 +155,8 @@ def _synthetic(
 
 def _train(path: str, epochs: int, factors: int, hidden: int) -> dict[str, Any]:
     from recsys_export import data
-    from recsys_export.train import TrainConfig, fit
+    from recsys_export.training.config import TrainConfig
+    from recsys_export.training.fit import fit
 
     ratings = data.read_ratings(path)
     train, valid = data.random_split(ratings, 0.2, seed=0)

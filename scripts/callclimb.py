@@ -82,7 +82,7 @@ LAYERS: dict[str, int] = {
     # 6 models: the networks, checkpoints, synthetic models
     "recsys_export.models": 6,
     "recsys_export.checkpoint": 6,
-    "recsys_export.synthetic_models": 6,
+    "recsys_export.synthetic_models": 6,  # old name (S0 measure)
     # 7 training: recipes, config, objectives, fit, evaluation, baselines, experiments
     "recsys_export.training": 7,
     "recsys_export.train": 7,

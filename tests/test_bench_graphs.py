@@ -27,7 +27,7 @@ def test_every_bench_graph_is_at_the_exported_ir_and_opset():
 
 def test_new_kernels_and_variants_are_at_the_exported_ir_and_opset(tmp_path):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 20, 300, factors=4, seen_per_user=3)
     manifest = export_bundle(

@@ -601,7 +601,7 @@ def test_duplicates_default_policy_reports_count(tmp_path: Path) -> None:
         f"note: 2 duplicate (user, item) rows in {data}; kept the last occurrence"
     )
     assert out.is_file()
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     assert load_checkpoint(out).data["n_duplicates"] == 2
 
@@ -936,12 +936,12 @@ def test_train_out_is_checked_before_training(
 ) -> None:
     """``--out`` naming a directory (even with --force) or an unwritable place fails
     before any training, and the directory keeps what it held."""
-    from recsys_export import train
+    from recsys_export.training import experiment
 
     def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr(train, "fit", no_training)
+    monkeypatch.setattr(experiment, "fit", no_training)
     target = world.tmp / "runs"
     target.mkdir()
     (target / "keep.txt").write_text("mine", encoding="utf-8")
@@ -959,7 +959,7 @@ def test_train_out_is_checked_before_training(
 
 def test_utf16_ratings_are_read(tmp_path: Path) -> None:
     """UTF-16 (what some Windows tools save) is read as text, with or without a BOM."""
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     text = _unicode_csv()
     for encoding in ("utf-16", "utf-16-le"):

@@ -102,8 +102,8 @@ def test_bench_bad_option_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
 def test_train_request_leaves_defaults_to_the_library() -> None:
     pytest.importorskip("torch")
     from recsys_export.cli.train import train_request
-    from recsys_export.train import default_config
-    from recsys_export.training_run import training_config
+    from recsys_export.training.config import default_config
+    from recsys_export.training.run import training_config
 
     request = train_request(_subparsers()["train"].parse_args(["toy"]))
     assert request.model is None and request.preset is None and request.seed is None

@@ -45,12 +45,12 @@ from helpers.cli_contract import (
 )
 
 from recsys_export.bundle import Bundle, BundleWriter
-from recsys_export.checkpoint import load_checkpoint
 from recsys_export.core import atomic
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.export import export_bundle
+from recsys_export.models.checkpoint import load_checkpoint
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
-from recsys_export.synthetic_models import synthetic_checkpoint
 
 USERS_A = [f"user {i}" for i in range(40)]
 ITEMS_A = [f"item {j}" for j in range(30)]
@@ -284,7 +284,7 @@ def test_score_all_never_replaces_a_file_that_appeared(
 def test_train_never_replaces_a_checkpoint_that_appeared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsys_export import experiment
+    from recsys_export.training import experiment
 
     out = tmp_path / "model.pt"
     _appear_during(monkeypatch, experiment, "train_checkpoint", out)

@@ -67,7 +67,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 def str_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MF bundle with string ids 'None' and 'nan' and a hostile title."""
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ckpt = synthetic_checkpoint(
         "mf", len(USERS), len(ITEMS), seen_per_user=1, user_ids=USERS, item_ids=ITEMS

@@ -31,7 +31,7 @@ import torch
 from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import ENTRY_POINTS
 from recsys_export.export import export_bundle
-from recsys_export.synthetic_models import synthetic_checkpoint
+from recsys_export.models.synthetic import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "runtimes.md"

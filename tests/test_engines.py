@@ -15,9 +15,9 @@ from recsys_export.bundle import Bundle
 from recsys_export.engines import ENGINES, EngineOptions, open_engine
 from recsys_export.errors import ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender, writers
 from recsys_export.runtime.protocol import Engine
-from recsys_export.synthetic_models import synthetic_checkpoint
 
 N_USERS, N_ITEMS = 23, 17
 ATOL = 1e-5

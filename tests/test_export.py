@@ -18,9 +18,9 @@ import torch
 from recsys_export import data
 from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import DEFAULT_FORMATS, FORMATS
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError, ConfigError, ParityError
 from recsys_export.export import ONNX_OPSET, export_bundle, parse_formats
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.parity import (
     EagerBackend,
     OnnxBackend,
@@ -30,7 +30,8 @@ from recsys_export.parity import (
     reference_model,
 )
 from recsys_export.plan import BATCH_BYTES
-from recsys_export.train import TrainConfig, fit
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

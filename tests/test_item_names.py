@@ -13,15 +13,15 @@ import torch
 from recsys_export import data
 from recsys_export.bundle import Bundle, sha256_file, update_bundle
 from recsys_export.bundle.schema import ITEM_NAMES_FILE
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.cli import main
 from recsys_export.core.ids import IdMap
 from recsys_export.data.items import default_item_names_path, read_item_names
 from recsys_export.errors import BundleError, CheckpointError, DataError, UnknownIdError
 from recsys_export.export import export_bundle
 from recsys_export.models import MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.runtime import Recommender
-from recsys_export.training_run import TrainRequest, load_item_names
+from recsys_export.training.run import TrainRequest, load_item_names
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ITEM_IDS = ["m01", "m02", "m03", "m04", "m05", "m06"]

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from recsys_export.bundle import Bundle, update_bundle
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.core.ids import IdMap
 from recsys_export.export import export_bundle
 from recsys_export.models import DenseNet, MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.parity import (
     CHECKED_BACKENDS,
     HIST_LABELS,

@@ -27,12 +27,12 @@ from helpers.conditioning import checkpoint_of, ill_conditioned_densenet
 from onnx import helper, numpy_helper
 
 from recsys_export.bundle import Bundle, update_bundle
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.cli import main
 from recsys_export.core.ids import IdMap
 from recsys_export.errors import ParityError
 from recsys_export.export import export_bundle, kernels
 from recsys_export.models import MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.parity import verify_bundle
 from recsys_export.parity.bounds import SAFETY, TINY32, U32, reference_for
 from recsys_export.runtime import Recommender

@@ -68,7 +68,7 @@ def test_fp16_weights_keeps_vectors_and_refuses_out_of_range():
 @pytest.fixture(scope="module")
 def int8_bundle(tmp_path_factory):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 300, 2000, factors=16, init_std=0.5, seen_per_user=20)
     path = tmp_path_factory.mktemp("int8") / "mf"
@@ -125,7 +125,7 @@ def test_variant_is_loaded_only_when_asked(int8_bundle):
 
 def test_precision_errors(int8_bundle, tmp_path):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     path, _ = int8_bundle
     with pytest.raises(BundleError, match="has no fp16 variant .*--precision fp16"):
@@ -140,7 +140,7 @@ def test_precision_errors(int8_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_fp16_densenet_and_cli(tmp_path, capsys):
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("densenet", 120, 500, factors=8, hidden=16, seen_per_user=5)
     ckpt = tmp_path / "dn.pt"
@@ -170,7 +170,7 @@ def test_fp16_densenet_and_cli(tmp_path, capsys):
 
 def test_two_variants_in_one_export(tmp_path):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 40, 300, factors=8, seen_per_user=4)
     manifest = export_bundle(ck, tmp_path / "mf", formats="onnx", precision="int8, fp16").to_dict()

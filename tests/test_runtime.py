@@ -18,8 +18,8 @@ import torch
 
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
-from recsys_export.synthetic_models import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"

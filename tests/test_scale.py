@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 
 from recsys_export.errors import ConfigError
 from recsys_export.export import export_bundle
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
 from recsys_export.scale import SUCCESS_NAME, BlockScorer, WorkerError, score_topk_ray
-from recsys_export.synthetic_models import synthetic_checkpoint
 
 N_USERS = int(os.environ.get("RECSYS_SCALE_TEST_USERS", "50000"))
 N_ITEMS = int(os.environ.get("RECSYS_SCALE_TEST_ITEMS", "10000"))

@@ -37,7 +37,7 @@ def test_numpy_topk_empty_slots_and_columns():
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     none = np.zeros(0, dtype=np.int64)
     ck = synthetic_checkpoint("mf", N_USERS, N_ITEMS, factors=4, init_std=0.5, seen=(none, none))

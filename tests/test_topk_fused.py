@@ -113,7 +113,7 @@ def tied_bundle(tmp_path_factory):
     import torch
 
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 60, 640, factors=4, init_std=1.0, seen_per_user=30, seed=3)
     with torch.no_grad():
@@ -210,8 +210,8 @@ def test_runtime_falls_back_on_rows_of_ties(tmp_path):
     import torch
 
     from recsys_export.export import export_bundle
+    from recsys_export.models.synthetic import synthetic_checkpoint
     from recsys_export.runtime import Recommender
-    from recsys_export.synthetic_models import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 30, 640, factors=4, seen_per_user=3, seed=1)
     with torch.no_grad():

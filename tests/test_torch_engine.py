@@ -18,8 +18,8 @@ import torch
 from recsys_export.cli import main
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
-from recsys_export.synthetic_models import synthetic_checkpoint
 from recsys_export.torch_runtime.device import resolve_device
 from recsys_export.torch_runtime.engine import TorchEngine
 

@@ -24,11 +24,11 @@ import torch
 from onnx import numpy_helper
 
 from recsys_export.bundle import Bundle, update_bundle
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.cli import main
 from recsys_export.core.ids import IdMap
 from recsys_export.export import export_bundle
 from recsys_export.models import DenseNet, MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.parity import (
     bundle_seen,
     load_backends,

@@ -63,7 +63,6 @@ from recsys_export.byom.generic import (  # noqa: F401
     source_missing,
 )
 from recsys_export.byom.ids import IdsAndSeen, resolve_ids  # noqa: F401
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import (
     ConfigError,
     ExportError,
@@ -71,6 +70,7 @@ from recsys_export.errors import (
 )
 from recsys_export.export.build import export_bundle, parse_formats
 from recsys_export.models import BaseModel
+from recsys_export.models.checkpoint import Checkpoint
 
 PATHS = ("auto", "converted", "generic")
 

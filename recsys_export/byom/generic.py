@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recsys_export.core.topk import check_k
 from recsys_export.errors import (
     ConfigError,
 )
 from recsys_export.export.formats import export_programs
-from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, check_k
+from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
 from recsys_export.torch_runtime.io import quiet_exporters
 from recsys_export.torch_runtime.ops import topk_excluding
 

@@ -95,8 +95,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``recsys-export export``: a checkpoint (or a state dict) to a verified bundle."""
     import time
 
-    from recsys_export.checkpoint import load_checkpoint
     from recsys_export.export import export_bundle
+    from recsys_export.models.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     own = [
@@ -150,8 +150,8 @@ def _ours_as_checkpoint(args: argparse.Namespace, own: list[str]) -> bool:
     for a state dict trained elsewhere are refused with it, as is a ``--model`` of
     another kind; ``--model`` of its own kind is a note.
     """
-    from recsys_export.checkpoint import checkpoint_kind
     from recsys_export.errors import ConfigError
+    from recsys_export.models.checkpoint import checkpoint_kind
 
     kind = checkpoint_kind(args.checkpoint)
     flags = f"{', '.join(own)} {'is' if len(own) == 1 else 'are'} for state dicts trained elsewhere"

@@ -1,5 +1,5 @@
 """``train`` and ``evaluate``: their options, flags to library calls
-(:mod:`recsys_export.experiment`), results to text or JSON."""
+(:mod:`recsys_export.training.experiment`), results to text or JSON."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from recsys_export.cli.options import (
     opt,
 )
 from recsys_export.core.defaults import DEFAULT_K, MODEL_KINDS
-from recsys_export.recipes import PRESETS
+from recsys_export.training.recipes import PRESETS
 
 EPILOG_TRAIN = """\
 examples:
@@ -165,12 +165,12 @@ def add_evaluate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_epilog() -> str:
-    from recsys_export.recipes import describe_recipes
+    from recsys_export.training.recipes import describe_recipes
 
     return EPILOG_TRAIN.replace("{recipes}", describe_recipes())
 
 
-#: ``train`` options that are :func:`~recsys_export.train.default_config` keywords
+#: ``train`` options that are :func:`~recsys_export.training.config.default_config` keywords
 #: (option attribute -> keyword).
 _CONFIG_OVERRIDES = {
     "factors": "n_factors",
@@ -194,8 +194,8 @@ _CONFIG_OVERRIDES = {
 
 
 def read_options(args: argparse.Namespace) -> Any:
-    """The :class:`~recsys_export.training_run.ReadOptions` of the column flags."""
-    from recsys_export.training_run import ReadOptions
+    """The :class:`~recsys_export.training.run.ReadOptions` of the column flags."""
+    from recsys_export.training.run import ReadOptions
 
     return ReadOptions(
         user_col=args.user_col,
@@ -208,8 +208,8 @@ def read_options(args: argparse.Namespace) -> Any:
 
 
 def train_request(args: argparse.Namespace) -> Any:
-    """The :class:`~recsys_export.training_run.TrainRequest` of ``train``'s flags."""
-    from recsys_export.training_run import TrainRequest
+    """The :class:`~recsys_export.training.run.TrainRequest` of ``train``'s flags."""
+    from recsys_export.training.run import TrainRequest
 
     return TrainRequest(
         data=args.data,
@@ -241,9 +241,9 @@ def _note(line: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``recsys-export train``: :func:`~recsys_export.training_run.run_training`, then
+    """``recsys-export train``: :func:`~recsys_export.training.run.run_training`, then
     the metrics."""
-    from recsys_export.training_run import run_training
+    from recsys_export.training.run import run_training
 
     outcome = run_training(train_request(args), note=_note)
     ckpt = outcome.checkpoint
@@ -258,7 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_results(
     results: dict[str, Any], metrics: dict[str, Any], k: int | None, history: dict | None = None
 ) -> None:
-    from recsys_export.evaluate import format_comparison
+    from recsys_export.training.evaluate import format_comparison
 
     parts = metrics.get("parts")
     if parts:
@@ -314,8 +314,8 @@ def _print_test_mapping(mapping: dict[str, int]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``recsys-export evaluate``: a checkpoint's metrics beside the baselines."""
-    from recsys_export.checkpoint import load_checkpoint
-    from recsys_export.experiment import evaluate_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
+    from recsys_export.training.experiment import evaluate_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     test = read_options(args).read(args.test) if args.test is not None else None

@@ -8,14 +8,22 @@ Standard library and numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from recsys_export.errors import ConfigError, RecsysExportError
 
-__all__ = ["check_choice", "check_int", "check_positive"]
+__all__ = [
+    "check_choice",
+    "check_finite",
+    "check_fraction",
+    "check_int",
+    "check_nonnegative",
+    "check_positive",
+]
 
 
 def _fail(
@@ -64,7 +72,7 @@ def check_int(
     if value is None and none_ok:
         return None
     if low == 1 and high is None:
-        requirement = "a positive integer"
+        requirement = "a positive integer (>= 1)"
     elif low is not None and high is not None:
         requirement = f"an integer between {low} and {high}"
     elif low is not None:
@@ -84,25 +92,104 @@ def check_int(
     return int(value)
 
 
+def _real(value: Any) -> bool:
+    """A real number (not a bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _number_check(
+    name: str,
+    value: Any,
+    requirement: str,
+    ok: Callable[[float], bool],
+    none_ok: bool,
+    hint: str,
+    error: type[RecsysExportError],
+) -> float | None:
+    """The float checks' common part: ``None`` (when let through), then a finite real
+    number for which ``ok(float(value))`` holds."""
+    if value is None and none_ok:
+        return None
+    if not (_real(value) and math.isfinite(float(value)) and ok(float(value))):
+        raise _fail(name, requirement + (" or None" if none_ok else ""), value, hint, error)
+    return float(value)
+
+
 def check_positive(
     name: str,
     value: Any,
     *,
+    none_ok: bool = False,
     hint: str = "",
     error: type[RecsysExportError] = ConfigError,
-) -> float:
-    """Check that ``value`` is a real number ``> 0`` (NaN fails); return it as a ``float``.
+) -> Any:
+    """Check that ``value`` is a finite real number ``> 0`` (NaN and infinity fail).
+
+    Returns
+    -------
+    float or None
+        ``float(value)`` (``None`` with ``none_ok``).
 
     Raises
     ------
     RecsysExportError
         ``error``: not a positive number.
     """
-    number = isinstance(value, (int, float, np.integer, np.floating))
-    ok = number and not isinstance(value, bool) and float(value) > 0
-    if not ok:
-        raise _fail(name, "positive", value, hint, error)
-    return float(value)
+    return _number_check(name, value, "positive", lambda v: v > 0, none_ok, hint, error)
+
+
+def check_nonnegative(
+    name: str,
+    value: Any,
+    *,
+    none_ok: bool = False,
+    hint: str = "",
+    error: type[RecsysExportError] = ConfigError,
+) -> Any:
+    """Check that ``value`` is a finite real number ``>= 0``; return it as a ``float``.
+
+    Raises
+    ------
+    RecsysExportError
+        ``error``: negative, not finite or not a number.
+    """
+    return _number_check(name, value, ">= 0", lambda v: v >= 0, none_ok, hint, error)
+
+
+def check_fraction(
+    name: str,
+    value: Any,
+    *,
+    none_ok: bool = False,
+    hint: str = "",
+    error: type[RecsysExportError] = ConfigError,
+) -> Any:
+    """Check that ``value`` is a real number in ``[0, 1)``; return it as a ``float``.
+
+    Raises
+    ------
+    RecsysExportError
+        ``error``: outside ``[0, 1)`` or not a number.
+    """
+    return _number_check(name, value, "in [0, 1)", lambda v: 0 <= v < 1, none_ok, hint, error)
+
+
+def check_finite(
+    name: str,
+    value: Any,
+    *,
+    none_ok: bool = False,
+    hint: str = "",
+    error: type[RecsysExportError] = ConfigError,
+) -> Any:
+    """Check that ``value`` is a finite real number; return it as a ``float``.
+
+    Raises
+    ------
+    RecsysExportError
+        ``error``: NaN, infinite or not a number.
+    """
+    return _number_check(name, value, "a finite number", lambda v: True, none_ok, hint, error)
 
 
 def check_choice(

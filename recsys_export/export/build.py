@@ -40,7 +40,6 @@ from recsys_export.bundle.schema import (
     Versions,
     parse_precisions,
 )
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.core.defaults import resolve_formats as parse_formats
 from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.export.formats import (
@@ -54,6 +53,7 @@ from recsys_export.export.formats import (
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
 from recsys_export.export.precision import write_variant
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.torch_runtime.io import check_finite_weights
 
 REFERENCE_FILE = "reference/state_dict.pt"

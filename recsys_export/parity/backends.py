@@ -18,8 +18,9 @@ import torch
 from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import FORMATS
 from recsys_export.core.ids import runs_to_coo
+from recsys_export.core.topk import check_k
 from recsys_export.engines import open_engine
-from recsys_export.models import BaseModel, DenseNet, check_k
+from recsys_export.models import BaseModel, DenseNet
 from recsys_export.plan import (
     PARITY_WORKERS,
 )

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from recsys_export.core.defaults import FIXED_TOLERANCE
-from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, add_relu_into
+from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
+from recsys_export.models.densenet import add_relu_into
 
 #: float32's unit roundoff (half the machine epsilon ``np.finfo(np.float32).eps``).
 U32 = 2.0**-24

@@ -14,9 +14,9 @@ import torch
 
 from recsys_export.bundle import Bundle, BundleWriter, update_bundle
 from recsys_export.bundle.schema import FORMATS, Manifest
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.models import BaseModel, build_model
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.parity.backends import CHECKED_BACKENDS, Backend, load_backends
 from recsys_export.parity.report import Comparison, ParityReport, check_tolerances
 from recsys_export.parity.run import call_users, run_parity

@@ -30,14 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recsys_export.core.ids import runs_to_coo
+from recsys_export.core.validation import check_choice
 from recsys_export.errors import ConfigError
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
+from recsys_export.training.config import WEIGHTINGS
 
 if TYPE_CHECKING:
     from recsys_export.data import Ratings
-
-LOSSES = ("softmax", "bpr")
-WEIGHTINGS = ("rating", "binary")
 
 
 class Positives:
@@ -56,8 +55,7 @@ class Positives:
     """
 
     def __init__(self, train: Ratings, min_rating: float | None, weighting: str) -> None:
-        if weighting not in WEIGHTINGS:
-            raise ConfigError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        check_choice("weighting", weighting, WEIGHTINGS)
         from recsys_export.data import at_least
 
         keep = at_least(train, min_rating)

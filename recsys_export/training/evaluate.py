@@ -4,7 +4,7 @@ Ranking metrics follow the usual protocol: for every test user with at least one
 *relevant* held-out item (rating >= ``threshold``), rank every item the user did not
 interact with in the *known* rows (training and validation), keep the top ``k`` and
 compare with the relevant items. The same code scores our models and the baselines of
-:mod:`recsys_export.baselines`, so their numbers are comparable.
+:mod:`recsys_export.training.baselines`, so their numbers are comparable.
 
 Reported metrics
     ``rmse``, ``mae`` (explicit ratings only); ``precision@k``, ``recall@k``,
@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from recsys_export.baselines import BiasBaseline, PopularityBaseline
 from recsys_export.core.ids import runs_to_coo
+from recsys_export.core.topk import check_k
+from recsys_export.core.validation import check_finite
 from recsys_export.errors import ConfigError
-from recsys_export.models import BaseModel, check_k
+from recsys_export.models import BaseModel
 from recsys_export.torch_runtime.ops import topk_excluding
+from recsys_export.training.baselines import BiasBaseline, PopularityBaseline
 
 if TYPE_CHECKING:
     from recsys_export.data import Ratings
@@ -61,9 +63,7 @@ def check_threshold(threshold: float, ratings: Ratings) -> float:
         If the threshold is not finite or is above the highest rating (nothing would be
         relevant and every ranking metric would be undefined).
     """
-    t = float(threshold)
-    if not np.isfinite(t):
-        raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+    t = float(check_finite("threshold", threshold))
     if len(ratings) and t > float(ratings.ratings.max()):
         raise ConfigError(
             f"relevance threshold {t:g} is above the highest rating in {ratings.source} "

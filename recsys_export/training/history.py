@@ -1,6 +1,6 @@
 """The training record (:class:`History`), early stopping and weight averaging.
 
-:mod:`recsys_export.train` fills a :class:`History` per epoch; :class:`EarlyStopping`
+:mod:`recsys_export.training.fit` fills a :class:`History` per epoch; :class:`EarlyStopping`
 keeps the best epoch's weights and says when patience has run out;
 :class:`WeightAverage` keeps an exponential moving average of the weights, which is what
 gets validated (and kept) when a recipe asks for it.

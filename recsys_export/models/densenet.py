@@ -1,21 +1,10 @@
-"""The two networks of "PyTorch for recommenders 101" and their entry points.
+"""The post's dense feed-forward net, scored in cache-sized tiles.
 
-Both models share one base class, :class:`BaseModel`, with three entry points that
-mean the same in every export format (docs/bundle-format.md, "Entry points"):
-
-``forward(users, items) -> float32[N]``
-    The post's pairwise score.
-``score_all(users) -> float32[B, n_items]``
-    One row of the full user x item matrix per user.
-``recommend(users, k, exclude_rows, exclude_items) -> (float32[B, k], int64[B, k])``
-    The best ``k`` items per user, sorted by descending score, with excluded items
-    removed. Excluded items are given in COO form: ``exclude_rows[j]`` is a position in
-    ``users`` (0..B-1) and ``exclude_items[j]`` an item index to drop for that user.
-    When fewer than ``k`` items remain for a user, the missing slots are filled with
-    item ``-1`` and score ``-inf``.
-
-Top-k lives in one place, :func:`topk_excluding`, used by every model and export; its
-empty-slot constants and ``k`` check come from the torch-free :mod:`recsys_export.core.topk`.
+:class:`DenseNet` computes ``Linear(ReLU(Linear([p_u, q_i])))``. Scoring many items
+splits the first layer into a per-user and a per-item half and forms the hidden
+activations one tile at a time (:data:`SCORE_TILE` when training, with the custom
+autograd function :class:`_HiddenScores`; :data:`INFERENCE_TILE` without gradients);
+dropout masks come from one pre-drawn pool (:class:`DropoutMasks`).
 """
 
 from __future__ import annotations
@@ -27,10 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys_export.core.defaults import MODEL_KINDS
-from recsys_export.core.topk import check_k as _check_k
-from recsys_export.errors import ConfigError
-from recsys_export.torch_runtime.ops import topk_excluding
+from recsys_export.core.validation import check_fraction, check_int
+from recsys_export.models.base import BaseModel
 
 #: Most elements of a ``[users, items, hidden]`` block DenseNet forms at once when
 #: training (2 MiB of float32, which stays in cache); see :meth:`DenseNet._output`.
@@ -97,151 +84,6 @@ class DropoutMasks:
         return pool[start : start + n].view(shape)
 
 
-def check_k(k: int, n_items: int) -> None:
-    """Raise :class:`ConfigError` unless ``1 <= k <= n_items`` (see
-    :func:`recsys_export.core.topk.check_k`)."""
-    _check_k(k, n_items)
-
-
-class BaseModel(nn.Module):
-    """Base class: user/item embeddings plus the three entry points.
-
-    Subclasses implement :meth:`forward` and :meth:`score_all`; :meth:`recommend` is
-    shared. ``kind`` names the model in checkpoints and bundle manifests.
-    """
-
-    kind: str = ""
-
-    def __init__(self, n_users: int, n_items: int, n_factors: int) -> None:
-        super().__init__()
-        for name, value in (("n_users", n_users), ("n_items", n_items), ("n_factors", n_factors)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        self.n_users = n_users
-        self.n_items = n_items
-        self.n_factors = n_factors
-
-    def score_all(self, users: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Scores of every item for each user: ``float32[B, n_items]``."""
-        raise NotImplementedError
-
-    def score_items(self, users: Tensor, items: Tensor) -> Tensor:  # pragma: no cover
-        """Scores of the given items for each user: ``float32[B, S]`` (training helper)."""
-        raise NotImplementedError
-
-    def recommend(
-        self, users: Tensor, k: int, exclude_rows: Tensor, exclude_items: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Best ``k`` items per user with excluded (row, item) pairs removed.
-
-        See :func:`topk_excluding` for the encoding and the fill rule.
-        """
-        check_k(k, self.n_items)
-        return topk_excluding(self.score_all(users), k, exclude_rows, exclude_items)
-
-    def hyperparameters(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        """Constructor arguments, JSON-serialisable, so ``type(self)(**hp)`` rebuilds it."""
-        raise NotImplementedError
-
-    def _init_embeddings(self, init_std: float | None) -> None:
-        # None keeps torch's default N(0, 1), as in the post.
-        if init_std is None:
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=init_std)
-
-
-class MatrixFactorization(BaseModel):
-    """The post's matrix factorization: ``score(u, i) = p_u . q_i``.
-
-    Parameters
-    ----------
-    n_users, n_items : int
-        Sizes of the id maps.
-    n_factors : int
-        Embedding dimension (the post uses 3).
-    biased : bool
-        Add a global mean and user/item biases (off in the post's recipe).
-    global_mean : float
-        Constant added to every score when ``biased`` (usually the mean training rating).
-    sparse : bool
-        Sparse embedding gradients (the post uses ``sparse=True``; needs SGD or
-        SparseAdam).
-    init_std : float, optional
-        Standard deviation of the embedding initialisation; None keeps torch's N(0, 1).
-    """
-
-    kind = "mf"
-
-    def __init__(
-        self,
-        n_users: int,
-        n_items: int,
-        n_factors: int = 3,
-        *,
-        biased: bool = False,
-        global_mean: float = 0.0,
-        sparse: bool = True,
-        init_std: float | None = None,
-    ) -> None:
-        super().__init__(n_users, n_items, n_factors)
-        self.biased = bool(biased)
-        self.sparse = bool(sparse)
-        self.init_std = init_std
-        self.user_factors = nn.Embedding(n_users, n_factors, sparse=sparse)
-        self.item_factors = nn.Embedding(n_items, n_factors, sparse=sparse)
-        if self.biased:
-            self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
-            self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
-        self.register_buffer("global_mean", torch.tensor(float(global_mean if biased else 0.0)))
-        self._init_embeddings(init_std)
-        if self.biased:
-            nn.init.zeros_(self.user_bias.weight)
-            nn.init.zeros_(self.item_bias.weight)
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Pairwise scores ``float32[N]`` for ``users[n], items[n]``."""
-        out = (self.user_factors(users) * self.item_factors(items)).sum(1)
-        if self.biased:
-            out = (
-                out
-                + self.user_bias(users).squeeze(1)
-                + self.item_bias(items).squeeze(1)
-                + self.global_mean
-            )
-        return out
-
-    def predict(self, users: Tensor, items: Tensor) -> Tensor:
-        """Alias of :meth:`forward`, as in the post."""
-        return self.forward(users, items)
-
-    def score_all(self, users: Tensor) -> Tensor:
-        """Scores of every item for each user: ``P[users] @ Q.T`` (+ biases)."""
-        out = self.user_factors(users) @ self.item_factors.weight.t()
-        if self.biased:
-            out = out + self.user_bias(users) + self.item_bias.weight.t() + self.global_mean
-        return out
-
-    def score_items(self, users: Tensor, items: Tensor) -> Tensor:
-        """Scores of ``items`` for each user: ``P[users] @ Q[items].T`` (+ biases)."""
-        out = self.user_factors(users) @ self.item_factors(items).t()
-        if self.biased:
-            out = out + self.user_bias(users) + self.item_bias(items).t() + self.global_mean
-        return out
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "n_users": self.n_users,
-            "n_items": self.n_items,
-            "n_factors": self.n_factors,
-            "biased": self.biased,
-            "global_mean": float(self.global_mean),
-            "sparse": self.sparse,
-            "init_std": self.init_std,
-        }
-
-
 class DenseNet(BaseModel):
     """The post's dense feed-forward net: ``Linear(ReLU(Linear([p_u, q_i])))``.
 
@@ -276,12 +118,8 @@ class DenseNet(BaseModel):
         init_std: float | None = None,
     ) -> None:
         super().__init__(n_users, n_items, n_factors)
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"hidden must be a positive integer, got {hidden!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.hidden = hidden
-        self.dropout = float(dropout)
+        self.hidden: int = check_int("hidden", hidden, low=1)
+        self.dropout = check_fraction("dropout", dropout)
         self._masks = DropoutMasks()
         self.init_std = init_std
         self.user_factors = nn.Embedding(n_users, n_factors)
@@ -464,22 +302,3 @@ class _HiddenScores(torch.autograd.Function):
             torch.sum(x, 0, out=grad_c[start:stop])
         w = w2 * ctx.scale
         return grad_a.mul_(w), grad_c.mul_(w), grad_w2, None, None, None
-
-
-_CLASSES: dict[str, type[BaseModel]] = {"mf": MatrixFactorization, "densenet": DenseNet}
-
-
-def build_model(kind: str, **hyperparameters: Any) -> BaseModel:
-    """Build a model by kind (``"mf"`` or ``"densenet"``) from its hyperparameters.
-
-    Raises
-    ------
-    ConfigError
-        Unknown kind or invalid hyperparameters.
-    """
-    if kind not in _CLASSES:
-        raise ConfigError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
-    try:
-        return _CLASSES[kind](**hyperparameters)
-    except TypeError as exc:
-        raise ConfigError(f"invalid hyperparameters for {kind}: {exc}") from None

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.core.ids import IdMap
 from recsys_export.core.validation import check_choice, check_int
 from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint
 
 __all__ = ["synthetic_checkpoint", "synthetic_model", "synthetic_seen"]
 

@@ -18,13 +18,18 @@ from typing import Any
 import numpy as np
 
 from recsys_export import data
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.core.atomic import remove_stale
 from recsys_export.core.defaults import DEFAULT_K
 from recsys_export.data import TEST, TRAIN, VALID, Ratings
 from recsys_export.errors import ConfigError, DataError
-from recsys_export.evaluate import check_threshold, compare_with_baselines, default_threshold
-from recsys_export.train import TrainConfig, fit
+from recsys_export.models.checkpoint import Checkpoint
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.evaluate import (
+    check_threshold,
+    compare_with_baselines,
+    default_threshold,
+)
+from recsys_export.training.fit import fit
 
 
 def as_implicit(ratings: Ratings, min_rating: float | None) -> Ratings:
@@ -93,7 +98,7 @@ def train_checkpoint(
     ratings : Ratings
         The training file's rows.
     cfg : TrainConfig
-        Hyperparameters (see :func:`recsys_export.train.default_config`).
+        Hyperparameters (see :func:`recsys_export.training.config.default_config`).
     split : {"random", "time", "none"}
         How test rows are held out of ``ratings`` (ignored with ``test``).
     test_fraction, valid_fraction : float

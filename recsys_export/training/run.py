@@ -2,8 +2,8 @@
 
 A :class:`TrainRequest` says what to read, how to split, which recipe and overrides,
 where to write; :func:`run_training` reads the data (implicit conversion, a separate
-test file, item names), builds the :class:`~recsys_export.train.TrainConfig`, trains
-(:func:`~recsys_export.experiment.train_checkpoint`), saves the checkpoint and returns a
+test file, item names), builds the :class:`~recsys_export.training.config.TrainConfig`, trains
+(:func:`~recsys_export.training.experiment.train_checkpoint`), saves the checkpoint and returns a
 :class:`TrainOutcome`. Options left None take the library's defaults. What a user should
 know along the way (duplicates kept, negative ratings, the data read) goes to ``note``
 as it happens, one line each, and into ``outcome.notes``.
@@ -54,7 +54,7 @@ class ReadOptions:
 class TrainRequest:
     """What ``recsys-export train`` was asked (None everywhere: the library's default).
 
-    ``overrides`` are :func:`~recsys_export.train.default_config` keywords
+    ``overrides`` are :func:`~recsys_export.training.config.default_config` keywords
     (``n_factors``, ``epochs``, ...; None values are left out).
     """
 
@@ -103,7 +103,7 @@ def training_config(request: TrainRequest, *, implicit_data: bool = False) -> An
     ``implicit_data``: the file has no rating column, so the objective defaults to
     ranking.
     """
-    from recsys_export.train import default_config
+    from recsys_export.training.config import default_config
 
     objective = request.objective
     if objective is None and implicit_data:
@@ -164,7 +164,7 @@ def run_training(request: TrainRequest, note: Callable[[str], None] | None = Non
         A bad ``out`` (checked before any reading or training), data or option.
     """
     from recsys_export.data import load_dataset
-    from recsys_export.experiment import as_implicit, checkpoint_path, train_checkpoint
+    from recsys_export.training.experiment import as_implicit, checkpoint_path, train_checkpoint
 
     notes: list[str] = []
 
@@ -231,7 +231,7 @@ def _warn_rating_scale(ratings: Any, threshold: float | None, tell: Callable[[st
     objective weighs every row alike (binary weights) unless --min-rating leaves the
     negative ones out; the metrics count held-out ratings >= the threshold as relevant.
     """
-    from recsys_export.evaluate import default_threshold
+    from recsys_export.training.evaluate import default_threshold
 
     if len(ratings) and float(ratings.ratings.min()) < 0:
         lo, hi = float(ratings.ratings.min()), float(ratings.ratings.max())

@@ -1,15 +1,23 @@
 """Training recipes and presets: plain values, no torch.
 
-:func:`recsys_export.train.default_config` builds a :class:`~recsys_export.train.
-TrainConfig` from these; ``recsys-export train --help`` prints them
-(:func:`describe_recipes`) without importing torch. Measured in docs/training.md.
+:func:`recsys_export.training.config.default_config` builds a
+:class:`~recsys_export.training.config.TrainConfig` from these; ``recsys-export train
+--help`` prints them (:func:`describe_recipes`) without importing torch. Measured in
+docs/training.md.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["POST_PRESET", "PRESETS", "RECIPES", "TINY_DATA_PRESET", "describe_recipes"]
+__all__ = [
+    "POST_PRESET",
+    "PRESETS",
+    "PRESET_NAMES",
+    "RECIPES",
+    "TINY_DATA_PRESET",
+    "describe_recipes",
+]
 
 #: The post's recipe: per-rating SGD, lr 1e-3, 500 epochs, 3 factors, torch default init.
 POST_PRESET = dict(
@@ -80,6 +88,8 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 }  # fmt: skip
 
 PRESETS = {"post": POST_PRESET, "tiny": TINY_DATA_PRESET}
+#: What ``default_config(preset=...)`` and ``train --preset`` accept.
+PRESET_NAMES = ("default", *PRESETS)
 
 
 #: TrainConfig field -> the ``train`` flag that sets it (fields without a flag are

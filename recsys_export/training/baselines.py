@@ -4,7 +4,7 @@
 recommender must beat to be worth serving. ``BiasBaseline`` predicts
 ``mean + b_user + b_item`` with damped (shrunk) biases: the rating error a model must
 beat. Both are plain numpy and follow the models' entry points (``predict`` for pairs,
-``score_all`` for full rows), so :func:`recsys_export.evaluate.evaluate` scores them
+``score_all`` for full rows), so :func:`recsys_export.training.evaluate.evaluate` scores them
 with the same code as the models.
 """
 
