@@ -16,6 +16,8 @@ large opposite terms per item and loses precision on scores near 0, docs/parity.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import Tensor, nn
 
@@ -126,13 +128,26 @@ class DenseNetInference(_FrozenRecommender):
         return torch.matmul(self.w2_row, h).squeeze(1) + self.b2  # [B, n_items]
 
 
-def inference_module(model: BaseModel) -> nn.Module:
+@runtime_checkable
+class InferenceSource(Protocol):
+    """A model that makes its own frozen module for the exporters (a module trained
+    elsewhere: :class:`recsys_export.byom.ModuleRecommender`), instead of the conversions
+    above. Such a module may carry ``exported_programs`` (its ``torch.export`` programs)
+    for the export to reuse."""
+
+    def inference_module(self) -> nn.Module:
+        """A frozen copy (eval mode, no gradients) with ``score``, ``score_all`` and
+        ``recommend`` as the export contract has them."""
+        ...
+
+
+def inference_module(model: BaseModel | InferenceSource) -> nn.Module:
     """The frozen, export-friendly counterpart of a trained model (eval mode, no grad)."""
     if isinstance(model, MatrixFactorization):
         module: nn.Module = MFInference(model)
     elif isinstance(model, DenseNet):
         module = DenseNetInference(model)
-    elif hasattr(model, "inference_module"):  # e.g. byom.ModuleRecommender
+    elif isinstance(model, InferenceSource):
         module = model.inference_module()
     else:  # pragma: no cover - guarded by build_model
         raise TypeError(f"unsupported model type {type(model).__name__}")

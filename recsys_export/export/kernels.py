@@ -40,7 +40,7 @@ def dn_tile_width(hidden: int, n_items: int, users: int) -> int:
     return int(min(width, n_items))
 
 
-def _dn_item_tiles(neg_c_t: np.ndarray, width: int) -> tuple[list[Any], list[Any]]:
+def dn_item_tiles(neg_c_t: np.ndarray, width: int) -> tuple[list[Any], list[Any]]:
     """Nodes ``a3[B, H, 1] -> y[B, N]`` over item tiles of ``width``, and their weights.
 
     Each tile is ``Relu(Sub(a3, -C^T tile)) -> MatMul(w2 row) -> [B, 1, T]``: the
@@ -122,7 +122,7 @@ def mf_score_groups(pa: np.ndarray, qa_t: np.ndarray, kind: str = "mf") -> Any:
     padded[:, :n_items] = qa_t
     padded[f - 1, n_items:] = EMPTY_SCORE  # times the user's constant 1
     vi = helper.make_tensor_value_info
-    return _kernel_model(
+    return kernel_model(
         [
             helper.make_node("Gather", ["user_aug", "users"], ["x"], axis=0),
             helper.make_node("MatMul", ["x", "item_aug_t"], ["scores"]),
@@ -149,7 +149,7 @@ def mf_topk_kernels(pa: np.ndarray, qa: np.ndarray, kind: str = "mf") -> dict[st
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     vi, node = helper.make_tensor_value_info, helper.make_node
     qa_t = np.ascontiguousarray(qa.T)
-    user_kernel = _kernel_model(
+    user_kernel = kernel_model(
         [
             node("Gather", ["user_aug", "users"], ["x"], axis=0),
             node("MatMul", ["x", "item_aug_t"], ["row"]),
@@ -186,7 +186,7 @@ def group_max_graph(groups: int, width: int, kind: str) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     vi = helper.make_tensor_value_info
-    return _kernel_model(
+    return kernel_model(
         [
             helper.make_node("Reshape", ["scores", "grouped_shape"], ["grouped"]),
             helper.make_node("ReduceMax", ["grouped", "axis2"], ["group_max"], keepdims=0),
@@ -202,9 +202,11 @@ def group_max_graph(groups: int, width: int, kind: str) -> Any:
     )
 
 
-def _kernel_model(
+def kernel_model(
     nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any], inits: list[Any], kind: str
 ) -> Any:
+    """A checked ``onnx.ModelProto`` of one kernel graph (our opset and IR version, the
+    model kind and kernel name in its properties)."""
     import onnx
     from onnx import helper
 
@@ -267,7 +269,7 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
         node("IsInf", ["scores"], ["empty"], detect_positive=0),
         node("Where", ["empty", "minus_one", "idx"], ["items"]),
     ]
-    out["topk"] = _kernel_model(
+    out["topk"] = kernel_model(
         [node("TopK", ["scores", "k"], ["values", "indices"], axis=1, largest=1, sorted=1)],
         "topk",
         [vi("scores", f32, ["batch", "n"]), vi("k", i64, [1])],
@@ -293,7 +295,7 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
         qa_t = qa.T
         gather = node("Gather", ["user_aug", "users"], ["x"], axis=0)
         weights = [init(pa, "user_aug"), init(qa_t, "item_aug_t")]
-        out["score_all"] = _kernel_model(
+        out["score_all"] = kernel_model(
             [gather, node("MatMul", ["x", "item_aug_t"], ["scores"])],
             "mf_score_all",
             [vi("users", i64, ["batch"])],
@@ -301,7 +303,7 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
             weights,
             kind,
         )
-        out["recommend_one"] = _kernel_model(
+        out["recommend_one"] = kernel_model(
             [gather, node("MatMul", ["x", "item_aug_t"], ["row"]), *scatter, *topk_tail],
             "mf_recommend_one",
             one_inputs,
@@ -328,8 +330,8 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
             init(np.array([1], dtype=np.int64), "axis1"),
         ]
         width = dn_tile_width(hidden, n_items, DN_BLOCK_USERS)
-        rows_nodes, rows_inits = _dn_item_tiles(neg_c_t, width)
-        out["score_all"] = _kernel_model(
+        rows_nodes, rows_inits = dn_item_tiles(neg_c_t, width)
+        out["score_all"] = kernel_model(
             [*user_half, *rows_nodes, node("Add", ["y", "item_offset"], ["scores"])],
             "densenet_score_all",
             [vi("users", i64, ["batch"])],
@@ -337,8 +339,8 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
             [*shared, *rows_inits],
             kind,
         )
-        one_nodes, one_inits = _dn_item_tiles(neg_c_t, dn_tile_width(hidden, n_items, 1))
-        out["recommend_one"] = _kernel_model(
+        one_nodes, one_inits = dn_item_tiles(neg_c_t, dn_tile_width(hidden, n_items, 1))
+        out["recommend_one"] = kernel_model(
             [
                 *user_half,
                 *one_nodes,
