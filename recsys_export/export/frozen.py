@@ -27,8 +27,13 @@ from recsys_export.torch_runtime.ops import topk_excluding
 
 
 class _FrozenRecommender(nn.Module):
-    """Shared ``recommend`` of the frozen modules (subclasses define ``score_all`` and an
-    ``item_factors`` buffer); top-k itself lives in :func:`topk_excluding`."""
+    """Shared ``forward`` and ``recommend`` of the frozen modules (subclasses define
+    ``score``, ``score_all`` and an ``item_factors`` buffer); top-k itself lives in
+    :func:`topk_excluding`."""
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        """Pairwise scores ``float32[N]``."""
+        return self.score(users, items)
 
     @torch.jit.export
     def recommend(
@@ -62,10 +67,6 @@ class MFInference(_FrozenRecommender):
                 ib = torch.zeros(model.n_items)
             self.register_buffer("user_bias", ub)
             self.register_buffer("item_bias", ib + model.global_mean.detach())
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Pairwise scores ``float32[N]``."""
-        return self.score(users, items)
 
     @torch.jit.export
     def score(self, users: Tensor, items: Tensor) -> Tensor:
@@ -106,10 +107,6 @@ class DenseNetInference(_FrozenRecommender):
             self.register_buffer("neg_c_t", (-c).t().contiguous())  # [H, n_items]
             # what the runtime's kernels add to w2 . relu(a + c) per item: the output bias
             self.register_buffer("item_offset", b2.expand(c.shape[0]).clone())  # [n_items]
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Pairwise scores ``float32[N]``."""
-        return self.score(users, items)
 
     @torch.jit.export
     def score(self, users: Tensor, items: Tensor) -> Tensor:
@@ -193,7 +190,7 @@ class RecommendEntry(nn.Module):
         return self.module.recommend(users, kk, exclude_rows, exclude_items)
 
 
-class OnnxRecommendEntry(nn.Module):
+class OnnxRecommendEntry(RecommendEntry):
     """``recommend`` for the TorchScript-based ONNX exporter (traced, ``k`` a tensor).
 
     The same computation as :func:`~recsys_export.torch_runtime.ops.topk_excluding` on
@@ -203,11 +200,6 @@ class OnnxRecommendEntry(nn.Module):
     are one scatter into the flattened scores. Only for the
     frozen modules of this package, whose ``score_all`` traces to a batch-generic graph.
     """
-
-    def __init__(self, module: nn.Module, n_items: int) -> None:
-        super().__init__()
-        self.module = module
-        self.n_items = n_items
 
     def forward(
         self, users: Tensor, k: Tensor, exclude_rows: Tensor, exclude_items: Tensor
