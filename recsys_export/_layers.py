@@ -52,6 +52,32 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 
+#: The torch-free layer: the packages and modules a runtime-only install
+#: (``pip install recsys-export``: numpy and onnxruntime) imports. None of them, nor any of
+#: their submodules, may import torch (``tests/test_torch_free.py``); ``make lint``
+#: type-checks exactly these (``python -m recsys_export._layers`` prints mypy's
+#: arguments). ``training.*``: the torch-free leaves of a torch package.
+TORCH_FREE: tuple[str, ...] = (
+    "_layers",
+    "errors",
+    "core",
+    "bundle",
+    "runtime",
+    "engines",
+    "scale",
+    "serve",
+    "data",
+    "training.baselines",
+    "training.recipes",
+    "training.config",
+    "plan",
+    "bench_config",
+    "bench_report",
+    "cli",
+    "demo",
+)
+
+
 def layer_of(module: str) -> int | None:
     """The layer of a dotted module name of the package (None: not in the table)."""
     parts = module.split(".")
@@ -62,3 +88,7 @@ def layer_of(module: str) -> int | None:
         if top in names:
             return rank
     return None
+
+
+if __name__ == "__main__":  # mypy's arguments for the torch-free layer (make lint)
+    print(" ".join(f"-p recsys_export.{name}" for name in TORCH_FREE))

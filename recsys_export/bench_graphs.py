@@ -90,11 +90,11 @@ def dn_bare(w2_row: np.ndarray, neg_c_t: np.ndarray, offset: np.ndarray) -> Any:
     """DenseNet ceiling: ``a[B, H] -> scores[B, N]`` over the runtime kernel's item tiles."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from recsys_export.export import DN_BLOCK_USERS, _dn_item_tiles, dn_tile_width
+    from recsys_export.export import DN_BLOCK_USERS, dn_item_tiles, dn_tile_width
 
     f32 = TensorProto.FLOAT
     hidden, n_items = neg_c_t.shape
-    tiles, tile_inits = _dn_item_tiles(neg_c_t, dn_tile_width(hidden, n_items, DN_BLOCK_USERS))
+    tiles, tile_inits = dn_item_tiles(neg_c_t, dn_tile_width(hidden, n_items, DN_BLOCK_USERS))
     graph = helper.make_graph(
         [
             helper.make_node("Unsqueeze", ["a", "axis2"], ["a3"]),

@@ -331,3 +331,56 @@ def test_kill_during_export_keeps_previous_bundle(small_bundles, tmp_path):
             except BundleError:
                 pass
     assert loadable == [dest]
+
+
+def test_export_options_are_export_bundles_keywords(monkeypatch):
+    """``ExportOptions`` holds exactly ``export_bundle``'s keyword options, with the same
+    defaults, and ``export()`` hands every one of them on."""
+    import inspect
+    from dataclasses import fields
+
+    from recsys_export.export import build
+    from recsys_export.export.options import ExportOptions
+
+    params = {
+        p.name: p.default
+        for p in inspect.signature(build.export_bundle).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    assert [f.name for f in fields(ExportOptions)] == list(params)
+    defaults = ExportOptions()
+    for name, default in params.items():
+        got = getattr(defaults, name)
+        assert got == default or (name == "precision" and got == (default,)), name
+    calls = []
+    monkeypatch.setattr(build, "export_bundle", lambda *args, **kw: calls.append((args, kw)))
+    opts = ExportOptions(
+        formats=("onnx",),
+        overwrite=True,
+        external_data=False,
+        verify=False,
+        atol=1e-4,
+        rtol=1e-3,
+        budget=10,
+        full=True,
+        progress=True,
+        precision=("fp16",),
+    )
+    opts.export("ckpt", "out")
+    assert calls == [
+        (
+            ("ckpt", "out"),
+            {
+                "formats": ("onnx",),
+                "overwrite": True,
+                "external_data": False,
+                "verify": False,
+                "atol": 1e-4,
+                "rtol": 1e-3,
+                "budget": 10,
+                "full": True,
+                "progress": True,
+                "precision": ("fp16",),
+            },
+        )
+    ]

@@ -179,7 +179,7 @@ def old_kernel(monkeypatch):
 
     monkeypatch.setattr(frozen.DenseNetInference, "__init__", init)
     # the tiles before the fix: Max(a, -c) . w2 (the item term c . w2 in the offset)
-    monkeypatch.setattr(kernels, "_dn_item_tiles", _bench_module("densenet_kernel_ab")._max_tiles)
+    monkeypatch.setattr(kernels, "dn_item_tiles", _bench_module("densenet_kernel_ab")._max_tiles)
 
 
 def test_failing_kernel_falls_back_to_the_portable_graphs(old_kernel, tmp_path, capsys):

@@ -125,30 +125,21 @@ def _dynamo_onnx_export(program: Any, in_names: list[str], out_names: list[str])
     export). We build it once and call the exporter core with it; if that private entry
     point is missing or changed in the installed torch, we use the public API instead.
     """
+    options: dict[str, Any] = {
+        "input_names": in_names,
+        "output_names": out_names,
+        "opset_version": ONNX_OPSET,
+        "optimize": True,
+        "verify": False,
+    }
     try:
         from torch.onnx._internal.exporter import _core, _registration
 
         if not _REGISTRY:
             _REGISTRY.append(_registration.ONNXRegistry.from_torchlib(opset_version=ONNX_OPSET))
-        return _core.export(
-            program,
-            registry=_REGISTRY[0],
-            input_names=in_names,
-            output_names=out_names,
-            optimize=True,
-            verify=False,
-            opset_version=ONNX_OPSET,
-        )
+        return _core.export(program, registry=_REGISTRY[0], **options)
     except (ImportError, AttributeError, TypeError):  # pragma: no cover - other torch versions
-        return torch.onnx.export(
-            program,
-            input_names=in_names,
-            output_names=out_names,
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            optimize=True,
-            verify=False,
-        )
+        return torch.onnx.export(program, dynamo=True, **options)
 
 
 def _dynamic_axes(entry: str) -> dict[str, dict[int, str]]:

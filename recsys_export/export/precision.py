@@ -43,8 +43,8 @@ from recsys_export.bundle.schema import (
 from recsys_export.core.topk import EMPTY_SCORE
 from recsys_export.errors import ConfigError
 from recsys_export.export.kernels import (
-    _kernel_model,
     group_max_graph,
+    kernel_model,
     mf_augmented,
     mf_group_shape,
     save_graph,
@@ -193,7 +193,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
         init(np.array([1], dtype=np.int64), "axis1"),
     ]
     graphs = {
-        "score_all_partial": _kernel_model(
+        "score_all_partial": kernel_model(
             [
                 *_user_rows(),
                 *_int8_product("item_q_t", "item_scale", "item_bias", "scores"),
@@ -209,7 +209,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
             ],
             "mf",
         ),
-        "score_groups": _kernel_model(
+        "score_groups": kernel_model(
             [*_user_rows(), *_int8_product("item_q_t", "item_scale", "item_bias", "scores")],
             "mf_int8_score_groups",
             users_in,
@@ -223,7 +223,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
             "mf",
         ),
         "group_max": group_max_graph(groups, width, "mf"),
-        "score": _kernel_model(
+        "score": kernel_model(
             [
                 *_user_rows(),
                 node("Gather", ["item_q", "items"], ["iq"], axis=0),

@@ -267,7 +267,7 @@ class EngineBackend(Backend):
     def recommend(self, users, k, rows, items):
         if len(np.unique(users)) != len(users):
             raise NotApplicable("repeated users")
-        want_rows, want_items = _seen_for(users, *self.engine.seen_csr())
+        want_rows, want_items = seen_for(users, *self.engine.seen_csr())
         got = np.lexsort((items, rows))
         want = np.lexsort((want_items, want_rows))
         if not (
@@ -356,7 +356,8 @@ def load_backends(
     return out
 
 
-def _seen_for(
+def seen_for(
     users: np.ndarray, indptr: np.ndarray, seen: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """COO ``(row positions, items)`` of the seen items of ``users`` (a CSR's rows)."""
     return runs_to_coo(indptr[users], indptr[users + 1], seen)

@@ -13,7 +13,7 @@ import torch
 
 from recsys_export.core.progress import Progress
 from recsys_export.models import BaseModel
-from recsys_export.parity.backends import Backend, EagerBackend, NotApplicable, _seen_for
+from recsys_export.parity.backends import Backend, EagerBackend, NotApplicable, seen_for
 from recsys_export.parity.bounds import FixedTolerance, Reference, Scored, reference_for
 from recsys_export.parity.report import REFERENCE_ROW, Comparison, ParityReport
 from recsys_export.plan import (
@@ -162,7 +162,7 @@ class _Run:
 
     def exclusions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.seen is not None:
-            return _seen_for(users, *self.seen)
+            return seen_for(users, *self.seen)
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
     def by_calls(

@@ -60,7 +60,8 @@ def _k_scalar(k: int) -> np.ndarray:
     return arr if arr is not None else np.array(k, dtype=np.int64)
 
 
-def _k_vector(k: int) -> np.ndarray:
+def k_vector(k: int) -> np.ndarray:
+    """``k`` as the ``int64[1]`` feed of the top-k kernels (cached for common ``k``)."""
     arr = _K_VECTORS.get(k)
     return arr if arr is not None else np.array([k], dtype=np.int64)
 
@@ -349,7 +350,7 @@ class KernelEngine(GraphEngine):
                 None,
                 {
                     "users": np.array([user], dtype=np.int64),
-                    "k": _k_vector(k),
+                    "k": k_vector(k),
                     "exclude": ex_items.reshape(1, m),
                     "exclude_scores": neg_inf[:, :m],
                 },
@@ -359,7 +360,7 @@ class KernelEngine(GraphEngine):
             None,
             {
                 "users": np.array([user], dtype=np.int64),
-                "k": _k_vector(k),
+                "k": k_vector(k),
                 "exclude_items": ex_items,
             },
         )
@@ -377,12 +378,12 @@ class KernelEngine(GraphEngine):
         return self._groups.run(users, k, blocks, self._group_threads, self.spread)
 
     def _full_topk(self, masked: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        s, it = self._kernel("topk").run(None, {"scores": masked, "k": _k_vector(k)})
+        s, it = self._kernel("topk").run(None, {"scores": masked, "k": k_vector(k)})
         return s, it
 
     def _topk_state(self, b: int, k: int) -> Any:
         buf = np.empty((min(b, self.block), self.n_items), dtype=np.float32)
-        return self._kernel("topk"), _k_vector(k), buf
+        return self._kernel("topk"), k_vector(k), buf
 
     def _topk_block(
         self, u: np.ndarray, k: int, r: np.ndarray, e: np.ndarray, state: Any

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from recsys_export.bundle import Bundle
 from recsys_export.bundle.schema import VariantSection
 from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE, fill_empty, mask_pairs, topk
-from recsys_export.runtime.engines import KernelEngine, SessionEngine, _k_vector, iter_blocks
+from recsys_export.runtime.engines import KernelEngine, SessionEngine, iter_blocks, k_vector
 from recsys_export.runtime.group_topk import GroupTopK
 
 __all__ = ["RERANK_EXTRA", "VariantEngine", "rerank_candidates", "with_precision"]
@@ -137,7 +137,7 @@ class VariantEngine(SessionEngine):
         """Exact top-``k`` of masked scores (the TopK kernel, or numpy)."""
         if isinstance(self._base, KernelEngine):
             kernel = self._base._kernel("topk")
-            s, it = kernel.run(None, {"scores": masked, "k": _k_vector(k)})
+            s, it = kernel.run(None, {"scores": masked, "k": k_vector(k)})
             return s, fill_empty(it, s)
         return topk(masked, k)
 
