@@ -75,31 +75,38 @@ class EngineOptions:
         engine = _ALIASES.get(str(name), name)
         check_choice("engine", engine, ENGINES)
         precision = defaults.DEFAULT_PRECISION if self.precision is None else self.precision
-        if precision != defaults.DEFAULT_PRECISION and engine != "onnx":
-            raise ConfigError(
-                f"--precision {precision} runs with the local runtime (--engine local); "
-                f"--engine {'local' if engine == 'onnx' else engine} runs the exact model"
-            )
         device = None if self.device is None else str(self.device).strip().lower()
-        if engine == "onnx" and device not in (None, "cpu"):
-            raise ConfigError(
-                "--device needs --engine torch or ray (the local runtime runs on CPU)"
-            )
-        if engine == "torch" and self.providers is not None:
-            raise ConfigError(
+        shown = "local" if engine == "onnx" else engine
+        # (refused, why): the option matrix of the module's table
+        rules = (
+            (
+                precision != defaults.DEFAULT_PRECISION and engine != "onnx",
+                f"--precision {precision} runs with the local runtime (--engine local); "
+                f"--engine {shown} runs the exact model",
+            ),
+            (
+                engine == "onnx" and device not in (None, "cpu"),
+                "--device needs --engine torch or ray (the local runtime runs on CPU)",
+            ),
+            (
+                engine == "torch" and self.providers is not None,
                 "--providers is for the onnxruntime engines (--engine local or ray), not "
-                "--engine torch, which runs the bundle's torch program on --device"
-            )
-        if engine == "ray" and device not in (None, "cpu", "cuda"):
-            raise ConfigError(
-                f"unsupported device {device!r} for the ray engine: use cpu or cuda (Ray gives "
-                "each worker its own GPU, which it sees as cuda:0)"
-            )
-        if engine == "ray" and device is not None and self.providers is not None:
-            raise ConfigError(
+                "--engine torch, which runs the bundle's torch program on --device",
+            ),
+            (
+                engine == "ray" and device not in (None, "cpu", "cuda"),
+                f"unsupported device {device!r} for the ray engine: use cpu or cuda (Ray "
+                "gives each worker its own GPU, which it sees as cuda:0)",
+            ),
+            (
+                engine == "ray" and device is not None and self.providers is not None,
                 f"providers are for the onnxruntime workers, but device={device!r} runs the "
-                "torch engine on the workers: drop --providers, or --device to use onnxruntime"
-            )
+                "torch engine on the workers: drop --providers, or --device to use onnxruntime",
+            ),
+        )
+        for refused, why in rules:
+            if refused:
+                raise ConfigError(why)
         if engine == "onnx":
             device = None
         return replace(self, engine=engine, device=device, precision=precision)

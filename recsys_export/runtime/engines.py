@@ -320,15 +320,8 @@ class KernelEngine(GraphEngine):
         self._kernel_threads = 1 if python_threads else None
         self._user_kernel = "recommend_user" in self._kernels
         self._neg_inf = np.full((1, 256), EMPTY_SCORE, dtype=np.float32)  # grown on need
-        self._groups: GroupTopK | None = None
-        if kernels.groups:
-            self._groups = GroupTopK(
-                self._kernel,
-                self.n_items,
-                kernels.groups,
-                kernels.group_width,
-                self._full_topk,
-            )
+        self._groups = GroupTopK.of(self._kernel, self.n_items, kernels, self._full_topk)
+        if self._groups is not None:
             self._group_threads = threads if python_threads else 1
 
     def _kernel(self, name: str, threads: int | None = None) -> ort.InferenceSession:

@@ -43,6 +43,14 @@ class GroupTopK:
         a block whose thresholds let too many scores through (rows of ties).
     """
 
+    @classmethod
+    def of(cls, session: Any, n_items: int, section: Any, fallback: Any) -> GroupTopK | None:
+        """The group top-k of a kernels (or variant) section that has ``groups``
+        (``group_width``), else None."""
+        if not section.groups:
+            return None
+        return cls(session, n_items, section.groups, section.group_width, fallback)
+
     def __init__(
         self,
         session: Callable[[str, int | None], ort.InferenceSession],

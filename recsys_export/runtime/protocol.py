@@ -14,14 +14,20 @@ live in ``user_map``/``item_map``. Torch-free.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from recsys_export.bundle import Bundle
 from recsys_export.core.ids import IdMap
+from recsys_export.core.topk import check_k
+from recsys_export.runtime import writers
+from recsys_export.runtime.extras import checked_id_maps
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "EngineBase"]
 
 
 @runtime_checkable
@@ -95,3 +101,68 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release what the engine holds (sessions, device memory, threads)."""
         ...
+
+
+class EngineBase:
+    """What every engine derives from its bundle (sizes, kind, id maps, the ``k`` rule)
+    and the batch writers as methods, written once in terms of the contract (as
+    :mod:`collections.abc` writes its mixin methods): an engine calls :meth:`_bind` and
+    implements the scoring members of :class:`Engine`."""
+
+    name: str
+    bundle: Bundle
+
+    def _bind(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        model = bundle.manifest.model
+        self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
+        self._user_map, self._item_map = checked_id_maps(bundle)
+
+    @property
+    def n_users(self) -> int:
+        """Number of users the model knows."""
+        return self._n_users
+
+    @property
+    def n_items(self) -> int:
+        """Number of items the model knows."""
+        return self._n_items
+
+    @property
+    def kind(self) -> str:
+        """Model kind (``"mf"`` or ``"densenet"``)."""
+        return self._kind
+
+    @property
+    def user_map(self) -> IdMap:
+        """Raw user ids in index order."""
+        return self._user_map
+
+    @property
+    def item_map(self) -> IdMap:
+        """Raw item ids in index order."""
+        return self._item_map
+
+    def check_k(self, k: Any) -> int:
+        """``k`` as an int in ``1 .. n_items``, or :class:`ConfigError`."""
+        return check_k(k, self._n_items)
+
+    def iter_score_all(self, user_indices: Any = None, **options: Any) -> Iterator[Any]:
+        """:func:`recsys_export.runtime.writers.iter_score_all` of this engine."""
+        return writers.iter_score_all(self, user_indices, **options)  # type: ignore[arg-type]
+
+    def write_score_matrix(self, out_path: str | os.PathLike[str], **options: Any) -> Path:
+        """:func:`recsys_export.runtime.writers.write_score_matrix` of this engine."""
+        return writers.write_score_matrix(self, out_path, **options)  # type: ignore[arg-type]
+
+    def write_topk(self, out_path: str | os.PathLike[str], k: int = 10, **options: Any) -> Path:
+        """:func:`recsys_export.runtime.writers.write_topk` of this engine."""
+        return writers.write_topk(self, out_path, k, **options)  # type: ignore[arg-type]
+
+    def topk_rows(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
+        """:func:`recsys_export.runtime.writers.topk_rows` of this engine."""
+        return writers.topk_rows(self, user_indices, k, exclude_seen=exclude_seen)  # type: ignore[arg-type]
+
+    def topk_table(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
+        """:func:`recsys_export.runtime.writers.topk_table` of this engine."""
+        return writers.topk_table(self, user_indices, k, exclude_seen=exclude_seen)  # type: ignore[arg-type]

@@ -10,23 +10,19 @@ load. Thread-safe: share one instance between threads.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from recsys_export.bundle import Bundle, Manifest
 from recsys_export.bundle.schema import check_precision
-from recsys_export.core.ids import IdMap
-from recsys_export.core.topk import (
-    check_k,
-)
 from recsys_export.core.validation import check_choice
 from recsys_export.errors import ConfigError
 from recsys_export.runtime import writers
 from recsys_export.runtime.engines import make_engine
-from recsys_export.runtime.extras import BundleExtras, checked_id_maps
+from recsys_export.runtime.extras import BundleExtras
+from recsys_export.runtime.protocol import EngineBase
 from recsys_export.runtime.requests import (
     RecommendResult,
     many_topk,
@@ -43,7 +39,7 @@ _UNKNOWN_POLICIES = ("raise", "skip", "popular")
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
 
-class Recommender:
+class Recommender(EngineBase):
     """A loaded bundle ready to score and recommend, without torch.
 
     Create it with :meth:`load`. All methods accept raw ids (as in the ratings file) by
@@ -57,35 +53,14 @@ class Recommender:
 
     name = "onnx"
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        *,
-        intra_op_threads: int | None = None,
-        graph_optimization: str = "all",
-        fast_paths: bool = True,
-        python_threads: bool = True,
-        block_users: int | None = None,
-        call_users: int | None = None,
-        providers: list[str] | None = None,
-        precision: str = "fp32",
-    ) -> None:
-        self.bundle = bundle
+    def __init__(self, bundle: Bundle, *, precision: str = "fp32", **options: Any) -> None:
+        """The recommender of a loaded bundle; ``options`` are :meth:`load`'s (the
+        engine's: threads, graph optimisation, fast paths, blocks, providers)."""
+        self._bind(bundle)
         self._precision = check_precision(precision)
-        engine = make_engine(
-            bundle,
-            intra_op_threads=intra_op_threads,
-            graph_optimization=graph_optimization,
-            fast_paths=fast_paths,
-            python_threads=python_threads,
-            block_users=block_users,
-            call_users=call_users,
-            providers=providers,
-        )
-        self._engine = with_precision(engine, bundle, self._precision, block_users, call_users)
-        model = bundle.manifest.model
-        self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
-        self._user_map, self._item_map = checked_id_maps(bundle)
+        engine = make_engine(bundle, **options)
+        block, call = options.get("block_users"), options.get("call_users")
+        self._engine = with_precision(engine, bundle, self._precision, block, call)
         self._extras = BundleExtras(bundle, self._n_items)
 
     # ------------------------------------------------------------------ loading
@@ -94,15 +69,9 @@ class Recommender:
         cls,
         bundle_path: str | os.PathLike[str] | Bundle,
         *,
-        intra_op_threads: int | None = None,
-        graph_optimization: str = "all",
         verify: bool = True,
-        fast_paths: bool = True,
-        python_threads: bool = True,
-        block_users: int | None = None,
-        call_users: int | None = None,
-        providers: list[str] | None = None,
         precision: str = "fp32",
+        **options: Any,
     ) -> Recommender:
         """Load a bundle (checksums verified unless ``verify=False``).
 
@@ -110,13 +79,20 @@ class Recommender:
         ----------
         bundle_path : path or Bundle
             The bundle directory (exported with the ``onnx`` format), or a loaded bundle.
+        verify : bool
+            Check every file's sha256 (sizes and names are always checked).
+        precision : {"fp32", "fp16", "int8"}
+            ``fp32`` (default): the exact graphs. ``fp16``/``int8``: the bundle's
+            approximate variant (``export --precision``), never loaded unless asked for;
+            its measured cost in ranking is in the manifest and ``parity.json``.
+        **options
+            The onnxruntime engine's options (:func:`.engines.make_engine`), all optional:
+
         intra_op_threads : int, optional
             Threads onnxruntime uses inside one call (default: ``os.cpu_count()``; at
             most 4 per core, :func:`~recsys_export.runtime.sessions.max_threads`).
         graph_optimization : {"all", "extended", "basic", "disable"}
             onnxruntime graph optimisation level.
-        verify : bool
-            Check every file's sha256 (sizes and names are always checked).
         fast_paths : bool
             Use the bundle's optional fast-path graphs (``formats.onnx.kernels``) when it
             has them; False (or an older bundle) runs the entry-point graphs only.
@@ -135,11 +111,6 @@ class Recommender:
             ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with the
             ``onnxruntime-gpu`` package (checked against the available providers; only
             the CPU one is tested here; masking and id mapping stay on the CPU).
-        precision : {"fp32", "fp16", "int8"}
-            ``fp32`` (default): the exact graphs. ``fp16``/``int8``: the bundle's
-            approximate variant (``export --precision``), never loaded unless asked for;
-            its measured cost in ranking (recall of the exact lists, score error) is in
-            the manifest (``formats.onnx.variants``) and ``parity.json``.
 
         Raises
         ------
@@ -151,38 +122,16 @@ class Recommender:
         """
         # Bundle.load keeps the files it checked open: what is read now and later is that
         # bundle, whole, even if `export --force` replaces it meanwhile
-        rec = cls(
+        bundle = (
             bundle_path
             if isinstance(bundle_path, Bundle)
-            else Bundle.load(bundle_path, verify=verify),
-            intra_op_threads=intra_op_threads,
-            graph_optimization=graph_optimization,
-            fast_paths=fast_paths,
-            python_threads=python_threads,
-            block_users=block_users,
-            call_users=call_users,
-            providers=providers,
-            precision=precision,
+            else Bundle.load(bundle_path, verify=verify)
         )
+        rec = cls(bundle, precision=precision, **options)
         rec._engine.first_session()  # fail early on a graph onnxruntime refuses
         return rec
 
     # ------------------------------------------------------------------ properties
-    @property
-    def n_users(self) -> int:
-        """Number of users the model knows."""
-        return self._n_users
-
-    @property
-    def n_items(self) -> int:
-        """Number of items the model knows."""
-        return self._n_items
-
-    @property
-    def kind(self) -> str:
-        """Model kind (``"mf"`` or ``"densenet"``)."""
-        return self._kind
-
     @property
     def fast_paths(self) -> bool:
         """Whether the bundle's fast-path graphs are in use."""
@@ -202,16 +151,6 @@ class Recommender:
     def call_users(self) -> int:
         """Users per ``score_all`` session call (``call_users``, or the kernel's own)."""
         return self._engine.call_users
-
-    @property
-    def user_map(self) -> IdMap:
-        """Raw user ids in index order."""
-        return self._user_map
-
-    @property
-    def item_map(self) -> IdMap:
-        """Raw item ids in index order."""
-        return self._item_map
 
     @property
     def manifest(self) -> Manifest:
@@ -237,10 +176,6 @@ class Recommender:
         if by_index:
             return self._item_map.check_indices(as_1d(ids))
         return self._item_map.to_index(ids)
-
-    def check_k(self, k: Any) -> int:
-        """``k`` as an int in ``1 .. n_items``, or :class:`ConfigError`."""
-        return check_k(k, self._n_items)
 
     def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
         """``(indptr int64[n_users + 1], items int64[nnz])``: every item each user rated."""
@@ -329,27 +264,6 @@ class Recommender:
 
     def close(self) -> None:
         """Nothing to release: sessions and threads go with the object."""
-
-    # ------------------------------------------------------------------ batch outputs
-    def iter_score_all(self, user_indices: Any = None, **options: Any) -> Iterator[Any]:
-        """:func:`recsys_export.runtime.writers.iter_score_all` of this engine."""
-        return writers.iter_score_all(self, user_indices, **options)
-
-    def write_score_matrix(self, out_path: str | os.PathLike[str], **options: Any) -> Path:
-        """:func:`recsys_export.runtime.writers.write_score_matrix` of this engine."""
-        return writers.write_score_matrix(self, out_path, **options)
-
-    def write_topk(self, out_path: str | os.PathLike[str], k: int = 10, **options: Any) -> Path:
-        """:func:`recsys_export.runtime.writers.write_topk` of this engine."""
-        return writers.write_topk(self, out_path, k, **options)
-
-    def topk_rows(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
-        """:func:`recsys_export.runtime.writers.topk_rows` of this engine."""
-        return writers.topk_rows(self, user_indices, k, exclude_seen=exclude_seen)
-
-    def topk_table(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
-        """:func:`recsys_export.runtime.writers.topk_table` of this engine."""
-        return writers.topk_table(self, user_indices, k, exclude_seen=exclude_seen)
 
     # ------------------------------------------------------------------ recommend
     def recommend(

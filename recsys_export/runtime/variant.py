@@ -104,14 +104,7 @@ class VariantEngine(SessionEngine):
                 bundle.read_array(variant.arrays[a], mmap=True) for a in ("users", "items")
             )
             self._rerank = (users, items)
-            if variant.groups:
-                self._groups = GroupTopK(
-                    self._graph,
-                    self.n_items,
-                    variant.groups,
-                    variant.group_width,
-                    self._full_topk,
-                )
+            self._groups = GroupTopK.of(self._graph, self.n_items, variant, self._full_topk)
 
     def _after_call(self, users: np.ndarray, scores: np.ndarray) -> None:
         """int8: add the users' bias to a call's partial scores, in place (in cache)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,10 +36,10 @@ except ImportError:  # a runtime-only install
     ) from None
 
 from recsys_export.bundle import Bundle
-from recsys_export.core.ids import IdMap
 from recsys_export.core.topk import check_k
 from recsys_export.core.validation import check_choice, check_positive
 from recsys_export.runtime import writers
+from recsys_export.runtime.protocol import EngineBase
 from recsys_export.torch_runtime.device import resolve_device
 from recsys_export.torch_runtime.io import load_exported_module, load_torchscript
 from recsys_export.torch_runtime.ops import topk_excluding
@@ -54,7 +53,7 @@ _MAX_BLOCK = 4096
 _CUDA_FREE_SHARE = 0.5
 
 
-class TorchEngine:
+class TorchEngine(EngineBase):
     """A bundle's torch program on a device, for whole-catalogue batch scoring.
 
     Create it with :meth:`load` (or :func:`recsys_export.engines.open_engine` with
@@ -84,20 +83,17 @@ class TorchEngine:
         device: torch.device,
         source: str,
     ) -> None:
-        self.bundle = bundle
+        self._bind(bundle)
         self.device = device
         self.source = source
         self._score_all = score_all
         model = bundle.manifest.model
-        self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
         if self._kind == "densenet":
             # the frozen module's relu(a + c) holds [B, hidden, n_items] at once
             self._bytes_per_user = self._n_items * 4 * (max(1, model.hidden) + 3)
         else:
             # scores, their masked copy
             self._bytes_per_user = self._n_items * 4 * 2
-        self._user_map = bundle.user_map()
-        self._item_map = bundle.item_map()
         self._seen: tuple[torch.Tensor, torch.Tensor] | None = None
         self._seen_host: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -175,31 +171,6 @@ class TorchEngine:
 
     # ------------------------------------------------------------------ properties
     @property
-    def n_users(self) -> int:
-        """Number of users the model knows."""
-        return self._n_users
-
-    @property
-    def n_items(self) -> int:
-        """Number of items the model knows."""
-        return self._n_items
-
-    @property
-    def kind(self) -> str:
-        """Model kind (``"mf"`` or ``"densenet"``)."""
-        return self._kind
-
-    @property
-    def user_map(self) -> IdMap:
-        """Raw user ids in index order."""
-        return self._user_map
-
-    @property
-    def item_map(self) -> IdMap:
-        """Raw item ids in index order."""
-        return self._item_map
-
-    @property
     def bytes_per_user(self) -> int:
         """Bytes of device memory per user in one ``score_all`` block (block sizing)."""
         return self._bytes_per_user
@@ -251,10 +222,6 @@ class TorchEngine:
         with torch.inference_mode():
             out[...] = self._scores(users).cpu().numpy()
 
-    def check_k(self, k: Any) -> int:
-        """``k`` as an int in ``1 .. n_items``, or :class:`ConfigError`."""
-        return check_k(k, self._n_items)
-
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """``float32[n]`` scores of validated index pairs (each distinct user's row once)."""
         users = np.asarray(users, dtype=np.int64).reshape(-1)
@@ -275,27 +242,6 @@ class TorchEngine:
     def close(self) -> None:
         """Drop the seen items held on the device (the program goes with the object)."""
         self._seen = None
-
-    # ------------------------------------------------------------------ batch outputs
-    def iter_score_all(self, user_indices: Any = None, **options: Any) -> Iterator[Any]:
-        """:func:`recsys_export.runtime.writers.iter_score_all` of this engine."""
-        return writers.iter_score_all(self, user_indices, **options)
-
-    def write_score_matrix(self, out_path: str | os.PathLike[str], **options: Any) -> Path:
-        """:func:`recsys_export.runtime.writers.write_score_matrix` of this engine."""
-        return writers.write_score_matrix(self, out_path, **options)
-
-    def write_topk(self, out_path: str | os.PathLike[str], k: int = 10, **options: Any) -> Path:
-        """:func:`recsys_export.runtime.writers.write_topk` of this engine."""
-        return writers.write_topk(self, out_path, k, **options)
-
-    def topk_rows(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
-        """:func:`recsys_export.runtime.writers.topk_rows` of this engine."""
-        return writers.topk_rows(self, user_indices, k, exclude_seen=exclude_seen)
-
-    def topk_table(self, user_indices: Any, k: int, *, exclude_seen: bool = True) -> Any:
-        """:func:`recsys_export.runtime.writers.topk_table` of this engine."""
-        return writers.topk_table(self, user_indices, k, exclude_seen=exclude_seen)
 
     def score_all_blocks(
         self, user_indices: Any = None, *, memory_budget_mb: float | None = None
