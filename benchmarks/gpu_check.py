@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from recsys_export.bench import _synthetic
+from recsys_export.bench.gpu import device_timings
+from recsys_export.bench.suite import _synthetic
 from recsys_export.runtime import Recommender
-from recsys_export.torch_bench import device_timings
 
 SIZES = {
     "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},

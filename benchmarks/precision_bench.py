@@ -212,7 +212,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
-    from recsys_export.bench import _cpu_name
+    from recsys_export.bench.suite import _cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", action="append", metavar="NAME=CKPT", help="a model")

@@ -63,7 +63,7 @@ def best(fn, repeat: int) -> float:
 
 
 def bare_matmul_session(q: np.ndarray, threads: int):
-    from recsys_export.bench_graphs import mf_bare, session
+    from recsys_export.bench.graphs import mf_bare, session
 
     return session(mf_bare(np.ascontiguousarray(q.T)), threads)
 

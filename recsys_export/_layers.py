@@ -12,7 +12,8 @@ from __future__ import annotations
 #: Top-level names (``""`` is ``recsys_export/__init__.py``), one tuple per layer,
 #: bottom first. Old flat modules sit in the layer of the package they belong to.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # 0 the leaves every layer may use
+    # 0 the leaves every layer may use: errors, validation, defaults, ids, top-k, atomic
+    #   files, progress
     ("", "_layers", "errors", "datasets", "core"),
     # 1 the bundle format: schema, files, writer, loader
     ("bundle",),
@@ -23,31 +24,23 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("torch_runtime", "torch_engine"),
     # 4 the one engine factory, and the Ray job whose workers open engines with it
     ("engines", "scale"),
-    # 4 the HTTP server over the runtime
+    # 5 the HTTP server over the engines
     ("serve",),
-    # 5 ratings files, splits, item names
+    # 6 ratings files, splits, item names
     ("data",),
-    # 6 the networks, checkpoints, synthetic models
+    # 7 the networks, checkpoints, synthetic models
     ("models",),
-    # 7 training and evaluation
+    # 8 training and evaluation
     ("training",),
-    # 8 parity: the plan, backends, bounds, reports
+    # 9 parity: the plan, backends, bounds, reports
     ("parity", "plan"),
-    # 9 export: formats, kernels, variants, the bundle build
+    # 10 export: formats, kernels, variants, the bundle build
     ("export",),
-    # 10 models trained elsewhere
+    # 11 models trained elsewhere
     ("byom",),
-    # 11 the benchmark
-    (
-        "bench",
-        "bench_config",
-        "bench_report",
-        "bench_rows",
-        "bench_timing",
-        "bench_graphs",
-        "torch_bench",
-    ),
-    # 12 the command line
+    # 12 the benchmark
+    ("bench",),
+    # 13 the command line
     ("cli", "demo"),
 )
 
@@ -71,8 +64,8 @@ TORCH_FREE: tuple[str, ...] = (
     "training.recipes",
     "training.config",
     "plan",
-    "bench_config",
-    "bench_report",
+    "bench.config",
+    "bench.report",
     "cli",
     "demo",
 )

@@ -101,11 +101,11 @@ LAYERS: dict[str, int] = {
     "recsys_export.byom": 10,
     # 11 bench
     "recsys_export.bench": 11,
-    "recsys_export.bench_report": 11,
-    "recsys_export.bench_rows": 11,
-    "recsys_export.bench_timing": 11,
-    "recsys_export.bench_graphs": 11,
-    "recsys_export.torch_bench": 11,
+    "recsys_export.bench.report": 11,
+    "recsys_export.bench.rows": 11,
+    "recsys_export.bench.timing": 11,
+    "recsys_export.bench.graphs": 11,
+    "recsys_export.bench.gpu": 11,
     # 12 the command line
     "recsys_export.cli": 12,
     "recsys_export.demo": 12,

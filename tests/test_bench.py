@@ -8,7 +8,7 @@ import json
 import pytest
 
 from recsys_export import bench
-from recsys_export.bench_config import BenchConfig
+from recsys_export.bench.config import BenchConfig
 from recsys_export.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # each runs a benchmark end to end (20-90 s on 2 busy cores)
@@ -114,7 +114,7 @@ def test_bench_skip_and_bad_options(tmp_path):
 
 def test_bench_gpu_rows_code_path_on_cpu(tmp_path, monkeypatch, capsys):
     """The GPU rows' code, pointed at the CPU (no CUDA here): engine next to ceiling."""
-    monkeypatch.setattr(bench, "_GPU_DEVICE", "cpu")
+    monkeypatch.setattr(bench.suite, "_GPU_DEVICE", "cpu")
     out = tmp_path / "b.json"
     config = BenchConfig(
         users=30,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from recsys_export.bench_graphs import bench_graphs
+from recsys_export.bench.graphs import bench_graphs
 from recsys_export.export.formats import ONNX_IR_VERSION, ONNX_OPSET
 
 

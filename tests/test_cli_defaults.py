@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_export.bench_config import BenchConfig, config_from_args
+from recsys_export.bench.config import BenchConfig, config_from_args
 from recsys_export.cli import main
 from recsys_export.cli.parser import COMMAND_TABLE, build_parser
 from recsys_export.core.defaults import DEFAULT_K, DEFAULT_MEMORY_MB, MODEL_KINDS, PARITY_BUDGET

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from recsys_export.bench_config import add_arguments, config_from_args
+from recsys_export.bench.config import add_arguments, config_from_args
 from recsys_export.cli.options import Command
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``recsys-export bench``: :func:`recsys_export.bench.run` of the options'
-    :class:`~recsys_export.bench_config.BenchConfig`."""
+    :class:`~recsys_export.bench.config.BenchConfig`."""
     from recsys_export.bench import run
 
     run(config_from_args(args))

@@ -139,7 +139,7 @@ def bench_graphs(factors: int = 4, items: int = 600, hidden: int = 8) -> dict[st
     neg = rng.standard_normal((hidden, items)).astype(np.float32)
     off = rng.standard_normal(items).astype(np.float32)
     out = {"mf_bare": mf_bare(qt), "mf_one_topk": mf_one_topk(qt), "dn_bare": dn_bare(w2, neg, off)}
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "densenet_recipe.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "densenet_recipe.py"
     if script.exists():  # a source checkout: the calibration script's own graphs too
         spec = importlib.util.spec_from_file_location("densenet_recipe", script)
         assert spec is not None and spec.loader is not None

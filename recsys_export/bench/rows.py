@@ -1,9 +1,9 @@
 """The rows of ``recsys-export bench`` for one model: score_all, recommend-all, single user.
 
 :func:`bench_model` measures one synthetic model's bundle (built by
-:mod:`recsys_export.bench`) section by section, timed by :mod:`recsys_export.bench_timing`;
+:mod:`recsys_export.bench`) section by section, timed by :mod:`recsys_export.bench.timing`;
 ratios are to the section's ceiling, a bare onnxruntime graph
-(:mod:`recsys_export.bench_graphs`).
+(:mod:`recsys_export.bench.graphs`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.bench_graphs import dn_bare, mf_bare, mf_one_topk, parallel, session
-from recsys_export.bench_timing import Rounds, latency, timed
+from recsys_export.bench.graphs import dn_bare, mf_bare, mf_one_topk, parallel, session
+from recsys_export.bench.timing import Rounds, latency, timed
 
 __all__ = ["bench_model"]
 

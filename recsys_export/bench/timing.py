@@ -2,7 +2,7 @@
 
 Rows of a section run in rounds after one warm-up round (:class:`Rounds`), so a drift of
 the machine's speed over minutes hits every row alike, not the later ones; :func:`row`
-is the report's ROW (:data:`recsys_export.bench_report.SCHEMA`).
+is the report's ROW (:data:`recsys_export.bench.report.SCHEMA`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
 
 
 def row(runs: list[float], users: int, n_items: int, flops: int) -> dict[str, Any]:
-    """A ROW of the report (see :data:`recsys_export.bench_report.SCHEMA`)."""
+    """A ROW of the report (see :data:`recsys_export.bench.report.SCHEMA`)."""
     med = float(np.median(runs))
     pairs = users * n_items
     return {

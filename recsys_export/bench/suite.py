@@ -5,8 +5,8 @@ synthetic DenseNet of the chosen size (``--users --items --factors --hidden``, o
 ``--preset full`` = 100k users x 20k items, 64 factors, 128 hidden), exports each to a
 temporary bundle (every format, ``.pt2`` included, with its approximate variants: MF
 int8 and fp16, DenseNet fp16; parity check off) and times, for each model (the rows:
-:mod:`recsys_export.bench_rows`; the bare graphs, built at the bundles' opset and IR
-version: :mod:`recsys_export.bench_graphs`):
+:mod:`recsys_export.bench.rows`; the bare graphs, built at the bundles' opset and IR
+version: :mod:`recsys_export.bench.graphs`):
 
 * ``score_all`` of every user (rows below), in blocks, outputs preallocated where the
   API allows:
@@ -42,7 +42,7 @@ version: :mod:`recsys_export.bench_graphs`):
   :class:`~recsys_export.torch_runtime.engine.TorchEngine`, on ``cuda``: score_all of every
   user; in ``recommend_all`` top-k with exclusions) next to ``gpu_ceiling`` (a bare
   ``torch.matmul``, + ``torch.topk``, of the same shape in the same blocks), timed in
-  the same run (:mod:`recsys_export.torch_bench`); their ratios are to ``gpu_ceiling``.
+  the same run (:mod:`recsys_export.bench.gpu`); their ratios are to ``gpu_ceiling``.
   Without CUDA they are left out with a one-line message, and the JSON's ``gpu`` says
   why.
 * export time per format, process peak RSS (``ru_maxrss``, torch included), and with
@@ -77,15 +77,15 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.bench_config import (
+from recsys_export.bench.config import (
     PRESETS,
     ROW_GROUPS,
     BenchConfig,
     add_arguments,
     config_from_args,
 )
-from recsys_export.bench_report import SCHEMA, format_table, plot
-from recsys_export.bench_timing import row
+from recsys_export.bench.report import SCHEMA, format_table, plot
+from recsys_export.bench.timing import row
 from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.errors import RecsysExportError
 
@@ -176,7 +176,7 @@ def _train(path: str, epochs: int, factors: int, hidden: int) -> dict[str, Any]:
 
 def _model_report(kind: str, cfg: dict[str, Any], seen: int, work: Path) -> dict[str, Any]:
     """Export one synthetic model (with its precision variants) and measure every row."""
-    from recsys_export.bench_rows import bench_model
+    from recsys_export.bench.rows import bench_model
 
     precision = "fp32" if "precision" in cfg["skip"] else PRECISIONS[kind]
     built = _synthetic(kind, cfg, seen, work, precision=precision)
@@ -243,8 +243,8 @@ def _gpu_rows(
     flops: int,
 ) -> None:
     """Add ``gpu_ceiling`` and ``gpu_torch_engine`` rows to the score_all and recommend_all
-    sections (:func:`recsys_export.torch_bench.device_timings` on :data:`_GPU_DEVICE`)."""
-    from recsys_export.torch_bench import device_timings
+    sections (:func:`recsys_export.bench.gpu.device_timings` on :data:`_GPU_DEVICE`)."""
+    from recsys_export.bench.gpu import device_timings
 
     t = device_timings(
         bundle, _GPU_DEVICE, k=cfg["k"], width=_gpu_width(kind, cfg), repeat=cfg["repeat"]
@@ -265,7 +265,7 @@ def _gpu_status(skip: list[str]) -> dict[str, Any]:
     if "gpu" in skip:
         return {"skipped": "--skip gpu"}
     try:
-        from recsys_export.torch_bench import cuda_unavailable_reason
+        from recsys_export.bench.gpu import cuda_unavailable_reason
     except Exception as exc:  # torch without a working torch engine
         return {"skipped": f"the torch engine does not import ({exc})"}
     if _GPU_DEVICE == "cuda":
