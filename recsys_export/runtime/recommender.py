@@ -53,14 +53,21 @@ class Recommender(EngineBase):
 
     name = "onnx"
 
-    def __init__(self, bundle: Bundle, *, precision: str = "fp32", **options: Any) -> None:
-        """The recommender of a loaded bundle; ``options`` are :meth:`load`'s (the
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        precision: str = "fp32",
+        block_users: int | None = None,
+        call_users: int | None = None,
+        **options: Any,
+    ) -> None:
+        """The recommender of a loaded bundle; the options are :meth:`load`'s (the
         engine's: threads, graph optimisation, fast paths, blocks, providers)."""
         self._bind(bundle)
         self._precision = check_precision(precision)
-        engine = make_engine(bundle, **options)
-        block, call = options.get("block_users"), options.get("call_users")
-        self._engine = with_precision(engine, bundle, self._precision, block, call)
+        engine = make_engine(bundle, block_users=block_users, call_users=call_users, **options)
+        self._engine = with_precision(engine, bundle, self._precision, block_users, call_users)
         self._extras = BundleExtras(bundle, self._n_items)
 
     # ------------------------------------------------------------------ loading
