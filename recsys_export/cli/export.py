@@ -17,6 +17,7 @@ from recsys_export.cli.options import (
     add_precision_option,
     add_tolerance_options,
     opt,
+    parity_options,
 )
 from recsys_export.core.defaults import MODEL_KINDS
 
@@ -127,10 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.force,
         external_data=True if args.external_data else None,
         verify=args.verify,
-        atol=args.atol,
-        rtol=args.rtol,
-        budget=args.budget,
-        full=args.full,
+        **parity_options(args),
         progress=not args.quiet,
         precision=args.precision,
     )

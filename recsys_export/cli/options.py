@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from recsys_export.core.defaults import (
     DEFAULT_DUPLICATES,
@@ -37,6 +37,9 @@ DUPLICATES_HELP = (
     f"policy for duplicate (user, item) rows (default: {DEFAULT_DUPLICATES}, keep the "
     f"{DEFAULT_DUPLICATES})"
 )
+
+
+T = TypeVar("T")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -108,23 +111,34 @@ class Command:
         self.add_options(p)
 
 
+#: The column flags of a ratings file (the fields of ``ReadOptions`` but --duplicates).
+_COLUMN_FLAGS = ("--user-col", "--item-col", "--rating-col", "--timestamp-col", "--sep")
+
+
+def _column_options(*helps: str) -> tuple[Option, ...]:
+    """How a ratings file is read: :data:`_COLUMN_FLAGS` with their ``helps``, then
+    --duplicates."""
+    return (
+        *(opt(flag, help=text) for flag, text in zip(_COLUMN_FLAGS, helps, strict=True)),
+        opt("--duplicates", choices=DUPLICATE_POLICIES, help=DUPLICATES_HELP),
+    )
+
+
 #: How train reads DATA.
-DATA_COLUMNS = (
-    opt("--user-col", help="user id column (name or 0-based position); detected by default"),
-    opt("--item-col", help="item id column (name or position)"),
-    opt("--rating-col", help="rating column (name or position)"),
-    opt("--timestamp-col", help="timestamp column (name or position)"),
-    opt("--sep", help="field separator (default: detected; e.g. ',', 'tab', '::')"),
-    opt("--duplicates", choices=DUPLICATE_POLICIES, help=DUPLICATES_HELP),
+DATA_COLUMNS = _column_options(
+    "user id column (name or 0-based position); detected by default",
+    "item id column (name or position)",
+    "rating column (name or position)",
+    "timestamp column (name or position)",
+    "field separator (default: detected; e.g. ',', 'tab', '::')",
 )
 #: How evaluate reads its --test FILE.
-TEST_FILE_COLUMNS = (
-    opt("--user-col", help="user id column (name or 0-based position)"),
-    opt("--item-col", help="item id column (name or 0-based position)"),
-    opt("--rating-col", help="rating column (name or 0-based position)"),
-    opt("--timestamp-col", help="timestamp column (name or position)"),
-    opt("--sep", help="field separator (default: detected)"),
-    opt("--duplicates", choices=DUPLICATE_POLICIES, help=DUPLICATES_HELP),
+TEST_FILE_COLUMNS = _column_options(
+    "user id column (name or 0-based position)",
+    "item id column (name or 0-based position)",
+    "rating column (name or 0-based position)",
+    "timestamp column (name or position)",
+    "field separator (default: detected)",
 )
 SPLIT_OPTIONS = (
     opt(
@@ -205,6 +219,20 @@ def add_plan_options(p: argparse.ArgumentParser, *, quick: bool = False) -> None
         help=f"(user, item) pairs compared per format: the whole matrix while it fits, "
         f"else every item for a seeded, edge-covering sample of users (default {PARITY_BUDGET:,})",
     )
+
+
+def parity_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``export_bundle`` and ``verify_bundle`` that
+    :func:`add_tolerance_options` and :func:`add_plan_options` set: ``atol``, ``rtol``,
+    ``budget``, ``full``."""
+    return {name: getattr(args, name) for name in ("atol", "rtol", "budget", "full")}
+
+
+def from_args(cls: Callable[..., T], args: argparse.Namespace, **given: Any) -> T:
+    """The dataclass ``cls`` (a library request) of the options of its fields' names;
+    ``given`` supplies the fields that have no option of their name."""
+    names = [f.name for f in fields(cls) if f.name not in given]  # type: ignore[arg-type]
+    return cls(**{name: getattr(args, name) for name in names}, **given)
 
 
 def add_tolerance_options(p: argparse.ArgumentParser, prefix: str = "") -> None:

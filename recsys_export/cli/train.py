@@ -16,6 +16,7 @@ from recsys_export.cli.options import (
     add_group,
     add_items_options,
     add_options,
+    from_args,
     opt,
 )
 from recsys_export.core.defaults import DEFAULT_K, MODEL_KINDS
@@ -197,41 +198,18 @@ def read_options(args: argparse.Namespace) -> Any:
     """The :class:`~recsys_export.training.run.ReadOptions` of the column flags."""
     from recsys_export.training.run import ReadOptions
 
-    return ReadOptions(
-        user_col=args.user_col,
-        item_col=args.item_col,
-        rating_col=args.rating_col,
-        timestamp_col=args.timestamp_col,
-        sep=args.sep,
-        duplicates=args.duplicates,
-    )
+    return from_args(ReadOptions, args)
 
 
 def train_request(args: argparse.Namespace) -> Any:
     """The :class:`~recsys_export.training.run.TrainRequest` of ``train``'s flags."""
     from recsys_export.training.run import TrainRequest
 
-    return TrainRequest(
-        data=args.data,
+    return from_args(
+        TrainRequest,
+        args,
         read=read_options(args),
-        model=args.model,
-        preset=args.preset,
-        objective=args.objective,
-        implicit=args.implicit,
-        min_rating=args.min_rating,
-        threshold=args.threshold,
-        k=args.k,
         overrides={key: getattr(args, attr) for attr, key in _CONFIG_OVERRIDES.items()},
-        split=args.split,
-        test_fraction=args.test_fraction,
-        valid_fraction=args.valid_fraction,
-        seed=args.seed,
-        test=args.test,
-        items=args.items,
-        item_id_col=args.item_id_col,
-        item_name_col=args.item_name_col,
-        out=args.out,
-        force=args.force,
         progress=not args.quiet,
     )
 

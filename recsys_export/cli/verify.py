@@ -16,6 +16,7 @@ from recsys_export.cli.options import (
     add_tolerance_options,
     comma_list,
     opt,
+    parity_options,
 )
 
 VERIFY_FORMATS_HELP = (
@@ -104,11 +105,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             args.bundle,
             checkpoint=args.checkpoint,
             formats=_verify_formats(args.formats),
-            atol=args.atol,
-            rtol=args.rtol,
             full_matrix=not args.quick,
-            budget=args.budget,
-            full=args.full,
+            **parity_options(args),
             record=args.record,
             progress=not args.quiet,
             device=args.device,

@@ -17,6 +17,7 @@ import numpy as np
 from recsys_export.errors import ConfigError, RecsysExportError
 
 __all__ = [
+    "NumberCheck",
     "check_choice",
     "check_finite",
     "check_fraction",
@@ -97,33 +98,13 @@ def _real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def _number_check(
-    name: str,
-    value: Any,
-    requirement: str,
-    ok: Callable[[float], bool],
-    none_ok: bool,
-    hint: str,
-    error: type[RecsysExportError],
-) -> float | None:
-    """The float checks' common part: ``None`` (when let through), then a finite real
-    number for which ``ok(float(value))`` holds."""
-    if value is None and none_ok:
-        return None
-    if not (_real(value) and math.isfinite(float(value)) and ok(float(value))):
-        raise _fail(name, requirement + (" or None" if none_ok else ""), value, hint, error)
-    return float(value)
+class NumberCheck:
+    """A float check: :data:`check_positive`, :data:`check_nonnegative`,
+    :data:`check_fraction`, :data:`check_finite`.
 
-
-def check_positive(
-    name: str,
-    value: Any,
-    *,
-    none_ok: bool = False,
-    hint: str = "",
-    error: type[RecsysExportError] = ConfigError,
-) -> Any:
-    """Check that ``value`` is a finite real number ``> 0`` (NaN and infinity fail).
+    ``check(name, value, *, none_ok=False, hint="", error=ConfigError)`` wants a finite
+    real number (not a bool) for which ``ok(float(value))`` holds; ``none_ok`` lets
+    ``None`` through.
 
     Returns
     -------
@@ -133,63 +114,48 @@ def check_positive(
     Raises
     ------
     RecsysExportError
-        ``error``: not a positive number.
+        ``error``, ``"{name} must be {requirement}, got {value!r}"``: not a number, NaN,
+        infinite, or ``ok`` fails.
     """
-    return _number_check(name, value, "positive", lambda v: v > 0, none_ok, hint, error)
+
+    def __init__(self, name: str, requirement: str, ok: Callable[[float], bool], doc: str) -> None:
+        self.__name__ = name
+        self.__doc__ = doc
+        self.requirement = requirement
+        self.ok = ok
+
+    def __repr__(self) -> str:
+        return f"<check {self.__name__}>"
+
+    def __call__(
+        self,
+        name: str,
+        value: Any,
+        *,
+        none_ok: bool = False,
+        hint: str = "",
+        error: type[RecsysExportError] = ConfigError,
+    ) -> Any:
+        if value is None and none_ok:
+            return None
+        if not (_real(value) and math.isfinite(float(value)) and self.ok(float(value))):
+            requirement = self.requirement + (" or None" if none_ok else "")
+            raise _fail(name, requirement, value, hint, error)
+        return float(value)
 
 
-def check_nonnegative(
-    name: str,
-    value: Any,
-    *,
-    none_ok: bool = False,
-    hint: str = "",
-    error: type[RecsysExportError] = ConfigError,
-) -> Any:
-    """Check that ``value`` is a finite real number ``>= 0``; return it as a ``float``.
-
-    Raises
-    ------
-    RecsysExportError
-        ``error``: negative, not finite or not a number.
-    """
-    return _number_check(name, value, ">= 0", lambda v: v >= 0, none_ok, hint, error)
-
-
-def check_fraction(
-    name: str,
-    value: Any,
-    *,
-    none_ok: bool = False,
-    hint: str = "",
-    error: type[RecsysExportError] = ConfigError,
-) -> Any:
-    """Check that ``value`` is a real number in ``[0, 1)``; return it as a ``float``.
-
-    Raises
-    ------
-    RecsysExportError
-        ``error``: outside ``[0, 1)`` or not a number.
-    """
-    return _number_check(name, value, "in [0, 1)", lambda v: 0 <= v < 1, none_ok, hint, error)
-
-
-def check_finite(
-    name: str,
-    value: Any,
-    *,
-    none_ok: bool = False,
-    hint: str = "",
-    error: type[RecsysExportError] = ConfigError,
-) -> Any:
-    """Check that ``value`` is a finite real number; return it as a ``float``.
-
-    Raises
-    ------
-    RecsysExportError
-        ``error``: NaN, infinite or not a number.
-    """
-    return _number_check(name, value, "a finite number", lambda v: True, none_ok, hint, error)
+check_positive = NumberCheck(
+    "check_positive", "positive", lambda v: v > 0, "A finite real number ``> 0``."
+)
+check_nonnegative = NumberCheck(
+    "check_nonnegative", ">= 0", lambda v: v >= 0, "A finite real number ``>= 0``."
+)
+check_fraction = NumberCheck(
+    "check_fraction", "in [0, 1)", lambda v: 0 <= v < 1, "A real number in ``[0, 1)``."
+)
+check_finite = NumberCheck(
+    "check_finite", "a finite number", lambda v: True, "A finite real number (not NaN or infinite)."
+)
 
 
 def check_choice(

@@ -7,7 +7,7 @@ file. Everything here is numpy-first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +125,12 @@ class Ratings:
             raise DataError(f"{self.source}: subset index must be integers or a boolean mask")
         elif idx.min() < -len(self) or idx.max() >= len(self):
             raise DataError(f"{self.source}: subset index out of range for {len(self)} ratings")
-        return Ratings(
+        return replace(
+            self,
             users=self.users[idx],
             items=self.items[idx],
             ratings=self.ratings[idx],
             timestamps=None if self.timestamps is None else self.timestamps[idx],
-            user_map=self.user_map,
-            item_map=self.item_map,
-            source=self.source,
-            n_duplicates=self.n_duplicates,
-            implicit=self.implicit,
         )
 
     def to_matrix(self) -> np.ndarray:

@@ -16,6 +16,7 @@ Reported metrics
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -333,22 +334,17 @@ def compare_with_baselines(
 
 
 def concat(a: Ratings, b: Ratings) -> Ratings:
-    """Rows of ``a`` then ``b`` (same id maps) as one :class:`Ratings`."""
-    from recsys_export.data import Ratings
-
+    """Rows of ``a`` then ``b`` (same id maps) as one :class:`Ratings` (``a``'s id maps,
+    source, duplicate count and implicit flag)."""
     ts = None
     if a.timestamps is not None and b.timestamps is not None:
         ts = np.concatenate([a.timestamps, b.timestamps])
-    return Ratings(
+    return replace(
+        a,
         users=np.concatenate([a.users, b.users]),
         items=np.concatenate([a.items, b.items]),
         ratings=np.concatenate([a.ratings, b.ratings]),
         timestamps=ts,
-        user_map=a.user_map,
-        item_map=a.item_map,
-        source=a.source,
-        n_duplicates=a.n_duplicates,
-        implicit=a.implicit,
     )
 
 

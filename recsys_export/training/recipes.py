@@ -33,19 +33,16 @@ POST_PRESET = dict(
     patience=0,
 )
 
-#: Tiny data (e.g. the toy matrix): full-batch Adam with a high learning rate.
+#: Tiny data (e.g. the toy matrix): the post's model (3 factors, 16 hidden units, no
+#: biases, no L2, no early stopping) trained by full-batch Adam with a high learning rate.
 TINY_DATA_PRESET = dict(
+    POST_PRESET,
     mode="minibatch",
-    n_factors=3,
-    hidden=16,
-    biased=False,
     epochs=300,
     batch_size=0,
     lr=0.05,
     optimizer="adam",
-    l2=0.0,
     init_std=0.5,
-    patience=0,
 )
 
 

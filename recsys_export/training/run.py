@@ -12,7 +12,7 @@ as it happens, one line each, and into ``outcome.notes``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,7 @@ class ReadOptions:
 
     def keywords(self) -> dict[str, Any]:
         """The keywords of :func:`recsys_export.data.read_ratings`."""
-        return {
-            "user_col": self.user_col,
-            "item_col": self.item_col,
-            "rating_col": self.rating_col,
-            "timestamp_col": self.timestamp_col,
-            "sep": self.sep,
-            "duplicates": self.duplicates or DEFAULT_DUPLICATES,
-        }
+        return {**asdict(self), "duplicates": self.duplicates or DEFAULT_DUPLICATES}
 
     def read(self, path: str | Path) -> Any:
         """The ratings of a file (:func:`recsys_export.data.read_ratings`)."""
