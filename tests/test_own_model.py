@@ -194,6 +194,11 @@ def test_state_dict_checks_list_missing_and_extra_keys(tmp_path, capsys):
     assert main(["export", str(tmp_path / "module.pt"), "--model", "mf", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "refusing to load" in err
+    # the checkpoint's plan options would not reach an own model's verification
+    for flag in (["--budget", "9"], ["--full"]):
+        assert main([*argv, *flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag[0]} would be ignored" in err
     assert not Path(out).exists()
 
 

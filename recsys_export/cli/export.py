@@ -194,6 +194,13 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
     from recsys_export.byom import export_model, ids_from_file, module_from_files
     from recsys_export.errors import ConfigError
 
+    for flag, given in (("--budget", args.budget is not None), ("--full", bool(args.full))):
+        if given:  # export_model verifies on its own module's plan
+            raise ConfigError(
+                f"{flag} would be ignored: it sizes the parity plan of a recsys-export "
+                "checkpoint; a model exported with --model is verified on its own plan "
+                "(check it at any size with recsys_export.byom.verify_module)"
+            )
     try:
         model_args = json.loads("{}" if args.model_args is None else args.model_args)
     except json.JSONDecodeError as exc:
