@@ -4,7 +4,7 @@
 #   make test        the whole test suite (what CI runs)
 # For development:
 #   make test-fast   the suite without the tests marked slow, embedding or ray (the daily loop)
-#   make lint        ruff on everything, mypy on the torch-free layer (TYPED below)
+#   make lint        ruff on everything, mypy on the torch-free layer (_layers.TORCH_FREE)
 #   make bench       the ranking benchmark (benchmarks/ranking_bench.py)
 #   make clean       remove .venv, runs/ and build outputs
 #   make help        this list
@@ -13,10 +13,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Modules and packages that mypy checks: the torch-free layer (docs/architecture.md).
-# Each name is passed as `-p recsys_export.NAME`, so a module that becomes a package
-# keeps its entry.
-TYPED := errors manifest progress ids plan bundle bundle_format bundle_writer topk atomic validation runtime items data baselines scale cli demo bench_report recipes serve
 
 .PHONY: help demo test test-fast lint bench clean
 
@@ -40,7 +36,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy $(addprefix -p recsys_export.,$(TYPED))
+	$(BIN)/mypy $$($(BIN)/python -m recsys_export._layers)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ranking_bench.py

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_export.bundle.schema import DN_BLOCK_USERS
 from recsys_export.export.formats import ONNX_OPSET
-from recsys_export.export.kernels import _dn_item_tiles, dn_tile_width
-from recsys_export.manifest import DN_BLOCK_USERS
+from recsys_export.export.kernels import dn_item_tiles, dn_tile_width
 from recsys_export.models import DenseNet
 from recsys_export.parity.bounds import reference_for
 
@@ -77,7 +77,7 @@ def sessions(model: DenseNet) -> dict[str, Any]:
     out = {}
     for name, offset in offsets.items():
         if name == "relu":
-            tiles, inits = _dn_item_tiles(neg_c_t, width)
+            tiles, inits = dn_item_tiles(neg_c_t, width)
         else:
             tiles, inits = _max_tiles(neg_c_t, width)
         graph = helper.make_graph(

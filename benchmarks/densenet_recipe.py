@@ -55,7 +55,7 @@ RECIPE_USERS, RECIPE_ITEMS = 16, 500
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> Any:
     from onnx import helper
 
-    from recsys_export.bench_graphs import bench_model  # the bundles' opset and IR
+    from recsys_export.bench.graphs import bench_model  # the bundles' opset and IR
 
     return bench_model(helper.make_graph(nodes, "recipe", inputs, outputs, inits))
 
@@ -158,8 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure the recipes and the runtime; return the report (see the module docstring)."""
     import onnxruntime as ort
 
-    from recsys_export.bench import _synthetic
-    from recsys_export.bench_graphs import session as _session
+    from recsys_export.bench.graphs import session as _session
+    from recsys_export.bench.suite import _synthetic
     from recsys_export.export.frozen import inference_module
     from recsys_export.runtime import Recommender
 

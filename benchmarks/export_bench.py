@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, tuple[Any, ...]]] = {
 _SYNTHETIC = """
 import sys, json
 import numpy as np
-from recsys_export.synthetic_models import synthetic_checkpoint, synthetic_seen
+from recsys_export.models.synthetic import synthetic_checkpoint, synthetic_seen
 spec = json.loads(sys.argv[1])
 n_u, n_i = spec["users"], spec["items"]
 users, items = synthetic_seen(n_u, n_i, min(50, n_i - 1))

@@ -5,7 +5,7 @@ hidden; ``--tiny``: 300 x 400, 16 / 32) with every format, ``.pt2`` included (op
 ``export``; the torch engine prefers the pt2 program, and the parity check below covers
 it), then for each model times
 
-* the torch engine (:class:`recsys_export.torch_engine.TorchEngine`) on ``--device``:
+* the torch engine (:class:`recsys_export.torch_runtime.engine.TorchEngine`) on ``--device``:
   score_all over every user (device only), the ``.npy`` matrix and the top-k Parquet
   end to end, and top-k for every user on the device (no writing);
 * a bare ``torch.matmul`` + ``torch.topk`` ceiling of the same shape on the same device
@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from recsys_export.bench import _synthetic
+from recsys_export.bench.gpu import device_timings
+from recsys_export.bench.suite import _synthetic
 from recsys_export.runtime import Recommender
-from recsys_export.torch_bench import device_timings
 
 SIZES = {
     "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     size = "tiny" if args.tiny else "full"
     cfg = SIZES[size]
-    from recsys_export.torch_engine import resolve_device
+    from recsys_export.torch_runtime.device import resolve_device
 
     device = resolve_device(args.device)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check-"))

@@ -61,7 +61,7 @@ BINS = np.logspace(-6, 2, 401)
 def build_bundle(args: argparse.Namespace, dest: Path) -> None:
     """Export a synthetic biased MF model to ``dest`` (imports torch: child process only)."""
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ckpt = synthetic_checkpoint(
         "mf",

@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
 
 def main(argv: list[str] | None = None) -> int:
     from recsys_export.export import export_bundle
+    from recsys_export.models.synthetic import synthetic_checkpoint
     from recsys_export.runtime import Recommender, writers
-    from recsys_export.synthetic_models import synthetic_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=5000)

@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys_export.bundle.schema import describe_plan
 from recsys_export.byom import DEFAULT_BLOCK_PAIRS, ModuleRecommender, export_model
-from recsys_export.plan import describe_plan
 from recsys_export.runtime import Recommender
 
 
@@ -215,18 +215,19 @@ def export_verify(args: argparse.Namespace) -> int:
         result = export_model(module, Path(tmp) / "bundle", ratings=df, progress=True)
         seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    parity = result.manifest["parity"]
+    parity = result.parity
+    assert parity is not None and parity.plan is not None  # verified, with a plan
     row = {
         "users": n_users,
         "items": n_items,
         "dim": args.dim,
         "hidden": args.hidden,
         "export_seconds": round(seconds, 2),
-        "parity_seconds": parity["seconds"],
+        "parity_seconds": parity.seconds,
         "peak_rss_mib": round(peak / 2**20, 1),
-        "passed": parity["passed"],
-        "max_ratio": parity["max_ratio"],
-        "plan": describe_plan(parity["plan"]),
+        "passed": parity.passed,
+        "max_ratio": parity.max_ratio,
+        "plan": describe_plan(parity.plan),
     }
     print(
         f"two-tower export with verification: {n_users} users x {n_items} items, dim "

@@ -114,10 +114,10 @@ def run_one(
     """Train and export one model; the row of the table."""
     from contextlib import redirect_stdout
 
-    from recsys_export.checkpoint import load_checkpoint
     from recsys_export.cli import main as cli
     from recsys_export.errors import ParityError
     from recsys_export.export import export_bundle
+    from recsys_export.models.checkpoint import load_checkpoint
 
     row: dict[str, Any] = {"dataset": dataset, "model": model, "objective": objective, "seed": seed}
     data = (
@@ -140,7 +140,7 @@ def run_one(
         try:
             manifest = export_bundle(load_checkpoint(ckpt), Path(tmp) / "bundle")
             report = json.loads((Path(tmp) / "bundle" / "parity.json").read_text())
-            row["passed"] = bool(manifest["parity"]["passed"])
+            row["passed"] = manifest.parity is not None and manifest.parity.passed
         except ParityError as exc:
             report = exc.report.to_dict()  # type: ignore[attr-defined]
             row["passed"] = False

@@ -66,8 +66,8 @@ def _train_real(name: str, datasets: Path, out: Path) -> str | None:
 
 def _train_synthetic(out: Path) -> None:
     from recsys_export.data import synthetic_ratings
-    from recsys_export.experiment import train_checkpoint
-    from recsys_export.train import default_config
+    from recsys_export.training.config import default_config
+    from recsys_export.training.experiment import train_checkpoint
 
     s = SYNTHETIC
     ratings = synthetic_ratings(
@@ -142,8 +142,8 @@ def _time_rows(exact: Any, approx: Any, repeat: int, calls: int) -> dict[str, An
 
 def measure(name: str, ckpt_path: Path, precision: str | None, args: argparse.Namespace) -> dict:
     """Export one checkpoint with its variant, read the judgement, time both."""
-    from recsys_export.checkpoint import load_checkpoint
     from recsys_export.export import export_bundle
+    from recsys_export.models.checkpoint import load_checkpoint
     from recsys_export.runtime import Recommender
 
     ckpt = load_checkpoint(ckpt_path)
@@ -152,26 +152,27 @@ def measure(name: str, ckpt_path: Path, precision: str | None, args: argparse.Na
         t0 = time.perf_counter()
         manifest = export_bundle(ckpt, Path(tmp) / name, precision=precision)
         export_s = time.perf_counter() - t0
-        variant = manifest["formats"]["onnx"]["variants"][precision]
-        files = manifest["files"]
+        variant = manifest.variant(precision)
         variant_bytes = sum(
-            f["bytes"] for rel, f in files.items() if rel.startswith(f"onnx/variants/{precision}/")
+            f.bytes
+            for rel, f in manifest.files.items()
+            if rel.startswith(f"onnx/variants/{precision}/")
         )
         exact = Recommender.load(Path(tmp) / name, intra_op_threads=args.threads)
         approx = Recommender.load(
             Path(tmp) / name, intra_op_threads=args.threads, precision=precision
         )
         times = _time_rows(exact, approx, args.repeat, args.calls)
-    q = variant["quality"]
+    q = variant.quality
     return {
         "model": name,
         "kind": ckpt.kind,
         "precision": precision,
-        "users": manifest["model"]["n_users"],
-        "items": manifest["model"]["n_items"],
+        "users": manifest.model.n_users,
+        "items": manifest.model.n_items,
         "export_s": round(export_s, 2),
         "quality": q,
-        "factor_bytes": variant.get("factor_bytes"),
+        "factor_bytes": variant.factor_bytes,
         "variant_file_bytes": variant_bytes,
         **times,
     }
@@ -211,7 +212,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
-    from recsys_export.bench import _cpu_name
+    from recsys_export.bench.suite import _cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", action="append", metavar="NAME=CKPT", help="a model")

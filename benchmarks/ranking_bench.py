@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from recsys_export import data
-from recsys_export.baselines import BiasBaseline, PopularityBaseline
-from recsys_export.evaluate import concat, default_threshold, evaluate
-from recsys_export.train import default_config, fit
+from recsys_export.training.baselines import BiasBaseline, PopularityBaseline
+from recsys_export.training.config import default_config
+from recsys_export.training.evaluate import concat, default_threshold, evaluate
+from recsys_export.training.fit import fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SHARED_FILES = (

@@ -48,7 +48,7 @@ CORES = (1, 16, 64, 256, 1024)
 def build_bundle(users: int, items: int, factors: int, seen: int, dest: Path) -> None:
     """Export a synthetic biased MF model (imports torch)."""
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint(
         "mf",

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 def build_bundle(args: argparse.Namespace, dest: Path) -> None:
     """Export a synthetic biased MF model (imports torch)."""
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint(
         "mf", args.users, args.items, factors=args.factors, seen_per_user=args.seen
@@ -63,7 +63,7 @@ def best(fn, repeat: int) -> float:
 
 
 def bare_matmul_session(q: np.ndarray, threads: int):
-    from recsys_export.bench_graphs import mf_bare, session
+    from recsys_export.bench.graphs import mf_bare, session
 
     return session(mf_bare(np.ascontiguousarray(q.T)), threads)
 

@@ -79,7 +79,7 @@ def big_bundle(out: Path, n_users: int, n_items: int) -> Path:
     bundle = out / f"mf-{n_users}x{n_items}"
     if not (bundle / "manifest.json").exists():
         code = (
-            "import sys; from recsys_export.synthetic_models import synthetic_checkpoint as s; "
+            "import sys; from recsys_export.models.synthetic import synthetic_checkpoint as s; "
             "from recsys_export.export import export_bundle as e; "
             f"e(s('mf', {n_users}, {n_items}, factors=64, seen_per_user=20), sys.argv[1], "
             "formats='onnx', verify=False)"
@@ -90,14 +90,14 @@ def big_bundle(out: Path, n_users: int, n_items: int) -> Path:
 
 def commit_copy(src: Path, dest: Path) -> str:
     """Commit ``src``'s files to ``dest`` as ``export --force`` does; the new version."""
-    from recsys_export.bundle import RESERVED_KEYS, Bundle, BundleWriter
+    from recsys_export.bundle import Bundle, BundleWriter
 
     bundle = Bundle.load(src, verify=False)
-    manifest = {k: v for k, v in bundle.manifest.items() if k not in RESERVED_KEYS}
+    manifest = bundle.manifest.without_generic_keys()
     manifest["id_maps"] = dict(bundle.id_maps)
     with BundleWriter(dest, overwrite=True) as writer:
         for rel, entry in bundle.files.items():
-            os.link(bundle.file(rel), writer.add(rel, entry["role"]))
+            os.link(bundle.file(rel), writer.add(rel, entry.role))
         writer.commit(manifest)
     return manifest_version(Bundle.load(dest, verify=False).manifest)
 

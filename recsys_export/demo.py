@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from recsys_export.cli import main as cli
+from recsys_export.core.defaults import MODEL_KINDS
 
 OUT = Path("runs") / "demo"
 
@@ -29,7 +30,7 @@ def step(*argv: str) -> None:
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    for kind in ("mf", "densenet"):
+    for kind in MODEL_KINDS:
         ckpt = str(OUT / f"{kind}.pt")
         bundle = str(OUT / f"{kind}-bundle")
         step("train", "movielens-small", "--model", kind, "--out", ckpt, "--force")

@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.bundle.schema import describe_plan
+from recsys_export.core.defaults import PARITY_BUDGET
 from recsys_export.errors import ConfigError
 
 #: Default verification budget: (user, item) pairs compared per backend through
 #: ``score_all`` (and ``recommend``). The whole matrix is compared while it fits; beyond
 #: it, every item for a sample of ``budget // n_items`` users.
-DEFAULT_BUDGET = 16_000_000
+DEFAULT_BUDGET = PARITY_BUDGET
 #: Pairwise ``score`` gets at most ``budget // SCORE_PAIRS_DIVISOR`` random pairs (16 per
 #: user and per item are plenty; pairwise DenseNet costs ~100x a ``score_all`` pair), every
 #: pair when that covers the matrix; ``recommend`` with ``k = n_items`` (a full sort per
@@ -158,70 +160,6 @@ class ParityPlan:
             "sort_users": len(self.sort_users),
             "pair_cost": self.pair_cost,
         }
-
-
-def describe_plan(plan: dict[str, Any]) -> str:
-    """A one-line description of a recorded plan (:meth:`ParityPlan.to_dict`)."""
-    n_u, n_i = plan["n_users"], plan["n_items"]
-    if plan["mode"] == "full":
-        head = f"full matrix: {n_u:,} users x {n_i:,} items = {plan['matrix_pairs']:,} pairs"
-        head += (
-            " (--full)" if plan.get("forced_full") else f" (within budget {plan['budget_pairs']:,})"
-        )
-    else:
-        r = plan["edge_users"]
-        cost = plan.get("pair_cost", 1)
-        per = f" / pair cost {cost}" if cost > 1 else ""
-        head = (
-            f"sample: {plan['users']:,} of {n_u:,} users x {n_i:,} items = "
-            f"{plan['matrix_pairs']:,} pairs ({plan['fraction']:.2%} of the matrix; budget "
-            f"{plan['budget_pairs']:,}{per}, seed {plan['seed']}; edges: first, last, "
-            f"{len(r['most_active'])} most / {len(r['least_active'])} least active, "
-            f"{len(r['no_seen'])} with no seen items; {r['random']:,} random)"
-        )
-    pairs = "every pair" if plan["score_exhaustive"] else f"{plan['score_pairs']:,} random pairs"
-    ks = ", ".join(str(k) for k in plan["recommend_k"])
-    return (
-        f"plan: {head}; score: {pairs}; recommend k in {{{ks}}} "
-        f"(k={plan['recommend_k'][-1]} on {plan['sort_users']:,} users)"
-    )
-
-
-def describe_parity(parity: dict[str, Any], details: bool = True) -> list[str]:
-    """Lines describing a manifest's recorded parity summary (``export``, ``inspect``).
-
-    ``details`` adds one line per format x entry point. Under the float32 error model a
-    row shows its worst ``error / bound`` ratio (<= 1 passes); summaries recorded by
-    older versions (fixed ``atol``/``rtol``) show their max rel diff.
-    """
-    rule = parity.get("tolerance")
-    if rule is None:  # written before the error model (format of recsys-export <= 0.x)
-        rule = f"atol {parity.get('atol', 0):g}, rtol {parity.get('rtol', 0):g}"
-    verdict = "PASS" if parity.get("passed") else "FAIL"
-    worst = parity.get("max_ratio")
-    head = f"parity: {verdict} ({rule})"
-    if worst is not None:
-        head += f", worst err/bound {worst:.3g}"
-    elif parity.get("max_abs_diff") is not None:
-        head += f", max abs diff {parity['max_abs_diff']:.2e}"
-    lines = [head]
-    if details:
-        for row in parity.get("rows", []):
-            if "max_ratio" in row:
-                ratio = row["max_ratio"]
-                shown = f"err/bound {ratio:.3g}" if ratio is not None else "err/bound inf"
-            else:
-                shown = f"max rel {row.get('max_rel_diff', 0.0):.2e}"
-            diff = row.get("max_abs_diff")
-            diff_s = f"{diff:.2e}" if diff is not None else "inf"
-            lines.append(
-                f"  {row['format']:<12} {row['entry_point']:<10} max abs {diff_s}  {shown}  "
-                f"{'PASS' if row.get('passed') else 'FAIL'}"
-            )
-    lines.extend(parity.get("notes") or [])
-    if parity.get("plan"):
-        lines.append(describe_plan(parity["plan"]))
-    return lines
 
 
 def _edge_users(counts: np.ndarray) -> dict[str, list[int]]:

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from recsys_export import data
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.export import export_bundle
-from recsys_export.recipes import TINY_DATA_PRESET
-from recsys_export.train import TrainConfig, fit
+from recsys_export.models.checkpoint import Checkpoint
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.fit import fit
+from recsys_export.training.recipes import TINY_DATA_PRESET
 
 ROOT = Path(__file__).resolve().parents[1] / "artifacts"
 

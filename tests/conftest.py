@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from recsys_export import data
-from recsys_export.checkpoint import Checkpoint
-from recsys_export.train import TrainConfig, fit
+from recsys_export.models.checkpoint import Checkpoint
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.fit import fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -64,8 +65,8 @@ def ml_checkpoints(movielens: data.Ratings, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def ml_bundles(ml_checkpoints: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Verified bundles (every format, ``.pt2`` included) of both MovieLens models."""
-    from recsys_export.checkpoint import load_checkpoint
     from recsys_export.export import export_bundle
+    from recsys_export.models.checkpoint import load_checkpoint
 
     root = tmp_path_factory.mktemp("bundles")
     out = {}

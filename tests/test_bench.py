@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 
 import pytest
 
 from recsys_export import bench
+from recsys_export.bench.config import BenchConfig
+from recsys_export.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # each runs a benchmark end to end (20-90 s on 2 busy cores)
 
 
 def test_bench_tiny(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "bench.json"
-    args = parser.parse_args(
-        ["--users", "40", "--items", "60", "--factors", "4", "--hidden", "8", "--seen", "5"]
-        + ["--repeat", "1", "--calls", "20", "--json", str(out), "--plot", str(tmp_path / "b.png")]
+    config = BenchConfig(
+        users=40,
+        items=60,
+        factors=4,
+        hidden=8,
+        seen=5,
+        repeat=1,
+        calls=20,
+        json=out,
+        plot=tmp_path / "b.png",
     )
-    assert bench.run(args) == 0
+    assert bench.run(config) == json.loads(out.read_text())
     captured = capsys.readouterr()
     text = captured.out
     assert "score_all" in text and "single_user" in text and "ceiling" in text
@@ -80,35 +87,47 @@ def test_bench_tiny(tmp_path, capsys):
 
 
 def test_bench_skip_and_bad_options(tmp_path):
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "b.json"
-    args = parser.parse_args(
-        ["--users", "20", "--items", "30", "--factors", "4", "--hidden", "4", "--seen", "3"]
-        + ["--models", "mf", "--repeat", "1", "--calls", "10", "--json", str(out)]
-        + ["--skip", "torch,torchscript,pt2,numpy,fallback,precision,implicit"]
+    config = BenchConfig(
+        users=20,
+        items=30,
+        factors=4,
+        hidden=4,
+        seen=3,
+        models=("mf",),
+        repeat=1,
+        calls=10,
+        json=out,
+        skip=("torch", "torchscript", "pt2", "numpy", "fallback", "precision", "implicit"),
     )
-    assert bench.run(args) == 0
+    bench.run(config)
     res = json.loads(out.read_text())["models"]["mf"]
     assert "skipped" in res["score_all"]["torch_eager"]
     assert "runtime_int8" not in res["score_all"]
     assert res["single_user"]["implicit"] == {"skipped": "--skip implicit"}
     assert "ns_per_pair" in res["score_all"]["runtime"]
-    assert bench.run(parser.parse_args(["--models", "nope"])) == 2
+    with pytest.raises(ConfigError, match="models must be one of mf, densenet, got 'nope'"):
+        bench.run(BenchConfig(models=("nope",)))
+    with pytest.raises(ConfigError, match="k must be an integer between 1 and 30"):
+        bench.run(dataclasses.replace(config, k=31))
 
 
 def test_bench_gpu_rows_code_path_on_cpu(tmp_path, monkeypatch, capsys):
     """The GPU rows' code, pointed at the CPU (no CUDA here): engine next to ceiling."""
-    monkeypatch.setattr(bench, "_GPU_DEVICE", "cpu")
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    monkeypatch.setattr(bench.suite, "_GPU_DEVICE", "cpu")
     out = tmp_path / "b.json"
-    args = parser.parse_args(
-        ["--users", "30", "--items", "40", "--factors", "4", "--hidden", "4", "--seen", "3"]
-        + ["--repeat", "1", "--calls", "10", "--json", str(out)]
-        + ["--skip", "torch,torchscript,pt2,numpy,fallback"]
+    config = BenchConfig(
+        users=30,
+        items=40,
+        factors=4,
+        hidden=4,
+        seen=3,
+        repeat=1,
+        calls=10,
+        json=out,
+        skip=("torch", "torchscript", "pt2", "numpy", "fallback"),
     )
-    assert bench.run(args) == 0
+    bench.run(config)
     assert "GPU rows on cpu" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["gpu"] == {"device": "cpu", "name": "cpu"}
@@ -120,8 +139,7 @@ def test_bench_gpu_rows_code_path_on_cpu(tmp_path, monkeypatch, capsys):
             assert rows["gpu_torch_engine"]["device"] == "cpu"
             assert rows["gpu_torch_engine"]["users"] == 30
     # --skip gpu: recorded, no rows
-    args.skip = "gpu"
-    assert bench.run(args) == 0
+    bench.run(dataclasses.replace(config, skip=("gpu",)))
     report = json.loads(out.read_text())
     assert report["gpu"] == {"skipped": "--skip gpu"}
     assert "gpu_torch_engine" not in report["models"]["mf"]["score_all"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from recsys_export.bench_graphs import bench_graphs
+from recsys_export.bench.graphs import bench_graphs
 from recsys_export.export.formats import ONNX_IR_VERSION, ONNX_OPSET
 
 
@@ -27,12 +27,12 @@ def test_every_bench_graph_is_at_the_exported_ir_and_opset():
 
 def test_new_kernels_and_variants_are_at_the_exported_ir_and_opset(tmp_path):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 20, 300, factors=4, seen_per_user=3)
     manifest = export_bundle(
         ck, tmp_path / "mf", formats="onnx", precision="fp16,int8", verify=False
-    )
+    ).to_dict()
     onnx_files = [rel for rel in manifest["files"] if rel.endswith(".onnx")]
     assert "onnx/kernels/score_groups.onnx" in onnx_files
     assert "onnx/kernels/recommend_user.onnx" in onnx_files

@@ -17,8 +17,6 @@ from helpers.cli_contract import dead_pid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_export import atomic, bundle_writer
-from recsys_export import bundle as bundle_mod
 from recsys_export.bundle import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -28,8 +26,11 @@ from recsys_export.bundle import (
     sha256_file,
     update_bundle,
 )
+from recsys_export.bundle import files as bundle_files
+from recsys_export.bundle import writer as bundle_writer
+from recsys_export.core import atomic
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import BundleError, RecsysExportError
-from recsys_export.ids import IdMap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).resolve().parent / "helpers" / "slow_bundle_writer.py"
@@ -111,8 +112,8 @@ def test_roundtrip_with_id_maps(tmp_path: Path, users: list, items: list) -> Non
     assert b.user_map() is b.user_map()  # cached
     assert b.user_map().kind == ("int" if isinstance(users[0], int) else "str")
     assert b.file("onnx/score.onnx").read_bytes() == ONNX_BYTES
-    assert b.manifest["model"] == EXTRA["model"]
-    assert b.manifest["entry_points"] == EXTRA["entry_points"]
+    assert b.manifest.to_dict()["model"] == EXTRA["model"]
+    assert b.manifest.to_dict()["entry_points"] == EXTRA["entry_points"]
     assert b.read_json("reports/parity.json") == {"max_abs": 1e-7}
 
 
@@ -168,7 +169,7 @@ def test_manifest_values_numpy_are_serialised(tmp_path: Path) -> None:
         tmp_path / "b",
         extra={"training": {"rmse": np.float32(0.5), "n": np.int64(3), "curve": np.arange(3)}},
     )
-    assert Bundle.load(tmp_path / "b").manifest["training"] == {
+    assert Bundle.load(tmp_path / "b").manifest.to_dict()["training"] == {
         "rmse": 0.5,
         "n": 3,
         "curve": [0, 1, 2],
@@ -544,7 +545,7 @@ def test_commit_ignores_reserved_keys_from_caller(tmp_path: Path) -> None:
     with BundleWriter(tmp_path / "b") as w:
         w.write_bytes("x.bin", b"x", role="data")
         w.commit({"format": "fake", "format_version": 99, "files": {}, "created": "never"})
-    m = Bundle.load(tmp_path / "b").manifest
+    m = Bundle.load(tmp_path / "b").manifest.to_dict()
     assert m["format"] == FORMAT_NAME and m["format_version"] == FORMAT_VERSION
     assert set(m["files"]) == {"x.bin"} and m["created"] != "never"
 
@@ -639,8 +640,8 @@ def test_update_bundle_replaces_a_file(tmp_path: Path) -> None:
         dest, manifest_updates={}, new_files={"onnx/score.onnx": (b"v2", "onnx:score")}
     )
     assert b.file("onnx/score.onnx").read_bytes() == b"v2"
-    assert b.files["onnx/score.onnx"]["sha256"] != old_sha
-    assert b.files["onnx/score.onnx"]["bytes"] == 2
+    assert b.files["onnx/score.onnx"].sha256 != old_sha
+    assert b.files["onnx/score.onnx"].bytes == 2
 
 
 def test_update_bundle_copies_when_links_fail(
@@ -651,10 +652,10 @@ def test_update_bundle_copies_when_links_fail(
     def no_link(src: object, dst: object) -> None:
         raise OSError(errno.EXDEV, "cross-device link")
 
-    monkeypatch.setattr(bundle_mod.os, "link", no_link)
+    monkeypatch.setattr(os, "link", no_link)
     b = update_bundle(dest, manifest_updates={"x": 1})
     assert b.file("onnx/score.onnx").read_bytes() == ONNX_BYTES
-    assert b.manifest["x"] == 1
+    assert b.manifest.to_dict()["x"] == 1
 
 
 def test_update_bundle_refuses_corrupted_source_and_changes_nothing(tmp_path: Path) -> None:
@@ -691,7 +692,7 @@ def test_update_bundle_refuses_bad_new_files(tmp_path: Path) -> None:
 def test_any_accepted_name_stays_inside(rel: str) -> None:
     root = Path("/bundle/root")
     try:
-        bundle_mod._check_rel(rel, "test")
+        bundle_files.check_rel(rel, "test")
     except BundleError:
         return
     full = os.path.normpath(root / rel)
@@ -752,7 +753,7 @@ def test_tempfile_dir_is_not_a_bundle() -> None:
 
 def test_staged_bundle_loads_before_commit_and_abort_keeps_dest(tmp_path: Path) -> None:
     dest = make_bundle(tmp_path / "b")
-    before = Bundle.load(dest).manifest
+    before = Bundle.load(dest).manifest.to_dict()
     with pytest.raises(RuntimeError, match="check failed"):
         with BundleWriter(dest, overwrite=True) as w:
             w.write_id_maps(IdMap([1, 2], "user"), IdMap(["x"], "item"))
@@ -760,7 +761,7 @@ def test_staged_bundle_loads_before_commit_and_abort_keeps_dest(tmp_path: Path) 
             staged = Bundle.load(w.stage(dict(EXTRA)))
             assert staged.root != dest and len(staged.user_map()) == 2
             raise RuntimeError("check failed")
-    assert Bundle.load(dest).manifest == before
+    assert Bundle.load(dest).manifest.to_dict() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 

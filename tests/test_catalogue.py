@@ -601,7 +601,7 @@ def test_duplicates_default_policy_reports_count(tmp_path: Path) -> None:
         f"note: 2 duplicate (user, item) rows in {data}; kept the last occurrence"
     )
     assert out.is_file()
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     assert load_checkpoint(out).data["n_duplicates"] == 2
 
@@ -784,7 +784,7 @@ def test_include_empty_and_load_none(rt_world: World) -> None:
 def _big_id_bundle(world: World) -> tuple[Path, list[int]]:
     """The golden MF bundle with user ids just above 2^53, written by the bundle module."""
     from recsys_export.bundle import update_bundle
-    from recsys_export.ids import IdMap
+    from recsys_export.core.ids import IdMap
 
     ids = [BIG + 1, BIG, BIG + 3, BIG + 4, -(BIG + 1)]  # pairs a float64 merges
     text = json.dumps(IdMap(np.array(ids, dtype=np.int64), "user").to_json())
@@ -849,7 +849,7 @@ def _swap_on_first_call(
 ):
     """Make ``owner.name`` exchange directories ``a`` and ``b`` (as ``export --force``
     does) the first time it is called, then behave as before."""
-    from recsys_export import atomic
+    from recsys_export.core import atomic
 
     original = getattr(owner, name)
     calls = {"n": 0}
@@ -877,12 +877,13 @@ def test_bundle_swapped_while_loading_is_one_whole(
     whole), or once the bundle was checked, before the id maps and graphs are read
     (``graphs``: the files it checked are open, so it is the old bundle, whole)."""
     from recsys_export import bundle as bundle_mod
+    from recsys_export.bundle import load as bundle_load
     from recsys_export.runtime import Recommender
 
     other = rt_world.tmp / "golden-densenet"
     shutil.copytree(GOLDEN / "toy-densenet", other)
     owner, name = (
-        (bundle_mod, "sha256_file") if stage == "checksums" else (bundle_mod.Bundle, "user_map")
+        (bundle_load, "sha256_file") if stage == "checksums" else (bundle_mod.Bundle, "user_map")
     )
     calls = _swap_on_first_call(monkeypatch, owner, name, rt_world.bundle, other)
     rec = Recommender.load(rt_world.bundle)
@@ -935,12 +936,12 @@ def test_train_out_is_checked_before_training(
 ) -> None:
     """``--out`` naming a directory (even with --force) or an unwritable place fails
     before any training, and the directory keeps what it held."""
-    from recsys_export import train
+    from recsys_export.training import experiment
 
     def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr(train, "fit", no_training)
+    monkeypatch.setattr(experiment, "fit", no_training)
     target = world.tmp / "runs"
     target.mkdir()
     (target / "keep.txt").write_text("mine", encoding="utf-8")
@@ -958,7 +959,7 @@ def test_train_out_is_checked_before_training(
 
 def test_utf16_ratings_are_read(tmp_path: Path) -> None:
     """UTF-16 (what some Windows tools save) is read as text, with or without a BOM."""
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     text = _unicode_csv()
     for encoding in ("utf-16", "utf-16-le"):

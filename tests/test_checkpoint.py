@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import CheckpointError
-from recsys_export.ids import IdMap
 from recsys_export.models import DenseNet, MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 
 
 def _ckpt(model=None):

@@ -44,13 +44,13 @@ from helpers.cli_contract import (
     run_subprocess,
 )
 
-from recsys_export import atomic
 from recsys_export.bundle import Bundle, BundleWriter
-from recsys_export.checkpoint import load_checkpoint
+from recsys_export.core import atomic
 from recsys_export.errors import BundleError, ConfigError
 from recsys_export.export import export_bundle
+from recsys_export.models.checkpoint import load_checkpoint
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
-from recsys_export.synthetic_models import synthetic_checkpoint
 
 USERS_A = [f"user {i}" for i in range(40)]
 ITEMS_A = [f"item {j}" for j in range(30)]
@@ -267,7 +267,7 @@ def test_score_all_never_replaces_a_file_that_appeared(
 ) -> None:
     """Main checked ``--out`` at the start only, then ``os.replace``-d over the file."""
     out = tmp_path / f"scores.{ext}"
-    hook = "_score_all_into" if ext == "npy" else "topk_rows"
+    hook = "score_all_into" if ext == "npy" else "topk"
     _appear_during(monkeypatch, Recommender, hook, out)
     argv = ["score", str(world["a"]), *SCORE_OUTPUTS[ext][:1], "--out", str(out), "-q"]
     if ext == "csv":
@@ -284,7 +284,7 @@ def test_score_all_never_replaces_a_file_that_appeared(
 def test_train_never_replaces_a_checkpoint_that_appeared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recsys_export import experiment
+    from recsys_export.training import experiment
 
     out = tmp_path / "model.pt"
     _appear_during(monkeypatch, experiment, "train_checkpoint", out)
@@ -345,7 +345,7 @@ def test_verify_only_reads_the_bundle(world: dict[str, Path], tmp_path: Path, ho
             assert _snapshot(bundle) == before and leftovers(tmp_path) == []
         else:
             assert rc == 0, stderr
-            assert Bundle.load(bundle).manifest["parity"]["passed"] is True
+            assert Bundle.load(bundle).manifest.to_dict()["parity"]["passed"] is True
     finally:
         for p in [bundle, *bundle.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
@@ -385,7 +385,7 @@ def test_a_loaded_bundle_is_read_whole_after_it_is_replaced(
     expected = _answers(Recommender.load(world["a"]), USERS_A[:3])
     rec = Recommender.load(path)  # nothing read yet beyond the first graph and id maps
     _replace_with(path, world["b"])
-    assert Bundle.load(path).spec.model.n_users == 25  # the new one is in place
+    assert Bundle.load(path).manifest.model.n_users == 25  # the new one is in place
     assert _answers(rec, USERS_A[:3]) == expected  # the loaded one answers, whole
     assert Recommender.load(path).n_users == 25
 
@@ -629,7 +629,7 @@ def test_a_bundle_inside_a_bundle(world: dict[str, Path], tmp_path: Path) -> Non
     argv = ["export", str(world["ckpt_a"]), "--out", str(outer), "--force", "--no-verify", "-q"]
     rc, stdout, stderr = run_inprocess(argv)
     assert_one_line_error(rc, stdout, stderr, "export", ["refusing to replace", str(inner)])
-    assert Bundle.load(inner).spec.model.n_users == 25
+    assert Bundle.load(inner).manifest.model.n_users == 25
     shutil.rmtree(inner)
     argv = ["export", str(world["ckpt_b"]), "--out", str(outer / "new"), "--no-verify", "-q"]
     rc, stdout, stderr = run_inprocess(argv)

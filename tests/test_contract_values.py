@@ -26,10 +26,10 @@ import pytest
 
 from recsys_export.cli import main
 from recsys_export.cli.terminal import safe_text
+from recsys_export.core.ids import IdMap
 from recsys_export.data import read_ratings
+from recsys_export.data.items import read_item_names
 from recsys_export.errors import DataError, UnknownIdError
-from recsys_export.ids import IdMap
-from recsys_export.items import read_item_names
 
 ROOT = Path(__file__).resolve().parents[1]
 ESC_TITLE = "Evil \x1b]0;pwned\x07 \x1b[2J\x9b31m title"  # retitle, clear, C1 CSI
@@ -67,7 +67,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 def str_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MF bundle with string ids 'None' and 'nan' and a hostile title."""
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ckpt = synthetic_checkpoint(
         "mf", len(USERS), len(ITEMS), seen_per_user=1, user_ids=USERS, item_ids=ITEMS

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_export.core.ids import IdMap, runs_to_coo
 from recsys_export.data import (
     TOY_MATRIX,
     Ratings,
@@ -24,7 +25,6 @@ from recsys_export.data import (
     toy_ratings,
 )
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap, runs_to_coo
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -276,8 +276,11 @@ def test_unicode_ids_with_inner_spaces(tmp_path: Path) -> None:
     assert r.n_users == 2
     assert sorted(r.user_map.raw_ids.tolist()) == r.user_map.raw_ids.tolist()
     # two raw ids that differ only in surrounding whitespace are not merged silently
-    with pytest.raises(DataError, match=r"line 4: user id 'Zoë Smith' differs from "
-                       r"'  Zoë Smith ' \(line 2\) only in surrounding whitespace"):
+    with pytest.raises(
+        DataError,
+        match=r"line 4: user id 'Zoë Smith' differs from "
+        r"'  Zoë Smith ' \(line 2\) only in surrounding whitespace",
+    ):
         read_ratings(write(tmp_path, "r2.csv", text + "Zoë Smith,x,1\n"))
 
 

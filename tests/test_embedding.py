@@ -28,9 +28,10 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_export.bundle import Bundle
+from recsys_export.bundle.schema import ENTRY_POINTS
 from recsys_export.export import export_bundle
-from recsys_export.manifest import ENTRY_POINTS
-from recsys_export.synthetic_models import synthetic_checkpoint
+from recsys_export.models.synthetic import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "runtimes.md"
@@ -307,7 +308,7 @@ def _make_case(path: Path, model: torch.nn.Module | None) -> BundleCase:
     if model is None and manifest.get("reference", {}).get("state_dict"):
         from recsys_export.parity import reference_model
 
-        model = reference_model(path, manifest)
+        model = reference_model(Bundle.load(path))
     case = BundleCase(path, manifest, model)
     n_users, n_items = manifest["model"]["n_users"], manifest["model"]["n_items"]
     case.cases = _input_cases(n_users, n_items)

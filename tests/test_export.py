@@ -17,10 +17,10 @@ import torch
 
 from recsys_export import data
 from recsys_export.bundle import Bundle
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
+from recsys_export.bundle.schema import DEFAULT_FORMATS, FORMATS
 from recsys_export.errors import BundleError, CheckpointError, ConfigError, ParityError
 from recsys_export.export import ONNX_OPSET, export_bundle, parse_formats
-from recsys_export.manifest import DEFAULT_FORMATS, FORMATS
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.parity import (
     EagerBackend,
     OnnxBackend,
@@ -30,7 +30,8 @@ from recsys_export.parity import (
     reference_model,
 )
 from recsys_export.plan import BATCH_BYTES
-from recsys_export.train import TrainConfig, fit
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def small_bundles(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["mf", "densenet"])
 def test_movielens_bundle_passes_parity_on_every_format_entry_and_batch(ml_bundles, kind):
     bundle = Bundle.load(ml_bundles[kind])
-    man = bundle.manifest
+    man = bundle.manifest.to_dict()
     assert man["parity"]["passed"] is True
     report = bundle.read_json("parity.json")
     assert report["passed"] and report["atol"] is None and report["rtol"] is None
@@ -66,7 +67,7 @@ def test_movielens_bundle_passes_parity_on_every_format_entry_and_batch(ml_bundl
     # 5.9M pairs fit the default budget: the whole matrix; score on random pairs
     assert report["plan"]["mode"] == "full" and report["plan"]["fraction"] == 1.0
     # the large batch through score_all / recommend is what fits BATCH_BYTES in one call
-    large = call_users(reference_model(bundle.root, man), BATCH_BYTES)
+    large = call_users(reference_model(bundle), BATCH_BYTES)
     assert large == (1024 if kind == "mf" else 63)
     for fmt in ("onnx", "torchscript", "pt2"):
         for b in (1, 2, 7, 1024):
@@ -90,7 +91,7 @@ def test_movielens_bundle_passes_parity_on_every_format_entry_and_batch(ml_bundl
 
 
 def test_manifest_describes_the_bundle(ml_bundles):
-    man = Bundle.load(ml_bundles["mf"]).manifest
+    man = Bundle.load(ml_bundles["mf"]).manifest.to_dict()
     assert man["model"]["kind"] == "mf" and man["model"]["n_users"] == 610
     assert man["model"]["n_items"] == 9724
     assert set(man["formats"]) == {"onnx", "torchscript", "pt2"}
@@ -111,7 +112,7 @@ def test_manifest_describes_the_bundle(ml_bundles):
 @pytest.mark.parametrize("kind", ["mf", "densenet"])
 def test_onnx_graphs_are_valid_with_dynamic_batch_and_metadata(small_bundles, kind):
     root, _ = small_bundles[kind]
-    graphs = Bundle.load(root).manifest["formats"]["onnx"]["graphs"]
+    graphs = Bundle.load(root).manifest.to_dict()["formats"]["onnx"]["graphs"]
     for entry, rel in graphs.items():
         model = onnx.load(str(root / rel))
         onnx.checker.check_model(model, full_check=True)
@@ -145,7 +146,7 @@ def _concat_sources(graph: onnx.GraphProto) -> set[str]:
 
 def test_densenet_score_all_never_concatenates_pairs(small_bundles):
     root, _ = small_bundles["densenet"]
-    graphs = Bundle.load(root).manifest["formats"]["onnx"]["graphs"]
+    graphs = Bundle.load(root).manifest.to_dict()["formats"]["onnx"]["graphs"]
     score_all = onnx.load(str(root / graphs["score_all"])).graph
     assert "Concat" not in [n.op_type for n in score_all.node]
     # recommend concatenates only the (row, item) exclusion indices for ScatterND,
@@ -164,13 +165,13 @@ def test_densenet_score_all_never_concatenates_pairs(small_bundles):
 @pytest.mark.parametrize("kind", ["mf", "densenet"])
 def test_recommend_contract_on_exported_formats(small_bundles, kind):
     root, ckpt_path = small_bundles[kind]
-    man = Bundle.load(root).manifest
+    bundle = Bundle.load(root)
     ck = load_checkpoint(ckpt_path)
     n_items = ck.model.n_items
     users = np.array([0, 3, 5], dtype=np.int64)
     rows = np.array([0] * (n_items - 2) + [1, 1, 2], dtype=np.int64)
     items = np.concatenate([np.arange(n_items - 2), [4, 4, n_items - 1]]).astype(np.int64)
-    for name, backend in [*load_backends(root, man).items(), ("eager", EagerBackend(ck.model))]:
+    for name, backend in [*load_backends(bundle).items(), ("eager", EagerBackend(ck.model))]:
         scores, top = backend.recommend(users, 5, rows, items)
         assert top.dtype == np.int64 and scores.dtype == np.float32
         assert top.shape == (3, 5)
@@ -194,11 +195,11 @@ def test_external_data_path(tmp_path):
     ck = small_checkpoint("mf")
     export_bundle(ck, tmp_path / "b", formats="onnx", external_data=True)
     bundle = Bundle.load(tmp_path / "b")
-    roles = {info["role"] for info in bundle.manifest["files"].values()}
+    roles = {info["role"] for info in bundle.manifest.to_dict()["files"].values()}
     assert {"onnx-data:score", "onnx-data:score_all", "onnx-data:recommend"} <= roles
-    assert bundle.manifest["parity"]["passed"]
+    assert bundle.manifest.to_dict()["parity"]["passed"]
     sess = OnnxBackend(
-        {e: tmp_path / "b" / p for e, p in bundle.manifest["formats"]["onnx"]["graphs"].items()}
+        {e: tmp_path / "b" / p for e, p in bundle.manifest.require_onnx().graphs.items()}
     )
     got = sess.score_all(np.arange(40, dtype=np.int64))
     want = EagerBackend(ck.model).score_all(np.arange(40, dtype=np.int64))
@@ -235,13 +236,13 @@ def test_export_failing_parity_leaves_previous_bundle(
     dest = tmp_path / "bundle"
     written = export_bundle(ck, dest, formats="onnx")
     before = json.loads((dest / "manifest.json").read_text())
-    assert written == before  # the manifest as written, checksums and parity included
+    assert written.to_dict() == before  # the manifest as written, checksums and parity included
     cls = parity.RuntimeBackend if backend == "runtime" else parity.OnnxBackend
     real = cls.score_all
     monkeypatch.setattr(cls, "score_all", lambda self, users: real(self, users) + 1e-3)
     with pytest.raises(ParityError, match=f"{backend}:score_all"):
         export_bundle(ck, dest, formats="onnx", overwrite=True)
-    assert Bundle.load(dest).manifest == before
+    assert Bundle.load(dest).manifest.to_dict() == before
     with pytest.raises(ParityError):
         export_bundle(ck, tmp_path / "fresh", formats="onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
@@ -270,7 +271,7 @@ def test_default_export_has_onnx_and_torchscript_only(tmp_path):
     """No ``formats``: ONNX and TorchScript, verified; no pt2 file, manifest entry or
     timing. ``formats="all"`` adds the three programs."""
     ck = small_checkpoint("mf", seed=2)
-    man = export_bundle(ck, tmp_path / "d")
+    man = export_bundle(ck, tmp_path / "d").to_dict()
     assert set(man["formats"]) == {"onnx", "torchscript"}
     assert set(man["timings"]["export_seconds"]) == {"onnx", "torchscript"}
     assert not (tmp_path / "d" / "pt2").exists()
@@ -279,7 +280,7 @@ def test_default_export_has_onnx_and_torchscript_only(tmp_path):
     report = Bundle.load(tmp_path / "d").read_json("parity.json")
     checked = {c["format"] for c in report["comparisons"]} - {"eager"}  # eager: self-checks
     assert checked == {"onnx", "torchscript", "runtime"} and not report["skipped"]
-    man = export_bundle(ck, tmp_path / "a", formats="all", verify=False)
+    man = export_bundle(ck, tmp_path / "a", formats="all", verify=False).to_dict()
     assert set(man["formats"]) == {"onnx", "torchscript", "pt2"}
     programs = man["formats"]["pt2"]["programs"]
     assert programs == {e: f"pt2/{e}.pt2" for e in ("score", "score_all", "recommend")}
@@ -320,7 +321,7 @@ def test_kill_during_export_keeps_previous_bundle(small_bundles, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert Bundle.load(dest).manifest == before
+    assert Bundle.load(dest).manifest.to_dict() == before
     loadable = []
     for d in tmp_path.rglob("*"):
         if d.is_dir():
@@ -330,3 +331,56 @@ def test_kill_during_export_keeps_previous_bundle(small_bundles, tmp_path):
             except BundleError:
                 pass
     assert loadable == [dest]
+
+
+def test_export_options_are_export_bundles_keywords(monkeypatch):
+    """``ExportOptions`` holds exactly ``export_bundle``'s keyword options, with the same
+    defaults, and ``export()`` hands every one of them on."""
+    import inspect
+    from dataclasses import fields
+
+    from recsys_export.export import build
+    from recsys_export.export.options import ExportOptions
+
+    params = {
+        p.name: p.default
+        for p in inspect.signature(build.export_bundle).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    assert [f.name for f in fields(ExportOptions)] == list(params)
+    defaults = ExportOptions()
+    for name, default in params.items():
+        got = getattr(defaults, name)
+        assert got == default or (name == "precision" and got == (default,)), name
+    calls = []
+    monkeypatch.setattr(build, "export_bundle", lambda *args, **kw: calls.append((args, kw)))
+    opts = ExportOptions(
+        formats=("onnx",),
+        overwrite=True,
+        external_data=False,
+        verify=False,
+        atol=1e-4,
+        rtol=1e-3,
+        budget=10,
+        full=True,
+        progress=True,
+        precision=("fp16",),
+    )
+    opts.export("ckpt", "out")
+    assert calls == [
+        (
+            ("ckpt", "out"),
+            {
+                "formats": ("onnx",),
+                "overwrite": True,
+                "external_data": False,
+                "verify": False,
+                "atol": 1e-4,
+                "rtol": 1e-3,
+                "budget": 10,
+                "full": True,
+                "progress": True,
+                "precision": ("fp16",),
+            },
+        )
+    ]

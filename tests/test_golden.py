@@ -32,10 +32,10 @@ def test_committed_bundle_reproduces_expected_outputs(expected_file):
     expected = json.loads(expected_file.read_text())
     root = ARTIFACTS / expected["bundle"]
     bundle = Bundle.load(root)  # format version and checksums
-    assert bundle.manifest["parity"]["passed"]
+    assert bundle.manifest.to_dict()["parity"]["passed"]
     inp, out = expected["inputs"], expected["outputs"]
     arr = {k: {n: np.asarray(v, dtype=np.int64) for n, v in d.items()} for k, d in inp.items()}
-    backends = load_backends(root, bundle.manifest)
+    backends = load_backends(bundle)
     assert set(backends) == {"onnx", "torchscript", "pt2"}
     for name, be in backends.items():
         np.testing.assert_allclose(

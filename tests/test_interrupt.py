@@ -141,10 +141,10 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ONNX bundle of an untrained MF (8 users, 6 items): export only, no training."""
     import torch
 
-    from recsys_export.checkpoint import Checkpoint
+    from recsys_export.core.ids import IdMap
     from recsys_export.export import export_bundle
-    from recsys_export.ids import IdMap
     from recsys_export.models import MatrixFactorization
+    from recsys_export.models.checkpoint import Checkpoint
 
     torch.manual_seed(0)
     model = MatrixFactorization(8, 6, 4, biased=True, sparse=False, init_std=0.3).eval()

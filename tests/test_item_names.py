@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from pathlib import Path
@@ -13,15 +12,16 @@ import torch
 
 from recsys_export import data
 from recsys_export.bundle import Bundle, sha256_file, update_bundle
-from recsys_export.checkpoint import Checkpoint, load_checkpoint
+from recsys_export.bundle.schema import ITEM_NAMES_FILE
 from recsys_export.cli import main
-from recsys_export.cli.training import load_item_names
+from recsys_export.core.ids import IdMap
+from recsys_export.data.items import default_item_names_path, read_item_names
 from recsys_export.errors import BundleError, CheckpointError, DataError, UnknownIdError
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
-from recsys_export.items import ITEM_NAMES_FILE, default_item_names_path, read_item_names
 from recsys_export.models import MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint, load_checkpoint
 from recsys_export.runtime import Recommender
+from recsys_export.training.run import TrainRequest, load_item_names
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ITEM_IDS = ["m01", "m02", "m03", "m04", "m05", "m06"]
@@ -155,16 +155,13 @@ def test_binary_file_is_refused(tmp_path):
 def test_bundled_movielens_titles(movielens):
     path = default_item_names_path()
     assert path.is_file() and path.parent == data.default_dataset_path().parent
-    args = argparse.Namespace(
-        items=None, data=None, item_id_col=None, item_name_col=None, quiet=True
-    )
-    names = load_item_names(args, movielens)
+    names = load_item_names(TrainRequest(), movielens)
     assert len(names) == movielens.n_items
     by_id = dict(zip(movielens.item_map.raw_ids.tolist(), names))
     assert by_id[1] == "Toy Story (1995)" and by_id[318] == "Shawshank Redemption, The (1994)"
     assert all(n is not None for n in names)  # every rated movie has a title
-    args.data = "ratings.csv"  # another file: no titles unless --items
-    assert load_item_names(args, movielens) is None
+    # another file: no titles unless --items
+    assert load_item_names(TrainRequest(data="ratings.csv"), movielens) is None
 
 
 # ------------------------------------------------------------------ checkpoint
@@ -224,10 +221,10 @@ def named_bundle(tmp_path_factory) -> Path:
 
 def test_bundle_lists_checksummed_names(named_bundle):
     bundle = Bundle.load(named_bundle)
-    assert bundle.manifest["item_names"] == ITEM_NAMES_FILE
+    assert bundle.manifest.to_dict()["item_names"] == ITEM_NAMES_FILE
     entry = bundle.files[ITEM_NAMES_FILE]
-    assert entry["role"] == "item_names"
-    assert entry["sha256"] == sha256_file(named_bundle / ITEM_NAMES_FILE)
+    assert entry.role == "item_names"
+    assert entry.sha256 == sha256_file(named_bundle / ITEM_NAMES_FILE)
     assert bundle.read_json(ITEM_NAMES_FILE) == NAMES
     # aligned with the item id map
     assert bundle.read_json(bundle.id_maps["items"])["ids"] == ITEM_IDS
@@ -289,7 +286,9 @@ def test_bundles_without_names_still_work(tmp_path):
 
 
 def test_verified_export_with_names(tmp_path):
-    manifest = export_bundle(_checkpoint(NAMES), tmp_path / "v", formats="onnx", verify=True)
+    manifest = export_bundle(
+        _checkpoint(NAMES), tmp_path / "v", formats="onnx", verify=True
+    ).to_dict()
     assert manifest["parity"]["passed"] and manifest["item_names"] == ITEM_NAMES_FILE
     assert Recommender.load(tmp_path / "v").item_names == NAMES
 
@@ -327,7 +326,7 @@ def test_cli_train_export_recommend_prints_titles(cli_files, capsys):
     assert load_checkpoint(root / "m.pt").item_names == NAMES
     bundle = root / "bundle"
     assert main(["export", str(root / "m.pt"), "--out", str(bundle), "--force", "-q", *QUICK]) == 0
-    assert Bundle.load(bundle).files[ITEM_NAMES_FILE]["role"] == "item_names"
+    assert Bundle.load(bundle).files[ITEM_NAMES_FILE].role == "item_names"
     capsys.readouterr()
     assert (
         main(["recommend", str(bundle), "--user", "u0", "--user", "u1", "-k", "3", "--json"]) == 0

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from recsys_export.errors import ConfigError
-from recsys_export.models import DenseNet, MatrixFactorization, build_model, topk_excluding
+from recsys_export.models import DenseNet, MatrixFactorization, build_model
+from recsys_export.torch_runtime.ops import topk_excluding
 
 
 def _models():
@@ -96,7 +97,7 @@ def test_densenet_split_first_layer_matches_linear():
 def test_dropout_masks_keep_rate_scale_and_fresh_windows():
     """Pooled dropout: each element kept with probability 1 - p and scaled by 1/(1 - p);
     successive calls draw different masks; p = 0 returns the input itself."""
-    from recsys_export.models import DropoutMasks
+    from recsys_export.models.densenet import DropoutMasks
 
     torch.manual_seed(0)
     masks = DropoutMasks()
@@ -147,7 +148,7 @@ def test_densenet_scores_in_item_tiles_match_one_block(monkeypatch):
     """score_all / score_items form the hidden activations a few items at a time: with
     tiles of a handful of items the scores and every gradient equal the one-block
     computation, and in training mode score_all drops units as score_items does."""
-    import recsys_export.models as models
+    import recsys_export.models.densenet as densenet
 
     torch.manual_seed(3)
     model = DenseNet(6, 50, 4, 8, global_mean=1.5, init_std=0.3)
@@ -160,7 +161,7 @@ def test_densenet_scores_in_item_tiles_match_one_block(monkeypatch):
         h = (a.unsqueeze(1) + c.unsqueeze(0)).relu()
         return h @ m.linear2.weight[0] + m.linear2.bias + m.global_mean
 
-    monkeypatch.setattr(models, "SCORE_TILE", 6 * 8 * 3)  # 3 items per tile
+    monkeypatch.setattr(densenet, "SCORE_TILE", 6 * 8 * 3)  # 3 items per tile
     model.eval()
     for tiled, block in (
         (model.score_all(users), one_block(model, torch.arange(50))),
@@ -182,7 +183,7 @@ def test_densenet_inference_scores_in_user_and_item_tiles_match_one_block(monkey
     """Without gradients DenseNet scores in [users, hidden, items] tiles: with tiles of
     2 users' whole rows, of 1 user x 6 items (a short last tile), of 1 x 1 and of every
     user at once, the scores equal the one-block computation."""
-    import recsys_export.models as models
+    import recsys_export.models.densenet as densenet
 
     torch.manual_seed(5)
     model = DenseNet(7, 20, 4, 8, global_mean=-0.5, init_std=0.3).eval()
@@ -194,7 +195,7 @@ def test_densenet_inference_scores_in_user_and_item_tiles_match_one_block(monkey
         block = (a.unsqueeze(1) + c.unsqueeze(0)).relu() @ model.linear2.weight[0]
         block = block + model.linear2.bias + model.global_mean
         for tile in (8 * 20 * 2, 8 * 2 * 3, 1, 8 * 20 * 5):
-            monkeypatch.setattr(models, "INFERENCE_TILE", tile)
+            monkeypatch.setattr(densenet, "INFERENCE_TILE", tile)
             scores = model.score_all(users)
             torch.testing.assert_close(scores, block, atol=1e-6, rtol=1e-6)
             torch.testing.assert_close(model.score_items(users, torch.arange(20)), block)
@@ -204,7 +205,7 @@ def test_densenet_training_scores_and_gradients_equal_plain_autograd_with_masks(
     """In training mode the tiled hidden layer (one reused buffer, recomputed in the
     backward pass) gives the scores and gradients of autograd on the plain expression
     relu(a + c) * mask . w2 with the very masks it drew."""
-    import recsys_export.models as models
+    import recsys_export.models.densenet as densenet
 
     torch.manual_seed(4)
     model = DenseNet(5, 40, 4, 8, dropout=0.3, global_mean=0.5, init_std=0.3).train()
@@ -217,7 +218,7 @@ def test_densenet_training_scores_and_gradients_equal_plain_autograd_with_masks(
         return m
 
     monkeypatch.setattr(model._masks, "mask", recording)
-    monkeypatch.setattr(models, "SCORE_TILE", 5 * 8 * 7)  # 7 items per tile: 6 tiles
+    monkeypatch.setattr(densenet, "SCORE_TILE", 5 * 8 * 7)  # 7 items per tile: 6 tiles
     users, items = torch.tensor([0, 2, 4, 1, 3]), torch.arange(40).flip(0)
     tiled = model.score_items(users, items)
     assert len(drawn) == 6

@@ -133,7 +133,7 @@ def test_post_class_state_dict_through_the_cli(kind, tmp_path, capsys):
     assert f"({kind} via the converted path" in text and "parity: PASS" in text
     rec = Recommender.load(out)
     assert rec.kind == kind and rec.fast_paths  # our model: every fast path
-    origin = rec.manifest["training"]["config"]["origin"]
+    origin = rec.manifest.to_dict()["training"]["config"]["origin"]
     assert origin["path"] == "converted"
     assert_serves_module(rec, module, df)
 
@@ -145,9 +145,10 @@ def test_post_mf_with_biases_module_is_converted_and_verified_against_it(tmp_pat
     module = _train(PostMF(N_USERS, N_ITEMS, 4, biases=True), df)
     result = export_model(module, tmp_path / "b", ratings=df)
     assert (result.path, result.kind) == ("converted", "mf")
-    assert result.manifest["model"]["hyperparameters"]["biased"] is True
-    assert result.parity["passed"]
-    assert result.manifest["training"]["config"]["origin"]["reference"] == "the user's module"
+    assert result.manifest.to_dict()["model"]["hyperparameters"]["biased"] is True
+    assert result.parity.passed
+    origin = result.manifest.training.config["origin"]
+    assert origin["reference"] == "the user's module"
     assert_serves_module(Recommender.load(tmp_path / "b"), module, df)
 
 
@@ -193,6 +194,11 @@ def test_state_dict_checks_list_missing_and_extra_keys(tmp_path, capsys):
     assert main(["export", str(tmp_path / "module.pt"), "--model", "mf", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "refusing to load" in err
+    # the checkpoint's plan options would not reach an own model's verification
+    for flag in (["--budget", "9"], ["--full"]):
+        assert main([*argv, *flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag[0]} would be ignored" in err
     assert not Path(out).exists()
 
 
@@ -213,7 +219,7 @@ def two_tower(tmp_path_factory):
 def test_two_tower_generic_bundle(two_tower):
     module, df, result = two_tower
     assert (result.path, result.kind) == ("generic", "generic")
-    man = result.manifest
+    man = result.manifest.to_dict()
     assert "kernels" not in man["formats"]["onnx"]  # no fast paths: entry-point graphs
     assert set(man["formats"]) == {"onnx", "torchscript", "pt2"}
     assert man["parity"]["passed"]
@@ -378,10 +384,10 @@ def test_module_without_source_is_traced_for_torchscript(tmp_path):
     result = export_model(module, tmp_path / "b", ratings=_ratings(), formats="torchscript")
     assert len(result.notes) == 1 and "torch.jit.trace" in result.notes[0]
     assert "no source for Sourceless.forward" in result.notes[0]
-    origin = result.manifest["training"]["config"]["origin"]
+    origin = result.manifest.to_dict()["training"]["config"]["origin"]
     assert origin["torchscript"].startswith("torch.jit.trace on (users, items)")
-    assert result.parity["passed"]
-    assert {r["format"] for r in result.parity["rows"]} >= {"torchscript", "eager"}
+    assert result.parity.passed
+    assert {r.format for r in result.parity.rows} >= {"torchscript", "eager"}
     scripted = torch.jit.load(str(tmp_path / "b" / "torchscript" / "model.pt"))
     users = torch.arange(N_USERS)
     want = _full_matrix(module, N_USERS, N_ITEMS)
@@ -398,7 +404,7 @@ def test_generic_verification_is_sized_by_the_module(two_tower):
     wrapper = ModuleRecommender(module, N_USERS, N_ITEMS)
     dense = sum(p.numel() for n, p in module.named_parameters() if "embedding" not in n)
     assert wrapper.pair_cost() == -(-dense // 64) > 1
-    assert result.parity["plan"]["pair_cost"] == wrapper.pair_cost()
+    assert result.parity.plan["pair_cost"] == wrapper.pair_cost()
     wide = ModuleRecommender(TwoTower(N_USERS, N_ITEMS, 8, 512), N_USERS, N_ITEMS)
     assert wide.pair_bytes() > 8 * wrapper.pair_bytes()  # activations are measured
     assert call_users(wide, 1 << 20) < call_users(wrapper, 1 << 20)
@@ -424,7 +430,7 @@ def test_data_dependent_module_fails_with_one_line(tmp_path):
     # plan's score_all-vs-pairwise check flags it whenever the batches' signs differ.)
     result = export_model(module, tmp_path / "b", keep_partial=True, verify=False, formats="all")
     assert set(result.failed) == {"pt2", "onnx"}
-    assert set(result.manifest["formats"]) == {"torchscript"}
+    assert set(result.manifest.to_dict()["formats"]) == {"torchscript"}
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from recsys_export.bundle import Bundle, update_bundle
-from recsys_export.checkpoint import Checkpoint
+from recsys_export.core.ids import IdMap
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
 from recsys_export.models import DenseNet, MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.parity import (
     CHECKED_BACKENDS,
     HIST_LABELS,
@@ -75,7 +75,7 @@ def test_verify_records_report_and_keeps_checksums(mf_bundle, tmp_path):
     parity = bundle.read_json("parity.json")
     assert parity["schema"] == "recsys-export-parity/2"
     assert parity["histogram_bins"] == HIST_LABELS
-    assert bundle.manifest["parity"]["passed"] is True
+    assert bundle.manifest.to_dict()["parity"]["passed"] is True
     rows = {(r["format"], r["entry_point"]) for r in parity["rows"]}
     for fmt in ("eager", "onnx", "torchscript", "pt2", "runtime"):
         for entry in ("score", "score_all", "recommend"):
@@ -192,7 +192,7 @@ def test_property_every_format_matches_eager_on_odd_shapes(
     model = _random_model(kind, n_users, n_items, n_factors, hidden, seed)
     root = tmp_path_factory.mktemp("prop") / "b"
     export_bundle(_checkpoint(model), root, formats="all", verify=False)
-    backends = load_backends(root, Bundle.load(root).manifest, CHECKED_BACKENDS)
+    backends = load_backends(Bundle.load(root), CHECKED_BACKENDS)
     report = run_parity(model, backends, n_users, n_items, batch_sizes=(1, 2, 7))
     assert report.passed, report.table()
     formats = ("eager", "onnx", "torchscript", "pt2")
@@ -208,10 +208,9 @@ def test_property_every_format_matches_eager_on_odd_shapes(
 def test_property_id_draws(mf_bundle, data):
     root, model = mf_bundle
     if not hasattr(test_property_id_draws, "_backends"):
-        manifest = Bundle.load(root).manifest
         test_property_id_draws._backends = {
             "eager": EagerBackend(model),
-            **load_backends(root, manifest),  # not the runtime: it takes seen items only
+            **load_backends(Bundle.load(root)),  # not the runtime: it takes seen items only
         }
     backends = test_property_id_draws._backends
     reference = reference_for(model)

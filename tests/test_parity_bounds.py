@@ -27,12 +27,12 @@ from helpers.conditioning import checkpoint_of, ill_conditioned_densenet
 from onnx import helper, numpy_helper
 
 from recsys_export.bundle import Bundle, update_bundle
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.cli import main
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import ParityError
 from recsys_export.export import export_bundle, kernels
-from recsys_export.ids import IdMap
 from recsys_export.models import MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.parity import verify_bundle
 from recsys_export.parity.bounds import SAFETY, TINY32, U32, reference_for
 from recsys_export.runtime import Recommender
@@ -73,7 +73,7 @@ def _edit(src, dst, rel, fn) -> None:
             init.CopyFrom(numpy_helper.from_array(new, init.name))
             touched += 1
     assert touched, f"nothing edited in {rel}"
-    role = Bundle.load(src).manifest["files"][rel]["role"]
+    role = Bundle.load(src).manifest.to_dict()["files"][rel]["role"]
     update_bundle(dst, manifest_updates={}, new_files={rel: (model.SerializeToString(), role)})
 
 
@@ -179,12 +179,12 @@ def old_kernel(monkeypatch):
 
     monkeypatch.setattr(frozen.DenseNetInference, "__init__", init)
     # the tiles before the fix: Max(a, -c) . w2 (the item term c . w2 in the offset)
-    monkeypatch.setattr(kernels, "_dn_item_tiles", _bench_module("densenet_kernel_ab")._max_tiles)
+    monkeypatch.setattr(kernels, "dn_item_tiles", _bench_module("densenet_kernel_ab")._max_tiles)
 
 
 def test_failing_kernel_falls_back_to_the_portable_graphs(old_kernel, tmp_path, capsys):
     model = ill_conditioned_densenet(seed=1)
-    manifest = export_bundle(checkpoint_of(model), tmp_path / "b")  # passes: the fallback
+    manifest = export_bundle(checkpoint_of(model), tmp_path / "b").to_dict()  # the fallback
     onnx_fmt = manifest["formats"]["onnx"]
     assert "kernels" not in onnx_fmt
     fallback = onnx_fmt["kernels_fallback"]
@@ -280,7 +280,7 @@ def test_float64_output_fails_as_a_dtype_change(mf_bundle, tmp_path):
     model.graph.node[-1].output[0] = "scores32"
     model.graph.node.append(helper.make_node("Cast", ["scores32"], [out.name], to=11))
     out.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
-    role = Bundle.load(root).manifest["files"][rel]["role"]
+    role = Bundle.load(root).manifest.to_dict()["files"][rel]["role"]
     update_bundle(
         tmp_path / "p", manifest_updates={}, new_files={rel: (model.SerializeToString(), role)}
     )
@@ -306,7 +306,7 @@ def test_parity_json_carries_rule_bounds_and_ratios(mf_bundle):
         assert row["min_bound"] > 0 or row["entry_point"] == "recommend"
         assert row["max_ratio"] == pytest.approx(row["worst_error"] / row["worst_bound"])
         assert row["max_ratio"] <= 1
-    summary = Bundle.load(root).manifest["parity"]
+    summary = Bundle.load(root).manifest.to_dict()["parity"]
     assert summary["max_ratio"] == parity["max_ratio"] > 0
     assert {"max_ratio", "worst_bound"} <= set(summary["rows"][0])
 
@@ -435,7 +435,7 @@ def test_module_without_float64_is_checked_with_the_fixed_rule(tmp_path):
 
     result = export_model(_Float32Inside(), tmp_path / "b", n_users=6, n_items=5,
                           formats="torchscript")  # fmt: skip
-    parity = result.parity
+    parity = result.manifest.to_dict()["parity"]
     assert parity["passed"] and (parity["atol"], parity["rtol"]) == (1e-5, 1e-5)
     assert parity["tolerance"] == "atol=1e-05 rtol=1e-05"
     assert parity["reference"].startswith("float32 eager (the module cannot run in float64")

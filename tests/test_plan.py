@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recsys_export.bundle.schema import describe_plan
 from recsys_export.errors import ConfigError
 from recsys_export.plan import (
     DEFAULT_BUDGET,
     SCORE_PAIRS_DIVISOR,
     check_budget,
-    describe_plan,
     plan_parity,
 )
 

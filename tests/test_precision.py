@@ -68,11 +68,11 @@ def test_fp16_weights_keeps_vectors_and_refuses_out_of_range():
 @pytest.fixture(scope="module")
 def int8_bundle(tmp_path_factory):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 300, 2000, factors=16, init_std=0.5, seen_per_user=20)
     path = tmp_path_factory.mktemp("int8") / "mf"
-    manifest = export_bundle(ck, path, formats="onnx", precision="int8")
+    manifest = export_bundle(ck, path, formats="onnx", precision="int8").to_dict()
     return path, manifest
 
 
@@ -125,7 +125,7 @@ def test_variant_is_loaded_only_when_asked(int8_bundle):
 
 def test_precision_errors(int8_bundle, tmp_path):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     path, _ = int8_bundle
     with pytest.raises(BundleError, match="has no fp16 variant .*--precision fp16"):
@@ -140,7 +140,7 @@ def test_precision_errors(int8_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_fp16_densenet_and_cli(tmp_path, capsys):
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("densenet", 120, 500, factors=8, hidden=16, seen_per_user=5)
     ckpt = tmp_path / "dn.pt"
@@ -170,10 +170,10 @@ def test_fp16_densenet_and_cli(tmp_path, capsys):
 
 def test_two_variants_in_one_export(tmp_path):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 40, 300, factors=8, seen_per_user=4)
-    manifest = export_bundle(ck, tmp_path / "mf", formats="onnx", precision="int8, fp16")
+    manifest = export_bundle(ck, tmp_path / "mf", formats="onnx", precision="int8, fp16").to_dict()
     variants = manifest["formats"]["onnx"]["variants"]
     assert set(variants) == {"fp16", "int8"}
     doc = json.loads((tmp_path / "mf" / "parity.json").read_text())
@@ -183,3 +183,26 @@ def test_two_variants_in_one_export(tmp_path):
         assert rec.recommend(np.arange(40), 5, by_index=True).items.shape == (40, 5)
     with pytest.raises(ConfigError, match="precision must be one of"):
         export_bundle(ck, tmp_path / "bad", precision="fp16,int4", verify=False)
+
+
+def test_verify_record_keeps_the_variants_quality(int8_bundle, tmp_path):
+    """``verify --record`` rewrites parity.json with the new report; what export measured
+    besides parity (the variants' recall) stays there, beside the manifest's copy."""
+    import shutil
+
+    from recsys_export.bundle import Bundle
+    from recsys_export.parity import verify_bundle
+
+    path = tmp_path / "mf"
+    shutil.copytree(int8_bundle[0], path)
+    before = json.loads((path / "parity.json").read_text())
+    report = verify_bundle(path, record=True, full_matrix=False)
+    assert report.passed
+    after = json.loads((path / "parity.json").read_text())
+    assert after["variants"] == before["variants"]
+    assert (
+        after["variants"]["int8"]
+        == int8_bundle[1]["formats"]["onnx"]["variants"]["int8"]["quality"]
+    )
+    assert after["rows"] != before["rows"] or after.get("plan") != before.get("plan")
+    Bundle.load(path)  # checksums rewritten with it

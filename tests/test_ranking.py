@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from recsys_export import data
-from recsys_export.baselines import BiasBaseline, PopularityBaseline
 from recsys_export.cli import main
 from recsys_export.errors import ConfigError, DataError
-from recsys_export.evaluate import (
+from recsys_export.models import MatrixFactorization
+from recsys_export.training.baselines import BiasBaseline, PopularityBaseline
+from recsys_export.training.config import default_config
+from recsys_export.training.evaluate import (
     check_threshold,
     compare_with_baselines,
     concat,
@@ -20,9 +22,8 @@ from recsys_export.evaluate import (
     evaluate,
     ranking_metrics,
 )
-from recsys_export.experiment import evaluate_checkpoint, train_checkpoint
-from recsys_export.models import MatrixFactorization
-from recsys_export.train import default_config, fit
+from recsys_export.training.experiment import evaluate_checkpoint, train_checkpoint
+from recsys_export.training.fit import fit
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_three_way_split_never_leaks_test_rows(monkeypatch):
         seen["train"], seen["valid"] = train, valid
         return real_fit(train, valid, cfg, **kw)
 
-    import recsys_export.experiment as experiment
+    import recsys_export.training.experiment as experiment
 
     real_fit = experiment.fit
     monkeypatch.setattr(experiment, "fit", spy)
@@ -257,7 +258,7 @@ def test_evaluate_checkpoint_reproduces_training_report(tmp_path):
     r = data.synthetic_ratings(100, 40, density=0.2, seed=0)
     ckpt, results = train_checkpoint(r, default_config("mf", epochs=3), progress=False)
     path = ckpt.save(tmp_path / "m.pt")
-    from recsys_export.checkpoint import load_checkpoint
+    from recsys_export.models.checkpoint import load_checkpoint
 
     again = evaluate_checkpoint(load_checkpoint(path))
     for name in ("model", "popularity", "bias"):
@@ -296,7 +297,7 @@ def test_ranking_bench_tiny(tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["mf", "densenet"])
 def test_fold_scale_multiplies_every_entry_point(kind):
     from recsys_export.models import build_model
-    from recsys_export.objectives import fold_scale
+    from recsys_export.training.objectives import fold_scale
 
     hp = {"n_users": 7, "n_items": 5, "n_factors": 3, "global_mean": 0.7}
     hp.update({"biased": True} if kind == "mf" else {"hidden": 4})
@@ -311,7 +312,7 @@ def test_fold_scale_multiplies_every_entry_point(kind):
 
 def test_checkpoint_without_recorded_parts(tmp_path, capsys):
     """Checkpoints of older versions: evaluate needs --test, and ranks without ratings."""
-    from recsys_export.checkpoint import Checkpoint
+    from recsys_export.models.checkpoint import Checkpoint
 
     r = data.synthetic_ratings(60, 30, density=0.3, seed=0)
     tr, te = data.random_split(r, 0.2, seed=0)
@@ -334,7 +335,7 @@ def test_checkpoint_without_recorded_parts(tmp_path, capsys):
 
 
 def test_weight_average_moves_towards_live_weights_and_swaps() -> None:
-    from recsys_export.history import WeightAverage
+    from recsys_export.training.history import WeightAverage
 
     model = MatrixFactorization(2, 3, 1, biased=False, sparse=False)
     with torch.no_grad():
@@ -353,7 +354,7 @@ def test_weight_average_moves_towards_live_weights_and_swaps() -> None:
 def test_averaged_weights_are_the_ones_kept(kind: str) -> None:
     """With an average that barely moves, the returned model is the initial one: what is
     kept (and exported) is the average, not the last step's weights."""
-    from recsys_export.train import build_from_config
+    from recsys_export.training.fit import build_from_config
 
     r = data.synthetic_interactions(60, 40, n_groups=3, per_user=8, noise=0.1, seed=1)
     cfg = default_config(kind, epochs=2, patience=0, average_epochs=1e9, score_scale=1.0)
@@ -372,7 +373,7 @@ def test_averaged_weights_are_the_ones_kept(kind: str) -> None:
     ("n", "size"), [(10, 10), (610, 16), (2_000, 16), (16_554, 64), (100_000, 128), (10**7, 512)]
 )
 def test_batch_sized_from_the_number_of_users(n: int, size: int) -> None:
-    from recsys_export.train import batch_size_for
+    from recsys_export.training.config import batch_size_for
 
     assert batch_size_for(default_config("densenet"), n) == size
     assert batch_size_for(default_config("densenet", batch_size=7), n) == min(7, n)
@@ -384,7 +385,7 @@ def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
     counts from the last new best that beat the previous progress by more than min_gain
     (tiny gains on a plateau do not keep training alive); tolerance 0 keeps the best
     epoch and min_gain 0 counts every new best as progress."""
-    from recsys_export.history import EarlyStopping, History
+    from recsys_export.training.history import EarlyStopping, History
 
     model = MatrixFactorization(2, 3, 2)
 
@@ -434,7 +435,7 @@ def test_early_stopping_keeps_the_most_covering_of_tied_epochs() -> None:
 def test_patience_counts_epochs_when_only_some_are_validated() -> None:
     """Updates every other epoch: patience 3 stops at the first validated epoch 3 or
     more epochs after the last progress, not after 3 validations."""
-    from recsys_export.history import EarlyStopping, History
+    from recsys_export.training.history import EarlyStopping, History
 
     model = MatrixFactorization(2, 3, 2)
     history = History()
@@ -470,10 +471,11 @@ def test_stopping_flags_reach_the_config_and_are_checked(
     flag: str, field: str, recipe: float, value: str, bad: str
 ) -> None:
     from recsys_export.cli.parser import build_parser
-    from recsys_export.cli.training import train_config
+    from recsys_export.cli.train import train_request
+    from recsys_export.training.run import training_config
 
     def config(*extra: str) -> object:
-        return train_config(build_parser().parse_args(["train", "toy", *extra]))
+        return training_config(train_request(build_parser().parse_args(["train", "toy", *extra])))
 
     assert getattr(config("--model", "densenet"), field) == recipe  # the recipe's
     assert getattr(config("--model", "densenet", flag, value), field) == float(value)

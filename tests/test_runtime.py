@@ -18,8 +18,8 @@ import torch
 
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
-from recsys_export.synthetic_models import synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -442,7 +442,7 @@ def test_fast_paths_match_eager_and_fallback(case):
     """The optional kernels (tiled DenseNet, augmented MF MatMul, TopK) keep parity."""
     model, path, rec = case
     assert rec.fast_paths
-    kernels = rec.manifest["formats"]["onnx"]["kernels"]
+    kernels = rec.manifest.to_dict()["formats"]["onnx"]["kernels"]
     assert kernels["version"] == 2 and "recommend_one" in kernels
     slow = Recommender.load(path, fast_paths=False)
     assert not slow.fast_paths
@@ -500,7 +500,7 @@ def test_densenet_kernel_block_users(bundles, tmp_path, bad):
     from recsys_export import export
 
     model, path, rec = bundles("densenet")
-    entry = rec.manifest["formats"]["onnx"]["kernels"]
+    entry = rec.manifest.to_dict()["formats"]["onnx"]["kernels"]
     assert entry["block_users"] == export.DN_BLOCK_USERS == rec.call_users
 
     def edit(manifest: dict) -> None:

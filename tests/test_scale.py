@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 
 from recsys_export.errors import ConfigError
 from recsys_export.export import export_bundle
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
 from recsys_export.scale import SUCCESS_NAME, BlockScorer, WorkerError, score_topk_ray
-from recsys_export.synthetic_models import synthetic_checkpoint
 
 N_USERS = int(os.environ.get("RECSYS_SCALE_TEST_USERS", "50000"))
 N_ITEMS = int(os.environ.get("RECSYS_SCALE_TEST_ITEMS", "10000"))
@@ -249,7 +249,7 @@ def test_missing_ray_is_a_config_error(monkeypatch, tmp_path):
 def torch_case(tmp_path_factory):
     """A small bundle with every format; the local onnxruntime and torch-engine outputs."""
     pytest.importorskip("torch")
-    from recsys_export.torch_engine import TorchEngine
+    from recsys_export.torch_runtime.engine import TorchEngine
 
     root = tmp_path_factory.mktemp("scale_torch")
     ck = synthetic_checkpoint(

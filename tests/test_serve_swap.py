@@ -113,7 +113,7 @@ def _corrupt(src, dest):
 
 def _parity_failed(src, dest):
     bad = copy_bundle(src, dest)
-    parity = dict(Recommender.load(bad).manifest["parity"])
+    parity = dict(Recommender.load(bad).manifest.to_dict()["parity"])
     parity["passed"] = False
     parity["rows"] = [{**parity["rows"][0], "passed": False}]
     update_bundle(bad, manifest_updates={"parity": parity})

@@ -1,4 +1,4 @@
-"""recsys_export.topk (numpy) agrees with the exported graphs' top-k, and checks k once."""
+"""recsys_export.core.topk (numpy) agrees with the exported graphs' top-k, and checks k once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from recsys_export import topk
+from recsys_export.core import topk
 from recsys_export.errors import ConfigError
 
 N_USERS, N_ITEMS = 6, 9
@@ -37,7 +37,7 @@ def test_numpy_topk_empty_slots_and_columns():
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     none = np.zeros(0, dtype=np.int64)
     ck = synthetic_checkpoint("mf", N_USERS, N_ITEMS, factors=4, init_std=0.5, seen=(none, none))
@@ -56,7 +56,7 @@ _ITEMS = np.array([0, 4, *range(1, N_ITEMS), *range(N_ITEMS)], dtype=np.int64)
 def test_numpy_topk_agrees_with_exported_graphs(bundle, k):
     import torch
 
-    from recsys_export.models import topk_excluding
+    from recsys_export.torch_runtime.ops import topk_excluding
 
     model, path = bundle
     users = np.arange(4, dtype=np.int64)

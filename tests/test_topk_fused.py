@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_export import topk
-from recsys_export.manifest import BundleSpec
+from recsys_export.bundle.schema import KernelsSection
+from recsys_export.core import topk
 
 
 def exact_lists(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def tied_bundle(tmp_path_factory):
     import torch
 
     from recsys_export.export import export_bundle
-    from recsys_export.synthetic_models import synthetic_checkpoint
+    from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 60, 640, factors=4, init_std=1.0, seen_per_user=30, seed=3)
     with torch.no_grad():
@@ -181,25 +181,27 @@ def test_kernel_spec_reads_score_groups_only_when_complete():
     names = ("score_all", "topk", "recommend_one")
     files = {f"onnx/kernels/{n}.onnx" for n in names}
     entry = {"version": 2, **{n: f"onnx/kernels/{n}.onnx" for n in names}}
-    manifest = {
-        "model": {"kind": "mf", "n_users": 2, "n_items": 3},
-        "formats": {"onnx": {"kernels": entry}},
-    }
-    assert BundleSpec.parse(manifest, "b", files).kernels.groups == 0  # an older bundle
+
+    def kernels(listed: set[str]) -> KernelsSection:
+        parsed = KernelsSection.parse(entry, "mf", listed)
+        assert parsed is not None
+        return parsed
+
+    assert kernels(files).groups == 0  # an older bundle
     entry.update(
         score_groups="onnx/kernels/score_groups.onnx",
         group_max="onnx/kernels/group_max.onnx",
         groups=4,
         group_width=8,
     )
-    assert BundleSpec.parse(manifest, "b", files).kernels.groups == 0  # files not listed
+    assert kernels(files).groups == 0  # files not listed
     partial = files | {"onnx/kernels/score_groups.onnx"}
-    assert BundleSpec.parse(manifest, "b", partial).kernels.groups == 0  # group_max missing
+    assert kernels(partial).groups == 0  # group_max missing
     listed = partial | {"onnx/kernels/group_max.onnx"}
-    spec = BundleSpec.parse(manifest, "b", listed).kernels
+    spec = kernels(listed)
     assert spec.groups == 4 and {"score_groups", "group_max"} <= set(spec.files)
     entry["groups"] = True
-    assert BundleSpec.parse(manifest, "b", listed).kernels.groups == 0
+    assert kernels(listed).groups == 0
 
 
 def test_runtime_falls_back_on_rows_of_ties(tmp_path):
@@ -208,8 +210,8 @@ def test_runtime_falls_back_on_rows_of_ties(tmp_path):
     import torch
 
     from recsys_export.export import export_bundle
+    from recsys_export.models.synthetic import synthetic_checkpoint
     from recsys_export.runtime import Recommender
-    from recsys_export.synthetic_models import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 30, 640, factors=4, seen_per_user=3, seed=1)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Tests of the torch batch engine (recsys_export.torch_engine) on the CPU device,
+"""Tests of the torch batch engine (recsys_export.torch_runtime.engine) on the CPU device,
 against the onnxruntime runtime's files (the same writers, so the same formats)."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 from recsys_export.cli import main
 from recsys_export.errors import BundleError, ConfigError, UnknownIdError
 from recsys_export.export import export_bundle
+from recsys_export.models.synthetic import synthetic_checkpoint
 from recsys_export.runtime import Recommender
-from recsys_export.synthetic_models import synthetic_checkpoint
-from recsys_export.torch_engine import TorchEngine, resolve_device
+from recsys_export.torch_runtime.device import resolve_device
+from recsys_export.torch_runtime.engine import TorchEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS = 37, 29
@@ -275,7 +276,7 @@ def test_runtime_still_imports_without_torch():
         "import sys; sys.modules['torch'] = None\n"
         "import recsys_export.runtime\n"
         "try:\n"
-        "    import recsys_export.torch_engine\n"
+        "    import recsys_export.torch_runtime.engine\n"
         "except Exception as e:\n"
         "    print(type(e).__name__, e)\n"
     )
@@ -390,7 +391,8 @@ def test_verify_device_cpu_equals_default(bundles, kind, tmp_path, capsys):
     assert printed["device"] == stored["device"] == "cpu" and printed["passed"]
     assert stored["providers"] == ["CPUExecutionProvider"]
     assert {r["format"] for r in stored["rows"]} >= {"pt2", "torch_engine"}
-    assert Bundle.load(copy).manifest["parity"]["device"] == "cpu"  # checksums still valid
+    stored_parity = Bundle.load(copy).manifest.to_dict()["parity"]  # checksums still valid
+    assert stored_parity["device"] == "cpu"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present on this machine")

@@ -11,8 +11,10 @@ from torch.autograd import Variable
 from recsys_export import data
 from recsys_export.errors import ConfigError, TrainingDiverged
 from recsys_export.models import DenseNet, MatrixFactorization
-from recsys_export.recipes import POST_PRESET, TINY_DATA_PRESET
-from recsys_export.train import TrainConfig, fit, predict
+from recsys_export.training.config import TrainConfig
+from recsys_export.training.evaluate import predict
+from recsys_export.training.fit import fit
+from recsys_export.training.recipes import POST_PRESET, TINY_DATA_PRESET
 
 # ---------------------------------------------------------------- the post, verbatim
 
@@ -132,7 +134,7 @@ def test_early_stopping_restores_best_epoch():
     assert len(history.valid_rmse) < 60
     best = min(history.valid_rmse)
     assert history.valid_rmse[history.best_epoch - 1] == best
-    from recsys_export.train import rmse
+    from recsys_export.training.evaluate import rmse
 
     assert rmse(model, valid) == pytest.approx(best, abs=1e-6)
 
@@ -149,8 +151,8 @@ def test_divergence_raises_clear_error():
 @pytest.mark.parametrize(
     "change,match",
     [
-        ({"model": "svd"}, "unknown model"),
-        ({"optimizer": "lbfgs"}, "unknown optimizer"),
+        ({"model": "svd"}, "model must be one of mf, densenet"),
+        ({"optimizer": "lbfgs"}, "optimizer must be one of"),
         ({"lr": -1.0}, "lr must be"),
         ({"epochs": 0}, "epochs must be"),
         ({"model": "densenet", "optimizer": "sparse_adam"}, "sparse_adam"),
@@ -173,8 +175,8 @@ def test_config_errors(change, match):
 def test_rating_recipe_beats_bias_on_test_rows(shared_datasets, kind, path, target):
     """Rating objective, default recipe, seeded three-way split: test RMSE (never used for
     selection) below the target and, for MF, below the damped bias baseline."""
-    from recsys_export.experiment import train_checkpoint
-    from recsys_export.train import default_config
+    from recsys_export.training.config import default_config
+    from recsys_export.training.experiment import train_checkpoint
 
     r = data.read_ratings(shared_datasets / path)
     ckpt, results = train_checkpoint(r, default_config(kind, "rating"), progress=False)

@@ -24,11 +24,11 @@ import torch
 from onnx import numpy_helper
 
 from recsys_export.bundle import Bundle, update_bundle
-from recsys_export.checkpoint import Checkpoint
 from recsys_export.cli import main
+from recsys_export.core.ids import IdMap
 from recsys_export.export import export_bundle
-from recsys_export.ids import IdMap
 from recsys_export.models import DenseNet, MatrixFactorization
+from recsys_export.models.checkpoint import Checkpoint
 from recsys_export.parity import (
     bundle_seen,
     load_backends,
@@ -104,7 +104,7 @@ def small(tmp_path_factory):
 
 def test_export_records_the_plan(small):
     bundle = Bundle.load(small)
-    plan = bundle.manifest["parity"]["plan"]
+    plan = bundle.manifest.to_dict()["parity"]["plan"]
     assert plan["mode"] == "sample" and plan["users"] == 10 and plan["budget_pairs"] == 500
     report = bundle.read_json("parity.json")
     assert report["plan"] == plan
@@ -126,14 +126,15 @@ def test_full_compares_every_pair(small, tmp_path):
 
 
 def test_unsampled_user_in_score_all_needs_full(small, tmp_path):
-    manifest = Bundle.load(small).manifest
-    seen = bundle_seen(small, manifest)
+    bundle = Bundle.load(small)
+    manifest = bundle.manifest.to_dict()
+    seen = bundle_seen(bundle)
     plan = plan_parity(60, 50, seen=seen, budget=500)
     assert plan.to_dict()["users_sha256"] == manifest["parity"]["plan"]["users_sha256"]
     outside = int(np.setdiff1d(np.arange(60), plan.users)[0])
     _perturb(small, tmp_path / "p", "score_all", 60, outside)
-    backends = load_backends(tmp_path / "p", Bundle.load(tmp_path / "p").manifest, ["onnx"])
-    ref = reference_model(small, manifest)
+    backends = load_backends(Bundle.load(tmp_path / "p"), ["onnx"])
+    ref = reference_model(bundle)
     # the documented miss: the plan alone (no random batches) never computes that row
     report = run_parity(ref, backends, 60, 50, seen=seen, batch_sizes=(), plan=plan)
     assert report.passed
@@ -167,7 +168,7 @@ def test_cli_flags_and_inspect(small, tmp_path, capsys):
     assert main(["verify", str(path), "--full", "-q", "--json", "--record"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["plan"]["mode"] == "full" and report["plan"]["users"] == 60
-    assert Bundle.load(path).manifest["parity"]["plan"]["mode"] == "full"
+    assert Bundle.load(path).manifest.to_dict()["parity"]["plan"]["mode"] == "full"
 
 
 def test_inspect_shows_the_plan_without_torch(small):
@@ -242,7 +243,7 @@ def test_eager_densenet_reference_is_tiled_and_exact():
 def big(tmp_path_factory):
     """20,000 x 1,000 MF: 20M pairs, over the default budget (16M): a 16,000-user sample."""
     root = tmp_path_factory.mktemp("big") / "b"
-    manifest = export_bundle(_checkpoint(_mf(20_000, 1_000)), root, formats="onnx")
+    manifest = export_bundle(_checkpoint(_mf(20_000, 1_000)), root, formats="onnx").to_dict()
     return root, manifest
 
 
@@ -257,7 +258,7 @@ def test_default_budget_samples_big_models(big):
 
 def test_default_budget_catches_an_unsampled_user_in_score_via_random_pairs(big, tmp_path):
     root, _ = big
-    plan = plan_parity(20_000, 1_000, seen=bundle_seen(root, Bundle.load(root).manifest))
+    plan = plan_parity(20_000, 1_000, seen=bundle_seen(Bundle.load(root)))
     pairs_u = np.concatenate([u for u, _ in plan.score_chunks(1 << 16)])
     outside = np.setdiff1d(np.arange(20_000), plan.users)
     hit = outside[np.isin(outside, pairs_u)]

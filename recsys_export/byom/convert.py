@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recsys_export.byom.generic import _eval_mode, _first_line
-from recsys_export.checkpoint import check_finite_weights, load_weights_only
+from recsys_export.byom.generic import ModuleRecommender, eval_mode, first_line
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.errors import (
     CheckpointError,
     ConfigError,
@@ -22,6 +22,7 @@ from recsys_export.models import (
     DenseNet,
     MatrixFactorization,
 )
+from recsys_export.torch_runtime.io import check_finite_weights, load_weights_only
 
 _MF_REQUIRED = ("user_factors.weight", "item_factors.weight")
 _MF_OPTIONAL = ("user_bias.weight", "item_bias.weight", "global_mean")
@@ -40,9 +41,11 @@ def _shape(state: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
     return tuple(state[key].shape)
 
 
-def _key_problems(
+def key_problems(
     state: Mapping[str, Any], required: Sequence[str], optional: Sequence[str]
 ) -> str | None:
+    """What keys of ``state`` differ from ``required`` (all of them) and ``optional``:
+    ``"missing a, b; unexpected c"``, or None when they match."""
     missing = [k for k in required if k not in state]
     extra = [k for k in state if k not in required and k not in optional]
     parts = []
@@ -79,13 +82,13 @@ def model_from_state_dict(
     ConfigError
         ``kind`` is neither ``"mf"`` nor ``"densenet"``.
     """
-    if kind not in ("mf", "densenet"):
+    if kind not in MODEL_KINDS:
         raise ConfigError(f"unknown model kind {kind!r}; choose mf or densenet")
     required, optional = (
         (_MF_REQUIRED, _MF_OPTIONAL) if kind == "mf" else (_DN_REQUIRED, _DN_OPTIONAL)
     )
     cls_name = "MatrixFactorization" if kind == "mf" else "DenseNet"
-    problem = _key_problems(state, required, optional)
+    problem = key_problems(state, required, optional)
     if problem:
         raise CheckpointError(
             f"{source} does not match the post's {cls_name} ({problem}); expected "
@@ -181,12 +184,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         Missing, unreadable or not a state dict, or it holds anything but weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no state dict at {path}")
     obj = load_weights_only(
         path,
         refusal="save model.state_dict(), not the model",
         unreadable="torch file",
+        missing=f"no state dict at {path}",
     )
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict"):
@@ -208,7 +210,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def _conversion_mismatch(
+def conversion_mismatch(
     converted: BaseModel, module: nn.Module, atol: float | None, rtol: float | None
 ) -> str | None:
     """None when the user's module scores a sample of pairs like our converted model:
@@ -222,11 +224,11 @@ def _conversion_mismatch(
     users[:2] = torch.tensor([0, converted.n_users - 1])
     items[:2] = torch.tensor([0, converted.n_items - 1])
     try:
-        with torch.no_grad(), _eval_mode(module):
+        with torch.no_grad(), eval_mode(module):
             theirs = module(users, items)
         theirs = theirs.reshape(-1).to(torch.float64)
     except Exception as exc:
-        return _first_line(exc)
+        return first_line(exc)
     if theirs.shape != (n,):
         return f"output shape {tuple(theirs.shape)}"
     want, bound = reference_for(converted, atol, rtol).score(users.numpy(), items.numpy())
@@ -234,3 +236,43 @@ def _conversion_mismatch(
     if bool((diff <= bound).all()):
         return None
     return f"max abs difference {float(np.nanmax(diff)):.3g} on sample pairs"
+
+
+class _UserReference:
+    """Mixin: a converted model whose eager entry points run the user's module.
+
+    Our converted copy provides the weights (exported, with every fast path); the parity
+    reference, i.e. what ``forward``/``score_all``/``recommend`` compute eagerly, is the
+    user's module, scored pair by pair through :class:`ModuleRecommender`.
+    """
+
+    n_users: int
+    n_items: int
+
+    def attach(self, module: nn.Module) -> None:
+        # not a registered submodule: the state dict stays ours
+        object.__setattr__(self, "_user", ModuleRecommender(module, self.n_users, self.n_items))
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        return self._user.score(users, items)
+
+    def score_all(self, users: Tensor) -> Tensor:
+        return self._user.score_all(users)
+
+
+class _MFAgainstUser(_UserReference, MatrixFactorization):
+    pass
+
+
+class _DenseNetAgainstUser(_UserReference, DenseNet):
+    pass
+
+
+def against_user(model: BaseModel, module: nn.Module) -> BaseModel:
+    """A copy of the converted ``model`` whose eager entry points run the user's
+    ``module`` (:class:`_UserReference`): the weights exported, the module the reference."""
+    cls = _MFAgainstUser if isinstance(model, MatrixFactorization) else _DenseNetAgainstUser
+    twin = cls(**model.hyperparameters())
+    twin.load_state_dict(model.state_dict())
+    twin.attach(module)
+    return twin.eval()

@@ -14,8 +14,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from recsys_export.byom.convert import _key_problems, load_state_dict_file
-from recsys_export.byom.generic import _first_line
+from recsys_export.byom.convert import key_problems, load_state_dict_file
+from recsys_export.byom.generic import first_line
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.errors import CheckpointError, ConfigError, RecsysExportError
 
 
@@ -49,9 +50,7 @@ def load_class(spec: str) -> type[nn.Module]:
     except RecsysExportError:
         raise
     except Exception as exc:
-        raise ConfigError(
-            f"--model {spec!r}: cannot import {target} ({_first_line(exc)})"
-        ) from None
+        raise ConfigError(f"--model {spec!r}: cannot import {target} ({first_line(exc)})") from None
     cls = getattr(mod, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ConfigError(f"--model {spec!r}: {target} has no nn.Module subclass {cls_name}")
@@ -68,17 +67,15 @@ def module_from_files(
     (strictly: a message lists missing and unexpected keys).
     """
     state = load_state_dict_file(state_path)
-    if spec in ("mf", "densenet"):
+    if spec in MODEL_KINDS:
         return state
     cls = load_class(spec)
     try:
         module = cls(**dict(model_args or {}))
     except Exception as exc:
-        raise ConfigError(
-            f"cannot build {cls.__name__}(**model_args): {_first_line(exc)}"
-        ) from None
+        raise ConfigError(f"cannot build {cls.__name__}(**model_args): {first_line(exc)}") from None
     expected = module.state_dict()
-    problem = _key_problems(state, list(expected), [])
+    problem = key_problems(state, list(expected), [])
     if problem:
         raise CheckpointError(f"{state_path} does not match {cls.__name__}: {problem}")
     shapes = [

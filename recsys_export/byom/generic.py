@@ -10,17 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recsys_export.errors import (
-    ConfigError,
-)
-from recsys_export.export.formats import export_programs, quiet_exporters
-from recsys_export.models import (
-    BaseModel,
-    DenseNet,
-    MatrixFactorization,
-    check_k,
-    topk_excluding,
-)
+from recsys_export.core.topk import check_k
+from recsys_export.errors import ConfigError
+from recsys_export.export.formats import export_programs
+from recsys_export.torch_runtime.io import quiet_exporters
+from recsys_export.torch_runtime.ops import topk_excluding
 
 #: ``model.kind`` of bundles exported through the generic path.
 GENERIC_KIND = "generic"
@@ -33,7 +27,7 @@ MIN_ITEM_BLOCK = 8192
 MAX_ITEM_TILES = 64
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """``Type: first non-empty line`` of an exception, at most 300 characters."""
     for line in str(exc).splitlines():
         line = " ".join(line.split())
@@ -173,7 +167,7 @@ class ModuleRecommender(nn.Module):
         """A frozen copy for the exporters (eval mode, no gradients): the one
         :meth:`keep_exported` kept, with its ``exported_programs``, if any."""
         kept = self.__dict__.get("_kept")
-        return kept if kept is not None else _frozen_copy(self)
+        return kept if kept is not None else frozen_copy(self)
 
     def keep_exported(self, frozen: nn.Module, programs: dict[str, Any]) -> None:
         """Keep a frozen copy and its ``torch.export`` programs (``export_programs``)
@@ -267,7 +261,7 @@ def source_missing(module: nn.Module) -> str | None:
 def trace_module(module: nn.Module, n_users: int, n_items: int) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` of ``module`` on the ``(users, items)`` signature: 8 example
     pairs, checked on 3 others (a trace that depends on the batch raises)."""
-    from recsys_export.export.formats import quiet_exporters
+    from recsys_export.torch_runtime.io import quiet_exporters
 
     def pairs(n: int, offset: int) -> tuple[Tensor, Tensor]:
         idx = torch.arange(offset, offset + n, dtype=torch.int64)
@@ -277,7 +271,7 @@ def trace_module(module: nn.Module, n_users: int, n_items: int) -> torch.jit.Scr
         return torch.jit.trace(module, pairs(8, 0), check_inputs=[pairs(3, 5)])
 
 
-def _frozen_copy(module: nn.Module) -> nn.Module:
+def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy in eval mode without gradients (the exporters' input).
 
     A module that cannot be copied is used as it is (in eval mode; its parameters'
@@ -293,7 +287,7 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """The module in eval mode for the duration (each submodule's flag restored after)."""
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
@@ -304,45 +298,7 @@ def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-class _UserReference:
-    """Mixin: a converted model whose eager entry points run the user's module.
-
-    Our converted copy provides the weights (exported, with every fast path); the parity
-    reference, i.e. what ``forward``/``score_all``/``recommend`` compute eagerly, is the
-    user's module, scored pair by pair through :class:`ModuleRecommender`.
-    """
-
-    n_users: int
-    n_items: int
-
-    def attach(self, module: nn.Module) -> None:
-        # not a registered submodule: the state dict stays ours
-        object.__setattr__(self, "_user", ModuleRecommender(module, self.n_users, self.n_items))
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return self._user.score(users, items)
-
-    def score_all(self, users: Tensor) -> Tensor:
-        return self._user.score_all(users)
-
-
-class _MFAgainstUser(_UserReference, MatrixFactorization):
-    pass
-
-
-class _DenseNetAgainstUser(_UserReference, DenseNet):
-    pass
-
-
-def _against_user(model: BaseModel, module: nn.Module) -> BaseModel:
-    cls = _MFAgainstUser if isinstance(model, MatrixFactorization) else _DenseNetAgainstUser
-    twin = cls(**model.hyperparameters())
-    twin.load_state_dict(model.state_dict())
-    twin.attach(module)
-    return twin.eval()
-
-
-def _sizes_from_embeddings(module: nn.Module) -> tuple[int | None, int | None]:
+def sizes_from_embeddings(module: nn.Module) -> tuple[int | None, int | None]:
     """(n_users, n_items) from embeddings named like users/items, if unambiguous."""
     found: dict[str, set[int]] = {"user": set(), "item": set()}
     for name, sub in module.named_modules():
@@ -355,21 +311,21 @@ def _sizes_from_embeddings(module: nn.Module) -> tuple[int | None, int | None]:
     return pick[0], pick[1]
 
 
-def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
+def probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
     """Formats the module cannot be exported to -> the exporter's reason (cheap steps)."""
     failed: dict[str, str] = {}
-    frozen = _frozen_copy(wrapper)
+    frozen = frozen_copy(wrapper)
     if "torchscript" in fmts:
         try:
             with quiet_exporters():
                 torch.jit.script(frozen)
         except Exception as exc:
-            failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
+            failed["torchscript"] = "torch.jit.script: " + first_line(exc)
     if "pt2" in fmts or "onnx" in fmts:
         try:
             programs = export_programs(frozen, wrapper.n_users, wrapper.n_items)
         except Exception as exc:
-            reason = "torch.export: " + _first_line(exc)
+            reason = "torch.export: " + first_line(exc)
             for f in ("pt2", "onnx"):
                 if f in fmts:
                     failed[f] = reason
@@ -378,7 +334,7 @@ def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str
     return failed
 
 
-def _check_scores(wrapper: ModuleRecommender) -> None:
+def check_scores(wrapper: ModuleRecommender) -> None:
     """The module takes int64 users and items and returns one float per pair."""
     n = 3
     users = torch.tensor([0, wrapper.n_users - 1, 0], dtype=torch.int64)
@@ -389,7 +345,7 @@ def _check_scores(wrapper: ModuleRecommender) -> None:
             out = wrapper.module(users, items)
     except Exception as exc:
         raise ConfigError(
-            f"{name}(users, items) failed on int64 indices ({_first_line(exc)}); the generic "
+            f"{name}(users, items) failed on int64 indices ({first_line(exc)}); the generic "
             "path needs forward(users int64[N], items int64[N]) -> scores[N]"
         ) from None
     if not isinstance(out, Tensor) or tuple(out.shape) not in ((n,), (n, 1)):

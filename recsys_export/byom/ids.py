@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
+from recsys_export.data.items import ItemNames, align_item_names
 from recsys_export.errors import (
     ConfigError,
     DataError,
 )
-from recsys_export.ids import IdMap
-from recsys_export.items import ItemNames, align_item_names
 
 
 def _id_column(df: Any, role: str, given: str | None) -> str:
@@ -64,6 +64,25 @@ class IdsAndSeen:
     item_names: ItemNames | None = None
 
 
+@dataclass(frozen=True)
+class IdsOptions:
+    """The id arguments of :func:`~recsys_export.byom.export_model`, as one value
+    (:func:`resolve_ids` documents each and resolves them against the model's sizes)."""
+
+    user_ids: Any = None
+    item_ids: Any = None
+    ratings: Any = None
+    seen: Any = None
+    user_col: str | None = None
+    item_col: str | None = None
+    item_names: Any = None
+
+    def count(self, role: str) -> int | None:
+        """How many ``role`` (``"user"``/``"item"``) ids were given, if any."""
+        ids = self.user_ids if role == "user" else self.item_ids
+        return None if ids is None else len(ids)
+
+
 def _id_map(ids: Any, n: int, role: str, source: str = "") -> IdMap:
     if ids is None:
         return IdMap(np.arange(n, dtype=np.int64), role)
@@ -82,19 +101,9 @@ def _id_map(ids: Any, n: int, role: str, source: str = "") -> IdMap:
     return m
 
 
-def resolve_ids(
-    n_users: int,
-    n_items: int,
-    *,
-    user_ids: Any = None,
-    item_ids: Any = None,
-    ratings: Any = None,
-    seen: Any = None,
-    user_col: str | None = None,
-    item_col: str | None = None,
-    item_names: Any = None,
-) -> IdsAndSeen:
-    """Id maps and seen pairs from the :func:`export_model` arguments.
+def resolve_ids(n_users: int, n_items: int, given: IdsOptions) -> IdsAndSeen:
+    """Id maps and seen pairs from the :func:`~recsys_export.byom.export_model` arguments
+    (``given``) for a model of ``n_users`` users and ``n_items`` items.
 
     ``ratings`` (a pandas DataFrame, or a :class:`~recsys_export.data.Ratings`) gives the
     raw ids (sorted unique values of its id columns, unless ``user_ids``/``item_ids`` are
@@ -106,6 +115,7 @@ def resolve_ids(
     """
     from recsys_export.data import Ratings
 
+    user_ids, item_ids, ratings, seen = given.user_ids, given.item_ids, given.ratings, given.seen
     src = "indices"
     ru = ri = None
     if isinstance(ratings, Ratings):
@@ -115,8 +125,8 @@ def resolve_ids(
     elif ratings is not None:
         if not hasattr(ratings, "columns"):
             raise ConfigError("ratings must be a pandas DataFrame (or a Ratings object)")
-        ucol = _id_column(ratings, "user", user_col)
-        icol = _id_column(ratings, "item", item_col)
+        ucol = _id_column(ratings, "user", given.user_col)
+        icol = _id_column(ratings, "item", given.item_col)
         ru, ri = ratings[ucol].to_numpy(), ratings[icol].to_numpy()
         src = "ratings DataFrame"
     from_ratings = {"user": "", "item": ""}
@@ -139,7 +149,7 @@ def resolve_ids(
                 raise ConfigError("seen must be {user: [items]} or (users, items)") from None
             if ru.shape != ri.shape:
                 raise ConfigError("seen users and items differ in length")
-    out = IdsAndSeen(umap, imap, source=src, item_names=_names(item_names, imap))
+    out = IdsAndSeen(umap, imap, source=src, item_names=_names(given.item_names, imap))
     if ru is not None and len(ru):
         out.seen_users = umap.to_index(ru)
         out.seen_items = imap.to_index(ri)

@@ -9,13 +9,15 @@ Output goes through :class:`~recsys_export.cli.terminal.SafeStdout`: no raw cont
 character reaches the terminal. Heavy imports (torch) happen inside the commands that
 need them, so ``recommend``/``score``/``inspect`` work with the runtime-only install.
 
-Modules: :mod:`~recsys_export.cli.parser` (the options of every command),
+Modules: :mod:`~recsys_export.cli.parser` (the table of commands),
+:mod:`~recsys_export.cli.options` (the option groups several commands share),
 :mod:`~recsys_export.cli.ignored` (options a command would ignore, refused),
-:mod:`~recsys_export.cli.terminal` (escaping output), :mod:`~recsys_export.cli.training`
-(train, evaluate), :mod:`~recsys_export.cli.bundles` (export, verify, inspect),
-:mod:`~recsys_export.cli.serving` (recommend, score, bench),
-:mod:`~recsys_export.cli.serve` (serve). Each command parses, calls the library and
-prints.
+:mod:`~recsys_export.cli.terminal` (escaping output), and one module per command group,
+holding its options and its code: :mod:`~recsys_export.cli.train` (train, evaluate),
+:mod:`~recsys_export.cli.export` (export), :mod:`~recsys_export.cli.verify` (verify,
+inspect), :mod:`~recsys_export.cli.serving` (recommend, score),
+:mod:`~recsys_export.cli.serve` (serve), :mod:`~recsys_export.cli.bench` (bench). Each
+command parses, calls the library and prints.
 """
 
 from __future__ import annotations
@@ -28,28 +30,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from recsys_export.cli.bundles import cmd_export, cmd_inspect, cmd_verify
 from recsys_export.cli.ignored import refuse_ignored
-from recsys_export.cli.parser import build_parser
-from recsys_export.cli.serve import cmd_serve
-from recsys_export.cli.serving import cmd_bench, cmd_recommend, cmd_score
+from recsys_export.cli.parser import COMMAND_TABLE, build_parser
 from recsys_export.cli.terminal import SafeStdout, safe_text
-from recsys_export.cli.training import cmd_evaluate, cmd_train
 from recsys_export.errors import ConfigError, ParityError, RecsysExportError
 
 __all__ = ["COMMANDS", "TRAIN_EXTRA_MODULES", "build_parser", "main"]
 
-COMMANDS = {
-    "train": cmd_train,
-    "evaluate": cmd_evaluate,
-    "export": cmd_export,
-    "verify": cmd_verify,
-    "inspect": cmd_inspect,
-    "recommend": cmd_recommend,
-    "score": cmd_score,
-    "bench": cmd_bench,
-    "serve": cmd_serve,
-}
+#: name -> the function running the command (``run(args) -> exit status``).
+COMMANDS = {command.name: command.run for command in COMMAND_TABLE}
 
 
 #: Modules only the ``train`` extra installs: a runtime-only install lacks them.

@@ -84,12 +84,9 @@ _RULES: dict[str, list[_Rule]] = {
     ],
 }
 
-_DEFAULTS: dict[str, object] = {"engine": "local", "model_args": "{}"}
-
 
 def _given(args: argparse.Namespace, attr: str) -> bool:
-    value = getattr(args, attr, None)
-    return value not in (None, False, _DEFAULTS.get(attr))
+    return getattr(args, attr, None) not in (None, False)
 
 
 def _flag(attr: str) -> str:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recsys_export.cli.options import Command
 from recsys_export.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,53 +38,71 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from recsys_export.serve.config import DEFAULTS as D
 
     p.add_argument("bundle", type=Path)
-    p.add_argument("--host", default=D.host, help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=D.port, help="port (default 8000; 0: any free)")
+    p.add_argument("--host", help=f"address to bind (default {D.host})")
+    p.add_argument("--port", type=int, help=f"port (default {D.port}; 0: any free)")
     p.add_argument("--model-name", help="name on the /v2 routes (default: the bundle's dir name)")
     p.add_argument("--token-file", type=Path, help="bearer token clients must send")
     p.add_argument("--insecure", action="store_true", help="non-loopback bind without a token")
     g = p.add_argument_group("batching and overload (defaults measured: docs/serving.md)")
-    g.add_argument("--max-batch", type=int, default=D.max_batch, help="users per engine call")
+    g.add_argument("--max-batch", type=int, help=f"users per engine call (default {D.max_batch})")
     g.add_argument(
-        "--max-delay-us", type=int, default=D.max_delay_us, help="longest wait for a batch to fill"
+        "--max-delay-us",
+        type=int,
+        help=f"longest wait for a batch to fill (default {D.max_delay_us})",
     )
-    g.add_argument("--max-queue", type=int, default=D.max_queue, help="requests waiting; 503 past")
-    g.add_argument("--concurrency", type=int, default=D.concurrency, help="engine calls at once")
-    g.add_argument("--deadline-ms", type=int, default=D.deadline_ms, help="503 if not answered")
-    g.add_argument("--max-body-bytes", type=int, default=D.max_body_bytes, help="413 past it")
-    g.add_argument("--max-users", type=int, default=D.max_users, help="users/pairs per request")
+    g.add_argument(
+        "--max-queue", type=int, help=f"requests waiting; 503 past (default {D.max_queue})"
+    )
+    g.add_argument(
+        "--concurrency", type=int, help=f"engine calls at once (default {D.concurrency})"
+    )
+    g.add_argument("--deadline-ms", type=int, help=f"503 if not answered (default {D.deadline_ms})")
+    g.add_argument("--max-body-bytes", type=int, help=f"413 past it (default {D.max_body_bytes})")
+    g.add_argument("--max-users", type=int, help=f"users/pairs per request (default {D.max_users})")
     g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: cores-1)")
     g.add_argument(
-        "--watch-interval", type=float, default=D.watch_interval_s, help="seconds between checks"
+        "--watch-interval",
+        type=float,
+        help=f"seconds between checks (default {D.watch_interval_s})",
     )
     g.add_argument("--no-watch", action="store_true", help="do not watch for a new bundle")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="uvicorn's log level (default info)",
+    )
     g.add_argument("--access-log", action="store_true", help="log every request (slower)")
     r = p.add_argument_group("Ray Serve (needs the 'ray' extra too)")
     r.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
-    r.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
+    r.add_argument("--replicas", type=int, help="Ray Serve replicas (default 1)")
     r.add_argument("--address", help="Ray cluster address (default: a local Ray)")
 
 
 def _config(args: argparse.Namespace) -> ServeConfig:
     from recsys_export.serve.config import ServeConfig, read_token
 
+    given = {
+        "host": args.host,
+        "port": args.port,
+        "max_batch": args.max_batch,
+        "max_delay_us": args.max_delay_us,
+        "max_queue": args.max_queue,
+        "concurrency": args.concurrency,
+        "deadline_ms": args.deadline_ms,
+        "max_body_bytes": args.max_body_bytes,
+        "max_users": args.max_users,
+        "watch_interval_s": args.watch_interval,
+    }
+    options = {key: value for key, value in given.items() if value is not None}
+    if args.no_watch:
+        options["watch_interval_s"] = None
     return ServeConfig(
         bundle=args.bundle,
-        host=args.host,
-        port=args.port,
         model_name=args.model_name,
-        max_batch=args.max_batch,
-        max_delay_us=args.max_delay_us,
-        max_queue=args.max_queue,
-        concurrency=args.concurrency,
-        deadline_ms=args.deadline_ms,
-        max_body_bytes=args.max_body_bytes,
-        max_users=args.max_users,
-        watch_interval_s=None if args.no_watch else args.watch_interval,
         threads=args.threads,
         token=read_token(args.token_file) if args.token_file else None,
         insecure=args.insecure,
+        **options,
     ).check()
 
 
@@ -106,19 +125,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         # uvicorn stops gracefully on SIGTERM, then re-raises it to this handler: exit 0
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    serve_forever(config, log_level=args.log_level, access_log=args.access_log)
+    level = {} if args.log_level is None else {"log_level": args.log_level}
+    serve_forever(config, access_log=args.access_log, **level)
     return 0
 
 
 def _serve_ray(args: argparse.Namespace, config: ServeConfig) -> int:
     from ray import serve
 
-    from recsys_export.serve.ray_app import start_on_ray
+    from recsys_export.serve.ray_app import DEFAULT_REPLICAS, start_on_ray
 
-    url = start_on_ray(config, replicas=args.replicas, address=args.address)
-    print(f"serving {config.name} on {url} with {args.replicas} Ray Serve replica(s)", flush=True)
+    replicas = DEFAULT_REPLICAS if args.replicas is None else args.replicas
+    url = start_on_ray(config, replicas=replicas, address=args.address)
+    print(f"serving {config.name} on {url} with {replicas} Ray Serve replica(s)", flush=True)
     try:
         while True:
             time.sleep(3600)
     finally:
         serve.shutdown()
+
+
+SERVE = Command(
+    name="serve",
+    help="serve a bundle over HTTP (JSON API, Open Inference Protocol, metrics)",
+    description=DESCRIPTION,
+    epilog=EPILOG,
+    add_options=add_arguments,
+    run=cmd_serve,
+)

@@ -2,7 +2,7 @@
 
 This package's public face: ``from recsys_export import data; data.read_ratings(...)``.
 Modules of the project import the public names below from ``recsys_export.data``; the
-reading internals shared with :mod:`recsys_export.items` and :mod:`recsys_export.byom`
+reading internals shared with :mod:`recsys_export.data.items` and :mod:`recsys_export.byom`
 (column names, text decoding, ...) come from their submodule.
 
 Submodules

@@ -279,12 +279,20 @@ def _first_odd_numeral(text: np.ndarray) -> int | None:
     )
 
 
-def _odd_numeral_problem(what: str, value: str) -> str:
-    return (
-        f"{what} {show_value(value.strip())} is not a plain number: write numbers with "
-        "ASCII digits, '.', 'e' and a sign only (no '_' digit grouping, no non-ASCII "
-        "digits or spaces)"
-    )
+def _numeral_text(src: Source, col: Any, what: str) -> np.ndarray:
+    """The column as text (:func:`as_text`), failing at the first value that Python would
+    read as a number but that is not a plain ASCII numeral (:func:`_first_odd_numeral`);
+    ``what`` names the column's values in the message."""
+    text = as_text(col)
+    odd = _first_odd_numeral(text)
+    if odd is not None:
+        raise src.fail(
+            odd,
+            f"{what} {show_value(text[odd].strip())} is not a plain number: write numbers "
+            "with ASCII digits, '.', 'e' and a sign only (no '_' digit grouping, no "
+            "non-ASCII digits or spaces)",
+        )
+    return text
 
 
 def parse_ratings(src: Source, col: Any) -> np.ndarray:
@@ -296,10 +304,7 @@ def parse_ratings(src: Source, col: Any) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.number):
         vals = arr.astype(np.float64)
     else:
-        text = as_text(col)
-        odd = _first_odd_numeral(text)
-        if odd is not None:
-            raise src.fail(odd, _odd_numeral_problem("rating", text[odd]))
+        text = _numeral_text(src, col, "rating")
         try:
             vals = text.astype(np.float64)
         except ValueError:
@@ -346,10 +351,7 @@ def parse_timestamps(src: Source, col: Any) -> np.ndarray:
         dt = pd.to_datetime(col, utc=True)
         shown = col
     else:
-        text = as_text(col)
-        odd = _first_odd_numeral(text)
-        if odd is not None:
-            raise src.fail(odd, _odd_numeral_problem("timestamp", text[odd]))
+        text = _numeral_text(src, col, "timestamp")
         try:
             return text.astype(np.int64)
         except (ValueError, OverflowError):

@@ -1,20 +1,20 @@
 """The :class:`Ratings` container, dense matrices and the bundled data sets.
 
 A :class:`Ratings` holds one rating per row as dense user/item indices plus the
-:class:`~recsys_export.ids.IdMap` objects that translate them back to the raw ids of the
+:class:`~recsys_export.core.ids.IdMap` objects that translate them back to the raw ids of the
 file. Everything here is numpy-first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
 
 #: Largest matrix :meth:`Ratings.to_matrix` builds (cells).
 MAX_DENSE_CELLS = 50_000_000
@@ -125,16 +125,12 @@ class Ratings:
             raise DataError(f"{self.source}: subset index must be integers or a boolean mask")
         elif idx.min() < -len(self) or idx.max() >= len(self):
             raise DataError(f"{self.source}: subset index out of range for {len(self)} ratings")
-        return Ratings(
+        return replace(
+            self,
             users=self.users[idx],
             items=self.items[idx],
             ratings=self.ratings[idx],
             timestamps=None if self.timestamps is None else self.timestamps[idx],
-            user_map=self.user_map,
-            item_map=self.item_map,
-            source=self.source,
-            n_duplicates=self.n_duplicates,
-            implicit=self.implicit,
         )
 
     def to_matrix(self) -> np.ndarray:

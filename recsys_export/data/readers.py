@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.defaults import DEFAULT_DUPLICATES, DUPLICATE_POLICIES
+from recsys_export.core.ids import IdMap
 from recsys_export.data.columns import (
     Source,
     looks_like_header,
@@ -27,10 +29,6 @@ from recsys_export.data.columns import (
 from recsys_export.data.ratings import Ratings, default_dataset_path, toy_ratings
 from recsys_export.data.text import decode_text, normalize_sep, sep_name, sniff_sep, split_table
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
-
-#: Accepted values of ``read_ratings(duplicates=...)``.
-DUPLICATE_POLICIES = ("last", "first", "mean", "error")
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -43,7 +41,7 @@ def read_ratings(
     rating_col: str | int | None = None,
     timestamp_col: str | int | None = None,
     sep: str | None = None,
-    duplicates: str = "last",
+    duplicates: str = DEFAULT_DUPLICATES,
 ) -> Ratings:
     """Read a ratings file into :class:`Ratings`.
 

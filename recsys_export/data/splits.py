@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
 from recsys_export.data.ratings import Ratings
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
 
 
 def _check_fraction(test_fraction: float) -> float:

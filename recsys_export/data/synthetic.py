@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
+from recsys_export.core.ids import IdMap
 from recsys_export.data.ratings import MAX_DENSE_CELLS, Ratings
 from recsys_export.errors import DataError
-from recsys_export.ids import IdMap
 
 
 def synthetic_ratings(

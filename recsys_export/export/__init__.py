@@ -6,7 +6,9 @@ writers' helpers and is imported back only lazily, by :func:`export_bundle`, to 
 * :mod:`.frozen`: the export-friendly inference modules every format is made from.
 * :mod:`.formats`: TorchScript, ``.pt2`` and ONNX writers (``quiet_exporters`` too).
 * :mod:`.kernels`: the optional ONNX fast-path graphs for the runtime.
+* :mod:`.precision`: the approximate (fp16, int8) variants.
 * :mod:`.build`: :func:`export_bundle`, the manifest and the bundle's other files.
+* :mod:`.options`: :class:`ExportOptions`, ``export_bundle``'s options as one value.
 
 The names below stay importable from ``recsys_export.export`` as before the split; they
 are loaded on first use, so importing one submodule (as parity does) loads no other.
@@ -33,7 +35,6 @@ _NAMES = {
         "OnnxSource",
         "export_programs",
         "onnx_sources",
-        "quiet_exporters",
         "write_onnx",
         "write_pt2",
         "write_torchscript",
@@ -44,12 +45,13 @@ _NAMES = {
         "DN_TILE_BYTES",
         "KERNELS_DIR",
         "KERNELS_VERSION",
-        "_dn_item_tiles",
+        "dn_item_tiles",
         "build_kernels",
         "dn_tile_width",
         "write_kernels",
     ),
-    "frozen": ("inference_module",),
+    "frozen": ("InferenceSource", "inference_module"),
+    "options": ("ExportOptions",),
 }
 _WHERE = {name: mod for mod, names in _NAMES.items() for name in names}
 

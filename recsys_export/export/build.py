@@ -13,6 +13,7 @@ import contextlib
 import io
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,26 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import Bundle, BundleWriter
-from recsys_export.checkpoint import Checkpoint, check_finite_weights
-from recsys_export.errors import BundleError, CheckpointError, ConfigError
+from recsys_export.bundle.files import check_item_names
+from recsys_export.bundle.schema import (
+    ITEM_NAMES_FILE,
+    KERNELS_FALLBACK,
+    Formats,
+    KernelsFallback,
+    Manifest,
+    ModelSection,
+    OnnxSection,
+    Pt2Section,
+    SeenSection,
+    Timings,
+    TorchScriptSection,
+    TrainingSection,
+    VariantSection,
+    Versions,
+    parse_precisions,
+)
+from recsys_export.core.defaults import resolve_formats as parse_formats
+from recsys_export.errors import BundleError, CheckpointError
 from recsys_export.export.formats import (
     ONNX_OPSET,
     export_programs,
@@ -34,17 +53,12 @@ from recsys_export.export.formats import (
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
 from recsys_export.export.precision import write_variant
-from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import (
-    DEFAULT_FORMATS,
-    ENTRY_POINTS,
-    FORMATS,
-    KERNELS_FALLBACK,
-    entry_point_spec,
-    parse_precisions,
-)
+from recsys_export.models.checkpoint import Checkpoint
+from recsys_export.torch_runtime.io import check_finite_weights
 
 REFERENCE_FILE = "reference/state_dict.pt"
+#: Where an export writes the seen-items CSR.
+SEEN = SeenSection("ids/seen_indptr.npy", "ids/seen_items.npy")
 
 
 def _seen_csr(ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
@@ -93,41 +107,6 @@ def _disk_errors(out: str | Path) -> Iterator[None]:
         ) from None
 
 
-def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
-    """Validate a format list.
-
-    Parameters
-    ----------
-    formats : str or sequence of str or None
-        ``"onnx,torchscript,pt2"`` or a sequence of names; ``all`` stands for every
-        format (:data:`~recsys_export.manifest.FORMATS`); None gives
-        :data:`~recsys_export.manifest.DEFAULT_FORMATS` (``pt2`` is opt-in).
-
-    Returns
-    -------
-    list of str
-        The formats named, in :data:`~recsys_export.manifest.FORMATS` order.
-
-    Raises
-    ------
-    ConfigError
-        An unknown name, or an empty list.
-    """
-    if formats is None:
-        return list(DEFAULT_FORMATS)
-    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
-    items = [f for f in items if f]
-    if "all" in items:
-        items = [f for f in items if f != "all"] + list(FORMATS)
-    unknown = [f for f in items if f not in FORMATS]
-    if unknown or not items:
-        raise ConfigError(
-            f"unknown export format(s) {unknown or items}; choose from "
-            f"{', '.join(FORMATS)} or all (every format)"
-        )
-    return [f for f in FORMATS if f in items]
-
-
 def export_bundle(
     ckpt: Checkpoint,
     out: str | Path,
@@ -142,7 +121,7 @@ def export_bundle(
     full: bool = False,
     progress: bool = False,
     precision: str | Sequence[str] = "fp32",
-) -> dict[str, Any]:
+) -> Manifest:
     """Export a checkpoint to a bundle directory, atomically, and verify it.
 
     Parameters
@@ -178,10 +157,10 @@ def export_bundle(
 
     Returns
     -------
-    dict
-        The manifest as written (``files`` with checksums included), with
-        ``export_seconds`` per format under ``timings`` and, when verified, the ``parity``
-        summary.
+    Manifest
+        The manifest as written (:class:`~recsys_export.bundle.schema.Manifest`: files
+        with checksums, ``timings.export_seconds`` per format and, when verified, the
+        ``parity`` summary).
     """
     from recsys_export.parity import check_tolerances
 
@@ -195,155 +174,190 @@ def export_bundle(
         check_budget(budget)  # a user error before anything is written
     model = ckpt.model.eval()
     module = inference_module(model)
-    n_users, n_items = model.n_users, model.n_items
     timings: dict[str, float] = {}
-    files: dict[str, dict[str, Any]] = {}
     with _disk_errors(out), BundleWriter(out, overwrite=overwrite) as writer:
-        writer.write_id_maps(ckpt.user_map, ckpt.item_map)
-        names = _item_names(ckpt)
-        if names is not None:
-            writer.write_json(ITEM_NAMES_FILE, names, "item_names")
-        indptr, seen = _seen_csr(ckpt)
-        writer.write_bytes("ids/seen_indptr.npy", _npy_bytes(indptr), "seen:indptr")
-        writer.write_bytes("ids/seen_items.npy", _npy_bytes(seen), "seen:items")
-        # The eager reference (weights only) makes `verify` work from the bundle alone.
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        buf = io.BytesIO()  # torch.save to a file raises RuntimeError, not OSError, on a full disk
-        torch.save(state, buf)
-        writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
-        # programs a caller already exported from this very module (byom's probe)
-        programs = getattr(module, "exported_programs", None)
-        if "pt2" in fmts and programs is None:
-            t0 = time.perf_counter()
-            programs = export_programs(module, n_users, n_items)
-            timings["torch.export"] = time.perf_counter() - t0
-        if "torchscript" in fmts:
-            t0 = time.perf_counter()
-            rel = "torchscript/model.pt"
-            write_torchscript(module, writer.path(rel))
-            writer.add(rel, "torchscript:module")
-            files["torchscript"] = {"module": rel, "methods": list(ENTRY_POINTS)}
-            timings["torchscript"] = time.perf_counter() - t0
-        if "pt2" in fmts:
-            assert programs is not None
-            t0 = time.perf_counter()
-            files["pt2"] = {}
-            for entry, program in programs.items():
-                rel = f"pt2/{entry}.pt2"
-                write_pt2(program, writer.path(rel))
-                writer.add(rel, f"pt2:{entry}")
-                files["pt2"][entry] = rel
-            timings["pt2"] = time.perf_counter() - t0
-        if "onnx" in fmts:
-            t0 = time.perf_counter()
-            files["onnx"] = {}
-            sources = onnx_sources(module, model.kind, n_users, n_items, programs)
-            for entry, source in sources.items():
-                rel = f"onnx/{entry}.onnx"
-                written = write_onnx(
-                    source,
-                    entry,
-                    writer.path(rel),
-                    model_kind=model.kind,
-                    external_data=external_data,
-                )
-                writer.add(rel, f"onnx:{entry}")
-                for extra in written[1:]:
-                    writer.add(f"onnx/{extra.name}", f"onnx-data:{entry}")
-                files["onnx"][entry] = rel
-            files["onnx_kernels"] = write_kernels(
-                module, model.kind, writer, external_data=external_data
-            )
-            timings["onnx"] = time.perf_counter() - t0
-        files["onnx_variants"] = {}
-        for name in variants:
-            t0 = time.perf_counter()
-            files["onnx_variants"][name] = write_variant(
-                module, model.kind, name, writer, files, external_data=external_data
-            )
-            timings[name] = time.perf_counter() - t0
-        manifest = build_manifest(ckpt, files, timings)
+        _write_data(writer, ckpt)
+        formats_written = _write_formats(
+            writer, module, model, fmts, variants, external_data, timings
+        )
+        manifest = build_manifest(ckpt, formats_written, timings)
         if verify:
             opts = {"atol": atol, "rtol": rtol, "budget": budget, "full": full}
-            _verify(writer, manifest, ckpt, progress, opts, variants)
-        dest = writer.commit(manifest)
+            manifest = _verify(writer, manifest, ckpt, progress, opts, variants)
+        dest = writer.commit(manifest.to_dict())
     return Bundle.load(dest, verify=False).manifest
 
 
+def _write_data(writer: BundleWriter, ckpt: Checkpoint) -> None:
+    """The id maps, item names, seen items and the eager reference weights (which make
+    ``verify`` work from the bundle alone)."""
+    writer.write_id_maps(ckpt.user_map, ckpt.item_map)
+    names = _item_names(ckpt)
+    if names is not None:
+        writer.write_json(ITEM_NAMES_FILE, names, "item_names")
+    indptr, seen = _seen_csr(ckpt)
+    writer.write_bytes(SEEN.indptr, _npy_bytes(indptr), "seen:indptr")
+    writer.write_bytes(SEEN.items, _npy_bytes(seen), "seen:items")
+    state = {k: v.detach().clone() for k, v in ckpt.model.state_dict().items()}
+    buf = io.BytesIO()  # torch.save to a file raises RuntimeError, not OSError, on a full disk
+    torch.save(state, buf)
+    writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
+
+
+def _write_formats(
+    writer: BundleWriter,
+    module: torch.nn.Module,
+    model: Any,
+    fmts: list[str],
+    variants: list[str],
+    external_data: bool | None,
+    timings: dict[str, float],
+) -> Formats:
+    """Write each format of ``fmts`` (and the approximate ``variants``) from the frozen
+    ``module`` of ``model``; seconds per format into ``timings``."""
+    kind, n_users, n_items = model.kind, model.n_users, model.n_items
+    # programs a caller already exported from this very module (byom's probe)
+    programs = getattr(module, "exported_programs", None)
+    if "pt2" in fmts and programs is None:
+        t0 = time.perf_counter()
+        programs = export_programs(module, n_users, n_items)
+        timings["torch.export"] = time.perf_counter() - t0
+    torchscript = pt2 = onnx = None
+    if "torchscript" in fmts:
+        t0 = time.perf_counter()
+        torchscript = TorchScriptSection("torchscript/model.pt")
+        write_torchscript(module, writer.path(torchscript.module))
+        writer.add(torchscript.module, "torchscript:module")
+        timings["torchscript"] = time.perf_counter() - t0
+    if "pt2" in fmts:
+        assert programs is not None
+        t0 = time.perf_counter()
+        pt2 = Pt2Section({entry: f"pt2/{entry}.pt2" for entry in programs})
+        for entry, program in programs.items():
+            write_pt2(program, writer.path(pt2.programs[entry]))
+            writer.add(pt2.programs[entry], f"pt2:{entry}")
+        timings["pt2"] = time.perf_counter() - t0
+    if "onnx" in fmts:
+        t0 = time.perf_counter()
+        onnx = _write_onnx(writer, module, model, programs, external_data)
+        timings["onnx"] = time.perf_counter() - t0
+    written: dict[str, VariantSection] = {}
+    for name in variants:
+        t0 = time.perf_counter()
+        variant = write_variant(module, kind, name, writer, onnx, external_data=external_data)
+        if variant is not None:
+            written[name] = variant
+        timings[name] = time.perf_counter() - t0
+    if onnx is not None and written:  # approximate variants, loaded only when asked for
+        onnx = replace(onnx, variants=written)
+    return Formats(onnx=onnx, torchscript=torchscript, pt2=pt2)
+
+
+def _write_onnx(
+    writer: BundleWriter,
+    module: torch.nn.Module,
+    model: Any,
+    programs: dict[str, Any] | None,
+    external_data: bool | None,
+) -> OnnxSection:
+    """The entry-point graphs and the runtime's fast-path kernels."""
+    kind, graphs = model.kind, {}
+    sources = onnx_sources(module, kind, model.n_users, model.n_items, programs)
+    for entry, source in sources.items():
+        rel = f"onnx/{entry}.onnx"
+        written = write_onnx(
+            source, entry, writer.path(rel), model_kind=kind, external_data=external_data
+        )
+        writer.add(rel, f"onnx:{entry}")
+        for extra in written[1:]:
+            writer.add(f"onnx/{extra.name}", f"onnx-data:{entry}")
+        graphs[entry] = rel
+    kernels = write_kernels(module, kind, writer, external_data=external_data)
+    return OnnxSection(graphs, opset=ONNX_OPSET, kernels=kernels)
+
+
 def judge_staged_variants(
-    writer: BundleWriter, manifest: dict[str, Any], precisions: list[str]
-) -> dict[str, Any]:
+    writer: BundleWriter, manifest: Manifest, precisions: list[str]
+) -> tuple[dict[str, Any], Manifest]:
     """Judge the staged bundle's variants against its exact graphs
-    (:func:`recsys_export.parity.approx.judge_variant`), record each result as the
-    variant's ``quality`` in ``manifest`` and return ``{precision: result}``."""
+    (:func:`recsys_export.parity.approx.judge_variant`): ``{precision: result}`` and the
+    manifest with each result recorded as its variant's ``quality``."""
     from recsys_export.parity.approx import judge_variant
 
-    root = writer.stage(manifest)
-    out = {}
-    for precision in precisions:
-        out[precision] = judge_variant(root, precision)
-        manifest["formats"]["onnx"]["variants"][precision]["quality"] = out[precision]
-    return out
+    root = writer.stage(manifest.to_dict())
+    onnx = manifest.require_onnx("its variants need them")
+    results = {p: judge_variant(root, p) for p in precisions}
+    judged = {p: replace(v, quality=results.get(p, v.quality)) for p, v in onnx.variants.items()}
+    formats = replace(manifest.formats, onnx=replace(onnx, variants=judged))
+    return results, manifest.replace(formats=formats)
 
 
 def _verify(
     writer: BundleWriter,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     ckpt: Checkpoint,
     progress: bool,
     opts: dict[str, Any],
     variants: list[str],
-) -> None:
+) -> Manifest:
     """Parity of the staged bundle (the kernels' fallback included), recorded in the
-    manifest and ``parity.json``; :class:`ParityError` when it fails (the caller's
-    ``with`` block then deletes the staged bundle). A passing bundle's approximate
-    ``variants`` are then judged (:func:`judge_staged_variants`) into the report."""
+    manifest (returned) and ``parity.json``; :class:`ParityError` when it fails (the
+    caller's ``with`` block then deletes the staged bundle). A passing bundle's
+    approximate ``variants`` are then judged (:func:`judge_staged_variants`) into the
+    report."""
     from recsys_export.parity import verify_staged_bundle
 
     report = verify_staged_bundle(writer, manifest, ckpt, progress=progress, **opts)
     if _kernels_alone_failed(report, manifest):
-        report = _without_kernels(writer, manifest, ckpt, report, progress, opts)
-    manifest["parity"] = report.summary()
+        manifest, report = _without_kernels(writer, manifest, ckpt, report, progress, opts)
+    manifest = manifest.replace(parity=report.summary())
     doc = report.to_dict()
     if not report.passed:
         writer.write_json("parity.json", doc, "parity:report")
         report.raise_failure()
     if variants:
-        doc["variants"] = judge_staged_variants(writer, manifest, variants)
+        doc["variants"], manifest = judge_staged_variants(writer, manifest, variants)
     writer.write_json("parity.json", doc, "parity:report")
+    return manifest
 
 
 #: Runtime rows the fast-path kernels serve (``score`` always runs its ONNX graph).
 _KERNEL_ROWS = {("runtime", "score_all"), ("runtime", "recommend")}
 
 
-def _kernels_alone_failed(report: Any, manifest: dict[str, Any]) -> bool:
+def _kernels_alone_failed(report: Any, manifest: Manifest) -> bool:
     """Whether parity failed only where the runtime ran its fast-path kernels."""
     failed = {(r["format"], r["entry_point"]) for r in report.rows() if not r["passed"]}
-    has_kernels = bool(manifest["formats"].get("onnx", {}).get("kernels"))
+    onnx = manifest.formats.onnx
+    has_kernels = onnx is not None and onnx.kernels is not None
     return has_kernels and bool(failed) and failed <= _KERNEL_ROWS
 
 
 def _without_kernels(
     writer: BundleWriter,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     ckpt: Checkpoint,
     report: Any,
     progress: bool,
     verify_opts: dict[str, Any],
-) -> Any:
+) -> tuple[Manifest, Any]:
     """The runtime's fast paths failed parity where the portable graphs passed: drop
     them from the manifest (``formats.onnx.kernels_fallback`` records why; the files
     stay in the bundle), verify the runtime again on the entry-point graphs and return
-    the report with its runtime rows replaced and one line saying so (``notes``)."""
-    onnx_fmt = manifest["formats"]["onnx"]
+    the manifest and the report with its runtime rows replaced and one line saying so
+    (``notes``)."""
+    onnx = manifest.require_onnx()
+    assert onnx.kernels is not None
     failed = [
         f"{r['entry_point']} (err/bound {r['max_ratio']:.3g})"
         for r in report.rows()
         if not r["passed"]
     ]
     reason = "the runtime's fast-path kernels failed parity: " + ", ".join(failed)
-    onnx_fmt[KERNELS_FALLBACK] = {"reason": reason, "kernels": onnx_fmt.pop("kernels")}
+    fallback = KernelsFallback(reason, onnx.kernels.to_dict())
+    onnx = replace(onnx, kernels=None, kernels_fallback=fallback)
+    formats = replace(manifest.formats, onnx=onnx)
+    manifest = manifest.replace(formats=formats)
     from recsys_export.parity import verify_staged_bundle
 
     again = verify_staged_bundle(
@@ -356,49 +370,28 @@ def _without_kernels(
         f"runtime: {reason}; it serves this bundle from the portable ONNX graphs "
         f"(manifest formats.onnx.{KERNELS_FALLBACK})"
     )
-    return report
+    return manifest, report
 
 
-def build_manifest(
-    ckpt: Checkpoint, files: dict[str, Any], timings: dict[str, float]
-) -> dict[str, Any]:
-    """Manifest keys owned by the exporter (the bundle writer adds files and checksums)."""
+def build_manifest(ckpt: Checkpoint, formats: Formats, timings: dict[str, float]) -> Manifest:
+    """The manifest of a checkpoint's export (the bundle writer adds files and checksums)."""
     import onnx
     import onnxruntime
 
     model = ckpt.model
-    formats: dict[str, Any] = {}
-    if "onnx" in files:
-        formats["onnx"] = {"opset": ONNX_OPSET, "graphs": files["onnx"]}
-        if files.get("onnx_kernels"):
-            # optional fast paths for the runtime (older bundles lack them)
-            formats["onnx"]["kernels"] = files["onnx_kernels"]
-        if files.get("onnx_variants"):  # approximate variants, loaded only when asked for
-            formats["onnx"]["variants"] = files["onnx_variants"]
-    if "torchscript" in files:
-        formats["torchscript"] = files["torchscript"]
-    if "pt2" in files:
-        formats["pt2"] = {"programs": files["pt2"]}
-    return {
-        "model": {
-            "kind": model.kind,
-            "hyperparameters": model.hyperparameters(),
-            "n_users": model.n_users,
-            "n_items": model.n_items,
-        },
-        "entry_points": entry_point_spec(model.n_items),
-        "formats": formats,
-        "seen": {"indptr": "ids/seen_indptr.npy", "items": "ids/seen_items.npy"},
-        "item_names": ITEM_NAMES_FILE if ckpt.item_names is not None else None,
-        "reference": {"state_dict": REFERENCE_FILE},
-        "versions": {
-            "recsys_export": __version__,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__,
-        },
-        "training": {"config": ckpt.config, "metrics": ckpt.metrics, "data": ckpt.data},
-        "timings": {"export_seconds": {k: round(v, 3) for k, v in timings.items()}},
-        "parity": None,
-    }
+    return Manifest.build(
+        model=ModelSection(model.kind, model.n_users, model.n_items, model.hyperparameters()),
+        formats=formats,
+        seen=SEEN,
+        item_names_file=ITEM_NAMES_FILE if ckpt.item_names is not None else None,
+        reference_weights=REFERENCE_FILE,
+        versions=Versions(
+            recsys_export=__version__,
+            torch=torch.__version__,
+            onnx=onnx.__version__,
+            onnxruntime=onnxruntime.__version__,
+            numpy=np.__version__,
+        ),
+        training=TrainingSection(ckpt.config, ckpt.metrics, ckpt.data),
+        timings=Timings(timings),
+    )

@@ -8,11 +8,7 @@ what the exporters made of it and writes one format's files for the bundle contr
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +16,15 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import FORMAT_VERSION
+from recsys_export.bundle.schema import ENTRY_POINTS
+from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.export.frozen import (
     OnnxRecommendEntry,
     RecommendEntry,
     ScoreAllEntry,
     ScoreEntry,
 )
-from recsys_export.manifest import ENTRY_POINTS
+from recsys_export.torch_runtime.io import quiet_exporters
 
 ONNX_OPSET = 20
 #: IR version written into every graph: 9 is what opset 20 needs and what onnxruntime
@@ -34,41 +32,6 @@ ONNX_OPSET = 20
 ONNX_IR_VERSION = 9
 #: Protobuf's hard limit: larger ONNX models must keep weights in an external file.
 ONNX_SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2
-
-
-@contextlib.contextmanager
-def quiet_exporters() -> Iterator[None]:
-    """Silence the exporters' progress prints, warnings and log lines.
-
-    ``torch.onnx.export(dynamo=True)`` prints progress to stdout and logs warnings;
-    TorchScript emits DeprecationWarnings. None of that belongs in our users' output.
-    """
-    loggers = [
-        logging.getLogger(n)
-        for n in (
-            "torch.onnx",
-            "torch.export",
-            "torch._export",
-            "onnxscript",
-            "torch._dynamo",
-            "torch.fx",
-        )
-    ]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    sink = io.StringIO()
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(sink),
-            contextlib.redirect_stderr(sink),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _example_inputs(n_users: int, n_items: int) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -150,7 +113,7 @@ _REGISTRY: list[Any] = []
 #: ~0.05-0.5 s per graph where the dynamo exporter takes 1-5 s (decompositions and its
 #: torchlib registry). Other modules (``byom``'s generic path: Python loops over the
 #: batch) go through ``torch.export`` and the dynamo exporter.
-TRACED_ONNX_KINDS = ("mf", "densenet")
+TRACED_ONNX_KINDS = MODEL_KINDS
 #: Weights above this size take the dynamo exporter (it writes external data itself).
 TRACED_ONNX_MAX_BYTES = 1 << 30
 
@@ -162,30 +125,21 @@ def _dynamo_onnx_export(program: Any, in_names: list[str], out_names: list[str])
     export). We build it once and call the exporter core with it; if that private entry
     point is missing or changed in the installed torch, we use the public API instead.
     """
+    options: dict[str, Any] = {
+        "input_names": in_names,
+        "output_names": out_names,
+        "opset_version": ONNX_OPSET,
+        "optimize": True,
+        "verify": False,
+    }
     try:
         from torch.onnx._internal.exporter import _core, _registration
 
         if not _REGISTRY:
             _REGISTRY.append(_registration.ONNXRegistry.from_torchlib(opset_version=ONNX_OPSET))
-        return _core.export(
-            program,
-            registry=_REGISTRY[0],
-            input_names=in_names,
-            output_names=out_names,
-            optimize=True,
-            verify=False,
-            opset_version=ONNX_OPSET,
-        )
+        return _core.export(program, registry=_REGISTRY[0], **options)
     except (ImportError, AttributeError, TypeError):  # pragma: no cover - other torch versions
-        return torch.onnx.export(
-            program,
-            input_names=in_names,
-            output_names=out_names,
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            optimize=True,
-            verify=False,
-        )
+        return torch.onnx.export(program, dynamo=True, **options)
 
 
 def _dynamic_axes(entry: str) -> dict[str, dict[int, str]]:

@@ -16,16 +16,24 @@ large opposite terms per item and loses precision on scores near 0, docs/parity.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import Tensor, nn
 
-from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, topk_excluding
-from recsys_export.topk import EMPTY_ITEM, EMPTY_SCORE
+from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
+from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
+from recsys_export.torch_runtime.ops import topk_excluding
 
 
 class _FrozenRecommender(nn.Module):
-    """Shared ``recommend`` of the frozen modules (subclasses define ``score_all`` and an
-    ``item_factors`` buffer); top-k itself lives in :func:`topk_excluding`."""
+    """Shared ``forward`` and ``recommend`` of the frozen modules (subclasses define
+    ``score``, ``score_all`` and an ``item_factors`` buffer); top-k itself lives in
+    :func:`topk_excluding`."""
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        """Pairwise scores ``float32[N]``."""
+        return self.score(users, items)
 
     @torch.jit.export
     def recommend(
@@ -59,10 +67,6 @@ class MFInference(_FrozenRecommender):
                 ib = torch.zeros(model.n_items)
             self.register_buffer("user_bias", ub)
             self.register_buffer("item_bias", ib + model.global_mean.detach())
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Pairwise scores ``float32[N]``."""
-        return self.score(users, items)
 
     @torch.jit.export
     def score(self, users: Tensor, items: Tensor) -> Tensor:
@@ -104,10 +108,6 @@ class DenseNetInference(_FrozenRecommender):
             # what the runtime's kernels add to w2 . relu(a + c) per item: the output bias
             self.register_buffer("item_offset", b2.expand(c.shape[0]).clone())  # [n_items]
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Pairwise scores ``float32[N]``."""
-        return self.score(users, items)
-
     @torch.jit.export
     def score(self, users: Tensor, items: Tensor) -> Tensor:
         p = torch.index_select(self.user_factors, 0, users)
@@ -125,13 +125,26 @@ class DenseNetInference(_FrozenRecommender):
         return torch.matmul(self.w2_row, h).squeeze(1) + self.b2  # [B, n_items]
 
 
-def inference_module(model: BaseModel) -> nn.Module:
+@runtime_checkable
+class InferenceSource(Protocol):
+    """A model that makes its own frozen module for the exporters (a module trained
+    elsewhere: :class:`recsys_export.byom.ModuleRecommender`), instead of the conversions
+    above. Such a module may carry ``exported_programs`` (its ``torch.export`` programs)
+    for the export to reuse."""
+
+    def inference_module(self) -> nn.Module:
+        """A frozen copy (eval mode, no gradients) with ``score``, ``score_all`` and
+        ``recommend`` as the export contract has them."""
+        ...
+
+
+def inference_module(model: BaseModel | InferenceSource) -> nn.Module:
     """The frozen, export-friendly counterpart of a trained model (eval mode, no grad)."""
     if isinstance(model, MatrixFactorization):
         module: nn.Module = MFInference(model)
     elif isinstance(model, DenseNet):
         module = DenseNetInference(model)
-    elif hasattr(model, "inference_module"):  # e.g. byom.ModuleRecommender
+    elif isinstance(model, InferenceSource):
         module = model.inference_module()
     else:  # pragma: no cover - guarded by build_model
         raise TypeError(f"unsupported model type {type(model).__name__}")
@@ -177,21 +190,16 @@ class RecommendEntry(nn.Module):
         return self.module.recommend(users, kk, exclude_rows, exclude_items)
 
 
-class OnnxRecommendEntry(nn.Module):
+class OnnxRecommendEntry(RecommendEntry):
     """``recommend`` for the TorchScript-based ONNX exporter (traced, ``k`` a tensor).
 
-    The same computation as :func:`~recsys_export.models.topk_excluding` on
+    The same computation as :func:`~recsys_export.torch_runtime.ops.topk_excluding` on
     ``score_all``, written so that tracing keeps ``k`` a run-time input: the 0-d ``k``
     goes straight into ``topk`` (the tracer records it as a value, not a constant) and
     the empty-slot test is ``== -inf`` (that exporter has no ``isneginf``); exclusions
     are one scatter into the flattened scores. Only for the
     frozen modules of this package, whose ``score_all`` traces to a batch-generic graph.
     """
-
-    def __init__(self, module: nn.Module, n_items: int) -> None:
-        super().__init__()
-        self.module = module
-        self.n_items = n_items
 
     def forward(
         self, users: Tensor, k: Tensor, exclude_rows: Tensor, exclude_items: Tensor

@@ -14,12 +14,18 @@ import torch
 
 from recsys_export import __version__
 from recsys_export.bundle import BundleWriter
+from recsys_export.bundle.schema import (
+    DN_BLOCK_USERS,
+    KERNELS_DIR,
+    KERNELS_VERSION,
+    KernelsSection,
+)
+from recsys_export.core.defaults import MODEL_KINDS
+from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE
 from recsys_export.export.formats import ONNX_IR_VERSION, ONNX_OPSET, ONNX_SINGLE_FILE_LIMIT
-from recsys_export.manifest import DN_BLOCK_USERS, KERNELS_DIR, KERNELS_VERSION
-from recsys_export.topk import EMPTY_ITEM, EMPTY_SCORE
 
 #: The kernel version and directory, and the DenseNet ``score_all`` kernel's users per
-#: call (``DN_BLOCK_USERS``) are in :mod:`recsys_export.manifest`. The bytes of one
+#: call (``DN_BLOCK_USERS``) are in :mod:`recsys_export.bundle.schema`. The bytes of one
 #: ``[users, hidden, items]`` intermediate a tile may take: 8 x 128 x 512 floats = 2 MB
 #: measured fastest on 2 cores (8 MB L3, 512 KB L2 per core); 4 MB tiles thrash L3 once
 #: both cores run, 16 MB is slower even on one.
@@ -35,7 +41,7 @@ def dn_tile_width(hidden: int, n_items: int, users: int) -> int:
     return int(min(width, n_items))
 
 
-def _dn_item_tiles(neg_c_t: np.ndarray, width: int) -> tuple[list[Any], list[Any]]:
+def dn_item_tiles(neg_c_t: np.ndarray, width: int) -> tuple[list[Any], list[Any]]:
     """Nodes ``a3[B, H, 1] -> y[B, N]`` over item tiles of ``width``, and their weights.
 
     Each tile is ``Relu(Sub(a3, -C^T tile)) -> MatMul(w2 row) -> [B, 1, T]``: the
@@ -81,11 +87,8 @@ def mf_augmented(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """MF factors augmented so that one dot product is the score: users ``[P, bu, 1]``
     and items ``[Q, 1, bi + mu]``, float32 ``[n, factors + 2]`` each."""
 
-    def buf(name: str) -> np.ndarray:
-        return getattr(module, name).detach().cpu().numpy().astype(np.float32)
-
-    p, q = buf("user_factors"), buf("item_factors")
-    bu, bi = buf("user_bias"), buf("item_bias")
+    p, q = _buffer(module, "user_factors"), _buffer(module, "item_factors")
+    bu, bi = _buffer(module, "user_bias"), _buffer(module, "item_bias")
     pa = np.concatenate([p, bu[:, None], np.ones((p.shape[0], 1), np.float32)], axis=1)
     qa = np.concatenate([q, np.ones((q.shape[0], 1), np.float32), bi[:, None]], axis=1)
     return pa, qa
@@ -106,7 +109,7 @@ def mf_score_groups(pa: np.ndarray, qa_t: np.ndarray, kind: str = "mf") -> Any:
     (:func:`mf_group_shape`; a padding item scores ``-inf``: its bias entry is ``-inf``,
     the entry the user bias multiplies 0). The runtime masks the exclusions in the output,
     takes the group maxima (:func:`group_max_graph`) and keeps only the groups that can
-    hold a top-k item (:func:`recsys_export.topk.group_topk`). Scores of real items are
+    hold a top-k item (:func:`recsys_export.core.topk.group_topk`). Scores of real items are
     bitwise those of the ``score_all`` kernel (the same product, column by column).
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -117,7 +120,7 @@ def mf_score_groups(pa: np.ndarray, qa_t: np.ndarray, kind: str = "mf") -> Any:
     padded[:, :n_items] = qa_t
     padded[f - 1, n_items:] = EMPTY_SCORE  # times the user's constant 1
     vi = helper.make_tensor_value_info
-    return _kernel_model(
+    return kernel_model(
         [
             helper.make_node("Gather", ["user_aug", "users"], ["x"], axis=0),
             helper.make_node("MatMul", ["x", "item_aug_t"], ["scores"]),
@@ -144,7 +147,7 @@ def mf_topk_kernels(pa: np.ndarray, qa: np.ndarray, kind: str = "mf") -> dict[st
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     vi, node = helper.make_tensor_value_info, helper.make_node
     qa_t = np.ascontiguousarray(qa.T)
-    user_kernel = _kernel_model(
+    user_kernel = kernel_model(
         [
             node("Gather", ["user_aug", "users"], ["x"], axis=0),
             node("MatMul", ["x", "item_aug_t"], ["row"]),
@@ -181,7 +184,7 @@ def group_max_graph(groups: int, width: int, kind: str) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     vi = helper.make_tensor_value_info
-    return _kernel_model(
+    return kernel_model(
         [
             helper.make_node("Reshape", ["scores", "grouped_shape"], ["grouped"]),
             helper.make_node("ReduceMax", ["grouped", "axis2"], ["group_max"], keepdims=0),
@@ -197,9 +200,11 @@ def group_max_graph(groups: int, width: int, kind: str) -> Any:
     )
 
 
-def _kernel_model(
+def kernel_model(
     nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any], inits: list[Any], kind: str
 ) -> Any:
+    """A checked ``onnx.ModelProto`` of one kernel graph (our opset and IR version, the
+    model kind and kernel name in its properties)."""
     import onnx
     from onnx import helper
 
@@ -242,128 +247,162 @@ def build_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
     dict
         name -> ``onnx.ModelProto``.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    out: dict[str, Any] = {"topk": _topk_kernel(kind)}
+    out.update(_mf_kernels(module, kind) if kind == "mf" else _dn_kernels(module, kind))
+    return out
+
+
+def _init(arr: np.ndarray, name: str) -> Any:
+    """A contiguous copy of ``arr`` as the graph initializer ``name``."""
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(arr), name)
+
+
+def _buffer(module: torch.nn.Module, name: str) -> np.ndarray:
+    """The frozen module's buffer ``name`` as float32 numpy."""
+    return getattr(module, name).detach().cpu().numpy().astype(np.float32)
+
+
+def _topk_kernel(kind: str) -> Any:
+    """``scores float32[B, N], k int64[1] -> values float32[B, k], indices int64[B, k]``."""
+    from onnx import TensorProto, helper
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     vi = helper.make_tensor_value_info
-    node = helper.make_node
-
-    def init(arr: np.ndarray, name: str) -> Any:
-        return numpy_helper.from_array(np.ascontiguousarray(arr), name)
-
-    def buf(name: str) -> np.ndarray:
-        return getattr(module, name).detach().cpu().numpy().astype(np.float32)
-
-    out: dict[str, Any] = {}
-    neg_inf = np.array([EMPTY_SCORE], dtype=np.float32)
-    minus_one = np.array([EMPTY_ITEM], dtype=np.int64)
-    topk_tail = [
-        node("TopK", ["masked", "k"], ["scores", "idx"], axis=1, largest=1, sorted=1),
-        node("IsInf", ["scores"], ["empty"], detect_positive=0),
-        node("Where", ["empty", "minus_one", "idx"], ["items"]),
-    ]
-    out["topk"] = _kernel_model(
-        [node("TopK", ["scores", "k"], ["values", "indices"], axis=1, largest=1, sorted=1)],
+    return kernel_model(
+        [
+            helper.make_node(
+                "TopK", ["scores", "k"], ["values", "indices"], axis=1, largest=1, sorted=1
+            )
+        ],
         "topk",
         [vi("scores", f32, ["batch", "n"]), vi("k", i64, [1])],
         [vi("values", f32, ["batch", "k"]), vi("indices", i64, ["batch", "k"])],
         [],
         kind,
     )
-    one_inputs = [vi("users", i64, [1]), vi("k", i64, [1]), vi("exclude_items", i64, ["m"])]
-    one_outputs = [vi("scores", f32, [1, "k"]), vi("items", i64, [1, "k"])]
-    scatter = [
+
+
+def _recommend_one_kernel(row: list[Any], name: str, inits: list[Any], kind: str) -> Any:
+    """``recommend_one`` from the nodes ``row`` that score one user's items into ``row``
+    (weights ``inits``): the excluded items set to ``-inf``, TopK, ``-1`` for empty slots.
+
+    ``users int64[1], k int64[1], exclude_items int64[M] -> scores float32[1, k],
+    items int64[1, k]``.
+    """
+    from onnx import TensorProto, helper
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    vi, node = helper.make_tensor_value_info, helper.make_node
+    nodes = [
+        *row,
         node("Unsqueeze", ["exclude_items", "axis0"], ["ex2"]),
         node("Shape", ["ex2"], ["ex_shape"]),
         node("Expand", ["neg_inf", "ex_shape"], ["ex_vals"]),
         node("ScatterElements", ["row", "ex2", "ex_vals"], ["masked"], axis=1),
+        node("TopK", ["masked", "k"], ["scores", "idx"], axis=1, largest=1, sorted=1),
+        node("IsInf", ["scores"], ["empty"], detect_positive=0),
+        node("Where", ["empty", "minus_one", "idx"], ["items"]),
     ]
-    common = [
-        init(neg_inf, "neg_inf"),
-        init(minus_one, "minus_one"),
-        init(np.array([0], dtype=np.int64), "axis0"),
+    constants = [
+        _init(np.array([EMPTY_SCORE], dtype=np.float32), "neg_inf"),
+        _init(np.array([EMPTY_ITEM], dtype=np.int64), "minus_one"),
+        _init(np.array([0], dtype=np.int64), "axis0"),
     ]
-    if kind == "mf":
-        pa, qa = mf_augmented(module)
-        qa_t = qa.T
-        gather = node("Gather", ["user_aug", "users"], ["x"], axis=0)
-        weights = [init(pa, "user_aug"), init(qa_t, "item_aug_t")]
-        out["score_all"] = _kernel_model(
+    return kernel_model(
+        nodes,
+        name,
+        [vi("users", i64, [1]), vi("k", i64, [1]), vi("exclude_items", i64, ["m"])],
+        [vi("scores", f32, [1, "k"]), vi("items", i64, [1, "k"])],
+        [*inits, *constants],
+        kind,
+    )
+
+
+def _mf_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
+    """MF ``score_all`` (one MatMul of the augmented factors), ``recommend_one`` and
+    :func:`mf_topk_kernels`."""
+    from onnx import TensorProto, helper
+
+    vi, node = helper.make_tensor_value_info, helper.make_node
+    pa, qa = mf_augmented(module)
+    gather = node("Gather", ["user_aug", "users"], ["x"], axis=0)
+    weights = [_init(pa, "user_aug"), _init(qa.T, "item_aug_t")]
+    return {
+        "score_all": kernel_model(
             [gather, node("MatMul", ["x", "item_aug_t"], ["scores"])],
             "mf_score_all",
-            [vi("users", i64, ["batch"])],
-            [vi("scores", f32, ["batch", qa.shape[0]])],
+            [vi("users", TensorProto.INT64, ["batch"])],
+            [vi("scores", TensorProto.FLOAT, ["batch", qa.shape[0]])],
             weights,
             kind,
-        )
-        out["recommend_one"] = _kernel_model(
-            [gather, node("MatMul", ["x", "item_aug_t"], ["row"]), *scatter, *topk_tail],
+        ),
+        "recommend_one": _recommend_one_kernel(
+            [gather, node("MatMul", ["x", "item_aug_t"], ["row"])],
             "mf_recommend_one",
-            one_inputs,
-            one_outputs,
-            [*weights, *common],
+            weights,
             kind,
-        )
-        out.update(mf_topk_kernels(pa, qa, kind))
-    else:
-        p, w1u_t, w2_row = buf("user_factors"), buf("w1_user_t"), buf("w2_row")
-        neg_c_t, offset = buf("neg_c_t"), buf("item_offset")
-        hidden, n_items = neg_c_t.shape
-        user_half = [
-            node("Gather", ["user_factors", "users"], ["p"], axis=0),
-            node("MatMul", ["p", "w1_user_t"], ["a"]),
-            node("Unsqueeze", ["a", "axis2"], ["a3"]),  # [B, H, 1]
-        ]
-        shared = [
-            init(p, "user_factors"),
-            init(w1u_t, "w1_user_t"),
-            init(w2_row, "w2_row"),
-            init(offset, "item_offset"),
-            init(np.array([2], dtype=np.int64), "axis2"),
-            init(np.array([1], dtype=np.int64), "axis1"),
-        ]
-        width = dn_tile_width(hidden, n_items, DN_BLOCK_USERS)
-        rows_nodes, rows_inits = _dn_item_tiles(neg_c_t, width)
-        out["score_all"] = _kernel_model(
+        ),
+        **mf_topk_kernels(pa, qa, kind),
+    }
+
+
+def _dn_kernels(module: torch.nn.Module, kind: str) -> dict[str, Any]:
+    """DenseNet ``score_all`` (the user half, then item tiles of :func:`dn_tile_width`
+    for :data:`DN_BLOCK_USERS` users) and ``recommend_one`` (tiles sized for one user)."""
+    from onnx import TensorProto, helper
+
+    vi, node = helper.make_tensor_value_info, helper.make_node
+    neg_c_t = _buffer(module, "neg_c_t")
+    hidden, n_items = neg_c_t.shape
+    user_half = [
+        node("Gather", ["user_factors", "users"], ["p"], axis=0),
+        node("MatMul", ["p", "w1_user_t"], ["a"]),
+        node("Unsqueeze", ["a", "axis2"], ["a3"]),  # [B, H, 1]
+    ]
+    shared = [
+        *(_init(_buffer(module, n), n) for n in ("user_factors", "w1_user_t", "w2_row")),
+        _init(_buffer(module, "item_offset"), "item_offset"),
+        _init(np.array([2], dtype=np.int64), "axis2"),
+        _init(np.array([1], dtype=np.int64), "axis1"),
+    ]
+    width = dn_tile_width(hidden, n_items, DN_BLOCK_USERS)
+    rows_nodes, rows_inits = dn_item_tiles(neg_c_t, width)
+    one_nodes, one_inits = dn_item_tiles(neg_c_t, dn_tile_width(hidden, n_items, 1))
+    return {
+        "score_all": kernel_model(
             [*user_half, *rows_nodes, node("Add", ["y", "item_offset"], ["scores"])],
             "densenet_score_all",
-            [vi("users", i64, ["batch"])],
-            [vi("scores", f32, ["batch", n_items])],
+            [vi("users", TensorProto.INT64, ["batch"])],
+            [vi("scores", TensorProto.FLOAT, ["batch", n_items])],
             [*shared, *rows_inits],
             kind,
-        )
-        one_nodes, one_inits = _dn_item_tiles(neg_c_t, dn_tile_width(hidden, n_items, 1))
-        out["recommend_one"] = _kernel_model(
-            [
-                *user_half,
-                *one_nodes,
-                node("Add", ["y", "item_offset"], ["row"]),
-                *scatter,
-                *topk_tail,
-            ],
+        ),
+        "recommend_one": _recommend_one_kernel(
+            [*user_half, *one_nodes, node("Add", ["y", "item_offset"], ["row"])],
             "densenet_recommend_one",
-            one_inputs,
-            one_outputs,
-            [*shared, *one_inits, *common],
+            [*shared, *one_inits],
             kind,
-        )
-    return out
+        ),
+    }
 
 
 def write_kernels(
     module: torch.nn.Module, kind: str, writer: BundleWriter, *, external_data: bool | None
-) -> dict[str, Any]:
-    """Write :func:`build_kernels` into ``onnx/kernels/`` and return the manifest entry."""
-    if kind not in ("mf", "densenet"):  # other models (byom's generic path): no fast paths
-        return {}
-    entry: dict[str, Any] = {"version": KERNELS_VERSION}
-    if kind == "densenet":
-        entry["block_users"] = DN_BLOCK_USERS  # what the score_all tiles are sized for
-    else:
-        entry["groups"], entry["group_width"] = mf_group_shape(module.item_factors.shape[0])
-    for name, obj in build_kernels(module, kind).items():
-        entry[name] = save_graph(obj, writer, KERNELS_DIR, name, "onnx-kernel", external_data)
-    return entry
+) -> KernelsSection | None:
+    """Write :func:`build_kernels` into ``onnx/kernels/``; their manifest section (None
+    for other models: byom's generic path has no fast paths)."""
+    if kind not in MODEL_KINDS:
+        return None
+    files = {
+        name: save_graph(obj, writer, KERNELS_DIR, name, "onnx-kernel", external_data)
+        for name, obj in build_kernels(module, kind).items()
+    }
+    if kind == "densenet":  # block_users: what the score_all tiles are sized for
+        return KernelsSection(KERNELS_VERSION, files, block_users=DN_BLOCK_USERS)
+    groups, width = mf_group_shape(module.item_factors.shape[0])
+    return KernelsSection(KERNELS_VERSION, files, groups=groups, group_width=width)
 
 
 def save_graph(

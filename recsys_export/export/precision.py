@@ -34,16 +34,21 @@ import numpy as np
 import torch
 
 from recsys_export.bundle import BundleWriter
+from recsys_export.bundle.schema import (
+    VARIANTS_DIR,
+    OnnxSection,
+    VariantSection,
+    check_precision,
+)
+from recsys_export.core.topk import EMPTY_SCORE
 from recsys_export.errors import ConfigError
 from recsys_export.export.kernels import (
-    _kernel_model,
     group_max_graph,
+    kernel_model,
     mf_augmented,
     mf_group_shape,
     save_graph,
 )
-from recsys_export.manifest import VARIANTS_DIR, check_precision
-from recsys_export.topk import EMPTY_SCORE
 
 __all__ = ["fp16_weights", "mf_int8_graphs", "quantize_rows", "write_variant"]
 
@@ -188,7 +193,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
         init(np.array([1], dtype=np.int64), "axis1"),
     ]
     graphs = {
-        "score_all_partial": _kernel_model(
+        "score_all_partial": kernel_model(
             [
                 *_user_rows(),
                 *_int8_product("item_q_t", "item_scale", "item_bias", "scores"),
@@ -204,7 +209,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
             ],
             "mf",
         ),
-        "score_groups": _kernel_model(
+        "score_groups": kernel_model(
             [*_user_rows(), *_int8_product("item_q_t", "item_scale", "item_bias", "scores")],
             "mf_int8_score_groups",
             users_in,
@@ -218,7 +223,7 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
             "mf",
         ),
         "group_max": group_max_graph(groups, width, "mf"),
-        "score": _kernel_model(
+        "score": kernel_model(
             [
                 *_user_rows(),
                 node("Gather", ["item_q", "items"], ["iq"], axis=0),
@@ -268,18 +273,18 @@ def write_variant(
     kind: str,
     precision: str,
     writer: BundleWriter,
-    files: dict[str, Any],
+    onnx: OnnxSection | None,
     *,
     external_data: bool | None,
-) -> dict[str, Any] | None:
+) -> VariantSection | None:
     """Write the ``precision`` variant of a bundle being exported and return its manifest
-    entry (None for ``fp32``: the exact graphs are the fp32 bundle).
+    section (None for ``fp32``: the exact graphs are the fp32 bundle).
 
     Parameters
     ----------
-    files : dict
-        The exporter's ``files``: ``onnx`` (entry points) and ``onnx_kernels``, whose
-        staged graphs the fp16 variant converts.
+    onnx : OnnxSection or None
+        The exact ONNX graphs written so far (entry points and kernels), whose staged
+        graphs the fp16 variant converts; None without the ``onnx`` format.
 
     Raises
     ------
@@ -287,42 +292,50 @@ def write_variant(
         ``int8`` for a model other than MF, a bundle without ONNX graphs, or weights
         float16 cannot hold.
     """
-    import onnx
+    import onnx as onnx_lib
 
     precision = check_precision(precision)
     if precision == "fp32":
         return None
-    if not files.get("onnx"):
+    if onnx is None or not onnx.complete:
         raise ConfigError(f"--precision {precision} needs the onnx format (--formats onnx)")
     folder = f"{VARIANTS_DIR}/{precision}"
     role = f"onnx-variant-{precision}"
-    entry: dict[str, Any] = {"precision": precision, "graphs": {}}
+    graphs: dict[str, str] = {}
     if precision == "int8":
         if kind != "mf":
             raise ConfigError(
                 f"--precision int8 is available for MF bundles (per-row int8 factors); a "
                 f"{kind} model can be exported with --precision fp16"
             )
-        graphs, arrays, sizes = mf_int8_graphs(module)
-        for name, obj in graphs.items():
-            entry["graphs"][name] = save_graph(obj, writer, folder, name, role, external_data)
-        entry["groups"], entry["group_width"] = sizes["groups"], sizes["group_width"]
-        entry["factor_bytes"] = sizes["factor_bytes"]
-        entry["arrays"] = {}
+        objs, arrays, sizes = mf_int8_graphs(module)
+        for name, obj in objs.items():
+            graphs[name] = save_graph(obj, writer, folder, name, role, external_data)
+        files: dict[str, str] = {}
         for name, arr in arrays.items():
             rel = f"{folder}/{'rerank_' if name != 'user_bias' else ''}{name}.npy"
             writer.write_bytes(rel, _npy_bytes(arr), f"{role}-array:{name}")
-            entry["arrays"][name] = rel
-        return entry
-    kernels = files.get("onnx_kernels") or {}
+            files[name] = rel
+        return VariantSection(
+            precision,
+            graphs,
+            arrays=files,
+            groups=sizes["groups"],
+            group_width=sizes["group_width"],
+            factor_bytes=sizes["factor_bytes"],
+        )
+    kernels = onnx.kernels.files if onnx.kernels is not None else {}
     sources = {
-        "score_all": kernels.get("score_all") or files["onnx"]["score_all"],
-        "score": files["onnx"]["score"],
+        "score_all": kernels.get("score_all") or onnx.graphs["score_all"],
+        "score": onnx.graphs["score"],
     }
     for name, rel in sources.items():
-        exact = onnx.load(str(Path(writer.path(rel))))
+        exact = onnx_lib.load(str(Path(writer.path(rel))))
         obj = fp16_weights(exact, f"the {name} graph")
-        entry["graphs"][name] = save_graph(obj, writer, folder, name, role, external_data)
-    entry["kernel_score_all"] = "score_all" in kernels  # tiled like the exact kernel
-    entry["compute"] = "float32 (float16 weights cast at load)"
-    return entry
+        graphs[name] = save_graph(obj, writer, folder, name, role, external_data)
+    return VariantSection(
+        precision,
+        graphs,
+        kernel_score_all="score_all" in kernels,  # tiled like the exact kernel
+        compute="float32 (float16 weights cast at load)",
+    )

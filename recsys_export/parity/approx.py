@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.ids import runs_to_coo
-from recsys_export.topk import mask_pairs, topk
+from recsys_export.core.ids import runs_to_coo
+from recsys_export.core.topk import mask_pairs, topk
 
 __all__ = ["APPROX_KS", "APPROX_USERS", "judge_variant"]
 

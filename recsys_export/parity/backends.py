@@ -11,19 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from recsys_export.export.formats import quiet_exporters
-from recsys_export.ids import runs_to_coo
-from recsys_export.manifest import FORMATS
-from recsys_export.models import BaseModel, DenseNet, check_k, topk_excluding
+from recsys_export.bundle import Bundle
+from recsys_export.bundle.schema import FORMATS
+from recsys_export.core.ids import runs_to_coo
+from recsys_export.core.topk import check_k
+from recsys_export.engines import open_engine
+from recsys_export.models import BaseModel, DenseNet
 from recsys_export.plan import (
     PARITY_WORKERS,
 )
-from recsys_export.torch_engine import load_exported_module
+from recsys_export.runtime.protocol import Engine
+from recsys_export.torch_runtime.io import load_exported_module, load_torchscript, quiet_exporters
+from recsys_export.torch_runtime.ops import topk_excluding
 
 #: What export and ``verify`` check by default: every format, and the torch-free runtime.
 CHECKED_BACKENDS = (*FORMATS, "runtime")
@@ -70,7 +73,7 @@ class EagerBackend(Backend):
     DenseNet's ``score_all`` is the model's own computation (split first layer, ReLU,
     second layer) done in tiles of users x items, so its ``[B, n_items, hidden]``
     activations never exist at once: memory stays at :data:`EAGER_TILE_BYTES` and the
-    tile stays in cache. ``recommend`` is :func:`~recsys_export.models.topk_excluding`
+    tile stays in cache. ``recommend`` is :func:`~recsys_export.torch_runtime.ops.topk_excluding`
     on ``score_all``, whose last block is kept: a parity block asks for ``score_all``
     and then ``recommend`` with several ``k`` on the same users.
 
@@ -147,8 +150,7 @@ class TorchScriptBackend(Backend):
 
     def __init__(self, path: Path, device: torch.device | None = None) -> None:
         self.device = device
-        with quiet_exporters():
-            self.module = torch.jit.load(str(path), map_location=device or "cpu")
+        self.module = load_torchscript(path, device)
 
     @torch.no_grad()
     def score(self, users, items):
@@ -201,7 +203,7 @@ class OnnxBackend(Backend):
     def __init__(self, paths: dict[str, Path], providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
-        from recsys_export.runtime.engines import DEFAULT_PROVIDERS
+        from recsys_export.core.defaults import DEFAULT_PROVIDERS
 
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
@@ -234,33 +236,38 @@ class NotApplicable(Exception):
     """A backend cannot express this case (e.g. arbitrary exclusions); the case is skipped."""
 
 
-class RuntimeBackend(Backend):
-    """The torch-free :class:`~recsys_export.runtime.Recommender` (with its fast paths).
+class EngineBackend(Backend):
+    """An engine of the contract (:func:`recsys_export.engines.open_engine`): the
+    torch-free onnxruntime engine with its fast paths (``runtime``), or the torch batch
+    engine on ``device`` (``torch_engine``, opt-in: ``verify --formats ...,torch_engine``).
 
-    ``score`` and ``score_all`` take any indices. ``recommend`` runs the runtime's own
-    ``exclude_seen`` path, so it applies where the exclusions are exactly the users' seen
-    items (the full-matrix pass); other cases raise :class:`NotApplicable`.
+    ``score`` and ``score_all`` take any indices (validated here). ``recommend`` runs the
+    engine's own ``exclude_seen`` path, so it applies where the exclusions are exactly
+    the users' seen items (the full-matrix pass); other cases raise
+    :class:`NotApplicable`.
     """
 
-    name = "runtime"
-    chunks_itself = True
-
-    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
-        from recsys_export.runtime import Recommender
-
-        # checksums: verified by the caller
-        self.rec = Recommender.load(path, verify=False, providers=providers)
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        # the onnxruntime engine sizes its own calls; the torch engine is fed parity's
+        self.chunks_itself = engine.name == "onnx"
 
     def score(self, users, items):
-        return self.rec.score(users, items, by_index=True)
+        users = self.engine.user_map.check_indices(np.asarray(users, dtype=np.int64))
+        items = self.engine.item_map.check_indices(np.asarray(items, dtype=np.int64))
+        return self.engine.score_pairs(users, items)
 
     def score_all(self, users):
-        return self.rec.score_all(users, by_index=True)
+        users = self.engine.user_map.check_indices(np.asarray(users, dtype=np.int64))
+        out = np.empty((users.size, self.engine.n_items), dtype=np.float32)
+        self.engine.score_all_into(users, out)
+        return out
 
     def recommend(self, users, k, rows, items):
         if len(np.unique(users)) != len(users):
             raise NotApplicable("repeated users")
-        want_rows, want_items = _seen_for(users, *self.rec.seen_csr())
+        want_rows, want_items = seen_for(users, *self.engine.seen_csr())
         got = np.lexsort((items, rows))
         want = np.lexsort((want_items, want_rows))
         if not (
@@ -268,42 +275,16 @@ class RuntimeBackend(Backend):
             and np.array_equal(items[got], want_items[want])
         ):
             raise NotApplicable("exclusions other than the seen items")
-        return self._topk(users, int(k))
-
-    def _topk(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        result = self.rec.recommend(users, k, exclude_seen=True, by_index=True)
-        return result.scores, result.items
+        users = self.engine.user_map.check_indices(np.asarray(users, dtype=np.int64))
+        return self.engine.topk(users, int(k), exclude_seen=True)
 
 
-class TorchEngineBackend(RuntimeBackend):
-    """The torch batch engine (:class:`~recsys_export.torch_engine.TorchEngine`) on
-    ``device`` (default CPU): the bundle's pt2/TorchScript program with the engine's own
-    exclusion and top-k (opt-in: ``verify --formats ...,torch_engine``). Pairs
-    (``score``) do not apply."""
-
-    name = "torch_engine"
-    chunks_itself = False
-
-    def __init__(self, path: Path, device: torch.device | None = None) -> None:
-        from recsys_export.torch_engine import TorchEngine
-
-        self.rec = TorchEngine.load(  # type: ignore[assignment]
-            path, device=device or "cpu", verify=False
-        )
-
-    def score(self, users, items):
-        raise NotApplicable("the torch engine scores whole rows only")
-
-    def score_all(self, users):
-        return self.rec.score_all(users)
-
-    def _topk(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.rec.topk(users, k, exclude_seen=True)  # type: ignore[attr-defined]
+#: The onnxruntime engine's backend (the name parity reports use: ``runtime``).
+RuntimeBackend = EngineBackend
 
 
 def load_backends(
-    root: Path,
-    manifest: dict[str, Any],
+    bundle: Bundle,
     formats: Iterable[str] | None = None,
     *,
     skipped: dict[str, str] | None = None,
@@ -314,10 +295,9 @@ def load_backends(
 
     Parameters
     ----------
-    root : Path
-        The bundle directory.
-    manifest : dict
-        Its manifest.
+    bundle : Bundle
+        The loaded bundle (a staged one during ``export``); every file is resolved
+        through :meth:`~recsys_export.bundle.Bundle.file` (listed and checksummed).
     formats : iterable of str, optional
         Formats to load (default: the export formats, :data:`FORMATS`); ``runtime`` and
         ``torch_engine`` add the Python runtime and the torch batch engine.
@@ -327,11 +307,11 @@ def load_backends(
         both torch versions; without it the load error propagates.
     device : torch.device, optional
         Where the torch backends (TorchScript, ``.pt2``, the torch engine) run; checked
-        by the caller (:func:`~recsys_export.torch_engine.resolve_device`). Default: the
-        CPU path as before.
+        by the caller (:func:`~recsys_export.torch_runtime.device.resolve_device`).
+        Default: the CPU path as before.
     providers : list of str, optional
         onnxruntime execution providers of the ONNX and runtime backends, validated by
-        the caller (:func:`~recsys_export.runtime.engines.check_providers`); default
+        the caller (:func:`~recsys_export.runtime.sessions.check_providers`); default
         ``["CPUExecutionProvider"]``.
 
     Returns
@@ -340,41 +320,44 @@ def load_backends(
         Format name -> backend, for the formats the bundle has.
     """
     wanted = list(formats) if formats is not None else list(FORMATS)
-    fm = manifest.get("formats", {})
+    fm = bundle.manifest.formats
     out: dict[str, Backend] = {}
     torch_loaded: dict[str, Callable[[], Backend]] = {}
-    if "torchscript" in fm and "torchscript" in wanted:
-        torch_loaded["torchscript"] = lambda: TorchScriptBackend(
-            root / fm["torchscript"]["module"], device
-        )
-    if "pt2" in fm and "pt2" in wanted:
-        torch_loaded["pt2"] = lambda: Pt2Backend(
-            {e: root / p for e, p in fm["pt2"]["programs"].items()}, device
-        )
+    if fm.torchscript is not None and "torchscript" in wanted:
+        module = bundle.file(fm.torchscript.module)
+        torch_loaded["torchscript"] = lambda: TorchScriptBackend(module, device)
+    if fm.pt2 is not None and "pt2" in wanted:
+        programs = {e: bundle.file(p) for e, p in fm.pt2.programs.items()}
+        torch_loaded["pt2"] = lambda: Pt2Backend(programs, device)
     for name, make in torch_loaded.items():
         try:
             out[name] = make()
         except Exception as exc:  # torch raises KeyError, RuntimeError, ... for newer files
             if skipped is None:
                 raise
-            written = (manifest.get("versions") or {}).get("torch", "an unknown version")
+            written = bundle.manifest.versions.torch or "an unknown version"
             detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             skipped[name] = (
                 f"{name} not checked: the installed torch {torch.__version__} cannot read the "
                 f"{name} files written by torch {written} ({detail}); check them with torch "
                 f"{written}"
             )
-    if "onnx" in fm and "onnx" in wanted:
-        graphs = {e: root / p for e, p in fm["onnx"]["graphs"].items()}
-        out["onnx"] = OnnxBackend(graphs, providers)
-    if "onnx" in fm and "runtime" in wanted and (root / "manifest.json").exists():
-        out["runtime"] = RuntimeBackend(root, providers)
-    if ({"pt2", "torchscript"} & set(fm)) and "torch_engine" in wanted:
-        out["torch_engine"] = TorchEngineBackend(root, device)
+    onnx = fm.onnx if fm.onnx is not None and fm.onnx.complete else None
+    if onnx is not None and "onnx" in wanted:
+        out["onnx"] = OnnxBackend({e: bundle.file(p) for e, p in onnx.graphs.items()}, providers)
+    if onnx is not None and "runtime" in wanted:
+        # checksums: verified by the caller
+        engine = open_engine(bundle, engine="onnx", providers=providers, verify=False)
+        out["runtime"] = EngineBackend(engine, "runtime")
+    if (fm.pt2 is not None or fm.torchscript is not None) and "torch_engine" in wanted:
+        dev = "cpu" if device is None else str(device)
+        engine = open_engine(bundle, engine="torch", device=dev, verify=False)
+        out["torch_engine"] = EngineBackend(engine, "torch_engine")
     return out
 
 
-def _seen_for(
+def seen_for(
     users: np.ndarray, indptr: np.ndarray, seen: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """COO ``(row positions, items)`` of the seen items of ``users`` (a CSR's rows)."""
     return runs_to_coo(indptr[users], indptr[users + 1], seen)

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_export.models import BaseModel, DenseNet, MatrixFactorization, add_relu_into
+from recsys_export.core.defaults import FIXED_TOLERANCE
+from recsys_export.models import BaseModel, DenseNet, MatrixFactorization
+from recsys_export.models.densenet import add_relu_into
 
 #: float32's unit roundoff (half the machine epsilon ``np.finfo(np.float32).eps``).
 U32 = 2.0**-24
@@ -397,7 +399,8 @@ def reference_for(
         ref = generic_reference(model, pairs)
     if atol is None and rtol is None:
         return ref
-    return FixedTolerance(ref, 1e-5 if atol is None else atol, 1e-5 if rtol is None else rtol)
+    fixed = FIXED_TOLERANCE
+    return FixedTolerance(ref, fixed if atol is None else atol, fixed if rtol is None else rtol)
 
 
 def generic_reference(model: Any, pairs_per_call: int = GENERIC_PAIRS_PER_CALL) -> Reference:
@@ -410,4 +413,4 @@ def generic_reference(model: Any, pairs_per_call: int = GENERIC_PAIRS_PER_CALL) 
     except Exception as exc:  # e.g. float32 tensors built inside forward
         why = f"the module cannot run in float64: {type(exc).__name__}: {exc}"[:300]
         ref = Float32Reference(model.module, model.n_items, pairs_per_call, why)
-        return FixedTolerance(ref, 1e-5, 1e-5)
+        return FixedTolerance(ref, FIXED_TOLERANCE, FIXED_TOLERANCE)

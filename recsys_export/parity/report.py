@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.bundle.schema import ParitySummary, describe_plan
+from recsys_export.core.defaults import DEFAULT_PROVIDERS
 from recsys_export.errors import ConfigError, ParityError
-from recsys_export.plan import describe_plan
 
 #: Bin edges of the abs-diff histogram: exact 0, then decades up to 1 and beyond.
 HIST_EDGES = [0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
@@ -278,7 +279,7 @@ class ParityReport:
     device: str = "cpu"
     #: onnxruntime execution providers of the ONNX and runtime backends (``verify
     #: --providers``; the default is the runtime's, ``DEFAULT_PROVIDERS``)
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    providers: list[str] = field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     #: one line each: what the export did about a failing fast path (kernel fallback)
     notes: list[str] = field(default_factory=list)
 
@@ -319,54 +320,47 @@ class ParityReport:
                 row["failed_cases"].append(c.case)
         return list(table.values())
 
-    def summary(self) -> dict[str, Any]:
+    def _described(self) -> dict[str, Any]:
+        """What the manifest's summary and ``parity.json`` both hold."""
+        return {
+            "passed": self.passed,
+            "tolerance": self.tolerance(),
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "bound": self.bound,
+            "max_ratio": self.max_ratio,
+            "reference": self.reference,
+            "device": self.device,
+            "providers": list(self.providers),
+            "seconds": round(self.seconds, 3),
+            "plan": self.plan,
+            "notes": list(self.notes),
+        }
+
+    def summary(self) -> ParitySummary:
         """Compact form for the manifest (JSON-safe: non-finite numbers are null)."""
         rows = self.rows()
         keys = ("format", "entry_point", "max_abs_diff", "max_ratio", "worst_bound", "passed")
-        return json_safe(
-            {
-                "file": "parity.json",
-                "passed": self.passed,
-                "tolerance": self.tolerance(),
-                "atol": self.atol,
-                "rtol": self.rtol,
-                "bound": self.bound,
-                "reference": self.reference,
-                "device": self.device,
-                "providers": list(self.providers),
-                "max_abs_diff": max((r["max_abs_diff"] for r in rows), default=0.0),
-                "max_ratio": self.max_ratio,
-                "seconds": round(self.seconds, 3),
-                "plan": self.plan,
-                "notes": list(self.notes),
-                "rows": [{k: r[k] for k in keys} for r in rows],
-            }
-        )
+        compact = {
+            **self._described(),
+            "file": "parity.json",
+            "max_abs_diff": max((r["max_abs_diff"] for r in rows), default=0.0),
+            "rows": [{k: r[k] for k in keys} for r in rows],
+        }
+        return ParitySummary.parse(json_safe(compact))
 
     def to_dict(self) -> dict[str, Any]:
         """The full, machine-readable report (``parity.json``; non-finite numbers null)."""
-        return json_safe(
-            {
-                "schema": SCHEMA,
-                "passed": self.passed,
-                "tolerance": self.tolerance(),
-                "atol": self.atol,
-                "rtol": self.rtol,
-                "bound": self.bound,
-                "max_ratio": self.max_ratio,
-                "reference": self.reference,
-                "device": self.device,
-                "providers": list(self.providers),
-                "seconds": round(self.seconds, 3),
-                "plan": self.plan,
-                "timings": self.timings,
-                "notes": list(self.notes),
-                "histogram_bins": HIST_LABELS,
-                "rows": self.rows(),
-                "comparisons": [c.to_dict() for c in self.comparisons],
-                "skipped": dict(self.skipped),
-            }
-        )
+        full = {
+            "schema": SCHEMA,
+            **self._described(),
+            "timings": self.timings,
+            "histogram_bins": HIST_LABELS,
+            "rows": self.rows(),
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "skipped": dict(self.skipped),
+        }
+        return json_safe(full)
 
     def table(self) -> str:
         """A text table, one row per format x entry point; ``err/bound`` is the worst

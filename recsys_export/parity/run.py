@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_export.models import BaseModel, topk_excluding
-from recsys_export.parity.backends import Backend, EagerBackend, NotApplicable, _seen_for
+from recsys_export.core.progress import Progress
+from recsys_export.models import BaseModel
+from recsys_export.parity.backends import Backend, EagerBackend, NotApplicable, seen_for
 from recsys_export.parity.bounds import FixedTolerance, Reference, Scored, reference_for
 from recsys_export.parity.report import REFERENCE_ROW, Comparison, ParityReport
 from recsys_export.plan import (
@@ -24,7 +25,7 @@ from recsys_export.plan import (
     ParityPlan,
     plan_parity,
 )
-from recsys_export.progress import Progress
+from recsys_export.torch_runtime.ops import topk_excluding
 
 BATCH_SIZES = (1, 2, 7, 1024)
 
@@ -161,7 +162,7 @@ class _Run:
 
     def exclusions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.seen is not None:
-            return _seen_for(users, *self.seen)
+            return seen_for(users, *self.seen)
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
     def by_calls(
@@ -346,7 +347,7 @@ class _Run:
 
 def _topk_items(masked: np.ndarray, k: int) -> np.ndarray:
     """The reference's top-``k`` items per row of ``masked`` (``-inf`` = excluded; empty
-    slots ``-1``), by :func:`~recsys_export.models.topk_excluding` in float64."""
+    slots ``-1``), by :func:`~recsys_export.torch_runtime.ops.topk_excluding` in float64."""
     none = torch.zeros(0, dtype=torch.int64)
     return topk_excluding(torch.from_numpy(masked), k, none, none)[1].numpy()
 

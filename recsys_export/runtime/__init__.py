@@ -29,7 +29,7 @@ only to write Parquet.
 
 from __future__ import annotations
 
-from recsys_export.runtime.recommender import Recommender, RecommendResult, load_seen_csr
+from recsys_export.runtime.recommender import Recommender, RecommendResult
 from recsys_export.runtime.writers import (
     TopkRows,
     check_out_path,
@@ -39,19 +39,13 @@ from recsys_export.runtime.writers import (
     write_npy_chunks,
     write_topk_chunks,
 )
-from recsys_export.topk import check_k
-
-#: The old name of :func:`recsys_export.topk.check_k`.
-check_k_range = check_k
 
 __all__ = [
     "RecommendResult",
     "Recommender",
     "TopkRows",
-    "check_k_range",
     "check_out_path",
     "flat_topk_rows",
-    "load_seen_csr",
     "rows_table",
     "topk_schema",
     "write_npy_chunks",

@@ -21,7 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
-from recsys_export.manifest import BundleSpec
+from recsys_export.bundle.schema import Manifest
+from recsys_export.core.topk import EMPTY_SCORE, fill_empty, mask_pairs
+from recsys_export.core.validation import check_choice, check_int
 from recsys_export.runtime.group_topk import GroupTopK
 from recsys_export.runtime.sessions import (  # noqa: F401  (re-exported)
     DEFAULT_PROVIDERS,
@@ -31,12 +33,10 @@ from recsys_export.runtime.sessions import (  # noqa: F401  (re-exported)
     check_providers,
     max_threads,
 )
-from recsys_export.topk import EMPTY_SCORE, fill_empty, mask_pairs
-from recsys_export.validation import check_choice, check_int
 
 __all__ = [
     "OPT_LEVELS",
-    "Engine",
+    "SessionEngine",
     "GraphEngine",
     "KernelEngine",
     "Sessions",
@@ -60,7 +60,8 @@ def _k_scalar(k: int) -> np.ndarray:
     return arr if arr is not None else np.array(k, dtype=np.int64)
 
 
-def _k_vector(k: int) -> np.ndarray:
+def k_vector(k: int) -> np.ndarray:
+    """``k`` as the ``int64[1]`` feed of the top-k kernels (cached for common ``k``)."""
     arr = _K_VECTORS.get(k)
     return arr if arr is not None else np.array([k], dtype=np.int64)
 
@@ -86,7 +87,7 @@ def iter_blocks(
             yield start, stop, rows[lo:hi] - start, ex_items[lo:hi]
 
 
-class Engine:
+class SessionEngine:
     """What the runtime asks of a scoring engine (the base class of both).
 
     Attributes
@@ -103,10 +104,10 @@ class Engine:
 
     fast = False
 
-    def __init__(self, spec: BundleSpec, sessions: Sessions, threads: int) -> None:
-        self.spec = spec
+    def __init__(self, manifest: Manifest, sessions: Sessions, threads: int) -> None:
+        self.manifest = manifest
         self.sessions = sessions
-        self.n_items = spec.model.n_items
+        self.n_items = manifest.model.n_items
         self.threads = threads
         self.python_threads = 1  # Python threads driving score_all calls
         self._pool: ThreadPoolExecutor | None = None
@@ -127,7 +128,7 @@ class Engine:
 
     def first_session(self) -> None:
         """Open the ``recommend`` entry-point graph: fail early on one onnxruntime refuses."""
-        self.sessions.get("recommend", self.spec.require_onnx()["recommend"])
+        self.sessions.get("recommend", self.manifest.require_onnx().graphs["recommend"])
 
     # ---------------------------------------------------------------- score_all
     def _score_session(self) -> ort.InferenceSession:  # pragma: no cover - abstract
@@ -224,21 +225,19 @@ class Engine:
         raise NotImplementedError
 
 
-class GraphEngine(Engine):
+class GraphEngine(SessionEngine):
     """The three entry-point graphs (``formats.onnx.graphs``)."""
 
-    def __init__(self, spec: BundleSpec, sessions: Sessions, threads: int) -> None:
-        self._graphs = spec.require_onnx()
-        super().__init__(spec, sessions, threads)
-        if spec.model.kind == "densenet":
-            hidden = int(spec.model.hyperparameters.get("hidden", 1))
-            self.bytes_per_user = self.n_items * (hidden + 2) * 4
+    def __init__(self, manifest: Manifest, sessions: Sessions, threads: int) -> None:
+        self._graphs = manifest.require_onnx().graphs
+        super().__init__(manifest, sessions, threads)
+        model = manifest.model
+        if model.kind == "densenet":
+            self.bytes_per_user = self.n_items * (max(1, model.hidden) + 2) * 4
             self.block = self.call_users = self._default_block()
-        elif spec.model.kind == "generic":
+        elif model.is_generic and model.block_users is not None:
             # a module scored pair by pair (byom): the export sized its calls
-            users = spec.model.hyperparameters.get("block_users")
-            if isinstance(users, int) and not isinstance(users, bool) and users >= 1:
-                self.call_users = self.block = users
+            self.call_users = self.block = model.block_users
 
     def _session(self, name: str) -> ort.InferenceSession:
         return self.sessions.get(name, self._graphs[name])
@@ -299,19 +298,20 @@ class KernelEngine(GraphEngine):
     fast = True
 
     def __init__(
-        self, spec: BundleSpec, sessions: Sessions, threads: int, python_threads: bool = True
+        self, manifest: Manifest, sessions: Sessions, threads: int, python_threads: bool = True
     ) -> None:
-        super().__init__(spec, sessions, threads)
-        assert spec.kernels is not None
-        self._kernels = spec.kernels.files
-        self._dn = spec.model.kind == "densenet"
+        super().__init__(manifest, sessions, threads)
+        kernels = manifest.require_onnx().kernels
+        assert kernels is not None
+        self._kernels = kernels.files
+        self._dn = manifest.model.kind == "densenet"
         self.bytes_per_user = self.n_items * 4 * 2
         self.block = self.call_users = self._default_block()
         if self._dn:
             # tiled: the [B, H, T] intermediate is bounded by the tile, not by B. The
             # tiles are sized for the manifest's block_users per call; a top-k block
             # gives every Python thread several calls
-            self.call_users = spec.kernels.block_users
+            self.call_users = kernels.call_users
             self.block = self.call_users * 4 * max(1, threads)
         elif python_threads:  # MF: a block's calls shared between the threads
             self.call_users = max(1, -(-self.block // threads))
@@ -320,15 +320,8 @@ class KernelEngine(GraphEngine):
         self._kernel_threads = 1 if python_threads else None
         self._user_kernel = "recommend_user" in self._kernels
         self._neg_inf = np.full((1, 256), EMPTY_SCORE, dtype=np.float32)  # grown on need
-        self._groups: GroupTopK | None = None
-        if spec.kernels.groups:
-            self._groups = GroupTopK(
-                self._kernel,
-                self.n_items,
-                spec.kernels.groups,
-                spec.kernels.group_width,
-                self._full_topk,
-            )
+        self._groups = GroupTopK.of(self._kernel, self.n_items, kernels, self._full_topk)
+        if self._groups is not None:
             self._group_threads = threads if python_threads else 1
 
     def _kernel(self, name: str, threads: int | None = None) -> ort.InferenceSession:
@@ -350,7 +343,7 @@ class KernelEngine(GraphEngine):
                 None,
                 {
                     "users": np.array([user], dtype=np.int64),
-                    "k": _k_vector(k),
+                    "k": k_vector(k),
                     "exclude": ex_items.reshape(1, m),
                     "exclude_scores": neg_inf[:, :m],
                 },
@@ -360,7 +353,7 @@ class KernelEngine(GraphEngine):
             None,
             {
                 "users": np.array([user], dtype=np.int64),
-                "k": _k_vector(k),
+                "k": k_vector(k),
                 "exclude_items": ex_items,
             },
         )
@@ -378,12 +371,12 @@ class KernelEngine(GraphEngine):
         return self._groups.run(users, k, blocks, self._group_threads, self.spread)
 
     def _full_topk(self, masked: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        s, it = self._kernel("topk").run(None, {"scores": masked, "k": _k_vector(k)})
+        s, it = self._kernel("topk").run(None, {"scores": masked, "k": k_vector(k)})
         return s, it
 
     def _topk_state(self, b: int, k: int) -> Any:
         buf = np.empty((min(b, self.block), self.n_items), dtype=np.float32)
-        return self._kernel("topk"), _k_vector(k), buf
+        return self._kernel("topk"), k_vector(k), buf
 
     def _topk_block(
         self, u: np.ndarray, k: int, r: np.ndarray, e: np.ndarray, state: Any
@@ -407,7 +400,7 @@ def make_engine(
     block_users: int | None = None,
     call_users: int | None = None,
     providers: list[str] | None = None,
-) -> Engine:
+) -> SessionEngine:
     """The engine for a bundle, chosen once: kernels when the bundle has usable ones
     (and ``fast_paths``), the entry-point graphs otherwise. See
     :meth:`recsys_export.runtime.Recommender.load` for the options.
@@ -432,13 +425,13 @@ def make_engine(
     block_users = check_int("block_users", block_users, low=1, none_ok=True)
     call_users = check_int("call_users", call_users, low=1, none_ok=True)
     threads = threads or os.cpu_count() or 1
-    spec = bundle.spec
-    spec.require_onnx()
+    manifest = bundle.manifest
+    onnx = manifest.require_onnx()
     sessions = Sessions(bundle, threads, graph_optimization, providers)
-    engine: Engine
-    if fast_paths and spec.kernels is not None:
-        engine = KernelEngine(spec, sessions, threads, bool(python_threads))
+    engine: SessionEngine
+    if fast_paths and onnx.kernels is not None:
+        engine = KernelEngine(manifest, sessions, threads, bool(python_threads))
     else:
-        engine = GraphEngine(spec, sessions, threads)
+        engine = GraphEngine(manifest, sessions, threads)
     engine.resize(block_users, call_users)
     return engine

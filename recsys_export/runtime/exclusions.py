@@ -1,6 +1,6 @@
 """What ``recommend`` needs besides the engine: COO exclusion pairs, top-k over an
 ``include`` subset, the popularity fallback for unknown users, raw ids and names of item
-indices, and the bundle's seen-items CSR."""
+indices."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.bundle import Bundle
-from recsys_export.errors import BundleError
-from recsys_export.ids import IdMap, runs_to_coo
-from recsys_export.items import check_item_names
-from recsys_export.runtime.engines import Engine, iter_blocks
-from recsys_export.topk import EMPTY_SCORE, mask_pairs, take_columns, topk
+from recsys_export.core.ids import IdMap, runs_to_coo
+from recsys_export.core.topk import EMPTY_SCORE, mask_pairs, take_columns, topk
+from recsys_export.runtime.engines import SessionEngine, iter_blocks
 
 __all__ = [
     "columns_topk",
     "exclusion_pairs",
     "is_empty",
-    "load_name_table",
-    "load_seen_csr",
+    "name_table",
     "popular_topk",
     "raw_items",
 ]
@@ -126,21 +122,8 @@ def is_empty(values: Any) -> bool:
     return np.ndim(values) > 0 and len(values) == 0
 
 
-def load_seen_csr(bundle: Bundle, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr int64[n_users + 1], items int64[nnz])`` of a bundle's seen items
-    (:meth:`Bundle.seen_csr <recsys_export.bundle.Bundle.seen_csr>`).
-
-    Raises
-    ------
-    BundleError
-        If the manifest has no ``seen`` entry, names seen files it does not list, or
-        they are malformed.
-    """
-    return bundle.seen_csr(n_users, n_items)
-
-
 def columns_topk(
-    engine: Engine,
+    engine: SessionEngine,
     users: np.ndarray,
     k: int,
     rows: np.ndarray,
@@ -163,22 +146,12 @@ def columns_topk(
     return scores, items
 
 
-def load_name_table(bundle: Bundle, n_items: int) -> np.ndarray | None:
+def name_table(names: list[str | None] | None, n_items: int) -> np.ndarray | None:
     """``object[n_items + 1]`` of item names, None last (index -1: an empty slot), or
-    None when the bundle has no names.
-
-    Raises
-    ------
-    BundleError
-        A names file that does not match the items.
-    """
-    rel = bundle.spec.names_file()
-    if rel is None:
+    None when there are no names (:meth:`Bundle.item_names
+    <recsys_export.bundle.Bundle.item_names>`)."""
+    if names is None:
         return None
-    try:
-        names = check_item_names(bundle.read_json(rel), n_items)
-    except ValueError as exc:
-        raise BundleError(f"bundle {bundle.root}: {rel!r}: {exc}; export it again") from None
     table = np.empty(n_items + 1, dtype=object)
     table[:n_items] = names
     return table

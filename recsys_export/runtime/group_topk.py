@@ -1,5 +1,5 @@
 """Recommend-all at the speed of the scores: the MF ``score_groups`` kernel and a
-threshold top-k (:func:`recsys_export.topk.group_topk`).
+threshold top-k (:func:`recsys_export.core.topk.group_topk`).
 
 One session call per block of users writes the block's scores (items padded to ``G``
 groups) into a reused buffer; numpy masks the exclusions there; a second call (the
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from recsys_export.topk import fill_empty, group_topk, mask_pairs
+from recsys_export.core.topk import fill_empty, group_topk, mask_pairs
 
 __all__ = ["GROUP_K_SHARE", "GroupTopK"]
 
@@ -42,6 +42,14 @@ class GroupTopK:
         ``fallback(masked_scores [b, n_items], k) -> (scores, items)``: the full TopK of
         a block whose thresholds let too many scores through (rows of ties).
     """
+
+    @classmethod
+    def of(cls, session: Any, n_items: int, section: Any, fallback: Any) -> GroupTopK | None:
+        """The group top-k of a kernels (or variant) section that has ``groups``
+        (``group_width``), else None."""
+        if not section.groups:
+            return None
+        return cls(session, n_items, section.groups, section.group_width, fallback)
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from typing import Any
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
+from recsys_export.core.defaults import DEFAULT_PROVIDERS
 from recsys_export.errors import BundleError, ConfigError, RecsysExportError
 
 __all__ = [
@@ -41,8 +42,6 @@ OPT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
-#: The execution providers of every session unless ``providers`` says otherwise.
-DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 
 def check_providers(providers: Any) -> list[str]:
@@ -239,7 +238,7 @@ def _create(
         detail = _detail(exc)
         where = f"bundle {bundle.root}"
         if _TOO_NEW.search(detail):
-            written = bundle.spec.versions.get("onnxruntime", "unknown")
+            written = bundle.manifest.versions.onnxruntime or "unknown"
             raise BundleError(
                 f"{where}: the installed onnxruntime {ort.__version__} is too old for the "
                 f"{name} graph ({detail}); the bundle was verified with onnxruntime "

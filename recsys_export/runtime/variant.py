@@ -19,43 +19,18 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
-from recsys_export.manifest import VariantSpec
-from recsys_export.runtime.engines import Engine, KernelEngine, _k_vector, iter_blocks
+from recsys_export.bundle.schema import VariantSection
+from recsys_export.core.topk import EMPTY_ITEM, EMPTY_SCORE, fill_empty, mask_pairs, topk
+from recsys_export.runtime.engines import KernelEngine, SessionEngine, iter_blocks, k_vector
 from recsys_export.runtime.group_topk import GroupTopK
-from recsys_export.topk import EMPTY_ITEM, EMPTY_SCORE, fill_empty, mask_pairs, topk
 
-__all__ = ["RERANK_EXTRA", "VariantEngine", "describe_variant", "rerank_candidates"]
+__all__ = ["RERANK_EXTRA", "VariantEngine", "rerank_candidates", "with_precision"]
 
 #: Candidates per user the int8 variant re-ranks exactly: ``k + max(k, RERANK_EXTRA)``.
 RERANK_EXTRA = 10
 #: Users per int8 ``score_all_partial`` call: 32 x 20k scores (2.5 MB) stay in cache for
 #: the user-bias add (measured 0.47 ns/pair against 0.57 with the add in the graph).
 PARTIAL_CALL_USERS = 32
-
-
-def describe_variant(entry: dict[str, Any]) -> str:
-    """One line on a variant's manifest entry: its judged quality and its factor bytes."""
-    q = entry.get("quality")
-    parts = []
-    if isinstance(q, dict):
-        recall = ", ".join(
-            f"recall@{k} {q[f'recall@{k}']:.4f}"
-            for k in (10, 100)
-            if q.get(f"recall@{k}") is not None
-        )
-        parts.append(
-            f"{recall} of the exact lists ({q.get('users')} users), score error max "
-            f"{q.get('score_abs_max', float('nan')):.2e}"
-        )
-    else:
-        parts.append("not judged (exported with --no-verify)")
-    sizes = entry.get("factor_bytes")
-    if isinstance(sizes, dict) and sizes.get("int8") and sizes.get("fp32"):
-        parts.append(
-            f"factors {sizes['int8'] / 1e6:.2f} MB int8 vs {sizes['fp32'] / 1e6:.2f} MB fp32 "
-            f"({sizes['fp32'] / sizes['int8']:.2f}x smaller)"
-        )
-    return "; ".join(parts)
 
 
 def rerank_candidates(
@@ -92,21 +67,21 @@ def rerank_candidates(
     return out_s, fill_empty(out_i, out_s)
 
 
-class VariantEngine(Engine):
+class VariantEngine(SessionEngine):
     """Scores with a variant's graphs, sized like the exact ``base`` engine.
 
     Parameters
     ----------
-    base : Engine
+    base : SessionEngine
         The exact engine of the same bundle (sizes, Python threads, the TopK kernel).
-    variant : VariantSpec
+    variant : VariantSection
         The variant to run.
     bundle : Bundle
         For the re-rank arrays' paths.
     """
 
-    def __init__(self, base: Engine, variant: VariantSpec, bundle: Bundle) -> None:
-        super().__init__(base.spec, base.sessions, base.threads)
+    def __init__(self, base: SessionEngine, variant: VariantSection, bundle: Bundle) -> None:
+        super().__init__(base.manifest, base.sessions, base.threads)
         self.variant = variant
         self.precision = variant.precision
         self._base = base
@@ -129,14 +104,7 @@ class VariantEngine(Engine):
                 bundle.read_array(variant.arrays[a], mmap=True) for a in ("users", "items")
             )
             self._rerank = (users, items)
-            if variant.groups:
-                self._groups = GroupTopK(
-                    self._graph,
-                    self.n_items,
-                    variant.groups,
-                    variant.group_width,
-                    self._full_topk,
-                )
+            self._groups = GroupTopK.of(self._graph, self.n_items, variant, self._full_topk)
 
     def _after_call(self, users: np.ndarray, scores: np.ndarray) -> None:
         """int8: add the users' bias to a call's partial scores, in place (in cache)."""
@@ -162,7 +130,7 @@ class VariantEngine(Engine):
         """Exact top-``k`` of masked scores (the TopK kernel, or numpy)."""
         if isinstance(self._base, KernelEngine):
             kernel = self._base._kernel("topk")
-            s, it = kernel.run(None, {"scores": masked, "k": _k_vector(k)})
+            s, it = kernel.run(None, {"scores": masked, "k": k_vector(k)})
             return s, fill_empty(it, s)
         return topk(masked, k)
 
@@ -203,3 +171,19 @@ class VariantEngine(Engine):
                 u_rows, item_rows, cand[start:stop], k
             )
         return out_s, out_i
+
+
+def with_precision(
+    engine: SessionEngine,
+    bundle: Bundle,
+    precision: str,
+    block_users: int | None = None,
+    call_users: int | None = None,
+) -> SessionEngine:
+    """``engine`` for ``fp32`` (the exact graphs), else the bundle's approximate variant
+    of ``precision`` over it (loaded only when asked for)."""
+    if precision == "fp32":
+        return engine
+    variant = VariantEngine(engine, bundle.manifest.variant(precision), bundle)
+    variant.resize(block_users, call_users)
+    return variant

@@ -1,9 +1,10 @@
 """Writers of the batch outputs: score matrices (``.npy``) and top-k lists (Parquet, CSV).
 
-Shared by the onnxruntime :class:`~recsys_export.runtime.Recommender`, the torch engine
-and the Ray workers (:mod:`recsys_export.scale`), so their files are identical. Every
+Functions over any engine of the contract (:class:`~recsys_export.runtime.protocol.Engine`):
+the onnxruntime :class:`~recsys_export.runtime.Recommender`, the torch engine and the Ray
+workers (:mod:`recsys_export.scale`) write through them, so their files are identical. Every
 file is written to a temporary sibling and renamed into place
-(:func:`recsys_export.atomic.replacing`): without ``overwrite`` a file that appeared at
+(:func:`recsys_export.core.atomic.replacing`): without ``overwrite`` a file that appeared at
 the final path meanwhile is never replaced. A failed write (a full disk, a file-size
 limit) is one :class:`~recsys_export.errors.ConfigError` and leaves no temporary. pyarrow
 is imported lazily, only for Parquet.
@@ -17,26 +18,38 @@ import mmap
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recsys_export.atomic import remove_stale, reserve_space, writing
 from recsys_export.bundle import enclosing_bundle
+from recsys_export.core.atomic import remove_stale, reserve_space, writing
+from recsys_export.core.defaults import DEFAULT_MEMORY_MB
+from recsys_export.core.ids import IdMap
+from recsys_export.core.progress import Progress
+from recsys_export.core.validation import check_int, check_positive
 from recsys_export.errors import ConfigError
-from recsys_export.ids import IdMap
-from recsys_export.progress import Progress
-from recsys_export.validation import check_int, check_positive
+
+if TYPE_CHECKING:
+    from recsys_export.runtime.protocol import Engine
 
 __all__ = [
-    "BatchOutputs",
+    "DEFAULT_BUDGET_MB",
     "TopkRows",
     "as_1d",
     "check_out_path",
+    "chunk_users_for",
+    "engine_schema",
     "flat_topk_rows",
+    "iter_score_all",
     "rows_table",
+    "topk_rows",
     "topk_schema",
+    "topk_table",
+    "users_of",
     "write_npy_chunks",
+    "write_score_matrix",
+    "write_topk",
     "write_topk_chunks",
 ]
 
@@ -118,198 +131,170 @@ def as_1d(values: Any) -> np.ndarray:
     return np.asarray(list(values) if not isinstance(values, (list, tuple)) else values)
 
 
-class BatchOutputs:
-    """Chunked batch outputs of an engine that scores users: the score matrix (``.npy``),
-    chunks of it, and top-k lists (rows, Arrow tables, Parquet/CSV files).
+#: ``(user raw ids, ranks int32, item raw ids, scores float32)``: flat top-k rows.
+TopkRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-    A mixin: the class using it provides ``_n_users``, ``_n_items``, ``_kind``,
-    ``_user_map``, ``_item_map``, ``_score_all_into(users, out)``, ``bytes_per_user``,
-    ``_check_k(k)`` and ``recommend`` (or overrides :meth:`_topk_by_index` and
-    :meth:`_chunk_size`, as the torch engine does). A budget of None means the engine's
-    default (:attr:`_DEFAULT_BUDGET_MB` here).
+#: Memory budget (MB) per chunk of the writers when none is given.
+DEFAULT_BUDGET_MB: float = DEFAULT_MEMORY_MB
+
+
+def chunk_users_for(bytes_per_user: int, memory_budget_mb: float | None = None) -> int:
+    """Users per chunk that keep ``bytes_per_user`` intermediates under the budget.
+
+    The rule of the onnxruntime engine (the torch engine sizes by device memory): at
+    least one user; a budget of None means :data:`DEFAULT_BUDGET_MB`.
     """
+    if memory_budget_mb is None:
+        memory_budget_mb = DEFAULT_BUDGET_MB
+    memory_budget_mb = check_positive("memory_budget_mb", memory_budget_mb)
+    return max(1, int(memory_budget_mb * (1 << 20)) // max(1, bytes_per_user))
 
-    #: Memory budget (MB) per chunk of the writers when none is given.
-    _DEFAULT_BUDGET_MB: float = 256
-    _n_users: int
-    _n_items: int
-    _kind: str
-    _user_map: IdMap
-    _item_map: IdMap
-    _score_all_into: Callable[[np.ndarray, np.ndarray], None]
-    _check_k: Callable[[Any], int]
-    recommend: Callable[..., Any]
 
-    @property
-    def bytes_per_user(self) -> int:  # pragma: no cover - provided by the engine
-        """Bytes of intermediates per user in one ``score_all`` call (chunk sizing)."""
-        raise NotImplementedError
+def users_of(engine: Engine, user_indices: Any) -> np.ndarray:
+    """Validated user indices (every user, in index order, for None)."""
+    if user_indices is None:
+        return np.arange(engine.n_users, dtype=np.int64)
+    return engine.user_map.check_indices(as_1d(user_indices))
 
-    @property
-    def n_users(self) -> int:
-        """Number of users the model knows."""
-        return self._n_users
 
-    @property
-    def n_items(self) -> int:
-        """Number of items the model knows."""
-        return self._n_items
+def iter_score_all(
+    engine: Engine,
+    user_indices: Any = None,
+    *,
+    chunk_size: int | None = None,
+    memory_budget_mb: float | None = 32,
+    progress: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(user_index_chunk, float32[len(chunk), n_items])`` over many users.
 
-    @property
-    def kind(self) -> str:
-        """Model kind (``"mf"`` or ``"densenet"``)."""
-        return self._kind
+    The chunk size (users) comes from ``memory_budget_mb`` (``engine.chunk_users``)
+    unless given. Indices are validated before anything runs. The default keeps each
+    chunk under about 16 MB: the allocator then reuses a dropped chunk's memory for the
+    next one, where larger chunks are fresh pages each time (measured 25% slower for MF
+    at 20k items).
+    """
+    users = users_of(engine, user_indices)
+    if chunk_size is not None:
+        size = check_int("chunk_size", chunk_size, low=1)
+    else:
+        size = engine.chunk_users(memory_budget_mb)
+    return _iter_chunks(engine, users, size, progress)
 
-    def _chunk_size(self, chunk_size: int | None, memory_budget_mb: float | None) -> int:
-        if chunk_size is not None:
-            return check_int("chunk_size", chunk_size, low=1)
-        if memory_budget_mb is None:
-            memory_budget_mb = self._DEFAULT_BUDGET_MB
-        memory_budget_mb = check_positive("memory_budget_mb", memory_budget_mb)
-        return max(1, int(memory_budget_mb * (1 << 20)) // self.bytes_per_user)
 
-    def _user_indices(self, user_indices: Any) -> np.ndarray:
-        if user_indices is None:
-            return np.arange(self._n_users, dtype=np.int64)
-        return self._user_map.check_indices(as_1d(user_indices))
+def _iter_chunks(
+    engine: Engine, users: np.ndarray, size: int, progress: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    with Progress(users.size, unit="users", desc="score_all ", enabled=progress) as bar:
+        for start in range(0, users.size, size):
+            chunk = users[start : start + size]
+            out = np.empty((chunk.size, engine.n_items), dtype=np.float32)
+            engine.score_all_into(chunk, out)
+            yield chunk, out
+            bar.update(chunk.size)
 
-    def iter_score_all(
-        self,
-        user_indices: Any = None,
-        *,
-        chunk_size: int | None = None,
-        memory_budget_mb: float | None = 32,
-        progress: bool = True,
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(user_index_chunk, float32[len(chunk), n_items])`` over many users.
 
-        The chunk size (users) comes from ``memory_budget_mb`` unless given: MF needs
-        ``n_items * 4`` bytes per user (x2 margin), as does DenseNet with the bundle's tiled
-        kernels; DenseNet without them ``n_items * (hidden + 2) * 4``; at least one user.
-        Indices are validated before anything runs. The default keeps each chunk under
-        about 16 MB: the allocator then reuses a dropped chunk's memory for the next one,
-        where larger chunks are fresh pages each time (measured 25% slower for MF at 20k
-        items).
-        """
-        users = self._user_indices(user_indices)
-        size = self._chunk_size(chunk_size, memory_budget_mb)
-        return self._iter_chunks(users, size, progress, "score_all ")
+def write_score_matrix(
+    engine: Engine,
+    out_path: str | os.PathLike[str],
+    *,
+    user_indices: Any = None,
+    memory_budget_mb: float | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write the full ``float32[n_users, n_items]`` score matrix to a ``.npy`` file.
 
-    def _iter_chunks(
-        self, users: np.ndarray, size: int, progress: bool, desc: str
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        with Progress(users.size, unit="users", desc=desc, enabled=progress) as bar:
-            for start in range(0, users.size, size):
-                chunk = users[start : start + size]
-                out = np.empty((chunk.size, self._n_items), dtype=np.float32)
-                self._score_all_into(chunk, out)
-                yield chunk, out
-                bar.update(chunk.size)
+    Rows follow ``user_indices`` (default: every user in index order). Written in
+    chunks through a memory map into a temporary file beside ``out_path`` that is
+    renamed into place at the end: a killed run leaves no ``.npy`` at ``out_path``.
+    Written pages are released as it goes, so peak memory does not grow with the
+    number of users. Load the result with ``np.load(path, mmap_mode="r")``.
+    ``memory_budget_mb`` sizes the chunks (None: the engine's default, 256 MB for
+    the onnxruntime engine).
 
-    def write_score_matrix(
-        self,
-        out_path: str | os.PathLike[str],
-        *,
-        user_indices: Any = None,
-        memory_budget_mb: float | None = None,
-        progress: bool = True,
-        overwrite: bool = False,
-    ) -> Path:
-        """Write the full ``float32[n_users, n_items]`` score matrix to a ``.npy`` file.
+    Raises
+    ------
+    ConfigError
+        ``out_path`` is not a ``.npy`` in an existing, writable directory, is inside a
+        bundle, or exists and ``overwrite`` is False.
+    """
+    path = check_out_path(out_path, (".npy",), overwrite)
+    users = users_of(engine, user_indices)
+    size = engine.chunk_users(memory_budget_mb)
+    return write_npy_chunks(
+        path,
+        users,
+        engine.n_items,
+        size,
+        lambda chunk, out: engine.score_all_into(chunk, out),
+        progress=progress,
+        overwrite=overwrite,
+    )
 
-        Rows follow ``user_indices`` (default: every user in index order). Written in
-        chunks through a memory map into a temporary file beside ``out_path`` that is
-        renamed into place at the end: a killed run leaves no ``.npy`` at ``out_path``.
-        Written pages are released as it goes, so peak memory does not grow with the
-        number of users. Load the result with ``np.load(path, mmap_mode="r")``.
-        ``memory_budget_mb`` sizes the chunks (None: the engine's default, 256 MB for
-        the runtime).
 
-        Raises
-        ------
-        ConfigError
-            ``out_path`` is not a ``.npy`` in an existing, writable directory, is inside a
-            bundle, or exists and ``overwrite`` is False.
-        """
-        path = check_out_path(out_path, (".npy",), overwrite)
-        users = self._user_indices(user_indices)
-        size = self._chunk_size(None, memory_budget_mb)
-        return write_npy_chunks(
-            path,
-            users,
-            self._n_items,
-            size,
-            self._score_all_into,
-            progress=progress,
-            overwrite=overwrite,
-        )
+def topk_rows(
+    engine: Engine, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True
+) -> TopkRows:
+    """Top-``k`` lists of ``user_indices`` as flat rows ``(user, rank, item, score)``.
 
-    def topk_rows(
-        self, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Top-``k`` lists of ``user_indices`` as flat rows ``(user, rank, item, score)``.
+    Users and items are raw ids, ranks start at 1, and slots no admissible item can
+    fill are left out. This is the one row builder behind :func:`write_topk` and the
+    Ray workers' Parquet parts.
+    """
+    users = np.asarray(user_indices, dtype=np.int64)
+    scores, items = engine.topk(users, k, exclude_seen=exclude_seen)
+    return flat_topk_rows(users, items, scores, engine.user_map, engine.item_map)
 
-        Users and items are raw ids, ranks start at 1, and slots no admissible item can
-        fill are left out. This is the one row builder behind :meth:`write_topk` and the
-        Ray engine's Parquet parts.
-        """
-        users = np.asarray(user_indices, dtype=np.int64)
-        scores, items = self._topk_by_index(users, k, exclude_seen)
-        return flat_topk_rows(users, items, scores, self._user_map, self._item_map)
 
-    def _topk_by_index(
-        self, users: np.ndarray, k: int, exclude_seen: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores float32[B, k], items int64[B, k])`` of user indices (``-1`` items in
-        empty slots)."""
-        res = self.recommend(users, k, exclude_seen=exclude_seen, by_index=True)
-        return res.scores, res.items
+def engine_schema(engine: Engine) -> Any:
+    """The Arrow schema of an engine's top-k tables (:func:`topk_schema` of its ids)."""
+    return topk_schema(engine.user_map, engine.item_map)
 
-    def topk_schema(self) -> Any:
-        """The Arrow schema of top-k tables: ``user, rank, item, score`` (needs pyarrow)."""
-        return topk_schema(self._user_map, self._item_map)
 
-    def topk_table(self, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True) -> Any:
-        """:meth:`topk_rows` as a ``pyarrow.Table`` with :meth:`topk_schema`."""
-        return rows_table(
-            self.topk_schema(), self.topk_rows(user_indices, k, exclude_seen=exclude_seen)
-        )
+def topk_table(
+    engine: Engine, user_indices: np.ndarray, k: int, *, exclude_seen: bool = True
+) -> Any:
+    """:func:`topk_rows` as a ``pyarrow.Table`` with :func:`engine_schema`."""
+    return rows_table(
+        engine_schema(engine), topk_rows(engine, user_indices, k, exclude_seen=exclude_seen)
+    )
 
-    def write_topk(
-        self,
-        out_path: str | os.PathLike[str],
-        k: int = 10,
-        *,
-        exclude_seen: bool = True,
-        memory_budget_mb: float | None = None,
-        progress: bool = True,
-        overwrite: bool = False,
-    ) -> Path:
-        """Write the top-``k`` items of every user to ``.parquet`` or ``.csv``.
 
-        Columns ``user, rank, item, score`` (raw ids, rank from 1). Slots no admissible
-        item can fill are left out. Written in chunks to a temporary file beside
-        ``out_path``, then renamed into place.
+def write_topk(
+    engine: Engine,
+    out_path: str | os.PathLike[str],
+    k: int = 10,
+    *,
+    exclude_seen: bool = True,
+    memory_budget_mb: float | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write the top-``k`` items of every user to ``.parquet`` or ``.csv``.
 
-        Raises
-        ------
-        ConfigError
-            Unsupported extension, missing/unwritable directory, a path inside a bundle,
-            an existing file without ``overwrite``, bad ``k``, or Parquet without pyarrow
-            installed.
-        """
-        path = check_out_path(out_path, (".parquet", ".csv"), overwrite)
-        k = self._check_k(k)
-        size = max(1, self._chunk_size(None, memory_budget_mb))
-        return write_topk_chunks(
-            path,
-            self._n_users,
-            size,
-            lambda chunk: self.topk_rows(chunk, k, exclude_seen=exclude_seen),
-            lambda: self.topk_schema(),
-            progress=progress,
-            overwrite=overwrite,
-        )
+    Columns ``user, rank, item, score`` (raw ids, rank from 1). Slots no admissible
+    item can fill are left out. Written in chunks to a temporary file beside
+    ``out_path``, then renamed into place.
+
+    Raises
+    ------
+    ConfigError
+        Unsupported extension, missing/unwritable directory, a path inside a bundle,
+        an existing file without ``overwrite``, bad ``k``, or Parquet without pyarrow
+        installed.
+    """
+    path = check_out_path(out_path, (".parquet", ".csv"), overwrite)
+    k = engine.check_k(k)
+    size = engine.chunk_users(memory_budget_mb)
+    return write_topk_chunks(
+        path,
+        engine.n_users,
+        size,
+        lambda chunk: topk_rows(engine, chunk, k, exclude_seen=exclude_seen),
+        lambda: engine_schema(engine),
+        progress=progress,
+        overwrite=overwrite,
+    )
 
 
 def _mmap_address(raw: mmap.mmap) -> int:
@@ -321,10 +306,6 @@ def _mmap_address(raw: mmap.mmap) -> int:
         return ctypes.addressof(buf)
     finally:
         del buf
-
-
-#: ``(user raw ids, ranks int32, item raw ids, scores float32)``: flat top-k rows.
-TopkRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def flat_topk_rows(

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from recsys_export.core.validation import check_int, check_positive
 from recsys_export.errors import ConfigError
-from recsys_export.validation import check_int, check_positive
 
 __all__ = ["DEFAULTS", "ServeConfig", "is_loopback", "read_token"]
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from recsys_export.bundle import dir_identity
+from recsys_export.bundle import Manifest, dir_identity
+from recsys_export.engines import open_engine
 from recsys_export.errors import BundleError, RecsysExportError
 from recsys_export.runtime import Recommender
 
@@ -82,13 +83,14 @@ class Recommendations:
     int_items: bool = True  # the bundle's item ids are integers
 
 
-def manifest_version(manifest: dict[str, Any]) -> str:
+def manifest_version(manifest: Manifest) -> str:
     """A bundle's version: 12 hex digits of the sha256 of its canonical manifest.
 
     The manifest lists every file's sha256 and the export time, so two exports never
     share a version, and the same bundle always has the same one.
     """
-    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    raw = manifest.to_dict()
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
@@ -115,7 +117,7 @@ class ServedModel:
         self.n_items = rec.n_items
         self.user_kind = rec.user_map.kind
         self.item_kind = rec.item_map.kind
-        self.has_names = rec.bundle.spec.names_file() is not None
+        self.has_names = rec.manifest.item_names_file is not None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, threads: int | None = None) -> ServedModel:
@@ -129,14 +131,10 @@ class ServedModel:
             Invalid ``threads``.
         """
         identity = dir_identity(Path(os.path.abspath(os.fspath(path))))
-        rec = Recommender.load(path, intra_op_threads=threads)
-        parity = rec.manifest.get("parity")
-        if isinstance(parity, dict) and parity.get("passed") is False:
-            failed = [
-                f"{r.get('format')}:{r.get('entry_point')}"
-                for r in parity.get("rows") or []
-                if isinstance(r, dict) and not r.get("passed", True)
-            ]
+        rec = open_engine(path, threads=threads)
+        parity = rec.manifest.parity
+        if parity is not None and not parity.passed:
+            failed = parity.failed()
             raise BundleError(
                 f"bundle {rec.bundle.root}: its recorded parity check failed "
                 f"({', '.join(failed[:3]) or 'see parity.json'}); refusing to serve it: "
@@ -160,10 +158,15 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         """The bundle's summary for ``GET /model`` (no file system paths)."""
         man = self.rec.manifest
-        parity = man.get("parity")
+        parity = man.parity
         verdict = None
-        if isinstance(parity, dict):
-            verdict = {key: parity.get(key) for key in ("passed", "max_abs_diff", "atol", "rtol")}
+        if parity is not None:
+            verdict = {
+                "passed": parity.passed,
+                "max_abs_diff": parity.max_abs_diff,
+                "atol": parity.atol,
+                "rtol": parity.rtol,
+            }
         return {
             "version": self.version,
             "kind": self.kind,
@@ -172,10 +175,10 @@ class ServedModel:
             "user_id_type": self.user_kind,
             "item_id_type": self.item_kind,
             "item_names": self.has_names,
-            "formats": sorted(man.get("formats") or {}),
+            "formats": sorted(man.formats.names),
             "fast_paths": self.rec.fast_paths,
-            "format_version": man.get("format_version"),
-            "created": man.get("created"),
+            "format_version": man.format_version,
+            "created": man.created,
             "parity": verdict,
         }
 

@@ -48,10 +48,14 @@ def deployment(config: ServeConfig, replicas: int, cpus_per_replica: float = 1.0
     ).bind()
 
 
+#: Ray Serve replicas of ``serve --ray`` when none are asked for.
+DEFAULT_REPLICAS = 1
+
+
 def start_on_ray(
     config: ServeConfig,
     *,
-    replicas: int,
+    replicas: int = DEFAULT_REPLICAS,
     address: str | None = None,
 ) -> str:
     """Start Ray (or join ``address``), deploy ``replicas`` replicas behind Ray's proxy.
@@ -62,7 +66,7 @@ def start_on_ray(
     import ray
     from ray import serve
 
-    from recsys_export.validation import check_int
+    from recsys_export.core.validation import check_int
 
     replicas = check_int("--replicas", replicas, low=1)
     config.check()

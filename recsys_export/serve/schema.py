@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from recsys_export.core.validation import check_choice, check_int
 from recsys_export.errors import ConfigError, RecsysExportError
 from recsys_export.serve.engine import Recommendations, RecommendRequest, ScoreRequest
-from recsys_export.validation import check_choice, check_int
 
 __all__ = [
     "HTTPError",

@@ -22,7 +22,7 @@ from recsys_export.runtime import Recommender
 
 def main() -> int:
     bundle, out = sys.argv[1], sys.argv[2]
-    original = Recommender._score_all_into
+    original = Recommender.score_all_into
     calls = {"n": 0}
 
     def stalling(self, users, dst):  # type: ignore[no-untyped-def]
@@ -32,8 +32,8 @@ def main() -> int:
             sys.stdin.read()  # blocks until the test kills us (or closes stdin)
             raise SystemExit("catalogue_stall_score was not killed")
 
-    Recommender._score_all_into = stalling  # type: ignore[method-assign]
-    Recommender._chunk_size = lambda self, chunk_size, budget: 1  # type: ignore[method-assign]
+    Recommender.score_all_into = stalling  # type: ignore[method-assign]
+    Recommender.chunk_users = lambda self, budget=None: 1  # type: ignore[method-assign]
     return cli.main(["score", bundle, "--all", "--out", out, "--force"])
 
 

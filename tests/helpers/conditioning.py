@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys_export.checkpoint import Checkpoint
-from recsys_export.ids import IdMap
+from recsys_export.core.ids import IdMap
 from recsys_export.models import DenseNet
+from recsys_export.models.checkpoint import Checkpoint
 
 
 def ill_conditioned_densenet(

@@ -8,8 +8,8 @@ directory, then blocks reading stdin; the test kills it with SIGKILL at that poi
 
 import sys
 
-from recsys_export.checkpoint import load_checkpoint
 from recsys_export.export import build as export
+from recsys_export.models.checkpoint import load_checkpoint
 
 _original = export.write_onnx
 

@@ -18,7 +18,7 @@ from recsys_export.runtime import Recommender
 def main() -> int:
     bundle, out = sys.argv[1], sys.argv[2]
     rec = Recommender.load(bundle)
-    original = rec._score_all_into
+    original = rec.score_all_into
     calls = {"n": 0}
 
     def stalling(users, dst):  # type: ignore[no-untyped-def]
@@ -29,7 +29,7 @@ def main() -> int:
             sys.stdin.read()  # blocks until the test kills us (or closes stdin)
             raise SystemExit("runtime_slow_writer was not killed")
 
-    rec._score_all_into = stalling  # type: ignore[method-assign]
+    rec.score_all_into = stalling  # type: ignore[method-assign]
     rec.write_score_matrix(out, memory_budget_mb=0.001, progress=False)
     return 1
 

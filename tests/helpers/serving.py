@@ -27,8 +27,8 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsys_export.atomic import RENAME_EXCHANGE, renameat2, temp_sibling
 from recsys_export.bundle import update_bundle
+from recsys_export.core.atomic import RENAME_EXCHANGE, renameat2, temp_sibling
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"

@@ -14,7 +14,7 @@ import sys
 import time
 
 from recsys_export.bundle import BundleWriter
-from recsys_export.ids import IdMap
+from recsys_export.core.ids import IdMap
 
 
 def main() -> int:
