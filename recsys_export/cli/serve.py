@@ -29,7 +29,9 @@ EPILOG = (
 )
 
 #: The serve extra's modules: without them ``serve`` names the extra.
-SERVE_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "prometheus_client", "httptools"})
+SERVE_EXTRA_MODULES = frozenset(
+    {"starlette", "uvicorn", "prometheus_client", "httptools", "orjson"}
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
