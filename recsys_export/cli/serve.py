@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-users", type=int, default=D.max_users, help="users/pairs per request")
     g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: cores-1)")
     g.add_argument(
+        "--workers", type=int, default=D.workers, help="server processes on one port (default 1)"
+    )
+    g.add_argument(
         "--watch-interval", type=float, default=D.watch_interval_s, help="seconds between checks"
     )
     g.add_argument("--no-watch", action="store_true", help="do not watch for a new bundle")
@@ -84,6 +87,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         max_users=args.max_users,
         watch_interval_s=None if args.no_watch else args.watch_interval,
         threads=args.threads,
+        workers=args.workers,
         token=read_token(args.token_file) if args.token_file else None,
         insecure=args.insecure,
     ).check()
@@ -94,6 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         if args.ray:
+            if config.workers > 1:
+                raise ConfigError("--workers is for the embedded server; with --ray use --replicas")
             return _serve_ray(args, config)
         from recsys_export.serve.run import serve_forever
     except ModuleNotFoundError as exc:

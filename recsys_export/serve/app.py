@@ -285,10 +285,12 @@ def create_app(
         if watch and config.watch_interval_s is not None:
             server.holder.start(config.watch_interval_s)
         server.ready = True
+        server.metrics.workers.set(1)
         try:
             yield
         finally:
             server.ready = False
+            server.metrics.workers.set(0)
             await server.holder.stop()
             await server.recommender.stop()
             await server.scorer.stop()

@@ -5,7 +5,8 @@ counters). Names (docs/serving.md lists them):
 
 * ``recsys_requests_total{route, status}``, ``recsys_request_duration_seconds{route}``;
 * ``recsys_batch_size`` (requests per engine call), ``recsys_batch_users`` (users or
-  pairs per engine call), ``recsys_queue_depth``, ``recsys_batches_in_flight``;
+  pairs per engine call), ``recsys_queue_depth``, ``recsys_batches_in_flight``,
+  ``recsys_workers`` (the server processes serving);
 * ``recsys_rejected_total{reason}`` (``queue_full``, ``queue_delay``, ``loop_delay``,
   ``deadline``);
 * ``recsys_bundle_info{version, kind}`` (1 for the served bundle) and
@@ -73,6 +74,10 @@ class Metrics:
         )  # fmt: skip
         self.queue_depth = Gauge(
             "recsys_queue_depth", "Requests waiting for a batch", registry=reg,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.workers = Gauge(
+            "recsys_workers", "Server processes serving (--workers)", registry=reg,
             multiprocess_mode="livesum",
         )  # fmt: skip
         self.in_flight = Gauge(
