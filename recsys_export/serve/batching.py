@@ -77,8 +77,11 @@ class LoopLag:
     ticks (a tick overdue by ``x`` means the loop is at least ``x`` late).
     """
 
-    def __init__(self, interval_s: float = 0.02) -> None:
+    def __init__(
+        self, interval_s: float = 0.02, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.interval_s = interval_s
+        self._clock = clock
         self._lag = 0.0
         self._due = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,16 +101,16 @@ class LoopLag:
 
     def _schedule(self) -> None:
         assert self._loop is not None
-        self._due = time.perf_counter() + self.interval_s
+        self._due = self._clock() + self.interval_s
         self._handle = self._loop.call_later(self.interval_s, self._tick)
 
     def _tick(self) -> None:
-        self._lag = max(0.0, time.perf_counter() - self._due)
+        self._lag = max(0.0, self._clock() - self._due)
         self._schedule()
 
     def now(self) -> float:
         """Seconds the loop runs late now."""
-        return max(self._lag, time.perf_counter() - self._due)
+        return max(self._lag, self._clock() - self._due)
 
 
 class Batcher:
@@ -154,6 +157,8 @@ class Batcher:
         self.lag_limit_s = lag_limit_s
         self._queue: collections.deque[_Job] = collections.deque()
         self._rows = 0
+        self._inline = concurrency == 0  # engine calls on the event loop itself
+        concurrency = max(1, concurrency)
         self._concurrency = concurrency
         self._row_seconds: float | None = None  # engine seconds per row (moving average)
         self._call_seconds = 0.0  # engine seconds per call (moving average)
@@ -386,9 +391,11 @@ class Batcher:
         self._calls.add(batch)
         start = time.perf_counter()
         try:
-            tag, results = await self._loop.run_in_executor(
-                self._executor, self._run, [job.payload for job in batch]
-            )
+            payloads = [job.payload for job in batch]
+            if self._inline:
+                tag, results = self._run(payloads)
+            else:
+                tag, results = await self._loop.run_in_executor(self._executor, self._run, payloads)
             seconds = time.perf_counter() - start
             per_row = seconds / max(1, sum(job.rows for job in batch))
             old = self._row_seconds

@@ -85,7 +85,7 @@ class ServeConfig:
         check_int("--max-batch", self.max_batch, low=1)
         check_int("--max-delay-us", self.max_delay_us, low=0, high=10_000_000)
         check_int("--max-queue", self.max_queue, low=1)
-        check_int("--concurrency", self.concurrency, low=1, high=64)
+        check_int("--concurrency", self.concurrency, low=0, high=64)
         check_int("--deadline-ms", self.deadline_ms, low=1)
         check_int("--max-body-bytes", self.max_body_bytes, low=1024)
         check_int("--max-users", self.max_users, low=1)
@@ -113,7 +113,7 @@ class ServeConfig:
         """onnxruntime intra-op threads of each session: by default one core is left to
         each worker's event loop (HTTP) and the rest shared by the engine calls in flight."""
         cores = (os.cpu_count() or 1) - self.workers
-        return self.threads or max(1, cores // (self.workers * self.concurrency))
+        return self.threads or max(1, cores // (self.workers * max(1, self.concurrency)))
 
 
 #: The defaults, for docs and the benchmark.
