@@ -83,7 +83,7 @@ class Server:
             concurrency=cfg.concurrency,
             metrics=self.metrics,
             lag=self.lag,
-            lag_limit_s=cfg.deadline_ms / 2000,
+            lag_limit_s=cfg.deadline_ms / 4000,
         )
 
     @property

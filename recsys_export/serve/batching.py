@@ -129,7 +129,7 @@ class Batcher:
     lag : LoopLag, optional
         The event loop's lateness (default: its own, started with the batcher).
     lag_limit_s : float
-        Refuse new requests while the loop runs later than this (half the server's
+        Refuse new requests while the loop runs later than this (a quarter of the server's
         deadline; a client's shorter ``X-Deadline-Ms`` does not lower it).
     """
 

@@ -104,9 +104,11 @@ def _uvicorn_config(app: Any, config: ServeConfig, log_level: str, access_log: b
     )
 
 
-def bind(config: ServeConfig) -> socket.socket:
+def bind(config: ServeConfig, log_level: str = "info") -> socket.socket:
     """The listening socket of ``config.host``/``config.port``."""
-    uv_config = uvicorn.Config(None, host=config.host, port=config.port, backlog=4096)
+    uv_config = uvicorn.Config(
+        None, host=config.host, port=config.port, backlog=4096, log_level=log_level
+    )
     sock = uv_config.bind_socket()
     sock.listen(uv_config.backlog)  # connections wait in the backlog until uvicorn runs
     return sock
@@ -167,6 +169,6 @@ def serve_forever(
         serve_workers(config, log_level=log_level, access_log=access_log, announce=announce)
         return
     app = create_app(config)
-    sock = bind(config)
+    sock = bind(config, log_level)
     announce(app.state.server.model, sock)
     run_app(config, sock, log_level=log_level, access_log=access_log, app=app)

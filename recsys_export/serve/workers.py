@@ -66,7 +66,7 @@ def serve_workers(config: ServeConfig, *, log_level: str, access_log: bool, anno
     from recsys_export.serve.run import bind
 
     model = ServedModel.load(config.bundle, threads=1)  # fail here, before binding
-    sock = bind(config)
+    sock = bind(config, log_level)
     announce(model, sock)
     del model
     metrics_dir = tempfile.mkdtemp(prefix="recsys-serve-metrics-")
