@@ -107,8 +107,9 @@ def targets(results: dict) -> list[tuple[str, str, str, bool]]:
             f"overload 2x: every answer 200/503 within {deadline} ms",
             f"slowest {over['max_service_ms']:.0f} ms from send, "
             f"{over['server_over_deadline']} over it server-side, {over['status']}",
-            f"sent {over.get('sent_per_s', 0):,.0f}/s of {over['offered_per_s']:,.0f}/s; RSS "
-            f"{over['rss_start_mb']:.0f} -> {over['rss_peak_mb']:.0f} MB",
+            f"sent {over.get('sent_per_s', 0):,.0f}/s of {over['offered_per_s']:,.0f}/s; "
+            f"generator late up to {over.get('generator_lag_max_ms', float('nan')):.0f} ms; "
+            f"RSS {over['rss_start_mb']:.0f} -> {over['rss_peak_mb']:.0f} MB",
             over_ok,
         ),
         (
@@ -165,9 +166,7 @@ def table(results: dict) -> str:
         if row is not None:
             add(name, row)
     lines = [f"server code: {results.get('server_root', '.')}", *_grid(rows), ""]
-    lines.append(
-        "ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items())
-    )
+    lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
     lines.append("")
     target_rows = [("target", "measured", "same-run reference", "met")]
     target_rows += [(t, m, ref, "yes" if ok else "NO") for t, m, ref, ok in targets(results)]

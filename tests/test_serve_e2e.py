@@ -78,7 +78,7 @@ def test_serving_doc_commands_run():
     """docs/serving.md's shell blocks, as written (each starts and stops its server)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     blocks = _bash_blocks(ROOT / "docs" / "serving.md")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     outputs = []
     for block in blocks:
         done = subprocess.run(
@@ -89,6 +89,7 @@ def test_serving_doc_commands_run():
         outputs.append(done.stdout)
     assert '"results":[{"user":1,"items":' in outputs[0] and '"kind":"mf"' in outputs[0]
     assert '{"ready":true}' in outputs[1] and "[[" in outputs[1]
+    assert '"results":[{"user":1,"items":' in outputs[2] and "recsys_workers " in outputs[2]
 
 
 def test_serve_without_the_serve_extra_names_it(tmp_path):

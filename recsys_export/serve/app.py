@@ -232,7 +232,7 @@ class ServeApp(Starlette):
                     scope["path_params"] = params
                 await endpoint(scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)  # type: ignore[arg-type]
+        await super().__call__(scope, receive, send)
 
 
 def _response(reply: Reply) -> Response:

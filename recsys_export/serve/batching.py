@@ -14,10 +14,11 @@ take longer than the job's deadline at the rate engine calls have been draining 
 and (:meth:`Batcher.admit`, before the body is read) while the oldest queued job has
 waited over half a deadline or the event loop itself runs over half the server's
 deadline late (:class:`LoopLag`: requests then wait in the loop, before any queue). Every job has a
-deadline, checked when its batch is formed (a job already late, or that the engine
-call would make late, is answered then), when its answer comes back (a late answer
-becomes a :class:`DeadlineExceeded`) and by one timer at the earliest deadline pending,
-which answers jobs still waiting (or still in a blocked engine call) when it passes.
+deadline (90% of its timeout, less the loop's lateness when it arrived: :data:`SPARE`),
+checked when its batch is formed (a job already late, or that the engine call would
+make late, is answered then), when its answer comes back (a late answer becomes a
+:class:`DeadlineExceeded`) and by one timer at the earliest deadline pending, which
+answers jobs still waiting (or still in a blocked engine call) when it passes.
 The HTTP layer turns both errors into ``503`` with ``Retry-After``. Standard library
 only (plus the metrics object).
 """
@@ -49,18 +50,30 @@ class DeadlineExceeded(Overloaded):
     """The request was not answered within its deadline."""
 
 
+#: The share of every deadline kept for writing the answer and for timers that fire late:
+#: a request is answered 503 by 90% of its deadline, less the time it already waited in
+#: a late event loop before its handler ran.
+SPARE = 0.1
+
+
 class _Job:
     __slots__ = ("arrived", "deadline", "future", "payload", "rows", "timeout_s")
 
     def __init__(
-        self, payload: Any, rows: int, future: asyncio.Future[Any], now: float, timeout_s: float
+        self,
+        payload: Any,
+        rows: int,
+        future: asyncio.Future[Any],
+        now: float,
+        timeout_s: float,
+        budget_s: float,
     ) -> None:
         self.payload = payload
         self.rows = rows
         self.future = future
         self.arrived = now
         self.timeout_s = timeout_s
-        self.deadline = now + timeout_s
+        self.deadline = now + budget_s
 
 
 #: ``run(payloads) -> (tag, results)``: one result or exception per payload; ``tag``
@@ -228,7 +241,11 @@ class Batcher:
                     f"the server is overloaded (about {wait * 1000:.0f} ms of work queued, "
                     f"more than the {timeout_s * 1000:.0f} ms deadline); retry later"
                 )
-        job = _Job(payload, rows, loop.create_future(), loop.time(), timeout_s)
+        budget = timeout_s * (1 - SPARE) - self.lag.now()
+        if budget <= 0:
+            self._rejected["deadline"].inc()
+            raise DeadlineExceeded(self._late_message(timeout_s))
+        job = _Job(payload, rows, loop.create_future(), loop.time(), timeout_s, budget)
         self._queue.append(job)
         self._rows += rows
         self._set_depth()
@@ -310,11 +327,13 @@ class Batcher:
         if job.future.done():
             return
         self._rejected["deadline"].inc()
-        job.future.set_exception(
-            DeadlineExceeded(
-                f"the request was not answered within its deadline ({job.timeout_s * 1000:.0f} "
-                "ms); the server is overloaded, retry later"
-            )
+        job.future.set_exception(DeadlineExceeded(self._late_message(job.timeout_s)))
+
+    @staticmethod
+    def _late_message(timeout_s: float) -> str:
+        return (
+            f"the request cannot be answered within its deadline ({timeout_s * 1000:.0f} ms); "
+            "the server is overloaded, retry later"
         )
 
     def _set_depth(self) -> None:

@@ -107,8 +107,8 @@ def _uvicorn_config(app: Any, config: ServeConfig, log_level: str, access_log: b
 def bind(config: ServeConfig, log_level: str = "info") -> socket.socket:
     """The listening socket of ``config.host``/``config.port``."""
     uv_config = uvicorn.Config(
-        None, host=config.host, port=config.port, backlog=4096, log_level=log_level
-    )
+        "unused:app", host=config.host, port=config.port, backlog=4096, log_level=log_level
+    )  # only binds: the app is never loaded
     sock = uv_config.bind_socket()
     sock.listen(uv_config.backlog)  # connections wait in the backlog until uvicorn runs
     return sock
