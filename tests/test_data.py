@@ -276,8 +276,11 @@ def test_unicode_ids_with_inner_spaces(tmp_path: Path) -> None:
     assert r.n_users == 2
     assert sorted(r.user_map.raw_ids.tolist()) == r.user_map.raw_ids.tolist()
     # two raw ids that differ only in surrounding whitespace are not merged silently
-    with pytest.raises(DataError, match=r"line 4: user id 'Zoë Smith' differs from "
-                       r"'  Zoë Smith ' \(line 2\) only in surrounding whitespace"):
+    with pytest.raises(
+        DataError,
+        match=r"line 4: user id 'Zoë Smith' differs from "
+        r"'  Zoë Smith ' \(line 2\) only in surrounding whitespace",
+    ):
         read_ratings(write(tmp_path, "r2.csv", text + "Zoë Smith,x,1\n"))
 
 

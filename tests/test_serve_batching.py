@@ -263,7 +263,7 @@ def test_a_late_event_loop_refuses_requests_at_once(bundles):
     async def body():
         async with running(app) as client:
             ok = await client.post("/recommend", json={"users": [1]})
-            server.lag.now = lambda: 0.3  # as if the loop ran 300 ms late (> 250)
+            server.lag.now = lambda: 0.3  # as if the loop ran 300 ms late (> 100)
             refused = await client.post("/recommend", content=b"not even JSON")
             return ok, refused, (await client.get("/metrics")).text
 

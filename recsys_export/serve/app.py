@@ -55,6 +55,7 @@ VERSION_HEADER = "X-Model-Version"
 #: A client's own deadline (milliseconds), at most the server's ``--deadline-ms``.
 DEADLINE_HEADER = "x-deadline-ms"
 _VERSION = VERSION_HEADER.lower().encode()
+_DEADLINE = DEADLINE_HEADER.encode()
 
 Handler = Callable[["Server", Call], Awaitable[Reply]]
 
@@ -83,7 +84,7 @@ class Server:
             concurrency=cfg.concurrency,
             metrics=self.metrics,
             lag=self.lag,
-            lag_limit_s=cfg.deadline_ms / 4000,
+            lag_limit_s=cfg.deadline_ms / 10_000,
         )
 
     @property
@@ -104,7 +105,7 @@ class Server:
         ms = self.config.deadline_ms
         if limit_s is not None:
             ms = min(ms, max(1, int(limit_s * 1000)))
-        asked = call.headers.get(b"x-deadline-ms")
+        asked = call.headers.get(_DEADLINE)
         if asked is not None:
             try:
                 ms = min(ms, max(1, int(asked)))
@@ -117,7 +118,8 @@ class Server:
         return ms / 1000.0
 
     def admit(self, batcher: Batcher, call: Call) -> None:
-        """Refuse a request before reading its body while the queue is congested."""
+        """Refuse a request before reading its body while the queue is congested or the
+        event loop runs late (:meth:`Batcher.admit`)."""
         batcher.admit(self._timeout(call))
 
     async def recommend(

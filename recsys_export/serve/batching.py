@@ -12,9 +12,9 @@ Overload is answered, never queued without bound. :meth:`Batcher.submit` raises
 :class:`Overloaded` at once past ``max_queue`` waiting jobs, when the rows queued would
 take longer than the job's deadline at the rate engine calls have been draining them,
 and (:meth:`Batcher.admit`, before the body is read) while the oldest queued job has
-waited over half a deadline or the event loop itself runs over half the server's
+waited over half a deadline or the event loop itself runs over a tenth of the server's
 deadline late (:class:`LoopLag`: requests then wait in the loop, before any queue). Every job has a
-deadline (90% of its timeout, less the loop's lateness when it arrived: :data:`SPARE`),
+deadline (70% of its timeout, less the loop's lateness when it arrived: :data:`SPARE`),
 checked when its batch is formed (a job already late, or that the engine call would
 make late, is answered then), when its answer comes back (a late answer becomes a
 :class:`DeadlineExceeded`) and by one timer at the earliest deadline pending, which
@@ -50,10 +50,12 @@ class DeadlineExceeded(Overloaded):
     """The request was not answered within its deadline."""
 
 
-#: The share of every deadline kept for writing the answer and for timers that fire late:
-#: a request is answered 503 by 90% of its deadline, less the time it already waited in
-#: a late event loop before its handler ran.
-SPARE = 0.1
+#: The share of every deadline kept for what happens outside the batcher: a request is
+#: answered 503 by 70% of its deadline, less the time it already waited in a late event
+#: loop before its handler ran; the rest covers the timer and the handler resuming late
+#: (each up to the loop's lateness, which admission keeps under a tenth of the server's
+#: deadline) and writing the answer.
+SPARE = 0.3
 
 
 class _Job:
@@ -142,7 +144,7 @@ class Batcher:
     lag : LoopLag, optional
         The event loop's lateness (default: its own, started with the batcher).
     lag_limit_s : float
-        Refuse new requests while the loop runs later than this (a quarter of the server's
+        Refuse new requests while the loop runs later than this (a tenth of the server's
         deadline; a client's shorter ``X-Deadline-Ms`` does not lower it).
     """
 
