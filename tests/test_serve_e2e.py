@@ -171,3 +171,18 @@ def test_serve_bench_smoke(tmp_path):
     overload = results["mf100k"]["overload"]
     assert sum(overload["status"].values()) == overload["requests"]
     assert set(overload["status"]) <= {"200", "503"}
+
+
+def test_serve_inprocess_bench_runs(tmp_path):
+    """benchmarks/serve_inprocess.py: the app's own CPU per request, without HTTP."""
+    out = tmp_path / "inprocess.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/serve_inprocess.py", str(ARTIFACTS / "toy-mf"),
+         "--requests", "300", "--callers", "8", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["requests"] == 300 and result["callers"] == 8
+    assert result["k"] == 4  # toy-mf has 4 items: k=10 is capped, every answer a 200
+    assert result["cpu_us_per_request"] >= result["loop_thread_us_per_request"] > 0
