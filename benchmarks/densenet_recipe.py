@@ -55,8 +55,18 @@ RECIPE_USERS, RECIPE_ITEMS = 16, 500
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> Any:
     from onnx import helper
 
-    graph = helper.make_graph(nodes, "recipe", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    from recsys_export.bench_graphs import bench_model  # the bundles' opset and IR
+
+    return bench_model(helper.make_graph(nodes, "recipe", inputs, outputs, inits))
+
+
+def recipe_graphs(w2_row: np.ndarray, neg_c_t: np.ndarray, hidden: int) -> dict[str, Any]:
+    """The two recipes' graphs (for the test that every bench graph loads at the floor)."""
+    offset = np.zeros(neg_c_t.shape[1], dtype=np.float32)
+    return {
+        "recipe_tile": recipe_tile_graph(w2_row, hidden, RECIPE_USERS, neg_c_t.shape[1]),
+        "recipe_single": recipe_single_graph(w2_row, neg_c_t, offset),
+    }
 
 
 def recipe_tile_graph(w2_row: np.ndarray, hidden: int, users: int, items: int) -> Any:
@@ -148,7 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure the recipes and the runtime; return the report (see the module docstring)."""
     import onnxruntime as ort
 
-    from recsys_export.bench import _session, _synthetic
+    from recsys_export.bench import _synthetic
+    from recsys_export.bench_graphs import session as _session
     from recsys_export.export.frozen import inference_module
     from recsys_export.runtime import Recommender
 

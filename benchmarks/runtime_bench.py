@@ -63,24 +63,9 @@ def best(fn, repeat: int) -> float:
 
 
 def bare_matmul_session(q: np.ndarray, threads: int):
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from recsys_export.bench_graphs import mf_bare, session
 
-    f, n = q.shape[1], q.shape[0]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "qt"], ["y"])],
-        "bare",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", f])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", n])],
-        [numpy_helper.from_array(np.ascontiguousarray(q.T), "qt")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    onnx.checker.check_model(model)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session(mf_bare(np.ascontiguousarray(q.T)), threads)
 
 
 def run_bare(sess, p: np.ndarray, n_items: int, block: int) -> None:

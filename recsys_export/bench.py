@@ -3,14 +3,17 @@
 ``recsys-export bench`` (or ``python benchmarks/bench.py``) builds a synthetic MF and a
 synthetic DenseNet of the chosen size (``--users --items --factors --hidden``, or
 ``--preset full`` = 100k users x 20k items, 64 factors, 128 hidden), exports each to a
-temporary bundle (every format, ``.pt2`` included; parity check off) and times, for each
-model:
+temporary bundle (every format, ``.pt2`` included, with its approximate variants: MF
+int8 and fp16, DenseNet fp16; parity check off) and times, for each model (the rows:
+:mod:`recsys_export.bench_rows`; the bare graphs, built at the bundles' opset and IR
+version: :mod:`recsys_export.bench_graphs`):
 
 * ``score_all`` of every user (rows below), in blocks, outputs preallocated where the
   API allows:
 
   - ``ceiling``: a bare onnxruntime graph of the same math built with ``onnx.helper``
-    (MF: ``MatMul`` of ``[B, f] x [f, N]``, best of a few block sizes; DenseNet: the
+    (MF: ``MatMul`` of ``[B, f] x [f, N]``, the best of a few block sizes with intra-op
+    threads and with one single-threaded session per Python thread; DenseNet: the
     ``Max`` + ``MatMul`` item tiles of the runtime's kernel in one graph on precomputed
     user halves, 8 users per call, the faster of Python threads and intra-op threads).
     Ratios are to this row.
@@ -20,14 +23,21 @@ model:
     the bundle's TorchScript module and ``torch.export`` program.
   - ``runtime``: :class:`recsys_export.runtime.Recommender` (fast-path kernels; for
     DenseNet one Python thread per core, and ``runtime_intra_op``: one caller thread
-    with onnxruntime's intra-op threads instead), and ``runtime_fallback``: the same
-    bundle on its entry-point graphs only (what older bundles get).
+    with onnxruntime's intra-op threads instead), ``runtime_<precision>``: the bundle's
+    approximate variants, and ``runtime_fallback``: the same bundle on its entry-point
+    graphs only (what older bundles get).
 
 * ``recommend_all``: top-``k`` (default 10) of every user with ``--seen`` (default 50)
-  random seen items excluded: ``runtime``, ``runtime_fallback`` and ``numpy`` (score,
-  mask, ``argpartition``). Ratios are to the score_all ceiling.
+  random seen items excluded: ``runtime`` (MF: the threshold top-k over the
+  ``score_groups`` kernel), ``runtime_topk_kernel`` (MF: the same lists through scores
+  masked in numpy and the TopK kernel, as before the threshold path),
+  ``runtime_<precision>``, ``runtime_fallback`` and ``numpy`` (score, mask,
+  ``argpartition``). Ratios are to the score_all ceiling.
 * ``single_user``: ``recommend(user, k)`` latency, p50/p99 over ``--calls`` (>= 2000)
-  random users: ``runtime`` by index and by raw id, ``runtime_fallback``, ``torch_eager``.
+  random users: ``ceiling`` (MF: a bare one-row MatMul + TopK graph on the user's
+  factors), ``runtime`` by index and by raw id, ``runtime_<precision>``,
+  ``runtime_fallback``, ``torch_eager`` and ``implicit`` (MF: the implicit library's
+  ``recommend`` on the same factors, when it is installed: it is no dependency).
 * GPU rows, when torch sees a CUDA device: ``gpu_torch_engine`` (the torch engine,
   :class:`~recsys_export.torch_engine.TorchEngine`, on ``cuda``: score_all of every
   user; in ``recommend_all`` top-k with exclusions) next to ``gpu_ceiling`` (a bare
@@ -41,7 +51,8 @@ model:
 Slow rows can be measured on the first ``--slow-users`` users only (the row records how
 many users it covered; per-pair numbers stay comparable): DenseNet's numpy, torch and
 fallback rows (the eager model builds a ``[B, N, H]`` intermediate) and the numpy
-recommend-all row of both models. ``--skip torch,torchscript,pt2,numpy,fallback,gpu`` drops rows.
+recommend-all row of both models. ``--skip torch,torchscript,pt2,numpy,fallback,gpu,
+precision,implicit`` drops rows.
 Every row is run ``--repeat`` times (median reported, min/max kept), in rounds: after a
 warm-up, each round runs every row of a section once, so a slow drift of the machine's
 speed affects the rows and the ceiling alike. The machine may be
@@ -60,15 +71,14 @@ import platform
 import resource
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recsys_export.bench_report import SCHEMA, format_table, plot
+from recsys_export.bench_timing import row
 
 __all__ = ["SCHEMA", "add_arguments", "format_table", "main", "plot", "run"]
 
@@ -76,7 +86,10 @@ PRESETS = {
     "tiny": {"users": 300, "items": 400, "factors": 16, "hidden": 32},
     "full": {"users": 100_000, "items": 20_000, "factors": 64, "hidden": 128},
 }
-ROW_GROUPS = ("torch", "torchscript", "pt2", "numpy", "fallback", "gpu")
+ROW_GROUPS = ("torch", "torchscript", "pt2", "numpy", "fallback", "gpu", "precision", "implicit")
+#: The approximate variants each model's bundle is exported with (``--skip precision``:
+#: none): MF int8 and fp16, DenseNet fp16 (int8 is MF-only).
+PRECISIONS = {"mf": "fp16,int8", "densenet": "fp16"}
 #: Device of the GPU rows (tests point it at the CPU to run that code path).
 _GPU_DEVICE = "cuda"
 
@@ -128,33 +141,12 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timed(fn: Callable[[], Any], repeat: int) -> list[float]:
-    fn_runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        fn_runs.append(time.perf_counter() - t0)
-    return fn_runs
-
-
-def _row(runs: list[float], users: int, n_items: int, flops: int) -> dict[str, Any]:
-    med = float(np.median(runs))
-    pairs = users * n_items
-    return {
-        "users": users,
-        "runs_s": [round(r, 6) for r in runs],
-        "median_s": med,
-        "min_s": float(min(runs)),
-        "max_s": float(max(runs)),
-        "pairs_per_s": pairs / med,
-        "ns_per_pair": med / pairs * 1e9,
-        "gflops": flops * pairs / med / 1e9,
-    }
-
-
 # --------------------------------------------------------------------------- models
-def _synthetic(kind: str, cfg: dict[str, Any], seen: int, work: Path) -> dict[str, Any]:
-    """Build a synthetic model and export it (every format, no parity pass)."""
+def _synthetic(
+    kind: str, cfg: dict[str, Any], seen: int, work: Path, precision: str = "fp32"
+) -> dict[str, Any]:
+    """Build a synthetic model and export it (every format, ``precision``'s variants, no
+    parity pass)."""
     from recsys_export.export import export_bundle
     from recsys_export.synthetic_models import synthetic_checkpoint
 
@@ -172,7 +164,7 @@ def _synthetic(kind: str, cfg: dict[str, Any], seen: int, work: Path) -> dict[st
     dest = work / kind
     t0 = time.perf_counter()
     # pt2 is opt-in: asked for, as the pt2 rows and gpu_check.py's torch engine use it
-    manifest = export_bundle(ck, dest, formats="all", verify=False)
+    manifest = export_bundle(ck, dest, formats="all", verify=False, precision=precision)
     total = time.perf_counter() - t0
     return {
         "model": model,
@@ -202,368 +194,58 @@ def _train(path: str, epochs: int, factors: int, hidden: int) -> dict[str, Any]:
     return out
 
 
-# --------------------------------------------------------------------------- ceilings
-def _session(model: Any, threads: int) -> Any:
-    import onnxruntime as ort
+def _model_report(kind: str, cfg: dict[str, Any], seen: int, work: Path) -> dict[str, Any]:
+    """Export one synthetic model (with its precision variants) and measure every row."""
+    from recsys_export.bench_rows import bench_model
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _mf_bare(q: np.ndarray, threads: int) -> Any:
-    from onnx import TensorProto, helper, numpy_helper
-
-    f, n = q.shape[1], q.shape[0]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "qt"], ["y"])],
-        "bare",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", f])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", n])],
-        [numpy_helper.from_array(np.ascontiguousarray(q.T), "qt")],
-    )
-    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), threads)
-
-
-def _dn_bare(w2_row: np.ndarray, neg_c_t: np.ndarray, offset: np.ndarray, threads: int) -> Any:
-    """DenseNet ceiling: ``a[B, H] -> scores[B, N]`` over the runtime's item tiles."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from recsys_export.export import DN_BLOCK_USERS, _dn_item_tiles, dn_tile_width
-
-    f32 = TensorProto.FLOAT
-    hidden, n_items = neg_c_t.shape
-    tiles, tile_inits = _dn_item_tiles(neg_c_t, dn_tile_width(hidden, n_items, DN_BLOCK_USERS))
-    graph = helper.make_graph(
-        [
-            helper.make_node("Unsqueeze", ["a", "axis2"], ["a3"]),
-            *tiles,
-            helper.make_node("Add", ["y", "item_offset"], ["out"]),
-        ],
-        "bare_tiles",
-        [helper.make_tensor_value_info("a", f32, ["b", hidden])],
-        [helper.make_tensor_value_info("out", f32, ["b", n_items])],
-        [
-            numpy_helper.from_array(w2_row, "w2_row"),
-            numpy_helper.from_array(offset, "item_offset"),
-            numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-            *tile_inits,
-        ],
-    )
-    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), threads)
-
-
-def _parallel(starts: list[int], threads: int, work: Callable[[list[int]], None]) -> None:
-    if threads <= 1:
-        work(starts)
-        return
-    pool = [threading.Thread(target=work, args=(starts[i::threads],)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-
-
-# --------------------------------------------------------------------------- one model
-def _bench_model(kind: str, cfg: dict[str, Any], args: argparse.Namespace, work: Path) -> dict:
-    import torch
-
-    from recsys_export.export.frozen import inference_module
-    from recsys_export.runtime import Recommender
-    from recsys_export.topk import mask_pairs, topk
-
-    threads = cfg["threads"]
-    torch.set_num_threads(threads)
-    skip = set(cfg["skip"])
-    built = _synthetic(kind, cfg, args.seen, work)
-    model, bundle = built["model"], built["bundle"]
-    module = inference_module(model)
-    n_users, n_items, k, repeat = cfg["users"], cfg["items"], cfg["k"], cfg["repeat"]
-    hidden = cfg["hidden"]
-    flops = 2 * (cfg["factors"] + 2) if kind == "mf" else 3 * hidden
-    slow_users = n_users
-    if kind == "densenet" and cfg["slow_users"]:
-        slow_users = min(n_users, cfg["slow_users"])
-    rec = Recommender.load(bundle, intra_op_threads=threads)
-    fallback = Recommender.load(bundle, intra_op_threads=threads, fast_paths=False)
-    notes: list[str] = []
-    all_users = np.arange(n_users, dtype=np.int64)
-    score: dict[str, Any] = {}
-
-    pending: list[tuple[dict, str, Callable[[], Any], int]] = []
-
-    def add(table: dict, name: str, fn: Callable[[], Any], users: int) -> None:
-        table[name] = {}  # keeps the row order; filled by flush()
-        pending.append((table, name, fn, users))
-
-    def flush() -> None:
-        # One warm-up round (sessions, caches; a long first run, > 2 s, counts as a run),
-        # then rounds in which every pending row runs once: a drift of the machine's
-        # speed over minutes hits every row of the section alike, not the later ones.
-        runs = []
-        for _table, _name, fn, _users in pending:
-            first = _timed(fn, 1)
-            runs.append(first if first[0] > 2.0 else [])
-        for _ in range(max(1, repeat)):
-            for (_table, _name, fn, _users), got in zip(pending, runs):
-                if len(got) < max(1, repeat):
-                    got.extend(_timed(fn, 1))
-        for (table, name, _fn, users), got in zip(pending, runs):
-            table[name] = _row(got, users, n_items, flops)
-        pending.clear()
-
-    # ---- ceiling
-    if kind == "mf":
-        p = model.user_factors.weight.detach().numpy().copy()
-        q = model.item_factors.weight.detach().numpy().copy()
-        bare = _mf_bare(q, threads)
-        bbuf = np.empty((1024, n_items), dtype=np.float32)
-
-        def run_bare(block: int) -> None:
-            for s in range(0, n_users, block):
-                x = p[s : s + block]
-                b = bare.io_binding()
-                b.bind_cpu_input("x", x)
-                b.bind_output("y", "cpu", 0, np.float32, [x.shape[0], n_items], bbuf.ctypes.data)
-                bare.run_with_iobinding(b)
-
-        tries = {b: _timed(lambda b=b: run_bare(b), 1)[0] for b in (16, 64, 256, 1024)}
-        best_block = min(tries, key=tries.get)
-        notes.append(f"ceiling block {best_block} (tried {sorted(tries)})")
-        add(score, "ceiling", lambda: run_bare(best_block), n_users)
-    else:
-        from recsys_export.export import DN_BLOCK_USERS, dn_tile_width
-
-        a_all = module.user_factors.numpy() @ module.w1_user_t.numpy()  # precomputed user half
-        neg = module.neg_c_t.numpy()
-        off = module.item_offset.numpy()
-        w2_row = module.w2_row.numpy()
-        width = dn_tile_width(hidden, n_items, DN_BLOCK_USERS)
-        tiles = [
-            (np.ascontiguousarray(neg[:, t : t + width]), off[t : t + width].copy(), t)
-            for t in range(0, n_items, width)
-        ]
-        starts = list(range(0, n_users, DN_BLOCK_USERS))
-
-        def run_bare_dn(py_threads: bool) -> None:
-            # the best of both ways to use the cores: Python threads on single-threaded
-            # calls, or one caller and onnxruntime's intra-op threads
-            sess = bare_1 if py_threads else bare_n
-
-            def work_(my_starts: list[int]) -> None:
-                out = np.empty((DN_BLOCK_USERS, n_items), dtype=np.float32)  # reused
-                for s in my_starts:
-                    a = a_all[s : s + DN_BLOCK_USERS]
-                    b = sess.io_binding()
-                    b.bind_cpu_input("a", a)
-                    dst = out[: a.shape[0]]
-                    b.bind_output("out", "cpu", 0, np.float32, list(dst.shape), dst.ctypes.data)
-                    sess.run_with_iobinding(b)
-
-            _parallel(starts, threads if py_threads else 1, work_)
-
-        bare_1 = _dn_bare(w2_row, neg, off, 1)
-        bare_n = _dn_bare(w2_row, neg, off, threads)
-        tries = {m: _timed(lambda m=m: run_bare_dn(m), 1)[0] for m in (True, False)}
-        best_mode = min(tries, key=tries.get)
-        notes.append(
-            "ceiling: "
-            + ("Python threads" if best_mode else "onnxruntime intra-op threads")
-            + f" (first run {tries[True]:.2f} s with Python threads, {tries[False]:.2f} s with"
-            " intra-op threads)"
+    precision = "fp32" if "precision" in cfg["skip"] else PRECISIONS[kind]
+    built = _synthetic(kind, cfg, seen, work, precision=precision)
+    res = bench_model(kind, cfg, built)
+    if cfg.get("gpu_skipped") is None:  # a CUDA device is visible (run() checked)
+        _gpu_rows(
+            kind,
+            cfg,
+            built["bundle"],
+            res["score_all"],
+            res["recommend_all"],
+            res["flops_per_pair"],
         )
-        add(score, "ceiling", lambda: run_bare_dn(best_mode), n_users)
-
-    # ---- numpy
-    if "numpy" in skip:
-        score["numpy"] = {"skipped": "--skip numpy"}
-    elif kind == "mf":
-        bu = model.user_bias.weight.detach().numpy().reshape(-1)
-        bi = (model.item_bias.weight.detach().reshape(-1) + model.global_mean).numpy()
-        qt = np.ascontiguousarray(q.T)
-        nbuf = np.empty((1024, n_items), dtype=np.float32)
-
-        def numpy_mf() -> None:
-            for s in range(0, n_users, 1024):
-                x = p[s : s + 1024]
-                o = nbuf[: x.shape[0]]
-                np.matmul(x, qt, out=o)
-                o += bu[s : s + 1024, None]
-                o += bi
-
-        add(score, "numpy", numpy_mf, n_users)
-    else:
-        mbuf = np.empty((DN_BLOCK_USERS, hidden, width), dtype=np.float32)
-        nbuf = np.empty((DN_BLOCK_USERS, n_items), dtype=np.float32)
-
-        def numpy_dn() -> None:
-            for s in range(0, slow_users, DN_BLOCK_USERS):
-                a = a_all[s : min(s + DN_BLOCK_USERS, slow_users)]
-                b = a.shape[0]
-                for nc, dd, t0 in tiles:
-                    m = mbuf[:b, :, : dd.size]
-                    np.maximum(a[:, :, None], nc[None], out=m)
-                    y = np.matmul(w2_row, m)[:, 0, :]
-                    np.add(y, dd, out=nbuf[:b, t0 : t0 + dd.size])
-
-        add(score, "numpy", numpy_dn, slow_users)
-
-    # ---- torch rows
-    t_block = 1024 if kind == "mf" else max(1, (32 << 20) // (n_items * hidden * 4))
-    t_users = n_users if kind == "mf" else slow_users
-
-    def torch_rows(fn: Callable[[Any], Any]) -> Callable[[], None]:
-        def run_() -> None:
-            with torch.no_grad():
-                for s in range(0, t_users, t_block):
-                    fn(torch.arange(s, min(s + t_block, t_users), dtype=torch.int64))
-
-        return run_
-
-    if "torch" in skip:
-        score["torch_eager"] = {"skipped": "--skip torch"}
-    else:
-        add(score, "torch_eager", torch_rows(model.score_all), t_users)
-    if "torchscript" in skip:
-        score["torchscript"] = {"skipped": "--skip torchscript"}
-    else:
-        import warnings
-
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        scripted = torch.jit.load(str(bundle / "torchscript" / "model.pt"))
-        add(score, "torchscript", torch_rows(scripted.score_all), t_users)
-    if "pt2" in skip:
-        score["pt2"] = {"skipped": "--skip pt2"}
-    else:
-        prog = torch.export.load(str(bundle / "pt2" / "score_all.pt2")).module()
-        add(score, "pt2", torch_rows(lambda u: prog(u)), t_users)
-
-    # ---- runtime
-    def runtime_all(r: Any, users: int) -> Callable[[], None]:
-        idx = all_users[:users]
-
-        def run_() -> None:
-            for _ in r.iter_score_all(idx, progress=False):  # default chunks, as users get
-                pass
-
-        return run_
-
-    add(score, "runtime", runtime_all(rec, n_users), n_users)
-    if kind == "densenet":
-        # the other way to use the cores: one caller, onnxruntime's intra-op threads
-        intra = Recommender.load(bundle, intra_op_threads=threads, python_threads=False)
-        add(score, "runtime_intra_op", runtime_all(intra, n_users), n_users)
-    if "fallback" in skip:
-        score["runtime_fallback"] = {"skipped": "--skip fallback"}
-    else:
-        add(score, "runtime_fallback", runtime_all(fallback, slow_users), slow_users)
-    flush()
-    ceiling = score["ceiling"]["ns_per_pair"]
-    for row in score.values():
-        if "ns_per_pair" in row:
-            row["ratio_to_ceiling"] = row["ns_per_pair"] / ceiling
-
-    # ---- recommend all
-    recs: dict[str, Any] = {}
-    rec.seen_csr()
-    fallback.seen_csr()
-    add(recs, "runtime", lambda: rec.recommend(all_users, k, by_index=True), n_users)
-    if "fallback" in skip:
-        recs["runtime_fallback"] = {"skipped": "--skip fallback"}
-    else:
-        fu = all_users[:slow_users]
-        add(recs, "runtime_fallback", lambda: fallback.recommend(fu, k, by_index=True), slow_users)
-    if "numpy" in skip:
-        recs["numpy"] = {"skipped": "--skip numpy"}
-    else:
-        indptr, seen = rec.seen_csr()
-        nu = min(n_users, cfg["slow_users"]) if cfg["slow_users"] else n_users
-
-        def numpy_topk() -> None:
-            for idx, sc in rec.iter_score_all(all_users[:nu], chunk_size=256, progress=False):
-                lo, hi = indptr[idx[0]], indptr[idx[-1] + 1]
-                rows = np.repeat(np.arange(idx.size), np.diff(indptr[idx[0] : idx[-1] + 2]))
-                mask_pairs(sc, rows, seen[lo:hi])
-                topk(sc, k)
-
-        add(recs, "numpy", numpy_topk, nu)
-        notes.append("recommend_all numpy = runtime score_all + numpy mask + argpartition")
-    flush()
-    for row in recs.values():
-        if "ns_per_pair" in row:
-            row["ratio_to_ceiling"] = row["ns_per_pair"] / ceiling
-
-    # ---- GPU rows: a CUDA device is visible (run() checked, else cfg says why not)
-    if cfg.get("gpu_skipped") is None:
-        _gpu_rows(kind, cfg, bundle, score, recs, flops)
-        notes.append(
+        res["notes"].append(
             "gpu_* rows: the torch engine on the device (score_all; top-k with exclusions) "
             "and a bare torch.matmul (+ topk) of width "
             f"{_gpu_width(kind, cfg)}; their x ceil is to gpu_ceiling"
         )
-
-    # ---- single user
-    single: dict[str, Any] = {}
-    rng = np.random.default_rng(1)
-    picks = rng.integers(0, n_users, max(2000, cfg["calls"])).tolist()
-
-    def latency(fn: Callable[[int], Any], n: int | None = None) -> dict[str, Any]:
-        calls = picks if n is None else picks[:n]
-        for u in calls[:50]:
-            fn(u)
-        lat = np.empty(len(calls))
-        for j, u in enumerate(calls):
-            t0 = time.perf_counter()
-            fn(u)
-            lat[j] = time.perf_counter() - t0
-        return {
-            "p50_us": float(np.percentile(lat, 50) * 1e6),
-            "p99_us": float(np.percentile(lat, 99) * 1e6),
-            "mean_us": float(lat.mean() * 1e6),
-            "calls": len(calls),
-        }
-
-    single["runtime"] = latency(lambda u: rec.recommend(u, k, by_index=True))
-    raw = rec.user_map.raw_ids
-    single["runtime_raw_ids"] = latency(lambda u: rec.recommend(raw[u], k))
-    if "fallback" in skip:
-        single["runtime_fallback"] = {"skipped": "--skip fallback"}
-    else:
-        single["runtime_fallback"] = latency(lambda u: fallback.recommend(u, k, by_index=True))
-    if "torch" in skip:
-        single["torch_eager"] = {"skipped": "--skip torch"}
-    else:
-        indptr, seen = rec.seen_csr()
-
-        def eager_one(u: int) -> None:
-            ex = torch.from_numpy(seen[indptr[u] : indptr[u + 1]])
-            with torch.no_grad():
-                model.recommend(
-                    torch.tensor([u]), k, torch.zeros(ex.numel(), dtype=torch.int64), ex
-                )
-
-        single["torch_eager"] = latency(eager_one)
-
+    n_users, n_items = cfg["users"], cfg["items"]
     return {
         "sizes": {
             "users": n_users,
             "items": n_items,
             "factors": cfg["factors"],
-            **({"hidden": hidden} if kind == "densenet" else {}),
+            **({"hidden": cfg["hidden"]} if kind == "densenet" else {}),
             "pairs": n_users * n_items,
         },
-        "flops_per_pair": flops,
+        "flops_per_pair": res["flops_per_pair"],
         "export_seconds": built["export_seconds"],
         "export_total_seconds": built["export_total_seconds"],
         "train": None,
         "peak_rss_mib": _rss_mib(),
-        "score_all": score,
-        "recommend_all": recs,
-        "single_user": single,
-        "notes": notes,
+        "score_all": res["score_all"],
+        "recommend_all": res["recommend_all"],
+        "single_user": res["single_user"],
+        "notes": res["notes"],
     }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), or the platform's."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _gpu_width(kind: str, cfg: dict[str, Any]) -> int:
@@ -589,8 +271,8 @@ def _gpu_rows(
     )
     eng = t["engine"]
     for table, name in ((score, "score_all"), (recs, "topk")):
-        ceil = _row(t[f"ceiling_{name}"], eng.n_users, eng.n_items, flops)
-        ours = _row(t[f"engine_{name}"], eng.n_users, eng.n_items, flops)
+        ceil = row(t[f"ceiling_{name}"], eng.n_users, eng.n_items, flops)
+        ours = row(t[f"engine_{name}"], eng.n_users, eng.n_items, flops)
         ceil["ratio_to_ceiling"] = 1.0
         ours["ratio_to_ceiling"] = ours["ns_per_pair"] / ceil["ns_per_pair"]
         ours["device"] = ceil["device"] = str(eng.device)
@@ -655,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "nproc": os.cpu_count(),
+            "cpu": _cpu_name(),
             "loadavg_start": _loadavg(),
             "python": platform.python_version(),
             "versions": {
@@ -673,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="recsys_bench_") as tmp:
         for kind in models:
-            res = _bench_model(kind, cfg, args, Path(tmp))
+            res = _model_report(kind, cfg, args.seen, Path(tmp))
             res["train"] = trained.get(kind)
             report["models"][kind] = res
     report["machine"]["loadavg_end"] = _loadavg()

@@ -19,6 +19,7 @@ SCHEMA: dict[str, Any] = {
     "created": "str, UTC ISO time",
     "machine": {
         "nproc": "int",
+        "cpu": "str, the CPU's model name (/proc/cpuinfo)",
         "loadavg_start": "[1, 5, 15 min] at start",
         "loadavg_end": "[1, 5, 15 min] at end",
         "python": "str",
@@ -36,7 +37,10 @@ SCHEMA: dict[str, Any] = {
             "peak_rss_mib": "float, process ru_maxrss after the model's section",
             "score_all": {"<row>": "ROW"},
             "recommend_all": {"<row>": "ROW"},
-            "single_user": {"<row>": "{p50_us, p99_us, mean_us, calls} or {skipped}"},
+            "single_user": {
+                "<row>": "{p50_us, p99_us, mean_us, calls, ratio_to_ceiling (p50 / the "
+                "ceiling row's p50, MF)} or {skipped}"
+            },
             "notes": "[str]",
         }
     },
@@ -62,7 +66,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines = []
     m = report["machine"]
     lines.append(
-        f"nproc {m['nproc']}, load average start {m['loadavg_start']} end {m['loadavg_end']}"
+        f"{m.get('cpu', 'cpu')}, nproc {m['nproc']}, load average start {m['loadavg_start']}"
+        f" end {m['loadavg_end']}"
     )
     gpu = report.get("gpu") or {}
     if "skipped" in gpu:
@@ -83,7 +88,7 @@ def format_table(report: dict[str, Any]) -> str:
             t = res["train"]
             lines.append(f"   train: {t['seconds']:.1f} s, {t['epochs']} epochs, RMSE {t['rmse']}")
         head = (
-            f"{'section':14s} {'row':17s} {'users':>7s} {'median s':>9s} {'min-max s':>17s}"
+            f"{'section':14s} {'row':19s} {'users':>7s} {'median s':>9s} {'min-max s':>17s}"
             f" {'Mpairs/s':>9s} {'ns/pair':>8s} {'GFLOP/s':>8s} {'x ceil':>7s}"
         )
         lines.append(head)
@@ -91,21 +96,22 @@ def format_table(report: dict[str, Any]) -> str:
         for section in ("score_all", "recommend_all"):
             for name, row in res[section].items():
                 if "skipped" in row:
-                    lines.append(f"{section:14s} {name:17s} skipped ({row['skipped']})")
+                    lines.append(f"{section:14s} {name:19s} skipped ({row['skipped']})")
                     continue
                 lines.append(
-                    f"{section:14s} {name:17s} {row['users']:7d} {row['median_s']:9.3f}"
+                    f"{section:14s} {name:19s} {row['users']:7d} {row['median_s']:9.3f}"
                     f" {row['min_s']:8.3f}-{row['max_s']:<8.3f} {row['pairs_per_s'] / 1e6:9.1f}"
                     f" {row['ns_per_pair']:8.2f} {row['gflops']:8.1f}"
                     f" {row.get('ratio_to_ceiling', float('nan')):7.2f}"
                 )
         for name, row in res["single_user"].items():
             if "skipped" in row:
-                lines.append(f"{'single_user':14s} {name:17s} skipped ({row['skipped']})")
+                lines.append(f"{'single_user':14s} {name:19s} skipped ({row['skipped']})")
                 continue
+            ratio = f"  x ceil {row['ratio_to_ceiling']:.2f}" if "ratio_to_ceiling" in row else ""
             lines.append(
-                f"{'single_user':14s} {name:17s} p50 {row['p50_us']:9.1f} us"
-                f"  p99 {row['p99_us']:9.1f} us  ({row['calls']} calls)"
+                f"{'single_user':14s} {name:19s} p50 {row['p50_us']:9.1f} us"
+                f"  p99 {row['p99_us']:9.1f} us  ({row['calls']} calls){ratio}"
             )
         for note in res["notes"]:
             lines.append(f"   note: {note}")

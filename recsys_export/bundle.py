@@ -37,7 +37,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -319,6 +319,40 @@ class Bundle:
             return json.loads(self.read_bytes(rel).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"bundle {self.root}: {rel!r} is not valid JSON ({exc})") from None
+
+    def read_array(self, rel: str, *, mmap: bool = False) -> np.ndarray:
+        """A listed ``.npy`` file as it was loaded (never unpickled).
+
+        ``mmap=True`` maps it read-only from the descriptor :meth:`load` opened, so a
+        large array is paged in on use and still is the loaded file after the bundle is
+        replaced on disk (``export --force``).
+
+        Raises
+        ------
+        BundleError
+            ``rel`` is not listed, or it is not a valid ``.npy`` array.
+        """
+        try:
+            if not mmap or self._open is None:
+                return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
+            with os.fdopen(os.dup(self._open.fd(rel)), "rb") as f:
+                f.seek(0)
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                if dtype.hasobject:
+                    raise ValueError("object arrays are not read from bundles")
+                order: Literal["C", "F"] = "F" if fortran else "C"
+                handle: Any = f  # np.memmap reads file objects; its stubs say paths
+                return np.memmap(
+                    handle, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order=order
+                )
+        except (ValueError, OSError) as exc:
+            raise BundleError(
+                f"bundle {self.root}: {rel!r} is not a valid .npy array ({exc}); export it again"
+            ) from None
 
     def seen_csr(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
         """``(indptr int64[n_users + 1], items int64[nnz])``: the items each user rated,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsys_export.errors import BundleError
+from recsys_export.validation import check_choice
 
 #: Every export format, in the order they are written and listed.
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -79,12 +80,117 @@ KERNELS_VERSION = 2
 KERNELS_DIR = "onnx/kernels"
 #: The kernel graphs, by manifest key.
 KERNEL_NAMES = ("score_all", "topk", "recommend_one")
+#: Optional kernel graphs (MF): ``score_groups`` and ``group_max``, the scores over items
+#: padded to groups and their group maxima, for the runtime's threshold top-k (with the
+#: manifest's ``groups``, their count), and
+#: ``recommend_user``, one user's top-k with the exclusions' -inf given by the caller.
+OPTIONAL_KERNELS = ("score_groups", "group_max", "recommend_user")
+#: Where an export that verified the kernels and found them failing records them (under
+#: ``formats.onnx``, instead of ``kernels``: the runtime then runs the entry-point
+#: graphs), with the one-line ``reason``.
+KERNELS_FALLBACK = "kernels_fallback"
 #: Kernel versions the runtime reads, per model kind (MF's graphs did not change in 2;
 #: DenseNet's version-1 tiles were driven one session call per tile and are not read).
 KERNELS_READ = {"mf": (1, 2), "densenet": (2,)}
 #: DenseNet ``score_all`` kernel: users per call the runtime sends (the manifest's
 #: ``block_users``, this when it does not say), and what the exporter sizes tiles for.
 DN_BLOCK_USERS = 8
+
+
+# ---------------------------------------------------------------------- precision variants
+#: Precisions of ``export --precision``: ``fp32`` is the exact bundle; ``fp16`` and
+#: ``int8`` add an approximate variant under ``VARIANTS_DIR/<precision>/``, listed under
+#: ``formats.onnx.variants`` and loaded only when asked for.
+PRECISIONS = ("fp32", "fp16", "int8")
+VARIANTS_DIR = "onnx/variants"
+
+
+def check_precision(precision: Any) -> str:
+    """Validate a precision name (one of :data:`PRECISIONS`).
+
+    Raises
+    ------
+    ConfigError
+        Any other value.
+    """
+    return str(check_choice("precision", precision, PRECISIONS))
+
+
+def parse_precisions(precision: Any) -> list[str]:
+    """The approximate variants an export writes: ``"fp16,int8"``, a sequence, or one
+    name (``fp32`` alone: none).
+
+    Raises
+    ------
+    ConfigError
+        An unknown name.
+    """
+    names = precision.split(",") if isinstance(precision, str) else list(precision)
+    checked = [check_precision(str(p).strip()) for p in names if str(p).strip()]
+    return [p for p in PRECISIONS[1:] if p in checked]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """An approximate variant (``formats.onnx.variants.<precision>``).
+
+    Attributes
+    ----------
+    precision : str
+        ``fp16`` or ``int8``.
+    graphs : dict
+        ``score`` and either ``score_all`` or (int8) ``score_all_partial`` (the scores
+        without the user bias, which the runtime adds from ``arrays["user_bias"]``), and
+        for int8 ``score_groups`` -> file.
+    groups, group_width : int
+        Item groups of ``score_groups`` and their width (0 without it).
+    arrays : dict
+        int8: ``users``, ``items`` (the float32 augmented factors of the exact re-rank)
+        and ``user_bias`` -> ``.npy`` file.
+    kernel_score_all : bool
+        fp16: ``score_all`` is the tiled fast-path kernel (sized like the exact one).
+    entry : dict
+        The manifest entry as written (sizes, the parity judgement).
+    """
+
+    precision: str
+    graphs: dict[str, str]
+    groups: int
+    group_width: int
+    arrays: dict[str, str]
+    kernel_score_all: bool
+    entry: dict[str, Any]
+
+
+def _listed_files(value: Any, listed: Collection[str]) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: f for k, f in value.items() if isinstance(f, str) and f in listed}
+
+
+def _parse_variants(entry: Any, listed: Collection[str]) -> dict[str, VariantSpec]:
+    out: dict[str, VariantSpec] = {}
+    if not isinstance(entry, dict):
+        return out
+    for precision, spec in entry.items():
+        if precision not in PRECISIONS[1:] or not isinstance(spec, dict):
+            continue
+        graphs = _listed_files(spec.get("graphs"), listed)
+        arrays = _listed_files(spec.get("arrays"), listed)
+        partial = "score_all_partial" in graphs and "user_bias" in arrays
+        if "score" not in graphs or not ("score_all" in graphs or partial):
+            continue
+        groups, width = _group_shape(spec, graphs)
+        out[precision] = VariantSpec(
+            precision=precision,
+            graphs=graphs,
+            groups=groups,
+            group_width=width,
+            arrays=arrays,
+            kernel_score_all=bool(spec.get("kernel_score_all")),
+            entry=dict(spec),
+        )
+    return out
 
 
 # ---------------------------------------------------------------------- typed spec
@@ -126,12 +232,18 @@ class KernelSpec:
     block_users : int
         Users per DenseNet ``score_all`` kernel call.
     files : dict
-        :data:`KERNEL_NAMES` -> bundle-relative file name (listed in the manifest).
+        :data:`KERNEL_NAMES` (and the :data:`OPTIONAL_KERNELS` present) -> bundle-relative
+        file name (listed in the manifest).
+    groups, group_width : int
+        Item groups of the ``score_groups`` kernel and their width (0 when the bundle
+        has none).
     """
 
     version: int
     block_users: int
     files: dict[str, str]
+    groups: int = 0
+    group_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,6 +268,8 @@ class BundleSpec:
         The manifest's ``item_names`` entry as written (checked by :meth:`names_file`).
     versions : dict
         Library versions the bundle was written and verified with.
+    variants : dict
+        Precision -> :class:`VariantSpec`: the approximate variants present.
     """
 
     where: str
@@ -166,6 +280,7 @@ class BundleSpec:
     seen: tuple[str, str] | None
     item_names: Any
     versions: dict[str, Any]
+    variants: dict[str, VariantSpec]
 
     @classmethod
     def parse(
@@ -211,6 +326,7 @@ class BundleSpec:
             else None,
             item_names=manifest.get("item_names"),
             versions=dict(manifest.get("versions") or {}),
+            variants=_parse_variants(onnx_fmt.get("variants"), listed),
         )
 
     def require_onnx(self, who: str = "the runtime needs them") -> dict[str, str]:
@@ -227,6 +343,23 @@ class BundleSpec:
                 f"{', '.join(ENTRY_POINTS)}); {who}: re-export with --formats onnx"
             )
         return self.onnx_graphs
+
+    def variant(self, precision: str) -> VariantSpec:
+        """The approximate variant of ``precision``.
+
+        Raises
+        ------
+        BundleError
+            The bundle has none (exported without ``--precision``).
+        """
+        found = self.variants.get(precision)
+        if found is None:
+            have = ", ".join(["fp32", *sorted(self.variants)])
+            raise BundleError(
+                f"{self.where} has no {precision} variant (it has {have}); export it with "
+                f"--precision {precision}, or load the exact one (precision='fp32')"
+            )
+        return found
 
     def names_file(self) -> str | None:
         """The item-names file, or None when the bundle has none.
@@ -255,4 +388,30 @@ def _parse_kernels(entry: Any, kind: str, listed: Collection[str]) -> KernelSpec
         if not isinstance(rel, str) or rel not in listed:
             return None
         files[name] = rel
-    return KernelSpec(int(entry["version"]), block_users, files)
+    for name in OPTIONAL_KERNELS:
+        rel = entry.get(name)
+        if isinstance(rel, str) and rel in listed:
+            files[name] = rel
+    groups, width = _group_shape(entry, files)
+    return KernelSpec(int(entry["version"]), block_users, files, groups, width)
+
+
+def _group_shape(entry: dict[str, Any], files: dict[str, str]) -> tuple[int, int]:
+    """``(groups, group_width)`` of a kernel or variant entry whose ``score_groups`` and
+    ``group_max`` graphs are both in ``files``; else ``(0, 0)``, those graphs dropped."""
+    groups, width = entry.get("groups"), entry.get("group_width")
+    if (
+        isinstance(groups, int)
+        and isinstance(width, int)
+        and _positive_int(groups)
+        and _positive_int(width)
+        and {"score_groups", "group_max"} <= set(files)
+    ):
+        return groups, width
+    files.pop("score_groups", None)
+    files.pop("group_max", None)
+    return 0, 0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

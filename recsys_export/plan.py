@@ -97,6 +97,7 @@ class ParityPlan:
     score_pairs: int
     score_exhaustive: bool
     ks: list[int]
+    pair_cost: int = 1
 
     @property
     def matrix_pairs(self) -> int:
@@ -155,6 +156,7 @@ class ParityPlan:
             "score_exhaustive": self.score_exhaustive,
             "recommend_k": self.ks,
             "sort_users": len(self.sort_users),
+            "pair_cost": self.pair_cost,
         }
 
 
@@ -168,10 +170,12 @@ def describe_plan(plan: dict[str, Any]) -> str:
         )
     else:
         r = plan["edge_users"]
+        cost = plan.get("pair_cost", 1)
+        per = f" / pair cost {cost}" if cost > 1 else ""
         head = (
             f"sample: {plan['users']:,} of {n_u:,} users x {n_i:,} items = "
             f"{plan['matrix_pairs']:,} pairs ({plan['fraction']:.2%} of the matrix; budget "
-            f"{plan['budget_pairs']:,}, seed {plan['seed']}; edges: first, last, "
+            f"{plan['budget_pairs']:,}{per}, seed {plan['seed']}; edges: first, last, "
             f"{len(r['most_active'])} most / {len(r['least_active'])} least active, "
             f"{len(r['no_seen'])} with no seen items; {r['random']:,} random)"
         )
@@ -181,6 +185,43 @@ def describe_plan(plan: dict[str, Any]) -> str:
         f"plan: {head}; score: {pairs}; recommend k in {{{ks}}} "
         f"(k={plan['recommend_k'][-1]} on {plan['sort_users']:,} users)"
     )
+
+
+def describe_parity(parity: dict[str, Any], details: bool = True) -> list[str]:
+    """Lines describing a manifest's recorded parity summary (``export``, ``inspect``).
+
+    ``details`` adds one line per format x entry point. Under the float32 error model a
+    row shows its worst ``error / bound`` ratio (<= 1 passes); summaries recorded by
+    older versions (fixed ``atol``/``rtol``) show their max rel diff.
+    """
+    rule = parity.get("tolerance")
+    if rule is None:  # written before the error model (format of recsys-export <= 0.x)
+        rule = f"atol {parity.get('atol', 0):g}, rtol {parity.get('rtol', 0):g}"
+    verdict = "PASS" if parity.get("passed") else "FAIL"
+    worst = parity.get("max_ratio")
+    head = f"parity: {verdict} ({rule})"
+    if worst is not None:
+        head += f", worst err/bound {worst:.3g}"
+    elif parity.get("max_abs_diff") is not None:
+        head += f", max abs diff {parity['max_abs_diff']:.2e}"
+    lines = [head]
+    if details:
+        for row in parity.get("rows", []):
+            if "max_ratio" in row:
+                ratio = row["max_ratio"]
+                shown = f"err/bound {ratio:.3g}" if ratio is not None else "err/bound inf"
+            else:
+                shown = f"max rel {row.get('max_rel_diff', 0.0):.2e}"
+            diff = row.get("max_abs_diff")
+            diff_s = f"{diff:.2e}" if diff is not None else "inf"
+            lines.append(
+                f"  {row['format']:<12} {row['entry_point']:<10} max abs {diff_s}  {shown}  "
+                f"{'PASS' if row.get('passed') else 'FAIL'}"
+            )
+    lines.extend(parity.get("notes") or [])
+    if parity.get("plan"):
+        lines.append(describe_plan(parity["plan"]))
+    return lines
 
 
 def _edge_users(counts: np.ndarray) -> dict[str, list[int]]:
@@ -205,6 +246,7 @@ def plan_parity(
     budget: int | None = None,
     full: bool = False,
     seed: int = 0,
+    pair_cost: int = 1,
 ) -> ParityPlan:
     """The verification plan of a model: the whole matrix or a recorded, seeded sample.
 
@@ -221,6 +263,11 @@ def plan_parity(
         sort per user adds no pair coverage).
     seed : int
         Same seed, same budget, same sizes -> the same plan.
+    pair_cost : int
+        What one pair of this model costs in pairs of the budget: the matrix (rows
+        through ``score_all`` and ``recommend``) gets ``budget // pair_cost`` pairs; the
+        pairwise ``score`` sample keeps its size. A generic module (``byom``) runs all
+        its dense layers for every pair (``ModuleRecommender.pair_cost``).
 
     Returns
     -------
@@ -232,6 +279,7 @@ def plan_parity(
         ``budget`` is not a positive integer.
     """
     budget = DEFAULT_BUDGET if budget is None else check_budget(budget)
+    matrix_budget = max(1, budget // max(1, int(pair_cost)))
     total = n_users * n_items
     counts = np.diff(seen[0]) if seen is not None else np.zeros(n_users, dtype=np.int64)
     ks = sorted({1, min(10, n_items), n_items})
@@ -245,15 +293,15 @@ def plan_parity(
     roles: dict[str, Any] = _edge_users(counts)
     edges = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in roles.values()]))
     rng = np.random.default_rng([seed, 1])
-    within = total <= budget
+    within = total <= matrix_budget
     if within:
         users = all_users
         roles["random"] = 0
     else:
-        users = _with_edges(edges, all_users, budget // n_items, rng)
+        users = _with_edges(edges, all_users, matrix_budget // n_items, rng)
         roles["random"] = len(users) - len(edges)
     # k = n_items sorts every row: on the edges and (budget / 16) / n_items users
-    sort_users = _with_edges(edges, users, budget // SCORE_PAIRS_DIVISOR // n_items, rng)
+    sort_users = _with_edges(edges, users, matrix_budget // SCORE_PAIRS_DIVISOR // n_items, rng)
     mode_full = within or full
     return ParityPlan(
         n_users,
@@ -267,6 +315,7 @@ def plan_parity(
         roles,
         **score,
         ks=ks,
+        pair_cost=max(1, int(pair_cost)),
     )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "EMPTY_SCORE",
     "check_k",
     "fill_empty",
+    "group_topk",
     "mask_pairs",
     "take_columns",
     "topk",
@@ -96,7 +97,10 @@ def mask_pairs(
     if not rows.size:
         return
     if cols is None:
-        scores[rows, items] = EMPTY_SCORE
+        if scores.flags.c_contiguous:  # flat indices: faster than 2-d fancy indexing
+            scores.reshape(-1)[rows * scores.shape[1] + items] = EMPTY_SCORE
+        else:
+            scores[rows, items] = EMPTY_SCORE
         return
     pos = np.full(n_items, -1, dtype=np.int64)
     pos[cols] = np.arange(cols.size)
@@ -144,3 +148,81 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     out_v[:, :kk] = vals
     out_c[:, :kk] = np.where(np.isneginf(vals), EMPTY_ITEM, cols)
     return out_v, out_c
+
+
+def _descending_key(values: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort float32 ``values`` descending (``-0.0`` equal to ``0.0``)."""
+    bits = (values + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 is +0.0
+    ascending = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+    return ~ascending
+
+
+def group_topk(
+    scores: np.ndarray,
+    group_max: np.ndarray,
+    k: int,
+    out_scores: np.ndarray,
+    out_items: np.ndarray,
+    *,
+    max_survivors: int | None = None,
+) -> bool:
+    """Exact top-``k`` per row from group maxima: the k-th best group maximum is a
+    threshold that rejects all but a few groups with one compare.
+
+    The items of a row are cut into ``G`` consecutive groups of ``w`` items
+    (``scores.shape[1] == G * w``; padding columns hold ``-inf``) whose maxima are
+    given. The ``k``-th largest group maximum ``T`` is at most the row's ``k``-th
+    largest score (``k`` groups reach it), so every top-``k`` item lies in a group whose
+    maximum is ``>= T``: only those groups are read again, and only their scores
+    ``>= T`` are sorted. The lists are exactly :func:`topk`'s and the exported TopK's:
+    descending score, ties by ascending item index, ``-inf`` slots empty.
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        ``float32[B, G * w]``, C-contiguous, excluded pairs already ``-inf``
+        (:func:`mask_pairs`).
+    group_max : np.ndarray
+        ``float32[B, G]``: the maxima of ``scores``' groups (after the exclusions).
+    k : int
+        ``1 <= k <= G``.
+    out_scores, out_items : np.ndarray
+        ``float32[B, k]`` and ``int64[B, k]`` results (the empty-slot rule).
+    max_survivors : int, optional
+        Give up (return False, outputs unspecified) when more scores than this reach
+        the thresholds (rows of ties); the caller then runs a full top-k. Default
+        ``B * max(64, 8 * k)``.
+
+    Returns
+    -------
+    bool
+        True when the outputs are filled.
+    """
+    b, n_groups = group_max.shape
+    width = scores.shape[1] // n_groups
+    groups = scores.reshape(b * n_groups, width)
+    thresh = np.partition(group_max, n_groups - k, axis=1)[:, n_groups - k]
+    cand = np.flatnonzero(group_max >= thresh[:, None])  # row * n_groups + group
+    cand_rows = cand // n_groups
+    vals = groups[cand]  # [candidates, w]
+    hit = np.flatnonzero(vals >= thresh[cand_rows, None])
+    limit = b * max(64, 8 * k) if max_survivors is None else max_survivors
+    if hit.size > limit:
+        return False
+    j = hit // width
+    r = cand_rows[j]
+    item = (cand[j] - r * n_groups) * width + (hit - j * width)
+    v = vals.reshape(-1)[hit]
+    # hits are in (row, item) order: a stable sort by (row, descending score) keeps it
+    key = (r.astype(np.uint64) << np.uint64(32)) | _descending_key(v).astype(np.uint64)
+    order = np.argsort(key, kind="stable")
+    r, item, v = r[order], item[order], v[order]
+    rank = np.arange(r.size) - np.searchsorted(r, np.arange(b))[r]
+    keep = rank < k
+    out_scores.fill(EMPTY_SCORE)
+    out_items.fill(EMPTY_ITEM)
+    rk, ck = r[keep], rank[keep]
+    out_scores[rk, ck] = v[keep]
+    out_items[rk, ck] = item[keep]
+    fill_empty(out_items, out_scores)
+    return True

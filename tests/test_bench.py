@@ -32,7 +32,9 @@ def test_bench_tiny(tmp_path, capsys):
         skipped = [ln for ln in captured.err.splitlines() if "GPU rows skipped" in ln]
         assert len(skipped) == 1 and report["gpu"]["skipped"] in skipped[0]
     for kind, res in report["models"].items():
-        intra = {"runtime_intra_op"} if kind == "densenet" else set()
+        mf = kind == "mf"
+        intra = set() if mf else {"runtime_intra_op"}
+        variants = {"runtime_fp16", "runtime_int8"} if mf else {"runtime_fp16"}
         assert set(res["score_all"]) == {
             "ceiling",
             "numpy",
@@ -42,22 +44,38 @@ def test_bench_tiny(tmp_path, capsys):
             "runtime",
             "runtime_fallback",
             *intra,
+            *variants,
             *gpu,
         }
-        assert set(res["recommend_all"]) == {"runtime", "runtime_fallback", "numpy", *gpu}
+        today = {"runtime_topk_kernel"} if mf else set()
+        assert set(res["recommend_all"]) == {
+            "runtime",
+            "runtime_fallback",
+            "numpy",
+            *today,
+            *variants,
+            *gpu,
+        }
         assert set(res["single_user"]) == {
             "runtime",
             "runtime_raw_ids",
             "runtime_fallback",
             "torch_eager",
+            *variants,
+            *({"ceiling", "implicit"} if mf else set()),
         }
         for section in ("score_all", "recommend_all"):
             for row in res[section].values():
                 assert {"median_s", "min_s", "max_s", "ns_per_pair", "gflops"} <= set(row)
                 assert row["ratio_to_ceiling"] > 0
-        for row in res["single_user"].values():
+        for name, row in res["single_user"].items():
+            if name == "implicit" and "skipped" in row:  # not installed: no dependency
+                assert "pip install implicit" in row["skipped"]
+                continue
             assert row["p50_us"] > 0 and row["calls"] == 2000
+            assert ("ratio_to_ceiling" in row) == mf
         assert res["export_seconds"] and res["peak_rss_mib"] > 0
+    assert report["machine"]["cpu"]
     assert set(bench.SCHEMA["ROW"]) >= {"median_s", "ns_per_pair", "ratio_to_ceiling"}
 
 
@@ -68,11 +86,13 @@ def test_bench_skip_and_bad_options(tmp_path):
     args = parser.parse_args(
         ["--users", "20", "--items", "30", "--factors", "4", "--hidden", "4", "--seen", "3"]
         + ["--models", "mf", "--repeat", "1", "--calls", "10", "--json", str(out)]
-        + ["--skip", "torch,torchscript,pt2,numpy,fallback"]
+        + ["--skip", "torch,torchscript,pt2,numpy,fallback,precision,implicit"]
     )
     assert bench.run(args) == 0
     res = json.loads(out.read_text())["models"]["mf"]
     assert "skipped" in res["score_all"]["torch_eager"]
+    assert "runtime_int8" not in res["score_all"]
+    assert res["single_user"]["implicit"] == {"skipped": "--skip implicit"}
     assert "ns_per_pair" in res["score_all"]["runtime"]
     assert bench.run(parser.parse_args(["--models", "nope"])) == 2
 

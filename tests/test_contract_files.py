@@ -390,6 +390,24 @@ def test_a_loaded_bundle_is_read_whole_after_it_is_replaced(
     assert Recommender.load(path).n_users == 25
 
 
+def test_an_int8_variant_is_read_as_loaded(tmp_path: Path) -> None:
+    """The int8 variant's arrays (user bias, re-rank factors) come from the files the
+    bundle checked at load, also when the bundle is replaced before the variant engine
+    is built (they were read by path: the other bundle's arrays, or a shape error)."""
+    ckpts = [
+        synthetic_checkpoint("mf", n, 30, seen_per_user=3, seed=s) for n, s in ((40, 3), (25, 4))
+    ]
+    a, b = (tmp_path / "a", tmp_path / "b")
+    for ckpt, out in zip(ckpts, (a, b)):
+        export_bundle(ckpt, out, formats="onnx", precision="int8", verify=False)
+    expected = _answers(Recommender.load(a, precision="int8"), [0, 1, 2])
+    path = _copy(a, tmp_path / "served")
+    bundle = Bundle.load(path)
+    _replace_with(path, b)
+    rec = Recommender(bundle, precision="int8")
+    assert _answers(rec, [0, 1, 2]) == expected
+
+
 def test_loading_while_bundles_are_swapped_sees_one_whole(
     world: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -350,6 +350,65 @@ def test_two_tower_runs_in_node(two_tower_case, tmp_path):
         assert_matches(got, two_tower_case.expected[name], f"Node/{name}")
 
 
+_SOURCELESS = """
+import torch
+
+
+class Sourceless(torch.nn.Module):
+    def __init__(self, n_users, n_items, dim=4):
+        super().__init__()
+        self.user_embedding = torch.nn.Embedding(n_users, dim)
+        self.item_embedding = torch.nn.Embedding(n_items, dim)
+        self.lin = torch.nn.Linear(dim, dim)
+
+    def forward(self, users, items):
+        return (self.lin(self.user_embedding(users)) * self.item_embedding(items)).sum(-1)
+"""
+
+
+def test_module_without_source_is_traced_for_torchscript(tmp_path):
+    """A class defined by exec (as in ``python -``): torch.jit.script cannot read it, the
+    export traces the module on (users, items) instead, says so, and parity checks it."""
+    namespace: dict = {}
+    exec(compile(_SOURCELESS, "<stdin>", "exec"), namespace)
+    torch.manual_seed(3)
+    module = namespace["Sourceless"](N_USERS, N_ITEMS).eval()
+    with pytest.raises(OSError):  # what TorchScript itself runs into
+        torch.jit.script(module)
+    result = export_model(module, tmp_path / "b", ratings=_ratings(), formats="torchscript")
+    assert len(result.notes) == 1 and "torch.jit.trace" in result.notes[0]
+    assert "no source for Sourceless.forward" in result.notes[0]
+    origin = result.manifest["training"]["config"]["origin"]
+    assert origin["torchscript"].startswith("torch.jit.trace on (users, items)")
+    assert result.parity["passed"]
+    assert {r["format"] for r in result.parity["rows"]} >= {"torchscript", "eager"}
+    scripted = torch.jit.load(str(tmp_path / "b" / "torchscript" / "model.pt"))
+    users = torch.arange(N_USERS)
+    want = _full_matrix(module, N_USERS, N_ITEMS)
+    np.testing.assert_allclose(scripted.score_all(users).numpy(), want, atol=ATOL, rtol=RTOL)
+
+
+def test_generic_verification_is_sized_by_the_module(two_tower):
+    """The plan counts a pair of a generic module as its dense parameters / 64 MF pairs,
+    and parity's calls are sized from the module's measured bytes per pair."""
+    from recsys_export.parity import call_users
+    from recsys_export.plan import plan_parity
+
+    module, _, result = two_tower
+    wrapper = ModuleRecommender(module, N_USERS, N_ITEMS)
+    dense = sum(p.numel() for n, p in module.named_parameters() if "embedding" not in n)
+    assert wrapper.pair_cost() == -(-dense // 64) > 1
+    assert result.parity["plan"]["pair_cost"] == wrapper.pair_cost()
+    wide = ModuleRecommender(TwoTower(N_USERS, N_ITEMS, 8, 512), N_USERS, N_ITEMS)
+    assert wide.pair_bytes() > 8 * wrapper.pair_bytes()  # activations are measured
+    assert call_users(wide, 1 << 20) < call_users(wrapper, 1 << 20)
+    # a sample of rows once the matrix costs more than the budget
+    plan = plan_parity(2000, 3000, budget=16_000_000, pair_cost=wrapper.pair_cost())
+    assert plan.to_dict()["mode"] == "sample"
+    assert len(plan.users) == 16_000_000 // wrapper.pair_cost() // 3000
+    assert plan.score_pairs == 16 * 3000  # the pairwise sample keeps its size
+
+
 # --------------------------------------------------------------------------- failures
 
 

@@ -30,7 +30,6 @@ from recsys_export.export import export_bundle
 from recsys_export.ids import IdMap
 from recsys_export.models import DenseNet, MatrixFactorization
 from recsys_export.parity import (
-    EagerBackend,
     bundle_seen,
     load_backends,
     reference_model,
@@ -109,7 +108,7 @@ def test_export_records_the_plan(small):
     assert plan["mode"] == "sample" and plan["users"] == 10 and plan["budget_pairs"] == 500
     report = bundle.read_json("parity.json")
     assert report["plan"] == plan
-    assert {"eager", "onnx", "runtime", "compare"} <= set(report["timings"])
+    assert {"reference", "eager", "onnx", "runtime", "compare"} <= set(report["timings"])
     sampled = next(c for c in report["comparisons"] if c["case"] == "sampled rows")
     assert sampled["n_values"] == 10 * 50
 
@@ -118,8 +117,8 @@ def test_full_compares_every_pair(small, tmp_path):
     report = verify_bundle(small, full=True, budget=500, record=False)
     assert report.passed and report.plan["mode"] == "full" and report.plan["forced_full"]
     rows = [c for c in report.comparisons if c.case == "full matrix"]
-    # a default bundle (no pt2): every format it holds, and the runtime
-    assert {c.format for c in rows} == {"onnx", "torchscript", "runtime"}
+    # a default bundle (no pt2): every format it holds, the runtime and eager float32
+    assert {c.format for c in rows} == {"eager", "onnx", "torchscript", "runtime"}
     assert all(c.n_values == 60 * 50 for c in rows)
     # every user through recommend k=1 and k=10
     rec = [c for c in report.comparisons if c.case.startswith("all users k=")]
@@ -134,7 +133,7 @@ def test_unsampled_user_in_score_all_needs_full(small, tmp_path):
     outside = int(np.setdiff1d(np.arange(60), plan.users)[0])
     _perturb(small, tmp_path / "p", "score_all", 60, outside)
     backends = load_backends(tmp_path / "p", Bundle.load(tmp_path / "p").manifest, ["onnx"])
-    ref = EagerBackend(reference_model(small, manifest))
+    ref = reference_model(small, manifest)
     # the documented miss: the plan alone (no random batches) never computes that row
     report = run_parity(ref, backends, 60, 50, seen=seen, batch_sizes=(), plan=plan)
     assert report.passed

@@ -30,20 +30,22 @@ module as the three entry points), :mod:`.ids` (id maps and seen items) and this
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from recsys_export.byom.convert import (  # noqa: F401
+    _conversion_mismatch,
     _key_problems,
     load_state_dict_file,
     model_from_state_dict,
     recognise,
 )
+from recsys_export.byom.files import ids_from_file, load_class, module_from_files  # noqa: F401
 from recsys_export.byom.generic import (  # noqa: F401
     DEFAULT_BLOCK_PAIRS,
     GENERIC_KIND,
@@ -51,20 +53,23 @@ from recsys_export.byom.generic import (  # noqa: F401
     MIN_ITEM_BLOCK,
     ModuleRecommender,
     _against_user,
+    _check_scores,
     _eval_mode,
+    _first_line,
     _frozen_copy,
+    _probe_formats,
     _sizes_from_embeddings,
+    source_missing,
 )
 from recsys_export.byom.ids import IdsAndSeen, resolve_ids  # noqa: F401
 from recsys_export.checkpoint import Checkpoint
 from recsys_export.errors import (
-    CheckpointError,
     ConfigError,
     ExportError,
     RecsysExportError,
 )
 from recsys_export.export.build import export_bundle, parse_formats
-from recsys_export.export.formats import export_programs, quiet_exporters
+from recsys_export.manifest import parse_precisions
 from recsys_export.models import BaseModel
 
 PATHS = ("auto", "converted", "generic")
@@ -91,6 +96,9 @@ class ExportResult:
         Formats that could not be exported -> the exporter's reason (with ``keep_partial``).
     reason : str
         Why this path was taken.
+    notes : list of str
+        What the export did differently, one line each (e.g. TorchScript written by
+        ``torch.jit.trace`` because ``torch.jit.script`` could not read the source).
     """
 
     path: str
@@ -99,63 +107,11 @@ class ExportResult:
     manifest: dict[str, Any]
     failed: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def parity(self) -> dict[str, Any] | None:
         return self.manifest.get("parity")
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        line = " ".join(line.split())
-        if line:
-            return f"{type(exc).__name__}: {line}"[:300]
-    return type(exc).__name__
-
-
-def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
-    """Formats the module cannot be exported to -> the exporter's reason (cheap steps)."""
-    failed: dict[str, str] = {}
-    frozen = _frozen_copy(wrapper)
-    if "torchscript" in fmts:
-        try:
-            with quiet_exporters():
-                torch.jit.script(frozen)
-        except Exception as exc:
-            failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
-    if "pt2" in fmts or "onnx" in fmts:
-        try:
-            export_programs(frozen, wrapper.n_users, wrapper.n_items)
-        except Exception as exc:
-            reason = "torch.export: " + _first_line(exc)
-            for f in ("pt2", "onnx"):
-                if f in fmts:
-                    failed[f] = reason
-    return failed
-
-
-def _check_scores(wrapper: ModuleRecommender) -> None:
-    """The module takes int64 users and items and returns one float per pair."""
-    n = 3
-    users = torch.tensor([0, wrapper.n_users - 1, 0], dtype=torch.int64)
-    items = torch.tensor([0, wrapper.n_items - 1, wrapper.n_items - 1], dtype=torch.int64)
-    name = type(wrapper.module).__name__
-    try:
-        with torch.no_grad():
-            out = wrapper.module(users, items)
-    except Exception as exc:
-        raise ConfigError(
-            f"{name}(users, items) failed on int64 indices ({_first_line(exc)}); the generic "
-            "path needs forward(users int64[N], items int64[N]) -> scores[N]"
-        ) from None
-    if not isinstance(out, Tensor) or tuple(out.shape) not in ((n,), (n, 1)):
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ConfigError(
-            f"{name}(users, items) returned {shape} for {n} pairs; the generic path needs one "
-            "score per pair ([N] or [N, 1])"
-        )
-    if not out.is_floating_point():
-        raise ConfigError(f"{name}(users, items) returned {out.dtype} scores, not floats")
 
 
 def export_model(
@@ -178,10 +134,11 @@ def export_model(
     keep_partial: bool = False,
     overwrite: bool = False,
     external_data: bool | None = None,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     block_pairs: int = DEFAULT_BLOCK_PAIRS,
-    progress: bool = False,
+    progress: bool | None = None,
+    precision: str | Sequence[str] = "fp32",
 ) -> ExportResult:
     """Export a recommender trained elsewhere to a verified bundle.
 
@@ -218,12 +175,20 @@ def export_model(
         Subset of ``onnx``, ``torchscript``, ``pt2``, or ``all``; default ``onnx`` and
         ``torchscript`` (``pt2`` is opt-in).
     verify : bool
-        Check parity of every format (and the runtime) against the user's module.
+        Check parity of every format (and the runtime) against the user's module: its
+        float64 scores, within what float32 rounding allows (docs/parity.md).
     keep_partial : bool
         When a format cannot be exported, write the others (listed in
         :attr:`ExportResult.failed`) instead of failing.
+    atol, rtol : float, optional
+        Explicit parity tolerances instead of the float32 error bound.
     block_pairs : int
         Generic path: pairs per ``score_all`` block (bounds its memory).
+    progress : bool, optional
+        A progress line on stderr while verifying; default: when stderr is a terminal.
+    precision : str or sequence of str
+        Also write approximate variants (:func:`~recsys_export.export.export_bundle`):
+        ``fp16`` for any path, ``int8`` for MF (refused otherwise).
 
     Returns
     -------
@@ -235,7 +200,7 @@ def export_model(
     ExportError
         A format cannot be exported (one line: the format and the exporter's reason).
     ParityError
-        An export does not reproduce the user's module within ``atol``/``rtol``.
+        An export does not reproduce the user's module within the bound.
     CheckpointError, ConfigError, DataError
         A state dict that is not the post's class, bad sizes, ids or options.
     """
@@ -262,7 +227,8 @@ def export_model(
         "atol": atol,
         "rtol": rtol,
         "block_pairs": block_pairs,
-        "progress": progress,
+        "progress": _show_progress(progress),
+        "precision": parse_precisions(precision),
     }
     if not isinstance(module, nn.Module):
         if not isinstance(module, Mapping):
@@ -305,31 +271,6 @@ def export_model(
     )
 
 
-def _conversion_mismatch(
-    converted: BaseModel, module: nn.Module, atol: float, rtol: float
-) -> str | None:
-    """None when our converted model scores a sample of pairs like the user's module."""
-    gen = torch.Generator().manual_seed(0)
-    n = 256
-    users = torch.randint(0, converted.n_users, (n,), generator=gen)
-    items = torch.randint(0, converted.n_items, (n,), generator=gen)
-    users[:2] = torch.tensor([0, converted.n_users - 1])
-    items[:2] = torch.tensor([0, converted.n_items - 1])
-    try:
-        with torch.no_grad(), _eval_mode(module):
-            theirs = module(users, items)
-            ours = converted(users, items)
-        theirs = theirs.reshape(-1).to(torch.float32)
-    except Exception as exc:
-        return _first_line(exc)
-    if theirs.shape != ours.shape:
-        return f"output shape {tuple(theirs.shape)}"
-    diff = (theirs - ours).abs()
-    if bool((diff <= atol + rtol * ours.abs()).all()):
-        return None
-    return f"max abs difference {float(diff.max()):.3g} on sample pairs"
-
-
 def _ids(opts: dict[str, Any], n_users: int, n_items: int) -> IdsAndSeen:
     return resolve_ids(
         n_users,
@@ -368,6 +309,7 @@ def _export(ckpt: Checkpoint, out: str | Path, fmts: list[str], opts: dict[str, 
         atol=opts["atol"],
         rtol=opts["rtol"],
         progress=opts["progress"],
+        precision=opts["precision"],
     )
 
 
@@ -426,6 +368,14 @@ def _export_generic(
             "reason": reason,
             "failed_formats": failed,
         }
+        notes = []
+        missing = source_missing(module) if "torchscript" in ok else None
+        if missing is not None:
+            origin["torchscript"] = f"torch.jit.trace on (users, items): {missing}"
+            notes.append(
+                "torchscript: written with torch.jit.trace on the (users, items) signature "
+                f"(torch.jit.script cannot read the source: {missing}); parity checks it"
+            )
         try:
             manifest = _export(_checkpoint(wrapper, ids, origin), out, ok, opts)
         except RecsysExportError:
@@ -437,7 +387,7 @@ def _export_generic(
                 raise ExportError(_failure_line(module, failed)) from None
             origin["failed_formats"] = failed
             manifest = _export(_checkpoint(wrapper, ids, origin), out, ok, opts)
-    return ExportResult(GENERIC_KIND, GENERIC_KIND, Path(out), manifest, failed, reason)
+    return ExportResult(GENERIC_KIND, GENERIC_KIND, Path(out), manifest, failed, reason, notes)
 
 
 def _count(ids: Any) -> int | None:
@@ -457,9 +407,21 @@ def _failure_line(module: nn.Module, failed: dict[str, str]) -> str:
 
 
 def verify_module(
-    module: nn.Module, bundle: str | Path, *, atol: float = 1e-5, rtol: float = 1e-5
+    module: nn.Module,
+    bundle: str | Path,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    budget: int | None = None,
+    full: bool = False,
+    progress: bool | None = None,
 ) -> Any:
     """Parity of a written generic bundle against the user's module (nothing recorded).
+
+    The plan, the float64 reference and its bound are those of the export
+    (:func:`export_model`): a sample of rows sized by the module's cost per pair
+    (``budget``, ``full`` as for ``recsys-export verify``), calls sized by its memory
+    per pair.
 
     Returns
     -------
@@ -468,26 +430,43 @@ def verify_module(
     from recsys_export.bundle import Bundle
     from recsys_export.parity import (
         CHECKED_BACKENDS,
-        EagerBackend,
         bundle_seen,
+        check_tolerances,
         load_backends,
-        run_parity,
+        planned_parity,
     )
 
+    check_tolerances(atol, rtol)
     b = Bundle.load(bundle)
     m = b.manifest["model"]
-    wrapper = ModuleRecommender(module, int(m["n_users"]), int(m["n_items"]))
+    hp = m.get("hyperparameters") or {}
+    wrapper = ModuleRecommender(
+        module,
+        int(m["n_users"]),
+        int(m["n_items"]),
+        block_pairs=int(hp.get("block_pairs", DEFAULT_BLOCK_PAIRS)),
+    )
     backends = load_backends(b.root, b.manifest, CHECKED_BACKENDS)
+    seen = bundle_seen(b.root, b.manifest)
     with _eval_mode(module):
-        return run_parity(
-            EagerBackend(wrapper),  # type: ignore[arg-type]
+        return planned_parity(
+            wrapper,  # type: ignore[arg-type]
             backends,
-            wrapper.n_users,
-            wrapper.n_items,
-            seen=bundle_seen(b.root, b.manifest),
-            atol=atol,
-            rtol=rtol,
+            seen,
+            atol,
+            rtol,
+            budget,
+            full,
+            True,
+            _show_progress(progress),
         )
+
+
+def _show_progress(progress: bool | None) -> bool:
+    """``progress``, or (None) whether stderr is a terminal."""
+    if progress is None:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(progress)
 
 
 __all__ = [
@@ -501,86 +480,3 @@ __all__ = [
     "resolve_ids",
     "verify_module",
 ]
-
-
-# --------------------------------------------------------------------------- CLI helpers
-
-
-def load_class(spec: str) -> type[nn.Module]:
-    """``package.module:Class`` or ``path/to/file.py:Class`` -> the class (its code runs).
-
-    Raises
-    ------
-    ConfigError
-        A malformed spec, a module or file that cannot be imported, or no such class.
-    """
-    import importlib
-    import importlib.util
-
-    target, sep, cls_name = spec.rpartition(":")
-    if not sep or not target or not cls_name.isidentifier():
-        raise ConfigError(
-            f"--model {spec!r}: expected mf, densenet, package.module:Class or file.py:Class"
-        )
-    try:
-        if target.endswith(".py"):
-            file = Path(target)
-            if not file.is_file():
-                raise ConfigError(f"--model {spec!r}: no file {file}")
-            mod_spec = importlib.util.spec_from_file_location(f"_byom_{file.stem}", file)
-            assert mod_spec is not None and mod_spec.loader is not None
-            mod = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(target)
-    except RecsysExportError:
-        raise
-    except Exception as exc:
-        raise ConfigError(
-            f"--model {spec!r}: cannot import {target} ({_first_line(exc)})"
-        ) from None
-    cls = getattr(mod, cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"--model {spec!r}: {target} has no nn.Module subclass {cls_name}")
-    return cls
-
-
-def module_from_files(
-    state_path: str | Path, spec: str, model_args: Mapping[str, Any] | None = None
-) -> nn.Module | dict[str, Tensor]:
-    """What ``recsys-export export STATE_DICT --model SPEC`` exports.
-
-    ``mf``/``densenet``: the state dict itself (sizes read from the tensors). Otherwise
-    ``SPEC`` names a class, built with ``model_args`` and loaded with the state dict
-    (strictly: a message lists missing and unexpected keys).
-    """
-    state = load_state_dict_file(state_path)
-    if spec in ("mf", "densenet"):
-        return state
-    cls = load_class(spec)
-    try:
-        module = cls(**dict(model_args or {}))
-    except Exception as exc:
-        raise ConfigError(
-            f"cannot build {cls.__name__}(**model_args): {_first_line(exc)}"
-        ) from None
-    expected = module.state_dict()
-    problem = _key_problems(state, list(expected), [])
-    if problem:
-        raise CheckpointError(f"{state_path} does not match {cls.__name__}: {problem}")
-    shapes = [
-        f"{k} is {list(v.shape)}, {cls.__name__} expects {list(expected[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if shapes:
-        raise CheckpointError(f"{state_path} does not match {cls.__name__}: " + "; ".join(shapes))
-    module.load_state_dict(state)
-    return module.eval()
-
-
-def ids_from_file(path: str | Path, **columns: Any) -> Any:
-    """The ratings file of ``--ids-from`` (:func:`recsys_export.data.read_ratings`)."""
-    from recsys_export.data import read_ratings
-
-    return read_ratings(path, **{k: v for k, v in columns.items() if v is not None})

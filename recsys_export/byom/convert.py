@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from recsys_export.byom.generic import _eval_mode, _first_line
 from recsys_export.checkpoint import check_finite_weights, load_weights_only
 from recsys_export.errors import (
     CheckpointError,
@@ -204,3 +206,31 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     if all(str(k).startswith("module.") for k in keys):
         obj = {str(k)[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def _conversion_mismatch(
+    converted: BaseModel, module: nn.Module, atol: float | None, rtol: float | None
+) -> str | None:
+    """None when the user's module scores a sample of pairs like our converted model:
+    within the float32 error bound of its float64 reference (or ``atol``/``rtol``)."""
+    from recsys_export.parity.bounds import reference_for
+
+    gen = torch.Generator().manual_seed(0)
+    n = 256
+    users = torch.randint(0, converted.n_users, (n,), generator=gen)
+    items = torch.randint(0, converted.n_items, (n,), generator=gen)
+    users[:2] = torch.tensor([0, converted.n_users - 1])
+    items[:2] = torch.tensor([0, converted.n_items - 1])
+    try:
+        with torch.no_grad(), _eval_mode(module):
+            theirs = module(users, items)
+        theirs = theirs.reshape(-1).to(torch.float64)
+    except Exception as exc:
+        return _first_line(exc)
+    if theirs.shape != (n,):
+        return f"output shape {tuple(theirs.shape)}"
+    want, bound = reference_for(converted, atol, rtol).score(users.numpy(), items.numpy())
+    diff = np.abs(theirs.numpy() - want)
+    if bool((diff <= bound).all()):
+        return None
+    return f"max abs difference {float(np.nanmax(diff)):.3g} on sample pairs"

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from recsys_export.errors import (
     ConfigError,
 )
+from recsys_export.export.formats import export_programs, quiet_exporters
 from recsys_export.models import (
     BaseModel,
     DenseNet,
@@ -30,6 +31,15 @@ DEFAULT_BLOCK_PAIRS = 1 << 15
 #: :data:`MAX_ITEM_TILES` tiles (each tile is a copy of the module in the exported graph).
 MIN_ITEM_BLOCK = 8192
 MAX_ITEM_TILES = 64
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first non-empty line`` of an exception, at most 300 characters."""
+    for line in str(exc).splitlines():
+        line = " ".join(line.split())
+        if line:
+            return f"{type(exc).__name__}: {line}"[:300]
+    return type(exc).__name__
 
 
 def _exporting() -> bool:
@@ -59,6 +69,8 @@ class ModuleRecommender(nn.Module):
     """
 
     kind = GENERIC_KIND
+    #: Python-side state TorchScript leaves alone (:meth:`keep_exported`)
+    __jit_ignored_attributes__ = ["exported_programs", "_kept"]
 
     def __init__(
         self,
@@ -158,8 +170,111 @@ class ModuleRecommender(nn.Module):
         }
 
     def inference_module(self) -> nn.Module:
-        """A frozen copy for the exporters (eval mode, no gradients)."""
-        return _frozen_copy(self)
+        """A frozen copy for the exporters (eval mode, no gradients): the one
+        :meth:`keep_exported` kept, with its ``exported_programs``, if any."""
+        kept = self.__dict__.get("_kept")
+        return kept if kept is not None else _frozen_copy(self)
+
+    def keep_exported(self, frozen: nn.Module, programs: dict[str, Any]) -> None:
+        """Keep a frozen copy and its ``torch.export`` programs (``export_programs``)
+        for :meth:`inference_module`, so the export does not run torch.export again."""
+        object.__setattr__(frozen, "exported_programs", programs)
+        object.__setattr__(self, "_kept", frozen)  # not a submodule: not in state_dict
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: this wrapper, with the user's module
+        traced (:func:`trace_module`) when Python keeps no source for it (a class
+        defined in ``python -`` or ``exec``), so TorchScript can still be written."""
+        if source_missing(self.module) is None:
+            return self
+        clone = copy.copy(self)
+        clone._modules = dict(self._modules)
+        clone.module = trace_module(self.module, self.n_users, self.n_items)
+        return clone
+
+    def pair_bytes(self) -> int:
+        """Bytes of activations one pair costs in the module (float32), measured."""
+        return measure_pair_bytes(self.module, self.n_users, self.n_items)
+
+    def pair_cost(self) -> int:
+        """What one pair costs in MF pairs of a parity budget: the module's dense
+        (non-embedding) parameters / :data:`DENSE_PARAMS_PER_PAIR`, at least 1."""
+        dense = sum(
+            p.numel()
+            for m in self.module.modules()
+            if not isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+            for p in m.parameters(recurse=False)
+        )
+        return max(1, -(-dense // DENSE_PARAMS_PER_PAIR))
+
+    def call_pairs(self) -> int:
+        """Pairs per call of the module in float64 (the parity reference) within
+        :data:`REFERENCE_CALL_BYTES`."""
+        return max(256, min(1 << 16, REFERENCE_CALL_BYTES // (2 * self.pair_bytes())))
+
+
+#: A pair of a generic module costs (dense parameters / this) MF pairs of the parity
+#: budget: an MF pair at 64 factors is ~64 multiply-adds, a dense layer one per weight.
+DENSE_PARAMS_PER_PAIR = 64
+#: Memory of one call of the user's module in float64 during parity.
+REFERENCE_CALL_BYTES = 64 << 20
+
+
+@torch.no_grad()
+def measure_pair_bytes(module: nn.Module, n_users: int, n_items: int, pairs: int = 64) -> int:
+    """Bytes per pair of the module's activations: the outputs of its submodules and its
+    own output on ``pairs`` pairs (forward hooks), times 2 for what hooks cannot see
+    (functional ops inside ``forward``). At least 64."""
+    total = 0
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal total
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor):
+                total += t.numel() * t.element_size()
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in {*leaves, module}]
+    users = torch.arange(pairs, dtype=torch.int64) % n_users
+    items = torch.arange(pairs, dtype=torch.int64) % n_items
+    try:
+        module(users, items)
+    except Exception:  # the module's own checks report it later; assume a wide one
+        return 1 << 12
+    finally:
+        for h in handles:
+            h.remove()
+    return max(64, 2 * total // pairs)
+
+
+def source_missing(module: nn.Module) -> str | None:
+    """Why ``torch.jit.script`` cannot read the source of ``module`` (a class of it
+    defined in ``python -``, ``exec`` or a notebook cell Python keeps no file for), or
+    None when every class has its source."""
+    import inspect
+
+    for m in module.modules():
+        cls = type(m)
+        if cls.__module__.startswith("torch."):
+            continue
+        try:  # what TorchScript reads: the source of the methods it compiles
+            inspect.getsource(cls.forward)
+        except (OSError, TypeError) as exc:
+            return f"no source for {cls.__qualname__}.forward ({type(exc).__name__}: {exc})"
+    return None
+
+
+def trace_module(module: nn.Module, n_users: int, n_items: int) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` of ``module`` on the ``(users, items)`` signature: 8 example
+    pairs, checked on 3 others (a trace that depends on the batch raises)."""
+    from recsys_export.export.formats import quiet_exporters
+
+    def pairs(n: int, offset: int) -> tuple[Tensor, Tensor]:
+        idx = torch.arange(offset, offset + n, dtype=torch.int64)
+        return idx % n_users, (idx * 7) % n_items
+
+    with quiet_exporters(), torch.no_grad():
+        return torch.jit.trace(module, pairs(8, 0), check_inputs=[pairs(3, 5)])
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -238,3 +353,50 @@ def _sizes_from_embeddings(module: nn.Module) -> tuple[int | None, int | None]:
                     found[role].add(sub.num_embeddings)
     pick = [next(iter(v)) if len(v) == 1 else None for v in found.values()]
     return pick[0], pick[1]
+
+
+def _probe_formats(wrapper: ModuleRecommender, fmts: list[str]) -> dict[str, str]:
+    """Formats the module cannot be exported to -> the exporter's reason (cheap steps)."""
+    failed: dict[str, str] = {}
+    frozen = _frozen_copy(wrapper)
+    if "torchscript" in fmts:
+        try:
+            with quiet_exporters():
+                torch.jit.script(frozen)
+        except Exception as exc:
+            failed["torchscript"] = "torch.jit.script: " + _first_line(exc)
+    if "pt2" in fmts or "onnx" in fmts:
+        try:
+            programs = export_programs(frozen, wrapper.n_users, wrapper.n_items)
+        except Exception as exc:
+            reason = "torch.export: " + _first_line(exc)
+            for f in ("pt2", "onnx"):
+                if f in fmts:
+                    failed[f] = reason
+        else:  # the export reuses them: torch.export is most of a generic export's time
+            wrapper.keep_exported(frozen, programs)
+    return failed
+
+
+def _check_scores(wrapper: ModuleRecommender) -> None:
+    """The module takes int64 users and items and returns one float per pair."""
+    n = 3
+    users = torch.tensor([0, wrapper.n_users - 1, 0], dtype=torch.int64)
+    items = torch.tensor([0, wrapper.n_items - 1, wrapper.n_items - 1], dtype=torch.int64)
+    name = type(wrapper.module).__name__
+    try:
+        with torch.no_grad():
+            out = wrapper.module(users, items)
+    except Exception as exc:
+        raise ConfigError(
+            f"{name}(users, items) failed on int64 indices ({_first_line(exc)}); the generic "
+            "path needs forward(users int64[N], items int64[N]) -> scores[N]"
+        ) from None
+    if not isinstance(out, Tensor) or tuple(out.shape) not in ((n,), (n, 1)):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"{name}(users, items) returned {shape} for {n} pairs; the generic path needs one "
+            "score per pair ([N] or [N, 1])"
+        )
+    if not out.is_floating_point():
+        raise ConfigError(f"{name}(users, items) returned {out.dtype} scores, not floats")

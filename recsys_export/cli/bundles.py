@@ -49,6 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         budget=args.budget,
         full=args.full,
         progress=not args.quiet,
+        precision=args.precision,
     )
     if args.quiet:
         print(args.out)
@@ -94,23 +95,19 @@ def _ours_as_checkpoint(args: argparse.Namespace, own: list[str]) -> bool:
 def _print_export_summary(args: argparse.Namespace, manifest: dict[str, Any], t0: float) -> None:
     import time
 
-    from recsys_export.plan import describe_plan
+    from recsys_export.plan import describe_parity
+    from recsys_export.runtime.variant import describe_variant
 
     times = manifest["timings"]["export_seconds"]
     print("export seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
     parity = manifest.get("parity")
     if parity:
-        print(f"parity vs eager (atol {parity['atol']:g}, rtol {parity['rtol']:g}):")
-        for row in parity["rows"]:
-            print(
-                f"  {row['format']:<12} {row['entry_point']:<10} max abs {row['max_abs_diff']:.2e}"
-                f"  max rel {row['max_rel_diff']:.2e}  {'PASS' if row['passed'] else 'FAIL'}"
-            )
-        if parity.get("plan"):
-            print(describe_plan(parity["plan"]))
-        print(f"parity: {'PASS' if parity['passed'] else 'FAIL'} (details: {args.out}/parity.json)")
+        lines = describe_parity(parity)
+        print("\n".join(lines[1:] + [f"{lines[0]} (details: {args.out}/parity.json)"]))
     else:
         print("parity: not verified (--no-verify); run 'recsys-export verify' before serving")
+    for precision, variant in manifest["formats"].get("onnx", {}).get("variants", {}).items():
+        print(f"{precision} variant: " + describe_variant(variant))
     print(f"total {time.perf_counter() - t0:.1f}s")
 
 
@@ -150,6 +147,7 @@ def _export_own_model(args: argparse.Namespace, t0: float) -> int:
         atol=args.atol,
         rtol=args.rtol,
         progress=not args.quiet,
+        precision=args.precision,
     )
     for fmt, why in result.failed.items():
         print(f"recsys-export export: warning: {fmt} not exported: {why}", file=sys.stderr)
@@ -228,7 +226,8 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``recsys-export inspect``: describe a bundle (checksums verified)."""
     from recsys_export.bundle import Bundle
-    from recsys_export.plan import describe_plan
+    from recsys_export.plan import describe_parity
+    from recsys_export.runtime.variant import describe_variant
 
     bundle = Bundle.load(args.bundle)
     man = bundle.manifest
@@ -256,12 +255,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"  baseline {name}: " + _format_metrics(base).removeprefix("metrics: "))
     parity = man.get("parity")
     if parity:
-        print(
-            f"parity: {'PASS' if parity['passed'] else 'FAIL'} (atol {parity['atol']:g}, rtol "
-            f"{parity['rtol']:g}), max abs diff {parity['max_abs_diff']:.2e}"
-        )
-        if parity.get("plan"):
-            print(describe_plan(parity["plan"]))
+        print("\n".join(describe_parity(parity, details=False)))
     else:
         print("parity: not recorded; run 'recsys-export verify'")
+    for precision, variant in sorted(bundle.spec.variants.items()):
+        print(
+            f"{precision} variant (loaded only when asked for): " + describe_variant(variant.entry)
+        )
     return 0

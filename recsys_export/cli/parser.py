@@ -44,6 +44,27 @@ Duplicate (user, item) rows keep the last occurrence (--duplicates to change).
 """
 
 
+def _add_precision(p: argparse.ArgumentParser, export: bool = False) -> None:
+    """--precision of export (write variants) and recommend/score (use one)."""
+    if export:
+        p.add_argument(
+            "--precision",
+            default="fp32",
+            metavar="fp16,int8",
+            help="also write approximate variants beside the exact graphs: fp16 weights, "
+            "int8 per-row factors (MF), or both; each is judged on recall of the exact top-k "
+            "lists (default fp32: none)",
+        )
+        return
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="run the bundle's approximate variant (export --precision; default fp32: the "
+        "exact graphs)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -267,8 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep ONNX weights in a side file (automatic above 2 GB)",
     )
-    p.add_argument("--atol", type=float, default=1e-5, help="parity abs tolerance (default 1e-5)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="parity rel tolerance (default 1e-5)")
+    _add_precision(p, export=True)
+    p.add_argument(
+        "--atol", type=float, default=None, help="parity abs tolerance (default: float32 bound)"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=None, help="parity rel tolerance (default: float32 bound)"
+    )
     add_plan_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the bundle path")
 
@@ -300,8 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
         "fast-path graphs, 'torch_engine' the torch batch engine of score --engine torch, "
         "on --device)",
     )
-    p.add_argument("--atol", type=float, default=1e-5, help="abs tolerance (default 1e-5)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="rel tolerance (default 1e-5)")
+    p.add_argument(
+        "--atol", type=float, default=None, help="abs tolerance (default: float32 bound)"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=None, help="rel tolerance (default: float32 bound)"
+    )
     p.add_argument(
         "--device",
         default=None,
@@ -364,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--include-seen", action="store_true", help="do not remove already-rated items")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_precision(p)
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
     p.add_argument(
         "--providers",
@@ -420,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-mb", type=int, default=256, help="memory budget per chunk (default 256)"
     )
+    _add_precision(p)
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: cores)")
     p.add_argument(
         "--providers",

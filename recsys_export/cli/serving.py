@@ -15,7 +15,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     from recsys_export.runtime import Recommender
 
-    rec = Recommender.load(args.bundle, intra_op_threads=args.threads, providers=args.providers)
+    rec = Recommender.load(
+        args.bundle,
+        intra_op_threads=args.threads,
+        providers=args.providers,
+        precision=args.precision,
+    )
     k = args.k if args.k is not None else min(10, rec.n_items)
     result = rec.recommend(args.user, k=k, exclude_seen=not args.include_seen)
     names = result.names if result.names is not None else np.full(result.items.shape, None)
@@ -80,6 +85,11 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
         if args.out is None:
             raise ConfigError("--all needs --out FILE (.npy, or .parquet/.csv with --top-k)")
+        if args.precision != "fp32" and args.engine != "local":
+            raise ConfigError(
+                f"--precision {args.precision} runs with the local runtime (--engine local); "
+                f"--engine {args.engine} runs the exact model"
+            )
         if args.engine == "ray":
             if args.top_k is None:
                 raise ConfigError("--engine ray needs --top-k K (it writes top-k Parquet parts)")
@@ -105,7 +115,12 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--device needs --engine torch or ray (the local runtime runs on CPU)"
             )
-        rec = Recommender.load(args.bundle, intra_op_threads=args.threads, providers=args.providers)
+        rec = Recommender.load(
+            args.bundle,
+            intra_op_threads=args.threads,
+            providers=args.providers,
+            precision=args.precision,
+        )
         if args.top_k is not None:
             path = rec.write_topk(
                 args.out,
@@ -130,7 +145,12 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
     if not args.user or not args.item or len(args.user) != len(args.item):
         raise ConfigError("give --user and --item the same number of times, or use --all")
-    rec = Recommender.load(args.bundle, intra_op_threads=args.threads, providers=args.providers)
+    rec = Recommender.load(
+        args.bundle,
+        intra_op_threads=args.threads,
+        providers=args.providers,
+        precision=args.precision,
+    )
     scores = rec.score(args.user, args.item)
     for user, item, score in zip(args.user, args.item, scores):
         print(f"{safe_text(user)}\t{safe_text(item)}\t{float(score):.6f}")

@@ -33,8 +33,16 @@ from recsys_export.export.formats import (
 )
 from recsys_export.export.frozen import inference_module
 from recsys_export.export.kernels import write_kernels
+from recsys_export.export.precision import write_variant
 from recsys_export.items import ITEM_NAMES_FILE, check_item_names
-from recsys_export.manifest import DEFAULT_FORMATS, ENTRY_POINTS, FORMATS, entry_point_spec
+from recsys_export.manifest import (
+    DEFAULT_FORMATS,
+    ENTRY_POINTS,
+    FORMATS,
+    KERNELS_FALLBACK,
+    entry_point_spec,
+    parse_precisions,
+)
 
 REFERENCE_FILE = "reference/state_dict.pt"
 
@@ -128,11 +136,12 @@ def export_bundle(
     overwrite: bool = False,
     external_data: bool | None = None,
     verify: bool = True,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     budget: int | None = None,
     full: bool = False,
     progress: bool = False,
+    precision: str | Sequence[str] = "fp32",
 ) -> dict[str, Any]:
     """Export a checkpoint to a bundle directory, atomically, and verify it.
 
@@ -154,11 +163,18 @@ def export_bundle(
         included) on the staged bundle and record ``parity.json``. On a failure
         :class:`ParityError` is raised before the bundle is moved into place: nothing
         that fails parity is left behind, and an existing bundle at ``out`` is kept.
+    atol, rtol : float, optional
+        Explicit parity tolerances instead of the float32 error bound (docs/parity.md).
     budget : int, optional
         Pair budget of the verification plan (:func:`recsys_export.parity.plan_parity`):
         the whole matrix while ``n_users * n_items`` fits it, a recorded sample beyond.
     full : bool
         Verify every user's whole row whatever the budget.
+    precision : str or sequence of str
+        ``fp16``, ``int8`` or both (``"fp16,int8"``) also write approximate variants
+        beside the exact graphs (:mod:`recsys_export.export.precision`), judged on recall
+        of the exact top-k lists when ``verify`` (:mod:`recsys_export.parity.approx`);
+        ``fp32`` (default): none.
 
     Returns
     -------
@@ -170,6 +186,7 @@ def export_bundle(
     from recsys_export.parity import check_tolerances
 
     check_tolerances(atol, rtol)
+    variants = parse_precisions(precision)
     fmts = parse_formats(formats)
     _check_finite(ckpt)
     if verify and budget is not None:
@@ -194,8 +211,9 @@ def export_bundle(
         buf = io.BytesIO()  # torch.save to a file raises RuntimeError, not OSError, on a full disk
         torch.save(state, buf)
         writer.write_bytes(REFERENCE_FILE, buf.getvalue(), "reference:state_dict")
-        programs = None
-        if "pt2" in fmts:
+        # programs a caller already exported from this very module (byom's probe)
+        programs = getattr(module, "exported_programs", None)
+        if "pt2" in fmts and programs is None:
             t0 = time.perf_counter()
             programs = export_programs(module, n_users, n_items)
             timings["torch.export"] = time.perf_counter() - t0
@@ -237,26 +255,108 @@ def export_bundle(
                 module, model.kind, writer, external_data=external_data
             )
             timings["onnx"] = time.perf_counter() - t0
+        files["onnx_variants"] = {}
+        for name in variants:
+            t0 = time.perf_counter()
+            files["onnx_variants"][name] = write_variant(
+                module, model.kind, name, writer, files, external_data=external_data
+            )
+            timings[name] = time.perf_counter() - t0
         manifest = build_manifest(ckpt, files, timings)
         if verify:
-            from recsys_export.parity import verify_staged_bundle
-
-            report = verify_staged_bundle(
-                writer,
-                manifest,
-                ckpt,
-                atol=atol,
-                rtol=rtol,
-                budget=budget,
-                full=full,
-                progress=progress,
-            )
-            manifest["parity"] = report.summary()
-            writer.write_json("parity.json", report.to_dict(), "parity:report")
-            if not report.passed:
-                report.raise_failure()  # leaving the block deletes the staged bundle
+            opts = {"atol": atol, "rtol": rtol, "budget": budget, "full": full}
+            _verify(writer, manifest, ckpt, progress, opts, variants)
         dest = writer.commit(manifest)
     return Bundle.load(dest, verify=False).manifest
+
+
+def judge_staged_variants(
+    writer: BundleWriter, manifest: dict[str, Any], precisions: list[str]
+) -> dict[str, Any]:
+    """Judge the staged bundle's variants against its exact graphs
+    (:func:`recsys_export.parity.approx.judge_variant`), record each result as the
+    variant's ``quality`` in ``manifest`` and return ``{precision: result}``."""
+    from recsys_export.parity.approx import judge_variant
+
+    root = writer.stage(manifest)
+    out = {}
+    for precision in precisions:
+        out[precision] = judge_variant(root, precision)
+        manifest["formats"]["onnx"]["variants"][precision]["quality"] = out[precision]
+    return out
+
+
+def _verify(
+    writer: BundleWriter,
+    manifest: dict[str, Any],
+    ckpt: Checkpoint,
+    progress: bool,
+    opts: dict[str, Any],
+    variants: list[str],
+) -> None:
+    """Parity of the staged bundle (the kernels' fallback included), recorded in the
+    manifest and ``parity.json``; :class:`ParityError` when it fails (the caller's
+    ``with`` block then deletes the staged bundle). A passing bundle's approximate
+    ``variants`` are then judged (:func:`judge_staged_variants`) into the report."""
+    from recsys_export.parity import verify_staged_bundle
+
+    report = verify_staged_bundle(writer, manifest, ckpt, progress=progress, **opts)
+    if _kernels_alone_failed(report, manifest):
+        report = _without_kernels(writer, manifest, ckpt, report, progress, opts)
+    manifest["parity"] = report.summary()
+    doc = report.to_dict()
+    if not report.passed:
+        writer.write_json("parity.json", doc, "parity:report")
+        report.raise_failure()
+    if variants:
+        doc["variants"] = judge_staged_variants(writer, manifest, variants)
+    writer.write_json("parity.json", doc, "parity:report")
+
+
+#: Runtime rows the fast-path kernels serve (``score`` always runs its ONNX graph).
+_KERNEL_ROWS = {("runtime", "score_all"), ("runtime", "recommend")}
+
+
+def _kernels_alone_failed(report: Any, manifest: dict[str, Any]) -> bool:
+    """Whether parity failed only where the runtime ran its fast-path kernels."""
+    failed = {(r["format"], r["entry_point"]) for r in report.rows() if not r["passed"]}
+    has_kernels = bool(manifest["formats"].get("onnx", {}).get("kernels"))
+    return has_kernels and bool(failed) and failed <= _KERNEL_ROWS
+
+
+def _without_kernels(
+    writer: BundleWriter,
+    manifest: dict[str, Any],
+    ckpt: Checkpoint,
+    report: Any,
+    progress: bool,
+    verify_opts: dict[str, Any],
+) -> Any:
+    """The runtime's fast paths failed parity where the portable graphs passed: drop
+    them from the manifest (``formats.onnx.kernels_fallback`` records why; the files
+    stay in the bundle), verify the runtime again on the entry-point graphs and return
+    the report with its runtime rows replaced and one line saying so (``notes``)."""
+    onnx_fmt = manifest["formats"]["onnx"]
+    failed = [
+        f"{r['entry_point']} (err/bound {r['max_ratio']:.3g})"
+        for r in report.rows()
+        if not r["passed"]
+    ]
+    reason = "the runtime's fast-path kernels failed parity: " + ", ".join(failed)
+    onnx_fmt[KERNELS_FALLBACK] = {"reason": reason, "kernels": onnx_fmt.pop("kernels")}
+    from recsys_export.parity import verify_staged_bundle
+
+    again = verify_staged_bundle(
+        writer, manifest, ckpt, progress=progress, formats=["runtime"], **verify_opts
+    )
+    report.comparisons = [c for c in report.comparisons if c.format != "runtime"]
+    report.comparisons += again.comparisons
+    report.timings["runtime (portable graphs)"] = again.timings.get("runtime", {})
+    report.notes.append(
+        f"runtime: {reason}; it serves this bundle from the portable ONNX graphs "
+        f"(manifest formats.onnx.{KERNELS_FALLBACK})"
+    )
+    return report
 
 
 def build_manifest(
@@ -273,6 +373,8 @@ def build_manifest(
         if files.get("onnx_kernels"):
             # optional fast paths for the runtime (older bundles lack them)
             formats["onnx"]["kernels"] = files["onnx_kernels"]
+        if files.get("onnx_variants"):  # approximate variants, loaded only when asked for
+            formats["onnx"]["variants"] = files["onnx_variants"]
     if "torchscript" in files:
         formats["torchscript"] = files["torchscript"]
     if "pt2" in files:

@@ -7,10 +7,11 @@ into a frozen module whose weights are plain buffers and whose three methods
 produced from these modules, and parity checks compare them with the eager model.
 
 DenseNet's full-matrix path never builds the pairwise concatenation: with the first layer
-split into a user half ``A = P Wu^T`` and an item half ``C = Q Wi^T + b1``,
-``w2 . relu(a + c) + b2 = w2 . max(a, -c) + (w2 . c + b2)``. The item terms ``-C^T``
-and ``d = C w2 + b2`` are computed once at export time, so a user row costs one
-elementwise ``max`` and one matrix-vector product over ``[H, n_items]``.
+split into a user half ``A = P Wu^T`` and an item half ``C = Q Wi^T + b1``, a score is
+``w2 . relu(a + c) + b2``. The item half ``-C^T`` is computed once at export time, so a
+user row costs one elementwise ``relu(a - (-c))`` and one matrix-vector product over
+``[H, n_items]``. (Not the rewrite ``w2 . max(a, -c) + (w2 . c + b2)``: it sums two
+large opposite terms per item and loses precision on scores near 0, docs/parity.md.)
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class DenseNetInference(_FrozenRecommender):
             self.register_buffer("w2_row", w2.reshape(1, -1).clone())  # [1, H]
             self.register_buffer("b2", b2.clone())
             self.register_buffer("neg_c_t", (-c).t().contiguous())  # [H, n_items]
-            self.register_buffer("item_offset", c @ w2 + b2)  # [n_items]
+            # what the runtime's kernels add to w2 . relu(a + c) per item: the output bias
+            self.register_buffer("item_offset", b2.expand(c.shape[0]).clone())  # [n_items]
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         """Pairwise scores ``float32[N]``."""

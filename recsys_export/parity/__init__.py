@@ -1,17 +1,20 @@
 """Parity: compare the eager model with every exported format, entry point by entry point.
 
 Backends (:class:`EagerBackend`, :class:`TorchScriptBackend`, :class:`Pt2Backend`,
-:class:`OnnxBackend`) expose the three entry points on index inputs and return numpy
-arrays. :func:`run_parity` runs the same inputs through the eager reference and each
-format and aggregates, per (format, entry point, case), the max abs / rel difference,
-a histogram of abs differences by decade, shape/dtype checks and, for top-k, the
-fraction of users whose lists agree. Used by ``export`` (verify by default), by the
-``verify`` command and by the test suite.
+:class:`OnnxBackend`, :class:`RuntimeBackend`) expose the three entry points on index
+inputs and return numpy arrays. :func:`run_parity` runs the same inputs through the
+float64 reference (:mod:`.bounds`: the eager model in float64, each score with the bound
+float32 rounding allows it) and through each backend, the eager model in float32
+included, and aggregates, per (format, entry point, case), the worst error / bound
+ratio, the largest abs difference, a histogram of abs differences by decade,
+shape/dtype checks and, for top-k, the fraction of users whose lists agree. Used by
+``export`` (verify by default), by the ``verify`` command and by the test suite.
 
-Pass rule (per value): ``|actual - expected| <= atol + rtol * |expected|``. Top-k lists
-agree when, rank by rank, the candidate's item has a reference score within that same
-tolerance of the reference item's score (so items tied within tolerance are
-interchangeable), no excluded item appears, and empty slots (-1) coincide.
+Pass rule (per value): ``|actual - ref64| <= bound`` (docs/parity.md), or ``atol + rtol
+* |ref64|`` with explicit tolerances. Top-k lists agree when, rank by rank, the
+candidate's item has a reference score within the two items' bounds of the reference
+item's score (items tied within their bounds are interchangeable), no excluded item
+appears, and empty slots (-1) coincide.
 
 Modules: :mod:`.backends` (the reference and the formats behind one interface),
 :mod:`.report` (comparisons, the pass rule, the report), :mod:`.run` (the pass itself)
@@ -48,10 +51,10 @@ from recsys_export.parity.backends import (  # noqa: F401
     TorchScriptBackend,
     load_backends,
 )
+from recsys_export.parity.bounds import Reference, reference_for  # noqa: F401
 from recsys_export.parity.report import (  # noqa: F401
     HIST_EDGES,
     HIST_LABELS,
-    REL_EPS,
     Comparison,
     ParityReport,
     check_tolerances,
@@ -120,11 +123,12 @@ def verify_staged_bundle(
     manifest: dict[str, Any],
     ckpt: Checkpoint,
     *,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     budget: int | None = None,
     full: bool = False,
     progress: bool = False,
+    formats: Iterable[str] = CHECKED_BACKENDS,
 ) -> ParityReport:
     """Parity of a bundle still being written, before it replaces anything.
 
@@ -133,30 +137,52 @@ def verify_staged_bundle(
     The manifest is staged into the writer's temporary directory
     (:meth:`~recsys_export.bundle.BundleWriter.stage`), so the torch-free runtime, fast
     paths included, is checked on the complete bundle too. A failure therefore never
-    touches ``dest``: a previous bundle there stays as it was.
+    touches ``dest``: a previous bundle there stays as it was. ``formats`` narrows the
+    backends (the eager float32 row is checked only with every default one).
     """
     root = writer.stage(manifest)
-    backends = load_backends(root, manifest, CHECKED_BACKENDS)
-    return _planned_parity(
-        ckpt.model, backends, bundle_seen(root, manifest), atol, rtol, budget, full, True, progress
+    formats = list(formats)
+    backends = load_backends(root, manifest, formats)
+    return planned_parity(
+        ckpt.model,
+        backends,
+        bundle_seen(root, manifest),
+        atol,
+        rtol,
+        budget,
+        full,
+        True,
+        progress,
+        eager=set(CHECKED_BACKENDS) <= set(formats),
     )
 
 
-def _planned_parity(
+def planned_parity(
     model: BaseModel,
     backends: dict[str, Backend],
     seen: tuple[np.ndarray, np.ndarray] | None,
-    atol: float,
-    rtol: float,
+    atol: float | None,
+    rtol: float | None,
     budget: int | None,
     full: bool,
     full_matrix: bool,
     progress: bool,
     device: torch.device | None = None,
+    eager: bool = True,
 ) -> ParityReport:
-    plan = plan_parity(model.n_users, model.n_items, seen=seen, budget=budget, full=full)
+    """:func:`run_parity` over :func:`plan_parity`'s plan for ``model`` (its
+    ``pair_cost`` for generic modules) with calls sized by :func:`call_users`."""
+    cost = getattr(model, "pair_cost", None)
+    plan = plan_parity(
+        model.n_users,
+        model.n_items,
+        seen=seen,
+        budget=budget,
+        full=full,
+        pair_cost=int(cost()) if callable(cost) else 1,
+    )
     return run_parity(
-        EagerBackend(model, device),
+        model,
         backends,
         model.n_users,
         model.n_items,
@@ -168,6 +194,8 @@ def _planned_parity(
         max_call_users=call_users(model),
         max_batch_users=call_users(model, BATCH_BYTES),
         progress=progress,
+        device=device,
+        eager=eager,
     )
 
 
@@ -176,8 +204,8 @@ def verify_bundle(
     *,
     checkpoint: str | Path | None = None,
     formats: Iterable[str] | None = None,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     full_matrix: bool = True,
     budget: int | None = None,
     full: bool = False,
@@ -193,6 +221,8 @@ def verify_bundle(
     ----------
     path : path
         The bundle (checksums are verified first).
+    atol, rtol : float, optional
+        Explicit tolerances instead of the float32 error bound (:mod:`.bounds`).
     checkpoint : path, optional
         Compare against this checkpoint's model instead of the bundle's reference
         weights (a bundle checked against the wrong checkpoint fails).
@@ -267,10 +297,10 @@ def verify_bundle(
             )
             report.comparisons.append(c)
             return report
-        ref_name = str(checkpoint)
+        ref_name = f"{checkpoint} in float64"
     else:
         model = reference_model(bundle.root, manifest)
-        ref_name = "eager (bundle reference weights)"
+        ref_name = "eager in float64 (bundle reference weights)"
     wanted = list(formats) if formats is not None else list(CHECKED_BACKENDS)
     skipped: dict[str, str] = {}
     held = manifest.get("formats") or {}
@@ -296,7 +326,7 @@ def verify_bundle(
             "every format)"
         )
     seen = bundle_seen(bundle.root, manifest)
-    report = _planned_parity(
+    report = planned_parity(
         model, backends, seen, atol, rtol, budget, full, full_matrix, progress, dev
     )
     report.reference = ref_name
@@ -351,6 +381,7 @@ __all__ = [
     "call_users",
     "describe_plan",
     "plan_parity",
+    "planned_parity",
     "TorchScriptBackend",
     "check_tolerances",
     "load_backends",

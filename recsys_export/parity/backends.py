@@ -19,7 +19,7 @@ import torch
 from recsys_export.export.formats import quiet_exporters
 from recsys_export.ids import runs_to_coo
 from recsys_export.manifest import FORMATS
-from recsys_export.models import BaseModel, DenseNet
+from recsys_export.models import BaseModel, DenseNet, check_k, topk_excluding
 from recsys_export.plan import (
     PARITY_WORKERS,
 )
@@ -64,22 +64,26 @@ EAGER_TILE_BYTES = 4 << 20
 
 
 class EagerBackend(Backend):
-    """The trained eager model (the reference).
+    """The trained eager model in float32 (row ``eager``: the bound must hold for the
+    model's own arithmetic).
 
     DenseNet's ``score_all`` is the model's own computation (split first layer, ReLU,
     second layer) done in tiles of users x items, so its ``[B, n_items, hidden]``
     activations never exist at once: memory stays at :data:`EAGER_TILE_BYTES` and the
-    tile stays in cache.
+    tile stays in cache. ``recommend`` is :func:`~recsys_export.models.topk_excluding`
+    on ``score_all``, whose last block is kept: a parity block asks for ``score_all``
+    and then ``recommend`` with several ``k`` on the same users.
 
     Parameters
     ----------
     model : BaseModel
-        The reference model (moved to ``device`` when one is given).
+        The eager model (moved to ``device`` when one is given).
     device : torch.device, optional
         Where the model runs (default: where it is, the CPU).
     """
 
     name = "eager"
+    chunks_itself = True
 
     def __init__(self, model: BaseModel, device: torch.device | None = None) -> None:
         if device is not None:
@@ -87,6 +91,7 @@ class EagerBackend(Backend):
         self.model = model.eval()
         self.device = device
         self._item_half: torch.Tensor | None = None
+        self._last: tuple[bytes, torch.Tensor] | None = None
 
     @torch.no_grad()
     def score(self, users, items):
@@ -94,9 +99,21 @@ class EagerBackend(Backend):
 
     @torch.no_grad()
     def score_all(self, users):
+        return _np(self._score_all(users))
+
+    def _score_all(self, users: np.ndarray) -> torch.Tensor:
+        key = np.ascontiguousarray(users, dtype=np.int64).tobytes()
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        self._last = None  # the previous block's scores are not kept beside the new ones
+        out = self._compute_all(users)
+        self._last = (key, out)
+        return out
+
+    def _compute_all(self, users: np.ndarray) -> torch.Tensor:
         m = self.model
         if not isinstance(m, DenseNet):
-            return _np(m.score_all(_t(users, self.device)))
+            return m.score_all(_t(users, self.device))
         k, n_items, hidden = m.n_factors, m.n_items, m.hidden
         w = m.linear1.weight
         if self._item_half is None:  # C = Q Wi^T + b1, as in DenseNet.score_all
@@ -113,12 +130,13 @@ class EagerBackend(Backend):
                 h = torch.relu(ab + c[t0 : t0 + width].unsqueeze(0))  # [b, T, H]
                 y = (h @ w2).squeeze(2) + tail + m.global_mean
                 out[b0 : b0 + rows, t0 : t0 + width] = y
-        return _np(out)
+        return out
 
     @torch.no_grad()
     def recommend(self, users, k, rows, items):
         d = self.device
-        s, i = self.model.recommend(_t(users, d), int(k), _t(rows, d), _t(items, d))
+        check_k(int(k), self.model.n_items)
+        s, i = topk_excluding(self._score_all(users), int(k), _t(rows, d), _t(items, d))
         return _np(s), _np(i)
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from recsys_export.models import BaseModel, topk_excluding
-from recsys_export.parity.backends import Backend, NotApplicable, _seen_for, _t
-from recsys_export.parity.report import Comparison, ParityReport
+from recsys_export.parity.backends import Backend, EagerBackend, NotApplicable, _seen_for
+from recsys_export.parity.bounds import FixedTolerance, Reference, Scored, reference_for
+from recsys_export.parity.report import REFERENCE_ROW, Comparison, ParityReport
 from recsys_export.plan import (
     BLOCK_BYTES,
     CALL_BYTES,
@@ -64,10 +65,15 @@ def call_users(model: BaseModel, nbytes: int = CALL_BYTES) -> int:
     """Users per exported ``score_all`` / ``recommend`` call within ``nbytes``.
 
     The exported DenseNet graphs hold a ``[B, hidden, n_items]`` intermediate, MF ones
-    only their ``[B, n_items]`` output (and a top-k copy).
+    only their ``[B, n_items]`` output (and a top-k copy); a generic module (``byom``)
+    its own activations per pair, measured (``pair_bytes``).
     """
-    width = 2 + int(getattr(model, "hidden", 0))
-    return max(1, min(1024, nbytes // (4 * width * model.n_items)))
+    measured = getattr(model, "pair_bytes", None)
+    if callable(measured):
+        per_pair = int(measured())
+    else:
+        per_pair = 4 * (2 + int(getattr(model, "hidden", 0)))
+    return max(1, min(1024, nbytes // (per_pair * model.n_items)))
 
 
 class _Run:
@@ -75,19 +81,17 @@ class _Run:
 
     def __init__(
         self,
-        reference: Backend,
+        reference: Reference,
         backends: dict[str, Backend],
         n_items: int,
         seen: tuple[np.ndarray, np.ndarray] | None,
-        atol: float,
-        rtol: float,
         cap: int,
         batch_cap: int,
     ) -> None:
         self.reference, self.backends, self.n_items, self.seen = reference, backends, n_items, seen
-        self.atol, self.rtol, self.cap, self.batch_cap = atol, rtol, cap, max(cap, batch_cap)
+        self.cap, self.batch_cap = cap, max(cap, batch_cap)
         self.comps: dict[tuple[str, str, str], Comparison] = {}
-        self.clock: dict[str, dict[str, float]] = {b: {} for b in ["eager", *backends]}
+        self.clock: dict[str, dict[str, float]] = {b: {} for b in [REFERENCE_ROW, *backends]}
         self._lock = threading.Lock()
         self._pool: Any = None
         if PARITY_WORKERS > 1 and len(backends) > 1:
@@ -127,7 +131,8 @@ class _Run:
             per[entry] = per.get(entry, 0.0) + dt
 
     def timings(self) -> dict[str, dict[str, float]]:
-        """Seconds per backend and entry point (``compare``: our own comparisons)."""
+        """Seconds per backend and entry point (``reference``: the float64 reference and
+        its bounds; ``compare``: our own comparisons)."""
         out = {}
         for fmt, per in self.clock.items():
             out[fmt] = {k: round(v, 3) for k, v in per.items()}
@@ -183,9 +188,10 @@ class _Run:
         return tuple(out) if rest else out[0]
 
     def values(
-        self, entry: str, case: str, expected: np.ndarray, *args: Any, cap: int | None = None
+        self, entry: str, case: str, expected: Scored, *args: Any, cap: int | None = None
     ) -> None:
-        """Every backend's ``score`` or ``score_all`` on ``args`` against ``expected``."""
+        """Every backend's ``score`` or ``score_all`` on ``args`` against ``expected``
+        (reference values and bounds)."""
 
         def one(fmt: str, be: Backend) -> None:
             fn = getattr(be, entry)
@@ -197,7 +203,7 @@ class _Run:
                 got = self.call(fmt, entry, case, fn, *args)
             if got is not None:
                 t0 = time.perf_counter()
-                self.comp(fmt, entry, case).add_values(expected, got, self.atol, self.rtol)
+                self.comp(fmt, entry, case).add_values(expected[0], expected[1], got)
                 self.tick("compare", entry, t0)
 
         self.each_backend(one)
@@ -209,17 +215,19 @@ class _Run:
         k: int,
         rows: np.ndarray,
         items: np.ndarray,
-        masked: np.ndarray,
+        masked: Scored,
         excluded: np.ndarray,
         cap: int | None = None,
     ) -> None:
         """``recommend`` of every backend against the top-k of the reference's scores
-        (split into calls of ``cap`` users only when the exclusions are the seen items)."""
+        (``masked``: values with the exclusions at ``-inf``, and bounds), split into
+        calls of ``cap`` users only when the exclusions are the seen items.
+
+        Each returned score is compared with the reference score of the item returned
+        beside it; the lists with :meth:`Comparison.add_topk`."""
         t0 = time.perf_counter()
-        ref_s, ref_i = (
-            t.numpy() for t in topk_excluding(torch.from_numpy(masked), k, _t(rows), _t(items))
-        )
-        self.tick("eager", "recommend", t0)
+        ref_i = _topk_items(masked[0], k)
+        self.tick(REFERENCE_ROW, "recommend", t0)
 
         def one(fmt: str, be: Backend) -> None:
             split = functools.partial(self.by_calls, cap=cap)
@@ -228,20 +236,58 @@ class _Run:
                 return
             t0 = time.perf_counter()
             c = self.comp(fmt, "recommend", case)
-            c.add_values(ref_s, got[0], self.atol, self.rtol)
+            if got[1].shape == ref_i.shape:
+                c.add_values(*_scores_of(masked, got[1]), got[0])
+            else:
+                c.add_values(masked[0][:, :k], masked[1][:, :k], got[0])  # reports the shape
             if got[1].dtype != np.int64:
                 c.dtype_ok = False
                 c.problems.append(f"items dtype {got[1].dtype} != int64")
-            c.add_topk(masked, ref_i, got[1], excluded, self.atol, self.rtol)
+            c.add_topk(masked[0], masked[1], ref_i, got[1], excluded)
             self.tick("compare", "recommend", t0)
 
         self.each_backend(one)
 
-    def ref(self, fn_name: str, *args: Any) -> np.ndarray:
+    def ref(self, entry: str, case: str, *args: Any) -> Scored:
+        """The reference's values and bounds; non-finite values are reported on the
+        reference's own row (the model itself scores NaN or infinity)."""
         t0 = time.perf_counter()
-        out = getattr(self.reference, fn_name)(*args)
-        self.tick("eager", fn_name, t0)
+        fn = getattr(self.reference, entry)
+        if entry == "score_all" and self._pool is not None and len(args[0]) >= 16:
+            out = self._both_cores(fn, args[0])
+        else:
+            out = fn(*args)
+        self.tick(REFERENCE_ROW, entry, t0)
+        vals = out[0]
+        if not np.isfinite(vals).all():
+            bad = ~np.isfinite(vals)
+            where = np.unravel_index(int(np.flatnonzero(bad)[0]), vals.shape)
+            users = args[0]
+            item = int(args[1][where[0]]) if entry == "score" else int(where[-1])
+            c = self.comp(REFERENCE_ROW, entry, case)
+            c.n_values += vals.size
+            c.n_nonfinite += int(bad.sum())
+            c.problems.append(
+                f"the model's own scores are not finite: {int(bad.sum()):,} of {vals.size:,} "
+                f"values in {case!r} (first: {vals[where]} for user index "
+                f"{int(users[where[0]])}, item index {item}); fix the model or its weights"
+            )
         return out
+
+    def _both_cores(self, fn: Callable[[np.ndarray], Scored], users: np.ndarray) -> Scored:
+        """``fn(users)`` as two halves of the rows on the pool (the reference costs
+        about what a backend does), each written into one output as it finishes."""
+        vals = np.empty((len(users), self.n_items), dtype=np.float64)
+        bounds = np.empty((len(users), self.n_items), dtype=np.float32)
+
+        def half(sl: slice) -> None:
+            v, b = fn(users[sl])
+            vals[sl], bounds[sl] = v, b
+
+        mid = len(users) // 2
+        for f in [self._pool.submit(half, sl) for sl in (slice(0, mid), slice(mid, None))]:
+            f.result()
+        return vals, bounds
 
     def batch(self, rng: np.random.Generator, b: int, n_users: int) -> None:
         """Random ids (repeats, unsorted): ``score`` on ``b`` pairs, ``score_all`` and
@@ -250,33 +296,29 @@ class _Run:
         n_items = self.n_items
         users = rng.integers(0, n_users, size=b, dtype=np.int64)
         items = rng.integers(0, n_items, size=b, dtype=np.int64)
-        self.values("score", f"batch={b}", self.ref("score", users, items), users, items)
+        case = f"batch={b}"
+        self.values("score", case, self.ref("score", case, users, items), users, items)
         rb = min(b, self.batch_cap)
         users = users[:rb]
-        ref_all = self.ref("score_all", users)
-        self.values("score_all", f"batch={rb}", ref_all, users, cap=rb)
+        case = f"batch={rb}"
+        ref_all = self.ref("score_all", case, users)
+        self.values("score_all", case, ref_all, users, cap=rb)
         k = min(10, n_items)
         rows, ex = _random_exclusions(rng, rb, n_items, min(3, n_items - 1) if n_items > 1 else 0)
-        ref_all[rows, ex] = -np.inf
+        ref_all[0][rows, ex] = -np.inf
         excluded = _exclusion_mask(rb, n_items, rows, ex)
         self.recommend(f"batch={rb} k={k}", users, k, rows, ex, ref_all, excluded, cap=rb)
 
-    def rows(self, plan: ParityPlan, users: np.ndarray, rng: np.random.Generator) -> None:
+    def rows(self, plan: ParityPlan, users: np.ndarray) -> None:
         """One block of the plan: whole rows of ``users`` through ``score_all`` and
         ``recommend`` (``k = n_items`` only for those in ``sort_users``)."""
         n_items = self.n_items
-        ref_all = self.ref("score_all", users)
-        # eager score_all must equal eager pairwise scoring: every item once per block
-        pr = rng.integers(0, len(users), size=n_items, dtype=np.int64)
-        pi = np.arange(n_items, dtype=np.int64)
-        pairwise = self.ref("score", users[pr], pi)
-        self.comp("eager", "score_all", "vs pairwise").add_values(
-            pairwise, ref_all[pr, pi], self.atol, self.rtol
-        )
+        case = "full matrix" if plan.full else "sampled rows"
+        ref_all = self.ref("score_all", case, users)
         who = "all users" if plan.full else "sampled users"
-        self.values("score_all", "full matrix" if plan.full else "sampled rows", ref_all, users)
+        self.values("score_all", case, ref_all, users)
         rows, items = self.exclusions(users)
-        ref_all[rows, items] = -np.inf
+        ref_all[0][rows, items] = -np.inf
         excluded = _exclusion_mask(len(users), n_items, rows, items)
         ks = plan.ks
         for k in ks[:-1] if ks[-1] == n_items else ks:
@@ -288,7 +330,7 @@ class _Run:
             users = users[pick]
             if not len(users):
                 return
-            ref_all, excluded = ref_all[pick], excluded[pick]
+            ref_all, excluded = (ref_all[0][pick], ref_all[1][pick]), excluded[pick]
             rows, items = self.exclusions(users)
         self.recommend(
             f"{who} k={n_items} excluded", users, n_items, rows, items, ref_all, excluded
@@ -296,21 +338,40 @@ class _Run:
 
     def pairs(self, plan: ParityPlan, chunk: int) -> None:
         """The plan's ``score`` pairs, ``chunk`` at a time."""
+        case = "every pair" if plan.score_exhaustive else "random pairs"
         for u, i in plan.score_chunks(chunk):
-            case = "every pair" if plan.score_exhaustive else "random pairs"
-            self.values("score", case, self.ref("score", u, i), u, i)
+            self.values("score", case, self.ref("score", case, u, i), u, i)
             release_memory()
 
 
+def _topk_items(masked: np.ndarray, k: int) -> np.ndarray:
+    """The reference's top-``k`` items per row of ``masked`` (``-inf`` = excluded; empty
+    slots ``-1``), by :func:`~recsys_export.models.topk_excluding` in float64."""
+    none = torch.zeros(0, dtype=torch.int64)
+    return topk_excluding(torch.from_numpy(masked), k, none, none)[1].numpy()
+
+
+def _scores_of(masked: Scored, items: np.ndarray) -> Scored:
+    """Reference values and bounds of the items a backend returned (``-inf`` for empty
+    slots, NaN for items out of range: never equal to a returned score)."""
+    vals, bounds = masked
+    n = vals.shape[1]
+    rows = np.arange(len(items))[:, None]
+    valid = (items >= 0) & (items < n)
+    safe = np.where(valid, items, 0)
+    exp = np.where(valid, vals[rows, safe], np.where(items == -1, -np.inf, np.nan))
+    return exp, np.where(valid, bounds[rows, safe], 0.0)
+
+
 def run_parity(
-    reference: Backend,
+    model: BaseModel,
     backends: dict[str, Backend],
     n_users: int,
     n_items: int,
     *,
     seen: tuple[np.ndarray, np.ndarray] | None = None,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
+    atol: float | None = None,
+    rtol: float | None = None,
     batch_sizes: Iterable[int] = BATCH_SIZES,
     full_matrix: bool = True,
     plan: ParityPlan | None = None,
@@ -319,19 +380,26 @@ def run_parity(
     max_batch_users: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    device: torch.device | None = None,
+    eager: bool = True,
 ) -> ParityReport:
-    """Compare ``backends`` with ``reference`` on every entry point, following a plan.
+    """Compare ``backends`` with ``model``'s float64 reference on every entry point,
+    following a plan.
 
     Parameters
     ----------
-    reference : Backend
-        Usually :class:`EagerBackend` on the trained model.
+    model : BaseModel
+        The eager model. The reference is :func:`~recsys_export.parity.bounds.reference_for`
+        it: float64 scores, each with the bound float32 rounding allows.
     backends : dict
         Format name -> backend.
     n_users, n_items : int
         Model sizes.
     seen : (indptr, items), optional
         CSR of seen items per user: the exclusions of the plan's ``recommend`` checks.
+    atol, rtol : float, optional
+        Explicit tolerances: ``|actual - ref64| <= atol + rtol * |ref64|`` replaces the
+        error model's bound (one given, the other is 1e-5).
     batch_sizes : iterable of int
         Random id batches (repeats allowed, unsorted); ``score_all`` / ``recommend``
         batches are capped at ``max_batch_users`` (default 1024).
@@ -350,115 +418,62 @@ def run_parity(
         1024; ``call_users(model, BATCH_BYTES)`` bounds its memory).
     seed : int
         Seeds the random batches (and the default plan).
+    device : torch.device, optional
+        Where the eager float32 model runs (the reference is computed on the CPU).
+    eager : bool
+        Check the eager model in float32 too (row ``eager``): the bound must hold for
+        the model's own float32 arithmetic.
 
     Returns
     -------
     ParityReport
-        With the plan's description (``plan``) and seconds per backend (``timings``).
+        With the rule of the bound (``bound``), the plan's description (``plan``) and
+        seconds per backend (``timings``).
     """
+    reference = reference_for(model, atol, rtol)
+    if eager:
+        backends = {"eager": EagerBackend(model, device), **backends}
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, PARITY_TORCH_THREADS))
-    try:
-        return _run_parity(
-            reference,
-            backends,
-            n_users,
-            n_items,
-            seen,
-            atol,
-            rtol,
-            batch_sizes,
-            full_matrix,
-            plan,
-            user_chunk,
-            max_call_users,
-            max_batch_users,
-            seed,
-            progress,
-        )
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_parity(
-    reference: Backend,
-    backends: dict[str, Backend],
-    n_users: int,
-    n_items: int,
-    seen: tuple[np.ndarray, np.ndarray] | None,
-    atol: float,
-    rtol: float,
-    batch_sizes: Iterable[int],
-    full_matrix: bool,
-    plan: ParityPlan | None,
-    user_chunk: int | None,
-    max_call_users: int | None,
-    max_batch_users: int | None,
-    seed: int,
-    progress: bool,
-) -> ParityReport:
     start = time.perf_counter()
-    report = ParityReport(atol=atol, rtol=rtol)
+    report = ParityReport(bound=reference.rule)
+    if isinstance(reference, FixedTolerance):  # given, or a module without float64
+        report.atol, report.rtol = reference.atol, reference.rtol
+    if "reference" in reference.rule:
+        report.reference = reference.rule["reference"]
     rng = np.random.default_rng(seed)
-    run = _Run(
-        reference,
-        backends,
-        n_items,
-        seen,
-        atol,
-        rtol,
-        max_call_users or 1024,
-        max_batch_users or 1024,
-    )
+    run = _Run(reference, backends, n_items, seen, max_call_users or 1024, max_batch_users or 1024)
     try:
-        _run_plan(
-            run,
-            report,
-            rng,
-            n_users,
-            n_items,
-            seen,
-            batch_sizes,
-            full_matrix,
-            plan,
-            user_chunk,
-            seed,
-            progress,
-        )
+        for b in batch_sizes:
+            run.batch(rng, b, n_users)
+        if full_matrix:
+            if plan is None:
+                plan = plan_parity(n_users, n_items, seen=seen, seed=seed)
+            report.plan = plan.to_dict()
+            _run_plan(run, plan, user_chunk, progress)
     finally:
         run.close()
+        torch.set_num_threads(threads)
     report.comparisons = list(run.comps.values())
     report.timings = run.timings()
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _run_plan(
-    run: _Run,
-    report: ParityReport,
-    rng: np.random.Generator,
-    n_users: int,
-    n_items: int,
-    seen: tuple[np.ndarray, np.ndarray] | None,
-    batch_sizes: Iterable[int],
-    full_matrix: bool,
-    plan: ParityPlan | None,
-    user_chunk: int | None,
-    seed: int,
-    progress: bool,
-) -> None:
-    for b in batch_sizes:
-        run.batch(rng, b, n_users)
-    if full_matrix:
-        if plan is None:
-            plan = plan_parity(n_users, n_items, seen=seen, seed=seed)
-        report.plan = plan.to_dict()
-        chunk = user_chunk or max(1, min(len(plan.users), BLOCK_BYTES // (40 * n_items)))
-        bar = Progress(len(plan.users), unit="users", desc="parity ", enabled=progress)
-        with bar:
-            for s in range(0, len(plan.users), chunk):
-                users = plan.users[s : s + chunk]
-                run.rows(plan, users, rng)
-                release_memory()
-                bar.update(len(users))
-        run.pairs(plan, PAIR_CHUNK)
+#: Bytes a block of the plan holds per (user, item) value: the reference's values and
+#: bounds (float64), their masked copy, the backends' outputs and the comparisons'
+#: float64 temporaries (two at a time).
+VALUE_BYTES = 80
+
+
+def _run_plan(run: _Run, plan: ParityPlan, user_chunk: int | None, progress: bool) -> None:
+    n_items = plan.n_items
+    chunk = user_chunk or max(1, min(len(plan.users), BLOCK_BYTES // (VALUE_BYTES * n_items)))
+    bar = Progress(len(plan.users), unit="users", desc="parity ", enabled=progress)
+    with bar:
+        for s in range(0, len(plan.users), chunk):
+            users = plan.users[s : s + chunk]
+            run.rows(plan, users)
+            release_memory()
+            bar.update(len(users))
+    run.pairs(plan, PAIR_CHUNK)

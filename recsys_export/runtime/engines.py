@@ -1,4 +1,4 @@
-"""onnxruntime sessions and the two scoring engines of the runtime.
+"""The two scoring engines of the runtime (sessions: :mod:`.sessions`).
 
 An engine is chosen once, when a bundle is loaded: :class:`KernelEngine` runs the
 bundle's fast-path graphs (``formats.onnx.kernels``: MF ``score_all`` as one MatMul of
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,10 +21,17 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_export.bundle import Bundle
-from recsys_export.errors import ConfigError
 from recsys_export.manifest import BundleSpec
-from recsys_export.runtime.sessions import THREADS_PER_CORE, max_threads, open_session
-from recsys_export.topk import fill_empty, mask_pairs
+from recsys_export.runtime.group_topk import GroupTopK
+from recsys_export.runtime.sessions import (  # noqa: F401  (re-exported)
+    DEFAULT_PROVIDERS,
+    OPT_LEVELS,
+    THREADS_PER_CORE,
+    Sessions,
+    check_providers,
+    max_threads,
+)
+from recsys_export.topk import EMPTY_SCORE, fill_empty, mask_pairs
 from recsys_export.validation import check_choice, check_int
 
 __all__ = [
@@ -38,12 +45,6 @@ __all__ = [
     "make_engine",
 ]
 
-OPT_LEVELS = {
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-}
 #: Target size (x2 margin) of the [block, n_items] score matrix one graph call produces.
 #: MF at 20k items: blocks of 26 users ran at 2.55 ns/pair, 128-256 users at 2.0 (the
 #: GEMM needs rows to amortise streaming the item factors), so ~200 users per call.
@@ -52,48 +53,6 @@ _MAX_BLOCK = 1024
 _K_CACHED = (1, 5, 10, 20, 50, 100)
 _K_SCALARS = {k: np.array(k, dtype=np.int64) for k in _K_CACHED}
 _K_VECTORS = {k: np.array([k], dtype=np.int64) for k in _K_CACHED}
-#: The execution providers of every session unless ``providers`` says otherwise.
-DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
-
-
-def check_providers(providers: Any) -> list[str]:
-    """Validate onnxruntime execution providers (None: :data:`DEFAULT_PROVIDERS`).
-
-    Parameters
-    ----------
-    providers : sequence of str, or None
-        Names such as ``"CUDAExecutionProvider"``, in priority order; onnxruntime falls
-        back along the list for operators a provider lacks.
-
-    Returns
-    -------
-    list of str
-
-    Raises
-    ------
-    ConfigError
-        An empty list, a non-string, or a provider this onnxruntime does not have (the
-        message lists ``onnxruntime.get_available_providers()``).
-    """
-    if providers is None:
-        return list(DEFAULT_PROVIDERS)
-    if isinstance(providers, str):
-        providers = [p.strip() for p in providers.split(",") if p.strip()]
-    names = list(providers)
-    available = ort.get_available_providers()
-    if not names or not all(isinstance(p, str) for p in names):
-        raise ConfigError(
-            f"providers must be a non-empty list of provider names, got {providers!r}; "
-            f"this onnxruntime has {', '.join(available)}"
-        )
-    unknown = [p for p in names if p not in available]
-    if unknown:
-        raise ConfigError(
-            f"unknown onnxruntime execution provider(s) {', '.join(unknown)}; this "
-            f"onnxruntime {ort.__version__} has {', '.join(available)} (the GPU ones need "
-            "the onnxruntime-gpu package)"
-        )
-    return names
 
 
 def _k_scalar(k: int) -> np.ndarray:
@@ -104,64 +63,6 @@ def _k_scalar(k: int) -> np.ndarray:
 def _k_vector(k: int) -> np.ndarray:
     arr = _K_VECTORS.get(k)
     return arr if arr is not None else np.array([k], dtype=np.int64)
-
-
-class Sessions:
-    """onnxruntime sessions of one bundle, created once (lazily, under a lock), shared.
-
-    Parameters
-    ----------
-    bundle : Bundle
-        The loaded bundle (for paths and error messages).
-    threads : int
-        Default intra-op threads of a session.
-    graph_optimization : str
-        A key of :data:`OPT_LEVELS`.
-    providers : list of str, optional
-        onnxruntime execution providers of every session (default
-        :data:`DEFAULT_PROVIDERS`); validate them with :func:`check_providers`.
-    """
-
-    def __init__(
-        self,
-        bundle: Bundle,
-        threads: int,
-        graph_optimization: str,
-        providers: list[str] | None = None,
-    ) -> None:
-        self.bundle = bundle
-        self.threads = threads
-        self.providers = list(providers or DEFAULT_PROVIDERS)
-        self._opt = OPT_LEVELS[graph_optimization]
-        self._lock = threading.Lock()
-        self._sessions: dict[str, ort.InferenceSession] = {}
-
-    def get(self, name: str, rel: str, threads: int | None = None) -> ort.InferenceSession:
-        """The session called ``name`` of the bundle file ``rel`` (created on first use).
-
-        Raises
-        ------
-        BundleError
-            onnxruntime cannot load the graph (too old an onnxruntime, or a bad file).
-        """
-        sess = self._sessions.get(name)
-        if sess is not None:
-            return sess
-        with self._lock:
-            sess = self._sessions.get(name)
-            if sess is None:
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = threads or self.threads
-                opts.inter_op_num_threads = 1
-                opts.graph_optimization_level = self._opt
-                opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                if name.startswith(("kernel:topk", "kernel:score_all")):
-                    # recommend alternates these two: a pool spinning after its call
-                    # takes the cores from the other (measured 1.5x slower recommend)
-                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                sess = open_session(self.bundle, name, rel, opts, self.providers)
-                self._sessions[name] = sess
-        return sess
 
 
 def iter_blocks(
@@ -257,15 +158,24 @@ class Engine:
                     "scores", "cpu", 0, np.float32, [u.size, n_items], dst.ctypes.data
                 )
                 sess.run_with_iobinding(binding)
+                self._after_call(u, dst)
 
-        threads = min(self.python_threads, len(starts))
+        self.spread(starts, work, self.python_threads)
+
+    def _after_call(self, users: np.ndarray, scores: np.ndarray) -> None:
+        """Finish one ``score_all`` call's scores in place (nothing here)."""
+
+    def spread(self, chunks: list[Any], work: Callable[[list[Any]], None], threads: int) -> None:
+        """Run ``work`` on ``chunks[i::threads]`` in ``threads`` threads (the caller is
+        one of them) and wait for all; the first exception is raised."""
+        threads = min(threads, len(chunks))
         if threads <= 1:
-            work(starts)
+            work(chunks)
             return
         pool = self._thread_pool()
-        futures = [pool.submit(work, starts[i::threads]) for i in range(1, threads)]
+        futures = [pool.submit(work, chunks[i::threads]) for i in range(1, threads)]
         try:
-            work(starts[0::threads])
+            work(chunks[0::threads])
         finally:
             for fut in futures:
                 fut.result()
@@ -376,10 +286,14 @@ class KernelEngine(GraphEngine):
     Parameters
     ----------
     python_threads : bool
-        DenseNet: single-threaded ``score_all`` calls of the manifest's ``block_users``
-        users, driven by ``threads`` Python threads on alternating blocks (each core
-        keeps its own tile in cache); False: one caller thread and onnxruntime's intra-op
-        threads. ``recsys-export bench`` measures both.
+        Single-threaded ``score_all`` (and MF ``score_groups``) calls driven by
+        ``threads`` Python threads on alternating blocks (DenseNet: of the manifest's
+        ``block_users`` users, each core keeping its own tile in cache; MF: a block's
+        users shared between the threads; on the shared 2-core machine, with other
+        processes running, one intra-op pool's threads waited on each other: MF
+        score_all ran 1.57x the best bare product with them, 1.0-1.1x this way); False:
+        one caller thread and onnxruntime's intra-op threads. ``recsys-export bench``
+        measures both for DenseNet.
     """
 
     fast = True
@@ -399,9 +313,23 @@ class KernelEngine(GraphEngine):
             # gives every Python thread several calls
             self.call_users = spec.kernels.block_users
             self.block = self.call_users * 4 * max(1, threads)
-            if python_threads:
-                self.python_threads = threads
-        self._kernel_threads = 1 if self._dn and python_threads else None
+        elif python_threads:  # MF: a block's calls shared between the threads
+            self.call_users = max(1, -(-self.block // threads))
+        if python_threads:
+            self.python_threads = threads
+        self._kernel_threads = 1 if python_threads else None
+        self._user_kernel = "recommend_user" in self._kernels
+        self._neg_inf = np.full((1, 256), EMPTY_SCORE, dtype=np.float32)  # grown on need
+        self._groups: GroupTopK | None = None
+        if spec.kernels.groups:
+            self._groups = GroupTopK(
+                self._kernel,
+                self.n_items,
+                spec.kernels.groups,
+                spec.kernels.group_width,
+                self._full_topk,
+            )
+            self._group_threads = threads if python_threads else 1
 
     def _kernel(self, name: str, threads: int | None = None) -> ort.InferenceSession:
         key = f"kernel:{name}" if threads is None else f"kernel:{name}:{threads}"
@@ -413,6 +341,21 @@ class KernelEngine(GraphEngine):
     def recommend_one(
         self, user: int, k: int, ex_items: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
+        if self._user_kernel:  # MF: four nodes, the -inf given here
+            m = ex_items.size
+            neg_inf = self._neg_inf
+            if m > neg_inf.size:
+                self._neg_inf = neg_inf = np.full((1, 2 * m), EMPTY_SCORE, dtype=np.float32)
+            s, it = self._kernel("recommend_user").run(
+                None,
+                {
+                    "users": np.array([user], dtype=np.int64),
+                    "k": _k_vector(k),
+                    "exclude": ex_items.reshape(1, m),
+                    "exclude_scores": neg_inf[:, :m],
+                },
+            )
+            return s, fill_empty(it, s)
         res = self._kernel("recommend_one").run(
             None,
             {
@@ -422,6 +365,21 @@ class KernelEngine(GraphEngine):
             },
         )
         return res[0], res[1]
+
+    def topk(
+        self, users: np.ndarray, k: int, rows: np.ndarray, ex_items: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of validated users: the threshold path of the MF ``score_groups``
+        kernel where the bundle has it and ``k`` is small, else blocks of scores masked in
+        numpy and the TopK kernel (the same lists)."""
+        if self._groups is None or not self._groups.serves(k) or users.size == 0:
+            return super().topk(users, k, rows, ex_items)
+        blocks = list(iter_blocks(users.size, self.block, rows, ex_items))
+        return self._groups.run(users, k, blocks, self._group_threads, self.spread)
+
+    def _full_topk(self, masked: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s, it = self._kernel("topk").run(None, {"scores": masked, "k": _k_vector(k)})
+        return s, it
 
     def _topk_state(self, b: int, k: int) -> Any:
         buf = np.empty((min(b, self.block), self.n_items), dtype=np.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,17 +19,24 @@ import numpy as np
 
 from recsys_export.bundle import Bundle
 from recsys_export.errors import BundleError, ConfigError
-from recsys_export.ids import IdMap, runs_to_coo
-from recsys_export.items import check_item_names
-from recsys_export.runtime.engines import Engine, iter_blocks, make_engine
+from recsys_export.ids import IdMap
+from recsys_export.manifest import check_precision
+from recsys_export.runtime.engines import Engine, make_engine
+from recsys_export.runtime.exclusions import (  # noqa: F401  (load_seen_csr: re-exported)
+    columns_topk,
+    exclusion_pairs,
+    is_empty,
+    load_name_table,
+    load_seen_csr,
+    popular_topk,
+    raw_items,
+)
+from recsys_export.runtime.variant import VariantEngine
 from recsys_export.runtime.writers import BatchOutputs, as_1d
 from recsys_export.topk import (
     EMPTY_ITEM,
     EMPTY_SCORE,
     check_k,
-    mask_pairs,
-    take_columns,
-    topk,
 )
 from recsys_export.validation import check_choice
 
@@ -97,8 +104,10 @@ class Recommender(BatchOutputs):
         block_users: int | None = None,
         call_users: int | None = None,
         providers: list[str] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.bundle = bundle
+        self._precision = check_precision(precision)
         self._engine: Engine = make_engine(
             bundle,
             intra_op_threads=intra_op_threads,
@@ -109,6 +118,10 @@ class Recommender(BatchOutputs):
             call_users=call_users,
             providers=providers,
         )
+        if self._precision != "fp32":  # an approximate variant: only when asked for
+            variant = bundle.spec.variant(self._precision)
+            self._engine = VariantEngine(self._engine, variant, bundle)
+            self._engine.resize(block_users, call_users)
         model = bundle.spec.model
         self._n_users, self._n_items, self._kind = model.n_users, model.n_items, model.kind
         self._user_map = bundle.user_map()
@@ -138,6 +151,7 @@ class Recommender(BatchOutputs):
         block_users: int | None = None,
         call_users: int | None = None,
         providers: list[str] | None = None,
+        precision: str = "fp32",
     ) -> Recommender:
         """Load a bundle (checksums verified unless ``verify=False``).
 
@@ -174,11 +188,17 @@ class Recommender(BatchOutputs):
             ``onnxruntime.get_available_providers()``. Only the CPU provider is tested
             here: the GPU providers are passed through untested, and the runtime's
             numpy steps (masking, id mapping) stay on the CPU.
+        precision : {"fp32", "fp16", "int8"}
+            ``fp32`` (default): the exact graphs. ``fp16``/``int8``: the bundle's
+            approximate variant (``export --precision``), never loaded unless asked for;
+            its measured cost in ranking (recall of the exact lists, score error) is in
+            the manifest (``formats.onnx.variants``) and ``parity.json``.
 
         Raises
         ------
         BundleError
-            Missing/corrupted bundle, or one without ONNX graphs.
+            Missing/corrupted bundle, one without ONNX graphs, or without the variant of
+            ``precision``.
         ConfigError
             Invalid options, or a provider this onnxruntime does not have.
         """
@@ -194,6 +214,7 @@ class Recommender(BatchOutputs):
             block_users=block_users,
             call_users=call_users,
             providers=providers,
+            precision=precision,
         )
         rec._engine.first_session()  # fail early on a graph onnxruntime refuses
         return rec
@@ -204,6 +225,11 @@ class Recommender(BatchOutputs):
     def fast_paths(self) -> bool:
         """Whether the bundle's fast-path graphs are in use."""
         return self._engine.fast
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` (the exact graphs) or the approximate variant in use."""
+        return self._precision
 
     @property
     def block_users(self) -> int:
@@ -274,17 +300,7 @@ class Recommender(BatchOutputs):
         return self._names[0]
 
     def _load_names(self) -> np.ndarray | None:
-        rel = self.bundle.spec.names_file()
-        if rel is None:
-            return None
-        where = f"bundle {self.bundle.root}"
-        try:
-            names = check_item_names(self.bundle.read_json(rel), self._n_items)
-        except ValueError as exc:
-            raise BundleError(f"{where}: {rel!r}: {exc}; export it again") from None
-        table = np.empty(self._n_items + 1, dtype=object)
-        table[: self._n_items] = names
-        return table
+        return load_name_table(self.bundle, self._n_items)
 
     @property
     def item_names(self) -> list[str | None] | None:
@@ -384,6 +400,15 @@ class Recommender(BatchOutputs):
         """
         k = self._check_k(k)
         check_choice("unknown", unknown, _UNKNOWN_POLICIES)
+        if (
+            by_index
+            and exclude is None
+            and include is None
+            and isinstance(user_ids, (int, np.integer))
+            and not isinstance(user_ids, bool)
+            and 0 <= user_ids < self._n_users
+        ):  # one index, the seen items excluded: the latency path, no array round trips
+            return self._one_by_index(int(user_ids), k, exclude_seen)
         given = as_1d(_ordered(user_ids, "user ids"))
         if not isinstance(user_ids, np.ndarray) and given.dtype.kind in "US":
             given = np.asarray(
@@ -421,6 +446,13 @@ class Recommender(BatchOutputs):
         table = self._name_table()
         names = None if table is None else table[items]
         return RecommendResult(out_users, out_items, scores, skipped, fallback, names)
+
+    def _one_by_index(self, user: int, k: int, exclude_seen: bool) -> RecommendResult:
+        scores, items = self._recommend_one(user, k, exclude_seen)
+        table = self._name_table()
+        names = None if table is None else table[items]
+        users = np.array([user], dtype=np.int64)
+        return RecommendResult(users, items, scores, [], np.zeros(1, dtype=bool), names)
 
     def _recommend_one(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, ...]:
         if exclude_seen:
@@ -462,7 +494,7 @@ class Recommender(BatchOutputs):
             return scores, items
         cols = None
         if include is not None:
-            cols = np.unique(self._items(include, by_index)) if not _is_empty(include) else None
+            cols = np.unique(self._items(include, by_index)) if not is_empty(include) else None
             if cols is None or cols.size == 0:
                 return scores, items  # no candidate item: every slot stays empty
         known_pos = np.flatnonzero(known)
@@ -483,28 +515,12 @@ class Recommender(BatchOutputs):
         return scores, items
 
     def _topk_block(
-        self,
-        users: np.ndarray,
-        k: int,
-        rows: np.ndarray,
-        ex_items: np.ndarray,
-        cols: np.ndarray | None,
+        self, users: np.ndarray, k: int, rows: np.ndarray, ex: np.ndarray, cols: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of known users in blocks: the engine, or numpy over ``cols`` (include)."""
         if cols is None:
-            return self._engine.topk(users, k, rows, ex_items)
-        b = users.size
-        scores = np.empty((b, k), dtype=np.float32)
-        items = np.empty((b, k), dtype=np.int64)
-        for start, stop, r, e in iter_blocks(b, self._engine.block, rows, ex_items):
-            u = users[start:stop]
-            full = np.empty((u.size, self._n_items), dtype=np.float32)
-            self._score_all_into(u, full)
-            sub = full[:, cols]
-            mask_pairs(sub, r, e, cols, self._n_items)
-            s, c = topk(sub, k)
-            scores[start:stop], items[start:stop] = s, take_columns(cols, c)
-        return scores, items
+            return self._engine.topk(users, k, rows, ex)
+        return columns_topk(self._engine, users, k, rows, ex, cols)
 
     def _popularity(self) -> np.ndarray:
         """Number of ratings per item (from the seen CSR)."""
@@ -512,116 +528,6 @@ class Recommender(BatchOutputs):
             _, seen = self.seen_csr()
             self._popular_counts = np.bincount(seen, minlength=self._n_items).astype(np.int64)
         return self._popular_counts
-
-
-def exclusion_pairs(
-    users: np.ndarray,
-    known: np.ndarray,
-    seen: tuple[np.ndarray, np.ndarray] | None,
-    exclude: Any,
-    user_index: Callable[[list[Any]], np.ndarray],
-    item_index: Callable[[Any], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """COO exclusions (row positions, item indices) for a batch of user indices.
-
-    Parameters
-    ----------
-    users : np.ndarray
-        User indices (anything where ``known`` is False).
-    known : np.ndarray
-        ``bool``: which users are known (only they have seen items).
-    seen : (indptr, items) or None
-        The seen-items CSR, or None not to exclude seen items.
-    exclude : iterable, dict or None
-        Items to drop for every user, or a dict user -> items.
-    user_index, item_index : callable
-        Validate ids (or indices) and return indices.
-    """
-    rows_parts: list[np.ndarray] = []
-    items_parts: list[np.ndarray] = []
-    b = users.size
-    if seen is not None and b:
-        indptr, seen_items = seen
-        u = np.where(known, users, 0)
-        starts = indptr[u]
-        rows, items = runs_to_coo(starts, np.where(known, indptr[u + 1], starts), seen_items)
-        if rows.size:
-            rows_parts.append(rows)
-            items_parts.append(items)
-    if isinstance(exclude, Mapping):
-        if exclude:
-            keys = list(exclude)
-            for key, uidx in zip(keys, user_index(keys).tolist(), strict=True):
-                ex = item_index(exclude[key])
-                pos = np.flatnonzero(users == uidx)
-                if pos.size and ex.size:
-                    rows_parts.append(np.repeat(pos, ex.size))
-                    items_parts.append(np.tile(ex, pos.size))
-    elif exclude is not None:
-        ex = item_index(exclude) if not _is_empty(exclude) else _EMPTY_I64
-        if ex.size and b:
-            rows_parts.append(np.repeat(np.arange(b, dtype=np.int64), ex.size))
-            items_parts.append(np.tile(ex, b))
-    if not rows_parts:
-        return _EMPTY_I64, _EMPTY_I64
-    if len(rows_parts) == 1:
-        return rows_parts[0], items_parts[0]
-    return np.concatenate(rows_parts), np.concatenate(items_parts)
-
-
-def popular_topk(
-    counts: np.ndarray,
-    b: int,
-    k: int,
-    rows: np.ndarray,
-    ex_items: np.ndarray,
-    cols: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The popularity fallback: the ``k`` most rated admissible items for ``b`` users.
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray)
-        Scores (NaN: no model score; ``-inf`` in empty slots) and items ``[b, k]``.
-    """
-    n_items = counts.size
-    sc = np.broadcast_to(counts, (b, n_items))
-    sc = sc if cols is None else sc[:, cols]
-    sc = np.array(sc, dtype=np.float64)
-    mask_pairs(sc, rows, ex_items, cols, n_items)
-    v, c = topk(sc, k)
-    items = c if cols is None else take_columns(cols, c)
-    return np.where(np.isneginf(v), EMPTY_SCORE, np.nan), items
-
-
-def raw_items(item_map: IdMap, items: np.ndarray) -> np.ndarray:
-    """Raw ids of item indices; ``None`` (in an object array) where ``items`` is ``-1``."""
-    raw = item_map.raw_ids
-    empty = items < 0
-    if not empty.any():
-        return raw[items]
-    out = raw[np.where(empty, 0, items)].astype(object)
-    out[empty] = None
-    return out
-
-
-def _is_empty(values: Any) -> bool:
-    if isinstance(values, (str, bytes)):
-        return False
-    return np.ndim(values) > 0 and len(values) == 0
-
-
-def load_seen_csr(bundle: Bundle, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr int64[n_users + 1], items int64[nnz])`` of a bundle's seen items
-    (:meth:`Bundle.seen_csr <recsys_export.bundle.Bundle.seen_csr>`).
-
-    Raises
-    ------
-    BundleError
-        If the manifest has no ``seen`` entry, names seen files it does not list, or
-        they are malformed.
-    """
-    return bundle.seen_csr(n_users, n_items)
 
 
 def _ordered(ids: Any, what: str) -> Any:
