@@ -30,6 +30,7 @@ from typing import Any
 from recsys_export.serve.config import ServeConfig
 from recsys_export.serve.engine import ServedModel
 from recsys_export.serve.metrics import MULTIPROC_ENV
+from recsys_export.serve.server import bind, run_app
 
 __all__ = ["serve_workers"]
 
@@ -41,8 +42,6 @@ STOP_TIMEOUT_S = 30.0
 
 def _worker(config: ServeConfig, sock: socket.socket, log_level: str, access_log: bool) -> None:
     """One worker process: the app on uvicorn, on the shared socket."""
-    from recsys_export.serve.run import run_app
-
     run_app(config, sock, log_level=log_level, access_log=access_log)
 
 
@@ -63,8 +62,6 @@ def serve_workers(config: ServeConfig, *, log_level: str, access_log: bool, anno
     BundleError
         Before binding: the bundle cannot be served.
     """
-    from recsys_export.serve.run import bind
-
     model = ServedModel.load(config.bundle, threads=1)  # fail here, before binding
     sock = bind(config, log_level)
     announce(model, sock)
