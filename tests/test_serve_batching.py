@@ -263,7 +263,7 @@ def test_a_late_event_loop_refuses_requests_at_once(bundles):
     async def body():
         async with running(app) as client:
             ok = await client.post("/recommend", json={"users": [1]})
-            server.lag.now = lambda: 0.3  # as if the loop ran 300 ms late (> 100)
+            server.lag.sustained = lambda: 0.3  # as if the loop ran 300 ms late (> 100)
             refused = await client.post("/recommend", content=b"not even JSON")
             return ok, refused, (await client.get("/metrics")).text
 
@@ -296,6 +296,31 @@ def test_loop_lag_measures_a_late_tick_and_an_overdue_one():
     assert overdue == pytest.approx(0.5)
     assert late == pytest.approx(0.5)  # the last tick's lateness
     assert recovered == pytest.approx(0.5)  # until the next tick measures again
+
+
+def test_loop_lag_is_sustained_only_when_two_ticks_in_a_row_ran_late():
+    clock = [100.0]
+    lag = LoopLag(interval_s=0.02, clock=lambda: clock[0])
+
+    def tick(late_s: float) -> float:
+        clock[0] += 0.02 + late_s  # the next tick runs late_s after it was due
+        lag._tick()
+        return lag.sustained()
+
+    async def body():
+        lag.start()
+        try:
+            # one stall of the process: one late tick, then on time again
+            stall = [tick(0.0), tick(0.3), tick(0.0), tick(0.0)]
+            # a flood: every tick late, more and more
+            flood = [tick(0.2), tick(0.3), tick(0.4)]
+            return stall, flood
+        finally:
+            lag.stop()
+
+    stall, flood = run(body())
+    assert stall == pytest.approx([0.0] * 4, abs=1e-9)
+    assert flood == pytest.approx([0.0, 0.2, 0.3])
 
 
 def test_engine_calls_on_the_event_loop_carve_responses_too(bundles):

@@ -90,6 +90,9 @@ class LoopLag:
     sockets), every callback, timers included, runs late by about the time requests
     wait before any handler sees them; :meth:`now` is that delay, kept current between
     ticks (a tick overdue by ``x`` means the loop is at least ``x`` late).
+    :meth:`sustained` is the lateness of the last two ticks both: a flood keeps every
+    tick late, while one stall of the whole process (a busy machine's scheduler) makes
+    one tick late and the next on time, and is no reason to refuse requests.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class LoopLag:
         self.interval_s = interval_s
         self._clock = clock
         self._lag = 0.0
+        self._previous = 0.0
         self._due = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -120,12 +124,16 @@ class LoopLag:
         self._handle = self._loop.call_later(self.interval_s, self._tick)
 
     def _tick(self) -> None:
-        self._lag = max(0.0, self._clock() - self._due)
+        self._previous, self._lag = self._lag, max(0.0, self._clock() - self._due)
         self._schedule()
 
     def now(self) -> float:
         """Seconds the loop runs late now."""
         return max(self._lag, self._clock() - self._due)
+
+    def sustained(self) -> float:
+        """Seconds both of the last two ticks ran late (the lesser lateness)."""
+        return min(self._previous, self._lag)
 
 
 class Batcher:
@@ -264,9 +272,9 @@ class Batcher:
         Under a flood, requests wait before they are answered either in the queue (the
         engine is the bound: the oldest queued job ages) or in the event loop itself
         (the HTTP work is the bound: the loop runs late, :class:`LoopLag`). While the
-        oldest queued job has waited over half ``timeout_s``, or the loop runs over
-        ``lag_limit_s`` late, new requests
-        are then answered 503 at once (the HTTP layer calls this before reading a
+        oldest queued job has waited over half ``timeout_s``, or the loop has run over
+        ``lag_limit_s`` late at two ticks in a row (:meth:`LoopLag.sustained`), new
+        requests are then answered 503 at once (the HTTP layer calls this before reading a
         body), which keeps the loop's work per refused request small until it catches
         up.
 
@@ -283,7 +291,7 @@ class Batcher:
                     f"the server is overloaded (requests have waited {waited * 1000:.0f} ms "
                     "in the queue); retry later"
                 )
-        late = self.lag.now()
+        late = self.lag.sustained()
         if late > self.lag_limit_s:
             self._rejected["loop_delay"].inc()
             raise Overloaded(
