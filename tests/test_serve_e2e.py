@@ -5,6 +5,7 @@ port, driven over HTTP by httpx and by the Open Inference Protocol's reference c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -186,3 +187,16 @@ def test_serve_inprocess_bench_runs(tmp_path):
     assert result["requests"] == 300 and result["callers"] == 8
     assert result["k"] == 4  # toy-mf has 4 items: k=10 is capped, every answer a 200
     assert result["cpu_us_per_request"] >= result["loop_thread_us_per_request"] > 0
+
+
+def test_serve_bench_counts_a_503_outside_overload_as_a_failed_request():
+    """The targets' 'failed': a 503 in the closed, open or hot-swap load fails the target
+    (the Python generator reports 503s apart from its errors; wrk among them)."""
+    spec = importlib.util.spec_from_file_location(
+        "serve_report", ROOT / "benchmarks" / "serve_report.py"
+    )
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.failed({"errors": 1, "status": {"200": 40, "503": 2}}) == 3
+    assert report.failed({"errors": 0, "status": {"200": 40}}) == 0
+    assert report.failed({"errors": 3, "status": {"non-2xx/3xx": 3}}) == 3  # wrk
