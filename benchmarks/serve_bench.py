@@ -7,20 +7,25 @@ Scenarios (single-user top-10 requests, raw ids, seen items excluded):
 
 1. ``ml``: MF trained on MovieLens latest-small (610 x 9,724): closed loop with 64
    connections (Python asyncio generator, and ``wrk`` when installed); open loop at
-   1,000 requests/s.
+   1,000 requests/s; beside them, as references, ``GET /healthz`` (no engine, no
+   batching: the HTTP path alone) through the same generators in the same minute.
 2. ``mf100k``: a synthetic MF of 100k users x 20k items: closed loop, default dynamic
-   batching against ``--max-batch 1`` (interleaved rounds, the median run); beside
-   them the in-process ceiling of the same requests through ``Recommender.recommend``,
-   one call per request and batched.
+   batching against ``--max-batch 1`` and against ``--workers 2 --concurrency 0``
+   (interleaved rounds, the median run); beside them the in-process ceiling of the
+   same requests through ``Recommender.recommend``, one call per request and batched.
 3. ``overload``: open loop at 2x the batched closed-loop rate, deadline 500 ms: every
-   request must be answered (200 or 503) within it; the server's RSS sampled.
+   request must be answered (200 or 503) within it, measured from its send by the
+   generator and by the server's own histogram; the server's RSS sampled.
 4. ``hotswap``: the two ML models alternately committed to the served path (the
    exporter's atomic exchange) 20 times during a 60 s closed loop; every response
    is checked: status, header version = body version, rows = that version's answer.
 
 Server and generator share the machine's cores: compare ratios within one run. Prints
-a table and writes JSON (``--json``, default ``runs/serve_bench/serve_bench.json``).
-Loopback only; every loop is bounded in time and count.
+a table, then every target of the issue beside its same-run reference, and writes JSON
+(``--json``, default ``runs/serve_bench/serve_bench.json``). ``--server-root DIR`` runs
+the server from another checkout (e.g. the previous commit's, for a before/after with
+the same harness; rows its server has no options for are left out). Loopback only;
+every loop is bounded in time and count.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from serve_load import closed_loop, open_loop, wrk_closed_loop  # noqa: E402
+from serve_report import median_of, median_run, ratios, sweep_table, table  # noqa: E402
 
 from recsys_export.runtime import Recommender  # noqa: E402
 from recsys_export.serve.engine import manifest_version  # noqa: E402
@@ -54,6 +60,10 @@ PRESETS = {
     "smoke": {"seconds": 1.0, "swap_seconds": 4.0, "swaps": 3, "big": (2_000, 1_000)},
 }
 HOST = "127.0.0.1"
+#: Where ``python -m recsys_export.cli serve`` runs (``--server-root``).
+SERVER_ROOT = ROOT
+#: The options of the 2-worker rows: each worker runs its engine calls on its own loop.
+WORKERS_2 = ("--workers", "2", "--concurrency", "0")
 
 
 # ---------------------------------------------------------------------- bundles
@@ -107,10 +117,11 @@ class Server:
     """``recsys-export serve`` in a subprocess on an ephemeral loopback port."""
 
     def __init__(self, bundle: Path, *options: str) -> None:
+        bundle = bundle.resolve()
         cmd = [sys.executable, "-m", "recsys_export.cli", "serve", str(bundle), "--port", "0"]
         self.proc = subprocess.Popen(
             [*cmd, "--log-level", "warning", *options],
-            cwd=ROOT,
+            cwd=SERVER_ROOT,  # python -m imports the package from the working directory
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -126,8 +137,19 @@ class Server:
             return resp.read().decode()
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+        """Resident memory of the server and its worker processes."""
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        total = 0.0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -168,12 +190,19 @@ async def served(
     rate: float | None = None,
     connections: int = 256,
     generator: str = "wrk",
+    path: str = "/recommend",
 ) -> dict:
-    """One load run; ``generator`` ``wrk`` (closed loop, when installed) or ``python``."""
+    """One load run; ``generator`` ``wrk`` (closed loop, when installed) or ``python``.
+
+    ``path`` other than ``/recommend``: GET requests (``bodies`` ignored).
+    """
+    get = path != "/recommend"
     before = server.metrics()
     out = None
     if rate is None and generator == "wrk":
-        out = wrk_closed_loop(HOST, server.port, bodies, connections=64, seconds=seconds)
+        out = wrk_closed_loop(
+            HOST, server.port, [] if get else bodies, connections=64, seconds=seconds, path=path
+        )
         if out is not None:
             out["generator"] = "wrk"
     if out is None and rate is None:
@@ -181,8 +210,9 @@ async def served(
         out = {**res.summary(), "generator": "python"}
     elif out is None:
         res = await open_loop(
-            HOST, server.port, bodies, rate=rate, seconds=seconds, connections=connections
-        )
+            HOST, server.port, [None] if get else bodies, rate=rate, seconds=seconds,
+            connections=connections, path=path,
+        )  # fmt: skip
         out = {**res.summary(), "generator": "python"}
     text = server.metrics()
     out["batch_sizes"] = batch_histogram(before, text)
@@ -235,26 +265,48 @@ def ceiling(bundle: Path, users: list[Any], batch: int, seconds: float) -> dict:
 
 # ---------------------------------------------------------------------- scenarios
 async def scenario_ml(bundle: Path, seconds: float) -> dict:
+    """Closed and open loop on /recommend, each beside GET /healthz the same way."""
     bodies, _ = bodies_for(bundle)
     server = Server(bundle)
+    out: dict[str, Any] = {}
     try:
-        out = {"closed_64": await served(server, bodies, seconds=seconds, generator="python")}
+        health = await served(server, bodies, seconds=seconds, path="/healthz")
+        if health["generator"] == "wrk":
+            out["healthz_wrk"] = health
+        out["closed_64"] = await served(server, bodies, seconds=seconds, generator="python")
         wrk = await served(server, bodies, seconds=seconds)
         if wrk["generator"] == "wrk":
             out["closed_64_wrk"] = wrk
+        out["healthz_open_1000"] = await served(
+            server, bodies, seconds=seconds, rate=1000.0, path="/healthz"
+        )
         out["open_1000"] = await served(server, bodies, seconds=seconds, rate=1000.0)
     finally:
         server.stop()
     return out
 
 
+def has_workers() -> bool:
+    """Whether the server at SERVER_ROOT has ``--workers`` (the previous main has not)."""
+    cmd = [sys.executable, "-m", "recsys_export.cli", "serve", "--help"]
+    done = subprocess.run(cmd, cwd=SERVER_ROOT, capture_output=True, text=True, timeout=120)
+    return "--workers" in done.stdout
+
+
 async def scenario_big(bundle: Path, seconds: float, rounds: int) -> dict:
-    """Batched against --max-batch 1 in ``rounds`` interleaved rounds (each row: the run
-    with the median req/s; every round's req/s beside it), then overload, then ceilings."""
+    """Batched against --max-batch 1 and 2 workers in ``rounds`` interleaved rounds (each
+    row: the run with the median req/s; every round's req/s beside it), then overload,
+    then ceilings."""
     bodies, users = bodies_for(bundle)
-    runs: dict[str, list[dict]] = {"batched": [], "batch_1": []}
+    configs: list[tuple[str, tuple[str, ...]]] = [
+        ("batched", ()),
+        ("batch_1", ("--max-batch", "1")),
+    ]
+    if has_workers():
+        configs.append(("workers_2", WORKERS_2))
+    runs: dict[str, list[dict]] = {name: [] for name, _ in configs}
     for _ in range(rounds):
-        for name, options in (("batched", ()), ("batch_1", ("--max-batch", "1"))):
+        for name, options in configs:
             server = Server(bundle, *options)
             try:
                 runs[name].append(await served(server, bodies, seconds=seconds))
@@ -265,12 +317,6 @@ async def scenario_big(bundle: Path, seconds: float, rounds: int) -> dict:
     out["ceiling_1"] = ceiling(bundle, users, 1, seconds)
     out["ceiling_64"] = ceiling(bundle, users, 64, seconds)
     return out
-
-
-def median_run(runs: list[dict]) -> dict:
-    """The run with the median req/s, with every run's req/s."""
-    ordered = sorted(runs, key=lambda r: r["req_per_s"])
-    return {**ordered[len(ordered) // 2], "rounds_req_per_s": [r["req_per_s"] for r in runs]}
 
 
 async def overload(bundle: Path, bodies, rate: float, seconds: float) -> dict:
@@ -292,6 +338,7 @@ async def overload(bundle: Path, bodies, rate: float, seconds: float) -> dict:
     out.update(
         offered_per_s=rate, deadline_ms=500, rss_start_mb=rss[0], rss_peak_mb=max(rss),
         rss_end_mb=rss[-1], rss_mb_every_second=[round(v, 1) for v in rss[::4]],
+        server_over_deadline=out["server_over_500ms"],
     )  # fmt: skip
     return out
 
@@ -365,70 +412,6 @@ async def sweep(bundle: Path, seconds: float, rounds: int) -> dict:
     return {name: {"rounds": r, **median_of(r)} for name, r in runs.items()}
 
 
-def median_of(runs: list[dict]) -> dict:
-    """Per load kind, the median of each number over rounds."""
-    out = {}
-    for kind in runs[0]:
-        keys = ("req_per_s", "p50_ms", "p99_ms", "p999_ms")
-        out[kind] = {k: float(np.median([r[kind][k] for r in runs])) for k in keys}
-    return out
-
-
-def sweep_table(results: dict) -> str:
-    lines = ["setting            closed req/s  p99 ms   open 1,000/s p50 ms  p99 ms"]
-    for name, r in results.items():
-        c, o = r["closed"], r["open_1000"]
-        lines.append(
-            f"{name:<18} {c['req_per_s']:>12,.0f}  {c['p99_ms']:>6.1f}   "
-            f"{o['p50_ms']:>19.2f}  {o['p99_ms']:>6.2f}"
-        )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------- report
-def table(results: dict) -> str:
-    rows = [("scenario", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "batch sizes")]
-
-    def add(name: str, r: dict) -> None:
-        rows.append(
-            (
-                name, f"{r['req_per_s']:,.0f}", f"{r.get('p50_ms', float('nan')):.2f}",
-                f"{r.get('p99_ms', float('nan')):.2f}", f"{r.get('p999_ms', float('nan')):.2f}",
-                str(r.get("errors", "")), " ".join(f"{k}:{v}" for k, v in
-                                                   r.get("batch_sizes", {}).items()),
-            )
-        )  # fmt: skip
-
-    ml, big = results["ml"], results["mf100k"]
-    add("ml MF closed 64 conns (python)", ml["closed_64"])
-    if "closed_64_wrk" in ml:
-        add("ml MF closed 64 conns (wrk)", ml["closed_64_wrk"])
-    add("ml MF open 1,000/s", ml["open_1000"])
-    add("big MF closed 64, batched", big["batched"])
-    add("big MF closed 64, max-batch 1", big["batch_1"])
-    add("big MF in-process, 1 per call", big["ceiling_1"])
-    add("big MF in-process, 64 per call", big["ceiling_64"])
-    add(f"big MF open {big['overload']['offered_per_s']:,.0f}/s (2x)", big["overload"])
-    add("hot swap closed 16", results["hotswap"])
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    r = results["ratios"]
-    lines.append("")
-    lines.append(
-        f"ratios: batched / max-batch-1 req/s {r['batching_speedup']:.2f}x (p99 "
-        f"{r['p99_batched_over_b1']:.2f}x); served / in-process batched ceiling "
-        f"{r['served_over_batched_ceiling']:.2f}; hot swap: {results['hotswap']['swaps']} swaps, "
-        f"{results['hotswap']['versions_served']} versions served, "
-        f"{results['hotswap']['errors']} failed, {results['hotswap']['mixed']} mixed, "
-        f"{results['hotswap']['wrong']} wrong; overload: answered within "
-        f"{big['overload']['max_service_ms']:.0f} ms of sending (deadline 500; "
-        f"{big['overload']['status']}), RSS {big['overload']['rss_start_mb']:.0f} -> peak "
-        f"{big['overload']['rss_peak_mb']:.0f} MB"
-    )
-    return "\n".join(lines)
-
-
 async def main_async(args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
     out_dir = args.out
@@ -437,19 +420,19 @@ async def main_async(args: argparse.Namespace) -> dict:
     a, b = ml_bundle(out_dir, 0, smoke), ml_bundle(out_dir, 1, smoke)
     big = big_bundle(out_dir, *preset["big"])
     secs = preset["seconds"]
-    results: dict[str, Any] = {"preset": args.preset, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {
+        "preset": args.preset,
+        "cpus": os.cpu_count(),
+        "server_root": str(SERVER_ROOT),
+        "loadavg_start": os.getloadavg(),
+    }
     results["ml"] = await scenario_ml(a, secs)
     results["mf100k"] = await scenario_big(big, secs, args.rounds)
     results["hotswap"] = await scenario_hotswap(
         a, b, out_dir, preset["swap_seconds"], preset["swaps"]
     )
-    bg = results["mf100k"]
-    results["ratios"] = {
-        "batching_speedup": bg["batched"]["req_per_s"] / bg["batch_1"]["req_per_s"],
-        "p99_batched_over_b1": bg["batched"]["p99_ms"] / bg["batch_1"]["p99_ms"],
-        "served_over_batched_ceiling": bg["batched"]["req_per_s"] / bg["ceiling_64"]["req_per_s"],
-        "served_over_single_ceiling": bg["batched"]["req_per_s"] / bg["ceiling_1"]["req_per_s"],
-    }
+    results["ratios"] = ratios(results)
+    results["loadavg_end"] = os.getloadavg()
     return results
 
 
@@ -465,7 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rounds", type=int, help="interleaved rounds of the compared settings (default 3)"
     )
+    p.add_argument(
+        "--server-root", type=Path, default=ROOT, help="checkout whose server runs (default: this)"
+    )
     args = p.parse_args(argv)
+    global SERVER_ROOT
+    SERVER_ROOT = args.server_root.resolve()
     if args.rounds is None:
         args.rounds = 1 if args.preset == "smoke" else 3
     try:

@@ -44,11 +44,18 @@ class LoadResult:
     versions: Counter = field(default_factory=Counter)
     mixed: int = 0  # header version != body version
     wrong: int = 0  # body differs from what that version must answer
+    sends: list[float] = field(default_factory=list)  # when each request was sent
+    lag: list[float] = field(default_factory=list)  # how late the generator's own loop ran
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies) * 1e3
         n = len(lat)
         pct = (lambda q: float(np.percentile(lat, q))) if n else (lambda q: float("nan"))
+        span = max(self.sends) - min(self.sends) if len(self.sends) > 1 else 0.0
+        extra: dict[str, float] = {"sent_per_s": (len(self.sends) - 1) / span} if span else {}
+        if self.lag:
+            extra["generator_lag_p99_ms"] = float(np.percentile(self.lag, 99)) * 1e3
+            extra["generator_lag_max_ms"] = max(self.lag) * 1e3
         return {
             "requests": n,
             "req_per_s": n / self.seconds if self.seconds else 0.0,
@@ -59,10 +66,14 @@ class LoadResult:
             "max_service_ms": max(self.service) * 1e3 if self.service else float("nan"),
             "status": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": self.errors,
+            **extra,
         }
 
 
-def _request(path: str, body: bytes) -> bytes:
+def _request(path: str, body: bytes | None) -> bytes:
+    """A POST of ``body``, or a GET when it is None."""
+    if body is None:
+        return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     head = (
         f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -134,34 +145,43 @@ async def closed_loop(
 async def open_loop(
     host: str,
     port: int,
-    bodies: list[bytes],
+    bodies: list[bytes | None],
     *,
     rate: float,
     seconds: float,
     connections: int = 256,
     path: str = "/recommend",
 ) -> LoadResult:
-    """Requests at ``rate`` per second for ``seconds`` (latency from the scheduled time)."""
+    """Requests at ``rate`` per second for ``seconds`` (latency from the scheduled time).
+
+    Every connection is open before the first request is due; ``sent_per_s`` in the
+    summary is the rate the requests actually left at (below ``rate`` when the
+    generator itself cannot keep up), and ``generator_lag_*_ms`` how late the
+    generator's own event loop ran (a busy generator notices answers late: that much
+    of a measured latency may be its own).
+    """
     _check_host(host)
     raws = [_request(path, b) for b in bodies]
     total = int(rate * seconds)
     result = LoadResult(seconds)
     clock = time.perf_counter  # not loop.time(): uvloop's clock ticks in milliseconds
-    t0 = clock() + 0.05
     counter = iter(range(total))
-
-    async def client() -> None:
+    conns = []
+    for _ in range(connections):  # every connection open before the first send
         try:
-            reader, writer = await asyncio.open_connection(host, port)
+            conns.append(await asyncio.open_connection(host, port))
         except OSError:
             result.errors += 1
-            return
+    t0 = clock() + 0.05
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for i in counter:
             when = t0 + i / rate
             delay = when - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             sent = clock()
+            result.sends.append(sent)
             try:
                 status, headers, body = await _exchange(reader, writer, raws[i % len(raws)])
             except (OSError, asyncio.IncompleteReadError):
@@ -173,7 +193,18 @@ async def open_loop(
             _account(result, status, headers, body, i, None)
         writer.close()
 
-    await asyncio.gather(*(client() for _ in range(connections)))
+    async def ticker() -> None:  # the generator's own lateness: it inflates its latencies
+        due = clock()
+        while not done.is_set():
+            due += 0.01
+            await asyncio.sleep(max(0.0, due - clock()))
+            result.lag.append(max(0.0, clock() - due))
+
+    done = asyncio.Event()
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.gather(*(client(r, w) for r, w in conns))
+    done.set()
+    await tick
     result.seconds = seconds
     return result
 
@@ -199,7 +230,8 @@ for line in io.lines("%s") do bodies[#bodies + 1] = line end
 local i = 0
 request = function()
   i = i + 1
-  return wrk.format("POST", "/recommend", {["Content-Type"] = "application/json"},
+  if #bodies == 0 then return wrk.format("GET", "%s") end
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"},
                     bodies[(i %% #bodies) + 1])
 end
 done = function(summary, latency, requests)
@@ -212,18 +244,24 @@ end
 
 
 def wrk_closed_loop(
-    host: str, port: int, bodies: list[bytes], *, connections: int, seconds: float
+    host: str,
+    port: int,
+    bodies: list[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    path: str = "/recommend",
 ) -> dict[str, Any] | None:
-    """The closed loop with ``wrk`` (None when wrk is not installed)."""
+    """The closed loop with ``wrk`` (None when wrk is not installed); GETs without bodies."""
     _check_host(host)
     wrk = shutil.which("wrk")
     if wrk is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         lines = Path(tmp) / "bodies.txt"
-        lines.write_bytes(b"\n".join(bodies) + b"\n")
+        lines.write_bytes(b"".join(body + b"\n" for body in bodies))
         script = Path(tmp) / "post.lua"
-        script.write_text(_WRK_LUA % lines)
+        script.write_text(_WRK_LUA % (lines, path, path))
         cmd = [wrk, "-t2", f"-c{connections}", f"-d{int(seconds)}s", "-s", str(script)]
         out = subprocess.run(
             [*cmd, f"http://{host}:{port}"], capture_output=True, text=True, timeout=seconds + 60

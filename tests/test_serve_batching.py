@@ -26,6 +26,7 @@ from helpers.serving import (
 
 from recsys_export.runtime import Recommender
 from recsys_export.serve.app import create_app
+from recsys_export.serve.batching import LoopLag
 from recsys_export.serve.config import ServeConfig
 
 
@@ -169,3 +170,172 @@ def test_a_congested_queue_refuses_before_reading_the_body(bundles):
     assert int(refused.json()["error"].split("waited ")[1].split()[0]) >= 31_000
     assert first.status_code == second.status_code == 200
     assert metric(text, "recsys_rejected_total", reason="queue_delay") == 1
+
+
+def test_one_engine_call_applies_each_requests_unknown_user_policy(bundles):
+    """Requests of one batch, one engine call: an unknown user fails (raise), is left out
+    (skip) or gets the fallback (popular) in its own request only; an id that is no id
+    (1.5) fails its request and no other."""
+    rec = Recommender.load(bundles["mf"])
+    app = _app(bundles["mf"], max_batch=16, concurrency=1)
+    server = app.state.server
+    gate = gate_engine(app)
+    bodies = [
+        {"users": [0, 3], "k": 2},
+        {"users": [1, 77], "k": 2},
+        {"users": [2, 77], "k": 2, "unknown": "skip"},
+        {"users": [77, 4], "k": 2, "unknown": "popular"},
+        {"users": [1.5], "k": 2},
+        {"users": [4], "k": 2},
+    ]
+
+    async def body():
+        async with running(app) as client:
+            first = asyncio.create_task(client.post("/recommend", json={"users": [0]}))
+            await until(lambda: now(server.recommender._slots == 0), "the first engine call")
+            tasks = [asyncio.create_task(client.post("/recommend", json=b)) for b in bodies]
+            await until(lambda: now(len(server.recommender._queue) == len(bodies)), "queued")
+            gate.set()
+            await first
+            return await asyncio.gather(*tasks), (await client.get("/metrics")).text
+
+    (ok, raised, skipped, popular, float_id, last), text = run(body())
+    assert metric(text, "recsys_batch_size_count") == 2  # the first call, then all six
+    assert ok.status_code == 200
+    same_rows(ok.json()["results"], expected_rows(rec, [0, 3], k=2))
+    assert raised.status_code == 404 and "unknown user id(s): 77" in raised.json()["error"]
+    assert skipped.status_code == 200 and skipped.json()["skipped"] == [77]
+    same_rows(skipped.json()["results"], expected_rows(rec, [2], k=2))
+    assert popular.status_code == 200
+    same_rows(popular.json()["results"], expected_rows(rec, [77, 4], k=2, unknown="popular"))
+    assert float_id.status_code == 404 and "not an exact integer" in float_id.json()["error"]
+    same_rows(last.json()["results"], expected_rows(rec, [4], k=2))
+
+
+def test_a_request_in_a_blocked_engine_call_gets_503_at_its_deadline(bundles):
+    app = _app(bundles["mf"], max_batch=1, concurrency=1)
+    gate = gate_engine(app)
+
+    async def body():
+        async with running(app) as client:
+            late = await client.post(
+                "/recommend", json={"users": [2]}, headers={"X-Deadline-Ms": "30"}
+            )  # answered while the engine still holds its call
+            gate.set()
+            after = await client.post("/recommend", json={"users": [2]})
+            return late, after, (await client.get("/metrics")).text
+
+    late, after, text = run(body())
+    assert late.status_code == 503 and "within its deadline (30 ms)" in late.json()["error"]
+    assert after.status_code == 200
+    assert metric(text, "recsys_rejected_total", reason="deadline") == 1
+
+
+def test_deadlines_are_checked_when_a_batch_forms_and_when_it_is_answered(bundles):
+    """A queued request already past its deadline is answered 503 without an engine call;
+    one whose deadline passed during its engine call gets 503, not the late answer.
+    (Deadlines are moved into the past by hand: the timer armed at submission is
+    minutes away, so only these two checks can answer.)"""
+    app = _app(bundles["mf"], max_batch=1, concurrency=1, deadline_ms=600_000)
+    server = app.state.server
+    gate = gate_engine(app)
+
+    async def body():
+        async with running(app) as client:
+            first, second = await _one_running_one_queued(client, server)
+            server.recommender._queue[0].deadline -= 1000.0  # the queued one: late
+            (running_batch,) = server.recommender._calls
+            running_batch[0].deadline -= 1000.0  # the one in the engine: late too
+            gate.set()
+            return await first, await second, (await client.get("/metrics")).text
+
+    first, second, text = run(body())
+    assert first.status_code == second.status_code == 503
+    assert "within its deadline" in first.json()["error"] + second.json()["error"]
+    assert metric(text, "recsys_rejected_total", reason="deadline") == 2
+    assert metric(text, "recsys_batch_size_count") == 1  # the late queued one never ran
+
+
+def test_a_late_event_loop_refuses_requests_at_once(bundles):
+    app = _app(bundles["mf"], deadline_ms=1000)
+    server = app.state.server
+
+    async def body():
+        async with running(app) as client:
+            ok = await client.post("/recommend", json={"users": [1]})
+            server.lag.sustained = lambda: 0.3  # as if the loop ran 300 ms late (> 100)
+            refused = await client.post("/recommend", content=b"not even JSON")
+            return ok, refused, (await client.get("/metrics")).text
+
+    ok, refused, text = run(body())
+    assert ok.status_code == 200
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "answers requests 300 ms late" in refused.json()["error"]
+    assert metric(text, "recsys_rejected_total", reason="loop_delay") == 1
+
+
+def test_loop_lag_measures_a_late_tick_and_an_overdue_one():
+    clock = [100.0]
+    lag = LoopLag(interval_s=0.02, clock=lambda: clock[0])
+
+    async def body():
+        lag.start()
+        try:
+            first = lag.now()
+            clock[0] += 0.52  # the tick due at 100.02 has not run: 0.5 s overdue
+            overdue = lag.now()
+            lag._tick()  # it runs now, 0.5 s late; the next is due at 100.54
+            late = lag.now()
+            clock[0] += 0.01
+            return first, overdue, late, lag.now()
+        finally:
+            lag.stop()
+
+    first, overdue, late, recovered = run(body())
+    assert first == 0.0
+    assert overdue == pytest.approx(0.5)
+    assert late == pytest.approx(0.5)  # the last tick's lateness
+    assert recovered == pytest.approx(0.5)  # until the next tick measures again
+
+
+def test_loop_lag_is_sustained_only_when_two_ticks_in_a_row_ran_late():
+    clock = [100.0]
+    lag = LoopLag(interval_s=0.02, clock=lambda: clock[0])
+
+    def tick(late_s: float) -> float:
+        clock[0] += 0.02 + late_s  # the next tick runs late_s after it was due
+        lag._tick()
+        return lag.sustained()
+
+    async def body():
+        lag.start()
+        try:
+            # one stall of the process: one late tick, then on time again
+            stall = [tick(0.0), tick(0.3), tick(0.0), tick(0.0)]
+            # a flood: every tick late, more and more
+            flood = [tick(0.2), tick(0.3), tick(0.4)]
+            return stall, flood
+        finally:
+            lag.stop()
+
+    stall, flood = run(body())
+    assert stall == pytest.approx([0.0] * 4, abs=1e-9)
+    assert flood == pytest.approx([0.0, 0.2, 0.3])
+
+
+def test_engine_calls_on_the_event_loop_carve_responses_too(bundles):
+    """--concurrency 0: engine calls run on the event loop, batches still carved."""
+    rec = Recommender.load(bundles["mf"])
+    app = _app(bundles["mf"], max_batch=8, concurrency=0)
+    users = [0, 1, 2, 3, 4, 0, 1, 2]
+
+    async def body():
+        async with running(app) as client:
+            tasks = [client.post("/recommend", json={"users": [u], "k": 2}) for u in users]
+            return await asyncio.gather(*tasks), (await client.get("/metrics")).text
+
+    responses, text = run(body())
+    for resp, u in zip(responses, users):
+        assert resp.status_code == 200
+        same_rows(resp.json()["results"], expected_rows(rec, [u], k=2))
+    assert metric(text, "recsys_batch_size_sum") == len(users)

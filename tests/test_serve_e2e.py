@@ -5,6 +5,7 @@ port, driven over HTTP by httpx and by the Open Inference Protocol's reference c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -78,7 +79,7 @@ def test_serving_doc_commands_run():
     """docs/serving.md's shell blocks, as written (each starts and stops its server)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     blocks = _bash_blocks(ROOT / "docs" / "serving.md")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     outputs = []
     for block in blocks:
         done = subprocess.run(
@@ -89,6 +90,7 @@ def test_serving_doc_commands_run():
         outputs.append(done.stdout)
     assert '"results":[{"user":1,"items":' in outputs[0] and '"kind":"mf"' in outputs[0]
     assert '{"ready":true}' in outputs[1] and "[[" in outputs[1]
+    assert '"results":[{"user":1,"items":' in outputs[2] and "recsys_workers " in outputs[2]
 
 
 def test_serve_without_the_serve_extra_names_it(tmp_path):
@@ -170,3 +172,31 @@ def test_serve_bench_smoke(tmp_path):
     overload = results["mf100k"]["overload"]
     assert sum(overload["status"].values()) == overload["requests"]
     assert set(overload["status"]) <= {"200", "503"}
+
+
+def test_serve_inprocess_bench_runs(tmp_path):
+    """benchmarks/serve_inprocess.py: the app's own CPU per request, without HTTP."""
+    out = tmp_path / "inprocess.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/serve_inprocess.py", str(ARTIFACTS / "toy-mf"),
+         "--requests", "300", "--callers", "8", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["requests"] == 300 and result["callers"] == 8
+    assert result["k"] == 4  # toy-mf has 4 items: k=10 is capped, every answer a 200
+    assert result["cpu_us_per_request"] >= result["loop_thread_us_per_request"] > 0
+
+
+def test_serve_bench_counts_a_503_outside_overload_as_a_failed_request():
+    """The targets' 'failed': a 503 in the closed, open or hot-swap load fails the target
+    (the Python generator reports 503s apart from its errors; wrk among them)."""
+    spec = importlib.util.spec_from_file_location(
+        "serve_report", ROOT / "benchmarks" / "serve_report.py"
+    )
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.failed({"errors": 1, "status": {"200": 40, "503": 2}}) == 3
+    assert report.failed({"errors": 0, "status": {"200": 40}}) == 0
+    assert report.failed({"errors": 3, "status": {"non-2xx/3xx": 3}}) == 3  # wrk

@@ -30,7 +30,9 @@ EPILOG = (
 )
 
 #: The serve extra's modules: without them ``serve`` names the extra.
-SERVE_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "prometheus_client", "httptools"})
+SERVE_EXTRA_MODULES = frozenset(
+    {"starlette", "uvicorn", "prometheus_client", "httptools", "orjson"}
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-body-bytes", type=int, help=f"413 past it (default {D.max_body_bytes})")
     g.add_argument("--max-users", type=int, help=f"users/pairs per request (default {D.max_users})")
     g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: cores-1)")
+    g.add_argument(
+        "--workers", type=int, help=f"server processes on one port (default {D.workers})"
+    )
     g.add_argument(
         "--watch-interval",
         type=float,
@@ -92,6 +97,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         "max_body_bytes": args.max_body_bytes,
         "max_users": args.max_users,
         "watch_interval_s": args.watch_interval,
+        "workers": args.workers,
     }
     options = {key: value for key, value in given.items() if value is not None}
     if args.no_watch:
@@ -111,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         if args.ray:
+            if config.workers > 1:
+                raise ConfigError("--workers is for the embedded server; with --ray use --replicas")
             return _serve_ray(args, config)
         from recsys_export.serve.run import serve_forever
     except ModuleNotFoundError as exc:

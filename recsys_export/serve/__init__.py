@@ -15,13 +15,17 @@ Modules, each one concern:
 * :mod:`~recsys_export.serve.swap`: the served model and the bundle watcher;
 * :mod:`~recsys_export.serve.metrics`: Prometheus metrics;
 * :mod:`~recsys_export.serve.schema`: JSON bodies in and out;
+* :mod:`~recsys_export.serve.http`: the request and the answer on bare ASGI;
 * :mod:`~recsys_export.serve.app`, :mod:`~recsys_export.serve.routes`,
   :mod:`~recsys_export.serve.oip`: the ASGI app and its routes;
-* :mod:`~recsys_export.serve.run`: uvicorn, and :mod:`~recsys_export.serve.ray_app`:
-  the same app as a Ray Serve deployment.
+* :mod:`~recsys_export.serve.server`: the app on uvicorn (the socket, one process),
+  :mod:`~recsys_export.serve.workers`: several processes on one port,
+  :mod:`~recsys_export.serve.run`: ``serve`` itself (one process or workers), and
+  :mod:`~recsys_export.serve.ray_app`: the same app as a Ray Serve deployment.
 
 Like the runtime it never imports torch; it needs the ``serve`` extra (Starlette,
-uvicorn, prometheus-client), and Ray Serve the ``ray`` extra too.
+uvicorn, httptools, uvloop, prometheus-client, orjson), and Ray Serve the ``ray`` extra
+too.
 """
 
 from __future__ import annotations

@@ -2,11 +2,15 @@
 
 :class:`Server` holds what one app shares: its settings, metrics, the served model
 (:class:`~recsys_export.serve.swap.ModelHolder`) and the two batchers (recommend,
-score). :meth:`Server.endpoint` wraps every route the same way: the bearer token (off
-for the health probes), errors as ``{"error": "one line"}`` with a 4xx or 503 status
-and never a traceback, the ``X-Model-Version`` header, and the request metrics. The
-routes live in :mod:`~recsys_export.serve.routes` (the JSON API) and
-:mod:`~recsys_export.serve.oip` (the Open Inference Protocol).
+score). :class:`Endpoint` wraps every route the same way: the bearer token (off for
+the health probes), errors as ``{"error": "one line"}`` with a 4xx or 503 status and
+never a traceback, the ``X-Model-Version`` header, and the request metrics. The routes
+live in :mod:`~recsys_export.serve.routes` (the JSON API) and
+:mod:`~recsys_export.serve.oip` (the Open Inference Protocol); they take a
+:class:`~recsys_export.serve.http.Call` and return a
+:class:`~recsys_export.serve.http.Reply`. :class:`ServeApp` is a Starlette app whose
+hot routes (fixed paths: ``/recommend``, ``/score``, the probes, OIP ``infer``) skip
+Starlette's middleware and router: the per-request cost is the route's own work.
 """
 
 from __future__ import annotations
@@ -25,14 +29,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recsys_export.errors import RecsysExportError, UnknownIdError
-from recsys_export.serve.batching import Batcher, Overloaded
+from recsys_export.serve.batching import Batcher, LoopLag, Overloaded
 from recsys_export.serve.config import ServeConfig
 from recsys_export.serve.engine import RecommendRequest, ScoreRequest, ServedModel
+from recsys_export.serve.http import (
+    JSON,
+    Call,
+    Disconnected,
+    Receive,
+    Reply,
+    Scope,
+    Send,
+    send_reply,
+)
 from recsys_export.serve.metrics import Metrics
 from recsys_export.serve.schema import HTTPError, dumps
 from recsys_export.serve.swap import ModelHolder
 
-__all__ = ["VERSION_HEADER", "Server", "create_app"]
+__all__ = ["VERSION_HEADER", "Endpoint", "ServeApp", "Server", "create_app"]
 
 log = logging.getLogger("recsys_export.serve")
 
@@ -40,8 +54,10 @@ log = logging.getLogger("recsys_export.serve")
 VERSION_HEADER = "X-Model-Version"
 #: A client's own deadline (milliseconds), at most the server's ``--deadline-ms``.
 DEADLINE_HEADER = "x-deadline-ms"
+_VERSION = VERSION_HEADER.lower().encode()
+_DEADLINE = DEADLINE_HEADER.encode()
 
-Handler = Callable[["Server", Request], Awaitable[Response]]
+Handler = Callable[["Server", Call], Awaitable[Reply]]
 
 
 class Server:
@@ -51,6 +67,7 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.holder = ModelHolder(config.bundle, model, self.metrics, threads=config.engine_threads)
+        self.lag = LoopLag()
         self.recommender = self._batcher(self._run_recommend, "recommend")
         self.scorer = self._batcher(self._run_score, "score")
         self.ready = False
@@ -66,6 +83,8 @@ class Server:
             max_queue=cfg.max_queue,
             concurrency=cfg.concurrency,
             metrics=self.metrics,
+            lag=self.lag,
+            lag_limit_s=cfg.deadline_ms / 10_000,
         )
 
     @property
@@ -82,72 +101,71 @@ class Server:
         model = self.holder.model
         return model.version, model.score_batch(reqs)
 
-    def _timeout(self, request: Request, limit_s: float | None = None) -> float:
+    def _timeout(self, call: Call, limit_s: float | None = None) -> float:
         ms = self.config.deadline_ms
         if limit_s is not None:
             ms = min(ms, max(1, int(limit_s * 1000)))
-        asked = request.headers.get(DEADLINE_HEADER)
+        asked = call.headers.get(_DEADLINE)
         if asked is not None:
             try:
                 ms = min(ms, max(1, int(asked)))
             except ValueError:
                 raise HTTPError(
-                    400, f"{DEADLINE_HEADER} must be an integer (milliseconds), got {asked!r}"
+                    400,
+                    f"{DEADLINE_HEADER} must be an integer (milliseconds), "
+                    f"got {asked.decode('latin-1')!r}",
                 ) from None
         return ms / 1000.0
 
-    def admit(self, batcher: Batcher, request: Request) -> None:
-        """Refuse a request before reading its body while the queue is congested."""
-        batcher.admit(self._timeout(request))
+    def admit(self, batcher: Batcher, call: Call) -> None:
+        """Refuse a request before reading its body while the queue is congested or the
+        event loop runs late (:meth:`Batcher.admit`)."""
+        batcher.admit(self._timeout(call))
 
     async def recommend(
-        self, req: RecommendRequest, request: Request, limit_s: float | None = None
+        self, req: RecommendRequest, call: Call, limit_s: float | None = None
     ) -> tuple[str, Any]:
         """Answer one recommend request through the batcher: ``(version, result)``.
 
         The deadline is the server's, or less: the ``X-Deadline-Ms`` header, ``limit_s``.
         """
-        timeout = self._timeout(request, limit_s)
+        timeout = self._timeout(call, limit_s)
         return await self.recommender.submit(req, len(req.users), timeout)
 
-    async def score(self, req: ScoreRequest, request: Request) -> tuple[str, Any]:
+    async def score(self, req: ScoreRequest, call: Call) -> tuple[str, Any]:
         """Answer one score request through the batcher: ``(version, scores)``."""
-        return await self.scorer.submit(req, len(req.users), self._timeout(request))
+        return await self.scorer.submit(req, len(req.users), self._timeout(call))
 
     # ------------------------------------------------------------------ HTTP plumbing
-    async def read_body(self, request: Request) -> bytes:
+    async def read_body(self, call: Call) -> bytes:
         """The request body, at most ``max_body_bytes`` (HTTPError 413 past it)."""
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        too_big = HTTPError(
-            413, f"the request body is larger than {limit} bytes (--max-body-bytes)"
-        )
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_big
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_big
-        return bytes(body)
+        return await call.body(self.config.max_body_bytes)
 
-    def json(self, obj: Any, status: int = 200, version: str | None = None) -> Response:
-        """A JSON response carrying the version header."""
-        headers = {VERSION_HEADER: version or self.model.version}
-        return Response(dumps(obj), status, headers, media_type="application/json")
+    def reply(
+        self, body: bytes, status: int = 200, version: str | None = None, content_type: bytes = JSON
+    ) -> Reply:
+        """A reply carrying the version header (default: the version serving now)."""
+        headers = [(_VERSION, (version or self.model.version).encode())]
+        return Reply(status, body, headers, content_type)
 
-    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    def json(self, obj: Any, status: int = 200, version: str | None = None) -> Reply:
+        """A JSON reply carrying the version header."""
+        return self.reply(dumps(obj), status, version)
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
         """``{"error": message}`` on one line."""
-        response = self.json({"error": " ".join(message.split())}, status)
-        response.headers.update(headers or {})
-        return response
+        reply = self.json({"error": " ".join(message.split())}, status)
+        for name, value in (headers or {}).items():
+            reply.header(name, value)
+        return reply
 
-    def _authorize(self, request: Request) -> None:
+    def authorize(self, call: Call) -> None:
+        """Check the bearer token (HTTPError 401), when the server has one."""
         if self._token is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+        given = (call.header(b"authorization") or "").encode("latin-1")
+        scheme, _, token = given.partition(b" ")
+        ok = scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
         if not ok:
             raise HTTPError(
                 401,
@@ -156,30 +174,75 @@ class Server:
                 {"WWW-Authenticate": "Bearer"},
             )
 
-    def endpoint(self, route: str, handler: Handler, *, public: bool = False) -> Any:
-        """Wrap ``handler`` (auth, errors, metrics) as a Starlette endpoint."""
+    def answer(self, route: str, exc: Exception) -> Reply:
+        """The reply to a request whose handler raised ``exc``."""
+        if isinstance(exc, HTTPError):
+            return self.error(exc.status, str(exc), exc.headers)
+        if isinstance(exc, Overloaded):
+            return self.error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+        if isinstance(exc, UnknownIdError):
+            return self.error(404, str(exc))
+        if isinstance(exc, RecsysExportError):
+            return self.error(400, str(exc))
+        log.error("internal error on %s", route, exc_info=exc)
+        return self.error(500, "internal error; the server log has the details")
 
-        async def call(request: Request) -> Response:
-            start = time.perf_counter()
-            try:
-                if not public:
-                    self._authorize(request)
-                response = await handler(self, request)
-            except HTTPError as exc:
-                response = self.error(exc.status, str(exc), exc.headers)
-            except Overloaded as exc:
-                response = self.error(503, str(exc), {"Retry-After": str(exc.retry_after)})
-            except UnknownIdError as exc:
-                response = self.error(404, str(exc))
-            except RecsysExportError as exc:
-                response = self.error(400, str(exc))
-            except Exception:
-                log.exception("internal error on %s", route)
-                response = self.error(500, "internal error; the server log has the details")
-            self.metrics.observe_request(route, response.status_code, time.perf_counter() - start)
-            return response
 
-        return call
+class Endpoint:
+    """One route as an ASGI app: the token, the handler, errors as JSON, metrics.
+
+    Starlette routes to it (a non-function endpoint is called as ASGI), and
+    :class:`ServeApp` calls the hot ones directly.
+    """
+
+    __slots__ = ("handler", "public", "route", "server")
+
+    def __init__(self, server: Server, route: str, handler: Handler, *, public: bool) -> None:
+        self.server = server
+        self.route = route
+        self.handler = handler
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        start = time.perf_counter()
+        call = Call(scope, receive)
+        try:
+            if not self.public:
+                server.authorize(call)
+            reply = await self.handler(server, call)
+        except Disconnected:
+            return  # nobody to answer
+        except Exception as exc:
+            reply = server.answer(self.route, exc)
+        server.metrics.observe_request(self.route, reply.status, time.perf_counter() - start)
+        await send_reply(send, reply)
+
+
+class ServeApp(Starlette):
+    """Starlette, with the routes of fixed paths dispatched before its middleware."""
+
+    #: (method, path) -> (endpoint, path parameters)
+    hot: dict[tuple[str, str], tuple[Endpoint, dict[str, str] | None]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            found = self.hot.get((scope["method"], scope["path"]))
+            if found is not None:
+                endpoint, params = found
+                if params is not None:
+                    scope["path_params"] = params
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _response(reply: Reply) -> Response:
+    """A Starlette response for a reply (the 404/405 handlers must return one)."""
+    response = Response(reply.body, reply.status, media_type=reply.content_type.decode())
+    for name, value in reply.headers:
+        response.headers[name.decode("latin-1")] = value.decode("latin-1")
+    return response
 
 
 def create_app(
@@ -187,7 +250,7 @@ def create_app(
     model: ServedModel | None = None,
     *,
     watch: bool = True,
-) -> Starlette:
+) -> ServeApp:
     """The ASGI app serving ``config.bundle``.
 
     Parameters
@@ -202,8 +265,8 @@ def create_app(
 
     Returns
     -------
-    Starlette
-        The app; ``app.state.server`` is its :class:`Server`.
+    ServeApp
+        The app (a Starlette app); ``app.state.server`` is its :class:`Server`.
 
     Raises
     ------
@@ -224,18 +287,19 @@ def create_app(
         if watch and config.watch_interval_s is not None:
             server.holder.start(config.watch_interval_s)
         server.ready = True
+        server.metrics.workers.set(1)
         try:
             yield
         finally:
             server.ready = False
+            server.metrics.workers.set(0)
             await server.holder.stop()
             await server.recommender.stop()
             await server.scorer.stop()
 
-    table = routes.ROUTES + oip.ROUTES
-    app_routes = [
-        Route(path, server.endpoint(path, handler, public=public), methods=[method])
-        for method, path, handler, public in table
+    endpoints = [
+        (method, path, Endpoint(server, path, handler, public=public))
+        for method, path, handler, public in routes.ROUTES + oip.ROUTES
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -246,14 +310,18 @@ def create_app(
             if status == 404
             else f"{request.method} is not allowed on {request.url.path}"
         )
-        response = server.error(status, message)
         server.metrics.observe_request("unmatched", status, 0.0)
-        return response
+        return _response(server.error(status, message))
 
-    app = Starlette(
-        routes=app_routes,
+    app = ServeApp(
+        routes=[Route(path, endpoint, methods=[method]) for method, path, endpoint in endpoints],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )
+    app.hot = {}
+    for method, path, endpoint in endpoints:  # fixed paths, and this model's name filled in
+        if "{" not in path.replace("{name}", ""):
+            params = {"name": config.name} if "{name}" in path else None
+            app.hot[method, path.replace("{name}", config.name)] = (endpoint, params)
     app.state.server = server
     return app

@@ -51,8 +51,11 @@ class ServeConfig:
     watch_interval_s : float or None
         How often the bundle path is checked for a new bundle (None: not watched).
     threads : int or None
-        onnxruntime intra-op threads per engine call (default: the cores but one,
-        shared by the calls in flight).
+        onnxruntime intra-op threads per engine call (default: the cores left by the
+        workers' event loops, shared by the calls in flight, at least 1).
+    workers : int
+        Server processes sharing the listening socket, each with its own event loop,
+        batcher and engine threads (``--workers``).
     token : str or None
         The bearer token every route but the health probes requires.
     insecure : bool
@@ -72,6 +75,7 @@ class ServeConfig:
     max_users: int = 1024
     watch_interval_s: float | None = 1.0
     threads: int | None = None
+    workers: int = 1
     token: str | None = None
     insecure: bool = False
 
@@ -81,11 +85,12 @@ class ServeConfig:
         check_int("--max-batch", self.max_batch, low=1)
         check_int("--max-delay-us", self.max_delay_us, low=0, high=10_000_000)
         check_int("--max-queue", self.max_queue, low=1)
-        check_int("--concurrency", self.concurrency, low=1, high=64)
+        check_int("--concurrency", self.concurrency, low=0, high=64)
         check_int("--deadline-ms", self.deadline_ms, low=1)
         check_int("--max-body-bytes", self.max_body_bytes, low=1024)
         check_int("--max-users", self.max_users, low=1)
         check_int("--threads", self.threads, low=1, none_ok=True)
+        check_int("--workers", self.workers, low=1, high=64)
         if self.watch_interval_s is not None:
             check_positive("--watch-interval", self.watch_interval_s)
         if self.token is not None and not self.token:
@@ -106,8 +111,9 @@ class ServeConfig:
     @property
     def engine_threads(self) -> int:
         """onnxruntime intra-op threads of each session: by default one core is left to
-        the event loop (HTTP) and the rest shared by the engine calls in flight."""
-        return self.threads or max(1, ((os.cpu_count() or 1) - 1) // self.concurrency)
+        each worker's event loop (HTTP) and the rest shared by the engine calls in flight."""
+        cores = (os.cpu_count() or 1) - self.workers
+        return self.threads or max(1, cores // (self.workers * max(1, self.concurrency)))
 
 
 #: The defaults, for docs and the benchmark.

@@ -187,7 +187,7 @@ class ServedModel:
         """Answer requests: one :class:`Recommendations` or one exception per request.
 
         Batchable requests with the same ``k`` and ``exclude_seen`` share one engine
-        call; unknown users are handled per request by its policy first, so that one
+        call; unknown users are handled per request by its policy, so that one
         request's unknown id fails that request only.
         """
         out: list[Any] = [None] * len(reqs)
@@ -233,46 +233,49 @@ class ServedModel:
         exclude_seen: bool,
         out: list[Any],
     ) -> None:
-        user_map = self.rec.user_map
+        """One engine call for ``members`` (unknown users served the popularity fallback
+        there, then each request's own policy applied to its rows)."""
         users: list[Any] = []
-        spans: list[tuple[int, int, int, list[Any]]] = []  # (request, start, stop, skipped)
         for i in members:
-            req = reqs[i]
-            try:
-                idx = user_map.to_index(req.users, missing=-1)
-                mine, skipped = req.users, []
-                if (idx < 0).any():
-                    if req.unknown == "raise":
-                        user_map.to_index(req.users)  # raises, naming the unknown ids
-                    if req.unknown == "skip":
-                        known = (idx >= 0).tolist()
-                        mine = [u for u, ok in zip(req.users, known) if ok]
-                        skipped = [u for u, ok in zip(req.users, known) if not ok]
-            except RecsysExportError as exc:
-                out[i] = exc
-                continue
-            spans.append((i, len(users), len(users) + len(mine), skipped))
-            users.extend(mine)
-        if not spans:
-            return
+            users.extend(reqs[i].users)
         try:
             res = self.rec.recommend(
                 np.asarray(users, dtype=object), k=k, exclude_seen=exclude_seen, unknown="popular"
             )
-        except RecsysExportError as exc:  # k out of range: every request of the group
-            for i, *_ in spans:
-                out[i] = exc
+        except RecsysExportError as exc:
+            if len(members) == 1:  # k out of range, or an id that is no id (a boolean)
+                out[members[0]] = exc
+            else:  # find the request at fault: one call each
+                for i in members:
+                    self._group(reqs, [i], k, exclude_seen, out)
             return
-        for i, start, stop, skipped in spans:
+        start = 0
+        for i in members:
+            req = reqs[i]
+            stop = start + len(req.users)
+            rows: Any = slice(start, stop)
+            skipped: list[Any] = []
+            unknown = res.fallback[rows]
+            if req.unknown != "popular" and unknown.any():
+                if req.unknown == "raise":
+                    try:  # the runtime's message, naming the unknown ids
+                        self.rec.user_map.to_index(req.users)
+                    except RecsysExportError as exc:
+                        out[i] = exc
+                        start = stop
+                        continue
+                skipped = [u for u, bad in zip(req.users, unknown.tolist()) if bad]
+                rows = np.arange(start, stop)[~unknown]
             out[i] = Recommendations(
-                res.users[start:stop],
-                res.items[start:stop],
-                res.scores[start:stop],
-                res.fallback[start:stop],
-                None if res.names is None else res.names[start:stop],
+                res.users[rows],
+                res.items[rows],
+                res.scores[rows],
+                res.fallback[rows],
+                None if res.names is None else res.names[rows],
                 skipped,
                 self.item_kind == "int",
             )
+            start = stop
 
     def score_batch(self, reqs: list[ScoreRequest]) -> list[Any]:
         """Answer score requests with one engine call: ``float32[n]`` or an exception each."""

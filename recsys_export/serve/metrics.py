@@ -5,14 +5,24 @@ counters). Names (docs/serving.md lists them):
 
 * ``recsys_requests_total{route, status}``, ``recsys_request_duration_seconds{route}``;
 * ``recsys_batch_size`` (requests per engine call), ``recsys_batch_users`` (users or
-  pairs per engine call), ``recsys_queue_depth``, ``recsys_batches_in_flight``;
-* ``recsys_rejected_total{reason}`` (``queue_full``, ``queue_delay``, ``deadline``);
+  pairs per engine call), ``recsys_queue_depth``, ``recsys_batches_in_flight``,
+  ``recsys_workers`` (the server processes serving);
+* ``recsys_rejected_total{reason}`` (``queue_full``, ``queue_delay``, ``loop_delay``,
+  ``deadline``);
 * ``recsys_bundle_info{version, kind}`` (1 for the served bundle) and
   ``recsys_bundle_swaps_total{outcome}`` (``swapped``, ``refused``).
+
+With ``serve --workers N`` every worker process writes its values to the directory
+named by ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, set by
+:mod:`~recsys_export.serve.workers` before the workers start) and ``GET /metrics``, in
+whichever worker answers it, adds up every worker's: counters and histograms summed,
+the queue depth and calls in flight summed over the live workers, ``recsys_bundle_info``
+1 for a version while any live worker serves it (0 once none does).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import (
@@ -23,9 +33,13 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
 
-__all__ = ["BATCH_BUCKETS", "Metrics"]
+__all__ = ["BATCH_BUCKETS", "MULTIPROC_ENV", "Metrics"]
+
+#: The environment variable of prometheus-client's multiprocess mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Request latency buckets (seconds): 0.5 ms .. 10 s.
 LATENCY_BUCKETS = (
@@ -40,6 +54,7 @@ class Metrics:
 
     def __init__(self) -> None:
         disable_created_metrics()  # no ``*_created`` series (process-wide setting)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         reg = self.registry = CollectorRegistry()
         self.requests = Counter(
             "recsys_requests", "HTTP requests by route and status", ["route", "status"],
@@ -57,15 +72,25 @@ class Metrics:
             "recsys_batch_users", "Users (or score pairs) in one engine call",
             buckets=BATCH_BUCKETS, registry=reg,
         )  # fmt: skip
-        self.queue_depth = Gauge("recsys_queue_depth", "Requests waiting for a batch", registry=reg)
-        self.in_flight = Gauge("recsys_batches_in_flight", "Engine calls running", registry=reg)
+        self.queue_depth = Gauge(
+            "recsys_queue_depth", "Requests waiting for a batch", registry=reg,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.workers = Gauge(
+            "recsys_workers", "Server processes serving (--workers)", registry=reg,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "recsys_batches_in_flight", "Engine calls running", registry=reg,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.rejected = Counter(
             "recsys_rejected", "Requests answered 503 (queue full, deadline passed)",
             ["reason"], registry=reg,
         )  # fmt: skip
         self.bundle = Gauge(
             "recsys_bundle_info", "The served bundle (value 1)", ["version", "kind"],
-            registry=reg,
+            registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
         self.swaps = Counter(
             "recsys_bundle_swaps", "New bundles at the watched path, by outcome", ["outcome"],
@@ -73,6 +98,11 @@ class Metrics:
         )  # fmt: skip
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._served: tuple[str, str] | None = None
+        #: ``recsys_rejected_total`` by reason, its children made once
+        self.rejections = {
+            reason: self.rejected.labels(reason)
+            for reason in ("queue_full", "queue_delay", "loop_delay", "deadline")
+        }
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -86,10 +116,17 @@ class Metrics:
     def serving(self, version: str, kind: str) -> None:
         """Mark ``version`` as the served bundle (the previous one's series is removed)."""
         if self._served is not None:
-            self.bundle.remove(*self._served)
+            if self.multiprocess:  # no removal there: the old version's value becomes 0
+                self.bundle.labels(*self._served).set(0)
+            else:
+                self.bundle.remove(*self._served)
         self._served = (version, kind)
         self.bundle.labels(version, kind).set(1)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The exposition text and its content type (every worker's, summed)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -21,11 +21,10 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.requests import Request
-from starlette.responses import Response
 
 from recsys_export import __version__
 from recsys_export.serve.engine import RecommendRequest
+from recsys_export.serve.http import Call, Reply
 from recsys_export.serve.schema import (
     HTTPError,
     dumps,
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ROUTES", "decode_bytes", "encode_bytes"]
 
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"
 _INT_TYPES = {"INT64": "<i8", "INT32": "<i4"}
 _PARAMETERS = ("k", "exclude_seen", "unknown", "binary_data_output", "timeout", "priority")
 _OUTPUTS = ("item_ids", "scores")
@@ -66,11 +65,11 @@ def decode_bytes(raw: bytes, what: str) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------- metadata
-def _check_model(server: Server, request: Request) -> None:
-    name = request.path_params["name"]
+def _check_model(server: Server, call: Call) -> None:
+    name = call.path_params["name"]
     if name != server.config.name:
         raise HTTPError(404, f"unknown model {name!r}; this server serves {server.config.name!r}")
-    version = request.path_params.get("version")
+    version = call.path_params.get("version")
     if version is not None and version != server.model.version:
         raise HTTPError(
             404,
@@ -82,27 +81,27 @@ def _item_datatype(server: Server) -> str:
     return "INT64" if server.model.item_kind == "int" else "BYTES"
 
 
-async def server_metadata(server: Server, request: Request) -> Response:
+async def server_metadata(server: Server, call: Call) -> Reply:
     """``GET /v2``."""
     meta = {"name": "recsys-export", "version": __version__, "extensions": ["binary_tensor_data"]}
     return server.json(meta)
 
 
-async def live(server: Server, request: Request) -> Response:
+async def live(server: Server, call: Call) -> Reply:
     """``GET /v2/health/live``."""
     return server.json({"live": True})
 
 
-async def ready(server: Server, request: Request) -> Response:
+async def ready(server: Server, call: Call) -> Reply:
     """``GET /v2/health/ready`` (503 while starting or shutting down)."""
     if not server.ready:
         return server.error(503, "not ready: the server is starting or shutting down")
     return server.json({"ready": True})
 
 
-async def model_metadata(server: Server, request: Request) -> Response:
+async def model_metadata(server: Server, call: Call) -> Reply:
     """``GET /v2/models/{name}``: the tensors of ``infer``."""
-    _check_model(server, request)
+    _check_model(server, call)
     served = server.model
     meta = {
         "name": server.config.name,
@@ -118,9 +117,9 @@ async def model_metadata(server: Server, request: Request) -> Response:
     return server.json(meta, version=served.version)
 
 
-async def model_ready(server: Server, request: Request) -> Response:
+async def model_ready(server: Server, call: Call) -> Reply:
     """``GET /v2/models/{name}/ready``."""
-    _check_model(server, request)
+    _check_model(server, call)
     if not server.ready:
         return server.error(503, "not ready: the server is starting or shutting down")
     return server.json({"name": server.config.name, "ready": True})
@@ -249,13 +248,13 @@ def _wanted_outputs(outputs: Any, binary_default: bool) -> dict[str, bool]:
     return wanted
 
 
-async def infer(server: Server, request: Request) -> Response:
+async def infer(server: Server, call: Call) -> Reply:
     """``POST /v2/models/{name}[/versions/{version}]/infer``."""
-    _check_model(server, request)
-    server.admit(server.recommender, request)
-    body, binary = _split_body(await server.read_body(request), request.headers.get(HEADER_LENGTH))
+    _check_model(server, call)
+    server.admit(server.recommender, call)
+    body, binary = _split_body(await server.read_body(call), call.header(HEADER_LENGTH))
     req, info = parse_infer(body, binary, server.config.max_users)
-    version, recs = await server.recommend(req, request, info["timeout_s"])
+    version, recs = await server.recommend(req, call, info["timeout_s"])
     items = recs.items
     if recs.int_items:
         item_type = "INT64"
@@ -288,8 +287,9 @@ async def infer(server: Server, request: Request) -> Response:
     if not blobs:
         return server.json(head, version=version)
     header = dumps(head)
-    headers = {"X-Model-Version": version, "Inference-Header-Content-Length": str(len(header))}
-    return Response(header + b"".join(blobs), 200, headers, media_type="application/octet-stream")
+    reply = server.reply(header + b"".join(blobs), 200, version, b"application/octet-stream")
+    reply.header("Inference-Header-Content-Length", str(len(header)))
+    return reply
 
 
 def _binary(arr: np.ndarray, datatype: str) -> bytes:

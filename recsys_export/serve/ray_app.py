@@ -86,6 +86,6 @@ def start_on_ray(
         route_prefix="/",
         blocking=False,
     )
-    from recsys_export.serve.run import url_of
+    from recsys_export.serve.server import url_of
 
     return url_of(config.host, config.port)

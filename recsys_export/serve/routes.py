@@ -1,6 +1,7 @@
 """The JSON API: ``/recommend``, ``/score``, ``/model``, ``/healthz``, ``/readyz``, ``/metrics``.
 
-Each handler takes the app's :class:`~recsys_export.serve.app.Server` and the request;
+Each handler takes the app's :class:`~recsys_export.serve.app.Server` and the request
+(a :class:`~recsys_export.serve.http.Call`) and returns a :class:`~recsys_export.serve.http.Reply`;
 :data:`ROUTES` lists them as ``(method, path, handler, public)`` (public: no token).
 """
 
@@ -8,9 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
+from recsys_export.serve.http import Call, Reply
 from recsys_export.serve.schema import (
     finite_or_none,
     parse_json,
@@ -25,29 +24,29 @@ if TYPE_CHECKING:
 __all__ = ["ROUTES"]
 
 
-async def recommend(server: Server, request: Request) -> Response:
+async def recommend(server: Server, call: Call) -> Reply:
     """``POST /recommend``: top-k items per user (see docs/serving.md)."""
-    server.admit(server.recommender, request)
-    body = parse_json(await server.read_body(request))
+    server.admit(server.recommender, call)
+    body = parse_json(await server.read_body(call))
     req = parse_recommend(body, server.config.max_users)
-    version, recs = await server.recommend(req, request)
+    version, recs = await server.recommend(req, call)
     out: dict[str, Any] = {"model_version": version, "results": recommendation_rows(recs)}
     if recs.skipped:
         out["skipped"] = recs.skipped
     return server.json(out, version=version)
 
 
-async def score(server: Server, request: Request) -> Response:
+async def score(server: Server, call: Call) -> Reply:
     """``POST /score``: the scores of ``[user, item]`` pairs."""
-    server.admit(server.scorer, request)
-    body = parse_json(await server.read_body(request))
+    server.admit(server.scorer, call)
+    body = parse_json(await server.read_body(call))
     req = parse_score(body, server.config.max_users)
-    version, scores = await server.score(req, request)
+    version, scores = await server.score(req, call)
     out = {"model_version": version, "scores": finite_or_none(scores)}
     return server.json(out, version=version)
 
 
-async def model(server: Server, request: Request) -> Response:
+async def model(server: Server, call: Call) -> Reply:
     """``GET /model``: the served bundle's summary and the serving settings."""
     served = server.model
     cfg = server.config
@@ -67,22 +66,22 @@ async def model(server: Server, request: Request) -> Response:
     return server.json(out, version=served.version)
 
 
-async def healthz(server: Server, request: Request) -> Response:
+async def healthz(server: Server, call: Call) -> Reply:
     """``GET /healthz``: the process answers (liveness)."""
     return server.json({"status": "ok"})
 
 
-async def readyz(server: Server, request: Request) -> Response:
+async def readyz(server: Server, call: Call) -> Reply:
     """``GET /readyz``: 200 while serving, 503 while starting or shutting down."""
     if not server.ready:
         return server.error(503, "not ready: the server is starting or shutting down")
     return server.json({"status": "ready", "model_version": server.model.version})
 
 
-async def metrics(server: Server, request: Request) -> Response:
+async def metrics(server: Server, call: Call) -> Reply:
     """``GET /metrics``: Prometheus exposition text."""
     body, content_type = server.metrics.render()
-    return Response(body, 200, {"X-Model-Version": server.model.version}, media_type=content_type)
+    return server.reply(body, content_type=content_type.encode())
 
 
 ROUTES = [

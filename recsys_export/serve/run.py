@@ -1,37 +1,23 @@
-"""Run the app on uvicorn (``recsys-export serve``), in this process.
+"""Run the app (``recsys-export serve``): one process, or ``--workers N``.
 
-The socket is bound and listening before uvicorn starts, so the line naming the address (with the
-real port when ``--port 0`` asked for an ephemeral one) is printed, flushed, before the
-first request can arrive: scripts and tests read it to find the server.
+The socket is bound and listening before uvicorn starts, so the line naming the address
+(with the real port when ``--port 0`` asked for an ephemeral one) is printed, flushed,
+before the first request can arrive: scripts and tests read it to find the server.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
+import socket
 import sys
 from typing import Any
 
-import uvicorn
-
 from recsys_export.serve.app import create_app
 from recsys_export.serve.config import ServeConfig
+from recsys_export.serve.engine import ServedModel
+from recsys_export.serve.server import bind, log_to_stderr, run_app, url_of
+from recsys_export.serve.workers import serve_workers
 
-__all__ = ["serve_forever", "url_of"]
-
-
-def url_of(host: str, port: int) -> str:
-    """``http://host:port`` (IPv6 hosts in brackets)."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _log_to_stderr(level: str) -> None:
-    logger = logging.getLogger("recsys_export.serve")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s:     recsys-export: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level.upper())
+__all__ = ["serve_forever"]
 
 
 def serve_forever(
@@ -55,30 +41,23 @@ def serve_forever(
     BundleError, ConfigError
         Before binding: a bundle that cannot be served, invalid settings.
     """
-    _log_to_stderr(log_level)
+    config.check()
+    log_to_stderr(log_level)
+
+    def announce(model: ServedModel, sock: socket.socket) -> None:
+        host, port = sock.getsockname()[:2]
+        workers = f" with {config.workers} workers" if config.workers > 1 else ""
+        print(
+            f"serving {config.name} (bundle version {model.version}, {model.kind}, "
+            f"{model.n_users} users x {model.n_items} items) on {url_of(host, port)}{workers}",
+            file=out or sys.stdout,
+            flush=True,
+        )
+
+    if config.workers > 1:
+        serve_workers(config, log_level=log_level, access_log=access_log, announce=announce)
+        return
     app = create_app(config)
-    server_state = app.state.server
-    uv_config = uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        lifespan="on",
-        log_level=log_level,
-        access_log=access_log,
-        server_header=False,
-        backlog=4096,
-        timeout_keep_alive=30,
-    )
-    sock = uv_config.bind_socket()
-    sock.listen(uv_config.backlog)  # connections wait in the backlog until uvicorn runs
-    host, port = sock.getsockname()[:2]
-    model = server_state.model
-    print(
-        f"serving {config.name} (bundle version {model.version}, {model.kind}, "
-        f"{model.n_users} users x {model.n_items} items) on {url_of(host, port)}",
-        file=out or sys.stdout,
-        flush=True,
-    )
-    uvicorn.Server(uv_config).run(sockets=[sock])
+    sock = bind(config, log_level)
+    announce(app.state.server.model, sock)
+    run_app(config, sock, log_level=log_level, access_log=access_log, app=app)

@@ -4,16 +4,16 @@ Parsing checks a body's shape and types and raises :class:`HTTPError` (a 4xx sta
 the one-line message the CLI would print); ids themselves are checked by the engine
 against the served bundle. Rendering turns the engine's arrays into JSON: empty slots
 (no admissible item) are left out as the CLI does, and scores without a model score
-(the popularity fallback) are ``null``. Standard library and numpy only.
+(the popularity fallback) are ``null``. JSON through orjson.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
+import orjson
 
 from recsys_export.core.validation import check_choice, check_int
 from recsys_export.errors import ConfigError, RecsysExportError
@@ -53,17 +53,20 @@ class HTTPError(RecsysExportError):
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON bytes (NaN and infinities must have been replaced by ``null``)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON bytes (NaN and infinities must have been replaced by ``null``)."""
+    return orjson.dumps(obj)
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a JSON body (HTTPError 400 naming the problem)."""
+    """Decode a JSON body (HTTPError 400 naming the problem).
+
+    Strict JSON (RFC 8259): no ``NaN``/``Infinity`` literals, integers within 64 bits.
+    """
     if not body:
         raise HTTPError(400, "the request has no body; send a JSON object")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise HTTPError(400, f"the request body is not valid JSON ({exc})") from None
 
 
