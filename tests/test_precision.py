@@ -10,7 +10,6 @@ import pytest
 
 from recsys_export.cli import main
 from recsys_export.errors import BundleError, ConfigError
-from recsys_export.export.int8_fold import fold_plan, snap_scales
 from recsys_export.export.precision import fp16_weights, quantize_rows
 from recsys_export.runtime import Recommender
 
@@ -23,35 +22,6 @@ def test_quantize_rows_error_is_half_a_step():
     assert q.dtype == np.int8 and np.abs(q).max() == 127 and scale[3] == 1.0
     err = np.abs(q * scale[:, None] - x)
     assert (err <= scale[:, None] / 2 + 1e-7).all()
-
-
-def test_snap_scales_give_r_times_scale_equal_to_the_step():
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((60, 8)).astype(np.float32) * rng.uniform(0.001, 2, (60, 1))
-    x[5] = 0.0
-    step = 0.05
-    q, scale, r = snap_scales(x, step)
-    _, own = quantize_rows(x)
-    assert q.dtype == np.int8 and np.abs(q).max() <= 127 and 1 <= r.min() and r.max() <= 127
-    np.testing.assert_allclose(r * scale, step, rtol=1e-6)
-    assert (scale[own < step / 127] == np.float32(step / 127)).all()  # small rows: r = 127
-    big = (own >= step / 127) & (np.abs(x).max(axis=1) > 0)  # zero rows: own scale 1
-    assert (scale[big] >= own[big] * (1 - 1e-6)).all()  # never clips a row
-    assert (np.abs(q * scale[:, None] - x) <= scale[:, None] / 2 + 1e-7).all()
-
-
-def test_fold_plan_keeps_the_error_or_declines():
-    rng = np.random.default_rng(3)
-    users = rng.standard_normal((400, 16)).astype(np.float32) * 0.3
-    items = rng.standard_normal((900, 16)).astype(np.float32) * 0.3
-    bias = rng.standard_normal(400).astype(np.float32)
-    iq, iscale = quantize_rows(items)
-    plan = fold_plan(users, 0.05 * bias, items, iq, iscale)  # biases the size of the dots
-    assert plan is not None and plan.item_q.shape == (900, 17)
-    np.testing.assert_allclose(plan.item_q[:, -1] * plan.item_scale * plan.c, 1.0, rtol=1e-6)
-    # biases ~10x the dots widen the users' quantization range: 2.7x the error, declined
-    assert fold_plan(users, bias, items, iq, iscale) is None
-    assert fold_plan(users, np.zeros(400, np.float32), items, iq, iscale) is None
 
 
 def _graph(weights: np.ndarray):
@@ -95,30 +65,22 @@ def test_fp16_weights_keeps_vectors_and_refuses_out_of_range():
         fp16_weights(_graph(w), "test")
 
 
-def _int8_export(tmp_path_factory, user_bias: bool):
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory):
     from recsys_export.export import export_bundle
     from recsys_export.models.synthetic import synthetic_checkpoint
 
     ck = synthetic_checkpoint("mf", 300, 2000, factors=16, init_std=0.5, seen_per_user=20)
-    if not user_bias:  # nothing to fold: the runtime-added (zero) bias path
-        ck.model.user_bias.weight.data.zero_()
     path = tmp_path_factory.mktemp("int8") / "mf"
     manifest = export_bundle(ck, path, formats="onnx", precision="int8").to_dict()
     return path, manifest
-
-
-@pytest.fixture(scope="module", params=["folded", "partial"])
-def int8_bundle(request, tmp_path_factory):
-    return _int8_export(tmp_path_factory, request.param == "folded")
 
 
 def test_int8_variant_is_judged_and_recorded(int8_bundle):
     path, manifest = int8_bundle
     variant = manifest["formats"]["onnx"]["variants"]["int8"]
     assert manifest["parity"]["passed"]  # the exact graphs are still verified
-    folded = "score_all" in variant["graphs"]  # user bias folded into the product
-    score_all = "score_all" if folded else "score_all_partial"
-    assert set(variant["graphs"]) == {score_all, "score", "score_groups", "group_max"}
+    assert set(variant["graphs"]) == {"score_all_partial", "score", "score_groups", "group_max"}
     assert set(variant["arrays"]) == {"users", "items", "user_bias"}
     for rel in [*variant["graphs"].values(), *variant["arrays"].values()]:
         assert rel.startswith("onnx/variants/int8/") and rel in manifest["files"]

@@ -10,10 +10,8 @@ manifest.
 * ``int8`` (MF only): per-row scaled int8 factors (one float32 scale per user and per
   item), scored with onnxruntime's u8 x s8 integer product (``DynamicQuantizeLinear``
   + ``MatMulInteger``, fused by onnxruntime into one kernel: the user rows are
-  quantized per call); biases stay float32. Graphs: ``score_all`` (the user bias folded
-  into the integer product, :mod:`recsys_export.export.int8_fold`) or, where folding
-  would cost score error, ``score_all_partial`` (the scores without the user bias,
-  added by the runtime from ``user_bias.npy``), ``score``,
+  quantized per call); biases stay float32. Graphs: ``score_all_partial`` (the scores
+  without the user bias, added by the runtime from ``user_bias.npy``), ``score``,
   ``score_groups`` (the scores over items padded to groups, without the user bias) and
   ``group_max`` (their group maxima), for the threshold top-k. Recommendations re-rank
   the int8 candidates exactly: the float32 augmented factors are stored as ``.npy``
@@ -44,7 +42,6 @@ from recsys_export.bundle.schema import (
 )
 from recsys_export.core.topk import EMPTY_SCORE
 from recsys_export.errors import ConfigError
-from recsys_export.export.int8_fold import fold_plan
 from recsys_export.export.kernels import (
     group_max_graph,
     kernel_model,
@@ -133,16 +130,14 @@ def _user_rows() -> list[Any]:
     ]
 
 
-def _int8_product(
-    item_q_t: str, item_scale: str, item_bias: str, out: str, x: str = "x"
-) -> list[Any]:
+def _int8_product(item_q_t: str, item_scale: str, item_bias: str, out: str) -> list[Any]:
     """``x -> out = x_u8 . item_q * scales + item_bias``: the pattern onnxruntime fuses
     into its dynamically quantized matrix product."""
     from onnx import TensorProto, helper
 
     node = helper.make_node
     return [
-        node("DynamicQuantizeLinear", [x], ["xq", "xs", "xz"]),
+        node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
         node("MatMulInteger", ["xq", item_q_t, "xz"], ["acc"]),
         node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
         node("Mul", ["xs", item_scale], ["scale"]),
@@ -154,18 +149,15 @@ def _int8_product(
 def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
     """The int8 graphs of an MF inference module, its re-rank arrays and its sizes.
 
-    ``score_all`` folds the user bias into the integer product
-    (:func:`~recsys_export.export.int8_fold.fold_plan`); where that would cost score
-    error, ``score_all_partial`` leaves it out (a per-row term would cost onnxruntime a
-    second pass over the scores: the runtime adds it in place); ``score_groups`` leaves
-    it out too (it does not change a user's ranking); ``group_max`` is
-    :func:`~recsys_export.export.kernels.group_max_graph`.
+    ``score_all_partial`` leaves out the user bias (a per-row term would cost
+    onnxruntime a second pass over the scores: the runtime adds it in place, on a block
+    still in cache); ``score_groups`` leaves it out too (it does not change a user's
+    ranking); ``group_max`` is :func:`~recsys_export.export.kernels.group_max_graph`.
 
     Returns
     -------
     (dict, dict, dict)
-        ``score_all`` (or ``score_all_partial``), ``score``, ``score_groups``,
-        ``group_max`` ->
+        ``score_all_partial``, ``score``, ``score_groups``, ``group_max`` ->
         ``onnx.ModelProto``;
         ``users``, ``items`` (the float32 augmented factors for the exact re-rank) and
         ``user_bias`` -> arrays; ``groups`` and the bytes of the int8 and float32 factor
@@ -200,16 +192,23 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
         init(user_scale, "user_scale"),
         init(np.array([1], dtype=np.int64), "axis1"),
     ]
-    plan = fold_plan(user_q * user_scale[:, None], user_bias, qa[:, :f], item_q, item_scale)
-    if plan is None:
-        score_all_name = "score_all_partial"
-        score_all = _score_all(item_q, item_scale, item_bias, user_inits, None)
-    else:
-        score_all_name = "score_all"
-        bias_c = (plan.c * user_bias).astype(np.float32)
-        score_all = _score_all(plan.item_q, plan.item_scale, item_bias, user_inits, bias_c)
     graphs = {
-        score_all_name: score_all,
+        "score_all_partial": kernel_model(
+            [
+                *_user_rows(),
+                *_int8_product("item_q_t", "item_scale", "item_bias", "scores"),
+            ],
+            "mf_int8_score_all_partial",
+            users_in,
+            [vi("scores", f32, ["batch", n_items])],
+            [
+                *user_inits,
+                init(item_q.T, "item_q_t"),
+                init(item_scale, "item_scale"),
+                init(item_bias, "item_bias"),
+            ],
+            "mf",
+        ),
         "score_groups": kernel_model(
             [*_user_rows(), *_int8_product("item_q_t", "item_scale", "item_bias", "scores")],
             "mf_int8_score_groups",
@@ -261,44 +260,6 @@ def mf_int8_graphs(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, n
         },
     }
     return graphs, {"users": pa, "items": qa, "user_bias": user_bias}, sizes
-
-
-def _score_all(
-    item_q: np.ndarray,
-    item_scale: np.ndarray,
-    item_bias: np.ndarray,
-    user_inits: list[Any],
-    user_bias_c: np.ndarray | None,
-) -> Any:
-    """``score_all_partial`` (``user_bias_c`` None: the scores without the user bias) or
-    ``score_all`` with the user bias folded into the integer product as the users'
-    column ``user_bias_c`` against the items' last int8 entry
-    (:mod:`recsys_export.export.int8_fold`): every score in one onnxruntime pass."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    node = helper.make_node
-    nodes, inits, x, name = _user_rows(), list(user_inits), "x", "mf_int8_score_all_partial"
-    if user_bias_c is not None:
-        nodes += [
-            node("Gather", ["user_bias_c", "users"], ["bu"], axis=0),
-            node("Unsqueeze", ["bu", "axis1"], ["bu2"]),
-            node("Concat", ["x", "bu2"], ["xb"], axis=1),
-        ]
-        inits.append(numpy_helper.from_array(user_bias_c, "user_bias_c"))
-        x, name = "xb", "mf_int8_score_all"
-    return kernel_model(
-        [*nodes, *_int8_product("item_q_t", "item_scale", "item_bias", "scores", x=x)],
-        name,
-        [helper.make_tensor_value_info("users", TensorProto.INT64, ["batch"])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", item_q.shape[0]])],
-        [
-            *inits,
-            numpy_helper.from_array(np.ascontiguousarray(item_q.T), "item_q_t"),
-            numpy_helper.from_array(item_scale, "item_scale"),
-            numpy_helper.from_array(np.ascontiguousarray(item_bias), "item_bias"),
-        ],
-        "mf",
-    )
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

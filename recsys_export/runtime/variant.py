@@ -92,12 +92,11 @@ class VariantEngine(SessionEngine):
         self._call_threads = getattr(base, "_kernel_threads", None) if tiled else None
         self._user_bias: np.ndarray | None = None
         self._score_graph = "score_all"
-        if self.precision == "int8":  # MF: one-thread calls, spread over Python threads
-            self.python_threads, self._call_threads = base.threads, 1
-        if "score_all_partial" in variant.graphs:  # int8 unfolded: the user bias added here
+        if "score_all_partial" in variant.graphs:  # int8: the user bias added here
             self._score_graph = "score_all_partial"
             self._user_bias = bundle.read_array(variant.arrays["user_bias"])
             self.call_users = PARTIAL_CALL_USERS  # the block stays in cache for the add
+            self.python_threads, self._call_threads = base.threads, 1
         self._groups: GroupTopK | None = None
         self._rerank: tuple[np.ndarray, np.ndarray] | None = None
         if "users" in variant.arrays and "items" in variant.arrays:
