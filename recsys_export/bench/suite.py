@@ -78,29 +78,16 @@ from typing import Any
 import numpy as np
 
 from recsys_export.bench.config import (
-    PRESETS,
-    ROW_GROUPS,
     BenchConfig,
     add_arguments,
     config_from_args,
 )
-from recsys_export.bench.report import SCHEMA, format_table, plot
+from recsys_export.bench.report import format_table, plot
 from recsys_export.bench.timing import row
 from recsys_export.core.defaults import MODEL_KINDS
 from recsys_export.errors import RecsysExportError
 
-__all__ = [
-    "PRESETS",
-    "ROW_GROUPS",
-    "SCHEMA",
-    "BenchConfig",
-    "add_arguments",
-    "config_from_args",
-    "format_table",
-    "main",
-    "plot",
-    "run",
-]
+__all__ = ["main", "run"]
 
 #: The approximate variants each model's bundle is exported with (``--skip precision``:
 #: none): MF int8 and fp16, DenseNet fp16 (int8 is MF-only).
