@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from recsys_export.bundle import Bundle
 from recsys_export.core import defaults
-from recsys_export.core.validation import check_choice
+from recsys_export.core.validation import check_choice, check_int
 from recsys_export.errors import ConfigError
 from recsys_export.runtime.protocol import Engine
+from recsys_export.runtime.sessions import max_threads
 
 if TYPE_CHECKING:
     from recsys_export.runtime import Recommender
@@ -202,6 +203,7 @@ def open_engine(
 
         allowed = {"prefer"}
         _refuse_others(engine_options, allowed, "torch")
+        threads = check_int("threads", threads, low=1, high=max_threads(), none_ok=True)
         if threads is not None and (options.device or "cpu") == "cpu":
             import torch
 

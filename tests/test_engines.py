@@ -154,6 +154,9 @@ def test_open_engine_refuses_what_is_not_an_engine_here(bundle: Path) -> None:
         open_engine(bundle, prefer="pt2")
     with pytest.raises(ConfigError, match="fast_paths.*torch engine"):
         open_engine(bundle, engine="torch", fast_paths=False)
+    for threads in (0, 10_000):  # torch.set_num_threads is never called with them
+        with pytest.raises(ConfigError, match="threads"):
+            open_engine(bundle, engine="torch", threads=threads)
 
 
 def test_index_validation_is_the_callers_not_the_contracts(bundle: Path) -> None:
