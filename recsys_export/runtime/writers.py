@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from recsys_export.runtime.protocol import Engine
 
 __all__ = [
-    "DEFAULT_BUDGET_MB",
     "TopkRows",
     "as_1d",
     "check_out_path",
@@ -134,18 +133,16 @@ def as_1d(values: Any) -> np.ndarray:
 #: ``(user raw ids, ranks int32, item raw ids, scores float32)``: flat top-k rows.
 TopkRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-#: Memory budget (MB) per chunk of the writers when none is given.
-DEFAULT_BUDGET_MB: float = DEFAULT_MEMORY_MB
-
 
 def chunk_users_for(bytes_per_user: int, memory_budget_mb: float | None = None) -> int:
     """Users per chunk that keep ``bytes_per_user`` intermediates under the budget.
 
     The rule of the onnxruntime engine (the torch engine sizes by device memory): at
-    least one user; a budget of None means :data:`DEFAULT_BUDGET_MB`.
+    least one user; a budget of None means
+    :data:`~recsys_export.core.defaults.DEFAULT_MEMORY_MB`.
     """
     if memory_budget_mb is None:
-        memory_budget_mb = DEFAULT_BUDGET_MB
+        memory_budget_mb = DEFAULT_MEMORY_MB
     memory_budget_mb = check_positive("memory_budget_mb", memory_budget_mb)
     return max(1, int(memory_budget_mb * (1 << 20)) // max(1, bytes_per_user))
 
