@@ -7,15 +7,18 @@ Scenarios (single-user top-10 requests, raw ids, seen items excluded):
 
 1. ``ml``: MF trained on MovieLens latest-small (610 x 9,724): closed loop with 64
    connections (Python asyncio generator, and ``wrk`` when installed); open loop at
-   1,000 requests/s; beside them, as references, ``GET /healthz`` (no engine, no
+   1,000 requests/s (the C generator ``openloop.c`` when a compiler is installed, else
+   asyncio); beside them, as references, ``GET /healthz`` (no engine, no
    batching: the HTTP path alone) through the same generators in the same minute.
 2. ``mf100k``: a synthetic MF of 100k users x 20k items: closed loop, default dynamic
    batching against ``--max-batch 1`` and against ``--workers 2 --concurrency 0``
    (interleaved rounds, the median run); beside them the in-process ceiling of the
    same requests through ``Recommender.recommend``, one call per request and batched.
-3. ``overload``: open loop at 2x the batched closed-loop rate, deadline 500 ms: every
-   request must be answered (200 or 503) within it, measured from its send by the
-   generator and by the server's own histogram; the server's RSS sampled.
+3. ``overload``: open loop at 2x the batched closed-loop rate, deadline 500 ms, 2,048
+   connections: every request must be answered (200 or 503) within it, measured from its
+   send by the generator and by the server's own histogram, and the generator must have
+   offered the rate (sent at least 95% of it); the server's RSS sampled. The same for
+   ``--workers 2 --concurrency 0`` at 2x its own closed-loop rate.
 4. ``hotswap``: the two ML models alternately committed to the served path (the
    exporter's atomic exchange) 20 times during a 60 s closed loop; every response
    is checked: status, header version = body version, rows = that version's answer.
@@ -49,7 +52,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_load import closed_loop, open_loop, wrk_closed_loop  # noqa: E402
+from serve_load import (  # noqa: E402
+    build_openloop,
+    c_open_loop,
+    closed_loop,
+    open_loop,
+    wrk_closed_loop,
+)
 from serve_report import median_of, median_run, ratios, sweep_table, table  # noqa: E402
 
 from recsys_export.runtime import Recommender  # noqa: E402
@@ -64,6 +73,10 @@ HOST = "127.0.0.1"
 SERVER_ROOT = ROOT
 #: The options of the 2-worker rows: each worker runs its engine calls on its own loop.
 WORKERS_2 = ("--workers", "2", "--concurrency", "0")
+#: The C open-loop generator (benchmarks/openloop.c), built in main; None: asyncio's.
+OPENLOOP: Path | None = None
+#: Connections of the overload runs: at 2x the rate, up to this many requests in flight.
+OVERLOAD_CONNECTIONS = 2048
 
 
 # ---------------------------------------------------------------------- bundles
@@ -192,7 +205,8 @@ async def served(
     generator: str = "wrk",
     path: str = "/recommend",
 ) -> dict:
-    """One load run; ``generator`` ``wrk`` (closed loop, when installed) or ``python``.
+    """One load run; ``generator`` ``wrk`` (closed loop, when installed) or ``python``;
+    an open loop (``rate``) runs the C generator when it was built (:data:`OPENLOOP`).
 
     ``path`` other than ``/recommend``: GET requests (``bodies`` ignored).
     """
@@ -208,6 +222,12 @@ async def served(
     if out is None and rate is None:
         res = await closed_loop(HOST, server.port, bodies, connections=64, seconds=seconds)
         out = {**res.summary(), "generator": "python"}
+    elif out is None and OPENLOOP is not None:
+        out = c_open_loop(
+            OPENLOOP, HOST, server.port, [] if get else bodies, rate=rate, seconds=seconds,
+            connections=connections, path=path,
+        )  # fmt: skip
+        out["generator"] = "c"
     elif out is None:
         res = await open_loop(
             HOST, server.port, [None] if get else bodies, rate=rate, seconds=seconds,
@@ -314,13 +334,16 @@ async def scenario_big(bundle: Path, seconds: float, rounds: int) -> dict:
                 server.stop()
     out: dict[str, Any] = {name: median_run(r) for name, r in runs.items()}
     out["overload"] = await overload(bundle, bodies, 2 * out["batched"]["req_per_s"], seconds)
+    if "workers_2" in out:
+        rate = 2 * out["workers_2"]["req_per_s"]
+        out["overload_workers_2"] = await overload(bundle, bodies, rate, seconds, *WORKERS_2)
     out["ceiling_1"] = ceiling(bundle, users, 1, seconds)
     out["ceiling_64"] = ceiling(bundle, users, 64, seconds)
     return out
 
 
-async def overload(bundle: Path, bodies, rate: float, seconds: float) -> dict:
-    server = Server(bundle, "--deadline-ms", "500")
+async def overload(bundle: Path, bodies, rate: float, seconds: float, *options: str) -> dict:
+    server = Server(bundle, "--deadline-ms", "500", *options)
     rss, stop = [server.rss_mb()], threading.Event()
 
     def sample() -> None:
@@ -330,7 +353,9 @@ async def overload(bundle: Path, bodies, rate: float, seconds: float) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        out = await served(server, bodies, seconds=seconds, rate=rate, connections=768)
+        out = await served(
+            server, bodies, seconds=seconds, rate=rate, connections=OVERLOAD_CONNECTIONS
+        )
     finally:
         stop.set()
         sampler.join()
@@ -422,6 +447,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     secs = preset["seconds"]
     results: dict[str, Any] = {
         "preset": args.preset,
+        "open_loop_generator": "c" if OPENLOOP else "python",
         "cpus": os.cpu_count(),
         "server_root": str(SERVER_ROOT),
         "loadavg_start": os.getloadavg(),
@@ -452,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         "--server-root", type=Path, default=ROOT, help="checkout whose server runs (default: this)"
     )
     args = p.parse_args(argv)
-    global SERVER_ROOT
+    global SERVER_ROOT, OPENLOOP
     SERVER_ROOT = args.server_root.resolve()
+    OPENLOOP = build_openloop(args.out)
     if args.rounds is None:
         args.rounds = 1 if args.preset == "smoke" else 3
     try:

@@ -64,20 +64,41 @@ def failed(run: dict) -> int:
     return int(run["errors"]) + int(run["status"].get("503", 0))
 
 
+#: The share of the asked rate the generator must have sent for an overload run to count.
+OFFERED_MIN = 0.95
+
+
+def overload_row(name: str, over: dict) -> tuple[str, str, str, bool]:
+    """The overload target: every request answered 200 or 503 within the deadline (by the
+    generator, from its send, and by the server's own histogram), at the rate asked."""
+    deadline = over["deadline_ms"]
+    sent = over.get("sent_per_s", 0.0)
+    ok = (
+        set(over["status"]) <= {"200", "503"}
+        and over["errors"] == 0
+        and over["max_service_ms"] <= deadline
+        and over["server_over_deadline"] == 0
+        and sent >= OFFERED_MIN * over["offered_per_s"]
+    )
+    status = over["status"]
+    return (
+        f"{name}: every answer 200/503 within {deadline} ms",
+        f"slowest {over['max_service_ms']:.0f} ms from send, "
+        f"{over['server_over_deadline']} over it server-side; 200: {status.get('200', 0):,}, "
+        f"503: {status.get('503', 0):,}, errors {over['errors']}",
+        f"{over.get('generator', '?')} generator sent {sent:,.0f}/s of "
+        f"{over['offered_per_s']:,.0f}/s; RSS {over['rss_start_mb']:.0f} -> "
+        f"{over['rss_peak_mb']:.0f} MB",
+        ok,
+    )
+
+
 def targets(results: dict) -> list[tuple[str, str, str, bool]]:
     """(target, measured, same-run reference, met) for every target of the issue."""
     ml, big, swap, r = results["ml"], results["mf100k"], results["hotswap"], results["ratios"]
     closed = ml.get("closed_64_wrk", ml["closed_64"])
     health = ml.get("healthz_wrk")
     opened, health_open = ml["open_1000"], ml["healthz_open_1000"]
-    over = big["overload"]
-    deadline = over["deadline_ms"]
-    over_ok = (
-        set(over["status"]) <= {"200", "503"}
-        and over["errors"] == 0
-        and over["max_service_ms"] <= deadline
-        and over["server_over_deadline"] == 0
-    )
     rows = [
         (
             f"ml closed 64 conns >= {CLOSED_MIN:,.0f} req/s",
@@ -109,14 +130,11 @@ def targets(results: dict) -> list[tuple[str, str, str, bool]]:
             max(r["served_over_batched_ceiling"], r.get("workers_2_over_batched_ceiling", 0))
             >= CEILING_MIN,
         ),
-        (
-            f"overload 2x: every answer 200/503 within {deadline} ms",
-            f"slowest {over['max_service_ms']:.0f} ms from send, "
-            f"{over['server_over_deadline']} over it server-side, {over['status']}",
-            f"sent {over.get('sent_per_s', 0):,.0f}/s of {over['offered_per_s']:,.0f}/s; "
-            f"generator late up to {over.get('generator_lag_max_ms', float('nan')):.0f} ms; "
-            f"RSS {over['rss_start_mb']:.0f} -> {over['rss_peak_mb']:.0f} MB",
-            over_ok,
+        overload_row("overload 2x", big["overload"]),
+        *(
+            [overload_row("overload 2x, --workers 2", big["overload_workers_2"])]
+            if "overload_workers_2" in big
+            else []
         ),
         (
             "hot swap: 0 failed or mixed over the swaps",
@@ -166,6 +184,12 @@ def table(results: dict) -> str:
         ("big MF in-process, 1 per call", big["ceiling_1"]),
         ("big MF in-process, 64 per call", big["ceiling_64"]),
         (f"big MF open {big['overload']['offered_per_s']:,.0f}/s (2x)", big["overload"]),
+        (
+            f"big MF open {big['overload_workers_2']['offered_per_s']:,.0f}/s (2x), 2 workers"
+            if "overload_workers_2" in big
+            else "",
+            big.get("overload_workers_2"),
+        ),
         ("hot swap closed 16", results["hotswap"]),
     ]
     for name, row in named:

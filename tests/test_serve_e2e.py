@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -172,6 +173,11 @@ def test_serve_bench_smoke(tmp_path):
     overload = results["mf100k"]["overload"]
     assert sum(overload["status"].values()) == overload["requests"]
     assert set(overload["status"]) <= {"200", "503"}
+    assert overload["sent_per_s"] > 0 and overload["offered_per_s"] > 0
+    if shutil.which("cc") or shutil.which("gcc"):  # the open loop ran in C (openloop.c)
+        assert results["open_loop_generator"] == "c"
+        assert overload["generator"] == results["ml"]["open_1000"]["generator"] == "c"
+        assert overload["unanswered"] == 0 and overload["connections"] == 2048
 
 
 def test_serve_inprocess_bench_runs(tmp_path):
