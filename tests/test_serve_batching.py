@@ -8,6 +8,7 @@ depends on timing.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,16 @@ from helpers.serving import (
 
 from recsys_export.runtime import Recommender
 from recsys_export.serve.app import create_app
-from recsys_export.serve.batching import LoopLag
+from recsys_export.serve.batching import (
+    SHED_CUT,
+    SHED_FLOOR,
+    SHED_RESTORE,
+    Batcher,
+    LoopLag,
+    Overloaded,
+)
 from recsys_export.serve.config import ServeConfig
+from recsys_export.serve.metrics import Metrics
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +273,7 @@ def test_a_late_event_loop_refuses_requests_at_once(bundles):
         async with running(app) as client:
             ok = await client.post("/recommend", json={"users": [1]})
             server.lag.sustained = lambda: 0.3  # as if the loop ran 300 ms late (> 100)
+            server.lag.share = 0.0  # and the flood had cut what it admits
             refused = await client.post("/recommend", content=b"not even JSON")
             return ok, refused, (await client.get("/metrics")).text
 
@@ -272,6 +282,38 @@ def test_a_late_event_loop_refuses_requests_at_once(bundles):
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "answers requests 300 ms late" in refused.json()["error"]
     assert metric(text, "recsys_rejected_total", reason="loop_delay") == 1
+
+
+def test_a_late_loop_sheds_a_share_of_requests_and_gives_it_back():
+    """Each tick with the loop late (two in a row) cuts the admitted share by SHED_CUT,
+    each tick on time adds SHED_RESTORE; admissions follow the share evenly."""
+    clock = [100.0]
+    lag = LoopLag(interval_s=0.02, clock=lambda: clock[0], limit_s=0.05)
+
+    def tick(late_s: float) -> float:
+        clock[0] += 0.02 + late_s
+        lag._tick()
+        return lag.share
+
+    async def body():
+        lag.start()
+        try:
+            every = [lag.admit() for _ in range(8)]
+            flood = [tick(0.2) for _ in range(4)]  # the first late tick alone cuts nothing
+            lag.share = 0.25
+            quarter = [lag.admit() for _ in range(8)]
+            recovery = [tick(0.0) for _ in range(3)]
+            floor = [tick(0.2) for _ in range(20)][-1]
+            return every, flood, quarter, recovery, floor
+        finally:
+            lag.stop()
+
+    every, flood, quarter, recovery, floor = run(body())
+    assert every == [True] * 8
+    assert flood == pytest.approx([1.0, SHED_CUT, SHED_CUT**2, SHED_CUT**3])
+    assert quarter == [False, False, False, True] * 2
+    assert recovery == pytest.approx([0.25 + SHED_RESTORE * i for i in (1, 2, 3)])
+    assert floor == pytest.approx(SHED_FLOOR)
 
 
 def test_loop_lag_measures_a_late_tick_and_an_overdue_one():
@@ -339,3 +381,85 @@ def test_engine_calls_on_the_event_loop_carve_responses_too(bundles):
         assert resp.status_code == 200
         same_rows(resp.json()["results"], expected_rows(rec, [u], k=2))
     assert metric(text, "recsys_batch_size_sum") == len(users)
+
+
+def _batcher(runner, **options) -> Batcher:
+    settings = {"max_batch": 2, "max_delay_us": 0, "max_queue": 8, "concurrency": 1}
+    return Batcher(runner, name="t", metrics=Metrics(), **{**settings, **options})
+
+
+def test_engine_threads_form_and_run_batches_without_the_event_loop():
+    """A blocked event loop does not hold engine calls back: the engine thread takes the
+    batch and runs it by itself (only the answer waits for the loop)."""
+    ran = threading.Event()
+
+    def runner(payloads):
+        ran.set()
+        return "v1", [p * 2 for p in payloads]
+
+    async def body():
+        batcher = _batcher(runner)
+        batcher.start()
+        try:
+            job = asyncio.ensure_future(batcher.submit(21, 1, 10.0))
+            await asyncio.sleep(0)  # queued
+            ran_while_blocked = ran.wait(10)  # blocks the event loop itself
+            return ran_while_blocked, await job
+        finally:
+            await batcher.stop()
+
+    ran_while_blocked, answer = run(body())
+    assert ran_while_blocked
+    assert answer == ("v1", 42)
+
+
+def test_inline_engine_calls_run_a_full_batch_in_the_request_that_fills_it():
+    """--concurrency 0: the request that fills a batch runs it at once (no turn of the
+    dispatcher coroutine); a batch that did not fill goes from the dispatcher."""
+    callers: list[bool] = []
+
+    def runner(payloads):
+        callers.append(asyncio.current_task() is batcher._task)
+        return "v1", payloads
+
+    batcher = _batcher(runner, concurrency=0)
+
+    async def body():
+        batcher.start()
+        try:
+            full = await asyncio.gather(*(batcher.submit(i, 1, 10.0) for i in range(2)))
+            alone = await batcher.submit(7, 1, 10.0)
+            return full, alone
+        finally:
+            await batcher.stop()
+
+    full, alone = run(body())
+    assert full == [("v1", 0), ("v1", 1)] and alone == ("v1", 7)
+    assert callers == [False, True]  # the filling request's own task, then the dispatcher
+
+
+def test_stopping_answers_queued_jobs_and_ends_the_engine_threads():
+    gate = threading.Event()
+
+    def runner(payloads):
+        assert gate.wait(10)
+        return "v1", payloads
+
+    async def body():
+        batcher = _batcher(runner, max_batch=1)
+        batcher.start()
+        running_job = asyncio.ensure_future(batcher.submit(1, 1, 30.0))
+        await until(lambda: now(batcher._slots == 0), "the first engine call")
+        queued = asyncio.ensure_future(batcher.submit(2, 1, 30.0))
+        await until(lambda: now(len(batcher._queue) == 1), "one queued")
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0)
+        gate.set()
+        await stopping
+        results = await asyncio.gather(running_job, queued, return_exceptions=True)
+        return results, [t.is_alive() for t in batcher._threads]
+
+    (first, second), alive = run(body())
+    assert first == ("v1", 1)
+    assert isinstance(second, Overloaded) and "shutting down" in str(second)
+    assert alive == [False]

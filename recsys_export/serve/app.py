@@ -67,7 +67,7 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.holder = ModelHolder(config.bundle, model, self.metrics, threads=config.engine_threads)
-        self.lag = LoopLag()
+        self.lag = LoopLag(limit_s=config.deadline_ms / 10_000)  # a tenth of the deadline
         self.recommender = self._batcher(self._run_recommend, "recommend")
         self.scorer = self._batcher(self._run_score, "score")
         self.ready = False
@@ -84,7 +84,6 @@ class Server:
             concurrency=cfg.concurrency,
             metrics=self.metrics,
             lag=self.lag,
-            lag_limit_s=cfg.deadline_ms / 10_000,
         )
 
     @property

@@ -1,26 +1,30 @@
 """Dynamic batching: concurrent requests coalesced into one engine call.
 
-A :class:`Batcher` owns a bounded FIFO of jobs and a dispatcher coroutine on the event
-loop. When an engine slot is free (``concurrency`` calls may run at once, each on its
-own thread) it takes the jobs waiting, up to ``max_batch`` rows (users, or score
+A :class:`Batcher` owns a bounded FIFO of jobs and ``concurrency`` engine threads. An
+idle engine thread takes the jobs waiting, up to ``max_batch`` rows (users, or score
 pairs), after waiting at most ``max_delay_us`` from the oldest job's arrival for the
-batch to fill; a batch that is already full goes at once, and while every slot is busy
-the queue fills by itself. The engine call returns one result (or exception) per job,
-which is carved back to its caller.
+batch to fill (a batch that is already full goes at once, and while every thread is
+busy the queue fills by itself), runs the engine call and hands the answers back to the
+event loop, which carves one result (or exception) back to each caller. Batches form on
+the engine threads, not on the event loop: under a flood the loop runs every handler
+queued before it gets to anything else, and engine calls that waited for it would
+starve. With ``concurrency`` 0 the engine calls run on the event loop itself: a request
+that fills a batch runs it at once, and a coroutine runs the batches that did not fill.
 
 Overload is answered, never queued without bound. :meth:`Batcher.submit` raises
 :class:`Overloaded` at once past ``max_queue`` waiting jobs, when the rows queued would
 take longer than the job's deadline at the rate engine calls have been draining them,
 and (:meth:`Batcher.admit`, before the body is read) while the oldest queued job has
-waited over half a deadline or the event loop itself runs over a tenth of the server's
-deadline late (:class:`LoopLag`: requests then wait in the loop, before any queue). Every job has a
-deadline (70% of its timeout, less the loop's lateness when it arrived: :data:`SPARE`),
-checked when its batch is formed (a job already late, or that the engine call would
-make late, is answered then), when its answer comes back (a late answer becomes a
+waited over half a deadline; while the event loop itself runs late (:class:`LoopLag`:
+requests then wait in the loop, before any queue), a share of new requests, cut while
+the loop stays late and given back while it keeps up. Every job has a deadline (70% of its
+timeout, less the loop's lateness when it arrived: :data:`SPARE`), checked when its
+batch is formed (a job already late, or that the engine call would make late, is
+answered then), when its answer comes back (a late answer becomes a
 :class:`DeadlineExceeded`) and by one timer at the earliest deadline pending, which
-answers jobs still waiting (or still in a blocked engine call) when it passes.
-The HTTP layer turns both errors into ``503`` with ``Retry-After``. Standard library
-only (plus the metrics object).
+answers jobs still waiting (or still in a blocked engine call) when it passes. The HTTP
+layer turns both errors into ``503`` with ``Retry-After``. Standard library only (plus
+the metrics object).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from recsys_export.serve.metrics import Metrics
@@ -78,6 +82,13 @@ class _Job:
         self.deadline = now + budget_s
 
 
+#: Load shedding under a late event loop (:meth:`LoopLag.admit`): each late tick keeps
+#: this share of the admitted share, each tick on time adds back this much, never below
+#: the floor (a trickle that tells when the flood is over).
+SHED_CUT = 0.7
+SHED_RESTORE = 0.05
+SHED_FLOOR = 0.02
+
 #: ``run(payloads) -> (tag, results)``: one result or exception per payload; ``tag``
 #: (the served bundle's version) is returned with every result.
 Runner = Callable[[list[Any]], tuple[Any, list[Any]]]
@@ -93,12 +104,25 @@ class LoopLag:
     :meth:`sustained` is the lateness of the last two ticks both: a flood keeps every
     tick late, while one stall of the whole process (a busy machine's scheduler) makes
     one tick late and the next on time, and is no reason to refuse requests.
+
+    :meth:`admit` sheds load in proportion, not all or nothing: every tick at which the
+    loop has run over ``limit_s`` late (sustained) cuts the share of new requests
+    admitted by :data:`SHED_CUT`, every other tick gives back :data:`SHED_RESTORE` of it
+    (up to all). Refusing every request while the loop is late would not let it catch up
+    (a refusal costs the loop nearly what an answer does, and the engine, which could
+    serve, would idle): the share settles where the loop keeps up.
     """
 
     def __init__(
-        self, interval_s: float = 0.02, clock: Callable[[], float] = time.perf_counter
+        self,
+        interval_s: float = 0.02,
+        clock: Callable[[], float] = time.perf_counter,
+        limit_s: float = float("inf"),
     ) -> None:
         self.interval_s = interval_s
+        self.limit_s = limit_s
+        self.share = 1.0  # of new requests admitted
+        self._credit = 0.0
         self._clock = clock
         self._lag = 0.0
         self._previous = 0.0
@@ -125,7 +149,22 @@ class LoopLag:
 
     def _tick(self) -> None:
         self._previous, self._lag = self._lag, max(0.0, self._clock() - self._due)
+        if self.sustained() > self.limit_s:
+            self.share = max(SHED_FLOOR, self.share * SHED_CUT)
+        else:
+            self.share = min(1.0, self.share + SHED_RESTORE)
         self._schedule()
+
+    def admit(self) -> bool:
+        """Whether to admit one new request: every one while the loop keeps up, else
+        ``share`` of them, evenly spread (one in four at 0.25)."""
+        if self.share >= 1.0:
+            return True
+        self._credit += self.share
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
 
     def now(self) -> float:
         """Seconds the loop runs late now."""
@@ -142,7 +181,8 @@ class Batcher:
     Parameters
     ----------
     run : callable
-        ``run(payloads) -> (tag, results)``, called on an engine thread.
+        ``run(payloads) -> (tag, results)``, called on an engine thread (or on the event
+        loop when ``concurrency`` is 0).
     name : str
         For messages and thread names (``recommend``, ``score``).
     max_batch, max_delay_us, max_queue, concurrency : int
@@ -150,10 +190,8 @@ class Batcher:
     metrics : Metrics
         Where batch sizes, queue depth and rejections are recorded.
     lag : LoopLag, optional
-        The event loop's lateness (default: its own, started with the batcher).
-    lag_limit_s : float
-        Refuse new requests while the loop runs later than this (a tenth of the server's
-        deadline; a client's shorter ``X-Deadline-Ms`` does not lower it).
+        The event loop's lateness and load shedding (default: its own, started with the
+        batcher, which never sheds).
     """
 
     def __init__(
@@ -167,7 +205,6 @@ class Batcher:
         concurrency: int,
         metrics: Metrics,
         lag: LoopLag | None = None,
-        lag_limit_s: float = 1.0,
     ) -> None:
         self._run = run
         self.name = name
@@ -177,48 +214,59 @@ class Batcher:
         self._metrics = metrics
         self._rejected = metrics.rejections
         self.lag = lag or LoopLag()
-        self.lag_limit_s = lag_limit_s
+        # The queue, its row count, the engine slots and the batches in engine calls are
+        # shared by the event loop and the engine threads: every access holds the lock.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # a job queued, or closing
         self._queue: collections.deque[_Job] = collections.deque()
         self._rows = 0
         self._inline = concurrency == 0  # engine calls on the event loop itself
-        concurrency = max(1, concurrency)
-        self._concurrency = concurrency
+        self._concurrency = max(1, concurrency)
+        self._slots = self._concurrency  # engine calls that may start now
+        self._calls: set[tuple[_Job, ...]] = set()  # the batches in engine calls
         self._row_seconds: float | None = None  # engine seconds per row (moving average)
         self._call_seconds = 0.0  # engine seconds per call (moving average)
-        self._slots = concurrency
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"serve-{name}")
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Future[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # the inline dispatcher's
         self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
-        self._calls: set[tuple[_Job, ...]] = set()  # the batches in engine calls
         self._timer: asyncio.TimerHandle | None = None  # at the earliest pending deadline
         self._timer_at = float("inf")
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the dispatcher on the running event loop."""
+        """Start dispatching: engine threads, or a coroutine for inline engine calls."""
         self._loop = asyncio.get_running_loop()
         self.lag.start()
-        self._task = self._loop.create_task(self._dispatch())
+        if self._inline:
+            self._task = self._loop.create_task(self._dispatch())
+            return
+        for i in range(self._concurrency):
+            thread = threading.Thread(target=self._work, name=f"serve-{self.name}_{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def stop(self) -> None:
         """Finish the engine calls running, answer the queued jobs 503, stop."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        while self._queue:
-            self._fail(self._queue.popleft(), Overloaded("the server is shutting down"))
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        await asyncio.sleep(0)  # the last answers the engine threads posted
+        with self._lock:
+            queued, self._queue, self._rows = list(self._queue), collections.deque(), 0
+        for job in queued:
+            self._fail(job, Overloaded("the server is shutting down"))
         self._set_depth()
         if self._timer is not None:
             self._timer.cancel()
         self.lag.stop()
-        self._executor.shutdown(wait=False)
 
     # ------------------------------------------------------------------ submitting
     async def submit(self, payload: Any, rows: int, timeout_s: float) -> tuple[Any, Any]:
@@ -238,33 +286,44 @@ class Batcher:
         if loop is None or self._closed:
             raise Overloaded("the server is not serving (starting or shutting down)")
         self.admit(timeout_s)
-        if len(self._queue) >= self.max_queue:
-            self._rejected["queue_full"].inc()
-            raise Overloaded(
-                f"the server is overloaded ({self.max_queue} requests waiting); retry later"
-            )
-        if self._rows >= self.max_batch * self._concurrency and self._row_seconds is not None:
-            wait = (self._rows + rows) * self._row_seconds / self._concurrency
-            if wait > timeout_s:  # it would expire in the queue: say so now
-                self._rejected["queue_full"].inc()
-                raise Overloaded(
-                    f"the server is overloaded (about {wait * 1000:.0f} ms of work queued, "
-                    f"more than the {timeout_s * 1000:.0f} ms deadline); retry later"
-                )
         budget = timeout_s * (1 - SPARE) - self.lag.now()
         if budget <= 0:
             self._rejected["deadline"].inc()
             raise DeadlineExceeded(self._late_message(timeout_s))
-        job = _Job(payload, rows, loop.create_future(), loop.time(), timeout_s, budget)
-        self._queue.append(job)
-        self._rows += rows
+        job = _Job(payload, rows, loop.create_future(), time.monotonic(), timeout_s, budget)
+        with self._lock:
+            refusal = self._refusal(rows, timeout_s)
+            if refusal is None:
+                self._queue.append(job)
+                self._rows += rows
+                self._ready.notify()
+            full = self._rows >= self.max_batch
+        if refusal is not None:
+            self._rejected["queue_full"].inc()
+            raise Overloaded(refusal)
         self._set_depth()
         if job.deadline < self._timer_at:
             self._arm(job.deadline)
-        wake = self._wake
-        if wake is not None and not wake.done() and (len(self._queue) == 1 or self.full):
-            wake.set_result(None)
+        if self._inline:
+            if full and self._slots > 0:
+                self._run_inline()  # a full batch runs now, not after the loop's queue
+            wake = self._wake
+            if self._queue and wake is not None and not wake.done():
+                wake.set_result(None)
         return await job.future
+
+    def _refusal(self, rows: int, timeout_s: float) -> str | None:
+        """Why a job of ``rows`` cannot be queued now (None: it can); holds the lock."""
+        if len(self._queue) >= self.max_queue:
+            return f"the server is overloaded ({self.max_queue} requests waiting); retry later"
+        if self._rows >= self.max_batch * self._concurrency and self._row_seconds is not None:
+            wait = (self._rows + rows) * self._row_seconds / self._concurrency
+            if wait > timeout_s:  # it would expire in the queue: say so now
+                return (
+                    f"the server is overloaded (about {wait * 1000:.0f} ms of work queued, "
+                    f"more than the {timeout_s * 1000:.0f} ms deadline); retry later"
+                )
+        return None
 
     def admit(self, timeout_s: float) -> None:
         """Refuse new work while the queue or the event loop runs too late.
@@ -272,31 +331,31 @@ class Batcher:
         Under a flood, requests wait before they are answered either in the queue (the
         engine is the bound: the oldest queued job ages) or in the event loop itself
         (the HTTP work is the bound: the loop runs late, :class:`LoopLag`). While the
-        oldest queued job has waited over half ``timeout_s``, or the loop has run over
-        ``lag_limit_s`` late at two ticks in a row (:meth:`LoopLag.sustained`), new
-        requests are then answered 503 at once (the HTTP layer calls this before reading a
-        body), which keeps the loop's work per refused request small until it catches
-        up.
+        oldest queued job has waited over half ``timeout_s``, new requests are answered
+        503 at once (the HTTP layer calls this before reading a body); while the loop runs
+        late, the share of them :meth:`LoopLag.admit` sheds.
 
         Raises
         ------
         Overloaded
             The queue is congested, or the loop is late.
         """
-        if self._queue and self._loop is not None:
-            waited = self._loop.time() - self._queue[0].arrived
+        with self._lock:
+            oldest = self._queue[0].arrived if self._queue else None
+        if oldest is not None:
+            waited = time.monotonic() - oldest
             if waited > timeout_s / 2:
                 self._rejected["queue_delay"].inc()
                 raise Overloaded(
                     f"the server is overloaded (requests have waited {waited * 1000:.0f} ms "
                     "in the queue); retry later"
                 )
-        late = self.lag.sustained()
-        if late > self.lag_limit_s:
+        if not self.lag.admit():
             self._rejected["loop_delay"].inc()
+            late = max(self.lag.sustained(), self.lag.limit_s)
             raise Overloaded(
-                f"the server is overloaded (it answers requests {late * 1000:.0f} ms late); "
-                "retry later"
+                f"the server is overloaded (it answers requests {late * 1000:.0f} ms late "
+                f"and admits {self.lag.share:.0%} of new ones); retry later"
             )
 
     @property
@@ -306,30 +365,31 @@ class Batcher:
 
     # ------------------------------------------------------------------ deadlines
     def _arm(self, when: float) -> None:
-        """Run :meth:`_expire_due` at loop time ``when`` (the earliest deadline pending)."""
+        """Run :meth:`_expire_due` at ``when`` (``time.monotonic``; the earliest deadline
+        pending)."""
         assert self._loop is not None
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self._loop.call_at(when, self._expire_due)
+        self._timer = self._loop.call_later(max(0.0, when - time.monotonic()), self._expire_due)
 
     def _expire_due(self) -> None:
         """Answer every job past its deadline; re-arm at the next deadline pending."""
-        assert self._loop is not None
         self._timer, self._timer_at = None, float("inf")
-        now = self._loop.time()
-        late = [job for job in self._queue if job.deadline <= now]
-        if late:
-            self._queue = collections.deque(job for job in self._queue if job.deadline > now)
-            self._rows -= sum(job.rows for job in late)
-            self._set_depth()
-        for batch in self._calls:  # in a blocked engine call: answered now, result dropped
-            late.extend(job for job in batch if job.deadline <= now and not job.future.done())
+        now = time.monotonic()
+        with self._lock:
+            late = [job for job in self._queue if job.deadline <= now]
+            if late:
+                self._queue = collections.deque(j for j in self._queue if j.deadline > now)
+                self._rows -= sum(job.rows for job in late)
+            for batch in self._calls:  # in a blocked engine call: answered now, result dropped
+                late.extend(j for j in batch if j.deadline <= now and not j.future.done())
+            pending = [job.deadline for job in self._queue]
+            for batch in self._calls:
+                pending.extend(j.deadline for j in batch if not j.future.done())
+        self._set_depth()
         for job in late:
             self._expire(job)
-        pending = [job.deadline for job in self._queue]
-        for batch in self._calls:
-            pending.extend(job.deadline for job in batch if not job.future.done())
         if pending:
             self._arm(min(pending))
 
@@ -338,6 +398,10 @@ class Batcher:
             return
         self._rejected["deadline"].inc()
         job.future.set_exception(DeadlineExceeded(self._late_message(job.timeout_s)))
+
+    def _expire_all(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            self._expire(job)
 
     @staticmethod
     def _late_message(timeout_s: float) -> str:
@@ -354,46 +418,13 @@ class Batcher:
         if not job.future.done():
             job.future.set_exception(exc)
 
-    # ------------------------------------------------------------------ dispatching
-    async def _sleep_until(self, when: float) -> None:
-        """Sleep until loop time ``when``, or until :meth:`submit` wakes us."""
-        assert self._loop is not None
-        self._wake = wake = self._loop.create_future()
-        timer = None
-        if when != float("inf"):
-            timer = self._loop.call_at(when, _resolve, wake)
-        try:
-            await wake
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._wake = None
-
-    async def _dispatch(self) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        while True:
-            while not self._queue or self._slots == 0:
-                await self._sleep_until(float("inf"))
-            # wait for the batch to fill, at most max_delay from the oldest arrival
-            while not self.full and self._queue:
-                until = self._queue[0].arrived + self.max_delay
-                if loop.time() >= until:
-                    break
-                await self._sleep_until(until)
-            batch = self._take()
-            if not batch:
-                continue
-            self._slots -= 1
-            task = loop.create_task(self._call(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    def _take(self) -> tuple[_Job, ...]:
-        """The next batch; jobs that would only finish past their deadline answered now."""
-        assert self._loop is not None
-        done_by = self._loop.time() + self._call_seconds
+    # ------------------------------------------------------------------ batches
+    def _take(self) -> tuple[tuple[_Job, ...], list[_Job]]:
+        """The next batch, and the jobs that would only finish past their deadline (to be
+        answered on the event loop); holds the lock. Takes an engine slot for a batch."""
+        done_by = time.monotonic() + self._call_seconds
         batch: list[_Job] = []
+        late: list[_Job] = []
         rows = 0
         while self._queue:
             job = self._queue[0]
@@ -404,42 +435,42 @@ class Batcher:
             if job.future.done():  # its caller went away
                 continue
             if job.deadline < done_by:
-                self._expire(job)
+                late.append(job)
                 continue
             rows += job.rows
             batch.append(job)
-        self._set_depth()
         if batch:
+            self._slots -= 1
+            self._calls.add(tuple(batch))
             self._metrics.batch_size.observe(len(batch))
             self._metrics.batch_users.observe(rows)
-        return tuple(batch)
+        return tuple(batch), late
 
-    async def _call(self, batch: tuple[_Job, ...]) -> None:
-        assert self._loop is not None
+    def _execute(self, batch: tuple[_Job, ...]) -> tuple[Any, list[Any]]:
+        """Run one engine call; every job gets the runner's error if it fails as a whole."""
         self._metrics.in_flight.inc()
-        self._calls.add(batch)
         start = time.perf_counter()
         try:
-            payloads = [job.payload for job in batch]
-            if self._inline:
-                tag, results = self._run(payloads)
-            else:
-                tag, results = await self._loop.run_in_executor(self._executor, self._run, payloads)
+            tag, results = self._run([job.payload for job in batch])
+        except Exception as exc:
+            tag, results = None, [exc] * len(batch)
+        else:
             seconds = time.perf_counter() - start
             per_row = seconds / max(1, sum(job.rows for job in batch))
-            old = self._row_seconds
-            self._row_seconds = per_row if old is None else 0.8 * old + 0.2 * per_row
-            self._call_seconds = 0.8 * self._call_seconds + 0.2 * seconds
-        except Exception as exc:  # the runner failed as a whole: every job gets it
-            tag, results = None, [exc] * len(batch)
+            with self._lock:
+                old = self._row_seconds
+                self._row_seconds = per_row if old is None else 0.8 * old + 0.2 * per_row
+                self._call_seconds = 0.8 * self._call_seconds + 0.2 * seconds
         finally:
-            self._calls.discard(batch)
+            with self._lock:
+                self._calls.discard(batch)
+                self._slots += 1
             self._metrics.in_flight.dec()
-            self._slots += 1
-            wake = self._wake
-            if wake is not None and not wake.done():
-                wake.set_result(None)
-        now = self._loop.time()
+        return tag, results
+
+    def _deliver(self, batch: tuple[_Job, ...], tag: Any, results: list[Any]) -> None:
+        """Carve an engine call's results back to its jobs (on the event loop)."""
+        now = time.monotonic()
         for job, result in zip(batch, results):
             if job.future.done():
                 continue  # expired meanwhile
@@ -449,6 +480,79 @@ class Batcher:
                 job.future.set_exception(result)
             else:
                 job.future.set_result((tag, result))
+
+    def _work(self) -> None:
+        """An engine thread: take a batch, run it, hand the answers to the event loop.
+
+        Batches form here, not on the event loop: under a flood the loop runs every
+        handler queued before it gets to anything else, and engine calls that waited
+        for it would starve while requests pile up.
+        """
+        loop = self._loop
+        assert loop is not None
+        while True:
+            with self._ready:
+                while not self._closed and not self._queue:
+                    self._ready.wait()
+                # wait for the batch to fill, at most max_delay from the oldest arrival
+                while not self._closed and self._queue and not self.full:
+                    left = self._queue[0].arrived + self.max_delay - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._ready.wait(left)
+                if self._closed:
+                    return
+                batch, late = self._take()
+            self._set_depth()
+            if late:
+                self._post(loop, self._expire_all, late)
+            if batch:
+                tag, results = self._execute(batch)
+                self._post(loop, self._deliver, batch, tag, results)
+
+    @staticmethod
+    def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(fn, *args)
+
+    # ------------------------------------------------------------------ inline calls
+    async def _sleep_until(self, when: float) -> None:
+        """Sleep until ``when`` (``time.monotonic``), or until :meth:`submit` wakes us."""
+        assert self._loop is not None
+        self._wake = wake = self._loop.create_future()
+        timer = None
+        if when != float("inf"):
+            timer = self._loop.call_later(max(0.0, when - time.monotonic()), _resolve, wake)
+        try:
+            await wake
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._wake = None
+
+    async def _dispatch(self) -> None:
+        """``concurrency`` 0: batches that did not fill are run from here, on the loop."""
+        while True:
+            while not self._queue or self._slots == 0:
+                await self._sleep_until(float("inf"))
+            # wait for the batch to fill, at most max_delay from the oldest arrival
+            while not self.full and self._queue:
+                until = self._queue[0].arrived + self.max_delay
+                if time.monotonic() >= until:
+                    break
+                await self._sleep_until(until)
+            self._run_inline()
+            await asyncio.sleep(0)  # the loop's other work between two engine calls
+
+    def _run_inline(self) -> None:
+        """Take the next batch and run it on the event loop now."""
+        with self._lock:
+            batch, late = self._take()
+        self._set_depth()
+        self._expire_all(late)
+        if batch:
+            tag, results = self._execute(batch)
+            self._deliver(batch, tag, results)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
