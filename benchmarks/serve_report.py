@@ -31,11 +31,11 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def sweep_table(results: dict) -> str:
-    lines = ["setting            closed req/s  p99 ms   open 1,000/s p50 ms  p99 ms"]
+    lines = [f"{'setting':<36} closed req/s  p99 ms   open 1,000/s p50 ms  p99 ms"]
     for name, r in results.items():
         c, o = r["closed"], r["open_1000"]
         lines.append(
-            f"{name:<18} {c['req_per_s']:>12,.0f}  {c['p99_ms']:>6.1f}   "
+            f"{name:<36} {c['req_per_s']:>12,.0f}  {c['p99_ms']:>6.1f}   "
             f"{o['p50_ms']:>19.2f}  {o['p99_ms']:>6.2f}"
         )
     return "\n".join(lines)
