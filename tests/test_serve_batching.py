@@ -27,15 +27,9 @@ from helpers.serving import (
 
 from recsys_export.runtime import Recommender
 from recsys_export.serve.app import create_app
-from recsys_export.serve.batching import (
-    SHED_CUT,
-    SHED_FLOOR,
-    SHED_RESTORE,
-    Batcher,
-    LoopLag,
-    Overloaded,
-)
+from recsys_export.serve.batching import Batcher, Overloaded
 from recsys_export.serve.config import ServeConfig
+from recsys_export.serve.loop_lag import SHED_CUT, SHED_FLOOR, SHED_RESTORE, LoopLag
 from recsys_export.serve.metrics import Metrics
 
 

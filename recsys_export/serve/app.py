@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recsys_export.errors import RecsysExportError, UnknownIdError
-from recsys_export.serve.batching import Batcher, LoopLag, Overloaded
+from recsys_export.serve.batching import Batcher, Overloaded
 from recsys_export.serve.config import ServeConfig
 from recsys_export.serve.engine import RecommendRequest, ScoreRequest, ServedModel
 from recsys_export.serve.http import (
@@ -42,6 +42,7 @@ from recsys_export.serve.http import (
     Send,
     send_reply,
 )
+from recsys_export.serve.loop_lag import LoopLag
 from recsys_export.serve.metrics import Metrics
 from recsys_export.serve.schema import HTTPError, dumps
 from recsys_export.serve.swap import ModelHolder
