@@ -335,24 +335,11 @@ def c_open_loop(
         rows = np.loadtxt(out, dtype=np.int64, ndmin=2)
     due, sent, done, status = rows.T
     answered = done > 0
-    lat = (done[answered] - due[answered]) / 1e3
-    service = (done[answered] - sent[answered]) / 1e3
-    left = sent[sent >= 0]
-    n = int(answered.sum())
-    pct = (lambda q: float(np.percentile(lat, q))) if n else (lambda q: float("nan"))
-    codes = Counter(status[answered].tolist())
-    span = (left.max() - left.min()) / 1e6 if len(left) > 1 else 0.0
-    return {
-        "requests": n,
-        "req_per_s": n / seconds,
-        "p50_ms": pct(50),
-        "p99_ms": pct(99),
-        "p999_ms": pct(99.9),
-        "max_ms": float(lat.max()) if n else float("nan"),
-        "max_service_ms": float(service.max()) if n else float("nan"),
-        "status": {str(k): v for k, v in sorted(codes.items())},
-        "errors": int(len(rows) - n) + sum(v for k, v in codes.items() if k not in (200, 503)),
-        "unanswered": int(len(rows) - n),
-        "sent_per_s": (len(left) - 1) / span if span else 0.0,
-        "connections": connections,
-    }
+    result = LoadResult(seconds)
+    result.latencies = ((done[answered] - due[answered]) / 1e6).tolist()
+    result.service = ((done[answered] - sent[answered]) / 1e6).tolist()
+    result.sends = (sent[sent >= 0] / 1e6).tolist()
+    result.statuses = Counter(status[answered].tolist())
+    unanswered = int(len(rows) - answered.sum())
+    result.errors = unanswered + sum(v for k, v in result.statuses.items() if k not in (200, 503))
+    return {**result.summary(), "unanswered": unanswered, "connections": connections}
