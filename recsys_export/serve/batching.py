@@ -352,12 +352,20 @@ class Batcher:
                 continue
             rows += job.rows
             batch.append(job)
-        if batch:
+        taken = tuple(batch)
+        if taken:
             self._slots -= 1
-            self._calls.add(tuple(batch))
-            self._metrics.batch_size.observe(len(batch))
+            self._calls.add(taken)
+            self._metrics.batch_size.observe(len(taken))
             self._metrics.batch_users.observe(rows)
-        return tuple(batch), late
+        return taken, late
+
+    def _fill_wait(self) -> float:
+        """Seconds the next batch may still wait to fill (<= 0: it goes now): until
+        ``max_delay`` after the oldest job's arrival, none once the batch is full."""
+        if not self._queue or self.full:
+            return 0.0
+        return self._queue[0].arrived + self.max_delay - time.monotonic()
 
     def _execute(self, batch: tuple[_Job, ...]) -> tuple[Any, list[Any]]:
         """Run one engine call; every job gets the runner's error if it fails as a whole."""
@@ -407,11 +415,7 @@ class Batcher:
             with self._ready:
                 while not self._closed and not self._queue:
                     self._ready.wait()
-                # wait for the batch to fill, at most max_delay from the oldest arrival
-                while not self._closed and self._queue and not self.full:
-                    left = self._queue[0].arrived + self.max_delay - time.monotonic()
-                    if left <= 0:
-                        break
+                while not self._closed and (left := self._fill_wait()) > 0:
                     self._ready.wait(left)
                 if self._closed:
                     return
@@ -448,12 +452,8 @@ class Batcher:
         while True:
             while not self._queue or self._slots == 0:
                 await self._sleep_until(float("inf"))
-            # wait for the batch to fill, at most max_delay from the oldest arrival
-            while not self.full and self._queue:
-                until = self._queue[0].arrived + self.max_delay
-                if time.monotonic() >= until:
-                    break
-                await self._sleep_until(until)
+            while (left := self._fill_wait()) > 0:
+                await self._sleep_until(time.monotonic() + left)
             self._run_inline()
             await asyncio.sleep(0)  # the loop's other work between two engine calls
 
