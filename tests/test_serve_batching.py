@@ -91,11 +91,15 @@ def test_overload_answers_503_at_once(bundles):
             queued = [asyncio.create_task(post()) for _ in range(3)]
             await until(lambda: now(len(server.recommender._queue) == 3), "a full queue")
             rejected = await post()  # answered while the engine is still blocked
+            busy = (await client.get("/metrics")).text  # the gauges, sampled at the scrape
             gate.set()
             done = await asyncio.gather(running_call, *queued)
-            return rejected, done, (await client.get("/metrics")).text
+            return rejected, done, (await client.get("/metrics")).text, busy
 
-    rejected, done, text = run(body())
+    rejected, done, text, busy = run(body())
+    assert metric(busy, "recsys_queue_depth") == 3
+    assert metric(busy, "recsys_batches_in_flight") == 1
+    assert metric(text, "recsys_batches_in_flight") == 0
     assert rejected.status_code == 503 and rejected.headers["retry-after"] == "1"
     assert "overloaded (3 requests waiting)" in rejected.json()["error"]
     assert [r.status_code for r in done] == [200] * 4

@@ -15,6 +15,7 @@ Starlette's middleware and router: the per-request cost is the route's own work.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -43,7 +44,7 @@ from recsys_export.serve.http import (
     send_reply,
 )
 from recsys_export.serve.loop_lag import LoopLag
-from recsys_export.serve.metrics import Metrics
+from recsys_export.serve.metrics import SAMPLE_S, Metrics
 from recsys_export.serve.schema import HTTPError, dumps
 from recsys_export.serve.swap import ModelHolder
 
@@ -71,6 +72,7 @@ class Server:
         self.lag = LoopLag(limit_s=config.deadline_ms / 10_000)  # a tenth of the deadline
         self.recommender = self._batcher(self._run_recommend, "recommend")
         self.scorer = self._batcher(self._run_score, "score")
+        self.metrics.add_sampler(self._sample)
         self.ready = False
         self._token = config.token.encode() if config.token else None
 
@@ -86,6 +88,18 @@ class Server:
             metrics=self.metrics,
             lag=self.lag,
         )
+
+    def _sample(self) -> None:
+        batchers = (self.recommender, self.scorer)
+        self.metrics.queue_depth.set(sum(b.depth for b in batchers))
+        self.metrics.in_flight.set(sum(b.running for b in batchers))
+
+    async def sample_metrics(self) -> None:
+        """Sample the sampled gauges every :data:`~recsys_export.serve.metrics.SAMPLE_S`
+        seconds, until cancelled."""
+        while True:
+            self.metrics.sample()
+            await asyncio.sleep(SAMPLE_S)
 
     @property
     def model(self) -> ServedModel:
@@ -288,11 +302,13 @@ def create_app(
             server.holder.start(config.watch_interval_s)
         server.ready = True
         server.metrics.workers.set(1)
+        sampling = asyncio.create_task(server.sample_metrics())
         try:
             yield
         finally:
             server.ready = False
             server.metrics.workers.set(0)
+            sampling.cancel()
             await server.holder.stop()
             await server.recommender.stop()
             await server.scorer.stop()

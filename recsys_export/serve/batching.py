@@ -101,7 +101,8 @@ class Batcher:
     max_batch, max_delay_us, max_queue, concurrency : int
         As :class:`~recsys_export.serve.config.ServeConfig`.
     metrics : Metrics
-        Where batch sizes, queue depth and rejections are recorded.
+        Where batch sizes and rejections are recorded (the queue depth and the calls
+        running are read from :attr:`depth` and :attr:`running` when sampled).
     lag : LoopLag, optional
         The event loop's lateness and load shedding (default: its own, started with the
         batcher, which never sheds).
@@ -176,7 +177,6 @@ class Batcher:
             queued, self._queue, self._rows = list(self._queue), collections.deque(), 0
         for job in queued:
             self._fail(job, Overloaded("the server is shutting down"))
-        self._set_depth()
         if self._timer is not None:
             self._timer.cancel()
         self.lag.stop()
@@ -214,7 +214,6 @@ class Batcher:
         if refusal is not None:
             self._rejected["queue_full"].inc()
             raise Overloaded(refusal)
-        self._set_depth()
         if job.deadline < self._timer_at:
             self._arm(job.deadline)
         if self._inline:
@@ -272,6 +271,16 @@ class Batcher:
             )
 
     @property
+    def depth(self) -> int:
+        """Jobs waiting in the queue."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        """Engine calls running now."""
+        return self._concurrency - self._slots
+
+    @property
     def full(self) -> bool:
         """Whether the queued rows fill a batch."""
         return self._rows >= self.max_batch
@@ -300,7 +309,6 @@ class Batcher:
             pending = [job.deadline for job in self._queue]
             for batch in self._calls:
                 pending.extend(j.deadline for j in batch if not j.future.done())
-        self._set_depth()
         for job in late:
             self._expire(job)
         if pending:
@@ -322,9 +330,6 @@ class Batcher:
             f"the request cannot be answered within its deadline ({timeout_s * 1000:.0f} ms); "
             "the server is overloaded, retry later"
         )
-
-    def _set_depth(self) -> None:
-        self._metrics.queue_depth.set(len(self._queue))
 
     @staticmethod
     def _fail(job: _Job, exc: BaseException) -> None:
@@ -369,7 +374,6 @@ class Batcher:
 
     def _execute(self, batch: tuple[_Job, ...]) -> tuple[Any, list[Any]]:
         """Run one engine call; every job gets the runner's error if it fails as a whole."""
-        self._metrics.in_flight.inc()
         start = time.perf_counter()
         try:
             tag, results = self._run([job.payload for job in batch])
@@ -386,7 +390,6 @@ class Batcher:
             with self._lock:
                 self._calls.discard(batch)
                 self._slots += 1
-            self._metrics.in_flight.dec()
         return tag, results
 
     def _deliver(self, batch: tuple[_Job, ...], tag: Any, results: list[Any]) -> None:
@@ -420,7 +423,6 @@ class Batcher:
                 if self._closed:
                     return
                 batch, late = self._take()
-            self._set_depth()
             if late:
                 self._post(loop, self._expire_all, late)
             if batch:
@@ -461,7 +463,6 @@ class Batcher:
         """Take the next batch and run it on the event loop now."""
         with self._lock:
             batch, late = self._take()
-        self._set_depth()
         self._expire_all(late)
         if batch:
             tag, results = self._execute(batch)
