@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -461,3 +462,36 @@ def test_stopping_answers_queued_jobs_and_ends_the_engine_threads():
     assert first == ("v1", 1)
     assert isinstance(second, Overloaded) and "shutting down" in str(second)
     assert alive == [False]
+
+
+@pytest.mark.parametrize("concurrency", [1, 0], ids=["engine-thread", "inline"])
+def test_a_batch_that_did_not_fill_waits_max_delay_and_a_full_one_goes_at_once(concurrency):
+    """--max-delay-us: the first request of a batch waits that long for company (the
+    second joins its engine call), never less; a batch that fills goes without waiting."""
+    calls: list[tuple[float, list[int]]] = []
+
+    def runner(payloads):
+        calls.append((time.monotonic(), list(payloads)))
+        return "v1", payloads
+
+    async def body(max_delay_s: float, n: int) -> tuple[float, list]:
+        batcher = _batcher(
+            runner, max_batch=3, max_delay_us=int(max_delay_s * 1e6), concurrency=concurrency
+        )
+        batcher.start()
+        try:
+            start = time.monotonic()
+            answers = await asyncio.gather(*(batcher.submit(i, 1, 120.0) for i in range(n)))
+            return start, answers
+        finally:
+            await batcher.stop()
+
+    start, answers = run(body(0.5, 2))  # 2 of 3: waits the delay, then runs both
+    assert answers == [("v1", 0), ("v1", 1)]
+    assert [payloads for _, payloads in calls] == [[0, 1]]
+    assert calls[0][0] - start >= 0.5
+    calls.clear()
+    start, answers = run(body(60.0, 3))  # full: no wait for the minute
+    assert answers == [("v1", 0), ("v1", 1), ("v1", 2)]
+    assert [payloads for _, payloads in calls] == [[0, 1, 2]]
+    assert calls[0][0] - start < 30.0

@@ -83,9 +83,7 @@ def test_hot_swap_under_load_fails_no_request(tmp_path):
 
                     await until(switched, f"version {want}")
                     count = len(log)
-                    await until(
-                        lambda count=count: _ready(len(log) > count + 20), "more responses"
-                    )
+                    await until(lambda count=count: _ready(len(log) > count + 20), "more responses")
             finally:  # also when a wait failed: the workers end before the app stops
                 stop.set()
                 await asyncio.gather(*workers)
