@@ -23,7 +23,10 @@ Scenarios (single-user top-10 requests, raw ids, seen items excluded):
    exporter's atomic exchange) 20 times during a 60 s closed loop; every response
    is checked: status, header version = body version, rows = that version's answer.
 
-Server and generator share the machine's cores: compare ratios within one run. Prints
+Server and generator share the machine's cores: compare ratios within one run. Each
+load row says how many cores the server used (every thread and worker process) and how
+many the machine left idle meanwhile: one process idling a core while its requests wait
+is bound by the GIL, not by the cores. Prints
 a table, then every target of the issue beside its same-run reference, and writes JSON
 (``--json``, default ``runs/serve_bench/serve_bench.json``). ``--server-root DIR`` runs
 the server from another checkout (e.g. the previous commit's, for a before/after with
@@ -75,6 +78,8 @@ SERVER_ROOT = ROOT
 WORKERS_2 = ("--workers", "2", "--concurrency", "0")
 #: The C open-loop generator (benchmarks/openloop.c), built in main; None: asyncio's.
 OPENLOOP: Path | None = None
+#: The kernel's clock ticks per second (``/proc`` CPU times are in ticks).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Connections of the overload runs: at 2x the rate, up to this many requests in flight.
 OVERLOAD_CONNECTIONS = 2048
 
@@ -145,18 +150,34 @@ class Server:
             raise SystemExit(f"the server did not start: {line!r}")
         self.port = int(m.group(1))
 
+    def pids(self) -> list[int]:
+        """The server process and its worker processes."""
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system, every thread) the server and its workers used."""
+        total = 0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLOCK_TICKS
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://{HOST}:{self.port}/metrics", timeout=30) as resp:
             return resp.read().decode()
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its worker processes."""
-        pids = [self.proc.pid]
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
         total = 0.0
-        for pid in pids:
+        for pid in self.pids():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except FileNotFoundError:
@@ -170,6 +191,12 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def idle_seconds() -> float:
+    """The machine's idle CPU seconds so far (all cores; ``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / CLOCK_TICKS  # idle, iowait
 
 
 def batch_histogram(before: str, after: str) -> dict[str, int]:
@@ -212,6 +239,7 @@ async def served(
     """
     get = path != "/recommend"
     before = server.metrics()
+    cpu0, idle0, t0 = server.cpu_seconds(), idle_seconds(), time.perf_counter()
     out = None
     if rate is None and generator == "wrk":
         out = wrk_closed_loop(
@@ -234,6 +262,9 @@ async def served(
             connections=connections, path=path,
         )  # fmt: skip
         out = {**res.summary(), "generator": "python"}
+    wall = time.perf_counter() - t0
+    out["server_cores"] = (server.cpu_seconds() - cpu0) / wall
+    out["idle_cores"] = (idle_seconds() - idle0) / wall
     text = server.metrics()
     out["batch_sizes"] = batch_histogram(before, text)
     out["server_over_500ms"] = slow_requests(before, text, 0.5)

@@ -158,8 +158,9 @@ def _grid(rows: list[tuple[str, ...]]) -> list[str]:
 def table(results: dict) -> str:
     """The scenario rows, the ratios, and the targets."""
     rows: list[tuple[str, ...]] = [
-        ("scenario", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "batch sizes")
-    ]
+        ("scenario", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "server/idle cores",
+         "batch sizes")
+    ]  # fmt: skip
 
     def add(name: str, r: dict[str, Any]) -> None:
         rows.append(
@@ -167,6 +168,7 @@ def table(results: dict) -> str:
                 name, f"{r['req_per_s']:,.0f}", f"{r.get('p50_ms', float('nan')):.2f}",
                 f"{r.get('p99_ms', float('nan')):.2f}", f"{r.get('p999_ms', float('nan')):.2f}",
                 str(r.get("errors", "")),
+                f"{r['server_cores']:.2f} / {r['idle_cores']:.2f}" if "server_cores" in r else "",
                 " ".join(f"{k}:{v}" for k, v in r.get("batch_sizes", {}).items()),
             )
         )  # fmt: skip
