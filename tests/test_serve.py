@@ -318,6 +318,9 @@ def test_metrics_name_routes_statuses_and_the_bundle(bundles):
     assert metric(text, "recsys_bundle_info", version=version, kind="mf") == 1
     assert metric(text, "recsys_batch_size_count") == 2
     assert "recsys_queue_depth" in text and metric(text, "recsys_bundle_swaps_total") == 0
+    if Path("/proc/self/stat").exists():  # prometheus-client reads them from /proc
+        assert metric(text, "process_cpu_seconds_total") > 0  # one process: CPU, memory
+        assert metric(text, "process_resident_memory_bytes") > 0
 
 
 def test_a_bundle_that_cannot_be_served_fails_before_binding(bundles, tmp_path, capsys):

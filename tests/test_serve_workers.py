@@ -67,6 +67,7 @@ def test_workers_serve_one_port_aggregate_metrics_and_swap_each(tmp_path):
         text = _metrics(url)
         assert metric(text, "recsys_requests_total", route="/recommend", status="200") == n
         assert metric(text, "recsys_bundle_info", version=old, kind="mf") == 1
+        assert "process_cpu_seconds_total" not in text  # one worker's would read as the server's
 
         swap_in(new_src, served)  # as export --force does
         _poll(

@@ -10,7 +10,12 @@ counters). Names (docs/serving.md lists them):
 * ``recsys_rejected_total{reason}`` (``queue_full``, ``queue_delay``, ``loop_delay``,
   ``deadline``);
 * ``recsys_bundle_info{version, kind}`` (1 for the served bundle) and
-  ``recsys_bundle_swaps_total{outcome}`` (``swapped``, ``refused``).
+  ``recsys_bundle_swaps_total{outcome}`` (``swapped``, ``refused``);
+* one process: prometheus-client's standard ``process_*`` metrics (CPU seconds,
+  resident memory, open files), where an operator sees a server near one core of CPU
+  and requests waiting: the GIL's bound, scale out with ``--workers``. Not with
+  ``--workers`` (prometheus-client's multiprocess mode has no process metrics: one
+  worker's values would read as the server's).
 
 With ``serve --workers N`` every worker process writes its values to the directory
 named by ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, set by
@@ -38,6 +43,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
     multiprocess,
@@ -105,6 +111,8 @@ class Metrics:
             "recsys_bundle_swaps", "New bundles at the watched path, by outcome", ["outcome"],
             registry=reg,
         )  # fmt: skip
+        if not self.multiprocess:  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+            ProcessCollector(registry=reg)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._samplers: list[Callable[[], None]] = []
         self._served: tuple[str, str] | None = None
