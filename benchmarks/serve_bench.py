@@ -41,6 +41,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -85,6 +86,14 @@ OVERLOAD_CONNECTIONS = 2048
 
 
 # ---------------------------------------------------------------------- bundles
+_T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr (the table goes to stdout at the end)."""
+    print(f"serve_bench {time.perf_counter() - _T0:6.0f} s: {message}", file=sys.stderr, flush=True)
+
+
 def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
@@ -136,6 +145,7 @@ class Server:
 
     def __init__(self, bundle: Path, *options: str) -> None:
         bundle = bundle.resolve()
+        self.label = f"{bundle.name} {' '.join(options)}".strip()
         cmd = [sys.executable, "-m", "recsys_export.cli", "serve", str(bundle), "--port", "0"]
         self.proc = subprocess.Popen(
             [*cmd, "--log-level", "warning", *options],
@@ -238,6 +248,12 @@ async def served(
     ``path`` other than ``/recommend``: GET requests (``bodies`` ignored).
     """
     get = path != "/recommend"
+    if rate is None:
+        by = "wrk" if generator == "wrk" and shutil.which("wrk") else "python"
+        load = f"closed loop, 64 connections ({by})"
+    else:
+        load = f"open loop at {rate:,.0f}/s ({'C' if OPENLOOP else 'python'})"
+    progress(f"{load}, {'GET ' if get else 'POST '}{path}, {seconds:.0f} s on {server.label}")
     before = server.metrics()
     cpu0, idle0, t0 = server.cpu_seconds(), idle_seconds(), time.perf_counter()
     out = None
@@ -301,6 +317,7 @@ def slow_requests(before: str, after: str, seconds: float) -> int:
 # ---------------------------------------------------------------------- ceilings
 def ceiling(bundle: Path, users: list[Any], batch: int, seconds: float) -> dict:
     """The same requests through Recommender.recommend in this process."""
+    progress(f"in-process ceiling, {batch} per call, {seconds:.0f} s on {bundle.name}")
     rec = Recommender.load(bundle, verify=False)
     for u in users[:50]:
         rec.recommend([u], k=10)
@@ -409,6 +426,7 @@ async def scenario_hotswap(a: Path, b: Path, out_dir: Path, seconds: float, swap
         rec = Recommender.load(src, verify=False)
         res = rec.recommend(users, k=10)
         expected[src] = [[str(i) for i in row] for row in res.items.tolist()]
+    progress(f"hot swap: {swaps} swaps during a {seconds:.0f} s closed loop")
     served_path = out_dir / "hotswap-served"
     versions = {commit_copy(a, served_path): a}
     server = Server(served_path, "--watch-interval", "0.05")
@@ -478,6 +496,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     smoke = args.preset == "smoke"
+    progress("the bundles (trained and exported once, then reused from --out)")
     a, b = ml_bundle(out_dir, 0, smoke), ml_bundle(out_dir, 1, smoke)
     big = big_bundle(out_dir, *preset["big"])
     secs = preset["seconds"]

@@ -163,6 +163,8 @@ def test_serve_bench_smoke(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "in-process, 64 per call" in done.stdout and "ratios:" in done.stdout
+    progress = [line for line in done.stderr.splitlines() if line.startswith("serve_bench ")]
+    assert len(progress) >= 10 and "hot swap" in progress[-1]  # a line per load, on stderr
 
     results = json.loads(out.read_text())
     for row in (results["ml"]["closed_64"], results["ml"]["open_1000"], results["hotswap"]):
