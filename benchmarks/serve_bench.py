@@ -26,7 +26,7 @@ Scenarios (single-user top-10 requests, raw ids, seen items excluded):
 Server and generator share the machine's cores: compare ratios within one run. Each
 load row says how many cores the server used (every thread and worker process) and how
 many the machine left idle meanwhile: one process idling a core while its requests wait
-is bound by the GIL, not by the cores. Prints
+is bound by the GIL, not by the cores. Prints a progress line per load on stderr, then
 a table, then every target of the issue beside its same-run reference, and writes JSON
 (``--json``, default ``runs/serve_bench/serve_bench.json``). ``--server-root DIR`` runs
 the server from another checkout (e.g. the previous commit's, for a before/after with
