@@ -26,6 +26,7 @@ EPILOG = (
     "examples:\n  recsys-export serve artifacts/mf                 # http://127.0.0.1:8000\n"
     '  curl -s localhost:8000/recommend -d \'{"users": ["42"], "k": 10}\'\n'
     "  recsys-export serve artifacts/mf --host 0.0.0.0 --token-file token.txt\n"
+    "  recsys-export serve artifacts/mf --workers 4     # a 4-core machine, one port\n"
     "  recsys-export serve artifacts/mf --ray --replicas 2"
 )
 
@@ -61,9 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deadline-ms", type=int, help=f"503 if not answered (default {D.deadline_ms})")
     g.add_argument("--max-body-bytes", type=int, help=f"413 past it (default {D.max_body_bytes})")
     g.add_argument("--max-users", type=int, help=f"users/pairs per request (default {D.max_users})")
-    g.add_argument("--threads", type=int, help="onnxruntime threads per call (default: cores-1)")
     g.add_argument(
-        "--workers", type=int, help=f"server processes on one port (default {D.workers})"
+        "--threads",
+        type=int,
+        help="onnxruntime threads per engine call (default: the cores left by the event "
+        "loops, shared by the calls in flight, at least 1)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on one port; one process runs its Python on about one core "
+        f"(the GIL), so with more cores use more (default {D.workers})",
     )
     g.add_argument(
         "--watch-interval",
