@@ -85,7 +85,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OVERLOAD_CONNECTIONS = 2048
 
 
-# ---------------------------------------------------------------------- bundles
+#: When this run started (progress lines say seconds since).
 _T0 = time.perf_counter()
 
 
@@ -94,6 +94,7 @@ def progress(message: str) -> None:
     print(f"serve_bench {time.perf_counter() - _T0:6.0f} s: {message}", file=sys.stderr, flush=True)
 
 
+# ---------------------------------------------------------------------- bundles
 def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
